@@ -1,0 +1,37 @@
+use std::path::PathBuf;
+
+use crate::command::CommandError;
+
+pub type Result<T, E = BackendError> = std::result::Result<T, E>;
+
+/// What can go wrong in a backend. Every variant carries what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// A path is on storage this backend cannot snapshot.
+    #[error("{path} cannot be snapshotted by the {backend} backend: {reason}. {hint}")]
+    Unsupported {
+        backend: &'static str,
+        path: PathBuf,
+        reason: String,
+        hint: String,
+    },
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl BackendError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        BackendError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The interface between dbsnap and its snapshot backends.
+//!
+//! A backend turns database paths into volumes (`probe`), snapshots a set of volumes
+//! while dbsnap holds the database lock (`snapshot`), makes the snapshots readable
+//! (`mount`), and removes everything again (`unmount`, `release`). Every step that
+//! removes something is idempotent: dbsnap's crash cleanup replays it from the state
+//! journal without knowing how far the interrupted run got.
+//!
+//! Backends never use a shell: every external command goes through [`command::run`].
+
+pub mod command;
+mod error;
+pub mod mounts;
+mod name;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use error::{BackendError, Result};
+pub use name::{validate_name, SnapshotName, SNAPSHOT_PREFIX};
+
+/// A filesystem volume that holds one or more database paths.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// The backend's identity for the volume: a btrfs subvolume path, `vg/lv`, a ZFS dataset.
+    pub id: String,
+    /// Where the volume's root is visible in the live filesystem tree.
+    pub root: PathBuf,
+    /// Filesystem type (`btrfs`, `xfs`, `ext4`, `zfs`, ...).
+    pub fstype: String,
+}
+
+impl Volume {
+    /// Whether `path` lives inside this volume's tree.
+    pub fn contains(&self, path: &Path) -> bool {
+        path.starts_with(&self.root)
+    }
+}
+
+/// One volume's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSnapshot {
+    pub volume: Volume,
+    /// The backend's identity for the snapshot: a path, `vg/lv`, `dataset@name`.
+    pub id: String,
+}
+
+/// The snapshots of all volumes taken in one lock window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotSet {
+    pub backend: String,
+    pub name: SnapshotName,
+    pub snapshots: Vec<VolumeSnapshot>,
+}
+
+/// Where a volume's frozen contents can be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadPath {
+    /// The volume's root in the live tree (what the database paths are relative to).
+    pub origin_root: PathBuf,
+    /// The same tree, frozen, read-only.
+    pub frozen_root: PathBuf,
+}
+
+/// How full the storage a snapshot depends on is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Health {
+    /// Nothing to watch, or well within limits.
+    Ok,
+    /// Getting close to a limit; the copy continues. The text says what and how close.
+    Warning(String),
+    /// The snapshot is lost or about to be (e.g. LVM CoW space full): the copy must stop.
+    Failed(String),
+}
+
+/// A snapshot backend. See the crate documentation for the contract.
+#[async_trait]
+pub trait SnapshotBackend: Send + Sync {
+    /// The name used in configuration and in the state journal.
+    fn name(&self) -> &'static str;
+
+    /// Map each path to the volume holding it and check this backend can snapshot it.
+    /// Called before the lock; may be slow. Returns each volume once.
+    async fn probe(&self, paths: &[PathBuf]) -> Result<Vec<Volume>>;
+
+    /// Whether one `snapshot` call over these volumes is atomic (one instant for all).
+    fn snapshot_is_atomic(&self, volumes: &[Volume]) -> bool;
+
+    /// Decide the identities of the snapshots `snapshot` will create, without creating
+    /// anything. dbsnap journals the plan before calling `snapshot`, so a crash in
+    /// between leaves nothing that `release` cannot find.
+    fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet>;
+
+    /// Create the planned snapshots. Called while the database lock is held: do nothing
+    /// here that could be done in `probe` or `plan`.
+    async fn snapshot(&self, set: &SnapshotSet) -> Result<()>;
+
+    /// Make the snapshots readable, using `workdir` (an empty directory dbsnap owns) for
+    /// any mount points. Returns where each volume can be read.
+    async fn mount(&self, set: &SnapshotSet, workdir: &Path) -> Result<Vec<ReadPath>>;
+
+    /// Undo `mount`, also a partial one. Idempotent.
+    async fn unmount(&self, set: &SnapshotSet, workdir: &Path) -> Result<()>;
+
+    /// Destroy the snapshots. Idempotent: snapshots that do not exist are not an error.
+    async fn release(&self, set: &SnapshotSet) -> Result<()>;
+
+    /// dbsnap's snapshots (names starting with [`SNAPSHOT_PREFIX`]) that exist on these
+    /// volumes, for finding leftovers the journal does not know about.
+    async fn list(&self, volumes: &[Volume]) -> Result<Vec<SnapshotSet>>;
+
+    /// Whether the snapshots are still intact; polled while the copy runs.
+    async fn health(&self, set: &SnapshotSet) -> Result<Health>;
+}

@@ -1,0 +1,380 @@
+//! btrfs backend: read-only snapshots of the subvolumes that hold the database.
+//!
+//! A read-only snapshot is already a readable directory, so `mount` mounts nothing.
+//! Snapshots of several subvolumes are not atomic; dbsnap's lock covers all of them.
+//! Snapshots live in a directory on the same filesystem (default
+//! `<mount point>/.dbsnap-snapshots`), named `<snapshot name>.<volume index>`.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use dbsnap_backend_api::command::Cmd;
+use dbsnap_backend_api::mounts::{mount_of, read_mount_table, MountEntry};
+use dbsnap_backend_api::{
+    BackendError, Health, ReadPath, Result, SnapshotBackend, SnapshotName, SnapshotSet, Volume,
+    VolumeSnapshot, SNAPSHOT_PREFIX,
+};
+use serde::Deserialize;
+
+/// Every btrfs subvolume's root directory has this inode number.
+const SUBVOLUME_ROOT_INODE: u64 = 256;
+const DEFAULT_SNAPSHOT_DIR: &str = ".dbsnap-snapshots";
+const NAME: &str = "btrfs";
+
+/// `[snapshot.btrfs]` in the configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BtrfsConfig {
+    /// Where snapshots are created; must be on the same btrfs filesystem as the data.
+    /// Default: `.dbsnap-snapshots` at the filesystem's mount point.
+    pub snapshot_dir: Option<PathBuf>,
+}
+
+pub struct Btrfs {
+    config: BtrfsConfig,
+}
+
+impl Btrfs {
+    pub fn new(config: BtrfsConfig) -> Self {
+        Btrfs { config }
+    }
+
+    /// The snapshot directory for a volume: configured, or at its filesystem's mount point.
+    fn snapshot_dir(&self, mount: &MountEntry) -> PathBuf {
+        match &self.config.snapshot_dir {
+            Some(dir) => dir.clone(),
+            None => mount.mount_point.join(DEFAULT_SNAPSHOT_DIR),
+        }
+    }
+
+    fn unsupported(
+        path: &Path,
+        reason: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> BackendError {
+        BackendError::Unsupported {
+            backend: NAME,
+            path: path.to_path_buf(),
+            reason: reason.into(),
+            hint: hint.into(),
+        }
+    }
+
+    fn probe_path(&self, path: &Path, table: &[MountEntry]) -> Result<(Volume, PathBuf)> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| BackendError::io(format!("reading {}", path.display()), e))?;
+        let mount = mount_of(table, path).ok_or_else(|| {
+            Self::unsupported(path, "no mount holds it", "check that the path exists")
+        })?;
+        if mount.fstype != "btrfs" {
+            return Err(Self::unsupported(
+                path,
+                format!(
+                    "it is on a {} filesystem mounted at {}",
+                    mount.fstype,
+                    mount.mount_point.display()
+                ),
+                "Move the database files onto a btrfs subvolume, or set [snapshot] backend to the \
+                 backend for this filesystem (lvm, zfs)",
+            ));
+        }
+        let root = subvolume_root(path, meta.dev())?;
+        let volume = Volume {
+            id: root.display().to_string(),
+            root: root.clone(),
+            fstype: NAME.to_string(),
+        };
+        let dir = self.snapshot_dir(&mount);
+        self.check_snapshot_dir(&dir, &mount, path)?;
+        Ok((volume, dir))
+    }
+
+    fn check_snapshot_dir(&self, dir: &Path, data_mount: &MountEntry, path: &Path) -> Result<()> {
+        // The directory may not exist yet; its nearest existing ancestor decides the filesystem.
+        let existing = dir
+            .ancestors()
+            .find(|a| a.exists())
+            .unwrap_or(Path::new("/"));
+        let existing = existing
+            .canonicalize()
+            .map_err(|e| BackendError::io(format!("resolving {}", existing.display()), e))?;
+        let table = read_mount_table()?;
+        let snap_mount = mount_of(&table, &existing);
+        if snap_mount.map(|m| m.device) != Some(data_mount.device.clone()) {
+            return Err(Self::unsupported(
+                path,
+                format!("the snapshot directory {} is not on the same btrfs filesystem", dir.display()),
+                "Set [snapshot.btrfs] snapshot_dir to a directory on the filesystem that holds the data",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The root of the subvolume holding `path`: the topmost ancestor on the same device
+/// (each btrfs subvolume has its own device number).
+fn subvolume_root(path: &Path, dev: u64) -> Result<PathBuf> {
+    let mut root = path.to_path_buf();
+    for ancestor in path.ancestors().skip(1) {
+        match std::fs::metadata(ancestor) {
+            Ok(m) if m.dev() == dev => root = ancestor.to_path_buf(),
+            _ => break,
+        }
+    }
+    let ino = std::fs::metadata(&root)
+        .map_err(|e| BackendError::io(format!("reading {}", root.display()), e))?
+        .ino();
+    if ino != SUBVOLUME_ROOT_INODE {
+        return Err(Btrfs::unsupported(
+            path,
+            format!(
+                "could not find the subvolume root above it ({} has inode {ino})",
+                root.display()
+            ),
+            "Make the database directory a btrfs subvolume (`btrfs subvolume create`)",
+        ));
+    }
+    Ok(root)
+}
+
+fn snapshot_path(dir: &Path, name: &SnapshotName, index: usize) -> PathBuf {
+    dir.join(format!("{name}.{index}"))
+}
+
+/// Whether `path` is a btrfs subvolume (or snapshot) root.
+fn is_subvolume(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.ino() == SUBVOLUME_ROOT_INODE)
+}
+
+#[async_trait]
+impl SnapshotBackend for Btrfs {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn probe(&self, paths: &[PathBuf]) -> Result<Vec<Volume>> {
+        let table = read_mount_table()?;
+        let mut volumes: Vec<Volume> = Vec::new();
+        for path in paths {
+            let (volume, _) = self.probe_path(path, &table)?;
+            if !volumes.contains(&volume) {
+                volumes.push(volume);
+            }
+        }
+        // A snapshot directory inside a database path would be copied into the backup,
+        // and would appear to the server as a database.
+        for volume in &volumes {
+            let dir = self.planned_dir(volume, &table)?;
+            if let Some(inside) = paths.iter().find(|p| dir.starts_with(p)) {
+                return Err(Self::unsupported(
+                    inside,
+                    format!("the snapshot directory {} would be inside it", dir.display()),
+                    "Set [snapshot.btrfs] snapshot_dir to a directory on the same filesystem outside \
+                     the database's directories",
+                ));
+            }
+        }
+        Ok(volumes)
+    }
+
+    fn snapshot_is_atomic(&self, volumes: &[Volume]) -> bool {
+        volumes.len() <= 1
+    }
+
+    fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {
+        let table = read_mount_table()?;
+        let mut snapshots = Vec::new();
+        for (index, volume) in volumes.iter().enumerate() {
+            let dir = self.planned_dir(volume, &table)?;
+            snapshots.push(VolumeSnapshot {
+                volume: volume.clone(),
+                id: snapshot_path(&dir, name, index).display().to_string(),
+            });
+        }
+        Ok(SnapshotSet {
+            backend: NAME.to_string(),
+            name: name.clone(),
+            snapshots,
+        })
+    }
+
+    async fn snapshot(&self, set: &SnapshotSet) -> Result<()> {
+        for snap in &set.snapshots {
+            let target = Path::new(&snap.id);
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| BackendError::io(format!("creating {}", dir.display()), e))?;
+            }
+            Cmd::new("btrfs")
+                .args(["subvolume", "snapshot", "-r"])
+                .arg(&snap.volume.root)
+                .arg(target)
+                .run()
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn mount(&self, set: &SnapshotSet, _workdir: &Path) -> Result<Vec<ReadPath>> {
+        Ok(set
+            .snapshots
+            .iter()
+            .map(|s| ReadPath {
+                origin_root: s.volume.root.clone(),
+                frozen_root: PathBuf::from(&s.id),
+            })
+            .collect())
+    }
+
+    async fn unmount(&self, _set: &SnapshotSet, _workdir: &Path) -> Result<()> {
+        Ok(())
+    }
+
+    async fn release(&self, set: &SnapshotSet) -> Result<()> {
+        for snap in &set.snapshots {
+            let path = Path::new(&snap.id);
+            // Only ever delete what dbsnap named: a subvolume called `<set name>.<n>`.
+            let ours = path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with(&format!("{}.", set.name)));
+            if !ours {
+                return Err(BackendError::Invalid(format!(
+                    "refusing to delete {}: it is not a dbsnap snapshot of {}",
+                    path.display(),
+                    set.name
+                )));
+            }
+            if !is_subvolume(path) {
+                continue;
+            }
+            Cmd::new("btrfs")
+                .args(["subvolume", "delete"])
+                .arg(path)
+                .run()
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn list(&self, volumes: &[Volume]) -> Result<Vec<SnapshotSet>> {
+        let table = read_mount_table()?;
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for volume in volumes {
+            let dir = self.planned_dir(volume, &table)?;
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        let mut sets: BTreeMap<SnapshotName, Vec<VolumeSnapshot>> = BTreeMap::new();
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                let Some((name, index)) = file.rsplit_once('.') else {
+                    continue;
+                };
+                let (Ok(name), Ok(index)) = (SnapshotName::new(name), index.parse::<usize>())
+                else {
+                    continue;
+                };
+                if !name.as_str().starts_with(SNAPSHOT_PREFIX) || !is_subvolume(&entry.path()) {
+                    continue;
+                }
+                // The index names the volume's position in the set it was taken with.
+                let volume = volumes.get(index).cloned().unwrap_or_else(|| Volume {
+                    id: String::new(),
+                    root: PathBuf::new(),
+                    fstype: NAME.to_string(),
+                });
+                sets.entry(name).or_default().push(VolumeSnapshot {
+                    volume,
+                    id: entry.path().display().to_string(),
+                });
+            }
+        }
+        Ok(sets
+            .into_iter()
+            .map(|(name, snapshots)| SnapshotSet {
+                backend: NAME.to_string(),
+                name,
+                snapshots,
+            })
+            .collect())
+    }
+
+    async fn health(&self, _set: &SnapshotSet) -> Result<Health> {
+        // btrfs snapshots reserve nothing; free space is watched by dbsnap for every backend.
+        Ok(Health::Ok)
+    }
+}
+
+impl Btrfs {
+    fn planned_dir(&self, volume: &Volume, table: &[MountEntry]) -> Result<PathBuf> {
+        let mount = mount_of(table, &volume.root).ok_or_else(|| {
+            Self::unsupported(
+                &volume.root,
+                "no mount holds it",
+                "check that the path exists",
+            )
+        })?;
+        Ok(self.snapshot_dir(&mount))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_paths_are_name_dot_index() {
+        let name = SnapshotName::new("dbsnap-20261125T000000Z").unwrap();
+        assert_eq!(
+            snapshot_path(Path::new("/srv/x y/.dbsnap-snapshots"), &name, 2),
+            PathBuf::from("/srv/x y/.dbsnap-snapshots/dbsnap-20261125T000000Z.2")
+        );
+    }
+
+    #[tokio::test]
+    async fn refuses_a_path_not_on_btrfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = read_mount_table().unwrap();
+        if mount_of(&table, dir.path()).unwrap().fstype == "btrfs" {
+            return;
+        }
+        let err = Btrfs::new(BtrfsConfig::default())
+            .probe(&[dir.path().to_path_buf()])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot be snapshotted by the btrfs backend"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn release_refuses_foreign_paths() {
+        let set = SnapshotSet {
+            backend: NAME.into(),
+            name: SnapshotName::new("dbsnap-x").unwrap(),
+            snapshots: vec![VolumeSnapshot {
+                volume: Volume {
+                    id: "/".into(),
+                    root: "/".into(),
+                    fstype: NAME.into(),
+                },
+                id: "/var/lib/mysql".into(),
+            }],
+        };
+        let err = Btrfs::new(BtrfsConfig::default())
+            .release(&set)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("refusing to delete"), "{err}");
+    }
+}
