@@ -1,2 +1,3 @@
 //! Test helpers shared by dbsnap's integration tests and the backends' own tests.
 //! Everything here drives the real thing: real servers, real filesystems, real VMs.
+pub mod guest;
