@@ -1,3 +1,4 @@
 //! Test helpers shared by dbsnap's integration tests and the backends' own tests.
 //! Everything here drives the real thing: real servers, real filesystems, real VMs.
 pub mod guest;
+pub mod zfs_fuse;

@@ -1,0 +1,615 @@
+//! ZFS backend: snapshots of the datasets that hold the database.
+//!
+//! * `probe` maps each path to its dataset through the mount table (which also covers
+//!   `mountpoint=legacy`), adds datasets mounted below a path (a snapshot of a dataset
+//!   does not contain its children), and checks each with `zfs get`.
+//! * `snapshot` takes all datasets of one pool in ONE `zfs snapshot a@N b@N` call, which
+//!   ZFS makes atomic. zfs-fuse accepts one snapshot per call; `probe` detects that (never
+//!   under the lock) and `snapshot` then makes one call per dataset, which is not atomic.
+//!   Every snapshot carries the user property `dbsnap:run=<name>`: list and cleanup
+//!   only touch snapshots that carry it.
+//! * `mount` places a `zfs hold` and reads `<mountpoint>/.zfs/snapshot/<name>` where it
+//!   is reachable (OpenZFS), otherwise a read-only clone mounted under the work directory
+//!   (zfs-fuse has no `.zfs`; admins may disable it).
+//! * `unmount` destroys the clones; `release` releases the hold and destroys the snapshots.
+//!
+//! Works with OpenZFS 2.x and zfs-fuse 0.7: only `zfs get -H -p` and `zfs list -H` with
+//! string columns are parsed, because zfs-fuse has no `zfs list -p`.
+
+mod names;
+mod output;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dbsnap_backend_api::command::{Cmd, CommandError};
+use dbsnap_backend_api::mounts::{mount_of, read_mount_table, MountEntry};
+use dbsnap_backend_api::{
+    BackendError, Health, ReadPath, Result, SnapshotBackend, SnapshotName, SnapshotSet, Volume,
+    VolumeSnapshot, SNAPSHOT_PREFIX,
+};
+use serde::Deserialize;
+
+pub use names::validate_dataset;
+use names::{clone_id, dataset_of_snapshot, pool_of, snapshot_id};
+use output::{parse_get, parse_snapshot_list, Properties};
+
+const NAME: &str = "zfs";
+/// The user property that marks dbsnap's snapshots and clones; its value is the set's name.
+pub const RUN_PROPERTY: &str = "dbsnap:run";
+/// The `zfs hold` tag dbsnap places on a snapshot while it is in use.
+pub const HOLD_TAG: &str = "dbsnap";
+/// Any argument without `@` makes `zfs snapshot` stop before it creates anything, in
+/// every implementation; used to ask whether it accepts several snapshots per call.
+const CAPABILITY_PROBE_ARG: &str = "dbsnap-capability-probe";
+/// `zfs destroy` of a clone that was just unmounted can briefly report "busy".
+const DESTROY_ATTEMPTS: u32 = 3;
+
+/// How `mount` makes a snapshot readable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadVia {
+    /// `.zfs/snapshot/<name>` where reachable, else a read-only clone.
+    #[default]
+    Auto,
+    /// Only `.zfs/snapshot/<name>`; fail if it is not reachable.
+    Snapdir,
+    /// Always a read-only clone mounted under dbsnap's work directory.
+    Clone,
+}
+
+/// `[snapshot.zfs]` in the configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZfsConfig {
+    /// `auto` (default), `snapdir` or `clone`; see [`ReadVia`].
+    #[serde(default)]
+    pub read_via: ReadVia,
+}
+
+pub struct Zfs {
+    config: ZfsConfig,
+    /// Whether `zfs snapshot` accepts several snapshots in one (atomic) call; learnt in
+    /// `probe` so the lock window never pays for finding out.
+    multi_snapshot: OnceLock<bool>,
+}
+
+impl Zfs {
+    pub fn new(config: ZfsConfig) -> Self {
+        Zfs {
+            config,
+            multi_snapshot: OnceLock::new(),
+        }
+    }
+
+    fn unsupported(
+        path: &Path,
+        reason: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> BackendError {
+        BackendError::Unsupported {
+            backend: NAME,
+            path: path.to_path_buf(),
+            reason: reason.into(),
+            hint: hint.into(),
+        }
+    }
+
+    /// `zfs snapshot` with several arguments: OpenZFS accepts it, zfs-fuse answers "too
+    /// many arguments". Both refuse the argument (it has no `@`) before creating anything.
+    async fn detect_multi_snapshot() -> bool {
+        let result = Cmd::new("zfs")
+            .args(["snapshot", CAPABILITY_PROBE_ARG, CAPABILITY_PROBE_ARG])
+            .run()
+            .await;
+        let multi = !matches!(&result, Err(e) if e.stderr.contains("too many arguments"));
+        tracing::debug!(multi, "zfs snapshot accepts several snapshots per call");
+        multi
+    }
+
+    /// Where `.zfs/snapshot/<name>` of a volume is, if it can be read.
+    fn snapdir_path(volume: &Volume, name: &SnapshotName) -> Option<PathBuf> {
+        let path = volume
+            .root
+            .join(".zfs")
+            .join("snapshot")
+            .join(name.as_str());
+        // Listing it (not just stat) makes OpenZFS mount the snapshot on demand.
+        std::fs::read_dir(&path).ok().map(|_| path)
+    }
+
+    async fn read_via_clone(
+        &self,
+        snap: &VolumeSnapshot,
+        dataset: &str,
+        name: &SnapshotName,
+        mount_point: &Path,
+    ) -> Result<PathBuf> {
+        let clone = clone_id(dataset, name);
+        Cmd::new("zfs")
+            .arg("clone")
+            .args(["-o", "readonly=on", "-o"])
+            .arg(format!("mountpoint={}", mount_point.display()))
+            .arg("-o")
+            .arg(format!("{RUN_PROPERTY}={name}"))
+            .arg(&snap.id)
+            .arg(&clone)
+            .run()
+            .await?;
+        // Both implementations mount a new clone; make sure, since the transfer would
+        // otherwise copy an empty directory.
+        let mounted = read_mount_table()?
+            .iter()
+            .any(|m| m.mount_point == mount_point && m.source == clone);
+        if !mounted {
+            Cmd::new("zfs").arg("mount").arg(&clone).run().await?;
+        }
+        Ok(mount_point.to_path_buf())
+    }
+
+    /// Destroy the read-only clones of a set's snapshots; clones that do not exist are fine.
+    async fn destroy_clones(&self, set: &SnapshotSet) -> Result<()> {
+        for snap in &set.snapshots {
+            let dataset = dataset_of_snapshot(&snap.id, &set.name)?;
+            let clone = clone_id(dataset, &set.name);
+            let Some(props) = get_properties(&clone, &[RUN_PROPERTY, "origin"]).await? else {
+                continue;
+            };
+            if props.get(RUN_PROPERTY) != Some(&set.name.to_string())
+                || props.get("origin") != Some(&snap.id)
+            {
+                return Err(BackendError::Invalid(format!(
+                    "refusing to destroy ZFS dataset {clone}: it is not dbsnap's clone of {} \
+                     (its {RUN_PROPERTY} or origin property differs). Rename or destroy it \
+                     yourself, then run dbsnap cleanup again",
+                    snap.id
+                )));
+            }
+            destroy(&clone).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `zfs get` of some properties of one dataset or snapshot; `None` if it does not exist.
+async fn get_properties(name: &str, properties: &[&str]) -> Result<Option<Properties>> {
+    let result = Cmd::new("zfs")
+        .args(["get", "-H", "-p", "-o", "name,property,value"])
+        .arg(properties.join(","))
+        .arg(name)
+        .run()
+        .await;
+    match result {
+        Ok(out) => Ok(parse_get(&out.stdout)?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, props)| props)),
+        Err(e) if does_not_exist(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn does_not_exist(e: &CommandError) -> bool {
+    e.stderr.contains("dataset does not exist")
+}
+
+/// `zfs destroy` (no `-r`/`-R`: dbsnap never destroys anything it did not name).
+async fn destroy(name: &str) -> Result<()> {
+    let mut attempt = 1;
+    loop {
+        match Cmd::new("zfs").arg("destroy").arg(name).run().await {
+            Ok(_) => return Ok(()),
+            Err(e) if does_not_exist(&e) => return Ok(()),
+            Err(e) if e.stderr.contains("busy") && attempt < DESTROY_ATTEMPTS => {
+                tracing::debug!(%name, attempt, "zfs destroy: busy, retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) if e.stderr.contains("busy") => {
+                return Err(BackendError::Invalid(format!(
+                    "{e}. Something still uses {name} or holds it: stop processes reading it \
+                     (`fuser -vm` on its mount point), check `zfs holds {name}` / `zfs get \
+                     userrefs {name}`, then run dbsnap cleanup again"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Whether a mount-table entry is a ZFS filesystem: `zfs` with OpenZFS, `fuse.zfs` with
+/// zfs-fuse. Both put the dataset name in the source column.
+fn is_zfs_mount(m: &MountEntry) -> bool {
+    m.fstype == "zfs" || m.fstype == "fuse.zfs"
+}
+
+fn volume_of(mount: &MountEntry) -> Result<Volume> {
+    validate_dataset(&mount.source)?;
+    Ok(Volume {
+        id: mount.source.clone(),
+        root: mount.mount_point.clone(),
+        fstype: NAME.to_string(),
+    })
+}
+
+#[async_trait]
+impl SnapshotBackend for Zfs {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn probe(&self, paths: &[PathBuf]) -> Result<Vec<Volume>> {
+        let table = read_mount_table()?;
+        let mut volumes: Vec<Volume> = Vec::new();
+        let mut add = |v: Volume| {
+            if !volumes.contains(&v) {
+                volumes.push(v);
+            }
+        };
+        for path in paths {
+            let path = path
+                .canonicalize()
+                .map_err(|e| BackendError::io(format!("resolving {}", path.display()), e))?;
+            let mount = mount_of(&table, &path).ok_or_else(|| {
+                Self::unsupported(&path, "no mount holds it", "check that the path exists")
+            })?;
+            if !is_zfs_mount(&mount) {
+                return Err(Self::unsupported(
+                    &path,
+                    format!(
+                        "it is on a {} filesystem mounted at {}, not on a ZFS dataset",
+                        mount.fstype,
+                        mount.mount_point.display()
+                    ),
+                    "Move the database files onto a ZFS dataset, or set [snapshot] backend to \
+                     the backend for this filesystem (btrfs, lvm)",
+                ));
+            }
+            if mount.source.contains('@') {
+                return Err(Self::unsupported(
+                    &path,
+                    format!("it is inside the ZFS snapshot {}", mount.source),
+                    "Point dbsnap at the live database directory, not at a snapshot",
+                ));
+            }
+            add(volume_of(&mount)?);
+            // A snapshot of a dataset does not contain the datasets mounted inside it
+            // (e.g. a binlog dataset below the datadir): snapshot those too.
+            for child in table.iter().filter(|m| {
+                is_zfs_mount(m)
+                    && m.mount_point != mount.mount_point
+                    && m.mount_point.starts_with(&path)
+                    && !m.source.contains('@')
+            }) {
+                add(volume_of(child)?);
+            }
+        }
+        // The mount table names the dataset; ask ZFS that it is a filesystem it manages.
+        for volume in &volumes {
+            let props = get_properties(&volume.id, &["type"]).await?;
+            if props
+                .as_ref()
+                .and_then(|p| p.get("type"))
+                .map(String::as_str)
+                != Some("filesystem")
+            {
+                return Err(Self::unsupported(
+                    &volume.root,
+                    format!(
+                        "`zfs get type {}` does not report a ZFS filesystem",
+                        volume.id
+                    ),
+                    "Check `zfs list` and that the zfs command talks to the pool's daemon or \
+                     kernel module",
+                ));
+            }
+        }
+        if self.multi_snapshot.get().is_none() {
+            let _ = self.multi_snapshot.set(Self::detect_multi_snapshot().await);
+        }
+        Ok(volumes)
+    }
+
+    fn snapshot_is_atomic(&self, volumes: &[Volume]) -> bool {
+        let one_pool = volumes
+            .windows(2)
+            .all(|w| pool_of(&w[0].id) == pool_of(&w[1].id));
+        volumes.len() <= 1 || (one_pool && self.multi_snapshot.get() == Some(&true))
+    }
+
+    fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {
+        let mut snapshots = Vec::new();
+        for volume in volumes {
+            validate_dataset(&volume.id)?;
+            snapshots.push(VolumeSnapshot {
+                volume: volume.clone(),
+                id: snapshot_id(&volume.id, name),
+            });
+        }
+        Ok(SnapshotSet {
+            backend: NAME.to_string(),
+            name: name.clone(),
+            snapshots,
+        })
+    }
+
+    async fn snapshot(&self, set: &SnapshotSet) -> Result<()> {
+        // One call per pool where the implementation allows it (ZFS cannot snapshot
+        // across pools atomically); otherwise (zfs-fuse, or probe not run) one per dataset.
+        let multi = self.multi_snapshot.get() == Some(&true);
+        let mut calls: Vec<Vec<&str>> = Vec::new();
+        for snap in &set.snapshots {
+            let dataset = dataset_of_snapshot(&snap.id, &set.name)?;
+            let same_pool = calls
+                .last()
+                .and_then(|c| c.first())
+                .is_some_and(|first| pool_of(first) == pool_of(dataset));
+            match calls.last_mut() {
+                Some(call) if multi && same_pool => call.push(&snap.id),
+                _ => calls.push(vec![&snap.id]),
+            }
+        }
+        for call in calls {
+            let started = Instant::now();
+            Cmd::new("zfs")
+                .arg("snapshot")
+                .arg("-o")
+                .arg(format!("{RUN_PROPERTY}={}", set.name))
+                .args(&call)
+                .run()
+                .await?;
+            tracing::info!(
+                snapshots = ?call,
+                ms = started.elapsed().as_millis() as u64,
+                "zfs snapshot"
+            );
+        }
+        Ok(())
+    }
+
+    async fn mount(&self, set: &SnapshotSet, workdir: &Path) -> Result<Vec<ReadPath>> {
+        let workdir = workdir
+            .canonicalize()
+            .map_err(|e| BackendError::io(format!("resolving {}", workdir.display()), e))?;
+        let mut paths = Vec::new();
+        for (index, snap) in set.snapshots.iter().enumerate() {
+            let dataset = dataset_of_snapshot(&snap.id, &set.name)?;
+            // A hold keeps anyone from destroying the snapshot while dbsnap reads it.
+            match Cmd::new("zfs")
+                .arg("hold")
+                .arg(HOLD_TAG)
+                .arg(&snap.id)
+                .run()
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.stderr.contains("tag already exists") => {}
+                Err(e) => return Err(e.into()),
+            }
+            let snapdir = match self.config.read_via {
+                ReadVia::Clone => None,
+                ReadVia::Auto | ReadVia::Snapdir => Self::snapdir_path(&snap.volume, &set.name),
+            };
+            let frozen_root =
+                match (snapdir, self.config.read_via) {
+                    (Some(path), _) => path,
+                    (None, ReadVia::Snapdir) => return Err(Self::unsupported(
+                        &snap.volume.root,
+                        format!(
+                            "{}/.zfs/snapshot/{} cannot be read",
+                            snap.volume.root.display(),
+                            set.name
+                        ),
+                        "Set [snapshot.zfs] read_via = \"auto\" or \"clone\" to read through a \
+                         temporary read-only clone (zfs-fuse has no .zfs directory)",
+                    )),
+                    (None, _) => {
+                        let at = workdir.join(index.to_string());
+                        self.read_via_clone(snap, dataset, &set.name, &at).await?
+                    }
+                };
+            paths.push(ReadPath {
+                origin_root: snap.volume.root.clone(),
+                frozen_root,
+            });
+        }
+        Ok(paths)
+    }
+
+    async fn unmount(&self, set: &SnapshotSet, workdir: &Path) -> Result<()> {
+        self.destroy_clones(set).await?;
+        // `zfs destroy` unmounts a clone but may leave its (now empty) mount point behind.
+        for index in 0..set.snapshots.len() {
+            let dir = workdir.join(index.to_string());
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(BackendError::io(format!("removing {}", dir.display()), e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(&self, set: &SnapshotSet) -> Result<()> {
+        // A snapshot with a clone cannot be destroyed; unmount may not have run.
+        self.destroy_clones(set).await?;
+        for snap in &set.snapshots {
+            dataset_of_snapshot(&snap.id, &set.name)?;
+            let Some(props) = get_properties(&snap.id, &[RUN_PROPERTY, "userrefs"]).await? else {
+                continue;
+            };
+            if props.get(RUN_PROPERTY) != Some(&set.name.to_string()) {
+                return Err(BackendError::Invalid(format!(
+                    "refusing to destroy ZFS snapshot {}: it does not carry {RUN_PROPERTY}={} \
+                     so dbsnap did not take it. Destroy it yourself if it is not needed",
+                    snap.id, set.name
+                )));
+            }
+            if props.get("userrefs").map(String::as_str) != Some("0") {
+                match Cmd::new("zfs")
+                    .arg("release")
+                    .arg(HOLD_TAG)
+                    .arg(&snap.id)
+                    .run()
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if e.stderr.contains("no such tag") || does_not_exist(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            destroy(&snap.id).await?;
+        }
+        Ok(())
+    }
+
+    async fn list(&self, volumes: &[Volume]) -> Result<Vec<SnapshotSet>> {
+        if volumes.is_empty() {
+            return Ok(Vec::new());
+        }
+        for volume in volumes {
+            validate_dataset(&volume.id)?;
+        }
+        let out = Cmd::new("zfs")
+            .args(["list", "-H", "-t", "snapshot", "-d", "1", "-o"])
+            .arg(format!("name,{RUN_PROPERTY}"))
+            .args(volumes.iter().map(|v| &v.id))
+            .run()
+            .await?;
+        let mut sets: BTreeMap<SnapshotName, Vec<VolumeSnapshot>> = BTreeMap::new();
+        for line in parse_snapshot_list(&out.stdout)? {
+            // Ours: named with our prefix AND tagged with that same name.
+            if !line.snapshot.starts_with(SNAPSHOT_PREFIX) || line.value != line.snapshot {
+                continue;
+            }
+            let (Ok(name), Some(volume)) = (
+                SnapshotName::new(line.snapshot.clone()),
+                volumes.iter().find(|v| v.id == line.dataset),
+            ) else {
+                continue;
+            };
+            sets.entry(name).or_default().push(VolumeSnapshot {
+                volume: volume.clone(),
+                id: format!("{}@{}", line.dataset, line.snapshot),
+            });
+        }
+        Ok(sets
+            .into_iter()
+            .map(|(name, snapshots)| SnapshotSet {
+                backend: NAME.to_string(),
+                name,
+                snapshots,
+            })
+            .collect())
+    }
+
+    async fn health(&self, set: &SnapshotSet) -> Result<Health> {
+        for snap in &set.snapshots {
+            dataset_of_snapshot(&snap.id, &set.name)?;
+            if get_properties(&snap.id, &[RUN_PROPERTY]).await?.is_none() {
+                return Ok(Health::Failed(format!(
+                    "ZFS snapshot {} no longer exists (destroyed outside dbsnap?)",
+                    snap.id
+                )));
+            }
+        }
+        let mut pools: Vec<&str> = set.snapshots.iter().map(|s| pool_of(&s.id)).collect();
+        pools.dedup();
+        for pool in pools {
+            let out = Cmd::new("zpool")
+                .args(["list", "-H", "-o", "health"])
+                .arg(pool)
+                .run()
+                .await?;
+            match out.stdout.trim() {
+                "ONLINE" => {}
+                "DEGRADED" => {
+                    return Ok(Health::Warning(format!(
+                        "ZFS pool {pool} is DEGRADED (see `zpool status {pool}`)"
+                    )))
+                }
+                other => {
+                    return Ok(Health::Failed(format!(
+                        "ZFS pool {pool} is {other} (see `zpool status {pool}`)"
+                    )))
+                }
+            }
+        }
+        Ok(Health::Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume(id: &str) -> Volume {
+        Volume {
+            id: id.into(),
+            root: PathBuf::from("/srv").join(id),
+            fstype: NAME.into(),
+        }
+    }
+
+    fn name() -> SnapshotName {
+        SnapshotName::new("dbsnap-t1").unwrap()
+    }
+
+    #[test]
+    fn config_keys() {
+        let c: ZfsConfig = serde_json::from_str(r#"{"read_via":"clone"}"#).unwrap();
+        assert_eq!(c.read_via, ReadVia::Clone);
+        let c: ZfsConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c.read_via, ReadVia::Auto);
+        assert!(serde_json::from_str::<ZfsConfig>(r#"{"read_via":"magic"}"#).is_err());
+        assert!(serde_json::from_str::<ZfsConfig>(r#"{"clone_dir":"/x"}"#).is_err());
+    }
+
+    #[test]
+    fn plan_names_one_snapshot_per_dataset_and_refuses_hostile_ids() {
+        let zfs = Zfs::new(ZfsConfig::default());
+        let set = zfs
+            .plan(&[volume("tank/data"), volume("tank/binlog")], &name())
+            .unwrap();
+        let ids: Vec<_> = set.snapshots.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["tank/data@dbsnap-t1", "tank/binlog@dbsnap-t1"]);
+        assert!(zfs.plan(&[volume("-R")], &name()).is_err());
+        assert!(zfs.plan(&[volume("tank/a@b")], &name()).is_err());
+    }
+
+    #[test]
+    fn atomic_only_within_one_pool_and_with_multi_snapshot_support() {
+        let zfs = Zfs::new(ZfsConfig::default());
+        let one_pool = [volume("tank/data"), volume("tank/binlog")];
+        let two_pools = [volume("tank/data"), volume("fast/binlog")];
+        // Unknown capability (probe not run): not atomic, except for a single dataset.
+        assert!(!zfs.snapshot_is_atomic(&one_pool));
+        assert!(zfs.snapshot_is_atomic(&one_pool[..1]));
+        zfs.multi_snapshot.set(true).unwrap();
+        assert!(zfs.snapshot_is_atomic(&one_pool));
+        assert!(!zfs.snapshot_is_atomic(&two_pools));
+        let fuse = Zfs::new(ZfsConfig::default());
+        fuse.multi_snapshot.set(false).unwrap();
+        assert!(!fuse.snapshot_is_atomic(&one_pool));
+    }
+
+    #[tokio::test]
+    async fn release_refuses_snapshots_dbsnap_did_not_name() {
+        let set = SnapshotSet {
+            backend: NAME.into(),
+            name: name(),
+            snapshots: vec![VolumeSnapshot {
+                volume: volume("tank/data"),
+                id: "tank/data@precious".into(),
+            }],
+        };
+        let err = Zfs::new(ZfsConfig::default())
+            .release(&set)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("refusing to touch"), "{err}");
+    }
+}
