@@ -1,1 +1,71 @@
-fn main() {}
+//! dbsnap: consistent backups of a live MySQL/MariaDB server from filesystem snapshots.
+//! See DESIGN in the README for the flow; `orchestrator.rs` runs it.
+
+mod backends;
+mod cli;
+mod commands;
+mod config;
+mod db;
+mod error;
+mod journal;
+mod manifest;
+mod orchestrator;
+mod progress;
+mod transfer;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+use crate::error::class_of;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("DBSNAP_LOG").unwrap_or_else(|_| EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("starting the async runtime");
+    let result = runtime.block_on(run(&cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let class = class_of(&err);
+            eprintln!("error: {err:#}");
+            if cli.json {
+                let doc = serde_json::json!({
+                    "error": { "class": format!("{class:?}"), "exit_code": class.exit_code(), "message": format!("{err:#}") }
+                });
+                println!("{doc}");
+            }
+            ExitCode::from(class.exit_code())
+        }
+    }
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<()> {
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        Command::Check => commands::check::run(&config, cli.json).await,
+        Command::Backup => commands::backup::run(&config, cli.json).await,
+        Command::List => commands::list::run(&config, cli.json).await,
+        Command::Cleanup => commands::cleanup::run(&config, cli.json).await,
+    }
+}

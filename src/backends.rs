@@ -1,0 +1,28 @@
+//! The one place that turns a backend name from the configuration into a backend.
+
+use dbsnap_backend_api::SnapshotBackend;
+
+use crate::config::SnapshotConfig;
+use crate::error::{fail, Class};
+
+/// The built-in backends, for messages.
+pub const BUILT_IN: &[&str] = &["btrfs"];
+
+pub fn open(config: &SnapshotConfig) -> anyhow::Result<Box<dyn SnapshotBackend>> {
+    open_named(&config.backend, config)
+}
+
+/// Open the backend called `name` (which may differ from the configured one when
+/// cleaning up what an earlier configuration left behind).
+pub fn open_named(name: &str, config: &SnapshotConfig) -> anyhow::Result<Box<dyn SnapshotBackend>> {
+    match name {
+        "btrfs" => Ok(Box::new(dbsnap_btrfs::Btrfs::new(config.btrfs.clone()))),
+        other => Err(fail(
+            Class::Config,
+            format!(
+                "unknown snapshot backend {other:?} in [snapshot] backend: choose one of {}",
+                BUILT_IN.join(", ")
+            ),
+        )),
+    }
+}

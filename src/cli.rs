@@ -1,0 +1,102 @@
+//! The command line. Parsing only: every command is carried out in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::DEFAULT_CONFIG;
+
+const ABOUT: &str = "Consistent backups of a live MySQL/MariaDB server from filesystem snapshots";
+
+const LONG_ABOUT: &str = "\
+Consistent backups of a live MySQL/MariaDB server from filesystem snapshots.
+
+dbsnap holds the database's lock only while a filesystem snapshot is taken — usually
+tens of milliseconds — then copies the frozen, read-only snapshot with rsync while the
+server runs on:
+
+  preflight ─► lock ─► snapshot ─► unlock ─► mount ─► copy ─► publish ─► release
+  (no lock)    └── the only window where writers wait ──┘
+
+Start with `dbsnap check`: it shows what would be snapshotted and whether it can be,
+without taking any lock.";
+
+const AFTER_HELP: &str = "\
+A minimal configuration (/etc/dbsnap/dbsnap.toml):
+
+  [mysql]
+  socket = \"/run/mysqld/mysqld.sock\"
+  defaults_file = \"/etc/mysql/debian.cnf\"   # user/password from its [client] section
+
+  [snapshot]
+  backend = \"btrfs\"
+
+  [backup]
+  dest = \"/srv/backups/db1\"
+
+Passwords are never taken on the command line: use defaults_file or password_file.";
+
+#[derive(Debug, Parser)]
+#[command(name = "dbsnap", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG, value_name = "PATH")]
+    pub config: PathBuf,
+
+    /// Print one JSON document on stdout (logs stay on stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log detail (-v: debug, every external command; -vv: trace).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only warnings and errors on stderr.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what would be snapshotted and whether it can be; takes no lock, changes nothing.
+    ///
+    /// Connects to the server, reads where it keeps its files, checks privileges, maps
+    /// every directory to the volume that holds it, checks free space and the destination.
+    Check,
+    /// Take a backup: lock, snapshot, unlock, copy from the snapshot, publish, release.
+    ///
+    /// The backup appears as DEST/NAME (NAME is a UTC timestamp such as
+    /// 20261125T214500Z) only once it is complete, with its manifest.toml; while it is
+    /// being copied it is DEST/NAME.partial. A failed or interrupted run releases its
+    /// snapshot and removes its partial copy; a previous backup is never touched.
+    #[command(after_help = crate::error::Class::TABLE)]
+    Backup,
+    /// List the backups at the destination with their lock cost and binlog position.
+    List,
+    /// Release whatever an interrupted run left behind (snapshots, mounts, partial copies).
+    ///
+    /// Every resource is recorded in the state journal before it is created, so this
+    /// finds everything even after kill -9 or a power loss. `backup` does this by
+    /// itself before it starts.
+    Cleanup,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_password_option_exists() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(!help.contains("--password"));
+    }
+}

@@ -1,0 +1,76 @@
+//! `dbsnap check`: the preflight alone. Takes no lock and changes nothing.
+
+use bytesize::ByteSize;
+use serde::Serialize;
+
+use crate::backends;
+use crate::config::Config;
+use crate::db::DbPath;
+use crate::orchestrator::{self, FreeSpace};
+
+#[derive(Serialize)]
+struct Report {
+    server_version: String,
+    backend: String,
+    paths: Vec<DbPath>,
+    volumes: Vec<dbsnap_backend_api::Volume>,
+    atomic_snapshot: bool,
+    lock_mode: &'static str,
+    free_space: Vec<FreeSpace>,
+    data_bytes: u64,
+    destination: Option<String>,
+}
+
+pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
+    let backend = backends::open(&config.snapshot)?;
+    let pre = orchestrator::preflight(config, backend.as_ref()).await?;
+    let destination = match &config.backup {
+        Some(b) => {
+            orchestrator::check_destination(&b.dest, &pre)?;
+            Some(b.dest.display().to_string())
+        }
+        None => None,
+    };
+    let report = Report {
+        server_version: pre.server.version.clone(),
+        backend: backend.name().into(),
+        paths: pre.layout.dirs.clone(),
+        volumes: pre.volumes.clone(),
+        atomic_snapshot: pre.atomic,
+        lock_mode: "ftwrl",
+        free_space: pre.free_space.clone(),
+        data_bytes: pre.data_bytes,
+        destination,
+    };
+    if json {
+        return super::print_json(&report);
+    }
+    println!("server       {}", report.server_version);
+    for p in &report.paths {
+        println!("{:<12} {}", p.role, p.path.display());
+    }
+    for (v, f) in report.volumes.iter().zip(&report.free_space) {
+        println!(
+            "volume       {} ({}, {}), {:.1} % free",
+            v.id, report.backend, v.fstype, f.free_percent
+        );
+    }
+    println!(
+        "snapshot     {}",
+        if report.atomic_snapshot {
+            "atomic (one instant for all volumes)"
+        } else {
+            "several volumes, covered by the lock"
+        }
+    );
+    println!("lock         {}", report.lock_mode);
+    println!(
+        "data         {}",
+        ByteSize::b(report.data_bytes).display().iec()
+    );
+    if let Some(d) = &report.destination {
+        println!("destination  {d} (writable, enough space)");
+    }
+    println!("ok: a backup can be taken");
+    Ok(())
+}

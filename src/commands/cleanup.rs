@@ -1,0 +1,96 @@
+//! `dbsnap cleanup`: release whatever an interrupted run left, from the journal.
+
+use anyhow::Context;
+
+use crate::backends;
+use crate::config::Config;
+use crate::journal::{Journal, Resource, RunLock};
+
+pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
+    let lock = RunLock::acquire(&config.state_dir)?;
+    let mut journal = Journal::open(&config.state_dir, &lock)?;
+    let released = release_all(config, &mut journal).await?;
+    if json {
+        super::print_json(&serde_json::json!({ "released": released }))?;
+    } else if released.is_empty() {
+        println!("nothing to clean up");
+    } else {
+        for r in &released {
+            println!("released {r}");
+        }
+    }
+    Ok(())
+}
+
+/// Release every journaled resource, newest first (a partial copy before its mount,
+/// a mount before its snapshot). Keeps going past failures so that one stuck resource
+/// does not pin the others, then reports all failures.
+pub async fn release_all(config: &Config, journal: &mut Journal) -> anyhow::Result<Vec<String>> {
+    let mut released = Vec::new();
+    let mut failures = Vec::new();
+    for entry in journal.entries().to_vec().into_iter().rev() {
+        let what = describe(&entry.resource);
+        match release_one(config, &entry.resource).await {
+            Ok(()) => {
+                journal.forget(&entry.resource)?;
+                tracing::info!("released {what} (left by run {})", entry.run);
+                released.push(what);
+            }
+            Err(e) => failures.push(format!("{what}: {e:#}")),
+        }
+    }
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "could not release {} resource(s); they stay in the journal for the next `dbsnap cleanup`:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
+    }
+    Ok(released)
+}
+
+async fn release_one(config: &Config, resource: &Resource) -> anyhow::Result<()> {
+    match resource {
+        Resource::Partial { dir } => {
+            // Only ever delete a directory dbsnap named `*.partial`.
+            if dir.extension().is_some_and(|e| e == "partial") && dir.exists() {
+                std::fs::remove_dir_all(dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+            Ok(())
+        }
+        Resource::Mount { set, workdir } => {
+            let backend = backends::open_named(&set.backend, &config.snapshot)?;
+            backend.unmount(set, workdir).await?;
+            if workdir.exists() {
+                std::fs::remove_dir(workdir)
+                    .with_context(|| format!("removing {}", workdir.display()))?;
+            }
+            Ok(())
+        }
+        Resource::Snapshot { set } => {
+            let backend = backends::open_named(&set.backend, &config.snapshot)?;
+            backend.release(set).await?;
+            Ok(())
+        }
+    }
+}
+
+fn describe(resource: &Resource) -> String {
+    match resource {
+        Resource::Partial { dir } => format!("partial backup {}", dir.display()),
+        Resource::Mount { set, workdir } => {
+            format!("mount of {} under {}", set.name, workdir.display())
+        }
+        Resource::Snapshot { set } => format!(
+            "{} snapshot {} ({})",
+            set.backend,
+            set.name,
+            set.snapshots
+                .iter()
+                .map(|s| s.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}

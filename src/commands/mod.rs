@@ -1,0 +1,36 @@
+//! One module per command. Each loads what it needs and calls the orchestrator or the
+//! journal; none of them knows the order of the backup's phases.
+
+pub mod backup;
+pub mod check;
+pub mod cleanup;
+pub mod list;
+
+use std::future::Future;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::error::{fail, Class};
+
+/// Run `work` until it finishes or SIGINT/SIGTERM arrives. On a signal the future is
+/// dropped: its database connections close (so the server releases any lock at once)
+/// and its child processes are killed; the caller then replays the journal.
+pub async fn until_signal<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let name = tokio::select! {
+        result = work => return result,
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    Err(fail(
+        Class::Interrupted,
+        format!("interrupted by {name}; the lock (if held) was released and the run's resources are being cleaned up"),
+    ))
+}
+
+/// Print one JSON document on stdout (the only thing `--json` writes there).
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

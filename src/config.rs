@@ -1,0 +1,419 @@
+//! The configuration file (TOML) and MySQL option files (`[client]` in my.cnf).
+//!
+//! Unknown keys are errors that name the key and the line: a misspelt `lock_wait_timout`
+//! silently falling back to a default is how backups end up stalling production.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use dbsnap_btrfs::BtrfsConfig;
+use serde::Deserialize;
+
+use crate::error::{fail, Class};
+
+pub const DEFAULT_CONFIG: &str = "/etc/dbsnap/dbsnap.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where dbsnap keeps its state journal and run lock.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    pub mysql: MysqlConfig,
+    pub snapshot: SnapshotConfig,
+    pub backup: Option<BackupConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlConfig {
+    pub socket: Option<PathBuf>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// A MySQL option file whose `[client]` section supplies user, password, socket, host, port.
+    pub defaults_file: Option<PathBuf>,
+    pub user: Option<String>,
+    /// A file holding only the password (a trailing newline is ignored).
+    pub password_file: Option<PathBuf>,
+    /// How long one attempt to take the lock may wait before it is cancelled.
+    #[serde(default = "default_lock_wait", with = "humantime_serde")]
+    pub lock_wait_timeout: Duration,
+    /// Attempts to take the lock; between attempts writers run freely.
+    #[serde(default = "default_lock_attempts")]
+    pub lock_attempts: u32,
+    /// Past this, the lock is released and the run aborts, whatever the snapshot is doing.
+    #[serde(default = "default_max_lock_hold", with = "humantime_serde")]
+    pub max_lock_hold: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    pub backend: String,
+    /// Refuse to start, and abort a running copy, when a snapshotted filesystem has less
+    /// free space than this: a full filesystem crashes the live server.
+    #[serde(default = "default_min_free_percent")]
+    pub min_free_percent: f64,
+    /// Warn below this much free space.
+    #[serde(default = "default_warn_free_percent")]
+    pub warn_free_percent: f64,
+    #[serde(default)]
+    pub btrfs: BtrfsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Directory that receives one sub-directory per backup.
+    pub dest: PathBuf,
+    /// rsync bandwidth limit, e.g. "50MiB" (per second).
+    pub bwlimit: Option<bytesize::ByteSize>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/dbsnap")
+}
+fn default_lock_wait() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_lock_attempts() -> u32 {
+    3
+}
+fn default_max_lock_hold() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_min_free_percent() -> f64 {
+    5.0
+}
+fn default_warn_free_percent() -> f64 {
+    15.0
+}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            fail(
+                Class::Config,
+                format!(
+                    "cannot read the configuration file {}: {e}. Pass --config PATH, or create {} \
+                     (see `dbsnap --help` and the README for an example)",
+                    path.display(),
+                    DEFAULT_CONFIG
+                ),
+            )
+        })?;
+        Config::parse(&text).map_err(|e| fail(Class::Config, format!("{}: {e}", path.display())))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let mut paths: Vec<(&str, &Path)> = vec![("state_dir", &self.state_dir)];
+        if let Some(p) = &self.mysql.socket {
+            paths.push(("mysql.socket", p));
+        }
+        if let Some(p) = &self.mysql.defaults_file {
+            paths.push(("mysql.defaults_file", p));
+        }
+        if let Some(p) = &self.mysql.password_file {
+            paths.push(("mysql.password_file", p));
+        }
+        if let Some(b) = &self.backup {
+            paths.push(("backup.dest", &b.dest));
+        }
+        if let Some(p) = &self.snapshot.btrfs.snapshot_dir {
+            paths.push(("snapshot.btrfs.snapshot_dir", p));
+        }
+        for (key, path) in paths {
+            check_path(key, path)?;
+        }
+        if self.mysql.lock_attempts == 0 {
+            anyhow::bail!("mysql.lock_attempts must be at least 1");
+        }
+        if self.mysql.lock_wait_timeout < Duration::from_millis(100) {
+            anyhow::bail!("mysql.lock_wait_timeout must be at least 100ms");
+        }
+        if !(0.0..100.0).contains(&self.snapshot.min_free_percent)
+            || self.snapshot.warn_free_percent < self.snapshot.min_free_percent
+        {
+            anyhow::bail!(
+                "snapshot.min_free_percent must be in 0..100 and no larger than snapshot.warn_free_percent"
+            );
+        }
+        Ok(())
+    }
+
+    /// The `[backup]` section, which only `backup` and `list` need.
+    pub fn backup(&self) -> anyhow::Result<&BackupConfig> {
+        self.backup.as_ref().ok_or_else(|| {
+            fail(
+                Class::Config,
+                "the configuration has no [backup] section: add one with `dest = \"/path/to/backups\"`",
+            )
+        })
+    }
+}
+
+/// Paths in the configuration must be absolute (they are used from any working
+/// directory and handed to rsync, which would read `host:path` as remote) and printable.
+fn check_path(key: &str, path: &Path) -> anyhow::Result<()> {
+    if !path.is_absolute() {
+        anyhow::bail!("{key} = {path:?} must be an absolute path");
+    }
+    if path.to_string_lossy().chars().any(char::is_control) {
+        anyhow::bail!(
+            "{key} = {path:?} contains control characters (newline, tab, ...); rename it"
+        );
+    }
+    Ok(())
+}
+
+/// Connection settings after merging the option file and the config (config wins).
+#[derive(Clone)]
+pub struct Credentials {
+    pub socket: Option<PathBuf>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("socket", &self.socket)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Where we connect, for messages (never includes the password).
+    pub fn target(&self) -> String {
+        let user = self.user.as_deref().unwrap_or("(current user)");
+        match (&self.socket, &self.host) {
+            (Some(s), _) => format!("{user} via socket {}", s.display()),
+            (None, Some(h)) => format!("{user}@{h}:{}", self.port.unwrap_or(3306)),
+            (None, None) => format!("{user}@localhost:{}", self.port.unwrap_or(3306)),
+        }
+    }
+}
+
+impl MysqlConfig {
+    /// Merge the option file and the config into connection settings. Warns when a file
+    /// holding a password can be read by other users.
+    pub fn credentials(&self) -> anyhow::Result<Credentials> {
+        let mut creds = Credentials {
+            socket: None,
+            host: None,
+            port: None,
+            user: None,
+            password: None,
+        };
+        if let Some(path) = &self.defaults_file {
+            let text = read_secret_file(path, "mysql.defaults_file")?;
+            let client = parse_option_file_client(&text);
+            if client.password.is_some() {
+                warn_if_readable_by_others(path);
+            }
+            creds = client;
+        }
+        if let Some(path) = &self.password_file {
+            let text = read_secret_file(path, "mysql.password_file")?;
+            warn_if_readable_by_others(path);
+            creds.password = Some(text.trim_end_matches(['\n', '\r']).to_string());
+        }
+        if self.socket.is_some() {
+            creds.socket = self.socket.clone();
+        }
+        if self.host.is_some() {
+            creds.host = self.host.clone();
+            if self.socket.is_none() {
+                creds.socket = None;
+            }
+        }
+        if self.port.is_some() {
+            creds.port = self.port;
+        }
+        if self.user.is_some() {
+            creds.user = self.user.clone();
+        }
+        Ok(creds)
+    }
+}
+
+fn read_secret_file(path: &Path, key: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| {
+            fail(
+                Class::Config,
+                format!("{key}: cannot read {}: {e}. Check the path and that dbsnap runs as a user who may read it", path.display()),
+            )
+        })
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o044 != 0 {
+            tracing::warn!(
+                "{} holds a password and is readable by group or others (mode {:o}): run `chmod 600 {}`",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
+        }
+    }
+}
+
+/// The `[client]` section of a MySQL option file. Later values win, as in the client
+/// libraries; quotes around values are removed; `!include` lines are not followed.
+pub fn parse_option_file_client(text: &str) -> Credentials {
+    let mut creds = Credentials {
+        socket: None,
+        host: None,
+        port: None,
+        user: None,
+        password: None,
+    };
+    let mut in_client = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty()
+            || line.starts_with('#')
+            || line.starts_with(';')
+            || line.starts_with('!')
+        {
+            continue;
+        }
+        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            in_client = section.trim() == "client";
+            continue;
+        }
+        if !in_client {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim().replace('_', "-");
+        let value = unquote(value.trim()).to_string();
+        match key.as_str() {
+            "user" => creds.user = Some(value),
+            "password" => creds.password = Some(value),
+            "socket" => creds.socket = Some(PathBuf::from(value)),
+            "host" => creds.host = Some(value),
+            "port" => creds.port = value.parse().ok(),
+            _ => {}
+        }
+    }
+    creds
+}
+
+fn unquote(value: &str) -> &str {
+    for q in ['"', '\''] {
+        if value.len() >= 2 && value.starts_with(q) && value.ends_with(q) {
+            return &value[1..value.len() - 1];
+        }
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[mysql]
+socket = "/run/mysqld/mysqld.sock"
+
+[snapshot]
+backend = "btrfs"
+
+[backup]
+dest = "/srv/backups/db 1"
+"#;
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/dbsnap"));
+        assert_eq!(c.mysql.lock_wait_timeout, Duration::from_secs(5));
+        assert_eq!(c.mysql.lock_attempts, 3);
+        assert_eq!(c.mysql.max_lock_hold, Duration::from_secs(10));
+        assert_eq!(c.backup.unwrap().dest, PathBuf::from("/srv/backups/db 1"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = MINIMAL.replace("[snapshot]", "[snapshot]\nbakend = \"zfs\"");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("bakend"), "{err}");
+        assert!(err.contains("line 6"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_human() {
+        let text = MINIMAL.replace(
+            "[mysql]",
+            "[mysql]\nlock_wait_timeout = \"1500ms\"\nmax_lock_hold = \"2s\"",
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.mysql.lock_wait_timeout, Duration::from_millis(1500));
+        assert_eq!(c.mysql.max_lock_hold, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn relative_paths_are_refused() {
+        let text = MINIMAL.replace("/srv/backups/db 1", "backups");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("backup.dest") && err.contains("absolute"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn option_file_client_section() {
+        let text = "[mysqld]\nuser = mysql\n[client]\nuser = backup\npassword = \"s3 cr#t\"\nsocket=/run/my.sock\nport = 3307\n[mysql]\nuser = other\n";
+        let c = parse_option_file_client(text);
+        assert_eq!(c.user.as_deref(), Some("backup"));
+        assert_eq!(c.password.as_deref(), Some("s3 cr#t"));
+        assert_eq!(c.socket, Some(PathBuf::from("/run/my.sock")));
+        assert_eq!(c.port, Some(3307));
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let c = parse_option_file_client("[client]\npassword=hunter2\n");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn config_overrides_option_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cnf = dir.path().join("my.cnf");
+        std::fs::write(&cnf, "[client]\nuser=a\npassword=p\nsocket=/x.sock\n").unwrap();
+        let text = format!(
+            "{}\n",
+            MINIMAL.replace(
+                "socket = \"/run/mysqld/mysqld.sock\"",
+                &format!("defaults_file = {:?}\nuser = \"b\"", cnf)
+            )
+        );
+        let c = Config::parse(&text).unwrap().mysql.credentials().unwrap();
+        assert_eq!(c.user.as_deref(), Some("b"));
+        assert_eq!(c.password.as_deref(), Some("p"));
+        assert_eq!(c.socket, Some(PathBuf::from("/x.sock")));
+    }
+}

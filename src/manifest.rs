@@ -1,0 +1,150 @@
+//! The backup's record (`manifest.toml` in every backup): what was copied, from which
+//! server, at which binary-log position, and what the lock cost. A backup directory
+//! without a manifest is not a backup.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{Coordinates, DbPath, LockRecord};
+use crate::transfer::TransferStats;
+
+pub const MANIFEST_FILE: &str = "manifest.toml";
+/// Files are stored under `<backup>/files/<absolute original path>`.
+pub const FILES_DIR: &str = "files";
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub name: String,
+    pub path: PathBuf,
+    pub dbsnap_version: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub server: ServerRecord,
+    pub lock: LockRecord,
+    pub coordinates: Coordinates,
+    pub snapshot: SnapshotRecord,
+    /// The server's directories, as they were on the server, with their role.
+    pub paths: Vec<DbPath>,
+    pub transfer: TransferStats,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    pub version: String,
+    pub hostname: String,
+    pub datadir: PathBuf,
+    pub binlog_basename: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub backend: String,
+    pub name: String,
+    /// Whether all volumes were captured at one instant by the backend itself.
+    pub atomic: bool,
+    pub volumes: Vec<VolumeRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub volume: String,
+    pub root: PathBuf,
+    pub fstype: String,
+    pub snapshot: String,
+}
+
+impl Manifest {
+    pub fn write(&self, backup_dir: &Path) -> anyhow::Result<()> {
+        let path = backup_dir.join(MANIFEST_FILE);
+        let text = toml::to_string_pretty(self).context("serialising the manifest")?;
+        let tmp = backup_dir.join(format!("{MANIFEST_FILE}.tmp"));
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    pub fn read(backup_dir: &Path) -> anyhow::Result<Manifest> {
+        let path = backup_dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// Where an original server path is stored inside the backup.
+    pub fn stored_path(backup_dir: &Path, original: &Path) -> PathBuf {
+        backup_dir
+            .join(FILES_DIR)
+            .join(original.strip_prefix("/").unwrap_or(original))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn sample() -> Manifest {
+        let now = Utc::now();
+        Manifest {
+            format: FORMAT,
+            name: "20261125T214500Z".into(),
+            path: "/srv/backups/20261125T214500Z".into(),
+            dbsnap_version: "0.1.0".into(),
+            started_at: now,
+            finished_at: now,
+            server: ServerRecord {
+                version: "10.11.19-MariaDB".into(),
+                hostname: "db1".into(),
+                datadir: "/var/lib/mysql".into(),
+                binlog_basename: Some("/var/lib/mysql/binlog".into()),
+            },
+            lock: LockRecord {
+                mode: "ftwrl".into(),
+                wait_ms: 1.5,
+                hold_ms: 67.25,
+                attempts: 1,
+                acquired_at: now,
+                released_at: now,
+            },
+            coordinates: Coordinates {
+                binlog_file: Some("binlog.000002".into()),
+                binlog_position: Some(1234),
+                gtid_binlog_pos: Some("0-1-42".into()),
+                gtid_current_pos: Some("0-1-42".into()),
+            },
+            snapshot: SnapshotRecord {
+                backend: "btrfs".into(),
+                name: "dbsnap-20261125T214500Z".into(),
+                atomic: true,
+                volumes: vec![],
+            },
+            paths: vec![DbPath {
+                role: "datadir".into(),
+                path: "/var/lib/mysql".into(),
+            }],
+            transfer: TransferStats::default(),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = sample();
+        m.write(dir.path()).unwrap();
+        let back = Manifest::read(dir.path()).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn stored_path_keeps_the_absolute_path() {
+        assert_eq!(
+            Manifest::stored_path(Path::new("/b/n"), Path::new("/var/lib/mysql")),
+            PathBuf::from("/b/n/files/var/lib/mysql")
+        );
+    }
+}

@@ -1,0 +1,554 @@
+//! The backup flow, phase by phase, in the order it runs:
+//!
+//! ```text
+//! preflight ─► lock ─► snapshot ─► unlock ─► mount ─► transfer ─► finalize ─► release
+//! (no lock)    └── the only window where writers wait ──┘
+//! ```
+//!
+//! This is the only module that knows the order. Every resource is recorded in the
+//! journal before it is created and forgotten after it is released; when a phase fails
+//! the caller replays the journal (see `commands::cleanup`), so no phase needs its own
+//! error-path cleanup — except the lock, which is released right here, first.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytesize::ByteSize;
+use chrono::Utc;
+use dbsnap_backend_api::{
+    BackendError, Health, ReadPath, SnapshotBackend, SnapshotName, SnapshotSet, Volume,
+};
+use mysql_async::Conn;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::db::lock::{self, LockSettings};
+use crate::db::{server, Coordinates, Layout, LockRecord, Server};
+use crate::error::{fail, Class};
+use crate::journal::{Journal, Resource};
+use crate::manifest::{Manifest, ServerRecord, SnapshotRecord, VolumeRecord, FORMAT};
+use crate::progress::Progress;
+use crate::transfer::{self, CopyItem};
+
+/// Everything learned before the lock, without taking it.
+pub struct Preflight {
+    pub server: Server,
+    /// The preflight connection; during the lock window it is the watchdog.
+    pub conn: Conn,
+    pub layout: Layout,
+    pub volumes: Vec<Volume>,
+    /// Whether the backend snapshots all volumes at one instant.
+    pub atomic: bool,
+    pub free_space: Vec<FreeSpace>,
+    /// Bytes in the server's directories: what the copy will move.
+    pub data_bytes: u64,
+}
+
+/// Free space on the filesystem of one volume.
+#[derive(Debug, Clone, Serialize)]
+pub struct FreeSpace {
+    pub volume: String,
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+    pub free_percent: f64,
+}
+
+/// Phase 1: connect, read the layout, check privileges, map paths to volumes, check
+/// free space. Holds no lock; everything that can fail slowly fails here.
+pub async fn preflight(
+    config: &Config,
+    backend: &dyn SnapshotBackend,
+) -> anyhow::Result<Preflight> {
+    let started = Instant::now();
+    let credentials = config.mysql.credentials()?;
+    let (server, mut conn) = Server::connect(&credentials).await?;
+    tracing::info!(
+        "connected to {} ({}) as {}",
+        server.hostname,
+        server.version,
+        server.target()
+    );
+
+    let mut layout = server::layout(&mut conn).await?;
+    layout.canonicalize().map_err(|e| {
+        fail(
+            Class::Layout,
+            format!("{e}. Check the server's configuration"),
+        )
+    })?;
+
+    let granted = server::privileges(&mut conn).await?;
+    let missing = server::missing_privileges(&granted, layout.binlog_basename.is_some());
+    if !missing.is_empty() {
+        return Err(fail(
+            Class::Privileges,
+            format!(
+                "the database user lacks {}. Grant it with: GRANT {} ON *.* TO <the backup user>;",
+                missing.join(" and "),
+                missing.join(", ")
+            ),
+        ));
+    }
+
+    let roots = layout.copy_roots();
+    let volumes = backend.probe(&roots).await.map_err(backend_error)?;
+    let atomic = backend.snapshot_is_atomic(&volumes);
+    let free_space = free_space(&volumes)?;
+    for f in &free_space {
+        if f.free_percent < config.snapshot.min_free_percent {
+            return Err(fail(
+                Class::Layout,
+                format!(
+                    "the filesystem holding {} has only {:.1} % free (floor: [snapshot] min_free_percent = {}). \
+                     A snapshot pins old blocks while the copy runs; a full filesystem crashes the \
+                     server. Free space first",
+                    f.volume, f.free_percent, config.snapshot.min_free_percent
+                ),
+            ));
+        }
+        if f.free_percent < config.snapshot.warn_free_percent {
+            tracing::warn!(
+                "the filesystem holding {} has only {:.1} % free; the copy is aborted if it drops below {} %",
+                f.volume,
+                f.free_percent,
+                config.snapshot.min_free_percent
+            );
+        }
+    }
+    let data_bytes = tree_size(&roots);
+    tracing::info!(
+        ms = started.elapsed().as_millis() as u64,
+        "preflight: {} director{} on {} volume(s), {}",
+        roots.len(),
+        if roots.len() == 1 { "y" } else { "ies" },
+        volumes.len(),
+        ByteSize::b(data_bytes).display().iec()
+    );
+    Ok(Preflight {
+        server,
+        conn,
+        layout,
+        volumes,
+        atomic,
+        free_space,
+        data_bytes,
+    })
+}
+
+/// The destination must exist, be writable, lie outside the server's directories and
+/// have room for the data.
+pub fn check_destination(dest: &Path, pre: &Preflight) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(dest).map_err(|e| {
+        fail(
+            Class::Destination,
+            format!(
+                "the destination {} cannot be used: {e}. Create it (mkdir -p) or fix [backup] dest",
+                dest.display()
+            ),
+        )
+    })?;
+    if !meta.is_dir() {
+        return Err(fail(
+            Class::Destination,
+            format!("the destination {} is not a directory", dest.display()),
+        ));
+    }
+    let canonical = dest.canonicalize()?;
+    if let Some(d) = pre
+        .layout
+        .dirs
+        .iter()
+        .find(|d| canonical.starts_with(&d.path))
+    {
+        return Err(fail(
+            Class::Destination,
+            format!(
+                "the destination {} is inside the server's {} directory {}: choose a directory outside it",
+                dest.display(),
+                d.role,
+                d.path.display()
+            ),
+        ));
+    }
+    tempfile::tempfile_in(dest).map_err(|e| {
+        fail(
+            Class::Destination,
+            format!("the destination {} is not writable: {e}", dest.display()),
+        )
+    })?;
+    let stat = nix::sys::statvfs::statvfs(dest)?;
+    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    if free < pre.data_bytes {
+        return Err(fail(
+            Class::Destination,
+            format!(
+                "the destination {} has {} free but the data is {}: free space there or choose another [backup] dest",
+                dest.display(),
+                ByteSize::b(free).display().iec(),
+                ByteSize::b(pre.data_bytes).display().iec()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Phases 2–4: lock, snapshot and coordinates, unlock. Nothing else happens while
+/// writers wait. The lock is released before any error from inside the window is
+/// returned.
+pub async fn lock_and_snapshot(
+    config: &Config,
+    pre: &mut Preflight,
+    backend: &dyn SnapshotBackend,
+    set: &SnapshotSet,
+) -> anyhow::Result<(LockRecord, Coordinates)> {
+    let settings = LockSettings {
+        wait: config.mysql.lock_wait_timeout,
+        attempts: config.mysql.lock_attempts,
+    };
+    let max_hold = config.mysql.max_lock_hold;
+    let lock_conn = pre.server.open().await?;
+
+    let mut held = lock::acquire_ftwrl(lock_conn, &mut pre.conn, settings).await?;
+    // ── writers wait from here ──
+    let coordinates = held.coordinates().await;
+    let snapshot = match coordinates {
+        Ok(_) => Some(
+            tokio::time::timeout(
+                max_hold.saturating_sub(held.held_for()),
+                backend.snapshot(set),
+            )
+            .await,
+        ),
+        Err(_) => None,
+    };
+    let released = held.release().await;
+    // ── writers run again ──
+    let record = released?;
+    let coordinates = coordinates?;
+    match snapshot {
+        Some(Ok(Ok(()))) => {}
+        Some(Ok(Err(e))) => return Err(backend_error(e).context("taking the snapshot (the lock was released)")),
+        Some(Err(_)) | None => {
+            return Err(fail(
+                Class::Lock,
+                format!(
+                    "the snapshot did not finish within [mysql] max_lock_hold = {}; the lock was released \
+                     after {:.0} ms and the snapshot is discarded. Check the storage ({} backend) for \
+                     what made it slow",
+                    humantime::format_duration(max_hold),
+                    record.hold_ms,
+                    backend.name()
+                ),
+            ))
+        }
+    }
+    tracing::info!(
+        wait_ms = record.wait_ms,
+        hold_ms = record.hold_ms,
+        attempts = record.attempts,
+        "lock released; writers waited {:.1} ms for the lock and {:.1} ms while it was held",
+        record.wait_ms,
+        record.hold_ms
+    );
+    Ok((record, coordinates))
+}
+
+/// The whole backup. On error, what was created is left in the journal for the caller
+/// to release.
+pub async fn backup(
+    config: &Config,
+    backend: &dyn SnapshotBackend,
+    journal: &mut Journal,
+) -> anyhow::Result<Manifest> {
+    let started_at = Utc::now();
+    let dest = &config.backup()?.dest;
+
+    // 1. preflight
+    let mut pre = preflight(config, backend).await?;
+    check_destination(dest, &pre)?;
+    warn_about_unknown_snapshots(backend, &pre.volumes, journal).await;
+    let name = backup_name(dest, started_at);
+    let snapshot_name = SnapshotName::new(format!("dbsnap-{name}"))?;
+    let set = backend
+        .plan(&pre.volumes, &snapshot_name)
+        .map_err(backend_error)?;
+
+    // 2–4. lock, snapshot, unlock
+    journal.record(&name, Resource::Snapshot { set: set.clone() })?;
+    let (lock_record, coordinates) = lock_and_snapshot(config, &mut pre, backend, &set).await?;
+    let _ = pre.conn.disconnect().await;
+
+    // 5. mount
+    let workdir = config.state_dir.join("runs").join(&name);
+    journal.record(
+        &name,
+        Resource::Mount {
+            set: set.clone(),
+            workdir: workdir.clone(),
+        },
+    )?;
+    std::fs::create_dir_all(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
+    let read_paths = backend.mount(&set, &workdir).await.map_err(backend_error)?;
+
+    // 6. transfer into NAME.partial
+    let partial = dest.join(format!("{name}.partial"));
+    journal.record(
+        &name,
+        Resource::Partial {
+            dir: partial.clone(),
+        },
+    )?;
+    std::fs::create_dir(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let items = copy_items(&pre.layout, &read_paths, &partial)?;
+    let progress = Progress::new(pre.data_bytes);
+    let report_progress = |bytes| progress.set(bytes);
+    let stats = tokio::select! {
+        stats = transfer::copy(&items, config.backup()?.bwlimit, &report_progress) => stats?,
+        failure = watch_snapshot(config, backend, &set, &pre.volumes) => return Err(failure),
+    };
+    progress.finish();
+    tracing::info!(
+        "copied {} in {} files in {:.1} s",
+        ByteSize::b(stats.bytes).display().iec(),
+        stats.files,
+        stats.duration_ms as f64 / 1000.0
+    );
+
+    // 7. finalize: manifest, then the atomic rename that publishes the backup
+    let final_dir = dest.join(&name);
+    let manifest = Manifest {
+        format: FORMAT,
+        name: name.clone(),
+        path: final_dir.clone(),
+        dbsnap_version: env!("CARGO_PKG_VERSION").into(),
+        started_at,
+        finished_at: Utc::now(),
+        server: ServerRecord {
+            version: pre.server.version.clone(),
+            hostname: pre.server.hostname.clone(),
+            datadir: pre.layout.datadir.clone(),
+            binlog_basename: pre.layout.binlog_basename.clone(),
+        },
+        lock: lock_record,
+        coordinates,
+        snapshot: SnapshotRecord {
+            backend: backend.name().into(),
+            name: set.name.to_string(),
+            atomic: pre.atomic,
+            volumes: set
+                .snapshots
+                .iter()
+                .map(|s| VolumeRecord {
+                    volume: s.volume.id.clone(),
+                    root: s.volume.root.clone(),
+                    fstype: s.volume.fstype.clone(),
+                    snapshot: s.id.clone(),
+                })
+                .collect(),
+        },
+        paths: pre.layout.dirs.clone(),
+        transfer: stats,
+    };
+    manifest.write(&partial)?;
+    sync_tree(&partial)?;
+    std::fs::rename(&partial, &final_dir)
+        .with_context(|| format!("renaming {} to {}", partial.display(), final_dir.display()))?;
+    journal.forget(&Resource::Partial { dir: partial })?;
+    tracing::info!("backup complete: {}", final_dir.display());
+
+    // 8. release
+    release(backend, journal, &set, &workdir).await.with_context(|| {
+        format!("the backup {} is complete, but releasing the snapshot failed; run `dbsnap cleanup`", final_dir.display())
+    })?;
+    Ok(manifest)
+}
+
+/// Unmount and destroy a snapshot set, forgetting each resource once it is gone.
+pub async fn release(
+    backend: &dyn SnapshotBackend,
+    journal: &mut Journal,
+    set: &SnapshotSet,
+    workdir: &Path,
+) -> anyhow::Result<()> {
+    backend.unmount(set, workdir).await.map_err(backend_error)?;
+    if workdir.exists() {
+        std::fs::remove_dir(workdir).with_context(|| format!("removing {}", workdir.display()))?;
+    }
+    journal.forget(&Resource::Mount {
+        set: set.clone(),
+        workdir: workdir.to_path_buf(),
+    })?;
+    backend.release(set).await.map_err(backend_error)?;
+    journal.forget(&Resource::Snapshot { set: set.clone() })?;
+    Ok(())
+}
+
+/// A name that sorts by time: `20261125T214500Z`, with `.1`, `.2` ... if taken.
+fn backup_name(dest: &Path, at: chrono::DateTime<Utc>) -> String {
+    let base = at.format("%Y%m%dT%H%M%SZ").to_string();
+    let taken = |n: &str| dest.join(n).exists() || dest.join(format!("{n}.partial")).exists();
+    let mut name = base.clone();
+    let mut n = 0;
+    while taken(&name) {
+        n += 1;
+        name = format!("{base}.{n}");
+    }
+    name
+}
+
+/// What to copy: each server directory, read from its frozen volume, into
+/// `<backup>/files/<absolute path>`.
+fn copy_items(
+    layout: &Layout,
+    read_paths: &[ReadPath],
+    backup_dir: &Path,
+) -> anyhow::Result<Vec<CopyItem>> {
+    let mut items = Vec::new();
+    for root in layout.copy_roots() {
+        let read = read_paths
+            .iter()
+            .filter(|r| root.starts_with(&r.origin_root))
+            .max_by_key(|r| r.origin_root.components().count())
+            .with_context(|| format!("no snapshot covers {}", root.display()))?;
+        let relative = root
+            .strip_prefix(&read.origin_root)
+            .expect("filtered by starts_with");
+        let to = Manifest::stored_path(backup_dir, &root);
+        std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+        let exclude = layout
+            .runtime_files
+            .iter()
+            .filter_map(|f| f.strip_prefix(&root).ok().map(PathBuf::from))
+            .collect();
+        items.push(CopyItem {
+            from: read.frozen_root.join(relative),
+            to,
+            exclude,
+        });
+    }
+    Ok(items)
+}
+
+/// Runs beside the copy and returns (an error) only if the copy must stop: a
+/// snapshotted filesystem is running out of space (a full filesystem crashes the
+/// live server, so the snapshot must go), or the backend reports the snapshot lost.
+async fn watch_snapshot(
+    config: &Config,
+    backend: &dyn SnapshotBackend,
+    set: &SnapshotSet,
+    volumes: &[Volume],
+) -> anyhow::Error {
+    let mut warned = false;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        match free_space(volumes) {
+            Ok(spaces) => {
+                for f in spaces {
+                    if f.free_percent < config.snapshot.min_free_percent {
+                        return fail(
+                            Class::Snapshot,
+                            format!(
+                                "the filesystem holding {} fell to {:.1} % free while copying; the copy \
+                                 was stopped and the snapshot released to protect the live server",
+                                f.volume, f.free_percent
+                            ),
+                        );
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot read free space: {e:#}"),
+        }
+        match backend.health(set).await {
+            Ok(Health::Ok) => {}
+            Ok(Health::Warning(w)) if !warned => {
+                tracing::warn!("{w}");
+                warned = true;
+            }
+            Ok(Health::Warning(_)) => {}
+            Ok(Health::Failed(why)) => {
+                return fail(
+                    Class::Snapshot,
+                    format!("the snapshot was lost while copying: {why}; no backup was published"),
+                )
+            }
+            Err(e) => tracing::warn!("cannot read the snapshot's health: {e}"),
+        }
+    }
+}
+
+/// Snapshots named like ours that the journal does not know: an earlier run lost its
+/// journal (or they are kept on purpose). Worth a warning, never an automatic delete.
+async fn warn_about_unknown_snapshots(
+    backend: &dyn SnapshotBackend,
+    volumes: &[Volume],
+    journal: &Journal,
+) {
+    let Ok(sets) = backend.list(volumes).await else {
+        return;
+    };
+    for set in sets {
+        let known = journal.entries().iter().any(|e| match &e.resource {
+            Resource::Snapshot { set: s } | Resource::Mount { set: s, .. } => s.name == set.name,
+            Resource::Partial { .. } => false,
+        });
+        if !known {
+            tracing::warn!(
+                "found snapshot {} ({}) that no dbsnap journal records; it pins disk space. Remove it if it is not needed",
+                set.name,
+                set.snapshots.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+}
+
+pub fn free_space(volumes: &[Volume]) -> anyhow::Result<Vec<FreeSpace>> {
+    volumes
+        .iter()
+        .map(|v| {
+            let s = nix::sys::statvfs::statvfs(&v.root)
+                .with_context(|| format!("statvfs {}", v.root.display()))?;
+            let frag = s.fragment_size() as u64;
+            let total = s.blocks() as u64 * frag;
+            let free = s.blocks_available() as u64 * frag;
+            Ok(FreeSpace {
+                volume: v.root.display().to_string(),
+                free_bytes: free,
+                total_bytes: total,
+                free_percent: if total == 0 {
+                    100.0
+                } else {
+                    free as f64 * 100.0 / total as f64
+                },
+            })
+        })
+        .collect()
+}
+
+/// Apparent size of all regular files under `roots` (metadata only).
+fn tree_size(roots: &[PathBuf]) -> u64 {
+    roots
+        .iter()
+        .flat_map(|r| walkdir::WalkDir::new(r).same_file_system(true))
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Make the copied files durable before the rename publishes them.
+fn sync_tree(dir: &Path) -> anyhow::Result<()> {
+    let file = std::fs::File::open(dir)?;
+    nix::unistd::syncfs(&file).with_context(|| format!("syncfs {}", dir.display()))?;
+    Ok(())
+}
+
+/// Map a backend error to the class the user sees.
+pub fn backend_error(e: BackendError) -> anyhow::Error {
+    let class = match &e {
+        BackendError::Unsupported { .. } => Class::Layout,
+        _ => Class::Snapshot,
+    };
+    fail(class, e.to_string())
+}

@@ -1,0 +1,5 @@
+//! Copying frozen files to the destination.
+
+pub mod rsync;
+
+pub use rsync::{copy, CopyItem, TransferStats};

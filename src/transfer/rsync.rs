@@ -1,0 +1,277 @@
+//! The rsync driver: one `rsync` per directory, argv only, with progress parsed from
+//! `--info=progress2` and totals from `--stats`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+use crate::error::{fail, Class};
+
+/// Copy the contents of `from` into `to`, leaving out `exclude` (paths relative to `from`).
+#[derive(Debug, Clone)]
+pub struct CopyItem {
+    pub from: PathBuf,
+    pub to: PathBuf,
+    pub exclude: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransferStats {
+    pub method: String,
+    pub bytes: u64,
+    pub files: u64,
+    pub duration_ms: u64,
+}
+
+/// Run rsync for every item in turn. `progress` is called with the bytes copied so far
+/// across all items.
+pub async fn copy(
+    items: &[CopyItem],
+    bwlimit: Option<bytesize::ByteSize>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<TransferStats> {
+    let started = Instant::now();
+    let mut total = TransferStats {
+        method: "rsync".into(),
+        ..Default::default()
+    };
+    for item in items {
+        let done_before = total.bytes;
+        let stats = run_one(item, bwlimit, &|b| progress(done_before + b)).await?;
+        total.bytes += stats.bytes;
+        total.files += stats.files;
+    }
+    total.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(total)
+}
+
+fn argv(item: &CopyItem, bwlimit: Option<bytesize::ByteSize>) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--archive",
+        "--hard-links",
+        "--numeric-ids",
+        "--sparse",
+        "--one-file-system",
+        "--no-inc-recursive",
+        "--info=progress2",
+        "--stats",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some(limit) = bwlimit {
+        args.push(format!("--bwlimit={}K", (limit.as_u64() / 1024).max(1)));
+    }
+    for path in &item.exclude {
+        args.push(format!("--exclude=/{}", path.display()));
+    }
+    // Trailing slashes: copy the directory's contents, not the directory itself.
+    args.push(format!("{}/", item.from.display()));
+    args.push(format!("{}/", item.to.display()));
+    args
+}
+
+async fn run_one(
+    item: &CopyItem,
+    bwlimit: Option<bytesize::ByteSize>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<TransferStats> {
+    let args = argv(item, bwlimit);
+    tracing::debug!(?args, "rsync");
+    let mut child = Command::new("rsync")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("LC_ALL", "C")
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            fail(
+                Class::Transfer,
+                format!("cannot start rsync ({e}); install it (apt-get install rsync)"),
+            )
+        })?;
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let (out, err, status) = tokio::join!(
+        read_progress(stdout, progress),
+        read_all(stderr),
+        child.wait()
+    );
+    let status = status?;
+    let out = out?;
+    if !status.success() {
+        let err = err.unwrap_or_default();
+        let class =
+            if err.contains("No space left on device") || err.contains("Disk quota exceeded") {
+                Class::Destination
+            } else {
+                Class::Transfer
+            };
+        let what = if class == Class::Destination {
+            "the destination is full: free space there or point [backup] dest elsewhere"
+        } else {
+            "the copy failed"
+        };
+        return Err(fail(
+            class,
+            format!(
+                "{what} (rsync from {} to {} exited with {status}): {}",
+                item.from.display(),
+                item.to.display(),
+                last_lines(&err, 5)
+            ),
+        ));
+    }
+    Ok(parse_stats(&out))
+}
+
+/// Read rsync's stdout, reporting progress lines (separated by `\r`) as they come, and
+/// return everything for the final statistics.
+async fn read_progress(
+    mut pipe: impl AsyncRead + Unpin,
+    progress: &(dyn Fn(u64) + Sync),
+) -> std::io::Result<String> {
+    let mut all = Vec::new();
+    let mut line = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut last_report = Instant::now() - Duration::from_secs(1);
+    loop {
+        let n = pipe.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+        for &b in &buf[..n] {
+            if b == b'\r' || b == b'\n' {
+                if let Some(bytes) = parse_progress(&String::from_utf8_lossy(&line)) {
+                    if last_report.elapsed() >= Duration::from_millis(200) {
+                        progress(bytes);
+                        last_report = Instant::now();
+                    }
+                }
+                line.clear();
+            } else {
+                line.push(b);
+            }
+        }
+    }
+    Ok(String::from_utf8_lossy(&all).into_owned())
+}
+
+async fn read_all(mut pipe: impl AsyncRead + Unpin) -> std::io::Result<String> {
+    let mut s = String::new();
+    pipe.read_to_string(&mut s).await?;
+    Ok(s)
+}
+
+/// `     32,768 100%    1.23MB/s    0:00:00 (xfr#1, to-chk=0/3)` → 32768.
+fn parse_progress(line: &str) -> Option<u64> {
+    let mut fields = line.split_whitespace();
+    let bytes = fields.next()?;
+    let percent = fields.next()?;
+    if !percent.ends_with('%') {
+        return None;
+    }
+    parse_number(bytes)
+}
+
+fn parse_number(s: &str) -> Option<u64> {
+    s.replace(',', "").parse().ok()
+}
+
+/// Totals from `--stats`.
+fn parse_stats(out: &str) -> TransferStats {
+    let field = |label: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(parse_number)
+            .unwrap_or(0)
+    };
+    TransferStats {
+        method: "rsync".into(),
+        bytes: field("Total transferred file size:"),
+        files: field("Number of regular files transferred:"),
+        duration_ms: 0,
+    }
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" / ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_progress2_lines() {
+        assert_eq!(
+            parse_progress("     32,768 100%    0.00kB/s    0:00:00 (xfr#1, to-chk=0/3)"),
+            Some(32768)
+        );
+        assert_eq!(
+            parse_progress("  1,234,567,890  45%   12.34MB/s    0:01:05"),
+            Some(1_234_567_890)
+        );
+        assert_eq!(parse_progress("Number of files: 3"), None);
+        assert_eq!(parse_progress(""), None);
+    }
+
+    #[test]
+    fn parses_stats() {
+        let out = "\nNumber of files: 12 (reg: 10, dir: 2)\nNumber of created files: 11\n\
+                   Number of regular files transferred: 10\nTotal file size: 79,691,776 bytes\n\
+                   Total transferred file size: 79,691,776 bytes\n";
+        let s = parse_stats(out);
+        assert_eq!(s.bytes, 79_691_776);
+        assert_eq!(s.files, 10);
+    }
+
+    #[test]
+    fn argv_copies_contents_and_anchors_excludes() {
+        let item = CopyItem {
+            from: "/snap/x y/mysql".into(),
+            to: "/b/n.partial/files/var/lib/mysql".into(),
+            exclude: vec!["host.pid".into()],
+        };
+        let a = argv(&item, Some(bytesize::ByteSize::mib(10)));
+        assert!(a.contains(&"--bwlimit=10240K".to_string()));
+        assert!(a.contains(&"--exclude=/host.pid".to_string()));
+        assert_eq!(a[a.len() - 2], "/snap/x y/mysql/");
+        assert_eq!(a[a.len() - 1], "/b/n.partial/files/var/lib/mysql/");
+    }
+
+    #[tokio::test]
+    async fn copies_a_directory_with_hostile_names() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let weird = src.path().join("a b; $(touch pwned) 'q'");
+        std::fs::create_dir(&weird).unwrap();
+        std::fs::write(weird.join("f"), vec![7u8; 100_000]).unwrap();
+        std::fs::write(src.path().join("x.pid"), "1").unwrap();
+        let to = dst.path().join("out dir");
+        std::fs::create_dir(&to).unwrap();
+        let item = CopyItem {
+            from: src.path().into(),
+            to: to.clone(),
+            exclude: vec!["x.pid".into()],
+        };
+        let stats = copy(&[item], None, &|_| {}).await.unwrap();
+        assert_eq!(stats.bytes, 100_000);
+        assert_eq!(
+            std::fs::read(to.join("a b; $(touch pwned) 'q'/f"))
+                .unwrap()
+                .len(),
+            100_000
+        );
+        assert!(!to.join("x.pid").exists());
+        assert!(!std::path::Path::new("pwned").exists());
+    }
+}
