@@ -1,0 +1,873 @@
+//! LVM backend: snapshots of the logical volumes that hold the database.
+//!
+//! - A plain LV gets a classic snapshot (`lvcreate -s -l N`), whose copy-on-write space is
+//!   sized in `probe` (see [`size`]) and watched by `health`: when it overflows, LVM
+//!   invalidates the snapshot and the copy must fail.
+//! - A thin LV gets a thin snapshot (no size; it shares the thin pool, whose data and
+//!   metadata use `health` watches). Thin snapshots skip activation by default, so `mount`
+//!   activates them with `--ignoreactivationskip` (outside the lock).
+//! - Snapshots are named `<snapshot name>.<volume index>` in the origin's volume group and
+//!   tagged `dbsnap` and `<snapshot name>`; `list` and `release` touch nothing without the
+//!   `dbsnap` tag. Snapshots of several LVs are not atomic: dbsnap's lock covers all.
+//! - `mount` mounts read-only under the workdir: XFS with `nouuid,norecovery` (the snapshot
+//!   has the origin's UUID and an unreplayed log), ext4 with `noload` (no journal replay).
+//!
+//! The probe remembers each volume's LV so that `snapshot`, which runs under the database
+//! lock, runs `lvcreate` and nothing else.
+
+mod lvs;
+mod size;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dbsnap_backend_api::command::Cmd;
+use dbsnap_backend_api::mounts::{mount_of, read_mount_table, MountEntry};
+use dbsnap_backend_api::{
+    validate_name, BackendError, Health, ReadPath, Result, SnapshotBackend, SnapshotName,
+    SnapshotSet, Volume, VolumeSnapshot, SNAPSHOT_PREFIX,
+};
+use serde::Deserialize;
+
+use lvs::{list_lvs, Lv, LvKind};
+pub use size::{Percent, SnapshotSize};
+
+const NAME: &str = "lvm";
+/// Every snapshot this backend creates carries this LVM tag.
+pub const TAG: &str = "dbsnap";
+const DEFAULT_WARN_PERCENT: Percent = Percent::new_const(80.0);
+/// `lvremove` of a device that is still briefly open (e.g. right after umount) is retried.
+const REMOVE_ATTEMPTS: u32 = 4;
+const REMOVE_RETRY_DELAY: Duration = Duration::from_millis(750);
+
+/// `[snapshot.lvm]` in the configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LvmConfig {
+    /// Copy-on-write space of each classic snapshot: `"2G"`, `"512M"` or `"20%"` of the
+    /// origin LV. Default: half of the volume group's free space, shared by the group's
+    /// snapshots, at most the origin's size. Thin snapshots take no size.
+    pub snapshot_size: Option<SnapshotSize>,
+    /// `health` warns when a classic snapshot's CoW space, or a thin pool's data or metadata,
+    /// is this full (percent). Default 80.
+    pub warn_percent: Option<Percent>,
+}
+
+pub struct Lvm {
+    config: LvmConfig,
+    /// What `probe` found for each volume (by volume id `vg/lv`), for `snapshot`.
+    probed: Mutex<HashMap<String, Prepared>>,
+}
+
+/// How to snapshot one volume, decided in `probe`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Prepared {
+    Classic { extents: u64 },
+    Thin,
+}
+
+impl Lvm {
+    pub fn new(config: LvmConfig) -> Self {
+        Lvm {
+            config,
+            probed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn warn_percent(&self) -> f64 {
+        self.config
+            .warn_percent
+            .unwrap_or(DEFAULT_WARN_PERCENT)
+            .value()
+    }
+}
+
+fn unsupported(path: &Path, reason: impl Into<String>, hint: impl Into<String>) -> BackendError {
+    BackendError::Unsupported {
+        backend: NAME,
+        path: path.to_path_buf(),
+        reason: reason.into(),
+        hint: hint.into(),
+    }
+}
+
+/// The block-device major number of device-mapper, from `/proc/devices`; `None` when the
+/// kernel has no device-mapper (then nothing can be on LVM).
+fn device_mapper_major() -> Result<Option<u32>> {
+    let text = std::fs::read_to_string("/proc/devices")
+        .map_err(|e| BackendError::io("reading /proc/devices", e))?;
+    Ok(parse_device_mapper_major(&text))
+}
+
+fn parse_device_mapper_major(proc_devices: &str) -> Option<u32> {
+    let block = proc_devices.split("Block devices:").nth(1)?;
+    block.lines().find_map(|line| {
+        let (major, name) = line.trim().split_once(' ')?;
+        (name.trim() == "device-mapper").then(|| major.parse().ok())?
+    })
+}
+
+/// `major:minor` from a mountinfo device field.
+fn parse_device(field: &str) -> Option<(u32, u32)> {
+    let (major, minor) = field.split_once(':')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// Split and check a `vg/lv` id from the state journal before it reaches a command line.
+fn split_lv_id(id: &str) -> Result<(&str, &str)> {
+    let (vg, lv) = id.split_once('/').ok_or_else(|| {
+        BackendError::Invalid(format!("{id:?} is not an LVM volume id of the form vg/lv"))
+    })?;
+    validate_name("volume group name", vg)?;
+    validate_name("logical volume name", lv)?;
+    Ok((vg, lv))
+}
+
+fn device_path(vg: &str, lv: &str) -> PathBuf {
+    Path::new("/dev").join(vg).join(lv)
+}
+
+fn mount_options(fstype: &str) -> Result<&'static str> {
+    match fstype {
+        // The snapshot has the origin's UUID, and its log may need replaying, which a
+        // read-only mount must not do.
+        "xfs" => Ok("ro,nouuid,norecovery"),
+        "ext4" | "ext3" => Ok("ro,noload"),
+        other => Err(BackendError::Invalid(format!(
+            "cannot mount a snapshot of a {other} filesystem; the LVM backend supports xfs, ext4 \
+             and ext3"
+        ))),
+    }
+}
+
+/// The volume groups named in a set's snapshot ids, each once.
+fn volume_groups(set: &SnapshotSet) -> Result<Vec<String>> {
+    let mut vgs = Vec::new();
+    for snap in &set.snapshots {
+        let (vg, _) = split_lv_id(&snap.id)?;
+        if !vgs.iter().any(|v| v == vg) {
+            vgs.push(vg.to_string());
+        }
+    }
+    Ok(vgs)
+}
+
+/// Whether `lv` is one of dbsnap's snapshots: prefixed name, `dbsnap` tag, an origin.
+fn is_ours(lv: &Lv) -> bool {
+    lv.name.starts_with(SNAPSHOT_PREFIX) && lv.has_tag(TAG) && lv.origin.is_some()
+}
+
+/// The set name of one of our snapshot LVs, `<set name>.<index>`.
+fn set_name_of(lv_name: &str) -> Option<SnapshotName> {
+    let (name, index) = lv_name.rsplit_once('.')?;
+    index.parse::<usize>().ok()?;
+    SnapshotName::new(name).ok()
+}
+
+impl Lvm {
+    fn probe_path(
+        &self,
+        path: &Path,
+        table: &[MountEntry],
+        dm_major: Option<u32>,
+        all_lvs: &[Lv],
+    ) -> Result<(Volume, Lv)> {
+        let canonical = path
+            .canonicalize()
+            .map_err(|e| BackendError::io(format!("resolving {}", path.display()), e))?;
+        let mount = mount_of(table, &canonical)
+            .ok_or_else(|| unsupported(path, "no mount holds it", "check that the path exists"))?;
+        let not_lvm = || {
+            unsupported(
+                path,
+                format!(
+                    "it is on {} ({}) mounted at {}, not on an LVM logical volume",
+                    mount.source,
+                    mount.fstype,
+                    mount.mount_point.display()
+                ),
+                "Move the database files onto an LVM logical volume, or set [snapshot] backend \
+                 to the backend for this filesystem (btrfs, zfs)",
+            )
+        };
+        let device = parse_device(&mount.device).ok_or_else(not_lvm)?;
+        if dm_major != Some(device.0) {
+            return Err(not_lvm());
+        }
+        let lv = all_lvs
+            .iter()
+            .find(|lv| lv.device == Some(device))
+            .ok_or_else(not_lvm)?
+            .clone();
+        match lv.kind() {
+            LvKind::Plain | LvKind::Thin => {}
+            LvKind::ClassicSnapshot | LvKind::Other => {
+                return Err(unsupported(
+                    path,
+                    format!(
+                        "it is on {}, which is a snapshot or pool (lv_attr {})",
+                        lv.full_name(),
+                        lv.attr
+                    ),
+                    "Point dbsnap at the database on its origin logical volume",
+                ))
+            }
+        }
+        mount_options(&mount.fstype).map_err(|e| {
+            unsupported(
+                path,
+                e.to_string(),
+                "Use xfs or ext4 on the logical volume, or another backend",
+            )
+        })?;
+        validate_name("volume group name", &lv.vg)?;
+        validate_name("logical volume name", &lv.name)?;
+        let volume = Volume {
+            id: lv.full_name(),
+            root: mount.mount_point.clone(),
+            fstype: mount.fstype.clone(),
+        };
+        Ok((volume, lv))
+    }
+
+    /// Decide each volume's snapshot: thin, or classic with a size that fits its VG.
+    fn prepare(&self, found: &[(Volume, Lv, PathBuf)]) -> Result<HashMap<String, Prepared>> {
+        let mut prepared = HashMap::new();
+        let mut classic_by_vg: BTreeMap<&str, Vec<&(Volume, Lv, PathBuf)>> = BTreeMap::new();
+        for entry in found {
+            let (volume, lv, _) = entry;
+            if lv.kind() == LvKind::Thin {
+                prepared.insert(volume.id.clone(), Prepared::Thin);
+            } else {
+                classic_by_vg.entry(lv.vg.as_str()).or_default().push(entry);
+            }
+        }
+        for (vg, entries) in classic_by_vg {
+            let origins: Vec<size::Origin> = entries
+                .iter()
+                .map(|(_, lv, _)| size::Origin {
+                    name: lv.full_name(),
+                    size: lv.size,
+                })
+                .collect();
+            let first = &entries[0].1;
+            let extents = size::snapshot_extents(
+                self.config.snapshot_size,
+                &origins,
+                vg,
+                first.extent_size,
+                first.vg_free_extents,
+            )
+            .map_err(|reason| {
+                unsupported(
+                    &entries[0].2,
+                    reason,
+                    "Free space in the volume group (vgextend, or shrink another LV), set \
+                     [snapshot.lvm] snapshot_size, or move the data onto a thin LV",
+                )
+            })?;
+            for ((volume, _, _), extents) in entries.iter().zip(extents) {
+                prepared.insert(volume.id.clone(), Prepared::Classic { extents });
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Remove one of our snapshot LVs, retrying while it is busy; explain who holds it if
+    /// it stays busy.
+    async fn remove(&self, lv: &Lv) -> Result<()> {
+        let full_name = lv.full_name();
+        let mut attempt = 1;
+        loop {
+            match Cmd::new("lvremove").args(["--yes", &full_name]).run().await {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt >= REMOVE_ATTEMPTS => {
+                    return Err(BackendError::Invalid(format!(
+                        "could not remove snapshot {full_name} after {attempt} attempts: {e}. {}",
+                        diagnose_busy(lv)
+                    )))
+                }
+                Err(e) => {
+                    tracing::warn!(snapshot = %full_name, attempt, error = %e, "lvremove failed; retrying");
+                    tokio::time::sleep(REMOVE_RETRY_DELAY * attempt).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Who keeps a device open: mounts, device-mapper holders, processes with it open.
+fn diagnose_busy(lv: &Lv) -> String {
+    let Some((major, minor)) = lv.device else {
+        return "The LV is not active, so nothing holds it open; see the lvremove error above."
+            .into();
+    };
+    let mut found = Vec::new();
+    if let Ok(table) = read_mount_table() {
+        for m in table
+            .iter()
+            .filter(|m| m.device == format!("{major}:{minor}"))
+        {
+            found.push(format!("mounted at {}", m.mount_point.display()));
+        }
+    }
+    let holders = format!("/sys/dev/block/{major}:{minor}/holders");
+    if let Ok(entries) = std::fs::read_dir(&holders) {
+        for entry in entries.flatten() {
+            found.push(format!(
+                "used by device {}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    let dm_node = PathBuf::from(format!("/dev/dm-{minor}"));
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for process in procs.flatten() {
+            let pid = process.file_name().to_string_lossy().into_owned();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
+                continue;
+            };
+            if fds
+                .flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == dm_node))
+            {
+                let comm = std::fs::read_to_string(process.path().join("comm")).unwrap_or_default();
+                found.push(format!("open in process {pid} ({})", comm.trim()));
+            }
+        }
+    }
+    if found.is_empty() {
+        "Nothing visible holds it (another mount namespace may); retry `dbsnap cleanup` later."
+            .into()
+    } else {
+        format!(
+            "It is {}; stop that, then run `dbsnap cleanup`.",
+            found.join(", ")
+        )
+    }
+}
+
+#[async_trait]
+impl SnapshotBackend for Lvm {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn probe(&self, paths: &[PathBuf]) -> Result<Vec<Volume>> {
+        let table = read_mount_table()?;
+        let dm_major = device_mapper_major()?;
+        if dm_major.is_none() {
+            let path = paths.first().cloned().unwrap_or_default();
+            return Err(unsupported(
+                &path,
+                "this kernel has no device-mapper, so nothing here is on LVM",
+                "Load it (`modprobe dm_snapshot`) if the data is on LVM, or choose the backend \
+                 for this filesystem",
+            ));
+        }
+        let all_lvs = list_lvs(&[]).await?;
+        let mut found: Vec<(Volume, Lv, PathBuf)> = Vec::new();
+        for path in paths {
+            let (volume, lv) = self.probe_path(path, &table, dm_major, &all_lvs)?;
+            match found.iter().find(|(v, _, _)| v.id == volume.id) {
+                None => found.push((volume, lv, path.clone())),
+                Some((v, _, _)) if v.root == volume.root => {}
+                Some((v, _, _)) => {
+                    return Err(unsupported(
+                        path,
+                        format!(
+                            "its LV {} is mounted both at {} and at {}",
+                            volume.id,
+                            v.root.display(),
+                            volume.root.display()
+                        ),
+                        "Configure the database paths through one mount of each LV",
+                    ))
+                }
+            }
+        }
+        let prepared = self.prepare(&found)?;
+        self.probed
+            .lock()
+            .expect("probe cache lock poisoned")
+            .extend(prepared);
+        Ok(found.into_iter().map(|(volume, _, _)| volume).collect())
+    }
+
+    fn snapshot_is_atomic(&self, volumes: &[Volume]) -> bool {
+        volumes.len() <= 1
+    }
+
+    fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {
+        let mut snapshots = Vec::new();
+        for (index, volume) in volumes.iter().enumerate() {
+            let (vg, _) = split_lv_id(&volume.id)?;
+            let lv_name = format!("{name}.{index}");
+            validate_name("snapshot LV name", &lv_name)?;
+            snapshots.push(VolumeSnapshot {
+                volume: volume.clone(),
+                id: format!("{vg}/{lv_name}"),
+            });
+        }
+        Ok(SnapshotSet {
+            backend: NAME.to_string(),
+            name: name.clone(),
+            snapshots,
+        })
+    }
+
+    async fn snapshot(&self, set: &SnapshotSet) -> Result<()> {
+        let prepared = self
+            .probed
+            .lock()
+            .expect("probe cache lock poisoned")
+            .clone();
+        for snap in &set.snapshots {
+            let (_, lv_name) = split_lv_id(&snap.id)?;
+            let how = prepared.get(&snap.volume.id).ok_or_else(|| {
+                BackendError::Invalid(format!(
+                    "volume {} was not probed by this LVM backend before its snapshot; probe \
+                     decides the snapshot's kind and size (a bug in the caller)",
+                    snap.volume.id
+                ))
+            })?;
+            let mut cmd = Cmd::new("lvcreate")
+                .args(["--snapshot", "--yes", "--name", lv_name])
+                .args(["--addtag", TAG, "--addtag", set.name.as_str()]);
+            if let Prepared::Classic { extents } = how {
+                cmd = cmd.args(["--extents", &extents.to_string()]);
+            }
+            cmd.arg(&snap.volume.id).run().await?;
+        }
+        Ok(())
+    }
+
+    async fn mount(&self, set: &SnapshotSet, workdir: &Path) -> Result<Vec<ReadPath>> {
+        let mut read_paths = Vec::new();
+        for (index, snap) in set.snapshots.iter().enumerate() {
+            let (vg, lv_name) = split_lv_id(&snap.id)?;
+            let options = mount_options(&snap.volume.fstype)?;
+            // Thin snapshots are created with the activation-skip flag; activate explicitly.
+            Cmd::new("lvchange")
+                .args(["--activate", "y", "--ignoreactivationskip", &snap.id])
+                .run()
+                .await?;
+            let dir = workdir.join(index.to_string());
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| BackendError::io(format!("creating {}", dir.display()), e))?;
+            let table = read_mount_table()?;
+            if !table.iter().any(|m| m.mount_point == dir) {
+                Cmd::new("mount")
+                    .args(["-t", &snap.volume.fstype, "-o", options])
+                    .arg(device_path(vg, lv_name))
+                    .arg(&dir)
+                    .run()
+                    .await?;
+            }
+            // If the origin's mount shows a subdirectory of its filesystem (a bind mount),
+            // the same subdirectory of the snapshot is the frozen view of it.
+            let inner = mount_of(&table, &snap.volume.root)
+                .filter(|m| m.mount_point == snap.volume.root)
+                .map(|m| m.fs_root)
+                .unwrap_or_else(|| PathBuf::from("/"));
+            read_paths.push(ReadPath {
+                origin_root: snap.volume.root.clone(),
+                frozen_root: dir.join(inner.strip_prefix("/").unwrap_or(&inner)),
+            });
+        }
+        Ok(read_paths)
+    }
+
+    async fn unmount(&self, set: &SnapshotSet, workdir: &Path) -> Result<()> {
+        for index in 0..set.snapshots.len() {
+            let dir = workdir.join(index.to_string());
+            while read_mount_table()?.iter().any(|m| m.mount_point == dir) {
+                Cmd::new("umount").arg(&dir).run().await?;
+            }
+            match std::fs::remove_dir(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(BackendError::io(format!("removing {}", dir.display()), e))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(&self, set: &SnapshotSet) -> Result<()> {
+        // Check every id before removing anything: only `<vg>/<set name>.<n>`.
+        for snap in &set.snapshots {
+            let (_, lv_name) = split_lv_id(&snap.id)?;
+            if set_name_of(lv_name).as_ref() != Some(&set.name) {
+                return Err(BackendError::Invalid(format!(
+                    "refusing to remove {}: it is not a dbsnap snapshot of {}",
+                    snap.id, set.name
+                )));
+            }
+        }
+        let vgs = volume_groups(set)?;
+        if vgs.is_empty() {
+            return Ok(());
+        }
+        let lvs = list_lvs(&vgs).await?;
+        for snap in &set.snapshots {
+            let Some(lv) = lvs.iter().find(|lv| lv.full_name() == snap.id) else {
+                continue; // already gone
+            };
+            if !is_ours(lv) {
+                return Err(BackendError::Invalid(format!(
+                    "refusing to remove {}: it lacks the `{TAG}` tag or is not a snapshot, so \
+                     dbsnap did not create it",
+                    snap.id
+                )));
+            }
+            // A mount left by an interrupted run keeps the LV open.
+            if let Some((major, minor)) = lv.device {
+                let device = format!("{major}:{minor}");
+                for m in read_mount_table()?.iter().filter(|m| m.device == device) {
+                    Cmd::new("umount").arg(&m.mount_point).run().await?;
+                }
+            }
+            self.remove(lv).await?;
+        }
+        Ok(())
+    }
+
+    async fn list(&self, volumes: &[Volume]) -> Result<Vec<SnapshotSet>> {
+        let mut vgs: Vec<String> = Vec::new();
+        for volume in volumes {
+            let (vg, _) = split_lv_id(&volume.id)?;
+            if !vgs.iter().any(|v| v == vg) {
+                vgs.push(vg.to_string());
+            }
+        }
+        if vgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sets: BTreeMap<SnapshotName, Vec<VolumeSnapshot>> = BTreeMap::new();
+        for lv in list_lvs(&vgs).await?.iter().filter(|lv| is_ours(lv)) {
+            let Some(name) = set_name_of(&lv.name) else {
+                continue;
+            };
+            let origin = format!("{}/{}", lv.vg, lv.origin.as_deref().unwrap_or_default());
+            let volume = volumes
+                .iter()
+                .find(|v| v.id == origin)
+                .cloned()
+                .unwrap_or_else(|| Volume {
+                    id: origin,
+                    root: PathBuf::new(),
+                    fstype: String::new(),
+                });
+            sets.entry(name).or_default().push(VolumeSnapshot {
+                volume,
+                id: lv.full_name(),
+            });
+        }
+        Ok(sets
+            .into_iter()
+            .map(|(name, mut snapshots)| {
+                snapshots.sort_by(|a, b| a.id.cmp(&b.id));
+                SnapshotSet {
+                    backend: NAME.to_string(),
+                    name,
+                    snapshots,
+                }
+            })
+            .collect())
+    }
+
+    async fn health(&self, set: &SnapshotSet) -> Result<Health> {
+        let lvs = list_lvs(&volume_groups(set)?).await?;
+        Ok(assess_health(set, &lvs, self.warn_percent()))
+    }
+}
+
+/// The worst state of the set's snapshots given an `lvs` report of their volume groups.
+fn assess_health(set: &SnapshotSet, lvs: &[Lv], warn_percent: f64) -> Health {
+    let mut warnings = Vec::new();
+    for snap in &set.snapshots {
+        let Some(lv) = lvs.iter().find(|lv| lv.full_name() == snap.id) else {
+            return Health::Failed(format!(
+                "snapshot {} no longer exists; the copy cannot be trusted. Check who removed \
+                 it (lvs, the system journal) and run the backup again",
+                snap.id
+            ));
+        };
+        if lv.kind() == LvKind::ClassicSnapshot {
+            let used = lv.snap_percent.unwrap_or(0.0);
+            if lv.is_invalid_snapshot() || used >= 100.0 {
+                return Health::Failed(format!(
+                    "classic snapshot {} overflowed its {} of copy-on-write space and LVM \
+                     invalidated it: its contents are lost and this copy is unusable. Set \
+                     [snapshot.lvm] snapshot_size larger (or free space in the volume group, or \
+                     use a thin LV) and run the backup again",
+                    snap.id,
+                    size::human(lv.size)
+                ));
+            }
+            if used >= warn_percent {
+                warnings.push(format!(
+                    "classic snapshot {} has used {used:.1} % of its {} copy-on-write space; at \
+                     100 % it is lost",
+                    snap.id,
+                    size::human(lv.size)
+                ));
+            }
+            continue;
+        }
+        let Some(pool_name) = &lv.pool else {
+            return Health::Failed(format!(
+                "{} is neither a classic nor a thin snapshot (lv_attr {})",
+                snap.id, lv.attr
+            ));
+        };
+        let Some(pool) = lvs.iter().find(|p| p.vg == lv.vg && &p.name == pool_name) else {
+            return Health::Failed(format!(
+                "the thin pool {}/{pool_name} of snapshot {} is not in the lvs report",
+                lv.vg, snap.id
+            ));
+        };
+        for (what, value) in [
+            ("data", pool.data_percent),
+            ("metadata", pool.metadata_percent),
+        ] {
+            let used = value.unwrap_or(0.0);
+            if used >= 100.0 {
+                return Health::Failed(format!(
+                    "thin pool {} is out of {what} space: writes to its volumes fail, including \
+                     the database's, and snapshot {} cannot be trusted. Extend the pool \
+                     (lvextend) and run the backup again",
+                    pool.full_name(),
+                    snap.id
+                ));
+            }
+            if used >= warn_percent {
+                warnings.push(format!(
+                    "thin pool {} has used {used:.1} % of its {what} space (snapshot {}); at \
+                     100 % writes fail",
+                    pool.full_name(),
+                    snap.id
+                ));
+            }
+        }
+    }
+    if warnings.is_empty() {
+        Health::Ok
+    } else {
+        Health::Warning(warnings.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<Lv> {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        lvs::parse_report(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn volume(id: &str) -> Volume {
+        Volume {
+            id: id.into(),
+            root: PathBuf::from("/srv").join(id),
+            fstype: "xfs".into(),
+        }
+    }
+
+    fn fixture_set(ids: &[&str]) -> SnapshotSet {
+        SnapshotSet {
+            backend: NAME.into(),
+            name: SnapshotName::new("dbsnap-fixture").unwrap(),
+            snapshots: ids
+                .iter()
+                .map(|id| VolumeSnapshot {
+                    volume: volume("vgfix/data"),
+                    id: id.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn finds_the_device_mapper_major() {
+        let text = "Character devices:\n  1 mem\n 10 misc\n\nBlock devices:\n  7 loop\n  8 sd\n253 device-mapper\n254 mdp\n";
+        assert_eq!(parse_device_mapper_major(text), Some(253));
+        assert_eq!(
+            parse_device_mapper_major("Character devices:\n 10 misc\n\nBlock devices:\n  7 loop\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn mount_options_per_filesystem() {
+        assert_eq!(mount_options("xfs").unwrap(), "ro,nouuid,norecovery");
+        assert_eq!(mount_options("ext4").unwrap(), "ro,noload");
+        assert!(mount_options("btrfs").is_err());
+    }
+
+    #[test]
+    fn lv_ids_are_checked() {
+        assert_eq!(split_lv_id("vg0/data").unwrap(), ("vg0", "data"));
+        for bad in [
+            "vg0",
+            "vg0/",
+            "/data",
+            "vg0/a/b",
+            "vg0/-x",
+            "vg 0/data",
+            "vg0/$(id)",
+            "../x",
+        ] {
+            assert!(split_lv_id(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn plan_names_snapshots_after_the_set() {
+        let lvm = Lvm::new(LvmConfig::default());
+        let name = SnapshotName::new("dbsnap-20261125T000000Z").unwrap();
+        let set = lvm
+            .plan(&[volume("vg0/data"), volume("vg1/logs")], &name)
+            .unwrap();
+        let ids: Vec<&str> = set.snapshots.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "vg0/dbsnap-20261125T000000Z.0",
+                "vg1/dbsnap-20261125T000000Z.1"
+            ]
+        );
+        assert!(lvm.plan(&[volume("vg0/a;b")], &name).is_err());
+        assert!(lvm.snapshot_is_atomic(&[volume("vg0/a")]));
+        assert!(!lvm.snapshot_is_atomic(&[volume("vg0/a"), volume("vg0/b")]));
+    }
+
+    #[test]
+    fn set_names_come_from_lv_names() {
+        assert_eq!(
+            set_name_of("dbsnap-x.0"),
+            Some(SnapshotName::new("dbsnap-x").unwrap())
+        );
+        assert_eq!(
+            set_name_of("dbsnap-1.2.10"),
+            Some(SnapshotName::new("dbsnap-1.2").unwrap())
+        );
+        assert_eq!(set_name_of("dbsnap-x"), None);
+        assert_eq!(set_name_of("other.0"), None);
+    }
+
+    #[tokio::test]
+    async fn release_refuses_what_is_not_ours() {
+        let lvm = Lvm::new(LvmConfig::default());
+        // The origin itself, another set's snapshot, and a hostile id are never removed,
+        // and nothing runs before the check (lvs is not even called).
+        for id in [
+            "vgfix/data",
+            "vgfix/dbsnap-other.0",
+            "vgfix/dbsnap-fixture.0;rm",
+        ] {
+            let err = lvm.release(&fixture_set(&[id])).await.unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("refusing") || text.contains("not allowed"),
+                "{id}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_tagged_prefixed_snapshots_are_ours() {
+        let lvs = fixture("lvs-snapshots.json");
+        let ours: Vec<&str> = lvs
+            .iter()
+            .filter(|lv| is_ours(lv))
+            .map(|lv| lv.name.as_str())
+            .collect();
+        assert_eq!(ours, ["dbsnap-fixture.0", "dbsnap-fixture.1"]);
+    }
+
+    #[test]
+    fn health_of_healthy_snapshots() {
+        let lvs = fixture("lvs-snapshots.json");
+        let set = fixture_set(&["vgfix/dbsnap-fixture.0", "vgfix/dbsnap-fixture.1"]);
+        assert_eq!(assess_health(&set, &lvs, 99.0), Health::Ok);
+    }
+
+    #[test]
+    fn health_warns_past_the_threshold() {
+        let lvs = fixture("lvs-snapshots.json");
+        let classic = lvs.iter().find(|l| l.name == "dbsnap-fixture.0").unwrap();
+        let used = classic.snap_percent.unwrap();
+        let set = fixture_set(&["vgfix/dbsnap-fixture.0"]);
+        match assess_health(&set, &lvs, used / 2.0) {
+            Health::Warning(text) => assert!(text.contains("copy-on-write"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+        // The thin snapshot's pool is watched instead.
+        let set = fixture_set(&["vgfix/dbsnap-fixture.1"]);
+        match assess_health(&set, &lvs, 1.0) {
+            Health::Warning(text) => assert!(text.contains("thin pool vgfix/pool"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn health_fails_on_overflow_and_on_a_missing_snapshot() {
+        let lvs = fixture("lvs-overflowed.json");
+        let set = fixture_set(&["vgfix/dbsnap-fixture.0"]);
+        match assess_health(&set, &lvs, 80.0) {
+            Health::Failed(text) => assert!(text.contains("invalidated"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+        let set = fixture_set(&["vgfix/dbsnap-gone.0"]);
+        match assess_health(&set, &lvs, 80.0) {
+            Health::Failed(text) => assert!(text.contains("no longer exists"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn health_fails_when_the_thin_pool_is_full() {
+        let mut lvs = fixture("lvs-snapshots.json");
+        let pool = lvs.iter_mut().find(|l| l.name == "pool").unwrap();
+        pool.data_percent = Some(100.0);
+        let set = fixture_set(&["vgfix/dbsnap-fixture.1"]);
+        match assess_health(&set, &lvs, 80.0) {
+            Health::Failed(text) => assert!(text.contains("out of data space"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_rejects_unknown_keys_and_bad_values() {
+        let ok: LvmConfig =
+            serde_json::from_str(r#"{"snapshot_size":"20%","warn_percent":90}"#).unwrap();
+        assert_eq!(ok.snapshot_size, Some(SnapshotSize::PercentOfOrigin(20.0)));
+        assert!(serde_json::from_str::<LvmConfig>(r#"{"snapshot_sise":"1G"}"#).is_err());
+        assert!(serde_json::from_str::<LvmConfig>(r#"{"snapshot_size":"lots"}"#).is_err());
+    }
+
+    #[tokio::test]
+    async fn probe_refuses_a_path_not_on_lvm() {
+        // On the host (no device-mapper) or a non-LVM path in the guest: a clear refusal.
+        let dir = tempfile::tempdir().unwrap();
+        let err = Lvm::new(LvmConfig::default())
+            .probe(&[dir.path().to_path_buf()])
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("cannot be snapshotted by the lvm backend"),
+            "{text}"
+        );
+    }
+}
