@@ -24,7 +24,7 @@ apt-get install -y -q --no-install-recommends \
     mariadb-server mariadb-client mariadb-backup \
     btrfs-progs rsync util-linux e2fsprogs xfsprogs lvm2 thin-provisioning-tools \
     zfs-fuse \
-    qemu-system-x86 linux-image-amd64 busybox-static kmod cpio \
+    qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static kmod cpio \
     borgbackup restic \
     procps psmisc ca-certificates
 
