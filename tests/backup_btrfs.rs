@@ -66,3 +66,160 @@ fn backup_under_load_restores_to_exactly_what_was_committed() {
     );
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
 }
+
+/// Sizes and modification times of every file under `dir`: equal before and after
+/// means nothing in the tree was modified.
+fn fingerprint(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut v: Vec<_> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            (
+                e.path().display().to_string(),
+                m.len(),
+                m.modified().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Start `dbsnap backup` and wait until it is copying (its partial directory has data).
+fn start_slow_backup(sb: &Sandbox) -> std::process::Child {
+    let child = std::process::Command::new(common::DBSNAP)
+        .arg("--config")
+        .arg(&sb.config)
+        .arg("backup")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup never started copying"
+        );
+        let copying = std::fs::read_dir(&sb.dest)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            .any(|e| {
+                walkdir::WalkDir::new(e.path())
+                    .into_iter()
+                    .flatten()
+                    .any(|f| f.file_type().is_file())
+            });
+        if copying {
+            std::thread::sleep(Duration::from_millis(500));
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigkill_while_copying_then_cleanup_releases_everything() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    bank::add_filler(&sb.server, 48);
+    assert!(sb.dbsnap(&["backup"]).status.success());
+    let first = sb.backups()[0].clone();
+    let before = fingerprint(&first);
+
+    sb.write_config("");
+    let config = std::fs::read_to_string(&sb.config).unwrap() + "bwlimit = \"4MiB\"\n";
+    sb.write_raw_config(&config);
+    let mut child = start_slow_backup(&sb);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = sb.leftovers();
+    assert!(left.iter().any(|l| l.starts_with("snapshot")), "{left:?}");
+    assert!(
+        left.iter().any(|l| l.starts_with("partial dir")),
+        "{left:?}"
+    );
+
+    let out = sb.dbsnap(&["cleanup", "--json"]);
+    assert!(out.status.success());
+    assert_eq!(stdout_json(&out)["released"].as_array().unwrap().len(), 3);
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+    assert_eq!(
+        fingerprint(&first),
+        before,
+        "the previous backup was modified"
+    );
+
+    sb.write_config("");
+    assert!(sb.dbsnap(&["backup"]).status.success());
+    assert_eq!(sb.backups().len(), 2);
+}
+
+#[test]
+fn sigterm_while_copying_cleans_up_and_exits_130() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    bank::add_filler(&sb.server, 48);
+    let config = std::fs::read_to_string(&sb.config).unwrap() + "bwlimit = \"4MiB\"\n";
+    sb.write_raw_config(&config);
+    let child = start_slow_backup(&sb);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+    assert!(sb.backups().is_empty());
+}
+
+#[test]
+fn a_long_query_makes_the_backup_give_up_within_the_bound() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    sb.server
+        .sql("CREATE TABLE bank.report (n INT) ENGINE=InnoDB; INSERT INTO bank.report VALUES (1)");
+    sb.write_config("lock_wait_timeout = \"1s\"\nlock_attempts = 2\n");
+    // A 30-second write on a table the writers do not touch: it blocks FTWRL, not them.
+    let blocker = std::process::Command::new("mariadb")
+        .arg("--no-defaults")
+        .arg(format!("--socket={}", sb.server.socket.display()))
+        .args(["-uroot", "-e", "UPDATE bank.report SET n = n + SLEEP(30)"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let writers = Writers::start(&sb.server.socket, 4);
+    let started = std::time::Instant::now();
+    let out = sb.dbsnap(&["backup"]);
+    let elapsed = started.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let commits = writers.stop();
+    let blocker_id = sb
+        .server
+        .sql("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'UPDATE bank.report%'");
+    sb.server.sql(&format!("KILL QUERY {blocker_id}"));
+    let _ = blocker.wait_with_output();
+
+    assert_eq!(out.status.code(), Some(7), "exit code for a lock timeout");
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("SLEEP(30)"),
+        "the error names the blocking query: {err}"
+    );
+    assert!(err.contains("2 attempt(s)"), "{err}");
+    // Two attempts of 1 s, a pause between them, connection set-up: far below the 30 s query.
+    assert!(
+        elapsed < Duration::from_secs(8),
+        "gave up after {elapsed:?}"
+    );
+    let worst = commits.iter().map(|c| c.latency()).max().unwrap();
+    assert!(
+        worst < Duration::from_millis(2500),
+        "a writer stalled {worst:?}, more than one lock attempt"
+    );
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+}
