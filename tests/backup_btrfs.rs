@@ -89,7 +89,7 @@ fn fingerprint(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime
 
 /// Start `dbsnap backup` and wait until it is copying (its partial directory has data).
 fn start_slow_backup(sb: &Sandbox) -> std::process::Child {
-    let child = std::process::Command::new(common::DBSNAP)
+    let mut child = std::process::Command::new(common::DBSNAP)
         .arg("--config")
         .arg(&sb.config)
         .arg("backup")
