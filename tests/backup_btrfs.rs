@@ -87,7 +87,21 @@ fn fingerprint(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime
     v
 }
 
-/// Start `dbsnap backup` and wait until it is copying (its partial directory has data).
+/// Whether a backup is copying: its partial directory holds a file.
+fn is_copying(sb: &Sandbox) -> bool {
+    std::fs::read_dir(&sb.dest)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .any(|e| {
+            walkdir::WalkDir::new(e.path())
+                .into_iter()
+                .flatten()
+                .any(|f| f.file_type().is_file())
+        })
+}
+
+/// Start `dbsnap backup` and wait until it is copying.
 fn start_slow_backup(sb: &Sandbox) -> std::process::Child {
     let mut child = std::process::Command::new(common::DBSNAP)
         .arg("--config")
@@ -98,27 +112,16 @@ fn start_slow_backup(sb: &Sandbox) -> std::process::Child {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the backup never started copying"
-        );
-        let copying = std::fs::read_dir(&sb.dest)
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-            .any(|e| {
-                walkdir::WalkDir::new(e.path())
-                    .into_iter()
-                    .flatten()
-                    .any(|f| f.file_type().is_file())
-            });
-        if copying {
-            std::thread::sleep(Duration::from_millis(500));
-            return child;
-        }
+    while !is_copying(sb) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
+    if !is_copying(sb) {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        panic!("the backup never started copying");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    child
 }
 
 #[test]
