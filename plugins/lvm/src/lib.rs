@@ -450,15 +450,29 @@ impl SnapshotBackend for Lvm {
     }
 
     async fn mount(&self, set: &SnapshotSet, workdir: &Path) -> Result<Vec<ReadPath>> {
+        let lvs = list_lvs(&volume_groups(set)?).await?;
         let mut read_paths = Vec::new();
         for (index, snap) in set.snapshots.iter().enumerate() {
             let (vg, lv_name) = split_lv_id(&snap.id)?;
             let options = mount_options(&snap.volume.fstype)?;
-            // Thin snapshots are created with the activation-skip flag; activate explicitly.
-            Cmd::new("lvchange")
-                .args(["--activate", "y", "--ignoreactivationskip", &snap.id])
-                .run()
-                .await?;
+            let lv = lvs
+                .iter()
+                .find(|lv| lv.full_name() == snap.id)
+                .ok_or_else(|| {
+                    BackendError::Invalid(format!(
+                        "snapshot {} does not exist, so it cannot be mounted; it was released or \
+                     never created (see `lvs {vg}`)",
+                        snap.id
+                    ))
+                })?;
+            // Thin snapshots are created with the activation-skip flag, so they start
+            // inactive; classic ones are active with their origin.
+            if lv.device.is_none() {
+                Cmd::new("lvchange")
+                    .args(["--activate", "y", "--ignoreactivationskip", &snap.id])
+                    .run()
+                    .await?;
+            }
             let dir = workdir.join(index.to_string());
             std::fs::create_dir_all(&dir)
                 .map_err(|e| BackendError::io(format!("creating {}", dir.display()), e))?;

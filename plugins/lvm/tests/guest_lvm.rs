@@ -1,0 +1,535 @@
+//! The LVM backend against real LVM and device-mapper, inside the TCG test guest.
+//!
+//! `lvm_on_real_device_mapper` (the only test that runs on the host) boots the guest once
+//! and runs every `in_guest_` test of this binary inside it, one at a time, each on its own
+//! virtual disk. Run one guest test: `DBSNAP_GUEST_TESTS=in_guest_thin cargo test -p
+//! dbsnap-lvm --test guest_lvm`. Lines starting with `TIMING` are measurements.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use dbsnap_backend_api::{Health, SnapshotBackend, SnapshotName, SnapshotSet, Volume};
+use dbsnap_lvm::{Lvm, LvmConfig, SnapshotSize};
+use dbsnap_test_support::guest::{self, Guest};
+use dbsnap_test_support::mariadb::{self, MariaDb, ServerOptions};
+
+const MIB: usize = 1 << 20;
+
+/// `FLUSH TABLES WITH READ LOCK` held by one client session until `release`.
+struct GlobalReadLock {
+    client: std::process::Child,
+}
+
+impl GlobalReadLock {
+    fn take(server: &MariaDb) -> GlobalReadLock {
+        use std::io::{BufRead, Write};
+        let mut client = Command::new("mariadb")
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", server.socket.display()))
+            .args(["-uroot", "-N", "-B", "--unbuffered"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting the mariadb client");
+        let stdin = client.stdin.as_mut().unwrap();
+        stdin
+            .write_all(b"FLUSH TABLES WITH READ LOCK; SELECT 'LOCKED';\n")
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(client.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "LOCKED");
+        GlobalReadLock { client }
+    }
+
+    fn release(mut self) {
+        use std::io::Write;
+        let mut stdin = self.client.stdin.take().unwrap();
+        stdin.write_all(b"UNLOCK TABLES;\n").unwrap();
+        drop(stdin);
+        assert!(self.client.wait().unwrap().success());
+    }
+}
+
+#[test]
+fn lvm_on_real_device_mapper() {
+    // Initialise the MariaDB datadir template on the host (1 s) rather than in the guest
+    // (7-13 s); the guest sees the host's temp dir through its root.
+    let warm = tempfile::tempdir().unwrap();
+    mariadb::install(&warm.path().join("datadir"));
+    let filter = std::env::var("DBSNAP_GUEST_TESTS").unwrap_or_else(|_| "in_guest_".into());
+    let mut guest = Guest::new("lvm");
+    for disk in ["xfs", "ext4", "thin", "overflow", "names", "mariadb"] {
+        guest = guest.disk(disk, 1024);
+    }
+    guest
+        .module("dm_snapshot")
+        .module("dm_thin_pool")
+        .module("xfs")
+        .module("ext4")
+        .run_this_binary(&["--include-ignored", &filter])
+        .assert_success();
+}
+
+/// Run a command; panic with its output if it fails.
+fn run(argv: &[&str]) -> String {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{argv:?} could not start: {e}"));
+    assert!(
+        out.status.success(),
+        "{argv:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A volume group on one guest disk, torn down (mounts, LVs, VG, PV) when dropped, so a
+/// failing test does not leave its VG to the next one.
+struct TestVg {
+    vg: String,
+    dev: PathBuf,
+}
+
+impl TestVg {
+    fn new(disk: &str, vg: &str) -> TestVg {
+        let dev = guest::disk(disk);
+        let dev_str = dev.to_str().unwrap();
+        run(&["pvcreate", "-q", dev_str]);
+        run(&["vgcreate", "-q", vg, dev_str]);
+        TestVg { vg: vg.into(), dev }
+    }
+
+    /// A plain LV with a filesystem, mounted at /srv/<vg>-<name>.
+    fn lv(&self, name: &str, size: &str, fstype: &str) -> PathBuf {
+        run(&["lvcreate", "-q", "-y", "-L", size, "-n", name, &self.vg]);
+        self.format_and_mount(name, fstype)
+    }
+
+    fn thin_pool(&self, name: &str, size: &str) {
+        let pool = format!("{}/{name}", self.vg);
+        run(&["lvcreate", "-q", "-y", "-L", size, "-T", &pool]);
+    }
+
+    fn thin_lv(&self, pool: &str, name: &str, virtual_size: &str, fstype: &str) -> PathBuf {
+        let pool = format!("{}/{pool}", self.vg);
+        run(&[
+            "lvcreate",
+            "-q",
+            "-y",
+            "-V",
+            virtual_size,
+            "-T",
+            &pool,
+            "-n",
+            name,
+        ]);
+        self.format_and_mount(name, fstype)
+    }
+
+    fn format_and_mount(&self, name: &str, fstype: &str) -> PathBuf {
+        let dev = format!("/dev/{}/{name}", self.vg);
+        run(&[&format!("mkfs.{fstype}"), "-q", &dev]);
+        let at = PathBuf::from(format!("/srv/{}-{name}", self.vg));
+        std::fs::create_dir_all(&at).unwrap();
+        run(&["mount", &dev, at.to_str().unwrap()]);
+        at
+    }
+
+    fn lv_names(&self) -> Vec<String> {
+        run(&["lvs", "--noheadings", "-o", "lv_name", &self.vg])
+            .lines()
+            .map(|l| l.trim().to_string())
+            .collect()
+    }
+}
+
+impl Drop for TestVg {
+    fn drop(&mut self) {
+        let prefix = format!("/dev/mapper/{}-", self.vg.replace('-', "--"));
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                let source = f.next()?;
+                let point = f.next()?;
+                source.starts_with(&prefix).then_some(point)
+            })
+            .collect();
+        points.reverse();
+        for point in points {
+            let _ = Command::new("umount").arg(point).status();
+        }
+        let _ = Command::new("vgremove")
+            .args(["-q", "-ff", &self.vg])
+            .status();
+        let _ = Command::new("pvremove").arg("-q").arg(&self.dev).status();
+    }
+}
+
+fn write_file(path: &Path, byte: u8, size: usize) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(&vec![byte; size]).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn assert_all_bytes(path: &Path, byte: u8, size: usize) {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert_eq!(data.len(), size, "{}", path.display());
+    assert!(
+        data.iter().all(|b| *b == byte),
+        "{} changed in the snapshot",
+        path.display()
+    );
+}
+
+fn timed<T>(what: &str, started: Instant, value: T) -> T {
+    println!("TIMING {what} {} ms", started.elapsed().as_millis());
+    value
+}
+
+fn name(text: &str) -> SnapshotName {
+    SnapshotName::new(text).unwrap()
+}
+
+/// Probe, snapshot, change the origin, mount, check the frozen view, release twice.
+async fn snapshot_roundtrip(lvm: &Lvm, origin: &Path, label: &str) -> SnapshotSet {
+    let datadir = origin.join("mysql");
+    std::fs::create_dir_all(&datadir).unwrap();
+    write_file(&datadir.join("ibdata1"), b'A', 8 * MIB);
+
+    let volumes = timed(
+        &format!("{label} probe"),
+        Instant::now(),
+        lvm.probe(std::slice::from_ref(&datadir)).await.unwrap(),
+    );
+    assert_eq!(volumes.len(), 1);
+    assert_eq!(volumes[0].root, origin);
+    let set = lvm
+        .plan(&volumes, &name(&format!("dbsnap-{label}")))
+        .unwrap();
+    let started = Instant::now();
+    lvm.snapshot(&set).await.unwrap();
+    timed(&format!("{label} snapshot (under the lock)"), started, ());
+
+    // The origin moves on; the snapshot must not.
+    write_file(&datadir.join("ibdata1"), b'B', 8 * MIB);
+    write_file(&datadir.join("after-snapshot"), b'C', 4096);
+
+    let workdir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let read_paths = lvm.mount(&set, workdir.path()).await.unwrap();
+    timed(&format!("{label} mount"), started, ());
+    assert_eq!(read_paths.len(), 1);
+    assert_eq!(read_paths[0].origin_root, origin);
+    let frozen = read_paths[0].frozen_root.join("mysql");
+    assert_all_bytes(&frozen.join("ibdata1"), b'A', 8 * MIB);
+    assert!(!frozen.join("after-snapshot").exists());
+    assert!(
+        std::fs::write(frozen.join("x"), b"x").is_err(),
+        "the snapshot is writable"
+    );
+    // Mounting again is harmless (a resumed run).
+    lvm.mount(&set, workdir.path()).await.unwrap();
+
+    let started = Instant::now();
+    lvm.unmount(&set, workdir.path()).await.unwrap();
+    timed(&format!("{label} unmount"), started, ());
+    lvm.unmount(&set, workdir.path()).await.unwrap();
+    set
+}
+
+async fn release_twice(lvm: &Lvm, set: &SnapshotSet, vg: &TestVg, label: &str) {
+    let started = Instant::now();
+    lvm.release(set).await.unwrap();
+    timed(&format!("{label} release"), started, ());
+    lvm.release(set).await.unwrap();
+    let names = vg.lv_names();
+    for snap in &set.snapshots {
+        let (_, lv) = snap.id.split_once('/').unwrap();
+        assert!(!names.iter().any(|n| n == lv), "{} left behind", snap.id);
+    }
+}
+
+#[tokio::test]
+#[ignore = "runs inside the TCG guest, started by lvm_on_real_device_mapper"]
+async fn in_guest_classic_snapshot_of_xfs() {
+    guest::require_guest();
+    let vg = TestVg::new("xfs", "dbtxfs");
+    let origin = vg.lv("data", "320M", "xfs");
+    let lvm = Lvm::new(LvmConfig::default());
+    let set = snapshot_roundtrip(&lvm, &origin, "classic-xfs").await;
+    assert_eq!(set.snapshots[0].id, "dbtxfs/dbsnap-classic-xfs.0");
+    let attrs = run(&[
+        "lvs",
+        "--noheadings",
+        "-o",
+        "lv_attr,origin,lv_tags",
+        &set.snapshots[0].id,
+    ]);
+    assert!(
+        attrs.trim().starts_with('s'),
+        "not a classic snapshot: {attrs}"
+    );
+    assert!(attrs.contains("dbsnap,dbsnap-classic-xfs"), "{attrs}");
+    assert_eq!(lvm.health(&set).await.unwrap(), Health::Ok);
+    release_twice(&lvm, &set, &vg, "classic-xfs").await;
+}
+
+#[tokio::test]
+#[ignore = "runs inside the TCG guest, started by lvm_on_real_device_mapper"]
+async fn in_guest_classic_snapshot_of_ext4() {
+    guest::require_guest();
+    let vg = TestVg::new("ext4", "dbtext4");
+    let origin = vg.lv("data", "200M", "ext4");
+    let lvm = Lvm::new(LvmConfig {
+        snapshot_size: Some(SnapshotSize::PercentOfOrigin(50.0)),
+        ..LvmConfig::default()
+    });
+    let set = snapshot_roundtrip(&lvm, &origin, "classic-ext4").await;
+    let size = run(&[
+        "lvs",
+        "--noheadings",
+        "--units",
+        "m",
+        "--nosuffix",
+        "-o",
+        "lv_size",
+        &set.snapshots[0].id,
+    ]);
+    assert_eq!(size.trim(), "100.00", "50 % of a 200 MiB origin");
+    release_twice(&lvm, &set, &vg, "classic-ext4").await;
+}
+
+#[tokio::test]
+#[ignore = "runs inside the TCG guest, started by lvm_on_real_device_mapper"]
+async fn in_guest_thin_snapshot() {
+    guest::require_guest();
+    let vg = TestVg::new("thin", "dbtthin");
+    vg.thin_pool("pool", "400M");
+    let origin = vg.thin_lv("pool", "data", "320M", "xfs");
+    let lvm = Lvm::new(LvmConfig::default());
+    let set = snapshot_roundtrip(&lvm, &origin, "thin").await;
+    let attrs = run(&[
+        "lvs",
+        "--noheadings",
+        "-o",
+        "lv_attr,pool_lv",
+        &set.snapshots[0].id,
+    ]);
+    assert!(
+        attrs.trim().starts_with('V'),
+        "not a thin snapshot: {attrs}"
+    );
+    assert!(attrs.contains("pool"), "{attrs}");
+    // Health follows the pool's fill level: a 1 % threshold must warn and name the pool.
+    let picky = Lvm::new(LvmConfig {
+        warn_percent: Some(1.0.try_into().unwrap()),
+        ..LvmConfig::default()
+    });
+    match picky.health(&set).await.unwrap() {
+        Health::Warning(text) => assert!(text.contains("thin pool dbtthin/pool"), "{text}"),
+        other => panic!("expected a warning, got {other:?}"),
+    }
+    assert_eq!(lvm.health(&set).await.unwrap(), Health::Ok);
+    release_twice(&lvm, &set, &vg, "thin").await;
+}
+
+#[tokio::test]
+#[ignore = "runs inside the TCG guest, started by lvm_on_real_device_mapper"]
+async fn in_guest_overflowed_classic_snapshot_fails_health() {
+    guest::require_guest();
+    let vg = TestVg::new("overflow", "dbtover");
+    let origin = vg.lv("data", "320M", "xfs");
+    let lvm = Lvm::new(LvmConfig {
+        snapshot_size: Some(SnapshotSize::Bytes(8 << 20)),
+        warn_percent: Some(10.0.try_into().unwrap()),
+    });
+    let volumes = lvm.probe(std::slice::from_ref(&origin)).await.unwrap();
+    let set = lvm.plan(&volumes, &name("dbsnap-overflow")).unwrap();
+    lvm.snapshot(&set).await.unwrap();
+    assert_eq!(lvm.health(&set).await.unwrap(), Health::Ok);
+
+    // A few MiB of changes: past the 10 % warning, not yet full.
+    write_file(&origin.join("some"), b'1', 2 * MIB);
+    match lvm.health(&set).await.unwrap() {
+        Health::Warning(text) => assert!(text.contains("copy-on-write"), "{text}"),
+        other => panic!("expected a warning, got {other:?}"),
+    }
+    // Far more changes than the 8 MiB of CoW space: LVM invalidates the snapshot.
+    write_file(&origin.join("lots"), b'2', 48 * MIB);
+    match lvm.health(&set).await.unwrap() {
+        Health::Failed(text) => {
+            println!("overflow health: {text}");
+            assert!(text.contains("invalidated"), "{text}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    release_twice(&lvm, &set, &vg, "overflow").await;
+}
+
+#[tokio::test]
+#[ignore = "runs inside the TCG guest, started by lvm_on_real_device_mapper"]
+async fn in_guest_list_release_and_refusals() {
+    guest::require_guest();
+    let vg = TestVg::new("names", "dbtnames");
+    let origin = vg.lv("data", "320M", "xfs");
+    let lvm = Lvm::new(LvmConfig::default());
+
+    // Not on LVM: the guest's root is an overlay.
+    let err = lvm.probe(&[PathBuf::from("/tmp")]).await.unwrap_err();
+    assert!(
+        err.to_string().contains("not on an LVM logical volume"),
+        "{err}"
+    );
+
+    // Foreign snapshots that look like ours: one untagged with our prefix, one tagged
+    // without it. Neither is listed, and neither may be removed.
+    run(&[
+        "lvcreate",
+        "-q",
+        "-y",
+        "-s",
+        "-L",
+        "8M",
+        "-n",
+        "dbsnap-foreign.0",
+        "dbtnames/data",
+    ]);
+    run(&[
+        "lvcreate",
+        "-q",
+        "-y",
+        "-s",
+        "-L",
+        "8M",
+        "-n",
+        "other.0",
+        "--addtag",
+        "dbsnap",
+        "dbtnames/data",
+    ]);
+    let volumes = lvm.probe(std::slice::from_ref(&origin)).await.unwrap();
+    let set = lvm.plan(&volumes, &name("dbsnap-ours")).unwrap();
+    lvm.snapshot(&set).await.unwrap();
+    let listed = lvm.list(&volumes).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].name, set.name);
+    assert_eq!(listed[0].snapshots, set.snapshots);
+
+    let foreign = SnapshotSet {
+        name: name("dbsnap-foreign"),
+        snapshots: vec![dbsnap_backend_api::VolumeSnapshot {
+            volume: volumes[0].clone(),
+            id: "dbtnames/dbsnap-foreign.0".into(),
+        }],
+        ..set.clone()
+    };
+    let err = lvm.release(&foreign).await.unwrap_err();
+    assert!(err.to_string().contains("lacks the `dbsnap` tag"), "{err}");
+
+    // Hostile ids from a tampered journal never reach a command line.
+    for id in [
+        "dbtnames/data",
+        "dbtnames/dbsnap-ours.0 --force",
+        "dbtnames/../x",
+        "-ff/x",
+    ] {
+        let mut bad = set.clone();
+        bad.snapshots[0].id = id.into();
+        assert!(lvm.release(&bad).await.is_err(), "{id:?} was accepted");
+    }
+    let hostile = Volume {
+        id: "dbtnames/data;reboot".into(),
+        ..volumes[0].clone()
+    };
+    assert!(lvm.plan(&[hostile], &name("dbsnap-x")).is_err());
+
+    release_twice(&lvm, &set, &vg, "names").await;
+    let names = vg.lv_names();
+    assert!(names.contains(&"dbsnap-foreign.0".to_string()), "{names:?}");
+    assert!(names.contains(&"other.0".to_string()), "{names:?}");
+
+    // No room: fill the VG, then the automatic size has nothing to work with.
+    run(&[
+        "lvcreate", "-q", "-y", "-l", "100%FREE", "-n", "filler", "dbtnames",
+    ]);
+    let err = Lvm::new(LvmConfig::default())
+        .probe(std::slice::from_ref(&origin))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("free"), "{err}");
+    println!("no-room refusal: {err}");
+}
+
+#[tokio::test]
+#[ignore = "runs inside the TCG guest, started by lvm_on_real_device_mapper"]
+async fn in_guest_mariadb_datadir_and_binlogs_on_two_lvs() {
+    guest::require_guest();
+    let vg = TestVg::new("mariadb", "dbtdb");
+    let data = vg.lv("data", "320M", "xfs");
+    let logs = vg.lv("logs", "100M", "ext4");
+    let mut options = ServerOptions::new(&data.join("mysql"), Path::new("/run/mysqld/t"));
+    options.log_bin = Some(logs.join("binlog"));
+    let server = MariaDb::start(options.clone());
+    server.sql(
+        "CREATE DATABASE t; CREATE TABLE t.a (id INT PRIMARY KEY AUTO_INCREMENT, v INT) \
+         ENGINE=InnoDB; INSERT INTO t.a (v) SELECT seq FROM t.seq_1_to_5000;",
+    );
+
+    let lvm = Lvm::new(LvmConfig::default());
+    let volumes = lvm
+        .probe(&[options.datadir.clone(), logs.clone()])
+        .await
+        .unwrap();
+    assert_eq!(volumes.len(), 2);
+    assert!(!lvm.snapshot_is_atomic(&volumes));
+    let set = lvm.plan(&volumes, &name("dbsnap-mariadb")).unwrap();
+    // What dbsnap does: the lock covers both snapshots because they are not atomic.
+    let lock = GlobalReadLock::take(&server);
+    let started = Instant::now();
+    lvm.snapshot(&set).await.unwrap();
+    timed("mariadb two-LV snapshot (under FTWRL)", started, ());
+    lock.release();
+    server.sql("INSERT INTO t.a (v) VALUES (-1)");
+
+    let workdir = tempfile::tempdir().unwrap();
+    let read_paths = lvm.mount(&set, workdir.path()).await.unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    let copy_datadir = copy.path().join("mysql");
+    run(&[
+        "cp",
+        "-a",
+        read_paths[0].frozen_root.join("mysql").to_str().unwrap(),
+        copy_datadir.to_str().unwrap(),
+    ]);
+    let binlogs = std::fs::read_dir(&read_paths[1].frozen_root)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("binlog."))
+        })
+        .count();
+    assert!(binlogs >= 1, "no binlog in the frozen logs volume");
+    lvm.unmount(&set, workdir.path()).await.unwrap();
+    lvm.release(&set).await.unwrap();
+
+    let mut restored = ServerOptions::new(&copy_datadir, Path::new("/run/mysqld/r"));
+    restored.log_bin = None;
+    let copy_server = MariaDb::start_existing(restored);
+    assert_eq!(
+        copy_server.sql("SELECT COUNT(*), SUM(v) FROM t.a").trim(),
+        "5000\t12502500"
+    );
+    let check = copy_server.sql("CHECK TABLE t.a");
+    assert!(check.contains("OK"), "{check}");
+    copy_server.stop();
+    server.stop();
+}
