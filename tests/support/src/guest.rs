@@ -33,7 +33,9 @@
 //! Knobs (environment, on the host): `DBSNAP_GUEST_KERNEL` (kernel version, default the
 //! newest `/boot/vmlinuz-*` with modules), `DBSNAP_GUEST_TIMEOUT` (seconds, default 900),
 //! `DBSNAP_GUEST_DIR` (runs and disks, default `/var/tmp/dbsnap-guest`),
-//! `DBSNAP_GUEST_KEEP=1` (keep the run directory, disks included).
+//! `DBSNAP_GUEST_KEEP=1` (keep the run directory, disks included),
+//! `DBSNAP_GUEST_NATIVE=1` (no VM: run the job directly on this machine, with loop devices
+//! as disks; only for a throw-away machine that has device-mapper, e.g. `vagrant/`).
 //!
 //! Only one guest runs at a time on a machine (a lock file in `DBSNAP_GUEST_DIR`): two TCG
 //! guests on two cores only halve each other's speed.
@@ -50,6 +52,8 @@ use nix::fcntl::{Flock, FlockArg};
 
 /// Set (to `1`) in the environment of everything the guest runs.
 pub const IN_GUEST_ENV: &str = "DBSNAP_IN_GUEST";
+/// In native mode, `name=/dev/loopN;...` for [`disk`].
+const NATIVE_DISKS_ENV: &str = "DBSNAP_GUEST_DISKS";
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
 const DEFAULT_MEMORY_MIB: u64 = 2048;
@@ -74,6 +78,15 @@ pub fn require_guest() {
 /// Inside the guest: the block device of the disk added with [`Guest::disk`] under `name`.
 pub fn disk(name: &str) -> PathBuf {
     require_guest();
+    // Native mode (see `DBSNAP_GUEST_NATIVE`): loop devices, named in the environment.
+    if let Ok(map) = std::env::var(NATIVE_DISKS_ENV) {
+        return map
+            .split(';')
+            .filter_map(|entry| entry.split_once('='))
+            .find(|(disk, _)| *disk == name)
+            .map(|(_, dev)| PathBuf::from(dev))
+            .unwrap_or_else(|| panic!("no disk named {name:?} in {NATIVE_DISKS_ENV}={map:?}"));
+    }
     let mut seen = Vec::new();
     for entry in fs::read_dir("/sys/block")
         .expect("reading /sys/block")
@@ -225,7 +238,11 @@ impl Guest {
         ));
         fs::create_dir_all(&run_dir)
             .unwrap_or_else(|e| panic!("creating {}: {e}", run_dir.display()));
-        let result = self.boot(&run_dir, argv);
+        let result = if std::env::var_os("DBSNAP_GUEST_NATIVE").is_some() {
+            Ok(self.run_native(&run_dir, argv))
+        } else {
+            self.boot(&run_dir, argv)
+        };
         let keep = std::env::var_os("DBSNAP_GUEST_KEEP").is_some();
         match &result {
             Ok(run) if run.status == 0 && !keep => {
@@ -322,10 +339,7 @@ impl Guest {
         let read = |file: &str| fs::read_to_string(run_dir.join(file)).unwrap_or_default();
         let stdout = read("stdout");
         let stderr = read("stderr");
-        let name = &self.name;
-        println!("----- guest {name} stdout -----\n{}", stdout.trim_end());
-        println!("----- guest {name} stderr -----\n{}", stderr.trim_end());
-        println!("----- end of guest {name} output -----");
+        print_output(&self.name, &stdout, &stderr);
 
         let Some(qemu_status) = qemu_status else {
             return Err(format!(
@@ -373,6 +387,50 @@ impl Guest {
         })
     }
 
+    /// Native mode, for a real (throw-away!) machine such as the Vagrant VMs: run the job
+    /// here, as root, with loop devices as the disks and the modules loaded by modprobe.
+    /// udev is left in charge of device nodes, so `DM_DISABLE_UDEV` is not set.
+    fn run_native(&self, run_dir: &Path, argv: &[OsString]) -> GuestRun {
+        let started = Instant::now();
+        for module in &self.modules {
+            run_host(Command::new("modprobe").arg(module));
+        }
+        let mut loops: Vec<(String, String)> = Vec::new();
+        for (name, size_mib) in &self.disks {
+            let image = run_dir.join(format!("{name}.img"));
+            fs::File::create(&image)
+                .and_then(|f| f.set_len(size_mib << 20))
+                .unwrap_or_else(|e| panic!("creating disk image {}: {e}", image.display()));
+            let dev = run_host(
+                Command::new("losetup")
+                    .args(["--find", "--show"])
+                    .arg(&image),
+            );
+            loops.push((name.clone(), dev.trim().to_string()));
+        }
+        let map: Vec<String> = loops.iter().map(|(n, d)| format!("{n}={d}")).collect();
+        let mut job = Command::new(&argv[0]);
+        job.args(&argv[1..])
+            .env(IN_GUEST_ENV, "1")
+            .env(NATIVE_DISKS_ENV, map.join(";"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        let output = job.output();
+        for (_, dev) in &loops {
+            run_host(Command::new("losetup").args(["--detach", dev]));
+        }
+        let output = output.unwrap_or_else(|e| panic!("starting {:?} failed: {e}", argv[0]));
+        let run = GuestRun {
+            status: output.status.code().unwrap_or(128),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            boot_seconds: None,
+            wall: started.elapsed(),
+        };
+        print_output(&self.name, &run.stdout, &run.stderr);
+        run
+    }
+
     /// The job, as data guest-init.sh reads (NUL-separated lists, nothing to quote).
     fn write_job(&self, run_dir: &Path, argv: &[OsString]) {
         let write = |file: &str, bytes: &[u8]| {
@@ -414,6 +472,26 @@ impl Guest {
         write("modules", modules.join("\n").as_bytes());
         write("disks", self.disks.len().to_string().as_bytes());
     }
+}
+
+fn print_output(name: &str, stdout: &str, stderr: &str) {
+    println!("----- guest {name} stdout -----\n{}", stdout.trim_end());
+    println!("----- guest {name} stderr -----\n{}", stderr.trim_end());
+    println!("----- end of guest {name} output -----");
+}
+
+/// Run a host command for the harness; panic with its stderr if it fails.
+fn run_host(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?} could not start: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// `tests/guest/` in the source tree: the initramfs builder and the guest's PID-1 script.
@@ -500,18 +578,10 @@ fn natural_key(version: &str) -> Vec<(u64, String)> {
 }
 
 fn build_initramfs(kernel_version: &str, out: &Path) {
-    let script = guest_files().join("build-initramfs.sh");
-    let output = Command::new(&script)
-        .arg(kernel_version)
-        .arg(out)
-        .output()
-        .unwrap_or_else(|e| panic!("running {} failed: {e}", script.display()));
-    assert!(
-        output.status.success(),
-        "{} failed ({}): {}",
-        script.display(),
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+    run_host(
+        Command::new(guest_files().join("build-initramfs.sh"))
+            .arg(kernel_version)
+            .arg(out),
     );
 }
 
@@ -558,5 +628,12 @@ mod tests {
         assert_eq!(run.status, 1);
         assert_eq!(run.stdout.trim(), "probe-disk");
         assert!(run.stderr.contains("/does-not-exist"), "{}", run.stderr);
+        // A non-zero status keeps the run's logs for a look; this one was expected.
+        let ours = format!("selftest-{}-", std::process::id());
+        for entry in fs::read_dir(guest_dir()).unwrap().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&ours) {
+                fs::remove_dir_all(entry.path()).unwrap();
+            }
+        }
     }
 }
