@@ -383,8 +383,18 @@ async fn in_guest_list_release_and_refusals() {
     let origin = vg.lv("data", "320M", "xfs");
     let lvm = Lvm::new(LvmConfig::default());
 
-    // Not on LVM: the guest's root is an overlay.
-    let err = lvm.probe(&[PathBuf::from("/tmp")]).await.unwrap_err();
+    // Not on LVM: a tmpfs (the guest's root is an overlay, a real VM's may be on LVM).
+    let tmpfs = PathBuf::from("/srv/dbtnames-tmpfs");
+    std::fs::create_dir_all(&tmpfs).unwrap();
+    run(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "dbsnap-test",
+        tmpfs.to_str().unwrap(),
+    ]);
+    let err = lvm.probe(std::slice::from_ref(&tmpfs)).await.unwrap_err();
+    run(&["umount", tmpfs.to_str().unwrap()]);
     assert!(
         err.to_string().contains("not on an LVM logical volume"),
         "{err}"
@@ -452,7 +462,12 @@ async fn in_guest_list_release_and_refusals() {
     };
     assert!(lvm.plan(&[hostile], &name("dbsnap-x")).is_err());
 
-    release_twice(&lvm, &set, &vg, "names").await;
+    // An interrupted run leaves its snapshot mounted; release alone must clean that up.
+    let workdir = tempfile::tempdir().unwrap();
+    lvm.mount(&set, workdir.path()).await.unwrap();
+    release_twice(&lvm, &set, &vg, "names (mounted)").await;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains("dbsnap--ours"), "{mounts}");
     let names = vg.lv_names();
     assert!(names.contains(&"dbsnap-foreign.0".to_string()), "{names:?}");
     assert!(names.contains(&"other.0".to_string()), "{names:?}");
