@@ -61,6 +61,12 @@ pub async fn preflight(
     backend: &dyn SnapshotBackend,
 ) -> anyhow::Result<Preflight> {
     let started = Instant::now();
+    if which::which("rsync").is_err() {
+        return Err(fail(
+            Class::Transfer,
+            "rsync is not installed: install it (apt-get install rsync / dnf install rsync)",
+        ));
+    }
     let credentials = config.mysql.credentials()?;
     let (server, mut conn) = Server::connect(&credentials).await?;
     tracing::info!(
@@ -208,6 +214,9 @@ pub async fn lock_and_snapshot(
     };
     let max_hold = config.mysql.max_lock_hold;
     let lock_conn = pre.server.open().await?;
+    // A snapshot commits the filesystem's dirty data; writing it out now, before the
+    // lock, keeps that work out of the window where writers wait.
+    sync_filesystems(&pre.volumes);
 
     let mut held = lock::acquire_ftwrl(lock_conn, &mut pre.conn, settings).await?;
     // ── writers wait from here ──
@@ -535,6 +544,22 @@ fn tree_size(roots: &[PathBuf]) -> u64 {
         .filter(|m| m.is_file())
         .map(|m| m.len())
         .sum()
+}
+
+fn sync_filesystems(volumes: &[Volume]) {
+    let started = Instant::now();
+    for v in volumes {
+        if let Err(e) = sync_tree(&v.root) {
+            tracing::warn!(
+                "flushing {} before the lock failed: {e:#}",
+                v.root.display()
+            );
+        }
+    }
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "flushed dirty data before the lock"
+    );
 }
 
 /// Make the copied files durable before the rename publishes them.
