@@ -344,12 +344,11 @@ impl SnapshotBackend for Zfs {
         for snap in &set.snapshots {
             let dataset = dataset_of_snapshot(&snap.id, &set.name)?;
             let same_pool = calls
-                .last()
-                .and_then(|c| c.first())
-                .is_some_and(|first| pool_of(first) == pool_of(dataset));
-            match calls.last_mut() {
-                Some(call) if multi && same_pool => call.push(&snap.id),
-                _ => calls.push(vec![&snap.id]),
+                .iter_mut()
+                .find(|call| multi && pool_of(call[0]) == pool_of(dataset));
+            match same_pool {
+                Some(call) => call.push(&snap.id),
+                None => calls.push(vec![&snap.id]),
             }
         }
         for call in calls {
