@@ -11,6 +11,8 @@ use anyhow::Context;
 use dbsnap_btrfs::BtrfsConfig;
 use serde::Deserialize;
 
+use crate::db::lock_mode::RequestedMode;
+use crate::db::stall_guard::LongQueryPolicy;
 use crate::error::{fail, Class};
 
 pub const DEFAULT_CONFIG: &str = "/etc/dbsnap/dbsnap.toml";
@@ -37,6 +39,15 @@ pub struct MysqlConfig {
     pub user: Option<String>,
     /// A file holding only the password (a trailing newline is ignored).
     pub password_file: Option<PathBuf>,
+    /// How the server is quiesced; `auto` picks the least invasive consistent mode.
+    #[serde(default)]
+    pub lock: RequestedMode,
+    /// What to do about long-running statements that would make the lock wait.
+    #[serde(default)]
+    pub long_queries: LongQueryPolicy,
+    /// How old a statement must be to count as long-running.
+    #[serde(default = "default_long_query_threshold", with = "humantime_serde")]
+    pub long_query_threshold: Duration,
     /// How long one attempt to take the lock may wait before it is cancelled.
     #[serde(default = "default_lock_wait", with = "humantime_serde")]
     pub lock_wait_timeout: Duration,
@@ -77,6 +88,9 @@ fn default_state_dir() -> PathBuf {
 }
 fn default_lock_wait() -> Duration {
     Duration::from_secs(5)
+}
+fn default_long_query_threshold() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_lock_attempts() -> u32 {
     3
@@ -351,6 +365,8 @@ dest = "/srv/backups/db 1"
         assert_eq!(c.mysql.lock_wait_timeout, Duration::from_secs(5));
         assert_eq!(c.mysql.lock_attempts, 3);
         assert_eq!(c.mysql.max_lock_hold, Duration::from_secs(10));
+        assert_eq!(c.mysql.lock, RequestedMode::Auto);
+        assert_eq!(c.mysql.long_queries, LongQueryPolicy::Wait);
         assert_eq!(c.backup.unwrap().dest, PathBuf::from("/srv/backups/db 1"));
     }
 
@@ -371,6 +387,20 @@ dest = "/srv/backups/db 1"
         let c = Config::parse(&text).unwrap();
         assert_eq!(c.mysql.lock_wait_timeout, Duration::from_millis(1500));
         assert_eq!(c.mysql.max_lock_hold, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn lock_modes_and_policies_by_name() {
+        let text = MINIMAL.replace(
+            "[mysql]",
+            "[mysql]\nlock = \"backup-stage\"\nlong_queries = \"kill\"",
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.mysql.lock, RequestedMode::BackupStage);
+        assert_eq!(c.mysql.long_queries, LongQueryPolicy::Kill);
+        let err =
+            Config::parse(&MINIMAL.replace("[mysql]", "[mysql]\nlock = \"flush\"")).unwrap_err();
+        assert!(err.to_string().contains("unknown variant"), "{err}");
     }
 
     #[test]

@@ -61,10 +61,19 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli) -> anyhow::Result<()> {
-    let config = Config::load(&cli.config)?;
-    match cli.command {
-        Command::Check => commands::check::run(&config, cli.json).await,
-        Command::Backup => commands::backup::run(&config, cli.json).await,
+    let mut config = Config::load(&cli.config)?;
+    let lock_args = match &cli.command {
+        Command::Check(lock) | Command::Backup { lock, .. } => Some(lock),
+        _ => None,
+    };
+    if let Some(mode) = lock_args.and_then(|l| l.lock) {
+        config.mysql.lock = mode;
+    }
+    match &cli.command {
+        Command::Check(lock) => commands::check::run(&config, cli.json, lock.force).await,
+        Command::Backup { lock, max_lock_ms } => {
+            commands::backup::run(&config, cli.json, lock.force, *max_lock_ms).await
+        }
         Command::List => commands::list::run(&config, cli.json).await,
         Command::Cleanup => commands::cleanup::run(&config, cli.json).await,
     }

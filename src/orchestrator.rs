@@ -24,7 +24,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::db::lock::{self, LockSettings};
-use crate::db::{server, Coordinates, Layout, LockRecord, Server};
+use crate::db::lock_mode::{self, Choice, ModeFacts};
+use crate::db::{coordinates, server, stall_guard, Coordinates, Layout, LockRecord, Server};
 use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
 use crate::manifest::{Manifest, ServerRecord, SnapshotRecord, VolumeRecord, FORMAT};
@@ -40,6 +41,8 @@ pub struct Preflight {
     pub volumes: Vec<Volume>,
     /// Whether the backend snapshots all volumes at one instant.
     pub atomic: bool,
+    /// The lock mode, and why.
+    pub lock: Choice,
     pub free_space: Vec<FreeSpace>,
     /// Bytes in the server's directories: what the copy will move.
     pub data_bytes: u64,
@@ -54,11 +57,13 @@ pub struct FreeSpace {
     pub free_percent: f64,
 }
 
-/// Phase 1: connect, read the layout, check privileges, map paths to volumes, check
-/// free space. Holds no lock; everything that can fail slowly fails here.
+/// Phase 1: connect, read the layout, map paths to volumes, choose the lock mode,
+/// check privileges and free space. Holds no lock; everything that can fail slowly
+/// fails here. `force` accepts a lock mode that cannot be consistent for this server.
 pub async fn preflight(
     config: &Config,
     backend: &dyn SnapshotBackend,
+    force: bool,
 ) -> anyhow::Result<Preflight> {
     let started = Instant::now();
     if which::which("rsync").is_err() {
@@ -84,22 +89,45 @@ pub async fn preflight(
         )
     })?;
 
+    let roots = layout.copy_roots();
+    let volumes = backend.probe(&roots).await.map_err(backend_error)?;
+    let atomic = backend.snapshot_is_atomic(&volumes);
+
+    let facts = ModeFacts {
+        version: server.version.clone(),
+        non_transactional: server::non_transactional_tables(&mut conn).await?,
+        atomic_snapshot: atomic,
+        is_replica: coordinates::replica_status(&mut conn, &server.version)
+            .await?
+            .is_some(),
+        read_only: server::read_only(&mut conn).await?,
+    };
+    let lock =
+        lock_mode::choose(config.mysql.lock, &facts, force).map_err(|e| fail(Class::Config, e))?;
+    tracing::info!("lock mode {}: {}", lock.mode, lock.reason);
+
     let granted = server::privileges(&mut conn).await?;
-    let missing = server::missing_privileges(&granted, layout.binlog_basename.is_some());
+    let missing = server::missing_privileges(
+        &granted,
+        lock.mode,
+        layout.binlog_basename.is_some(),
+        config.mysql.long_queries,
+    );
     if !missing.is_empty() {
+        let user = server::current_user(&mut conn)
+            .await
+            .unwrap_or_else(|_| "<the backup user>".into());
         return Err(fail(
             Class::Privileges,
             format!(
-                "the database user lacks {}. Grant it with: GRANT {} ON *.* TO <the backup user>;",
+                "the database user {user} lacks {} (needed for lock mode {}). Grant it with: GRANT {} ON *.* TO {user};",
                 missing.join(" and "),
-                missing.join(", ")
+                lock.mode,
+                missing.join(", "),
             ),
         ));
     }
 
-    let roots = layout.copy_roots();
-    let volumes = backend.probe(&roots).await.map_err(backend_error)?;
-    let atomic = backend.snapshot_is_atomic(&volumes);
     let free_space = free_space(&volumes)?;
     for f in &free_space {
         if f.free_percent < config.snapshot.min_free_percent {
@@ -137,6 +165,7 @@ pub async fn preflight(
         layout,
         volumes,
         atomic,
+        lock,
         free_space,
         data_bytes,
     })
@@ -213,12 +242,27 @@ pub async fn lock_and_snapshot(
         attempts: config.mysql.lock_attempts,
     };
     let max_hold = config.mysql.max_lock_hold;
+    let mode = pre.lock.mode;
     let lock_conn = pre.server.open().await?;
     // A snapshot commits the filesystem's dirty data; writing it out now, before the
     // lock, keeps that work out of the window where writers wait.
     sync_filesystems(&pre.volumes);
+    stall_guard::guard(
+        &mut pre.conn,
+        mode,
+        config.mysql.long_queries,
+        config.mysql.long_query_threshold,
+    )
+    .await?;
 
-    let mut held = lock::acquire_ftwrl(lock_conn, &mut pre.conn, settings).await?;
+    let mut held = lock::acquire(
+        mode,
+        &pre.server.version,
+        lock_conn,
+        &mut pre.conn,
+        settings,
+    )
+    .await?;
     // ── writers wait from here ──
     let coordinates = held.coordinates().await;
     let snapshot = match coordinates {
@@ -231,7 +275,7 @@ pub async fn lock_and_snapshot(
         ),
         Err(_) => None,
     };
-    let released = held.release().await;
+    let released = held.release(pre.lock.reason.clone()).await;
     // ── writers run again ──
     let record = released?;
     let coordinates = coordinates?;
@@ -256,7 +300,8 @@ pub async fn lock_and_snapshot(
         wait_ms = record.wait_ms,
         hold_ms = record.hold_ms,
         attempts = record.attempts,
-        "lock released; writers waited {:.1} ms for the lock and {:.1} ms while it was held",
+        "{} released; writers waited {:.1} ms for the lock and {:.1} ms while it was held",
+        record.mode,
         record.wait_ms,
         record.hold_ms
     );
@@ -269,12 +314,13 @@ pub async fn backup(
     config: &Config,
     backend: &dyn SnapshotBackend,
     journal: &mut Journal,
+    force: bool,
 ) -> anyhow::Result<Manifest> {
     let started_at = Utc::now();
     let dest = &config.backup()?.dest;
 
     // 1. preflight
-    let mut pre = preflight(config, backend).await?;
+    let mut pre = preflight(config, backend, force).await?;
     check_destination(dest, &pre)?;
     warn_about_unknown_snapshots(backend, &pre.volumes, journal).await;
     let name = backup_name(dest, started_at);
@@ -334,7 +380,7 @@ pub async fn backup(
         started_at,
         finished_at: Utc::now(),
         server: ServerRecord {
-            version: pre.server.version.clone(),
+            version: pre.server.version.text.clone(),
             hostname: pre.server.hostname.clone(),
             datadir: pre.layout.datadir.clone(),
             binlog_basename: pre.layout.binlog_basename.clone(),
