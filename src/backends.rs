@@ -6,7 +6,7 @@ use crate::config::SnapshotConfig;
 use crate::error::{fail, Class};
 
 /// The built-in backends, for messages.
-pub const BUILT_IN: &[&str] = &["btrfs"];
+pub const BUILT_IN: &[&str] = &["btrfs", "lvm", "zfs"];
 
 pub fn open(config: &SnapshotConfig) -> anyhow::Result<Box<dyn SnapshotBackend>> {
     open_named(&config.backend, config)
@@ -17,6 +17,8 @@ pub fn open(config: &SnapshotConfig) -> anyhow::Result<Box<dyn SnapshotBackend>>
 pub fn open_named(name: &str, config: &SnapshotConfig) -> anyhow::Result<Box<dyn SnapshotBackend>> {
     match name {
         "btrfs" => Ok(Box::new(dbsnap_btrfs::Btrfs::new(config.btrfs.clone()))),
+        "lvm" => Ok(Box::new(dbsnap_lvm::Lvm::new(config.lvm.clone()))),
+        "zfs" => Ok(Box::new(dbsnap_zfs::Zfs::new(config.zfs.clone()))),
         other => Err(fail(
             Class::Config,
             format!(

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use dbsnap_btrfs::BtrfsConfig;
+use dbsnap_lvm::LvmConfig;
+use dbsnap_zfs::ZfsConfig;
 use serde::Deserialize;
 
 use crate::db::lock_mode::RequestedMode;
@@ -72,6 +74,10 @@ pub struct SnapshotConfig {
     pub warn_free_percent: f64,
     #[serde(default)]
     pub btrfs: BtrfsConfig,
+    #[serde(default)]
+    pub lvm: LvmConfig,
+    #[serde(default)]
+    pub zfs: ZfsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -459,30 +459,61 @@ fn copy_items(
     read_paths: &[ReadPath],
     backup_dir: &Path,
 ) -> anyhow::Result<Vec<CopyItem>> {
-    let mut items = Vec::new();
-    for root in layout.copy_roots() {
-        let read = read_paths
-            .iter()
-            .filter(|r| root.starts_with(&r.origin_root))
-            .max_by_key(|r| r.origin_root.components().count())
-            .with_context(|| format!("no snapshot covers {}", root.display()))?;
-        let relative = root
-            .strip_prefix(&read.origin_root)
-            .expect("filtered by starts_with");
-        let to = Manifest::stored_path(backup_dir, &root);
-        std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
-        let exclude = layout
-            .runtime_files
-            .iter()
-            .filter_map(|f| f.strip_prefix(&root).ok().map(PathBuf::from))
-            .collect();
-        items.push(CopyItem {
-            from: read.frozen_root.join(relative),
-            to,
-            exclude,
-        });
+    let items = plan_copy(layout, read_paths, backup_dir)?;
+    for item in &items {
+        std::fs::create_dir_all(&item.to)
+            .with_context(|| format!("creating {}", item.to.display()))?;
     }
     Ok(items)
+}
+
+/// Each server directory, plus every volume mounted inside one (a ZFS child dataset is
+/// not part of its parent's snapshot), parents first so that the child lands in the
+/// directory its parent's copy created.
+fn plan_copy(
+    layout: &Layout,
+    read_paths: &[ReadPath],
+    backup_dir: &Path,
+) -> anyhow::Result<Vec<CopyItem>> {
+    let roots = layout.copy_roots();
+    let mut sources: Vec<PathBuf> = roots.clone();
+    for read in read_paths {
+        let nested = roots
+            .iter()
+            .any(|r| read.origin_root.starts_with(r) && read.origin_root != *r);
+        if nested && !sources.contains(&read.origin_root) {
+            sources.push(read.origin_root.clone());
+        }
+    }
+    sources.sort_by_key(|s| s.components().count());
+    sources
+        .into_iter()
+        .map(|source| {
+            let read = read_paths
+                .iter()
+                .filter(|r| source.starts_with(&r.origin_root))
+                .max_by_key(|r| r.origin_root.components().count())
+                .with_context(|| format!("no snapshot covers {}", source.display()))?;
+            let relative = source
+                .strip_prefix(&read.origin_root)
+                .expect("filtered by starts_with");
+            let exclude = layout
+                .runtime_files
+                .iter()
+                .filter_map(|f| f.strip_prefix(&source).ok().map(PathBuf::from))
+                .collect();
+            let from = if relative.as_os_str().is_empty() {
+                read.frozen_root.clone()
+            } else {
+                read.frozen_root.join(relative)
+            };
+            Ok(CopyItem {
+                from,
+                to: Manifest::stored_path(backup_dir, &source),
+                exclude,
+            })
+        })
+        .collect()
 }
 
 /// Runs beside the copy and returns (an error) only if the copy must stop: a
@@ -622,4 +653,57 @@ pub fn backend_error(e: BackendError) -> anyhow::Error {
         _ => Class::Snapshot,
     };
     fail(class, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::layout::ServerPaths;
+
+    #[test]
+    fn child_volumes_inside_a_server_directory_are_copied_after_their_parent() {
+        let layout = Layout::from_server(
+            "/tank/mysql".into(),
+            ServerPaths {
+                log_bin_basename: Some("/tank/mysql/binlog/bin".into()),
+                pid_file: Some("/tank/mysql/db.pid".into()),
+                ..Default::default()
+            },
+        );
+        let read = |origin: &str, frozen: &str| ReadPath {
+            origin_root: origin.into(),
+            frozen_root: frozen.into(),
+        };
+        let reads = [
+            read("/tank/mysql/binlog", "/run/clone/1"),
+            read("/tank/mysql", "/tank/mysql/.zfs/snapshot/s"),
+        ];
+        let items = plan_copy(&layout, &reads, Path::new("/b/n")).unwrap();
+        let pairs: Vec<(String, String)> = items
+            .iter()
+            .map(|i| (i.from.display().to_string(), i.to.display().to_string()))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                (
+                    "/tank/mysql/.zfs/snapshot/s".into(),
+                    "/b/n/files/tank/mysql".into()
+                ),
+                ("/run/clone/1".into(), "/b/n/files/tank/mysql/binlog".into()),
+            ]
+        );
+        assert_eq!(items[0].exclude, vec![PathBuf::from("db.pid")]);
+    }
+
+    #[test]
+    fn a_directory_below_a_volume_root_is_read_from_inside_the_snapshot() {
+        let layout = Layout::from_server("/srv/db/data".into(), ServerPaths::default());
+        let reads = [ReadPath {
+            origin_root: "/srv/db".into(),
+            frozen_root: "/srv/.snaps/s.0".into(),
+        }];
+        let items = plan_copy(&layout, &reads, Path::new("/b/n")).unwrap();
+        assert_eq!(items[0].from, PathBuf::from("/srv/.snaps/s.0/data"));
+    }
 }
