@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::db::lock_mode::RequestedMode;
 use crate::db::stall_guard::LongQueryPolicy;
 use crate::error::{fail, Class};
+use crate::hooks::HooksConfig;
 
 pub const DEFAULT_CONFIG: &str = "/etc/dbsnap/dbsnap.toml";
 
@@ -28,6 +29,8 @@ pub struct Config {
     pub mysql: MysqlConfig,
     pub snapshot: SnapshotConfig,
     pub backup: Option<BackupConfig>,
+    #[serde(default)]
+    pub hooks: HooksConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -153,6 +156,7 @@ impl Config {
         for (key, path) in paths {
             check_path(key, path)?;
         }
+        self.hooks.validate()?;
         if self.mysql.lock_attempts == 0 {
             anyhow::bail!("mysql.lock_attempts must be at least 1");
         }

@@ -29,6 +29,8 @@ pub enum Class {
     Snapshot,
     /// Copying the files failed.
     Transfer,
+    /// A user hook failed or timed out.
+    Hook,
     /// Interrupted by SIGINT or SIGTERM; everything was cleaned up.
     Interrupted,
 }
@@ -46,6 +48,7 @@ impl Class {
             Class::Busy => 8,
             Class::Snapshot => 9,
             Class::Transfer => 10,
+            Class::Hook => 12,
             Class::Interrupted => 130,
         }
     }
@@ -64,6 +67,7 @@ Exit codes:
   8    another dbsnap run is active
   9    snapshot failed
   10   copy failed
+  12   a hook failed
   130  interrupted (SIGINT/SIGTERM); cleaned up";
 }
 
@@ -129,6 +133,7 @@ mod tests {
             Class::Busy,
             Class::Snapshot,
             Class::Transfer,
+            Class::Hook,
             Class::Interrupted,
         ];
         let mut codes: Vec<u8> = all.iter().map(|c| c.exit_code()).collect();

@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod db;
 mod error;
+mod hooks;
 mod journal;
 mod manifest;
 mod orchestrator;

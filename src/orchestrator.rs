@@ -27,6 +27,7 @@ use crate::db::lock::{self, LockSettings};
 use crate::db::lock_mode::{self, Choice, ModeFacts};
 use crate::db::{coordinates, server, stall_guard, Coordinates, Layout, LockRecord, Server};
 use crate::error::{fail, Class};
+use crate::hooks::Phase;
 use crate::journal::{Journal, Resource};
 use crate::manifest::{Manifest, ServerRecord, SnapshotRecord, VolumeRecord, FORMAT};
 use crate::progress::Progress;
@@ -329,6 +330,16 @@ pub async fn backup(
         .plan(&pre.volumes, &snapshot_name)
         .map_err(backend_error)?;
 
+    let run_env = |extra: &[(&'static str, String)]| {
+        let mut env = vec![
+            ("DBSNAP_NAME", name.clone()),
+            ("DBSNAP_STATUS", "running".to_string()),
+        ];
+        env.extend_from_slice(extra);
+        env
+    };
+    config.hooks.run(Phase::PreLock, &run_env(&[])).await?;
+
     // 2–4. lock, snapshot, unlock
     journal.record(&name, Resource::Snapshot { set: set.clone() })?;
     let (lock_record, coordinates) = lock_and_snapshot(config, &mut pre, backend, &set).await?;
@@ -345,9 +356,18 @@ pub async fn backup(
     )?;
     std::fs::create_dir_all(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
     let read_paths = backend.mount(&set, &workdir).await.map_err(backend_error)?;
+    let partial = dest.join(format!("{name}.partial"));
+    let items = plan_copy(&pre.layout, &read_paths, &partial)?;
+    let datadir_snapshot = items[0].from.display().to_string();
+    config
+        .hooks
+        .run(
+            Phase::PostSnapshot,
+            &run_env(&[("DBSNAP_SNAPSHOT_PATH", datadir_snapshot)]),
+        )
+        .await?;
 
     // 6. transfer into NAME.partial
-    let partial = dest.join(format!("{name}.partial"));
     journal.record(
         &name,
         Resource::Partial {
@@ -355,7 +375,10 @@ pub async fn backup(
         },
     )?;
     std::fs::create_dir(&partial).with_context(|| format!("creating {}", partial.display()))?;
-    let items = copy_items(&pre.layout, &read_paths, &partial)?;
+    for item in &items {
+        std::fs::create_dir_all(&item.to)
+            .with_context(|| format!("creating {}", item.to.display()))?;
+    }
     let progress = Progress::new(pre.data_bytes);
     let report_progress = |bytes| progress.set(bytes);
     let stats = tokio::select! {
@@ -416,6 +439,16 @@ pub async fn backup(
     release(backend, journal, &set, &workdir).await.with_context(|| {
         format!("the backup {} is complete, but releasing the snapshot failed; run `dbsnap cleanup`", final_dir.display())
     })?;
+    let published = [
+        ("DBSNAP_NAME", name.clone()),
+        ("DBSNAP_STATUS", "ok".to_string()),
+        ("DBSNAP_BACKUP_PATH", final_dir.display().to_string()),
+    ];
+    config
+        .hooks
+        .run(Phase::PostBackup, &published)
+        .await
+        .with_context(|| format!("the backup {} is complete and kept", final_dir.display()))?;
     Ok(manifest)
 }
 
@@ -454,19 +487,6 @@ fn backup_name(dest: &Path, at: chrono::DateTime<Utc>) -> String {
 
 /// What to copy: each server directory, read from its frozen volume, into
 /// `<backup>/files/<absolute path>`.
-fn copy_items(
-    layout: &Layout,
-    read_paths: &[ReadPath],
-    backup_dir: &Path,
-) -> anyhow::Result<Vec<CopyItem>> {
-    let items = plan_copy(layout, read_paths, backup_dir)?;
-    for item in &items {
-        std::fs::create_dir_all(&item.to)
-            .with_context(|| format!("creating {}", item.to.display()))?;
-    }
-    Ok(items)
-}
-
 /// Each server directory, plus every volume mounted inside one (a ZFS child dataset is
 /// not part of its parent's snapshot), parents first so that the child lands in the
 /// directory its parent's copy created.

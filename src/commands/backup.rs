@@ -5,7 +5,8 @@ use bytesize::ByteSize;
 use crate::backends;
 use crate::commands::cleanup::release_all;
 use crate::config::Config;
-use crate::error::{fail, Class};
+use crate::error::{class_of, fail, Class};
+use crate::hooks::Phase;
 use crate::journal::{Journal, RunLock};
 use crate::manifest::Manifest;
 use crate::orchestrator;
@@ -37,6 +38,15 @@ pub async fn run(
         Err(e) => {
             if let Err(cleanup) = release_all(config, &mut journal).await {
                 tracing::error!("{cleanup:#}");
+            }
+            // After cleanup, so the hook sees what the failure left: nothing.
+            let env = [
+                ("DBSNAP_STATUS", "failed".to_string()),
+                ("DBSNAP_ERROR", format!("{e:#}")),
+                ("DBSNAP_EXIT_CODE", class_of(&e).exit_code().to_string()),
+            ];
+            if let Err(hook) = config.hooks.run(Phase::OnFailure, &env).await {
+                tracing::error!("{hook:#}");
             }
             return Err(e);
         }
