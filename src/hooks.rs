@@ -11,7 +11,7 @@ use crate::error::{fail, Class};
 
 /// `[hooks]` in the configuration. Each hook is an argv list; the program must be an
 /// absolute path (no shell, no PATH lookup).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HooksConfig {
     /// Before the lock; a failure aborts the run with nothing locked or snapshotted.
@@ -35,6 +35,18 @@ pub struct HooksConfig {
 
 fn default_timeout() -> Duration {
     Duration::from_secs(300)
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            pre_lock: Vec::new(),
+            post_snapshot: Vec::new(),
+            post_backup: Vec::new(),
+            on_failure: Vec::new(),
+            timeout: default_timeout(),
+        }
+    }
 }
 
 /// When a hook runs; its name is `DBSNAP_PHASE`.
