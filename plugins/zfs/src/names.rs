@@ -8,7 +8,7 @@
 use dbsnap_backend_api::{BackendError, Result, SnapshotName};
 
 /// ZFS's own limit (`ZFS_MAX_DATASET_NAME_LEN` is 256 including the terminating NUL).
-const MAX_NAME_LEN: usize = 255;
+pub(crate) const MAX_NAME_LEN: usize = 255;
 
 /// Check a dataset (filesystem) name: `pool[/component]*`, each component non-empty and
 /// made of the characters ZFS allows (`A-Z a-z 0-9 _ - . : space`), the pool starting
