@@ -19,12 +19,20 @@ pub fn open_named(name: &str, config: &SnapshotConfig) -> anyhow::Result<Box<dyn
         "btrfs" => Ok(Box::new(dbsnap_btrfs::Btrfs::new(config.btrfs.clone()))),
         "lvm" => Ok(Box::new(dbsnap_lvm::Lvm::new(config.lvm.clone()))),
         "zfs" => Ok(Box::new(dbsnap_zfs::Zfs::new(config.zfs.clone()))),
-        other => Err(fail(
-            Class::Config,
-            format!(
-                "unknown snapshot backend {other:?} in [snapshot] backend: choose one of {}",
-                BUILT_IN.join(", ")
-            ),
-        )),
+        other => match other.strip_prefix("exec:") {
+            Some(plugin) => {
+                let exec = dbsnap_exec::Exec::new(plugin, config.exec.clone())
+                    .map_err(|e| fail(Class::Config, format!("[snapshot] backend = {other:?}: {e}")))?;
+                Ok(Box::new(exec))
+            }
+            None => Err(fail(
+                Class::Config,
+                format!(
+                    "unknown snapshot backend {other:?} in [snapshot] backend: choose one of {}, or \
+                     exec:NAME for an out-of-tree plugin dbsnap-backend-NAME",
+                    BUILT_IN.join(", ")
+                ),
+            )),
+        },
     }
 }

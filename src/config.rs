@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use dbsnap_btrfs::BtrfsConfig;
+use dbsnap_exec::ExecConfig;
 use dbsnap_lvm::LvmConfig;
 use dbsnap_zfs::ZfsConfig;
 use serde::Deserialize;
@@ -81,6 +82,9 @@ pub struct SnapshotConfig {
     pub lvm: LvmConfig,
     #[serde(default)]
     pub zfs: ZfsConfig,
+    /// For `backend = "exec:NAME"`: an out-of-tree plugin (protocol in plugins/README.md).
+    #[serde(default)]
+    pub exec: ExecConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -250,3 +250,50 @@ fn max_lock_ms_fails_the_run_but_keeps_the_backup() {
     assert_eq!(sb.backups().len(), 1);
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
 }
+
+/// An exec plugin that behaves like the shell btrfs reference plugin, except that its
+/// `snapshot` hangs for a minute: a storage system that stalls while writers wait.
+fn hanging_plugin(dir: &std::path::Path) -> std::path::PathBuf {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let reference = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("plugins/examples/dbsnap-backend-btrfs-sh");
+    let script = plugins.join("dbsnap-backend-hangs");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = snapshot ]; then sleep 60; fi\nexec '{}' \"$@\"\n",
+            reference.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    plugins
+}
+
+#[test]
+fn a_snapshot_that_hangs_is_unlocked_within_max_lock_hold_and_cleaned_up() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    let plugins = hanging_plugin(sb.dir.path());
+    let config = std::fs::read_to_string(&sb.config).unwrap().replace(
+        "[snapshot]\nbackend = \"btrfs\"",
+        &format!("[snapshot]\nbackend = \"exec:hangs\"\n[snapshot.exec]\nplugin_dir = {plugins:?}"),
+    );
+    sb.write_raw_config(&config.replace("[mysql]\n", "[mysql]\nmax_lock_hold = \"1s\"\n"));
+    let writers = Writers::start(&sb.server.socket, 4);
+    let started = Instant::now();
+    let out = sb.dbsnap(&["backup", "--lock", "ftwrl"]);
+    let elapsed = started.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let worst = worst_latency(&writers.stop());
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains("max_lock_hold"), "{}", stderr(&out));
+    assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
+    assert!(
+        worst < Duration::from_millis(2500),
+        "writers stalled {worst:?} with a 1 s max_lock_hold"
+    );
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+}
