@@ -33,6 +33,18 @@ fn backup_under_load_restores_to_exactly_what_was_committed() {
     assert!(manifest["transfer"]["bytes"].as_u64().unwrap() > 1_000_000);
     let backup = std::path::PathBuf::from(manifest["path"].as_str().unwrap());
     assert_eq!(sb.backups(), vec![backup.clone()]);
+    let list = stdout_json(&sb.dbsnap(&["list", "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["status"], "complete");
+    assert_eq!(
+        list[0]["manifest"]["lock"]["hold_ms"],
+        manifest["lock"]["hold_ms"]
+    );
+    let human = String::from_utf8(sb.dbsnap(&["list"]).stdout).unwrap();
+    assert!(
+        human.contains(manifest["name"].as_str().unwrap()) && human.contains("complete"),
+        "{human}"
+    );
     let on_disk = std::fs::read_to_string(backup.join("manifest.toml")).unwrap();
     assert!(on_disk.contains("hold_ms"), "{on_disk}");
 

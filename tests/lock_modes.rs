@@ -252,7 +252,8 @@ fn max_lock_ms_fails_the_run_but_keeps_the_backup() {
 }
 
 /// An exec plugin that behaves like the shell btrfs reference plugin, except that its
-/// `snapshot` hangs for a minute: a storage system that stalls while writers wait.
+/// `snapshot` hangs for a minute (after touching `dir/snapshot-started`): a storage
+/// system that stalls while writers wait.
 fn hanging_plugin(dir: &std::path::Path) -> std::path::PathBuf {
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
@@ -262,7 +263,8 @@ fn hanging_plugin(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\nif [ \"$1\" = snapshot ]; then sleep 60; fi\nexec '{}' \"$@\"\n",
+            "#!/bin/sh\nif [ \"$1\" = snapshot ]; then touch '{}'; sleep 60; fi\nexec '{}' \"$@\"\n",
+            dir.join("snapshot-started").display(),
             reference.display()
         ),
     )
@@ -296,4 +298,56 @@ fn a_snapshot_that_hangs_is_unlocked_within_max_lock_hold_and_cleaned_up() {
         "writers stalled {worst:?} with a 1 s max_lock_hold"
     );
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+}
+
+#[test]
+fn sigterm_while_the_lock_is_held_unlocks_first_and_cleans_up() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    let plugins = hanging_plugin(sb.dir.path());
+    let config = std::fs::read_to_string(&sb.config).unwrap().replace(
+        "[snapshot]\nbackend = \"btrfs\"",
+        &format!("[snapshot]\nbackend = \"exec:hangs\"\n[snapshot.exec]\nplugin_dir = {plugins:?}"),
+    );
+    sb.write_raw_config(&config.replace("[mysql]\n", "[mysql]\nmax_lock_hold = \"60s\"\n"));
+    let mut child = std::process::Command::new(common::DBSNAP)
+        .arg("--config")
+        .arg(&sb.config)
+        .args(["backup", "--lock", "ftwrl"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let marker = sb.dir.path().join("snapshot-started");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marker.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let locked = marker.exists();
+    // While the lock is held, a write waits.
+    let blocked = sb
+        .server
+        .try_sql("SET SESSION lock_wait_timeout = 1; INSERT INTO bank.accounts VALUES (1000, 0)");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let signalled = Instant::now();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(locked, "the plugin's snapshot never started: {err}");
+    assert!(
+        blocked.is_err(),
+        "a write went through while the lock was held"
+    );
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "took {:?} to stop",
+        signalled.elapsed()
+    );
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+    sb.server.sql("INSERT INTO bank.accounts VALUES (1001, 0)");
 }
