@@ -37,7 +37,9 @@ fn consistent_backup(binlogs: Binlogs) {
     };
     let sb = sandbox(&mut zfs, binlogs);
     bank::create(&sb.server);
-    let manifest = sb.backup_and_verify(&[], true);
+    let (manifest, log) = sb.backup_and_verify(&[], true);
+    // One `zfs snapshot` call per dataset, then a read-only clone of each.
+    assert_eq!(log.matches("zfs snapshot").count(), 2, "{log}");
     // zfs-fuse snapshots one dataset per call: not one instant, so the lock covers it.
     assert_eq!(manifest["snapshot"]["atomic"], false);
     assert_eq!(manifest["lock"]["mode"], "backup-stage");
