@@ -94,6 +94,14 @@ pub struct BackupConfig {
     pub dest: PathBuf,
     /// rsync bandwidth limit, e.g. "50MiB" (per second).
     pub bwlimit: Option<bytesize::ByteSize>,
+    /// Build each backup from the previous one (reflinks or hard links), writing only
+    /// what changed. The previous backup is never modified.
+    #[serde(default = "default_incremental")]
+    pub incremental: bool,
+}
+
+fn default_incremental() -> bool {
+    true
 }
 
 fn default_state_dir() -> PathBuf {
