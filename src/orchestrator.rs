@@ -32,7 +32,6 @@ use crate::journal::{Journal, Resource};
 use crate::manifest::{Manifest, ServerRecord, SnapshotRecord, VolumeRecord, FORMAT};
 use crate::progress::Progress;
 use crate::transfer::incremental::{self, Basis};
-use crate::transfer::rsync::Writes;
 use crate::transfer::{self, CopyItem};
 
 /// Everything learned before the lock, without taking it.
@@ -381,22 +380,6 @@ pub async fn backup(
         true => incremental::prepare(dest, &partial, &pre.layout.datadir).await?,
         false => Basis::Full,
     };
-    let (writes, link_dest) = match &basis {
-        Basis::Full => (Writes::Whole, None),
-        Basis::Reflinked { .. } => (Writes::InPlace, None),
-        Basis::Linked { path, .. } => {
-            let previous: Vec<PathBuf> = items
-                .iter()
-                .map(|i| {
-                    path.join(
-                        i.to.strip_prefix(&partial)
-                            .expect("items are inside the partial directory"),
-                    )
-                })
-                .collect();
-            (Writes::Whole, Some(previous))
-        }
-    };
     if let Some(base) = basis.base() {
         tracing::info!("incremental copy from backup {base} ({})", basis.method());
     }
@@ -404,10 +387,11 @@ pub async fn backup(
         std::fs::create_dir_all(&item.to)
             .with_context(|| format!("creating {}", item.to.display()))?;
     }
+    let link_dest = basis.link_dest(&items, &partial);
     let progress = Progress::new(pre.data_bytes);
     let report_progress = |bytes| progress.set(bytes);
     let mut stats = tokio::select! {
-        stats = transfer::copy(&items, writes, link_dest.as_deref(), config.backup()?.bwlimit, &report_progress) => stats?,
+        stats = transfer::copy(&items, basis.writes(), link_dest.as_deref(), config.backup()?.bwlimit, &report_progress) => stats?,
         failure = watch_snapshot(config, backend, &set, &pre.volumes) => return Err(failure),
     };
     stats.method = basis.method().into();

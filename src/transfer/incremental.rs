@@ -13,6 +13,7 @@ use anyhow::Context;
 use dbsnap_backend_api::command::Cmd;
 
 use crate::manifest::{Manifest, FILES_DIR};
+use crate::transfer::rsync::{CopyItem, Writes};
 
 /// How the new copy relates to the previous backup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +34,32 @@ impl Basis {
             Basis::Reflinked { .. } => "rsync+reflink",
             Basis::Linked { .. } => "rsync+link-dest",
         }
+    }
+
+    /// How rsync writes: in place into a reflink-seeded copy, else whole files.
+    pub fn writes(&self) -> Writes {
+        match self {
+            Basis::Reflinked { .. } => Writes::InPlace,
+            Basis::Full | Basis::Linked { .. } => Writes::Whole,
+        }
+    }
+
+    /// For a hard-link basis, the previous backup's copy of each item in `partial`.
+    pub fn link_dest(&self, items: &[CopyItem], partial: &Path) -> Option<Vec<PathBuf>> {
+        let Basis::Linked { path, .. } = self else {
+            return None;
+        };
+        Some(
+            items
+                .iter()
+                .map(|i| {
+                    path.join(
+                        i.to.strip_prefix(partial)
+                            .expect("items are inside the partial directory"),
+                    )
+                })
+                .collect(),
+        )
     }
 
     pub fn base(&self) -> Option<String> {
@@ -125,6 +152,26 @@ mod tests {
         assert_eq!(
             (r.method(), r.base().as_deref()),
             ("rsync+reflink", Some("20261125T000000Z"))
+        );
+    }
+
+    #[test]
+    fn link_dest_points_at_the_previous_copy_of_each_item() {
+        let basis = Basis::Linked {
+            base: "a".into(),
+            path: "/b/a".into(),
+        };
+        let item = CopyItem {
+            from: "/snap/x".into(),
+            to: "/b/n.partial/files/var/lib/mysql".into(),
+            exclude: vec![],
+        };
+        let dests = basis.link_dest(&[item], Path::new("/b/n.partial")).unwrap();
+        assert_eq!(dests, vec![PathBuf::from("/b/a/files/var/lib/mysql")]);
+        assert_eq!(basis.writes(), Writes::Whole);
+        assert_eq!(
+            Basis::Reflinked { base: "a".into() }.writes(),
+            Writes::InPlace
         );
     }
 }
