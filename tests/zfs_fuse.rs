@@ -37,7 +37,24 @@ fn consistent_backup(binlogs: Binlogs) {
     };
     let sb = sandbox(&mut zfs, binlogs);
     bank::create(&sb.server);
+    // 8 MiB that only the binlog dataset holds: preflight must count it (it sizes the
+    // destination check and the progress bar), although it is another filesystem.
+    sh(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", sb.binlog_dir.join("padding").display()),
+            "bs=1M",
+            "count=8",
+            "status=none",
+        ],
+    );
     let (manifest, log) = sb.backup_and_verify(&[], true);
+    let (counted, copied) = (mib_in(&log, "preflight:"), mib_in(&log, "copied "));
+    assert!(
+        counted + 1.0 > copied,
+        "preflight counted {counted} MiB, copied {copied} MiB"
+    );
     // One `zfs snapshot` call per dataset, then a read-only clone of each.
     assert_eq!(log.matches("zfs snapshot").count(), 2, "{log}");
     // zfs-fuse snapshots one dataset per call: not one instant, so the lock covers it.
@@ -53,6 +70,18 @@ fn consistent_backup(binlogs: Binlogs) {
         "MEASURE zfs-fuse end to end ({binlogs:?}): {:.1} s",
         t.elapsed().as_secs_f64()
     );
+}
+
+/// The size in MiB that the log line containing `marker` reports (`..., 45.7 MiB`).
+fn mib_in(log: &str, marker: &str) -> f64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("no {marker:?} line in {log}"));
+    let before = &line[..line
+        .find(" MiB")
+        .unwrap_or_else(|| panic!("no MiB in {line}"))];
+    before.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 #[test]
