@@ -172,9 +172,9 @@ fn sigkill_while_copying_then_cleanup_releases_clones_holds_and_snapshots() {
 }
 
 #[test]
-fn paths_not_on_zfs_and_overlong_dataset_names_are_refused_before_the_lock() {
+fn paths_not_on_zfs_overlong_names_and_a_tampered_journal_are_refused() {
     let Some(mut zfs) =
-        ZfsFuse::enter("paths_not_on_zfs_and_overlong_dataset_names_are_refused_before_the_lock")
+        ZfsFuse::enter("paths_not_on_zfs_overlong_names_and_a_tampered_journal_are_refused")
     else {
         return;
     };
@@ -239,4 +239,29 @@ fn paths_not_on_zfs_and_overlong_dataset_names_are_refused_before_the_lock() {
     let server = start(&datadir);
     check(&server, "too long");
     server.stop();
+
+    // A tampered journal: a snapshot with our prefix that dbsnap did not take (no
+    // dbsnap:run tag), and a dataset name zfs would read as an option. Cleanup refuses
+    // both, touches neither, and keeps them in the journal.
+    let kept = format!("{pool}/kept");
+    sh("zfs", &["create", &kept]);
+    sh("zfs", &["snapshot", &format!("{kept}@dbsnap-manual")]);
+    let entry = |name: &str, dataset: &str| {
+        serde_json::json!({"run": "tampered", "resource": {"kind": "snapshot", "set": {
+            "backend": "zfs", "name": name, "snapshots": [{
+                "volume": {"id": dataset, "root": "/", "fstype": "zfs"},
+                "id": format!("{dataset}@{name}")}]}}})
+    };
+    let journal = serde_json::json!([entry("dbsnap-manual", &kept), entry("dbsnap-h", "-R")]);
+    std::fs::write(state.join("journal.json"), journal.to_string()).unwrap();
+    let out = common::dbsnap_with(&config, &["cleanup"]);
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert_eq!(err.matches("refusing").count(), 2, "{err}");
+    let snaps = sh("zfs", &["list", "-H", "-t", "snapshot", "-o", "name"]);
+    assert_eq!(snaps.trim(), format!("{kept}@dbsnap-manual"));
+    let journal: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("journal.json")).unwrap())
+            .unwrap();
+    assert_eq!(journal.as_array().unwrap().len(), 2);
 }
