@@ -91,7 +91,14 @@ fn install_openzfs() {
     let t = Instant::now();
     sh("cp", &["-a", &format!("{dir}/root/."), "/"]);
     for m in MODULES {
-        sh("insmod", &[&format!("{dir}/ko/{m}.ko")]);
+        let mut args = vec![format!("{dir}/ko/{m}.ko")];
+        if m == "zfs" {
+            // The pools live on files in tmpfs, i.e. in this guest's RAM already; an ARC
+            // of up to half the RAM on top squeezes the servers and copies (2 GiB guest).
+            args.push(format!("zfs_arc_max={}", 256 << 20));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sh("insmod", &args);
     }
     println!(
         "MEASURE OpenZFS userland + insmod in guest: {:.1} s",
@@ -111,6 +118,9 @@ impl Pool {
     fn create(name: &str) -> Pool {
         guest::require_guest();
         install_openzfs();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let available = meminfo.lines().find(|l| l.starts_with("MemAvailable"));
+        println!("MEASURE guest memory before pool {name}: {available:?}");
         let dir = tempfile::tempdir().unwrap();
         let files = dir.path().join("files");
         std::fs::create_dir(&files).unwrap();
