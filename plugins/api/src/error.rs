@@ -10,7 +10,7 @@ pub enum BackendError {
     /// A path is on storage this backend cannot snapshot.
     #[error("{path} cannot be snapshotted by the {backend} backend: {reason}. {hint}")]
     Unsupported {
-        backend: &'static str,
+        backend: String,
         path: PathBuf,
         reason: String,
         hint: String,

@@ -79,7 +79,7 @@ pub enum Health {
 #[async_trait]
 pub trait SnapshotBackend: Send + Sync {
     /// The name used in configuration and in the state journal.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &str;
 
     /// Map each path to the volume holding it and check this backend can snapshot it.
     /// Called before the lock; may be slow. Returns each volume once.

@@ -55,7 +55,7 @@ impl Btrfs {
         hint: impl Into<String>,
     ) -> BackendError {
         BackendError::Unsupported {
-            backend: NAME,
+            backend: NAME.into(),
             path: path.to_path_buf(),
             reason: reason.into(),
             hint: hint.into(),

@@ -36,7 +36,7 @@ pub const PROGRAM_PREFIX: &str = "dbsnap-backend-";
 /// An exec plugin, as a [`SnapshotBackend`].
 pub struct Exec {
     /// `exec:NAME`: what the state journal records, so cleanup reopens the same plugin.
-    name: &'static str,
+    name: String,
     plugin: PathBuf,
     config: ExecConfig,
     version: tokio::sync::OnceCell<u32>,
@@ -50,8 +50,7 @@ impl Exec {
         validate_name("exec plugin name", name)?;
         let plugin = locate(name, config.plugin_dir.as_deref())?;
         Ok(Exec {
-            // Backends are opened once or twice per run; the name lives as long as dbsnap.
-            name: Box::leak(format!("exec:{name}").into_boxed_str()),
+            name: format!("exec:{name}"),
             plugin,
             config,
             version: tokio::sync::OnceCell::new(),
@@ -198,7 +197,7 @@ impl Exec {
         };
         match code.as_str() {
             code::UNSUPPORTED => BackendError::Unsupported {
-                backend: self.name,
+                backend: self.name.clone(),
                 path: path.unwrap_or_default(),
                 reason: message,
                 hint,
@@ -293,8 +292,8 @@ fn wire_volumes(volumes: &[Volume]) -> Vec<WireVolume> {
 
 #[async_trait]
 impl SnapshotBackend for Exec {
-    fn name(&self) -> &'static str {
-        self.name
+    fn name(&self) -> &str {
+        &self.name
     }
 
     async fn probe(&self, paths: &[PathBuf]) -> Result<Vec<Volume>> {
@@ -336,7 +335,7 @@ impl SnapshotBackend for Exec {
             name: name.clone(),
             snapshots: response.snapshots,
         }
-        .into_set(self.name);
+        .into_set(&self.name);
         if set.snapshots.len() != volumes.len() {
             return Err(self.malformed(
                 Verb::Plan,
@@ -436,7 +435,7 @@ impl SnapshotBackend for Exec {
         Ok(response
             .sets
             .into_iter()
-            .map(|s| s.into_set(self.name))
+            .map(|s| s.into_set(&self.name))
             .collect())
     }
 

@@ -87,7 +87,7 @@ impl Lvm {
 
 fn unsupported(path: &Path, reason: impl Into<String>, hint: impl Into<String>) -> BackendError {
     BackendError::Unsupported {
-        backend: NAME,
+        backend: NAME.into(),
         path: path.to_path_buf(),
         reason: reason.into(),
         hint: hint.into(),

@@ -91,7 +91,7 @@ impl Zfs {
         hint: impl Into<String>,
     ) -> BackendError {
         BackendError::Unsupported {
-            backend: NAME,
+            backend: NAME.into(),
             path: path.to_path_buf(),
             reason: reason.into(),
             hint: hint.into(),
