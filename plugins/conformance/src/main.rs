@@ -55,7 +55,11 @@ fn open(args: &Args) -> Result<Box<dyn SnapshotBackend>, String> {
     }
     match args.backend.as_str() {
         "btrfs" => Ok(Box::new(dbsnap_btrfs::Btrfs::new(Default::default()))),
-        other => Err(format!("unknown backend {other:?}: use btrfs or exec:NAME")),
+        "lvm" => Ok(Box::new(dbsnap_lvm::Lvm::new(Default::default()))),
+        "zfs" => Ok(Box::new(dbsnap_zfs::Zfs::new(Default::default()))),
+        other => Err(format!(
+            "unknown backend {other:?}: use btrfs, lvm, zfs or exec:NAME"
+        )),
     }
 }
 
