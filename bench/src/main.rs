@@ -122,11 +122,13 @@ fn args_summary(args: &Args) -> serde_json::Value {
 
 fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<SizeResult> {
     eprintln!("== {gb} GB: creating the filesystem and loading data");
+    let loading = std::time::Instant::now();
     let rig = Rig::new(&args.work_dir, gb, dbsnap)?;
     let data_bytes = rig::dir_bytes(&rig.datadir);
     eprintln!(
-        "== {gb} GB: {} MiB in the datadir; {} writers start",
+        "== {gb} GB: {} MiB in the datadir after {:.0?}; {} writers start",
         data_bytes >> 20,
+        loading.elapsed(),
         args.clients
     );
     let writers = Writers::start(&rig.server.socket, args.clients);

@@ -33,14 +33,12 @@ pub fn draw(out: &Path, size: &SizeResult) -> anyhow::Result<()> {
         .fold(FLOOR_MS * 4.0, f64::max)
         * 1.5;
     timeline(&top, size, y_max)?;
-    for (i, (panel, case)) in bottom
-        .split_evenly((2, 4))
-        .iter()
-        .zip(Case::ALL)
-        .enumerate()
-    {
+    let panels = bottom.split_evenly((2, 4));
+    for (i, (panel, case)) in panels.iter().zip(Case::ALL).enumerate() {
         closeup(panel, size, case, Palette99::pick(i), y_max)?;
     }
+    // The eighth panel is free: the legend goes there instead of over the data.
+    legend(&panels[Case::ALL.len()])?;
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
@@ -116,14 +114,11 @@ where
                 color.mix(0.15).filled(),
             )
         }))?;
-        chart
-            .draw_series(runs.iter().map(|r| {
-                let from = r.measured.lock_from_ms / 1e3;
-                let to = (r.measured.lock_to_ms / 1e3).max(from + min_width);
-                Rectangle::new([(from, FLOOR_MS), (to, y_max)], color.filled())
-            }))?
-            .label(case.name())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        chart.draw_series(runs.iter().map(|r| {
+            let from = r.measured.lock_from_ms / 1e3;
+            let to = (r.measured.lock_to_ms / 1e3).max(from + min_width);
+            Rectangle::new([(from, FLOOR_MS), (to, y_max)], color.filled())
+        }))?;
     }
     let buckets = (x_max * 1e3 / BUCKET_MS).ceil() as usize;
     let mut slowest = vec![0f64; buckets];
@@ -148,13 +143,28 @@ where
                 )
             }),
     )?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .draw()?;
+    Ok(())
+}
+
+fn legend<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let text = ("sans-serif", 14).into_font();
+    for (i, case) in Case::ALL.into_iter().enumerate() {
+        let y = 30 + 26 * i as i32;
+        area.draw(&Rectangle::new(
+            [(30, y), (48, y + 14)],
+            Palette99::pick(i).filled(),
+        ))?;
+        area.draw(&Text::new(case.name(), (58, y), text.clone()))?;
+    }
+    let y = 30 + 26 * Case::ALL.len() as i32;
+    area.draw(&Text::new(
+        "shaded: lock request to release; dots: commits",
+        (30, y),
+        text,
+    ))?;
     Ok(())
 }
 

@@ -224,7 +224,9 @@ fn cell(s: Option<Spread>) -> String {
 fn num(v: f64) -> String {
     if v.fract() == 0.0 || v.abs() >= 10.0 {
         format!("{v:.0}")
-    } else {
+    } else if v.abs() >= 1.0 {
         format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
     }
 }

@@ -15,6 +15,17 @@ use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
 /// outgrow the redo log and take far longer.
 const FILLER_CHUNK_MIB: u64 = 256;
 
+/// `mib` MiB of 1 KiB incompressible rows, like `bank::add_filler`, but kept out of the
+/// binary log (sql_log_bin = 0) so that the datadir holds the data once, not twice.
+fn add_filler(server: &MariaDb, mib: u64) {
+    server.sql(&format!(
+        "SET SESSION sql_log_bin = 0;
+         CREATE TABLE IF NOT EXISTS bank.filler (id INT AUTO_INCREMENT PRIMARY KEY, pad BLOB) ENGINE=InnoDB;
+         INSERT INTO bank.filler (pad) SELECT RANDOM_BYTES(1024) FROM bank.seq_1_to_{}",
+        mib * 1024
+    ));
+}
+
 pub struct Rig {
     // Field order is drop order: the server stops before its filesystem is unmounted,
     // and the filesystem is unmounted before its directory is deleted.
@@ -53,7 +64,7 @@ impl Rig {
         let mut left = data_mib;
         while left > 0 {
             let chunk = left.min(FILLER_CHUNK_MIB);
-            bank::add_filler(&server, chunk);
+            add_filler(&server, chunk);
             left -= chunk;
         }
         // Write the load's dirty data out now rather than during the first case.
