@@ -22,6 +22,9 @@ pub struct Run {
     pub commits_during: usize,
     pub p99_during_ms: Option<f64>,
     pub worst_during_ms: Option<f64>,
+    /// The slowest commit in flight at any time during the lock window alone: what the
+    /// lock cost, as opposed to the I/O of syncing and copying around it.
+    pub worst_in_lock_ms: Option<f64>,
     pub delayed_during: usize,
     /// Every delayed commit during the run: (began in ms since the writers started, latency ms).
     pub delayed: Vec<(f64, f64)>,
@@ -41,6 +44,12 @@ impl Run {
             .filter(|(b, l)| *b < end && b + l > start)
             .copied()
             .collect();
+        let (lock_from, lock_to) = (measured.lock_from_ms, measured.lock_to_ms);
+        let worst_in_lock_ms = commits
+            .iter()
+            .filter(|(b, l)| *b < lock_to && b + l > lock_from)
+            .map(|(_, l)| *l)
+            .reduce(f64::max);
         let during: Vec<f64> = in_flight.iter().map(|(_, l)| *l).collect();
         Run {
             baseline_commits: baseline.len(),
@@ -48,6 +57,7 @@ impl Run {
             commits_during: during.len(),
             p99_during_ms: p99(&during),
             worst_during_ms: during.iter().copied().reduce(f64::max),
+            worst_in_lock_ms,
             delayed_during: during.iter().filter(|l| **l > DELAYED_MS).count(),
             delayed: in_flight
                 .into_iter()
