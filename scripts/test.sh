@@ -40,7 +40,7 @@ tier "unit tests" cargo test --workspace --locked --lib --bins
 # Integration tests: real MariaDB servers on btrfs (loop devices) and zfs-fuse on the host,
 # LVM and OpenZFS inside the emulated guest. Each suite's wall time is in its "finished in" line.
 tier "integration tests (host and guest)" bash -o pipefail -c \
-    'cargo test --workspace --locked --test "*" 2>&1 | tee target/integration.log'
+    'cargo test --workspace --locked --no-fail-fast --test "*" 2>&1 | tee target/integration.log'
 grep -E "^     Running|^test result" target/integration.log 2>/dev/null | paste - - \
     | sed -E 's/ *Running ([^ ]+).*test result: ([a-zA-Z]+)\. ([0-9]+) passed; ([0-9]+) failed.*finished in ([0-9.]+s)/  \5  \3 passed \4 failed  \1/' \
     > target/suite-times.txt || true

@@ -152,7 +152,9 @@ fn sigkill_while_copying_then_cleanup_releases_everything() {
     let before = fingerprint(&first);
 
     sb.write_config("");
-    let config = std::fs::read_to_string(&sb.config).unwrap() + "bwlimit = \"4MiB\"\n";
+    // A full copy: an incremental one of unchanged data would finish before the kill.
+    let config =
+        std::fs::read_to_string(&sb.config).unwrap() + "bwlimit = \"4MiB\"\nincremental = false\n";
     sb.write_raw_config(&config);
     let mut child = start_slow_backup(&sb);
     child.kill().unwrap();
