@@ -44,9 +44,11 @@ impl Rig {
             .tempdir_in(work_dir)
             .with_context(|| format!("creating a directory in {}", work_dir.display()))?;
         let data_mib = (size_gb * 1024.0).round() as u64;
-        // Room for the data, the binary log the writers produce, and the blocks a
-        // snapshot pins while the live server rewrites pages. The image is sparse.
-        let fs = LoopBtrfs::new(dir.path(), "fs", data_mib * 2 + 1024);
+        // Room for the data, the binary log and transfers the writers add over a long
+        // run, the blocks a snapshot pins while the server rewrites pages, and deleted
+        // snapshots that btrfs frees only later; dbsnap refuses to run below 5 % free.
+        // The image is sparse: only what is written takes disk space.
+        let fs = LoopBtrfs::new(dir.path(), "fs", data_mib * 3 + 4096);
         let datadir = fs.subvolume("mysql");
         let server = MariaDb::start(ServerOptions {
             // Bigger than the test helpers' default so that the load and the backups
