@@ -45,6 +45,8 @@ pub struct Preflight {
     pub atomic: bool,
     /// The lock mode, and why.
     pub lock: Choice,
+    /// Whether the server replicates from a source (as far as the user may see).
+    pub is_replica: bool,
     pub free_space: Vec<FreeSpace>,
     /// Bytes in the server's directories: what the copy will move.
     pub data_bytes: u64,
@@ -99,11 +101,10 @@ pub async fn preflight(
         version: server.version.clone(),
         non_transactional: server::non_transactional_tables(&mut conn).await?,
         atomic_snapshot: atomic,
-        is_replica: coordinates::replica_status(&mut conn, &server.version)
-            .await?
-            .is_some(),
+        is_replica: coordinates::is_replica(&mut conn, &server.version).await?,
         read_only: server::read_only(&mut conn).await?,
     };
+    let is_replica = facts.is_replica;
     let lock =
         lock_mode::choose(config.mysql.lock, &facts, force).map_err(|e| fail(Class::Config, e))?;
     tracing::info!("lock mode {}: {}", lock.mode, lock.reason);
@@ -168,6 +169,7 @@ pub async fn preflight(
         volumes,
         atomic,
         lock,
+        is_replica,
         free_space,
         data_bytes,
     })
@@ -266,7 +268,7 @@ pub async fn lock_and_snapshot(
     )
     .await?;
     // ── writers wait from here ──
-    let coordinates = held.coordinates().await;
+    let coordinates = held.coordinates(pre.is_replica).await;
     let snapshot = match coordinates {
         Ok(_) => Some(
             tokio::time::timeout(

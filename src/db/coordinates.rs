@@ -109,11 +109,13 @@ pub fn parse_log_status_local(
     ))
 }
 
-/// Read every coordinate this server has. `exact` says whether commits are blocked now.
+/// Read every coordinate this server has. `exact` says whether commits are blocked now;
+/// `replica` whether the server replicates (then the source's coordinates are read too).
 pub async fn read(
     conn: &mut Conn,
     version: &ServerVersion,
     exact: bool,
+    replica: bool,
 ) -> anyhow::Result<Coordinates> {
     let mut c = Coordinates {
         exact,
@@ -143,8 +145,36 @@ pub async fn read(
                 .flatten();
         }
     }
-    c.replica = replica_status(conn, version).await?;
+    if replica {
+        c.replica = replica_status(conn, version).await?;
+    }
     Ok(c)
+}
+
+/// Whether the server replicates from a source. A user without the privilege to ask
+/// (MariaDB's SLAVE MONITOR, MySQL's REPLICATION CLIENT) is told so, and the server is
+/// treated as not a replica: its source's coordinates are then not recorded.
+pub async fn is_replica(conn: &mut Conn, version: &ServerVersion) -> anyhow::Result<bool> {
+    match replica_status(conn, version).await {
+        Ok(status) => Ok(status.is_some()),
+        Err(e) if access_denied(&e) => {
+            tracing::warn!(
+                "cannot tell whether this server is a replica ({} needs SLAVE MONITOR or REPLICATION \
+                 CLIENT); if it is, grant that so the source's coordinates are recorded",
+                version.replica_status_statement()
+            );
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn access_denied(e: &anyhow::Error) -> bool {
+    // ER_SPECIFIC_ACCESS_DENIED_ERROR, ER_ACCESS_DENIED_ERROR
+    e.chain().any(|c| {
+        matches!(c.downcast_ref::<mysql_async::Error>(),
+            Some(mysql_async::Error::Server(s)) if s.code == 1227 || s.code == 1045)
+    })
 }
 
 /// The replication state, or `None` when the server is not a replica.

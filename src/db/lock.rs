@@ -367,8 +367,9 @@ pub async fn running_sessions(conn: &mut Conn, exclude: &[u32]) -> anyhow::Resul
 }
 
 impl HeldLock {
-    /// The coordinates of this instant. Exact when the mode blocks commits.
-    pub async fn coordinates(&mut self) -> anyhow::Result<Coordinates> {
+    /// The coordinates of this instant. Exact when the mode blocks commits. `replica`:
+    /// the server replicates, so the source's coordinates are read too.
+    pub async fn coordinates(&mut self, replica: bool) -> anyhow::Result<Coordinates> {
         match self.mode {
             LockMode::Instance => {
                 let local: Option<String> = self
@@ -383,13 +384,18 @@ impl HeldLock {
                     binlog_file,
                     binlog_position,
                     gtid_executed,
-                    replica: coordinates::replica_status(&mut self.conn, &self.version).await?,
+                    replica: match replica {
+                        true => coordinates::replica_status(&mut self.conn, &self.version).await?,
+                        false => None,
+                    },
                     ..Default::default()
                 })
             }
-            LockMode::None => coordinates::read(&mut self.conn, &self.version, false).await,
+            LockMode::None => {
+                coordinates::read(&mut self.conn, &self.version, false, replica).await
+            }
             LockMode::Ftwrl | LockMode::BackupStage | LockMode::Replica => {
-                coordinates::read(&mut self.conn, &self.version, true).await
+                coordinates::read(&mut self.conn, &self.version, true, replica).await
             }
         }
     }
