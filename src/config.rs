@@ -24,6 +24,8 @@ pub struct Config {
     pub mysql: MysqlConfig,
     pub snapshot: SnapshotConfig,
     pub backup: Option<BackupConfig>,
+    /// `[retention]`: what `dbsnap prune` keeps.
+    pub retention: Option<crate::retention::Policy>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +72,9 @@ pub struct BackupConfig {
     pub dest: PathBuf,
     /// rsync bandwidth limit, e.g. "50MiB" (per second).
     pub bwlimit: Option<bytesize::ByteSize>,
+    /// Verify every backup right after it is taken (`dbsnap verify`).
+    #[serde(default)]
+    pub verify: bool,
 }
 
 fn default_state_dir() -> PathBuf {

@@ -29,6 +29,8 @@ pub enum Class {
     Snapshot,
     /// Copying the files failed.
     Transfer,
+    /// A backup failed verification: its copy does not recover or check cleanly.
+    Verify,
     /// Interrupted by SIGINT or SIGTERM; everything was cleaned up.
     Interrupted,
 }
@@ -46,6 +48,7 @@ impl Class {
             Class::Busy => 8,
             Class::Snapshot => 9,
             Class::Transfer => 10,
+            Class::Verify => 11,
             Class::Interrupted => 130,
         }
     }
@@ -64,6 +67,7 @@ Exit codes:
   8    another dbsnap run is active
   9    snapshot failed
   10   copy failed
+  11   verification failed: the backup's copy does not recover or check cleanly
   130  interrupted (SIGINT/SIGTERM); cleaned up";
 }
 
@@ -129,6 +133,7 @@ mod tests {
             Class::Busy,
             Class::Snapshot,
             Class::Transfer,
+            Class::Verify,
             Class::Interrupted,
         ];
         let mut codes: Vec<u8> = all.iter().map(|c| c.exit_code()).collect();

@@ -8,17 +8,23 @@ mod config;
 mod db;
 mod error;
 mod journal;
+mod kept;
 mod manifest;
 mod orchestrator;
+mod procs;
 mod progress;
+mod relocate;
+mod restore;
+mod retention;
 mod transfer;
+mod verify;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, SnapshotCommand};
 use crate::config::Config;
 use crate::error::class_of;
 
@@ -67,5 +73,41 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Backup => commands::backup::run(&config, cli.json).await,
         Command::List => commands::list::run(&config, cli.json).await,
         Command::Cleanup => commands::cleanup::run(&config, cli.json).await,
+        Command::Verify { ref backup } => commands::verify::run(&config, cli.json, backup).await,
+        Command::Restore {
+            ref backup,
+            ref datadir,
+            force,
+            ref owner,
+            ref source_host,
+            source_port,
+            ref source_user,
+        } => {
+            let request = restore::Request {
+                backup: backup.clone(),
+                datadir: datadir.clone(),
+                force,
+                owner: owner.clone(),
+                source: restore::Source {
+                    host: source_host.clone().unwrap_or_default(),
+                    port: source_port,
+                    user: source_user.clone(),
+                },
+            };
+            commands::restore::run(&config, cli.json, request).await
+        }
+        Command::Snapshot(ref s) => match s {
+            SnapshotCommand::Create { label } => {
+                commands::snapshot::create(&config, cli.json, label.as_deref()).await
+            }
+            SnapshotCommand::List => commands::snapshot::list(&config, cli.json).await,
+            SnapshotCommand::Release { name } => {
+                commands::snapshot::release(&config, cli.json, name).await
+            }
+            SnapshotCommand::Rollback { name } => {
+                commands::snapshot::rollback(&config, cli.json, name).await
+            }
+        },
+        Command::Prune { dry_run } => commands::prune::run(&config, cli.json, dry_run).await,
     }
 }

@@ -20,7 +20,7 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
 
     let outcome =
         super::until_signal(orchestrator::backup(config, backend.as_ref(), &mut journal)).await;
-    let manifest = match outcome {
+    let mut manifest = match outcome {
         Ok(m) => m,
         Err(e) => {
             if let Err(cleanup) = release_all(config, &mut journal).await {
@@ -29,6 +29,30 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+
+    // `[backup] verify`: prove the published backup restores (its own journaled step).
+    if config.backup()?.verify {
+        manifest =
+            match super::until_signal(crate::verify::verify(&mut journal, &manifest.path)).await {
+                Ok(m) => m,
+                Err(e) => {
+                    if let Err(cleanup) = release_all(config, &mut journal).await {
+                        tracing::error!("{cleanup:#}");
+                    }
+                    return Err(e.context(format!(
+                        "backup {} is complete but could not be verified",
+                        manifest.name
+                    )));
+                }
+            };
+        if manifest
+            .verification
+            .as_ref()
+            .is_some_and(|v| v.verdict == crate::verify::Verdict::Failed)
+        {
+            return Err(crate::verify::failed_error(&manifest));
+        }
+    }
 
     if json {
         super::print_json(&manifest)?;
