@@ -142,7 +142,7 @@ pub async fn verify(journal: &mut Journal, backup_dir: &Path) -> anyhow::Result<
 }
 
 /// The error for a backup whose verification failed (exit code 11).
-pub fn failed_error(manifest: &Manifest) -> anyhow::Error {
+pub fn failed_error(manifest: &Manifest, dir: &Path) -> anyhow::Error {
     let problems = manifest
         .verification
         .as_ref()
@@ -151,10 +151,11 @@ pub fn failed_error(manifest: &Manifest) -> anyhow::Error {
     fail(
         Class::Verify,
         format!(
-            "backup {} FAILED verification; do not rely on it. What was found:\n  {problems}\n\
+            "backup {} ({}) FAILED verification; do not rely on it. What was found:\n  {problems}\n\
              It is marked failed in its manifest and in `dbsnap list`. Take a new backup, and \
              check the server's storage if the data files were damaged",
-            manifest.name
+            manifest.name,
+            dir.display()
         ),
     )
 }

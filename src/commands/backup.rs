@@ -50,7 +50,7 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
             .as_ref()
             .is_some_and(|v| v.verdict == crate::verify::Verdict::Failed)
         {
-            return Err(crate::verify::failed_error(&manifest));
+            return Err(crate::verify::failed_error(&manifest, &manifest.path));
         }
     }
 

@@ -1,6 +1,8 @@
 //! `dbsnap verify BACKUP`: recover a scratch copy with a throwaway server, check it,
 //! and record the verdict in the backup's manifest. A failed verification exits 11.
 
+use std::path::Path;
+
 use crate::commands::cleanup::release_all;
 use crate::config::Config;
 use crate::journal::{Journal, RunLock};
@@ -25,16 +27,16 @@ pub async fn run(config: &Config, json: bool, backup: &str) -> anyhow::Result<()
             return Err(e);
         }
     };
-    report(&manifest, json)
+    report(&manifest, &dir, json)
 }
 
 /// Print the verdict; a failed one becomes the error that sets the exit code.
-pub fn report(manifest: &Manifest, json: bool) -> anyhow::Result<()> {
+fn report(manifest: &Manifest, dir: &Path, json: bool) -> anyhow::Result<()> {
     let Some(v) = &manifest.verification else {
         anyhow::bail!("the manifest of {} holds no verification", manifest.name);
     };
     if v.verdict == Verdict::Failed {
-        return Err(verify::failed_error(manifest));
+        return Err(verify::failed_error(manifest, dir));
     }
     if json {
         return super::print_json(v);
