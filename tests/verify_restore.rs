@@ -226,3 +226,49 @@ fn a_restored_backup_becomes_a_replica_that_catches_up() {
         replica.sql("SELECT COUNT(*) FROM bank.transfers")
     );
 }
+
+#[test]
+fn sigkill_during_verification_then_cleanup_stops_the_throwaway_server() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    bank::add_filler(&sb.server, 16);
+    let out = sb.dbsnap(&["backup", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let name = stdout_json(&out)["name"].as_str().unwrap().to_string();
+
+    let mut child = std::process::Command::new(common::DBSNAP)
+        .arg("--config")
+        .arg(&sb.config)
+        .args(["verify", &name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The throwaway server writes its pid file early in its startup.
+    let pid_file = std::env::temp_dir()
+        .join(format!("dbsnap-verify-{}", child.id()))
+        .join("mysqld.pid");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pid_file.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let server_pid = std::fs::read_to_string(&pid_file).expect("the throwaway server started");
+    let proc_dir = PathBuf::from(format!("/proc/{}", server_pid.trim()));
+    assert!(proc_dir.exists(), "the throwaway server outlived dbsnap");
+    assert!(sb.dest.join(format!(".dbsnap-verify-{name}")).exists());
+
+    let out = sb.dbsnap(&["cleanup", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout_json(&out)["released"].as_array().unwrap().len(), 1);
+    assert!(
+        !proc_dir.exists(),
+        "cleanup left the throwaway server running"
+    );
+    assert!(!sb.dest.join(format!(".dbsnap-verify-{name}")).exists());
+    assert!(!pid_file.parent().unwrap().exists());
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+    // The backup itself was not touched: it still verifies.
+    assert!(sb.dbsnap(&["verify", &name]).status.success());
+}
