@@ -19,7 +19,8 @@ pub enum Class {
     Privileges,
     /// The database's files are not on storage the backend can snapshot.
     Layout,
-    /// The destination is missing, not writable, or too full.
+    /// The destination is missing, not writable, or too full; or the directory a
+    /// restore or rollback would write is used by a running server or not empty.
     Destination,
     /// The lock could not be acquired in time, or was held too long.
     Lock,
@@ -62,7 +63,7 @@ Exit codes:
   3    cannot connect to the server, or wrong credentials
   4    the database user lacks a privilege
   5    a database path is not on storage the backend can snapshot
-  6    destination missing, not writable or full
+  6    destination missing, not writable or full; restore/rollback target in use or not empty
   7    lock not acquired within the wait budget, or held too long
   8    another dbsnap run is active
   9    snapshot failed
