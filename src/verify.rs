@@ -8,7 +8,7 @@
 //! `--skip-grant-tables` (nothing can reach it but its own socket, in a 0700 directory),
 //! `--skip-slave-start` and the event scheduler off, so it changes nothing anywhere.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -212,17 +212,20 @@ async fn run(
     let datadir = Manifest::stored_path(scratch, &manifest.server.datadir);
     check_binlog(manifest, &moves, &mut v);
 
+    if !datadir.is_dir() {
+        anyhow::bail!("the backup holds no datadir at {}", datadir.display());
+    }
     std::fs::create_dir_all(run_dir.join("tmp"))?;
-    let owner = std::fs::metadata(&datadir)
-        .with_context(|| format!("the backup holds no datadir at {}", datadir.display()))?;
     for dir in [run_dir.to_path_buf(), run_dir.join("tmp")] {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        std::os::unix::fs::chown(&dir, Some(owner.uid()), Some(owner.gid()))?;
     }
-    let user = nix::unistd::User::from_uid(owner.uid().into())
+    // The server runs as dbsnap's own user, not the files' owner: backup directories
+    // are often closed to other users (0700), and the scratch copy is deleted anyway.
+    let uid = nix::unistd::geteuid();
+    let user = nix::unistd::User::from_uid(uid)
         .ok()
         .flatten()
-        .map_or_else(|| owner.uid().to_string(), |u| u.name);
+        .map_or_else(|| uid.to_string(), |u| u.name);
 
     let args = server_args(manifest, &moves, &roots, &datadir, run_dir, &user);
     let log = run_dir.join("error.log");

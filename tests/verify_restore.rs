@@ -134,7 +134,8 @@ fn a_restored_backup_becomes_a_replica_that_catches_up() {
     sb.server
         .sql("CREATE TABLE bank.after (i INT PRIMARY KEY); INSERT INTO bank.after VALUES (1), (2)");
 
-    let target = sb.dir.path().join("replica data");
+    // On the btrfs, so that the replica itself can be backed up below.
+    let target = sb.fs.subvolume("replica data");
     let port_arg = port.to_string();
     let out = restore(
         &sb,
@@ -182,8 +183,13 @@ fn a_restored_backup_becomes_a_replica_that_catches_up() {
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(stderr(&out).contains("--force"));
 
+    // An absolute relay-log name: the relay-log index then holds absolute paths.
     let replica = MariaDb::start_existing(ServerOptions {
         server_id: 2,
+        extra_args: vec![format!(
+            "--relay-log={}/replica-relay-bin",
+            target.display()
+        )],
         ..ServerOptions::new(&target, &sb.dir.path().join("run replica"))
     });
     // …and a running server even with --force.
@@ -225,6 +231,67 @@ fn a_restored_backup_becomes_a_replica_that_catches_up() {
         "replica caught up to {want}; {} transfers",
         replica.sql("SELECT COUNT(*) FROM bank.transfers")
     );
+
+    // Back up the replica and verify that backup: its relay-log index and info name
+    // the live replica's relay logs by absolute path. The throwaway server must use
+    // the copy's own (and never purge or append to the live ones).
+    let dest = sb.dir.path().join("replica backups");
+    std::fs::create_dir(&dest).unwrap();
+    let config = sb.dir.path().join("replica.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[mysql]\nsocket = {:?}\nuser = \"root\"\n[snapshot]\nbackend = \"btrfs\"\n\
+             [backup]\ndest = {dest:?}\n",
+            sb.dir.path().join("replica state"),
+            replica.socket
+        ),
+    )
+    .unwrap();
+    let out = common::dbsnap_with(&config, &["backup", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let replica_backup = PathBuf::from(stdout_json(&out)["path"].as_str().unwrap());
+    let relay_logs = || -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(&target)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("relay"))
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = relay_logs();
+    assert!(
+        before.iter().any(|(n, _)| n.ends_with(".index")),
+        "{before:?}"
+    );
+    let out = common::dbsnap_with(&config, &["verify", replica_backup.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("relay-bin.index for the new location"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        relay_logs(),
+        before,
+        "verification touched the live relay logs"
+    );
+
+    // The replica still replicates.
+    sb.server.sql("INSERT INTO bank.after VALUES (3)");
+    let want = sb.server.sql("SELECT @@gtid_binlog_pos");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while replica.sql("SELECT @@gtid_slave_pos") != want {
+        assert!(Instant::now() < deadline, "the replica stopped replicating");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
