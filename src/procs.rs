@@ -43,3 +43,30 @@ pub fn describe(found: &[Process]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// Processes with an argument that starts with `prefix` (e.g. `--datadir=/x/`).
+pub fn with_argument_prefix(prefix: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.split(|b| *b == 0)
+                    .any(|arg| arg.starts_with(prefix.as_bytes()))
+            })
+        })
+        .collect()
+}
+
+/// Whether `pid` is alive (a zombie, dead and waiting to be reaped, is not).
+pub fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}

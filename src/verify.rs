@@ -552,22 +552,23 @@ fn release(version: &str) -> String {
     format!("{} {flavour}", number.join("."))
 }
 
-/// Stop a throwaway server left running (found by its pid file, and only if it runs
-/// on the scratch copy) and delete the scratch copy and run directory. Idempotent;
-/// deletes only directories named like verification's own.
+/// Stop a throwaway server left running on the scratch copy and delete the scratch
+/// copy and run directory. Idempotent; deletes only directories named like
+/// verification's own.
 pub async fn remove_scratch(scratch: &Path, run_dir: &Path) -> anyhow::Result<()> {
-    if let Ok(pid) = std::fs::read_to_string(run_dir.join("mysqld.pid")) {
-        if let Ok(pid) = pid.trim().parse::<i32>() {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            if cmdline.contains(&*scratch.to_string_lossy()) {
-                let pid = nix::unistd::Pid::from_raw(pid);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
+    // Found by its command line rather than its pid file: a run killed early may have
+    // left a server that has not written its pid file yet.
+    let datadir_arg = format!("--datadir={}", scratch.display());
+    for pid in crate::procs::with_argument_prefix(&datadir_arg) {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        tracing::info!(
+            "stopping the throwaway server {pid} left on {}",
+            scratch.display()
+        );
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while crate::procs::is_running(pid.as_raw() as u32) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     for (dir, prefix) in [(scratch, SCRATCH_PREFIX), (run_dir, RUN_DIR_PREFIX)] {

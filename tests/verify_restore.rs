@@ -316,23 +316,31 @@ fn sigkill_during_verification_then_cleanup_stops_the_throwaway_server() {
         .join(format!("dbsnap-verify-{}", child.id()))
         .join("mysqld.pid");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !pid_file.exists() && Instant::now() < deadline {
+    let read_pid = || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+    };
+    while read_pid().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let server_pid = std::fs::read_to_string(&pid_file).expect("the throwaway server started");
-    let proc_dir = PathBuf::from(format!("/proc/{}", server_pid.trim()));
-    assert!(proc_dir.exists(), "the throwaway server outlived dbsnap");
+    let server_pid = read_pid().expect("the throwaway server started");
+    // Alive, not a zombie waiting for init to reap it.
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{server_pid}/stat")).is_ok_and(|s| {
+            let state = s.rsplit_once(')').unwrap().1.split_whitespace().next();
+            state != Some("Z")
+        })
+    };
+    assert!(running(), "the throwaway server outlived dbsnap");
     assert!(sb.dest.join(format!(".dbsnap-verify-{name}")).exists());
 
     let out = sb.dbsnap(&["cleanup", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout_json(&out)["released"].as_array().unwrap().len(), 1);
-    assert!(
-        !proc_dir.exists(),
-        "cleanup left the throwaway server running"
-    );
+    assert!(!running(), "cleanup left the throwaway server running");
     assert!(!sb.dest.join(format!(".dbsnap-verify-{name}")).exists());
     assert!(!pid_file.parent().unwrap().exists());
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
