@@ -72,6 +72,7 @@ pub enum Command {
     /// 20261125T214500Z) only once it is complete, with its manifest.toml; while it is
     /// being copied it is DEST/NAME.partial. A failed or interrupted run releases its
     /// snapshot and removes its partial copy; a previous backup is never touched.
+    /// With `verify = true` in [backup], the new backup is then verified (see `verify`).
     #[command(after_help = crate::error::Class::TABLE)]
     Backup,
     /// List the backups at the destination with their lock cost and binlog position.

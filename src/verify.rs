@@ -183,6 +183,7 @@ async fn run(
     };
 
     // The scratch copy: reflinks where the filesystem can, so it is cheap.
+    check_scratch_space(scratch, manifest.transfer.bytes)?;
     let started = Instant::now();
     std::fs::create_dir(scratch).with_context(|| format!("creating {}", scratch.display()))?;
     Cmd::new("cp")
@@ -269,6 +270,31 @@ async fn run(
         v.verdict = Verdict::Passed;
     }
     Ok(v)
+}
+
+/// Without reflinks the scratch copy is a full copy, on the filesystem that holds the
+/// backups: refuse rather than fill it.
+fn check_scratch_space(scratch: &Path, bytes: u64) -> anyhow::Result<()> {
+    use nix::sys::statfs::{statfs, BTRFS_SUPER_MAGIC, XFS_SUPER_MAGIC};
+    let parent = scratch.parent().unwrap_or(Path::new("/"));
+    let fs = statfs(parent).with_context(|| format!("statfs {}", parent.display()))?;
+    if [BTRFS_SUPER_MAGIC, XFS_SUPER_MAGIC].contains(&fs.filesystem_type()) {
+        return Ok(());
+    }
+    let free = fs.blocks_available() * fs.block_size() as u64;
+    if free < bytes {
+        return Err(fail(
+            Class::Destination,
+            format!(
+                "verifying needs a scratch copy of the backup ({}) beside it, but {} has only {} \
+                 free and its filesystem cannot make reflink copies. Free space there",
+                bytesize::ByteSize::b(bytes).display().iec(),
+                parent.display(),
+                bytesize::ByteSize::b(free).display().iec()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The throwaway server's command line: everything points into the scratch copy.
