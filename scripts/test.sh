@@ -34,10 +34,22 @@ tier "install packages" bash scripts/install-deps.sh || { printf '%s\n' "${summa
 tier "format" cargo fmt --all -- --check
 tier "lint" cargo clippy --workspace --all-targets --locked -- -D warnings
 tier "build" cargo build --workspace --all-targets --locked
-# Unit tests, then integration tests on the host: real MariaDB, btrfs on loop devices, zfs-fuse.
-tier "unit and host integration tests" cargo test --workspace --locked
+# The OpenZFS kernel modules for the guest kernel: built once (minutes), then cached.
+tier "OpenZFS modules for the guest" bash tests/guest/zfs-openzfs-build.sh
+tier "unit tests" cargo test --workspace --locked --lib --bins
+# Integration tests: real MariaDB servers on btrfs (loop devices) and zfs-fuse on the host,
+# LVM and OpenZFS inside the emulated guest. Each suite's wall time is in its "finished in" line.
+tier "integration tests (host and guest)" bash -o pipefail -c \
+    'cargo test --workspace --locked --test "*" 2>&1 | tee target/integration.log'
+grep -E "^     Running|^test result" target/integration.log 2>/dev/null | paste - - \
+    | sed -E 's/ *Running ([^ ]+).*test result: ([a-zA-Z]+)\. ([0-9]+) passed; ([0-9]+) failed.*finished in ([0-9.]+s)/  \5  \3 passed \4 failed  \1/' \
+    > target/suite-times.txt || true
 
 echo
 echo "==== summary"
 printf '%s\n' "${summary[@]}"
+if [ -s target/suite-times.txt ]; then
+    echo "==== integration suites (wall time, result, binary)"
+    cat target/suite-times.txt
+fi
 exit $failed

@@ -6,7 +6,7 @@ use crate::config::SnapshotConfig;
 use crate::error::{fail, Class};
 
 /// The built-in backends, for messages.
-pub const BUILT_IN: &[&str] = &["btrfs"];
+pub const BUILT_IN: &[&str] = &["btrfs", "lvm", "zfs"];
 
 pub fn open(config: &SnapshotConfig) -> anyhow::Result<Box<dyn SnapshotBackend>> {
     open_named(&config.backend, config)
@@ -17,12 +17,22 @@ pub fn open(config: &SnapshotConfig) -> anyhow::Result<Box<dyn SnapshotBackend>>
 pub fn open_named(name: &str, config: &SnapshotConfig) -> anyhow::Result<Box<dyn SnapshotBackend>> {
     match name {
         "btrfs" => Ok(Box::new(dbsnap_btrfs::Btrfs::new(config.btrfs.clone()))),
-        other => Err(fail(
-            Class::Config,
-            format!(
-                "unknown snapshot backend {other:?} in [snapshot] backend: choose one of {}",
-                BUILT_IN.join(", ")
-            ),
-        )),
+        "lvm" => Ok(Box::new(dbsnap_lvm::Lvm::new(config.lvm.clone()))),
+        "zfs" => Ok(Box::new(dbsnap_zfs::Zfs::new(config.zfs.clone()))),
+        other => match other.strip_prefix("exec:") {
+            Some(plugin) => {
+                let exec = dbsnap_exec::Exec::new(plugin, config.exec.clone())
+                    .map_err(|e| fail(Class::Config, format!("[snapshot] backend = {other:?}: {e}")))?;
+                Ok(Box::new(exec))
+            }
+            None => Err(fail(
+                Class::Config,
+                format!(
+                    "unknown snapshot backend {other:?} in [snapshot] backend: choose one of {}, or \
+                     exec:NAME for an out-of-tree plugin dbsnap-backend-NAME",
+                    BUILT_IN.join(", ")
+                ),
+            )),
+        },
     }
 }

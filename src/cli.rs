@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::DEFAULT_CONFIG;
+use crate::db::lock_mode::RequestedMode;
 
 const ABOUT: &str = "Consistent backups of a live MySQL/MariaDB server from filesystem snapshots";
 
@@ -65,7 +66,7 @@ pub enum Command {
     ///
     /// Connects to the server, reads where it keeps its files, checks privileges, maps
     /// every directory to the volume that holds it, checks free space and the destination.
-    Check,
+    Check(LockArgs),
     /// Take a backup: lock, snapshot, unlock, copy from the snapshot, publish, release.
     ///
     /// The backup appears as DEST/NAME (NAME is a UTC timestamp such as
@@ -74,7 +75,14 @@ pub enum Command {
     /// snapshot and removes its partial copy; a previous backup is never touched.
     /// With `verify = true` in [backup], the new backup is then verified (see `verify`).
     #[command(after_help = crate::error::Class::TABLE)]
-    Backup,
+    Backup {
+        #[command(flatten)]
+        lock: LockArgs,
+        /// Fail (exit 7, after finishing and keeping the backup) when the lock was held
+        /// longer than this many milliseconds, so monitoring can alert.
+        #[arg(long, value_name = "MS")]
+        max_lock_ms: Option<f64>,
+    },
     /// List the backups at the destination with their lock cost and binlog position.
     List,
     /// Release whatever an interrupted run left behind (snapshots, mounts, partial copies).
@@ -143,6 +151,8 @@ pub enum SnapshotCommand {
         /// Added to the snapshot's name, e.g. pre-upgrade.
         #[arg(long)]
         label: Option<String>,
+        #[command(flatten)]
+        lock: LockArgs,
     },
     /// The kept snapshots.
     List,
@@ -150,6 +160,20 @@ pub enum SnapshotCommand {
     Release { name: String },
     /// Revert the server's volumes to a kept snapshot. The server must be stopped.
     Rollback { name: String },
+}
+
+/// How the server is quiesced.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Lock mode, overriding [mysql] lock: auto (default: the least invasive consistent
+    /// mode for this server), ftwrl, backup-stage (MariaDB ≥ 10.4), instance (MySQL 8),
+    /// replica (stop a read-only replica's applier), none (crash-consistent; InnoDB only).
+    #[arg(long, value_name = "MODE")]
+    pub lock: Option<RequestedMode>,
+    /// Use the requested lock mode even where it cannot give a consistent copy of this
+    /// server (e.g. none with MyISAM tables).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[cfg(test)]

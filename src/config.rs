@@ -9,9 +9,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use dbsnap_btrfs::BtrfsConfig;
+use dbsnap_exec::ExecConfig;
+use dbsnap_lvm::LvmConfig;
+use dbsnap_zfs::ZfsConfig;
 use serde::Deserialize;
 
+use crate::db::lock_mode::RequestedMode;
+use crate::db::stall_guard::LongQueryPolicy;
 use crate::error::{fail, Class};
+use crate::hooks::HooksConfig;
 
 pub const DEFAULT_CONFIG: &str = "/etc/dbsnap/dbsnap.toml";
 
@@ -24,6 +30,8 @@ pub struct Config {
     pub mysql: MysqlConfig,
     pub snapshot: SnapshotConfig,
     pub backup: Option<BackupConfig>,
+    #[serde(default)]
+    pub hooks: HooksConfig,
     /// `[retention]`: what `dbsnap prune` keeps.
     pub retention: Option<crate::retention::Policy>,
 }
@@ -39,6 +47,15 @@ pub struct MysqlConfig {
     pub user: Option<String>,
     /// A file holding only the password (a trailing newline is ignored).
     pub password_file: Option<PathBuf>,
+    /// How the server is quiesced; `auto` picks the least invasive consistent mode.
+    #[serde(default)]
+    pub lock: RequestedMode,
+    /// What to do about long-running statements that would make the lock wait.
+    #[serde(default)]
+    pub long_queries: LongQueryPolicy,
+    /// How old a statement must be to count as long-running.
+    #[serde(default = "default_long_query_threshold", with = "humantime_serde")]
+    pub long_query_threshold: Duration,
     /// How long one attempt to take the lock may wait before it is cancelled.
     #[serde(default = "default_lock_wait", with = "humantime_serde")]
     pub lock_wait_timeout: Duration,
@@ -63,6 +80,13 @@ pub struct SnapshotConfig {
     pub warn_free_percent: f64,
     #[serde(default)]
     pub btrfs: BtrfsConfig,
+    #[serde(default)]
+    pub lvm: LvmConfig,
+    #[serde(default)]
+    pub zfs: ZfsConfig,
+    /// For `backend = "exec:NAME"`: an out-of-tree plugin (protocol in plugins/README.md).
+    #[serde(default)]
+    pub exec: ExecConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -82,6 +106,9 @@ fn default_state_dir() -> PathBuf {
 }
 fn default_lock_wait() -> Duration {
     Duration::from_secs(5)
+}
+fn default_long_query_threshold() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_lock_attempts() -> u32 {
     3
@@ -138,6 +165,7 @@ impl Config {
         for (key, path) in paths {
             check_path(key, path)?;
         }
+        self.hooks.validate()?;
         if self.mysql.lock_attempts == 0 {
             anyhow::bail!("mysql.lock_attempts must be at least 1");
         }
@@ -356,6 +384,8 @@ dest = "/srv/backups/db 1"
         assert_eq!(c.mysql.lock_wait_timeout, Duration::from_secs(5));
         assert_eq!(c.mysql.lock_attempts, 3);
         assert_eq!(c.mysql.max_lock_hold, Duration::from_secs(10));
+        assert_eq!(c.mysql.lock, RequestedMode::Auto);
+        assert_eq!(c.mysql.long_queries, LongQueryPolicy::Wait);
         assert_eq!(c.backup.unwrap().dest, PathBuf::from("/srv/backups/db 1"));
     }
 
@@ -376,6 +406,20 @@ dest = "/srv/backups/db 1"
         let c = Config::parse(&text).unwrap();
         assert_eq!(c.mysql.lock_wait_timeout, Duration::from_millis(1500));
         assert_eq!(c.mysql.max_lock_hold, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn lock_modes_and_policies_by_name() {
+        let text = MINIMAL.replace(
+            "[mysql]",
+            "[mysql]\nlock = \"backup-stage\"\nlong_queries = \"kill\"",
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.mysql.lock, RequestedMode::BackupStage);
+        assert_eq!(c.mysql.long_queries, LongQueryPolicy::Kill);
+        let err =
+            Config::parse(&MINIMAL.replace("[mysql]", "[mysql]\nlock = \"flush\"")).unwrap_err();
+        assert!(err.to_string().contains("unknown variant"), "{err}");
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub enum Class {
     Transfer,
     /// A backup failed verification: its copy does not recover or check cleanly.
     Verify,
+    /// A user hook failed or timed out.
+    Hook,
     /// Interrupted by SIGINT or SIGTERM; everything was cleaned up.
     Interrupted,
 }
@@ -50,6 +52,7 @@ impl Class {
             Class::Snapshot => 9,
             Class::Transfer => 10,
             Class::Verify => 11,
+            Class::Hook => 12,
             Class::Interrupted => 130,
         }
     }
@@ -69,6 +72,7 @@ Exit codes:
   9    snapshot failed
   10   copy failed
   11   verification failed: the backup's copy does not recover or check cleanly
+  12   a hook failed
   130  interrupted (SIGINT/SIGTERM); cleaned up";
 }
 
@@ -135,6 +139,7 @@ mod tests {
             Class::Snapshot,
             Class::Transfer,
             Class::Verify,
+            Class::Hook,
             Class::Interrupted,
         ];
         let mut codes: Vec<u8> = all.iter().map(|c| c.exit_code()).collect();

@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod db;
 mod error;
+mod hooks;
 mod journal;
 mod kept;
 mod manifest;
@@ -67,38 +68,49 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli) -> anyhow::Result<()> {
-    let config = Config::load(&cli.config)?;
-    match cli.command {
-        Command::Check => commands::check::run(&config, cli.json).await,
-        Command::Backup => commands::backup::run(&config, cli.json).await,
+    let mut config = Config::load(&cli.config)?;
+    let lock_args = match &cli.command {
+        Command::Check(lock)
+        | Command::Backup { lock, .. }
+        | Command::Snapshot(SnapshotCommand::Create { lock, .. }) => Some(lock),
+        _ => None,
+    };
+    if let Some(mode) = lock_args.and_then(|l| l.lock) {
+        config.mysql.lock = mode;
+    }
+    match &cli.command {
+        Command::Check(lock) => commands::check::run(&config, cli.json, lock.force).await,
+        Command::Backup { lock, max_lock_ms } => {
+            commands::backup::run(&config, cli.json, lock.force, *max_lock_ms).await
+        }
         Command::List => commands::list::run(&config, cli.json).await,
         Command::Cleanup => commands::cleanup::run(&config, cli.json).await,
-        Command::Verify { ref backup } => commands::verify::run(&config, cli.json, backup).await,
+        Command::Verify { backup } => commands::verify::run(&config, cli.json, backup).await,
         Command::Restore {
-            ref backup,
-            ref datadir,
+            backup,
+            datadir,
             force,
-            ref owner,
-            ref source_host,
+            owner,
+            source_host,
             source_port,
-            ref source_user,
+            source_user,
         } => {
             let request = restore::Request {
                 backup: backup.clone(),
                 datadir: datadir.clone(),
-                force,
+                force: *force,
                 owner: owner.clone(),
                 source: restore::Source {
                     host: source_host.clone().unwrap_or_default(),
-                    port: source_port,
+                    port: *source_port,
                     user: source_user.clone(),
                 },
             };
             commands::restore::run(&config, cli.json, request).await
         }
-        Command::Snapshot(ref s) => match s {
-            SnapshotCommand::Create { label } => {
-                commands::snapshot::create(&config, cli.json, label.as_deref()).await
+        Command::Snapshot(s) => match s {
+            SnapshotCommand::Create { label, lock } => {
+                commands::snapshot::create(&config, cli.json, label.as_deref(), lock.force).await
             }
             SnapshotCommand::List => commands::snapshot::list(&config, cli.json).await,
             SnapshotCommand::Release { name } => {
@@ -108,6 +120,6 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 commands::snapshot::rollback(&config, cli.json, name).await
             }
         },
-        Command::Prune { dry_run } => commands::prune::run(&config, cli.json, dry_run).await,
+        Command::Prune { dry_run } => commands::prune::run(&config, cli.json, *dry_run).await,
     }
 }

@@ -107,10 +107,13 @@ mod tests {
                 binlog_basename: Some("/var/lib/mysql/binlog".into()),
             },
             lock: LockRecord {
-                mode: "ftwrl".into(),
+                mode: "backup-stage".into(),
+                reason: "MariaDB 10.11.19 supports BACKUP STAGE".into(),
+                prelude_ms: 3.25,
                 wait_ms: 1.5,
                 hold_ms: 67.25,
                 attempts: 1,
+                queued_sessions: 0,
                 acquired_at: now,
                 released_at: now,
             },
@@ -119,6 +122,7 @@ mod tests {
                 binlog_position: Some(1234),
                 gtid_binlog_pos: Some("0-1-42".into()),
                 gtid_current_pos: Some("0-1-42".into()),
+                ..Default::default()
             },
             snapshot: SnapshotRecord {
                 backend: "btrfs".into(),

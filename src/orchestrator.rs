@@ -24,8 +24,10 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::db::lock::{self, LockSettings};
-use crate::db::{server, Coordinates, Layout, LockRecord, Server};
+use crate::db::lock_mode::{self, Choice, ModeFacts};
+use crate::db::{coordinates, server, stall_guard, Coordinates, Layout, LockRecord, Server};
 use crate::error::{fail, Class};
+use crate::hooks::Phase;
 use crate::journal::{Journal, Resource};
 use crate::kept::KeptSnapshot;
 use crate::manifest::{Manifest, ServerRecord, SnapshotRecord, VolumeRecord, FORMAT};
@@ -41,6 +43,8 @@ pub struct Preflight {
     pub volumes: Vec<Volume>,
     /// Whether the backend snapshots all volumes at one instant.
     pub atomic: bool,
+    /// The lock mode, and why.
+    pub lock: Choice,
     pub free_space: Vec<FreeSpace>,
     /// Bytes in the server's directories: what the copy will move.
     pub data_bytes: u64,
@@ -55,11 +59,13 @@ pub struct FreeSpace {
     pub free_percent: f64,
 }
 
-/// Phase 1: connect, read the layout, check privileges, map paths to volumes, check
-/// free space. Holds no lock; everything that can fail slowly fails here.
+/// Phase 1: connect, read the layout, map paths to volumes, choose the lock mode,
+/// check privileges and free space. Holds no lock; everything that can fail slowly
+/// fails here. `force` accepts a lock mode that cannot be consistent for this server.
 pub async fn preflight(
     config: &Config,
     backend: &dyn SnapshotBackend,
+    force: bool,
 ) -> anyhow::Result<Preflight> {
     let started = Instant::now();
     if which::which("rsync").is_err() {
@@ -85,22 +91,45 @@ pub async fn preflight(
         )
     })?;
 
+    let roots = layout.copy_roots();
+    let volumes = backend.probe(&roots).await.map_err(backend_error)?;
+    let atomic = backend.snapshot_is_atomic(&volumes);
+
+    let facts = ModeFacts {
+        version: server.version.clone(),
+        non_transactional: server::non_transactional_tables(&mut conn).await?,
+        atomic_snapshot: atomic,
+        is_replica: coordinates::replica_status(&mut conn, &server.version)
+            .await?
+            .is_some(),
+        read_only: server::read_only(&mut conn).await?,
+    };
+    let lock =
+        lock_mode::choose(config.mysql.lock, &facts, force).map_err(|e| fail(Class::Config, e))?;
+    tracing::info!("lock mode {}: {}", lock.mode, lock.reason);
+
     let granted = server::privileges(&mut conn).await?;
-    let missing = server::missing_privileges(&granted, layout.binlog_basename.is_some());
+    let missing = server::missing_privileges(
+        &granted,
+        lock.mode,
+        layout.binlog_basename.is_some(),
+        config.mysql.long_queries,
+    );
     if !missing.is_empty() {
+        let user = server::current_user(&mut conn)
+            .await
+            .unwrap_or_else(|_| "<the backup user>".into());
         return Err(fail(
             Class::Privileges,
             format!(
-                "the database user lacks {}. Grant it with: GRANT {} ON *.* TO <the backup user>;",
+                "the database user {user} lacks {} (needed for lock mode {}). Grant it with: GRANT {} ON *.* TO {user};",
                 missing.join(" and "),
-                missing.join(", ")
+                lock.mode,
+                missing.join(", "),
             ),
         ));
     }
 
-    let roots = layout.copy_roots();
-    let volumes = backend.probe(&roots).await.map_err(backend_error)?;
-    let atomic = backend.snapshot_is_atomic(&volumes);
     let free_space = free_space(&volumes)?;
     for f in &free_space {
         if f.free_percent < config.snapshot.min_free_percent {
@@ -138,6 +167,7 @@ pub async fn preflight(
         layout,
         volumes,
         atomic,
+        lock,
         free_space,
         data_bytes,
     })
@@ -214,12 +244,27 @@ pub async fn lock_and_snapshot(
         attempts: config.mysql.lock_attempts,
     };
     let max_hold = config.mysql.max_lock_hold;
+    let mode = pre.lock.mode;
     let lock_conn = pre.server.open().await?;
     // A snapshot commits the filesystem's dirty data; writing it out now, before the
     // lock, keeps that work out of the window where writers wait.
     sync_filesystems(&pre.volumes);
+    stall_guard::guard(
+        &mut pre.conn,
+        mode,
+        config.mysql.long_queries,
+        config.mysql.long_query_threshold,
+    )
+    .await?;
 
-    let mut held = lock::acquire_ftwrl(lock_conn, &mut pre.conn, settings).await?;
+    let mut held = lock::acquire(
+        mode,
+        &pre.server.version,
+        lock_conn,
+        &mut pre.conn,
+        settings,
+    )
+    .await?;
     // ── writers wait from here ──
     let coordinates = held.coordinates().await;
     let snapshot = match coordinates {
@@ -232,7 +277,7 @@ pub async fn lock_and_snapshot(
         ),
         Err(_) => None,
     };
-    let released = held.release().await;
+    let released = held.release(pre.lock.reason.clone()).await;
     // ── writers run again ──
     let record = released?;
     let coordinates = coordinates?;
@@ -257,7 +302,8 @@ pub async fn lock_and_snapshot(
         wait_ms = record.wait_ms,
         hold_ms = record.hold_ms,
         attempts = record.attempts,
-        "lock released; writers waited {:.1} ms for the lock and {:.1} ms while it was held",
+        "{} released; writers waited {:.1} ms for the lock and {:.1} ms while it was held",
+        record.mode,
         record.wait_ms,
         record.hold_ms
     );
@@ -270,12 +316,13 @@ pub async fn backup(
     config: &Config,
     backend: &dyn SnapshotBackend,
     journal: &mut Journal,
+    force: bool,
 ) -> anyhow::Result<Manifest> {
     let started_at = Utc::now();
     let dest = &config.backup()?.dest;
 
     // 1. preflight
-    let mut pre = preflight(config, backend).await?;
+    let mut pre = preflight(config, backend, force).await?;
     check_destination(dest, &pre)?;
     warn_about_unknown_snapshots(backend, &pre.volumes, journal, &config.state_dir).await;
     let name = backup_name(dest, started_at);
@@ -283,6 +330,16 @@ pub async fn backup(
     let set = backend
         .plan(&pre.volumes, &snapshot_name)
         .map_err(backend_error)?;
+
+    let run_env = |extra: &[(&'static str, String)]| {
+        let mut env = vec![
+            ("DBSNAP_NAME", name.clone()),
+            ("DBSNAP_STATUS", "running".to_string()),
+        ];
+        env.extend_from_slice(extra);
+        env
+    };
+    config.hooks.run(Phase::PreLock, &run_env(&[])).await?;
 
     // 2–4. lock, snapshot, unlock
     journal.record(&name, Resource::Snapshot { set: set.clone() })?;
@@ -300,9 +357,18 @@ pub async fn backup(
     )?;
     std::fs::create_dir_all(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
     let read_paths = backend.mount(&set, &workdir).await.map_err(backend_error)?;
+    let partial = dest.join(format!("{name}.partial"));
+    let items = plan_copy(&pre.layout, &read_paths, &partial)?;
+    let datadir_snapshot = items[0].from.display().to_string();
+    config
+        .hooks
+        .run(
+            Phase::PostSnapshot,
+            &run_env(&[("DBSNAP_SNAPSHOT_PATH", datadir_snapshot)]),
+        )
+        .await?;
 
     // 6. transfer into NAME.partial
-    let partial = dest.join(format!("{name}.partial"));
     journal.record(
         &name,
         Resource::Partial {
@@ -310,7 +376,10 @@ pub async fn backup(
         },
     )?;
     std::fs::create_dir(&partial).with_context(|| format!("creating {}", partial.display()))?;
-    let items = copy_items(&pre.layout, &read_paths, &partial)?;
+    for item in &items {
+        std::fs::create_dir_all(&item.to)
+            .with_context(|| format!("creating {}", item.to.display()))?;
+    }
     let progress = Progress::new(pre.data_bytes);
     let report_progress = |bytes| progress.set(bytes);
     let stats = tokio::select! {
@@ -335,7 +404,7 @@ pub async fn backup(
         started_at,
         finished_at: Utc::now(),
         server: ServerRecord {
-            version: pre.server.version.clone(),
+            version: pre.server.version.text.clone(),
             hostname: pre.server.hostname.clone(),
             datadir: pre.layout.datadir.clone(),
             binlog_basename: pre.layout.binlog_basename.clone(),
@@ -372,6 +441,16 @@ pub async fn backup(
     release(backend, journal, &set, &workdir).await.with_context(|| {
         format!("the backup {} is complete, but releasing the snapshot failed; run `dbsnap cleanup`", final_dir.display())
     })?;
+    let published = [
+        ("DBSNAP_NAME", name.clone()),
+        ("DBSNAP_STATUS", "ok".to_string()),
+        ("DBSNAP_BACKUP_PATH", final_dir.display().to_string()),
+    ];
+    config
+        .hooks
+        .run(Phase::PostBackup, &published)
+        .await
+        .with_context(|| format!("the backup {} is complete and kept", final_dir.display()))?;
     Ok(manifest)
 }
 
@@ -383,6 +462,7 @@ pub async fn snapshot_create(
     backend: &dyn SnapshotBackend,
     journal: &mut Journal,
     label: Option<&str>,
+    force: bool,
 ) -> anyhow::Result<KeptSnapshot> {
     let created_at = Utc::now();
     if let Some(label) = label {
@@ -391,7 +471,7 @@ pub async fn snapshot_create(
     }
 
     // 1. preflight
-    let mut pre = preflight(config, backend).await?;
+    let mut pre = preflight(config, backend, force).await?;
     warn_about_unknown_snapshots(backend, &pre.volumes, journal, &config.state_dir).await;
     let stamp = created_at.format("%Y%m%dT%H%M%SZ");
     let name = match label {
@@ -419,7 +499,7 @@ pub async fn snapshot_create(
         created_at,
         set: set.clone(),
         server: ServerRecord {
-            version: pre.server.version.clone(),
+            version: pre.server.version.text.clone(),
             hostname: pre.server.hostname.clone(),
             datadir: pre.layout.datadir.clone(),
             binlog_basename: pre.layout.binlog_basename.clone(),
@@ -469,35 +549,53 @@ fn backup_name(dest: &Path, at: chrono::DateTime<Utc>) -> String {
 
 /// What to copy: each server directory, read from its frozen volume, into
 /// `<backup>/files/<absolute path>`.
-fn copy_items(
+/// Each server directory, plus every volume mounted inside one (a ZFS child dataset is
+/// not part of its parent's snapshot), parents first so that the child lands in the
+/// directory its parent's copy created.
+fn plan_copy(
     layout: &Layout,
     read_paths: &[ReadPath],
     backup_dir: &Path,
 ) -> anyhow::Result<Vec<CopyItem>> {
-    let mut items = Vec::new();
-    for root in layout.copy_roots() {
-        let read = read_paths
+    let roots = layout.copy_roots();
+    let mut sources: Vec<PathBuf> = roots.clone();
+    for read in read_paths {
+        let nested = roots
             .iter()
-            .filter(|r| root.starts_with(&r.origin_root))
-            .max_by_key(|r| r.origin_root.components().count())
-            .with_context(|| format!("no snapshot covers {}", root.display()))?;
-        let relative = root
-            .strip_prefix(&read.origin_root)
-            .expect("filtered by starts_with");
-        let to = Manifest::stored_path(backup_dir, &root);
-        std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
-        let exclude = layout
-            .runtime_files
-            .iter()
-            .filter_map(|f| f.strip_prefix(&root).ok().map(PathBuf::from))
-            .collect();
-        items.push(CopyItem {
-            from: read.frozen_root.join(relative),
-            to,
-            exclude,
-        });
+            .any(|r| read.origin_root.starts_with(r) && read.origin_root != *r);
+        if nested && !sources.contains(&read.origin_root) {
+            sources.push(read.origin_root.clone());
+        }
     }
-    Ok(items)
+    sources.sort_by_key(|s| s.components().count());
+    sources
+        .into_iter()
+        .map(|source| {
+            let read = read_paths
+                .iter()
+                .filter(|r| source.starts_with(&r.origin_root))
+                .max_by_key(|r| r.origin_root.components().count())
+                .with_context(|| format!("no snapshot covers {}", source.display()))?;
+            let relative = source
+                .strip_prefix(&read.origin_root)
+                .expect("filtered by starts_with");
+            let exclude = layout
+                .runtime_files
+                .iter()
+                .filter_map(|f| f.strip_prefix(&source).ok().map(PathBuf::from))
+                .collect();
+            let from = if relative.as_os_str().is_empty() {
+                read.frozen_root.clone()
+            } else {
+                read.frozen_root.join(relative)
+            };
+            Ok(CopyItem {
+                from,
+                to: Manifest::stored_path(backup_dir, &source),
+                exclude,
+            })
+        })
+        .collect()
 }
 
 /// Runs beside the copy and returns (an error) only if the copy must stop: a
@@ -642,4 +740,57 @@ pub fn backend_error(e: BackendError) -> anyhow::Error {
         _ => Class::Snapshot,
     };
     fail(class, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::layout::ServerPaths;
+
+    #[test]
+    fn child_volumes_inside_a_server_directory_are_copied_after_their_parent() {
+        let layout = Layout::from_server(
+            "/tank/mysql".into(),
+            ServerPaths {
+                log_bin_basename: Some("/tank/mysql/binlog/bin".into()),
+                pid_file: Some("/tank/mysql/db.pid".into()),
+                ..Default::default()
+            },
+        );
+        let read = |origin: &str, frozen: &str| ReadPath {
+            origin_root: origin.into(),
+            frozen_root: frozen.into(),
+        };
+        let reads = [
+            read("/tank/mysql/binlog", "/run/clone/1"),
+            read("/tank/mysql", "/tank/mysql/.zfs/snapshot/s"),
+        ];
+        let items = plan_copy(&layout, &reads, Path::new("/b/n")).unwrap();
+        let pairs: Vec<(String, String)> = items
+            .iter()
+            .map(|i| (i.from.display().to_string(), i.to.display().to_string()))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                (
+                    "/tank/mysql/.zfs/snapshot/s".into(),
+                    "/b/n/files/tank/mysql".into()
+                ),
+                ("/run/clone/1".into(), "/b/n/files/tank/mysql/binlog".into()),
+            ]
+        );
+        assert_eq!(items[0].exclude, vec![PathBuf::from("db.pid")]);
+    }
+
+    #[test]
+    fn a_directory_below_a_volume_root_is_read_from_inside_the_snapshot() {
+        let layout = Layout::from_server("/srv/db/data".into(), ServerPaths::default());
+        let reads = [ReadPath {
+            origin_root: "/srv/db".into(),
+            frozen_root: "/srv/.snaps/s.0".into(),
+        }];
+        let items = plan_copy(&layout, &reads, Path::new("/b/n")).unwrap();
+        assert_eq!(items[0].from, PathBuf::from("/srv/.snaps/s.0/data"));
+    }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::db::Coordinates;
 use crate::error::{fail, Class};
 use crate::manifest::Manifest;
 use crate::progress::Progress;
@@ -56,6 +57,11 @@ pub struct Replication {
     pub gtid: Option<String>,
     /// Replicate from the binlog file and position recorded under the lock.
     pub file_position: Option<String>,
+    /// When the backup is of a replica: replicate from that replica's own source, at
+    /// the position the backup holds.
+    pub from_source: Option<String>,
+    /// Why a form is missing, if one is.
+    pub note: Option<String>,
     /// `START SLAVE` / `START REPLICA`.
     pub start: String,
 }
@@ -159,7 +165,7 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
         server_options,
         owner: owner.map(|(_, _, name)| name),
         rewritten,
-        replication: replication(&manifest, &source),
+        replication: replication(&manifest.server.version, &manifest.coordinates, &source),
         bytes: stats.bytes,
         duration_ms: stats.duration_ms,
     })
@@ -244,8 +250,7 @@ fn sql_string(s: &str) -> String {
 /// `CHANGE MASTER TO` (MariaDB, MySQL before 8.0.23) or `CHANGE REPLICATION SOURCE TO`
 /// (MySQL 8.0.23 and later), in GTID and binlog file/position forms. The password is
 /// a placeholder: dbsnap never handles the replication password.
-pub fn replication(manifest: &Manifest, source: &Source) -> Replication {
-    let version = &manifest.server.version;
+pub fn replication(version: &str, coords: &Coordinates, source: &Source) -> Replication {
     let mariadb = version.contains("MariaDB");
     let numbers: Vec<u32> = version
         .split(['-', '+'])
@@ -260,38 +265,78 @@ pub fn replication(manifest: &Manifest, source: &Source) -> Replication {
     } else {
         ("CHANGE MASTER TO", "MASTER", "START SLAVE;")
     };
-    let connection = format!(
-        "{p}_HOST = {}, {p}_PORT = {}, {p}_USER = {}, {p}_PASSWORD = '<password>'",
-        sql_string(&source.host),
-        source.port,
-        sql_string(&source.user)
-    );
-    let coords = &manifest.coordinates;
-    let file_position = match (&coords.binlog_file, coords.binlog_position) {
-        (Some(file), Some(pos)) => Some(format!(
-            "{change} {connection}, {p}_LOG_FILE = {}, {p}_LOG_POS = {pos};",
-            sql_string(file)
-        )),
-        _ => None,
+    let connection = |host: &str, port: u16| {
+        format!(
+            "{p}_HOST = {}, {p}_PORT = {port}, {p}_USER = {}, {p}_PASSWORD = '<password>'",
+            sql_string(host),
+            sql_string(&source.user)
+        )
     };
-    let gtid = coords
-        .gtid_binlog_pos
-        .as_deref()
-        .filter(|g| !g.is_empty())
-        .map(|g| {
-            if mariadb {
-                format!(
-                    "SET GLOBAL gtid_slave_pos = {};\n{change} {connection}, MASTER_USE_GTID = slave_pos;",
-                    sql_string(g)
-                )
-            } else {
-                // MySQL keeps its executed GTID set in the restored files themselves.
-                format!("{change} {connection}, {p}_AUTO_POSITION = 1;")
+    // MariaDB would otherwise keep replicating by GTID and ignore the position.
+    let no_gtid = if mariadb {
+        ", MASTER_USE_GTID = no"
+    } else {
+        ""
+    };
+    let file_pos = |host: &str, port: u16, file: &str, pos: u64| {
+        format!(
+            "{change} {}, {p}_LOG_FILE = {}, {p}_LOG_POS = {pos}{no_gtid};",
+            connection(host, port),
+            sql_string(file)
+        )
+    };
+    let here = connection(&source.host, source.port);
+    // Coordinates read after the snapshot (lock modes that do not block commits) may be
+    // ahead of the copy: starting there would skip transactions. Only positions the
+    // restored server knows itself are safe then.
+    let (file_position, gtid, note) = if coords.exact {
+        let file_position = match (&coords.binlog_file, coords.binlog_position) {
+            (Some(file), Some(pos)) => Some(file_pos(&source.host, source.port, file, pos)),
+            _ => None,
+        };
+        let gtid = match (mariadb, &coords.gtid_binlog_pos, &coords.gtid_executed) {
+            (true, Some(g), _) if !g.is_empty() => Some(format!(
+                "SET GLOBAL gtid_slave_pos = {};\n{change} {here}, MASTER_USE_GTID = slave_pos;",
+                sql_string(g)
+            )),
+            // MySQL keeps its executed GTID set in the restored files themselves.
+            (false, _, Some(g)) if !g.is_empty() => {
+                Some(format!("{change} {here}, {p}_AUTO_POSITION = 1;"))
             }
-        });
+            _ => None,
+        };
+        (file_position, gtid, None)
+    } else {
+        let gtid = if mariadb {
+            // The restored server's own GTID state, as its crash recovery left it.
+            format!("{change} {here}, MASTER_USE_GTID = current_pos;")
+        } else {
+            format!("{change} {here}, {p}_AUTO_POSITION = 1;")
+        };
+        let note = "the backup's coordinates were read after the snapshot, so they may be ahead \
+                    of the copy: use the GTID form, or read the position the restored server \
+                    recovered to (SHOW MASTER STATUS) before it takes any write";
+        (None, Some(gtid), Some(note.to_string()))
+    };
+    // A backup of a replica can also become a sibling replica of the same source.
+    let sibling = coords.replica.as_ref().and_then(|r| {
+        let host = r.source_host.as_deref()?;
+        let port = r.source_port.unwrap_or(3306);
+        match (&r.source_log_file, r.source_log_pos, &r.gtid) {
+            (Some(file), Some(pos), _) => Some(file_pos(host, port, file, pos)),
+            (_, _, Some(g)) if mariadb && !g.is_empty() => Some(format!(
+                "SET GLOBAL gtid_slave_pos = {};\n{change} {}, MASTER_USE_GTID = slave_pos;",
+                sql_string(g),
+                connection(host, port)
+            )),
+            _ => None,
+        }
+    });
     Replication {
         gtid,
         file_position,
+        from_source: sibling,
+        note,
         start: start.into(),
     }
 }
@@ -299,46 +344,17 @@ pub fn replication(manifest: &Manifest, source: &Source) -> Replication {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::coordinates::ReplicaCoordinates;
 
-    fn manifest(version: &str) -> Manifest {
-        let text = format!(
-            r#"
-format = 1
-name = "20261125T214500Z"
-path = "/b/20261125T214500Z"
-dbsnap_version = "0.1.0"
-started_at = "2026-11-25T21:45:00Z"
-finished_at = "2026-11-25T21:46:00Z"
-paths = [{{ role = "datadir", path = "/var/lib/mysql" }}]
-[server]
-version = "{version}"
-hostname = "db1"
-datadir = "/var/lib/mysql"
-binlog_basename = "/var/lib/mysql/binlog"
-[lock]
-mode = "ftwrl"
-wait_ms = 1.0
-hold_ms = 2.0
-attempts = 1
-acquired_at = "2026-11-25T21:45:00Z"
-released_at = "2026-11-25T21:45:00Z"
-[coordinates]
-binlog_file = "binlog.000002"
-binlog_position = 1234
-gtid_binlog_pos = "0-1-42"
-[snapshot]
-backend = "btrfs"
-name = "dbsnap-20261125T214500Z"
-atomic = true
-volumes = []
-[transfer]
-method = "rsync"
-bytes = 1
-files = 1
-duration_ms = 1
-"#
-        );
-        toml::from_str(&text).unwrap()
+    fn coords() -> Coordinates {
+        Coordinates {
+            exact: true,
+            binlog_file: Some("binlog.000002".into()),
+            binlog_position: Some(1234),
+            gtid_binlog_pos: Some("0-1-42".into()),
+            gtid_executed: Some("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5".into()),
+            ..Default::default()
+        }
     }
 
     fn source() -> Source {
@@ -351,30 +367,68 @@ duration_ms = 1
 
     #[test]
     fn mariadb_statements() {
-        let r = replication(&manifest("10.11.6-MariaDB-log"), &source());
+        let r = replication("10.11.6-MariaDB-log", &coords(), &source());
         assert_eq!(
             r.gtid.unwrap(),
             "SET GLOBAL gtid_slave_pos = '0-1-42';\nCHANGE MASTER TO MASTER_HOST = 'db1', \
              MASTER_PORT = 3306, MASTER_USER = 're\\'pl', MASTER_PASSWORD = '<password>', \
              MASTER_USE_GTID = slave_pos;"
         );
-        assert!(r
-            .file_position
-            .unwrap()
-            .ends_with("MASTER_LOG_FILE = 'binlog.000002', MASTER_LOG_POS = 1234;"));
+        assert!(r.file_position.unwrap().ends_with(
+            "MASTER_LOG_FILE = 'binlog.000002', MASTER_LOG_POS = 1234, MASTER_USE_GTID = no;"
+        ));
         assert_eq!(r.start, "START SLAVE;");
+        assert!(r.from_source.is_none() && r.note.is_none());
     }
 
     #[test]
     fn new_mysql_uses_replication_source() {
-        let r = replication(&manifest("8.0.36"), &source());
-        assert!(r
-            .file_position
-            .unwrap()
-            .starts_with("CHANGE REPLICATION SOURCE TO SOURCE_HOST = 'db1'"));
+        let r = replication("8.0.36", &coords(), &source());
+        let fp = r.file_position.unwrap();
+        assert!(
+            fp.starts_with("CHANGE REPLICATION SOURCE TO SOURCE_HOST = 'db1'"),
+            "{fp}"
+        );
+        assert!(fp.ends_with("SOURCE_LOG_POS = 1234;"), "{fp}");
         assert!(r.gtid.unwrap().ends_with("SOURCE_AUTO_POSITION = 1;"));
         assert_eq!(r.start, "START REPLICA;");
-        let old = replication(&manifest("5.7.44-log"), &source());
+        let old = replication("5.7.44-log", &coords(), &source());
         assert!(old.file_position.unwrap().starts_with("CHANGE MASTER TO"));
+    }
+
+    #[test]
+    fn inexact_coordinates_give_only_positions_the_copy_knows() {
+        let c = Coordinates {
+            exact: false,
+            ..coords()
+        };
+        let r = replication("10.11.6-MariaDB", &c, &source());
+        assert!(r.file_position.is_none());
+        assert!(r.gtid.unwrap().ends_with("MASTER_USE_GTID = current_pos;"));
+        assert!(r.note.is_some());
+    }
+
+    #[test]
+    fn a_replica_backup_can_join_its_source() {
+        let c = Coordinates {
+            replica: Some(ReplicaCoordinates {
+                source_host: Some("10.0.0.1".into()),
+                source_port: Some(3307),
+                source_log_file: Some("mysql-bin.000007".into()),
+                source_log_pos: Some(99),
+                ..Default::default()
+            }),
+            ..coords()
+        };
+        let r = replication("10.11.6-MariaDB", &c, &source());
+        let s = r.from_source.unwrap();
+        assert!(
+            s.contains("MASTER_HOST = '10.0.0.1', MASTER_PORT = 3307"),
+            "{s}"
+        );
+        assert!(
+            s.contains("MASTER_LOG_FILE = 'mysql-bin.000007', MASTER_LOG_POS = 99"),
+            "{s}"
+        );
     }
 }

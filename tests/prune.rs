@@ -25,12 +25,16 @@ hostname = "db1"
 datadir = "/var/lib/mysql"
 [lock]
 mode = "ftwrl"
+reason = "synthetic"
+prelude_ms = 0.0
 wait_ms = 1.0
 hold_ms = 2.0
 attempts = 1
+queued_sessions = 0
 acquired_at = "{t}"
 released_at = "{t}"
 [coordinates]
+exact = true
 [snapshot]
 backend = "btrfs"
 name = "dbsnap-{name}"

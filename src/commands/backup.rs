@@ -5,10 +5,18 @@ use bytesize::ByteSize;
 use crate::backends;
 use crate::commands::cleanup::release_all;
 use crate::config::Config;
+use crate::error::{class_of, fail, Class};
+use crate::hooks::Phase;
 use crate::journal::{Journal, RunLock};
+use crate::manifest::Manifest;
 use crate::orchestrator;
 
-pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
+pub async fn run(
+    config: &Config,
+    json: bool,
+    force: bool,
+    max_lock_ms: Option<f64>,
+) -> anyhow::Result<()> {
     config.backup()?;
     let backend = backends::open(&config.snapshot)?;
     let lock = RunLock::acquire(&config.state_dir)?;
@@ -18,13 +26,27 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
         release_all(config, &mut journal).await?;
     }
 
-    let outcome =
-        super::until_signal(orchestrator::backup(config, backend.as_ref(), &mut journal)).await;
+    let outcome = super::until_signal(orchestrator::backup(
+        config,
+        backend.as_ref(),
+        &mut journal,
+        force,
+    ))
+    .await;
     let mut manifest = match outcome {
         Ok(m) => m,
         Err(e) => {
             if let Err(cleanup) = release_all(config, &mut journal).await {
                 tracing::error!("{cleanup:#}");
+            }
+            // After cleanup, so the hook sees what the failure left: nothing.
+            let env = [
+                ("DBSNAP_STATUS", "failed".to_string()),
+                ("DBSNAP_ERROR", format!("{e:#}")),
+                ("DBSNAP_EXIT_CODE", class_of(&e).exit_code().to_string()),
+            ];
+            if let Err(hook) = config.hooks.run(Phase::OnFailure, &env).await {
+                tracing::error!("{hook:#}");
             }
             return Err(e);
         }
@@ -50,18 +72,42 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
             .as_ref()
             .is_some_and(|v| v.verdict == crate::verify::Verdict::Failed)
         {
-            return Err(crate::verify::failed_error(&manifest, &manifest.path));
+            let e = crate::verify::failed_error(&manifest, &manifest.path);
+            let env = [
+                ("DBSNAP_STATUS", "failed".to_string()),
+                ("DBSNAP_ERROR", format!("{e:#}")),
+                ("DBSNAP_EXIT_CODE", class_of(&e).exit_code().to_string()),
+            ];
+            if let Err(hook) = config.hooks.run(Phase::OnFailure, &env).await {
+                tracing::error!("{hook:#}");
+            }
+            return Err(e);
         }
     }
 
+    print(&manifest, json)?;
+    if let Some(budget) = max_lock_ms.filter(|b| manifest.lock.hold_ms > *b) {
+        return Err(fail(
+            Class::Lock,
+            format!(
+                "the backup {} is complete, but the lock was held {:.1} ms, over the --max-lock-ms budget of {budget} ms",
+                manifest.path.display(),
+                manifest.lock.hold_ms
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn print(manifest: &Manifest, json: bool) -> anyhow::Result<()> {
     if json {
-        super::print_json(&manifest)?;
+        super::print_json(manifest)?;
     } else {
         println!("backup {} complete", manifest.name);
         println!("  path         {}", manifest.path.display());
         println!(
-            "  lock         {} — waited {:.1} ms, held {:.1} ms",
-            manifest.lock.mode, manifest.lock.wait_ms, manifest.lock.hold_ms
+            "  lock         {} — waited {:.1} ms, held {:.1} ms ({})",
+            manifest.lock.mode, manifest.lock.wait_ms, manifest.lock.hold_ms, manifest.lock.reason
         );
         if let (Some(file), Some(pos)) = (
             &manifest.coordinates.binlog_file,

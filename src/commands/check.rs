@@ -15,15 +15,16 @@ struct Report {
     paths: Vec<DbPath>,
     volumes: Vec<dbsnap_backend_api::Volume>,
     atomic_snapshot: bool,
-    lock_mode: &'static str,
+    lock_mode: String,
+    lock_reason: String,
     free_space: Vec<FreeSpace>,
     data_bytes: u64,
     destination: Option<String>,
 }
 
-pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
+pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()> {
     let backend = backends::open(&config.snapshot)?;
-    let pre = orchestrator::preflight(config, backend.as_ref()).await?;
+    let pre = orchestrator::preflight(config, backend.as_ref(), force).await?;
     let destination = match &config.backup {
         Some(b) => {
             orchestrator::check_destination(&b.dest, &pre)?;
@@ -32,12 +33,13 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
         None => None,
     };
     let report = Report {
-        server_version: pre.server.version.clone(),
+        server_version: pre.server.version.text.clone(),
         backend: backend.name().into(),
         paths: pre.layout.dirs.clone(),
         volumes: pre.volumes.clone(),
         atomic_snapshot: pre.atomic,
-        lock_mode: "ftwrl",
+        lock_mode: pre.lock.mode.to_string(),
+        lock_reason: pre.lock.reason.clone(),
         free_space: pre.free_space.clone(),
         data_bytes: pre.data_bytes,
         destination,
@@ -63,7 +65,7 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
             "several volumes, covered by the lock"
         }
     );
-    println!("lock         {}", report.lock_mode);
+    println!("lock         {} ({})", report.lock_mode, report.lock_reason);
     println!(
         "data         {}",
         ByteSize::b(report.data_bytes).display().iec()

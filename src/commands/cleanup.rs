@@ -33,7 +33,7 @@ pub async fn release_all(config: &Config, journal: &mut Journal) -> anyhow::Resu
         match release_one(config, &entry.resource).await {
             Ok(()) => {
                 journal.forget(&entry.resource)?;
-                tracing::info!("released {what} (left by run {})", entry.run);
+                tracing::info!("released {what} (run {})", entry.run);
                 released.push(what);
             }
             Err(e) => failures.push(format!("{what}: {e:#}")),

@@ -44,6 +44,15 @@ pub async fn run(config: &Config, json: bool, request: Request) -> anyhow::Resul
     if let Some(fp) = &r.file_position {
         println!("\n-- by binlog file and position:\n{fp}\n{}", r.start);
     }
+    if let Some(s) = &r.from_source {
+        println!(
+            "\n-- or, as another replica of the backed-up replica's own source:\n{s}\n{}",
+            r.start
+        );
+    }
+    if let Some(note) = &r.note {
+        println!("\nNote: {note}");
+    }
     if r.gtid.is_none() && r.file_position.is_none() {
         println!("(the backup recorded no binlog position: the source had no binary log)");
     }

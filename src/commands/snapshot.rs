@@ -9,7 +9,12 @@ use crate::journal::{Journal, RunLock};
 use crate::kept::KeptSnapshot;
 use crate::orchestrator::{self, backend_error};
 
-pub async fn create(config: &Config, json: bool, label: Option<&str>) -> anyhow::Result<()> {
+pub async fn create(
+    config: &Config,
+    json: bool,
+    label: Option<&str>,
+    force: bool,
+) -> anyhow::Result<()> {
     let backend = backends::open(&config.snapshot)?;
     let lock = RunLock::acquire(&config.state_dir)?;
     let mut journal = Journal::open(&config.state_dir, &lock)?;
@@ -22,6 +27,7 @@ pub async fn create(config: &Config, json: bool, label: Option<&str>) -> anyhow:
         backend.as_ref(),
         &mut journal,
         label,
+        force,
     ))
     .await;
     let kept = match outcome {

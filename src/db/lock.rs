@@ -1,7 +1,8 @@
-//! The lock window: acquire a global read lock with a bounded wait, capture the
-//! coordinates, and release it. Everything here runs on one dedicated connection, with
-//! a second "watchdog" connection that cancels a lock attempt that waits too long —
-//! a waiting FLUSH TABLES WITH READ LOCK already blocks every writer behind it.
+//! The lock window: quiesce the server in the chosen mode with bounded waits, read the
+//! coordinates, and release it. Everything runs on one dedicated connection, with a
+//! second "watchdog" connection that cancels a statement that waits too long — a
+//! waiting `FLUSH TABLES WITH READ LOCK` (or `BACKUP STAGE BLOCK_COMMIT`) already
+//! blocks the writers queued behind it.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,10 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use serde::{Deserialize, Serialize};
 
+use crate::db::coordinates::{self, Coordinates};
+use crate::db::lock_mode::LockMode;
 use crate::db::server::codes;
+use crate::db::version::ServerVersion;
 use crate::error::{fail, Class};
 
 /// Bounds on taking the lock.
@@ -26,22 +30,19 @@ pub struct LockSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LockRecord {
     pub mode: String,
-    /// How long the successful attempt waited for the lock.
+    /// Why this mode was chosen.
+    pub reason: String,
+    /// Statements before the one that blocks commits (pre-flush, earlier backup stages).
+    pub prelude_ms: f64,
+    /// How long the successful attempt waited for the blocking statement.
     pub wait_ms: f64,
     /// From the lock being granted to it being released.
     pub hold_ms: f64,
     pub attempts: u32,
+    /// Most sessions seen queued behind a cancelled attempt.
+    pub queued_sessions: usize,
     pub acquired_at: DateTime<Utc>,
     pub released_at: DateTime<Utc>,
-}
-
-/// Binary-log and GTID position of the snapshot, read while the lock was held.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Coordinates {
-    pub binlog_file: Option<String>,
-    pub binlog_position: Option<u64>,
-    pub gtid_binlog_pos: Option<String>,
-    pub gtid_current_pos: Option<String>,
 }
 
 /// A statement that was running when a lock attempt timed out.
@@ -57,13 +58,15 @@ pub struct Session {
 }
 
 impl Session {
-    /// Writers queued behind our lock attempt show one of these states.
+    /// Sessions queued behind a backup lock show one of these states.
     fn waits_for_our_lock(&self) -> bool {
         let s = self.state.to_ascii_lowercase();
-        s.contains("waiting for backup lock") || s.contains("waiting for global read lock")
+        s.contains("waiting for backup lock")
+            || s.contains("waiting for global read lock")
+            || s.contains("waiting for commit lock")
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         format!(
             "connection {} ({}@{}) running for {} s: {}",
             self.id, self.user, self.host, self.seconds, self.info
@@ -82,70 +85,166 @@ pub fn diagnose(sessions: &[Session]) -> (Option<&Session>, usize) {
     (blocker, queued)
 }
 
+/// The statements of each mode: run in order before the lock (each bounded), the one
+/// that blocks writers, and the one that releases.
+struct Statements {
+    prelude: &'static [&'static str],
+    block: Option<&'static str>,
+    release: Option<&'static str>,
+}
+
+fn statements(mode: LockMode, version: &ServerVersion) -> Statements {
+    match mode {
+        LockMode::Ftwrl => Statements {
+            // Flushing first, without the lock, makes the locked flush quick.
+            prelude: &["FLUSH NO_WRITE_TO_BINLOG TABLES"],
+            block: Some("FLUSH TABLES WITH READ LOCK"),
+            release: Some("UNLOCK TABLES"),
+        },
+        LockMode::BackupStage => Statements {
+            prelude: &[
+                "BACKUP STAGE START",
+                "BACKUP STAGE FLUSH",
+                "BACKUP STAGE BLOCK_DDL",
+            ],
+            block: Some("BACKUP STAGE BLOCK_COMMIT"),
+            release: Some("BACKUP STAGE END"),
+        },
+        LockMode::Instance => Statements {
+            prelude: &[],
+            block: Some("LOCK INSTANCE FOR BACKUP"),
+            release: Some("UNLOCK INSTANCE"),
+        },
+        LockMode::Replica => {
+            let (stop, start) = version.replica_sql_thread_statements();
+            Statements {
+                prelude: &[],
+                block: Some(stop),
+                release: Some(start),
+            }
+        }
+        LockMode::None => Statements {
+            prelude: &[],
+            block: None,
+            release: None,
+        },
+    }
+}
+
 /// The lock, held. Dropping it without [`HeldLock::release`] closes the connection,
 /// which makes the server release the lock too.
 pub struct HeldLock {
     conn: Conn,
+    mode: LockMode,
+    version: ServerVersion,
+    release_statement: Option<&'static str>,
     granted: Instant,
     acquired_at: DateTime<Utc>,
+    prelude: Duration,
     wait: Duration,
     attempts: u32,
+    queued_sessions: usize,
 }
 
-/// Take `FLUSH TABLES WITH READ LOCK` on `conn`, each attempt bounded by
-/// `settings.wait`; `watchdog` is a second connection used to cancel an attempt.
-pub async fn acquire_ftwrl(
+/// Quiesce the server in `mode` on `conn`; `watchdog` is a second connection used to
+/// cancel a statement that waits longer than `settings.wait`.
+pub async fn acquire(
+    mode: LockMode,
+    version: &ServerVersion,
     mut conn: Conn,
     watchdog: &mut Conn,
     settings: LockSettings,
 ) -> anyhow::Result<HeldLock> {
+    let plan = statements(mode, version);
     // The server-side bound is a backstop in whole seconds; the watchdog is the real one.
-    let server_wait = settings.wait.as_secs() + 1;
-    conn.query_drop(format!("SET SESSION lock_wait_timeout = {server_wait}"))
-        .await
-        .context("setting lock_wait_timeout on the lock connection")?;
-    // Flushing first, without the lock, makes the locked flush quick.
-    bounded(
-        &mut conn,
-        watchdog,
-        "FLUSH NO_WRITE_TO_BINLOG TABLES",
-        settings.wait,
-    )
+    conn.query_drop(format!(
+        "SET SESSION lock_wait_timeout = {}",
+        settings.wait.as_secs() + 1
+    ))
     .await
-    .context("flushing tables before the lock")?
-    .map_err(|sessions| lock_timeout("FLUSH NO_WRITE_TO_BINLOG TABLES", settings, 1, &sessions))?;
+    .context("setting lock_wait_timeout on the lock connection")?;
+    let mut queued_sessions = 0;
+    let prelude_started = Instant::now();
+    for statement in plan.prelude {
+        let outcome = with_retries(&mut conn, watchdog, statement, settings).await;
+        if let Err(e) = outcome {
+            abandon(&mut conn, plan.release).await;
+            return Err(e);
+        }
+        queued_sessions = queued_sessions.max(outcome?.queued);
+    }
+    let prelude = prelude_started.elapsed();
+    let (wait, attempts) = match plan.block {
+        Some(statement) => match with_retries(&mut conn, watchdog, statement, settings).await {
+            Ok(granted) => {
+                queued_sessions = queued_sessions.max(granted.queued);
+                (granted.wait, granted.attempts)
+            }
+            Err(e) => {
+                abandon(&mut conn, plan.release).await;
+                return Err(e);
+            }
+        },
+        None => (Duration::ZERO, 1),
+    };
+    Ok(HeldLock {
+        conn,
+        mode,
+        version: version.clone(),
+        release_statement: plan.release,
+        granted: Instant::now(),
+        acquired_at: Utc::now(),
+        prelude,
+        wait,
+        attempts,
+        queued_sessions,
+    })
+}
 
+/// Undo a partly taken lock (e.g. `BACKUP STAGE END` after BLOCK_DDL); closing the
+/// connection would do it too, so a failure here is only logged.
+async fn abandon(conn: &mut Conn, release: Option<&str>) {
+    if let Some(statement) = release {
+        if let Err(e) = conn.query_drop(statement).await {
+            tracing::warn!("{statement} after a failed lock attempt: {e}");
+        }
+    }
+}
+
+struct Granted {
+    wait: Duration,
+    attempts: u32,
+    queued: usize,
+}
+
+async fn with_retries(
+    conn: &mut Conn,
+    watchdog: &mut Conn,
+    statement: &str,
+    settings: LockSettings,
+) -> anyhow::Result<Granted> {
     let mut last_sessions = Vec::new();
+    let mut queued = 0;
     for attempt in 1..=settings.attempts {
         let started = Instant::now();
-        match bounded(
-            &mut conn,
-            watchdog,
-            "FLUSH TABLES WITH READ LOCK",
-            settings.wait,
-        )
-        .await?
-        {
+        match bounded(conn, watchdog, statement, settings.wait).await? {
             Ok(()) => {
-                return Ok(HeldLock {
-                    conn,
-                    granted: Instant::now(),
-                    acquired_at: Utc::now(),
+                return Ok(Granted {
                     wait: started.elapsed(),
                     attempts: attempt,
+                    queued,
                 })
             }
             Err(sessions) => {
-                let (blocker, queued) = diagnose(&sessions);
+                let (blocker, now_queued) = diagnose(&sessions);
+                queued = queued.max(now_queued);
                 tracing::warn!(
                     attempt,
                     of = settings.attempts,
-                    queued_sessions = queued,
-                    "lock not granted within {} ms{}; writers run freely until the next attempt",
+                    queued_sessions = now_queued,
+                    "{statement} not granted within {} ms{}; writers run freely until the next attempt",
                     settings.wait.as_millis(),
-                    blocker
-                        .map(|b| format!(", blocked by {}", b.describe()))
-                        .unwrap_or_default()
+                    blocker.map(|b| format!(", blocked by {}", b.describe())).unwrap_or_default()
                 );
                 last_sessions = sessions;
             }
@@ -154,12 +253,7 @@ pub async fn acquire_ftwrl(
             tokio::time::sleep(retry_pause(attempt)).await;
         }
     }
-    Err(lock_timeout(
-        "FLUSH TABLES WITH READ LOCK",
-        settings,
-        settings.attempts,
-        &last_sessions,
-    ))
+    Err(lock_timeout(statement, settings, &last_sessions, queued))
 }
 
 /// A pause that grows with the attempt and is jittered, so that retries from several
@@ -172,10 +266,10 @@ fn retry_pause(attempt: u32) -> Duration {
 fn lock_timeout(
     statement: &str,
     settings: LockSettings,
-    attempts: u32,
     sessions: &[Session],
+    queued: usize,
 ) -> anyhow::Error {
-    let (blocker, queued) = diagnose(sessions);
+    let (blocker, _) = diagnose(sessions);
     let cause = match blocker {
         Some(b) => format!("It was blocked by {}.", b.describe()),
         None => "No running statement was visible (the PROCESS privilege shows other users' statements).".into(),
@@ -183,10 +277,12 @@ fn lock_timeout(
     fail(
         Class::Lock,
         format!(
-            "{statement} was not granted within {} ms in {attempts} attempt(s); {queued} session(s) \
-             were queued behind it when it was cancelled. {cause} Nothing was snapshotted. Run the \
-             backup when that statement has finished, or raise [mysql] lock_wait_timeout / lock_attempts.",
-            settings.wait.as_millis()
+            "{statement} was not granted within {} ms in {} attempt(s); up to {queued} session(s) were \
+             queued behind it before it was cancelled. {cause} Nothing was snapshotted. Run the backup \
+             when that statement has finished, set [mysql] long_queries = \"kill\", or raise \
+             lock_wait_timeout / lock_attempts.",
+            settings.wait.as_millis(),
+            settings.attempts
         ),
     )
 }
@@ -208,7 +304,7 @@ async fn bounded(
         tokio::select! {
             r = &mut run => r,
             _ = tokio::time::sleep(wait) => {
-                sessions = Some(running_sessions(watchdog, id).await.unwrap_or_default());
+                sessions = Some(running_sessions(watchdog, &[id]).await.unwrap_or_default());
                 watchdog
                     .query_drop(format!("KILL QUERY {id}"))
                     .await
@@ -224,7 +320,7 @@ async fn bounded(
         {
             let sessions = match sessions {
                 Some(s) => s,
-                None => running_sessions(watchdog, id).await.unwrap_or_default(),
+                None => running_sessions(watchdog, &[id]).await.unwrap_or_default(),
             };
             Ok(Err(sessions))
         }
@@ -243,16 +339,19 @@ type ProcessRow = (
     Option<String>,
 );
 
-/// Statements running now, other than ours and idle connections.
-async fn running_sessions(watchdog: &mut Conn, lock_conn: u32) -> anyhow::Result<Vec<Session>> {
-    let rows: Vec<ProcessRow> = watchdog
+/// Statements running now, other than `exclude`, the asking connection and idle or
+/// replication threads.
+pub async fn running_sessions(conn: &mut Conn, exclude: &[u32]) -> anyhow::Result<Vec<Session>> {
+    let exclude: String = exclude.iter().map(|id| format!("{id}, ")).collect();
+    let rows: Vec<ProcessRow> = conn
         .query(format!(
             "SELECT ID, USER, HOST, COMMAND, TIME, STATE, LEFT(INFO, 200) \
              FROM information_schema.PROCESSLIST \
-             WHERE ID NOT IN ({lock_conn}, CONNECTION_ID()) AND INFO IS NOT NULL \
-             AND COMMAND NOT IN ('Sleep', 'Daemon', 'Binlog Dump')"
+             WHERE ID NOT IN ({exclude}CONNECTION_ID()) AND INFO IS NOT NULL \
+             AND COMMAND NOT IN ('Sleep', 'Daemon', 'Binlog Dump', 'Slave_IO', 'Slave_SQL', 'Slave_worker')"
         ))
-        .await?;
+        .await
+        .context("reading the process list")?;
     Ok(rows
         .into_iter()
         .map(|(id, user, host, command, seconds, state, info)| Session {
@@ -268,29 +367,31 @@ async fn running_sessions(watchdog: &mut Conn, lock_conn: u32) -> anyhow::Result
 }
 
 impl HeldLock {
-    /// Binary-log position and GTID state; valid because nothing can commit now.
+    /// The coordinates of this instant. Exact when the mode blocks commits.
     pub async fn coordinates(&mut self) -> anyhow::Result<Coordinates> {
-        let status: Option<mysql_async::Row> = self
-            .conn
-            .query_first("SHOW MASTER STATUS")
-            .await
-            .context("reading the binary-log position (SHOW MASTER STATUS)")?;
-        let (binlog_file, binlog_position) = match status {
-            Some(row) => (row.get::<String, _>(0), row.get::<u64, _>(1)),
-            None => (None, None),
-        };
-        let gtid: Option<(Option<String>, Option<String>)> = self
-            .conn
-            .query_first("SELECT @@global.gtid_binlog_pos, @@global.gtid_current_pos")
-            .await
-            .context("reading the GTID position")?;
-        let (gtid_binlog_pos, gtid_current_pos) = gtid.unwrap_or_default();
-        Ok(Coordinates {
-            binlog_file,
-            binlog_position,
-            gtid_binlog_pos,
-            gtid_current_pos,
-        })
+        match self.mode {
+            LockMode::Instance => {
+                let local: Option<String> = self
+                    .conn
+                    .query_first("SELECT LOCAL FROM performance_schema.log_status")
+                    .await
+                    .context("reading performance_schema.log_status")?;
+                let (binlog_file, binlog_position, gtid_executed) =
+                    coordinates::parse_log_status_local(local.as_deref().unwrap_or("{}"))?;
+                Ok(Coordinates {
+                    exact: false,
+                    binlog_file,
+                    binlog_position,
+                    gtid_executed,
+                    replica: coordinates::replica_status(&mut self.conn, &self.version).await?,
+                    ..Default::default()
+                })
+            }
+            LockMode::None => coordinates::read(&mut self.conn, &self.version, false).await,
+            LockMode::Ftwrl | LockMode::BackupStage | LockMode::Replica => {
+                coordinates::read(&mut self.conn, &self.version, true).await
+            }
+        }
     }
 
     /// How long the lock has been held so far.
@@ -298,27 +399,38 @@ impl HeldLock {
         self.granted.elapsed()
     }
 
-    /// `UNLOCK TABLES`. If that fails the connection is gone and the server has released
-    /// the lock on its own — but possibly before the snapshot finished, so it is an error.
-    pub async fn release(mut self) -> anyhow::Result<LockRecord> {
-        let unlocked = self.conn.query_drop("UNLOCK TABLES").await;
+    /// Release the lock. If that fails the connection is gone and the server has
+    /// released the lock on its own — but possibly before the snapshot finished, so
+    /// it is an error.
+    pub async fn release(mut self, reason: String) -> anyhow::Result<LockRecord> {
+        let unlocked = match self.release_statement {
+            Some(statement) => self
+                .conn
+                .query_drop(statement)
+                .await
+                .map_err(|e| (statement, e)),
+            None => Ok(()),
+        };
         let hold = self.granted.elapsed();
         let released_at = Utc::now();
-        unlocked.map_err(|e| {
+        unlocked.map_err(|(statement, e)| {
             fail(
                 Class::Lock,
                 format!(
-                    "UNLOCK TABLES failed ({e}): the lock connection was lost, so the server may have \
+                    "{statement} failed ({e}): the lock connection was lost, so the server may have \
                      released the lock before the snapshot was complete; the snapshot is discarded"
                 ),
             )
         })?;
         let _ = self.conn.disconnect().await;
         Ok(LockRecord {
-            mode: "ftwrl".into(),
+            mode: self.mode.to_string(),
+            reason,
+            prelude_ms: ms(self.prelude),
             wait_ms: ms(self.wait),
             hold_ms: ms(hold),
             attempts: self.attempts,
+            queued_sessions: self.queued_sessions,
             acquired_at: self.acquired_at,
             released_at,
         })
@@ -361,6 +473,33 @@ mod tests {
         let (blocker, queued) = diagnose(&sessions);
         assert_eq!(blocker.unwrap().id, 8);
         assert_eq!(queued, 2);
+    }
+
+    #[test]
+    fn each_mode_blocks_with_one_statement_and_releases_it() {
+        let maria = ServerVersion::parse("10.11.19-MariaDB", "");
+        let s = statements(LockMode::BackupStage, &maria);
+        assert_eq!(s.block, Some("BACKUP STAGE BLOCK_COMMIT"));
+        assert_eq!(s.prelude.first(), Some(&"BACKUP STAGE START"));
+        assert_eq!(s.release, Some("BACKUP STAGE END"));
+        let s = statements(LockMode::Replica, &maria);
+        assert_eq!(
+            (s.block, s.release),
+            (
+                Some("STOP REPLICA SQL_THREAD"),
+                Some("START REPLICA SQL_THREAD")
+            )
+        );
+        let mysql = ServerVersion::parse("8.0.36", "");
+        let s = statements(LockMode::Instance, &mysql);
+        assert_eq!(
+            (s.block, s.release),
+            (Some("LOCK INSTANCE FOR BACKUP"), Some("UNLOCK INSTANCE"))
+        );
+        let s = statements(LockMode::None, &mysql);
+        assert!(s.block.is_none() && s.release.is_none() && s.prelude.is_empty());
+        let s = statements(LockMode::Ftwrl, &mysql);
+        assert_eq!(s.prelude, &["FLUSH NO_WRITE_TO_BINLOG TABLES"]);
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! The database side: connecting, reading the server's layout, checking privileges,
-//! and the lock that makes a snapshot consistent.
+//! choosing the lock mode, and the lock that makes a snapshot consistent.
 
+pub mod coordinates;
 pub mod layout;
 pub mod lock;
+pub mod lock_mode;
 pub mod server;
+pub mod stall_guard;
+pub mod version;
 
+pub use coordinates::Coordinates;
 pub use layout::{DbPath, Layout};
-pub use lock::{Coordinates, LockRecord};
+pub use lock::LockRecord;
 pub use server::Server;

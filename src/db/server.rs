@@ -8,13 +8,16 @@ use mysql_async::{Conn, OptsBuilder};
 
 use crate::config::Credentials;
 use crate::db::layout::{Layout, ServerPaths};
+use crate::db::lock_mode::LockMode;
+use crate::db::stall_guard::LongQueryPolicy;
+use crate::db::version::ServerVersion;
 use crate::error::{fail, Class};
 
 /// What dbsnap knows about the server it backs up.
 #[derive(Debug, Clone)]
 pub struct Server {
     credentials: Credentials,
-    pub version: String,
+    pub version: ServerVersion,
     pub hostname: String,
 }
 
@@ -29,11 +32,12 @@ impl Server {
     /// Connect once to learn the version, and fail early with a clear message.
     pub async fn connect(credentials: &Credentials) -> anyhow::Result<(Server, Conn)> {
         let mut conn = open(credentials).await?;
-        let (version, hostname): (String, String) = conn
-            .query_first("SELECT @@version, @@hostname")
+        let (version, comment, hostname): (String, String, String) = conn
+            .query_first("SELECT @@version, @@version_comment, @@hostname")
             .await
             .context("reading the server version")?
             .context("the server returned no version")?;
+        let version = ServerVersion::parse(&version, &comment);
         Ok((
             Server {
                 credentials: credentials.clone(),
@@ -99,6 +103,17 @@ fn connect_error(creds: &Credentials, e: mysql_async::Error) -> anyhow::Error {
     }
 }
 
+/// `CURRENT_USER()` quoted for a GRANT statement: `'backup'@'localhost'`.
+pub async fn current_user(conn: &mut Conn) -> anyhow::Result<String> {
+    let user: Option<String> = conn
+        .query_first(
+            "SELECT CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', \
+             SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')",
+        )
+        .await?;
+    user.context("the server returned no user")
+}
+
 /// Global privileges of the current user, upper case (`RELOAD`, `BINLOG MONITOR`, ...).
 pub async fn privileges(conn: &mut Conn) -> anyhow::Result<Vec<String>> {
     let rows: Vec<String> = conn
@@ -112,18 +127,61 @@ pub async fn privileges(conn: &mut Conn) -> anyhow::Result<Vec<String>> {
     Ok(rows.into_iter().map(|p| p.to_uppercase()).collect())
 }
 
-/// The privileges dbsnap needs that `granted` lacks, each with the alternatives that
-/// would satisfy it.
-pub fn missing_privileges(granted: &[String], binlog_enabled: bool) -> Vec<&'static str> {
-    let has = |p: &str| granted.iter().any(|g| g == p);
-    let mut missing = Vec::new();
-    if !has("RELOAD") {
-        missing.push("RELOAD");
+/// The privileges dbsnap needs for `mode` that `granted` lacks. Each requirement is
+/// met by any of several privileges (names differ between servers and versions); the
+/// first one is reported.
+pub fn missing_privileges(
+    granted: &[String],
+    mode: LockMode,
+    binlog_enabled: bool,
+    policy: LongQueryPolicy,
+) -> Vec<&'static str> {
+    let has_any = |names: &[&str]| names.iter().any(|n| granted.iter().any(|g| g == n));
+    let mut needed: Vec<&[&'static str]> = Vec::new();
+    match mode {
+        LockMode::Ftwrl | LockMode::BackupStage => needed.push(&["RELOAD"]),
+        LockMode::Instance => needed.push(&["BACKUP_ADMIN"]),
+        LockMode::Replica => needed.push(&[
+            "REPLICATION SLAVE ADMIN",
+            "SUPER",
+            "REPLICATION_SLAVE_ADMIN",
+        ]),
+        LockMode::None => {}
     }
-    if binlog_enabled && !(has("BINLOG MONITOR") || has("REPLICATION CLIENT") || has("SUPER")) {
-        missing.push("BINLOG MONITOR");
+    if binlog_enabled || mode == LockMode::Replica {
+        needed.push(&["BINLOG MONITOR", "REPLICATION CLIENT", "SUPER"]);
     }
-    missing
+    if policy == LongQueryPolicy::Kill {
+        needed.push(&["CONNECTION ADMIN", "SUPER", "CONNECTION_ADMIN"]);
+    }
+    needed
+        .into_iter()
+        .filter(|names| !has_any(names))
+        .map(|names| names[0])
+        .collect()
+}
+
+/// User tables whose engine has no crash recovery, as `schema.table (ENGINE)`. MEMORY and
+/// BLACKHOLE keep nothing on disk; Aria is listed because only its transactional tables
+/// recover.
+pub async fn non_transactional_tables(conn: &mut Conn) -> anyhow::Result<Vec<String>> {
+    conn.query(
+        "SELECT CONCAT(TABLE_SCHEMA, '.', TABLE_NAME, ' (', ENGINE, ')') FROM information_schema.TABLES \
+         WHERE TABLE_TYPE = 'BASE TABLE' \
+         AND TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') \
+         AND ENGINE NOT IN ('InnoDB', 'MEMORY', 'BLACKHOLE', 'SEQUENCE') ORDER BY 1",
+    )
+    .await
+    .context("listing tables in non-transactional engines")
+}
+
+/// `@@read_only`: whether only the replication applier (and admins) can write.
+pub async fn read_only(conn: &mut Conn) -> anyhow::Result<bool> {
+    let v: Option<i64> = conn
+        .query_first("SELECT @@global.read_only")
+        .await
+        .context("reading @@read_only")?;
+    Ok(v.unwrap_or(0) != 0)
 }
 
 /// Read the server's file layout (outside the lock).

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
+use dbsnap_backend_api::command::ProcessGroup;
+
 use crate::error::{fail, Class};
 
 /// Copy the contents of `from` into `to`, leaving out `exclude` (paths relative to `from`).
@@ -81,13 +83,25 @@ async fn run_one(
 ) -> anyhow::Result<TransferStats> {
     let args = argv(item, bwlimit);
     tracing::debug!(?args, "rsync");
-    let mut child = Command::new("rsync")
+    let mut command = Command::new("rsync");
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    // If dbsnap itself is killed (kill -9, OOM), rsync must not read on from the
+    // snapshot: it would keep a ZFS clone busy (`dbsnap cleanup` fails) and write into a
+    // partial directory that cleanup has removed.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("LC_ALL", "C")
         .kill_on_drop(true)
+        .process_group(0)
         .spawn()
         .map_err(|e| {
             fail(
@@ -95,6 +109,8 @@ async fn run_one(
                 format!("cannot start rsync ({e}); install it (apt-get install rsync)"),
             )
         })?;
+    // rsync forks a receiver and a generator; they go with it when the copy is cancelled.
+    let mut group = ProcessGroup::of(&child);
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let (out, err, status) = tokio::join!(
@@ -103,6 +119,7 @@ async fn run_one(
         child.wait()
     );
     let status = status?;
+    group.disarm();
     let out = out?;
     if !status.success() {
         let err = err.unwrap_or_default();

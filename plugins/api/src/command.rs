@@ -129,6 +129,7 @@ impl Cmd {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
+            .process_group(0)
             .env("LC_ALL", "C");
         for (k, v) in &self.env {
             command.env(k, v);
@@ -139,6 +140,7 @@ impl Cmd {
                 String::new(),
             )
         })?;
+        let mut group = ProcessGroup::of(&child);
         if let Some(input) = &self.stdin {
             let mut pipe = child.stdin.take().expect("stdin was piped");
             // A child that exits without reading its input is reported by its exit status.
@@ -146,7 +148,10 @@ impl Cmd {
             drop(pipe);
         }
         let output = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Ok(Ok(output)) => output,
+            Ok(Ok(output)) => {
+                group.disarm();
+                output
+            }
             Ok(Err(e)) => return Err(fail(format!("failed while running ({e})"), String::new())),
             Err(_) => {
                 return Err(fail(
@@ -164,6 +169,31 @@ impl Cmd {
             return Err(fail(format!("failed ({})", output.status), stderr));
         }
         Ok(Output { stdout, stderr })
+    }
+}
+
+/// Kills a child's whole process group when dropped, unless disarmed once the child
+/// has exited: a plugin script's own children (a `sleep`, a `btrfs` it started) must not
+/// outlive a command that timed out or was cancelled. The child must have been started
+/// with `process_group(0)`.
+pub struct ProcessGroup(Option<nix::unistd::Pid>);
+
+impl ProcessGroup {
+    pub fn of(child: &tokio::process::Child) -> Self {
+        ProcessGroup(child.id().map(|pid| nix::unistd::Pid::from_raw(pid as i32)))
+    }
+
+    /// The child exited by itself; leave its group alone.
+    pub fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }
 
@@ -215,6 +245,21 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("killed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_process_group() {
+        let dir = std::env::temp_dir().join(format!("dbsnap-pg-{}", std::process::id()));
+        let marker = dir.display().to_string();
+        let err = Cmd::new("sh")
+            .args(["-c", &format!("(sleep 1; touch '{marker}') & sleep 5")])
+            .timeout(Duration::from_millis(200))
+            .run()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("killed"));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!dir.exists(), "a grandchild outlived the timeout");
     }
 
     #[tokio::test]

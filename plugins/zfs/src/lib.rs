@@ -34,7 +34,7 @@ use dbsnap_backend_api::{
 use serde::Deserialize;
 
 pub use names::validate_dataset;
-use names::{clone_id, dataset_of_snapshot, pool_of, snapshot_id};
+use names::{clone_id, dataset_of_snapshot, pool_of, snapshot_id, MAX_NAME_LEN};
 use output::{parse_get, parse_snapshot_list, Properties};
 
 const NAME: &str = "zfs";
@@ -324,9 +324,24 @@ impl SnapshotBackend for Zfs {
         let mut snapshots = Vec::new();
         for volume in volumes {
             validate_dataset(&volume.id)?;
+            let id = snapshot_id(&volume.id, name);
+            // A legal dataset name can leave no room for `@<name>`: `zfs snapshot` would
+            // then fail inside the lock window, and cleanup could not even name the clone.
+            let longest = id.len().max(clone_id(&volume.id, name).len());
+            if longest > MAX_NAME_LEN {
+                return Err(Self::unsupported(
+                    &volume.root,
+                    format!(
+                        "the ZFS dataset name {} is too long: its snapshot {name} would need a \
+                         {longest}-byte name, over ZFS's limit of {MAX_NAME_LEN}",
+                        volume.id
+                    ),
+                    "Rename the dataset (zfs rename) to a shorter name",
+                ));
+            }
             snapshots.push(VolumeSnapshot {
                 volume: volume.clone(),
-                id: snapshot_id(&volume.id, name),
+                id,
             });
         }
         Ok(SnapshotSet {
@@ -344,12 +359,11 @@ impl SnapshotBackend for Zfs {
         for snap in &set.snapshots {
             let dataset = dataset_of_snapshot(&snap.id, &set.name)?;
             let same_pool = calls
-                .last()
-                .and_then(|c| c.first())
-                .is_some_and(|first| pool_of(first) == pool_of(dataset));
-            match calls.last_mut() {
-                Some(call) if multi && same_pool => call.push(&snap.id),
-                _ => calls.push(vec![&snap.id]),
+                .iter_mut()
+                .find(|call| multi && pool_of(call[0]) == pool_of(dataset));
+            match same_pool {
+                Some(call) => call.push(&snap.id),
+                None => calls.push(vec![&snap.id]),
             }
         }
         for call in calls {
@@ -578,6 +592,12 @@ mod tests {
         assert_eq!(ids, ["tank/data@dbsnap-t1", "tank/binlog@dbsnap-t1"]);
         assert!(zfs.plan(&[volume("-R")], &name()).is_err());
         assert!(zfs.plan(&[volume("tank/a@b")], &name()).is_err());
+        // Legal, but no room left for `@dbsnap-t1`: refused before any lock, as unsupported.
+        let long = format!("tank/{}", "x".repeat(MAX_NAME_LEN - 8));
+        assert!(validate_dataset(&long).is_ok());
+        let err = zfs.plan(&[volume(&long)], &name()).unwrap_err();
+        assert!(matches!(err, BackendError::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains("too long"), "{err}");
     }
 
     #[test]

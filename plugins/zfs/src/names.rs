@@ -8,7 +8,7 @@
 use dbsnap_backend_api::{BackendError, Result, SnapshotName};
 
 /// ZFS's own limit (`ZFS_MAX_DATASET_NAME_LEN` is 256 including the terminating NUL).
-const MAX_NAME_LEN: usize = 255;
+pub(crate) const MAX_NAME_LEN: usize = 255;
 
 /// Check a dataset (filesystem) name: `pool[/component]*`, each component non-empty and
 /// made of the characters ZFS allows (`A-Z a-z 0-9 _ - . : space`), the pool starting
@@ -39,9 +39,9 @@ pub fn validate_dataset(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The pool a dataset belongs to: its first component.
-pub fn pool_of(dataset: &str) -> &str {
-    dataset.split('/').next().unwrap_or(dataset)
+/// The pool a dataset or snapshot belongs to: its name up to the first `/` or `@`.
+pub fn pool_of(name: &str) -> &str {
+    name.split(['/', '@']).next().unwrap_or(name)
 }
 
 /// `dataset@name`: the snapshot dbsnap takes of `dataset` for the set `name`.
@@ -148,5 +148,7 @@ mod tests {
         assert_eq!(clone_id("tank", &name()), "tank/dbsnap-20261125T220000Z");
         assert_eq!(pool_of("tank/mysql/data"), "tank");
         assert_eq!(pool_of("tank"), "tank");
+        assert_eq!(pool_of("tank@dbsnap-x"), "tank");
+        assert_eq!(pool_of("tank/a@dbsnap-x"), "tank");
     }
 }

@@ -75,51 +75,54 @@ fn unexpected(command: &str, line: &str) -> BackendError {
 mod tests {
     use super::*;
 
-    /// Recorded from zfs-fuse 0.7.0 (Debian 12): a dataset and one of our snapshots.
-    const ZFS_FUSE_GET: &str = "\
-dbsx/data\tdbsnap:run\t-
-dbsx/data\tuserrefs\t-
-dbsx/data\ttype\tfilesystem
-dbsx/data\tmountpoint\t/tmp/zfsx/mnt/data
-dbsx/data@dbsnap-a\tdbsnap:run\tdbsnap-a
-dbsx/data@dbsnap-a\tuserrefs\t0
-dbsx/data@dbsnap-a\ttype\tsnapshot
-dbsx/data@dbsnap-a\tmountpoint\t-
-";
+    // Recorded with the commands the backend runs (see tests/openzfs_guest.rs for the
+    // OpenZFS side): a dataset and one of our snapshots, held.
+    const ZFS_FUSE_GET: &str = include_str!("../tests/fixtures/zfs-fuse-0.7.0-get.txt");
+    const OPENZFS_GET: &str = include_str!("../tests/fixtures/openzfs-2.1.11-get.txt");
+    const ZFS_FUSE_LIST: &str = include_str!("../tests/fixtures/zfs-fuse-0.7.0-list.txt");
+    const OPENZFS_LIST: &str = include_str!("../tests/fixtures/openzfs-2.1.11-list.txt");
 
-    /// OpenZFS 2.1.11 prints the same columns; numbers are raw with -p (a full guid, an
-    /// epoch creation time) and a mountpoint may contain spaces.
-    const OPENZFS_GET: &str = "\
-tank/mysql data\ttype\tfilesystem
-tank/mysql data\tmountpoint\t/srv/my sql
-tank/mysql data\tcreation\t1764108000
-tank/mysql data\tguid\t4431958275935629577
-tank/a@dbsnap-x\tdbsnap:run\tdbsnap-x
-tank/a@dbsnap-x\tuserrefs\t1
-tank/clone\torigin\ttank/a@dbsnap-x
-";
+    fn check_get(text: &str, dataset: &str, snapshot: &str, mountpoint: &str) {
+        let got = parse_get(text).unwrap();
+        assert_eq!(got.len(), 2);
+        let (name, fs) = &got[0];
+        assert_eq!(name, dataset);
+        assert_eq!(fs["type"], "filesystem");
+        assert_eq!(fs["mountpoint"], mountpoint);
+        assert_eq!(fs["dbsnap:run"], "-");
+        let (name, snap) = &got[1];
+        assert_eq!(name, snapshot);
+        assert_eq!(snap["type"], "snapshot");
+        assert_eq!(snap["dbsnap:run"], snapshot.split_once('@').unwrap().1);
+        assert_eq!(snap["userrefs"], "1");
+        assert!(snap["createtxg"].parse::<u64>().is_ok());
+    }
 
     #[test]
     fn parses_zfs_fuse_get() {
-        let got = parse_get(ZFS_FUSE_GET).unwrap();
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0].0, "dbsx/data");
-        assert_eq!(got[0].1["dbsnap:run"], "-");
-        assert_eq!(got[0].1["mountpoint"], "/tmp/zfsx/mnt/data");
-        assert_eq!(got[1].0, "dbsx/data@dbsnap-a");
-        assert_eq!(got[1].1["dbsnap:run"], "dbsnap-a");
-        assert_eq!(got[1].1["userrefs"], "0");
+        check_get(
+            ZFS_FUSE_GET,
+            "dbsr/db",
+            "dbsr/db@dbsnap-a",
+            "/tmp/zfsx/rmnt/db",
+        );
     }
 
     #[test]
     fn parses_openzfs_get() {
-        let got = parse_get(OPENZFS_GET).unwrap();
-        assert_eq!(got.len(), 3);
-        assert_eq!(got[0].0, "tank/mysql data");
+        check_get(
+            OPENZFS_GET,
+            "ozfs1/db",
+            "ozfs1/db@dbsnap-oz1",
+            "/tmp/.tmpJloreP/mnt/db",
+        );
+    }
+
+    #[test]
+    fn keeps_spaces_in_values_and_names() {
+        let got = parse_get("tank/my sql\tmountpoint\t/srv/my sql\n").unwrap();
+        assert_eq!(got[0].0, "tank/my sql");
         assert_eq!(got[0].1["mountpoint"], "/srv/my sql");
-        assert_eq!(got[0].1["guid"], "4431958275935629577");
-        assert_eq!(got[1].1["userrefs"], "1");
-        assert_eq!(got[2].1["origin"], "tank/a@dbsnap-x");
     }
 
     #[test]
@@ -129,22 +132,35 @@ tank/clone\torigin\ttank/a@dbsnap-x
     }
 
     #[test]
-    fn parses_snapshot_lists_of_both_implementations() {
-        // zfs-fuse 0.7.0, recorded; OpenZFS prints the same two tab-separated columns.
-        let text =
-            "dbsx/data@dbsnap-a\tdbsnap-a\ndbsx/data@manual\t-\ntank/b c@dbsnap-x\tdbsnap-x\n";
-        let got = parse_snapshot_list(text).unwrap();
+    fn parses_zfs_fuse_snapshot_list() {
+        let got = parse_snapshot_list(ZFS_FUSE_LIST).unwrap();
         assert_eq!(got.len(), 3);
         assert_eq!(
             got[0],
             SnapshotLine {
-                dataset: "dbsx/data".into(),
+                dataset: "dbsr/db".into(),
                 snapshot: "dbsnap-a".into(),
                 value: "dbsnap-a".into()
             }
         );
-        assert_eq!(got[1].value, "-");
-        assert_eq!(got[2].dataset, "tank/b c");
+        assert_eq!(
+            (got[1].snapshot.as_str(), got[1].value.as_str()),
+            ("manual", "-")
+        );
+        assert_eq!(got[2].dataset, "dbsr/db/binlog");
+    }
+
+    #[test]
+    fn parses_openzfs_snapshot_list() {
+        let got = parse_snapshot_list(OPENZFS_LIST).unwrap();
+        let datasets: Vec<&str> = got.iter().map(|l| l.dataset.as_str()).collect();
+        assert_eq!(
+            datasets,
+            ["ozfs1/db", "ozfs1/db/binlog", "ozfs1/leg", "ozfs1/redo"]
+        );
+        assert!(got
+            .iter()
+            .all(|l| l.snapshot == "dbsnap-oz1" && l.value == "dbsnap-oz1"));
         assert!(parse_snapshot_list("tank/a\t-\n").is_err());
     }
 }

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dbsnap_backend_api::{SnapshotBackend, SnapshotName};
 use dbsnap_test_support::guest::{self, Guest};
@@ -31,6 +31,31 @@ const MODULES: [&str; 9] = [
 
 #[test]
 fn openzfs_guest_suite() {
+    let template = tempfile::tempdir().unwrap();
+    let datadir = template.path().join("datadir");
+    dbsnap_test_support::mariadb::install(&datadir);
+    let filter = std::env::var("DBSNAP_GUEST_TESTS").unwrap_or_else(|_| "in_guest_".into());
+    let mut guest = Guest::new("openzfs")
+        .env(ENV_DATADIR, &datadir.to_string_lossy())
+        .memory_mib(2048);
+    if std::env::var_os("DBSNAP_GUEST_NATIVE").is_some() {
+        // A throw-away machine (vagrant/) runs its own OpenZFS, installed from packages.
+        guest = guest.module("zfs");
+    } else {
+        guest = guest.env(ENV_OPENZFS, &build_openzfs());
+    }
+    let run = guest.run_this_binary(&["--include-ignored", &filter]);
+    println!(
+        "MEASURE OpenZFS guest suite: {:.1} s wall (job started at {:?} s uptime)",
+        run.wall.as_secs_f64(),
+        run.boot_seconds
+    );
+    run.assert_success();
+}
+
+/// Run tests/guest/zfs-openzfs-build.sh (cached after the first run); returns its output
+/// directory.
+fn build_openzfs() -> String {
     let started = Instant::now();
     let script = guest::guest_files().join("zfs-openzfs-build.sh");
     let out = Command::new(&script)
@@ -43,25 +68,11 @@ fn openzfs_guest_suite() {
         script.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let openzfs = String::from_utf8_lossy(&out.stdout).trim().to_string();
     println!(
         "MEASURE OpenZFS build (or cache hit): {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let template = tempfile::tempdir().unwrap();
-    let datadir = template.path().join("datadir");
-    dbsnap_test_support::mariadb::install(&datadir);
-    let run = Guest::new("openzfs")
-        .env(ENV_OPENZFS, &openzfs)
-        .env(ENV_DATADIR, &datadir.to_string_lossy())
-        .memory_mib(2048)
-        .run_this_binary(&["--include-ignored", "in_guest_"]);
-    println!(
-        "MEASURE OpenZFS guest suite: {:.1} s wall (boot {:?} s)",
-        run.wall.as_secs_f64(),
-        run.boot_seconds
-    );
-    run.assert_success();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn sh(program: &str, args: &[&str]) -> String {
@@ -78,51 +89,100 @@ fn sh(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Install OpenZFS into the guest once, then make a pool on a file in a tmpfs; returns
-/// the pool's name and where its root dataset is mounted.
-fn openzfs_pool(name: &str) -> (String, PathBuf) {
-    guest::require_guest();
-    let dir = PathBuf::from(std::env::var(ENV_OPENZFS).expect("DBSNAP_OPENZFS_DIR"));
-    if !Path::new("/sys/module/zfs").exists() {
-        let t = Instant::now();
-        // The overlay root is throw-away guest RAM: the host's zfs-fuse binaries are
-        // shadowed only here.
-        sh("cp", &["-a", &format!("{}/root/.", dir.display()), "/"]);
-        for m in MODULES {
-            sh(
-                "insmod",
-                &[&dir.join("ko").join(format!("{m}.ko")).to_string_lossy()],
-            );
-        }
-        println!(
-            "MEASURE OpenZFS userland + insmod in guest: {:.1} s",
-            t.elapsed().as_secs_f64()
-        );
-    }
-    let files = Path::new("/zfs-files");
-    if !files.exists() {
-        std::fs::create_dir(files).unwrap();
+/// A pool on a file in a tmpfs of its own, under a temporary directory. Dropping it
+/// destroys the pool and unmounts the tmpfs.
+struct Pool {
+    name: String,
+    /// Where the pool's root dataset is mounted.
+    root: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Pool {
+    /// Install OpenZFS into the guest (once), then make the pool.
+    fn create(name: &str) -> Pool {
+        guest::require_guest();
+        install_openzfs();
+        let dir = tempfile::tempdir().unwrap();
+        let files = dir.path().join("files");
+        std::fs::create_dir(&files).unwrap();
         sh(
             "mount",
-            &["-t", "tmpfs", "-o", "size=1200m", "zfs-files", "/zfs-files"],
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=600m",
+                "zfs-files",
+                &files.to_string_lossy(),
+            ],
         );
+        let image = files.join(format!("{name}.img"));
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(384 << 20))
+            .unwrap();
+        let root = dir.path().join("mnt");
+        sh(
+            "zpool",
+            &[
+                "create",
+                "-m",
+                &root.to_string_lossy(),
+                name,
+                &image.to_string_lossy(),
+            ],
+        );
+        Pool {
+            name: name.to_string(),
+            root,
+            dir,
+        }
     }
-    let image = files.join(format!("{name}.img"));
-    std::fs::File::create(&image)
-        .and_then(|f| f.set_len(384 << 20))
-        .unwrap();
-    let root = PathBuf::from("/pools").join(name);
-    sh(
-        "zpool",
-        &[
-            "create",
-            "-m",
-            &root.to_string_lossy(),
-            name,
-            &image.to_string_lossy(),
-        ],
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = Command::new("zpool")
+            .args(["destroy", "-f", &self.name])
+            .status();
+        let _ = Command::new("umount")
+            .arg(self.dir.path().join("files"))
+            .status();
+    }
+}
+
+/// In the TCG guest: copy the userland into the throw-away overlay root (shadowing the
+/// host's zfs-fuse commands only there) and insmod the modules. On a native machine the
+/// harness has already loaded its own OpenZFS.
+fn install_openzfs() {
+    let Ok(dir) = std::env::var(ENV_OPENZFS) else {
+        assert!(
+            Path::new("/sys/module/zfs").exists(),
+            "no OpenZFS kernel module on this machine"
+        );
+        return;
+    };
+    if Path::new("/sys/module/zfs").exists() {
+        return;
+    }
+    let t = Instant::now();
+    sh("cp", &["-a", &format!("{dir}/root/."), "/"]);
+    for m in MODULES {
+        sh("insmod", &[&format!("{dir}/ko/{m}.ko")]);
+    }
+    println!(
+        "MEASURE OpenZFS userland + insmod in guest: {:.1} s",
+        t.elapsed().as_secs_f64()
     );
-    (name.to_string(), root)
+    // Recorded output for the parser's unit tests (src/output.rs).
+    println!("RECORD zfs version:\n{}", sh("zfs", &["version"]));
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    sh(
+        "cp",
+        &["-a", &from.to_string_lossy(), &to.to_string_lossy()],
+    );
 }
 
 fn prop(name: &str, property: &str) -> String {
@@ -142,20 +202,24 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 #[test]
 #[ignore = "runs inside the TCG guest, started by openzfs_guest_suite"]
 fn in_guest_atomic_snapshot_snapdir_holds_release() {
-    let (p, root) = openzfs_pool("ozfs1");
+    let pool = Pool::create("ozfs1");
+    let (p, root) = (pool.name.clone(), pool.root.clone());
     for ds in ["db", "db/binlog", "redo", "leg"] {
         sh("zfs", &["create", &format!("{p}/{ds}")]);
     }
     // A legacy mountpoint: only the mount table knows where it is.
     sh("zfs", &["set", "mountpoint=legacy", &format!("{p}/leg")]);
-    let legacy = PathBuf::from("/legacy-undo");
+    let legacy = pool.dir.path().join("legacy-undo");
     std::fs::create_dir_all(&legacy).unwrap();
-    sh("mount", &["-t", "zfs", &format!("{p}/leg"), "/legacy-undo"]);
+    sh(
+        "mount",
+        &["-t", "zfs", &format!("{p}/leg"), &legacy.to_string_lossy()],
+    );
     let (datadir, redo) = (root.join("db"), root.join("redo"));
     std::fs::write(datadir.join("t1.ibd"), "v1").unwrap();
     std::fs::write(datadir.join("binlog/b.000001"), "log1").unwrap();
     std::fs::write(legacy.join("undo001"), "undo1").unwrap();
-    let workdir = PathBuf::from("/work1");
+    let workdir = pool.dir.path().join("work");
     std::fs::create_dir_all(&workdir).unwrap();
 
     let backend = Zfs::new(ZfsConfig::default());
@@ -225,6 +289,47 @@ fn in_guest_atomic_snapshot_snapdir_holds_release() {
             "undo1"
         );
         assert!(std::fs::write(paths[0].frozen_root.join("x"), "x").is_err());
+        // Recorded output for the parser's unit tests (src/output.rs, tests/fixtures/).
+        let get = sh(
+            "zfs",
+            &[
+                "get",
+                "-H",
+                "-p",
+                "-o",
+                "name,property,value",
+                "type,mountpoint,dbsnap:run,userrefs,createtxg",
+                &volumes[0].id,
+                &set.snapshots[0].id,
+            ],
+        );
+        println!("RECORD zfs get:\n{get}");
+        let ids: Vec<&str> = volumes.iter().map(|v| v.id.as_str()).collect();
+        let mut args = vec![
+            "list",
+            "-H",
+            "-t",
+            "snapshot",
+            "-d",
+            "1",
+            "-o",
+            "name,dbsnap:run",
+        ];
+        args.extend(&ids);
+        println!("RECORD zfs list:\n{}", sh("zfs", &args));
+        let probe = Command::new("zfs")
+            .args([
+                "snapshot",
+                "dbsnap-capability-probe",
+                "dbsnap-capability-probe",
+            ])
+            .output()
+            .unwrap();
+        println!(
+            "RECORD capability probe: {} {}",
+            probe.status,
+            String::from_utf8_lossy(&probe.stderr)
+        );
         let holds = sh("zfs", &["holds", "-H", &set.snapshots[0].id]);
         assert!(holds.contains("\tdbsnap\t"), "{holds}");
         assert_eq!(backend.list(&volumes).await.unwrap().len(), 1);
@@ -264,14 +369,14 @@ fn in_guest_atomic_snapshot_snapdir_holds_release() {
         let left = sh("zfs", &["list", "-H", "-t", "all", "-o", "name", "-r", &p]);
         assert!(!left.contains("dbsnap-"), "left behind: {left}");
     });
-    sh("umount", &["/legacy-undo"]);
-    sh("zpool", &["destroy", &p]);
+    sh("umount", &[&legacy.to_string_lossy()]);
 }
 
 #[test]
 #[ignore = "runs inside the TCG guest, started by openzfs_guest_suite"]
 fn in_guest_mariadb_on_openzfs() {
-    let (p, root) = openzfs_pool("ozfs2");
+    let pool = Pool::create("ozfs2");
+    let (p, root) = (pool.name.clone(), pool.root.clone());
     sh(
         "zfs",
         &["create", "-o", "recordsize=16k", &format!("{p}/mysql")],
@@ -283,7 +388,7 @@ fn in_guest_mariadb_on_openzfs() {
         "cp",
         &["-a", &format!("{template}/."), &datadir.to_string_lossy()],
     );
-    let mut options = ServerOptions::new(&datadir, Path::new("/run/mysqld/oz1"));
+    let mut options = ServerOptions::new(&datadir, &pool.dir.path().join("run1"));
     options.log_bin = Some(binlog.join("binlog"));
     let server = MariaDb::start_existing(options);
     server.sql(
@@ -291,7 +396,7 @@ fn in_guest_mariadb_on_openzfs() {
          ENGINE=InnoDB; INSERT INTO t.a (v) SELECT CONCAT('r', seq) FROM t.seq_1_to_1000",
     );
     let backend = Zfs::new(ZfsConfig::default());
-    let workdir = PathBuf::from("/work2");
+    let workdir = pool.dir.path().join("work");
     std::fs::create_dir_all(&workdir).unwrap();
     block_on(async {
         let volumes = backend
@@ -312,23 +417,13 @@ fn in_guest_mariadb_on_openzfs() {
         );
         server.sql("INSERT INTO t.a (v) VALUES ('after')");
         let paths = backend.mount(&set, &workdir).await.unwrap();
-        let copy = PathBuf::from("/copy");
+        let copy = pool.dir.path().join("copy");
         std::fs::create_dir_all(&copy).unwrap();
-        sh(
-            "cp",
-            &["-a", &paths[0].frozen_root.to_string_lossy(), "/copy/mysql"],
-        );
-        sh(
-            "cp",
-            &[
-                "-a",
-                &paths[1].frozen_root.to_string_lossy(),
-                "/copy/binlog",
-            ],
-        );
+        copy_tree(&paths[0].frozen_root, &copy.join("mysql"));
+        copy_tree(&paths[1].frozen_root, &copy.join("binlog"));
         backend.unmount(&set, &workdir).await.unwrap();
         backend.release(&set).await.unwrap();
-        let mut options = ServerOptions::new(&copy.join("mysql"), Path::new("/run/mysqld/oz2"));
+        let mut options = ServerOptions::new(&copy.join("mysql"), &pool.dir.path().join("run2"));
         options.log_bin = Some(copy.join("binlog/binlog"));
         options.server_id = 2;
         let restored = MariaDb::start_existing(options);
@@ -337,7 +432,4 @@ fn in_guest_mariadb_on_openzfs() {
         restored.stop();
     });
     server.stop();
-    // Give ZFS a moment to release the datasets the server just closed.
-    std::thread::sleep(Duration::from_millis(200));
-    sh("zpool", &["destroy", &p]);
 }

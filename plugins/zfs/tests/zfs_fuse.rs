@@ -287,3 +287,32 @@ fn list_and_cleanup_touch_only_ours() {
         assert!(!exists(&zfs, &format!("{p}/db@dbsnap-sd")));
     });
 }
+
+#[test]
+fn a_pool_root_dataset_works_too() {
+    let Some(mut zfs) = ZfsFuse::enter("a_pool_root_dataset_works_too") else {
+        return;
+    };
+    let pool = zfs.create_pool("dbsnapr");
+    let root = zfs.mount_root(&pool);
+    write(&root.join("ibdata1"), "v1");
+    let workdir = zfs.dir().join("work");
+    std::fs::create_dir(&workdir).unwrap();
+    let backend = Zfs::new(ZfsConfig::default());
+    block_on(async {
+        let volumes = backend.probe(std::slice::from_ref(&root)).await.unwrap();
+        assert_eq!(volumes[0].id, pool);
+        let set = backend.plan(&volumes, &name("dbsnap-root")).unwrap();
+        backend.snapshot(&set).await.unwrap();
+        write(&root.join("ibdata1"), "v2");
+        let paths = backend.mount(&set, &workdir).await.unwrap();
+        // The clone of a pool's root dataset is its child `<pool>/<name>`.
+        assert!(exists(&zfs, &format!("{pool}/dbsnap-root")));
+        assert_eq!(read(&paths[0].frozen_root.join("ibdata1")), "v1");
+        assert_eq!(backend.health(&set).await.unwrap(), Health::Ok);
+        backend.unmount(&set, &workdir).await.unwrap();
+        backend.release(&set).await.unwrap();
+        assert!(!exists(&zfs, &format!("{pool}/dbsnap-root")));
+        assert!(!exists(&zfs, &format!("{pool}@dbsnap-root")));
+    });
+}

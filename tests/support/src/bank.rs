@@ -23,6 +23,7 @@ pub fn create(db: &MariaDb) {
          CREATE TABLE bank.accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB;
          CREATE TABLE bank.transfers (client INT NOT NULL, seq INT NOT NULL, src INT NOT NULL,
              dst INT NOT NULL, amount INT NOT NULL, PRIMARY KEY (client, seq)) ENGINE=InnoDB;
+         CREATE TABLE bank.audit (client INT NOT NULL, seq INT NOT NULL, PRIMARY KEY (client, seq)) ENGINE=MyISAM;
          INSERT INTO bank.accounts SELECT seq, {INITIAL_BALANCE} FROM bank.seq_1_to_{ACCOUNTS};"
     ));
 }
@@ -44,6 +45,8 @@ pub struct Commit {
     pub seq: u32,
     pub began: SystemTime,
     pub acked: SystemTime,
+    /// When the MyISAM audit row for this transfer was acknowledged (audit writers only).
+    pub audit_acked: Option<SystemTime>,
 }
 
 impl Commit {
@@ -60,6 +63,16 @@ pub struct Writers {
 
 impl Writers {
     pub fn start(socket: &Path, clients: u32) -> Writers {
+        Writers::spawn(socket, clients, false)
+    }
+
+    /// Writers that also record every transfer in the MyISAM `bank.audit` table after
+    /// the commit: a copy must hold the audit rows too, and the table must check clean.
+    pub fn start_with_audit(socket: &Path, clients: u32) -> Writers {
+        Writers::spawn(socket, clients, true)
+    }
+
+    fn spawn(socket: &Path, clients: u32, audit: bool) -> Writers {
         let stop = Arc::new(AtomicBool::new(false));
         let socket = socket.to_path_buf();
         let flag = stop.clone();
@@ -70,7 +83,7 @@ impl Writers {
                 .unwrap();
             rt.block_on(async move {
                 let tasks: Vec<_> = (0..clients)
-                    .map(|client| tokio::spawn(writer(socket.clone(), client, flag.clone())))
+                    .map(|client| tokio::spawn(writer(socket.clone(), client, audit, flag.clone())))
                     .collect();
                 let mut all = Vec::new();
                 for t in tasks {
@@ -102,13 +115,21 @@ impl Drop for Writers {
     }
 }
 
-async fn writer(socket: PathBuf, client: u32, stop: Arc<AtomicBool>) -> Vec<Commit> {
+async fn writer(socket: PathBuf, client: u32, audit: bool, stop: Arc<AtomicBool>) -> Vec<Commit> {
     let opts = mysql_async::OptsBuilder::default()
         .socket(Some(socket.display().to_string()))
         .user(Some("root"));
     let mut conn = mysql_async::Conn::new(opts).await.expect("writer connects");
     let mut commits = Vec::new();
-    let mut seq = 0u32;
+    // Continue after the transfers of earlier runs against the same server.
+    let mut seq: u32 = conn
+        .exec_first(
+            "SELECT COALESCE(MAX(seq), 0) FROM bank.transfers WHERE client = ?",
+            (client,),
+        )
+        .await
+        .expect("reading the last transfer")
+        .unwrap_or(0);
     let mut state = client as u64 * 7919 + 1;
     while !stop.load(Ordering::SeqCst) {
         seq += 1;
@@ -141,12 +162,27 @@ async fn writer(socket: PathBuf, client: u32, stop: Arc<AtomicBool>) -> Vec<Comm
         }
         .await;
         match result {
-            Ok(()) => commits.push(Commit {
-                client,
-                seq,
-                began,
-                acked: SystemTime::now(),
-            }),
+            Ok(()) => {
+                let acked = SystemTime::now();
+                let audit_acked = if audit {
+                    conn.exec_drop(
+                        "INSERT INTO bank.audit (client, seq) VALUES (?, ?)",
+                        (client, seq),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("audit writer {client} failed: {e}"));
+                    Some(SystemTime::now())
+                } else {
+                    None
+                };
+                commits.push(Commit {
+                    client,
+                    seq,
+                    began,
+                    acked,
+                    audit_acked,
+                });
+            }
             // Deadlocks between transfers are expected; the transfer simply did not happen.
             Err(mysql_async::Error::Server(e)) if e.code == 1213 || e.code == 1205 => {}
             Err(e) => panic!("writer {client} failed: {e}"),
@@ -171,7 +207,7 @@ pub fn assert_consistent(
     acquired: SystemTime,
     released: SystemTime,
 ) -> Verdict {
-    for table in ["bank.accounts", "bank.transfers"] {
+    for table in ["bank.accounts", "bank.transfers", "bank.audit"] {
         let check = copy.sql(&format!("CHECK TABLE {table}"));
         assert!(
             check.lines().all(|l| l.ends_with("OK")),
@@ -208,6 +244,30 @@ pub fn assert_consistent(
         assert!(
             !present.contains(&(c.client, c.seq)),
             "transfer {c:?} began after the unlock but is in the copy"
+        );
+    }
+    let audited: HashSet<(u32, u32)> = copy
+        .sql("SELECT client, seq FROM bank.audit")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (c, s) = l.split_once('\t').unwrap();
+            (c.parse().unwrap(), s.parse().unwrap())
+        })
+        .collect();
+    for c in commits
+        .iter()
+        .filter(|c| c.audit_acked.is_some_and(|t| t < acquired))
+    {
+        assert!(
+            audited.contains(&(c.client, c.seq)),
+            "audit row {c:?} (MyISAM) was acknowledged before the lock but is missing"
+        );
+    }
+    for c in &after {
+        assert!(
+            !audited.contains(&(c.client, c.seq)),
+            "audit row {c:?} began after the unlock but is in the copy"
         );
     }
     assert!(
