@@ -347,3 +347,38 @@ fn sigkill_during_verification_then_cleanup_stops_the_throwaway_server() {
     // The backup itself was not touched: it still verifies.
     assert!(sb.dbsnap(&["verify", &name]).status.success());
 }
+
+#[test]
+fn inexact_coordinates_verify_and_restore_offers_only_safe_positions() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    // `--lock none` needs InnoDB only.
+    sb.server.sql(
+        "DROP TABLE bank.audit; CREATE TABLE bank.audit (client INT NOT NULL, seq INT NOT NULL, \
+         PRIMARY KEY (client, seq)) ENGINE=InnoDB",
+    );
+    let writers = Writers::start(&sb.server.socket, 8);
+    let out = sb.dbsnap(&["backup", "--json", "--lock", "none"]);
+    writers.stop();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest = stdout_json(&out);
+    assert_eq!(manifest["coordinates"]["exact"], false);
+    let backup = PathBuf::from(manifest["path"].as_str().unwrap());
+
+    // Coordinates read after the snapshot may be ahead of the copy: not a failure.
+    let out = sb.dbsnap(&["verify", backup.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = stdout_json(&out);
+    assert_eq!(v["verdict"], "passed", "{v}");
+    assert!(!v["recovered_gtid_binlog_pos"].as_str().unwrap().is_empty());
+
+    let target = sb.dir.path().join("restored");
+    let out = restore(&sb, &backup, &target, &["--json"]);
+    let r = &stdout_json(&out)["replication"];
+    assert!(r["file_position"].is_null(), "{r}");
+    assert!(r["gtid"].as_str().unwrap().contains("current_pos"), "{r}");
+    assert!(
+        r["note"].as_str().unwrap().contains("after the snapshot"),
+        "{r}"
+    );
+}
