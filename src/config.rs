@@ -99,6 +99,14 @@ pub struct BackupConfig {
     /// Verify every backup right after it is taken (`dbsnap verify`).
     #[serde(default)]
     pub verify: bool,
+    /// Build each backup from the previous one (reflinks or hard links), writing only
+    /// what changed. The previous backup is never modified.
+    #[serde(default = "default_incremental")]
+    pub incremental: bool,
+}
+
+fn default_incremental() -> bool {
+    true
 }
 
 fn default_state_dir() -> PathBuf {

@@ -32,6 +32,7 @@ use crate::journal::{Journal, Resource};
 use crate::kept::KeptSnapshot;
 use crate::manifest::{Manifest, ServerRecord, SnapshotRecord, VolumeRecord, FORMAT};
 use crate::progress::Progress;
+use crate::transfer::incremental::{self, Basis};
 use crate::transfer::{self, CopyItem};
 
 /// Everything learned before the lock, without taking it.
@@ -376,20 +377,31 @@ pub async fn backup(
         },
     )?;
     std::fs::create_dir(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let basis = match config.backup()?.incremental {
+        true => incremental::prepare(dest, &partial, &pre.layout.datadir).await?,
+        false => Basis::Full,
+    };
+    if let Some(base) = basis.base() {
+        tracing::info!("incremental copy from backup {base} ({})", basis.method());
+    }
     for item in &items {
         std::fs::create_dir_all(&item.to)
             .with_context(|| format!("creating {}", item.to.display()))?;
     }
+    let link_dest = basis.link_dest(&items, &partial);
     let progress = Progress::new(pre.data_bytes);
     let report_progress = |bytes| progress.set(bytes);
-    let stats = tokio::select! {
-        stats = transfer::copy(&items, config.backup()?.bwlimit, &report_progress) => stats?,
+    let mut stats = tokio::select! {
+        stats = transfer::copy(&items, basis.writes(), link_dest.as_deref(), config.backup()?.bwlimit, &report_progress) => stats?,
         failure = watch_snapshot(config, backend, &set, &pre.volumes) => return Err(failure),
     };
+    stats.method = basis.method().into();
+    stats.base = basis.base();
     progress.finish();
     tracing::info!(
-        "copied {} in {} files in {:.1} s",
+        "copied {} ({} written) in {} files in {:.1} s",
         ByteSize::b(stats.bytes).display().iec(),
+        ByteSize::b(stats.bytes_written).display().iec(),
         stats.files,
         stats.duration_ms as f64 / 1000.0
     );

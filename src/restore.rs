@@ -137,7 +137,7 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
     }
     let progress = Progress::new(manifest.transfer.bytes);
     let report = |bytes| progress.set(bytes);
-    let stats = transfer::copy(&items, None, &report).await?;
+    let stats = transfer::copy(&items, transfer::rsync::Writes::Whole, None, None, &report).await?;
     progress.finish();
 
     // Point the copy at itself.

@@ -43,6 +43,7 @@ volumes = []
 [transfer]
 method = "rsync"
 bytes = 1
+bytes_written = 1
 files = 1
 duration_ms = 1
 {verification}"#

@@ -1,5 +1,6 @@
 //! Copying frozen files to the destination.
 
+pub mod incremental;
 pub mod rsync;
 
 pub use rsync::{copy, CopyItem, TransferStats};

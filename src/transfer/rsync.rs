@@ -1,7 +1,7 @@
 //! The rsync driver: one `rsync` per directory, argv only, with progress parsed from
 //! `--info=progress2` and totals from `--stats`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -21,18 +21,37 @@ pub struct CopyItem {
     pub exclude: Vec<PathBuf>,
 }
 
+/// How the copy is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// New files (a fresh or hard-link-seeded destination).
+    Whole,
+    /// Changed blocks rewritten in place (a reflink-seeded destination).
+    InPlace,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TransferStats {
+    /// `rsync`, `rsync+reflink` or `rsync+link-dest`.
     pub method: String,
+    /// The previous backup this one was built from, if any.
+    pub base: Option<String>,
+    /// Size of the files that were new or changed.
     pub bytes: u64,
+    /// Bytes actually written (changed blocks only, for in-place updates).
+    pub bytes_written: u64,
     pub files: u64,
     pub duration_ms: u64,
 }
 
 /// Run rsync for every item in turn. `progress` is called with the bytes copied so far
 /// across all items.
+/// `link_dest`, when given, is the previous backup's copy of each item (same order):
+/// unchanged files become hard links to it.
 pub async fn copy(
     items: &[CopyItem],
+    writes: Writes,
+    link_dest: Option<&[PathBuf]>,
     bwlimit: Option<bytesize::ByteSize>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<TransferStats> {
@@ -41,19 +60,30 @@ pub async fn copy(
         method: "rsync".into(),
         ..Default::default()
     };
-    for item in items {
-        let done_before = total.bytes;
-        let stats = run_one(item, bwlimit, &|b| progress(done_before + b)).await?;
+    let mut done = 0;
+    for (i, item) in items.iter().enumerate() {
+        let args = argv(item, writes, link_dest.map(|l| l[i].as_path()), bwlimit);
+        let done_before = done;
+        let stats = run_one(item, args, &|b| progress(done_before + b)).await?;
+        done += stats.bytes.max(stats.bytes_written);
         total.bytes += stats.bytes;
+        total.bytes_written += stats.bytes_written;
         total.files += stats.files;
     }
     total.duration_ms = started.elapsed().as_millis() as u64;
     Ok(total)
 }
 
-fn argv(item: &CopyItem, bwlimit: Option<bytesize::ByteSize>) -> Vec<String> {
+fn argv(
+    item: &CopyItem,
+    writes: Writes,
+    link_dest: Option<&Path>,
+    bwlimit: Option<bytesize::ByteSize>,
+) -> Vec<String> {
     let mut args: Vec<String> = [
         "--archive",
+        // A seeded destination holds files the server has since deleted (a dropped table).
+        "--delete",
         "--hard-links",
         "--numeric-ids",
         "--sparse",
@@ -64,6 +94,14 @@ fn argv(item: &CopyItem, bwlimit: Option<bytesize::ByteSize>) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec();
+    match writes {
+        Writes::Whole => {}
+        // Local copies default to whole files; the delta algorithm finds unchanged blocks.
+        Writes::InPlace => args.extend(["--inplace".to_string(), "--no-whole-file".to_string()]),
+    }
+    if let Some(previous) = link_dest {
+        args.push(format!("--link-dest={}", previous.display()));
+    }
     if let Some(limit) = bwlimit {
         args.push(format!("--bwlimit={}K", (limit.as_u64() / 1024).max(1)));
     }
@@ -78,10 +116,9 @@ fn argv(item: &CopyItem, bwlimit: Option<bytesize::ByteSize>) -> Vec<String> {
 
 async fn run_one(
     item: &CopyItem,
-    bwlimit: Option<bytesize::ByteSize>,
+    args: Vec<String>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<TransferStats> {
-    let args = argv(item, bwlimit);
     tracing::debug!(?args, "rsync");
     let mut command = Command::new("rsync");
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
@@ -211,10 +248,10 @@ fn parse_stats(out: &str) -> TransferStats {
             .unwrap_or(0)
     };
     TransferStats {
-        method: "rsync".into(),
         bytes: field("Total transferred file size:"),
+        bytes_written: field("Literal data:"),
         files: field("Number of regular files transferred:"),
-        duration_ms: 0,
+        ..Default::default()
     }
 }
 
@@ -245,9 +282,10 @@ mod tests {
     fn parses_stats() {
         let out = "\nNumber of files: 12 (reg: 10, dir: 2)\nNumber of created files: 11\n\
                    Number of regular files transferred: 10\nTotal file size: 79,691,776 bytes\n\
-                   Total transferred file size: 79,691,776 bytes\n";
+                   Total transferred file size: 79,691,776 bytes\nLiteral data: 1,234 bytes\n";
         let s = parse_stats(out);
         assert_eq!(s.bytes, 79_691_776);
+        assert_eq!(s.bytes_written, 1234);
         assert_eq!(s.files, 10);
     }
 
@@ -258,7 +296,21 @@ mod tests {
             to: "/b/n.partial/files/var/lib/mysql".into(),
             exclude: vec!["host.pid".into()],
         };
-        let a = argv(&item, Some(bytesize::ByteSize::mib(10)));
+        let a = argv(
+            &item,
+            Writes::Whole,
+            None,
+            Some(bytesize::ByteSize::mib(10)),
+        );
+        assert!(a.contains(&"--delete".to_string()) && !a.contains(&"--inplace".to_string()));
+        let b = argv(
+            &item,
+            Writes::InPlace,
+            Some(Path::new("/b/prev/files/x")),
+            None,
+        );
+        assert!(b.contains(&"--inplace".to_string()) && b.contains(&"--no-whole-file".to_string()));
+        assert!(b.contains(&"--link-dest=/b/prev/files/x".to_string()));
         assert!(a.contains(&"--bwlimit=10240K".to_string()));
         assert!(a.contains(&"--exclude=/host.pid".to_string()));
         assert_eq!(a[a.len() - 2], "/snap/x y/mysql/");
@@ -280,7 +332,9 @@ mod tests {
             to: to.clone(),
             exclude: vec!["x.pid".into()],
         };
-        let stats = copy(&[item], None, &|_| {}).await.unwrap();
+        let stats = copy(&[item], Writes::Whole, None, None, &|_| {})
+            .await
+            .unwrap();
         assert_eq!(stats.bytes, 100_000);
         assert_eq!(
             std::fs::read(to.join("a b; $(touch pwned) 'q'/f"))

@@ -159,6 +159,11 @@ pub fn time(v: &serde_json::Value) -> SystemTime {
 
 /// `dbsnap restore BACKUP --datadir TARGET` (plus `extra`), asserting it succeeds.
 pub fn restore(sb: &Sandbox, backup: &Path, target: &Path, extra: &[&str]) -> Output {
+    restore_with(&sb.config, backup, target, extra)
+}
+
+/// [`restore`] with any configuration file.
+pub fn restore_with(config: &Path, backup: &Path, target: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "restore",
         backup.to_str().unwrap(),
@@ -166,7 +171,7 @@ pub fn restore(sb: &Sandbox, backup: &Path, target: &Path, extra: &[&str]) -> Ou
         target.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let out = sb.dbsnap(&args);
+    let out = dbsnap_with(config, &args);
     assert!(out.status.success(), "restore failed: {}", stderr(&out));
     out
 }

@@ -3,6 +3,7 @@
 //! `tests/openzfs_guest.rs`). The caller brings the pool; this makes the datasets, the
 //! server, the config, and checks what a run leaves behind.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -124,7 +125,17 @@ impl ZfsSandbox {
     }
 
     pub fn dbsnap(&self, args: &[&str]) -> Output {
-        dbsnap_with(&self.config, args)
+        let out = dbsnap_with(&self.config, args);
+        // Once in the guest, dbsnap died of a signal with nothing in its log: say which,
+        // and what the kernel said (e.g. the OOM killer), next time it happens.
+        if let Some(signal) = out.status.signal() {
+            let kernel = Command::new("dmesg").output().map(|o| o.stdout);
+            let kernel = String::from_utf8_lossy(kernel.as_deref().unwrap_or_default());
+            let tail: Vec<&str> = kernel.lines().rev().take(30).collect();
+            eprintln!("dbsnap was killed by signal {signal}; kernel log, newest first:");
+            eprintln!("{}", tail.join("\n"));
+        }
+        out
     }
 
     /// Complete backups at the destination.

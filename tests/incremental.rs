@@ -1,0 +1,149 @@
+//! Incremental backups: each backup is built from the previous one and only what changed
+//! is written, the previous backup is never modified, and every backup restores on its own.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{restore, stderr, stdout_json, time, Sandbox};
+use dbsnap_test_support::bank::{self, Writers};
+use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
+
+/// Content checksums of every file under `dir`.
+fn checksums(dir: &Path) -> String {
+    let files: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().to_path_buf())
+        .collect();
+    let out = std::process::Command::new("sha256sum")
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn use_dest(sb: &Sandbox, dest: &Path, extra_backup: &str) {
+    std::fs::create_dir_all(dest).unwrap();
+    let config = std::fs::read_to_string(&sb.config).unwrap();
+    let start = config.find("[backup]").unwrap();
+    sb.write_raw_config(&format!(
+        "{}[backup]\ndest = {dest:?}\n{extra_backup}",
+        &config[..start]
+    ));
+}
+
+/// Take `n` backups under write load; after each, check that the earlier ones are
+/// unchanged. Returns the manifests.
+fn chain(sb: &Sandbox, n: usize) -> Vec<serde_json::Value> {
+    let mut manifests: Vec<serde_json::Value> = Vec::new();
+    let mut sums: Vec<String> = Vec::new();
+    for _ in 0..n {
+        let writers = Writers::start(&sb.server.socket, 4);
+        std::thread::sleep(Duration::from_millis(300));
+        let out = sb.dbsnap(&["backup", "--json"]);
+        let commits = writers.stop();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let manifest = stdout_json(&out);
+        for (m, before) in manifests.iter().zip(&sums) {
+            assert_eq!(
+                &checksums(Path::new(m["path"].as_str().unwrap())),
+                before,
+                "backup {} was modified",
+                m["name"]
+            );
+        }
+        sums.push(checksums(Path::new(manifest["path"].as_str().unwrap())));
+        let _ = commits;
+        manifests.push(manifest);
+        // Distinct names: backups are named by the second.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    manifests
+}
+
+fn restore_and_check(sb: &Sandbox, manifest: &serde_json::Value) {
+    let backup = PathBuf::from(manifest["path"].as_str().unwrap());
+    let name = manifest["name"].as_str().unwrap();
+    let restored = sb.dir.path().join(format!("restored-{name}"));
+    restore(sb, &backup, &restored, &[]);
+    let copy = MariaDb::start_existing(ServerOptions {
+        server_id: 2,
+        ..ServerOptions::new(&restored, &sb.dir.path().join(format!("run-{name}")))
+    });
+    for table in ["bank.accounts", "bank.transfers", "bank.filler"] {
+        let check = copy.sql(&format!("CHECK TABLE {table}"));
+        assert!(check.ends_with("OK"), "{check}");
+    }
+    let total: i64 = copy
+        .sql("SELECT SUM(balance) FROM bank.accounts")
+        .parse()
+        .unwrap();
+    assert_eq!(total, bank::ACCOUNTS * bank::INITIAL_BALANCE);
+    let _ = time(&manifest["lock"]["acquired_at"]);
+}
+
+#[test]
+fn reflink_chain_writes_only_changed_blocks() {
+    let sb = Sandbox::with_fs_size(1024);
+    bank::create(&sb.server);
+    bank::add_filler(&sb.server, 64);
+    // The destination on the same btrfs (outside the datadir) can reflink.
+    use_dest(&sb, &sb.fs.mountpoint.join("backups"), "");
+    let manifests = chain(&sb, 3);
+    assert_eq!(manifests[0]["transfer"]["method"], "rsync");
+    for pair in manifests.windows(2) {
+        let (previous, m) = (&pair[0], &pair[1]);
+        assert_eq!(m["transfer"]["method"], "rsync+reflink");
+        assert_eq!(m["transfer"]["base"], previous["name"]);
+        let written = m["transfer"]["bytes_written"].as_u64().unwrap();
+        let full = manifests[0]["transfer"]["bytes_written"].as_u64().unwrap();
+        eprintln!(
+            "incremental {} wrote {written} bytes; the full copy wrote {full}",
+            m["name"]
+        );
+        assert!(
+            written < full / 2,
+            "an incremental wrote {written} of {full} bytes"
+        );
+    }
+    restore_and_check(&sb, manifests.last().unwrap());
+}
+
+#[test]
+fn link_dest_chain_without_reflinks_and_a_deleted_base() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    bank::add_filler(&sb.server, 16);
+    let manifests = chain(&sb, 3);
+    for pair in manifests.windows(2) {
+        assert_eq!(
+            pair[1]["transfer"]["method"], "rsync+link-dest",
+            "{}",
+            pair[1]["transfer"]
+        );
+        assert_eq!(pair[1]["transfer"]["base"], pair[0]["name"]);
+    }
+    // The newest backup is deleted: the next one builds on the one before.
+    std::fs::remove_dir_all(manifests[2]["path"].as_str().unwrap()).unwrap();
+    let out = sb.dbsnap(&["backup", "--json"]);
+    assert!(out.status.success());
+    let next = stdout_json(&out);
+    assert_eq!(next["transfer"]["base"], manifests[1]["name"]);
+    restore_and_check(&sb, &next);
+}
+
+#[test]
+fn incremental_off_copies_everything() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    let dest = sb.dest.clone();
+    use_dest(&sb, &dest, "incremental = false\n");
+    let manifests = chain(&sb, 2);
+    assert_eq!(manifests[1]["transfer"]["method"], "rsync");
+    assert!(manifests[1]["transfer"]["base"].is_null());
+}

@@ -1,0 +1,585 @@
+//! `dbsnap backup` end to end on real LVM and device-mapper, inside the TCG test guest.
+//!
+//! `backup_on_real_lvm` (the only test that runs on the host) boots the guest once and
+//! runs every `in_guest_` test of this binary inside it, one at a time, each on its own
+//! virtual disk with its own volume group. They drive the real `dbsnap` binary against a
+//! real MariaDB and assert what a user would check: the restored copy starts, recovers,
+//! and holds exactly what was committed before the lock. Run one of them with
+//! `DBSNAP_GUEST_TESTS=in_guest_thin cargo test -p dbsnap --test lvm_guest`.
+//! Lines starting with `LOCK_HOLD` and `TIMING` are the measurements.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{dbsnap_with, restore_with, stderr, stdout_json, time, DBSNAP};
+use dbsnap_test_support::bank::{self, Writers};
+use dbsnap_test_support::guest::{self, Guest};
+use dbsnap_test_support::mariadb::{self, MariaDb, ServerOptions};
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn backup_on_real_lvm() {
+    // The datadir template is made on the host (1 s) rather than in the guest (7-13 s);
+    // the guest reads the host's temp dir through its root.
+    let warm = tempfile::tempdir().unwrap();
+    mariadb::install(&warm.path().join("datadir"));
+    let filter = std::env::var("DBSNAP_GUEST_TESTS").unwrap_or_else(|_| "in_guest_".into());
+    let mut guest = Guest::new("lvm-backup");
+    for disk in ["bank", "thin", "overflow", "kill", "refuse"] {
+        guest = guest.disk(disk, 1024);
+    }
+    let run = guest
+        .module("dm_snapshot")
+        .module("dm_thin_pool")
+        .module("xfs")
+        .module("ext4")
+        .run_this_binary(&["--include-ignored", &filter]);
+    println!(
+        "TIMING guest wall {:.1} s (job started at {:.1} s uptime)",
+        run.wall.as_secs_f64(),
+        run.boot_seconds.unwrap_or(f64::NAN)
+    );
+    run.assert_success();
+}
+
+/// Run a command; panic with its output if it fails.
+fn run(argv: &[&str]) -> String {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{argv:?} could not start: {e}"));
+    assert!(
+        out.status.success(),
+        "{argv:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A volume group on one guest disk with a destination LV, a state directory and a
+/// dbsnap config; torn down (mounts, LVs, VG, PV) when dropped so that a failing test
+/// does not leave its VG to the next one.
+struct LvmSandbox {
+    vg: String,
+    dev: PathBuf,
+    dest: PathBuf,
+    state: PathBuf,
+    config: PathBuf,
+    /// Scratch space for restored copies: on the destination LV, not in the guest's RAM.
+    scratch: PathBuf,
+}
+
+impl LvmSandbox {
+    fn new(disk: &str, vg: &str) -> LvmSandbox {
+        let dev = guest::disk(disk);
+        let dev_str = dev.to_str().unwrap();
+        run(&["pvcreate", "-q", dev_str]);
+        run(&["vgcreate", "-q", vg, dev_str]);
+        let state = PathBuf::from(format!("/run/dbsnap-test/{vg}/state"));
+        std::fs::create_dir_all(&state).unwrap();
+        let mut sandbox = LvmSandbox {
+            vg: vg.into(),
+            dev,
+            dest: PathBuf::new(),
+            state,
+            config: PathBuf::from(format!("/run/dbsnap-test/{vg}/dbsnap.toml")),
+            scratch: PathBuf::new(),
+        };
+        let dest_lv = sandbox.lv("dest", "300M", "ext4");
+        sandbox.dest = dest_lv.join("backups");
+        sandbox.scratch = dest_lv.join("scratch");
+        std::fs::create_dir_all(&sandbox.dest).unwrap();
+        std::fs::create_dir_all(&sandbox.scratch).unwrap();
+        sandbox
+    }
+
+    /// A plain LV with a filesystem, mounted at /srv/<vg>-<name>.
+    fn lv(&self, name: &str, size: &str, fstype: &str) -> PathBuf {
+        run(&["lvcreate", "-q", "-y", "-L", size, "-n", name, &self.vg]);
+        self.format_and_mount(name, fstype)
+    }
+
+    fn thin_lv(&self, pool_size: &str, name: &str, virtual_size: &str, fstype: &str) -> PathBuf {
+        let pool = format!("{}/pool", self.vg);
+        run(&["lvcreate", "-q", "-y", "-L", pool_size, "-T", &pool]);
+        run(&[
+            "lvcreate",
+            "-q",
+            "-y",
+            "-V",
+            virtual_size,
+            "-T",
+            &pool,
+            "-n",
+            name,
+        ]);
+        self.format_and_mount(name, fstype)
+    }
+
+    fn format_and_mount(&self, name: &str, fstype: &str) -> PathBuf {
+        let dev = format!("/dev/{}/{name}", self.vg);
+        run(&[&format!("mkfs.{fstype}"), "-q", &dev]);
+        let at = PathBuf::from(format!("/srv/{}-{name}", self.vg));
+        std::fs::create_dir_all(&at).unwrap();
+        run(&["mount", &dev, at.to_str().unwrap()]);
+        at
+    }
+
+    /// `extra` goes into `[snapshot.lvm]`; `bwlimit` into `[backup]`.
+    fn write_config(&self, server: &MariaDb, lvm: &str, bwlimit: Option<&str>) {
+        let bwlimit = bwlimit.map_or(String::new(), |b| format!("bwlimit = {b:?}\n"));
+        std::fs::write(
+            &self.config,
+            format!(
+                "state_dir = {state:?}\n\n[mysql]\nsocket = {socket:?}\nuser = \"root\"\n\n\
+                 [snapshot]\nbackend = \"lvm\"\n\n[snapshot.lvm]\n{lvm}\n\n\
+                 [backup]\ndest = {dest:?}\n{bwlimit}",
+                state = self.state,
+                socket = server.socket,
+                dest = self.dest,
+            ),
+        )
+        .unwrap();
+    }
+
+    fn dbsnap(&self, args: &[&str]) -> Output {
+        dbsnap_with(&self.config, args)
+    }
+
+    /// Start `dbsnap backup` in the background and wait until rsync has written a file.
+    fn start_copying_backup(&self) -> std::process::Child {
+        let mut child = Command::new(DBSNAP)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("backup")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self.is_copying() {
+            if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!("the backup never started copying: {}", stderr(&out));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child
+    }
+
+    fn is_copying(&self) -> bool {
+        std::fs::read_dir(&self.dest)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            .any(|e| {
+                walkdir::WalkDir::new(e.path())
+                    .into_iter()
+                    .flatten()
+                    .any(|f| f.file_type().is_file())
+            })
+    }
+
+    /// Complete backups at the destination.
+    fn backups(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.dest)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("manifest.toml").exists())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Everything a run could leave behind (empty = clean): snapshot LVs, mounts of them
+    /// or under the state dir, partial copies, journal entries.
+    fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        for line in run(&[
+            "lvs",
+            "--noheadings",
+            "-o",
+            "lv_name,lv_tags,origin",
+            &self.vg,
+        ])
+        .lines()
+        {
+            if line.contains("dbsnap") {
+                left.push(format!("LV {}", line.trim()));
+            }
+        }
+        let mapper = format!("/dev/mapper/{}-dbsnap", self.vg.replace('-', "--"));
+        let state = self.state.display().to_string();
+        for line in std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+        {
+            if line.starts_with(&mapper) || line.contains(&state) {
+                left.push(format!("mount {line}"));
+            }
+        }
+        for e in std::fs::read_dir(&self.dest).unwrap().flatten() {
+            if e.file_name().to_string_lossy().ends_with(".partial") {
+                left.push(format!("partial dir {}", e.path().display()));
+            }
+        }
+        if let Ok(text) = std::fs::read_to_string(self.state.join("journal.json")) {
+            if text.trim() != "[]" {
+                left.push(format!("journal entries {text}"));
+            }
+        }
+        left
+    }
+}
+
+impl Drop for LvmSandbox {
+    fn drop(&mut self) {
+        let prefix = format!("/dev/mapper/{}-", self.vg.replace('-', "--"));
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                let source = f.next()?;
+                let point = f.next()?;
+                source.starts_with(&prefix).then_some(point)
+            })
+            .collect();
+        points.reverse();
+        for point in points {
+            let _ = Command::new("umount").arg(point).status();
+        }
+        let _ = Command::new("vgremove")
+            .args(["-q", "-ff", &self.vg])
+            .status();
+        let _ = Command::new("pvremove").arg("-q").arg(&self.dev).status();
+    }
+}
+
+/// A MariaDB with its datadir at `<data>/mysql` and its binary log at `log_bin`.
+fn start_server(data: &Path, log_bin: &Path, run_dir: &str) -> MariaDb {
+    let mut options = ServerOptions::new(&data.join("mysql"), Path::new(run_dir));
+    options.log_bin = Some(log_bin.to_path_buf());
+    MariaDb::start(options)
+}
+
+/// Strip terminal colour codes from tracing output.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// From `dbsnap -v` stderr: the (start, end) wall-clock interval of every `lvcreate`.
+/// The runner logs each command when it ends, with its duration in ms.
+fn lvcreate_intervals(log: &str) -> Vec<(SystemTime, SystemTime)> {
+    plain(log)
+        .lines()
+        .filter(|l| l.contains("command=lvcreate"))
+        .map(|l| {
+            let stamp = l.split_whitespace().next().unwrap();
+            let end = SystemTime::from(
+                chrono::DateTime::parse_from_rfc3339(stamp)
+                    .unwrap_or_else(|e| panic!("no timestamp in {l:?}: {e}")),
+            );
+            let ms: u64 = l
+                .split(" ms=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or_else(|| panic!("no ms= in {l:?}"));
+            (end - Duration::from_millis(ms), end)
+        })
+        .collect()
+}
+
+/// Back up under the bank workload (8 writers, MyISAM audit rows), restore datadir and
+/// binlogs to scratch, start a second server on them and check consistency, binlog
+/// coordinates and GTID. Returns the manifest.
+fn backup_restore_and_verify(
+    sb: &LvmSandbox,
+    server: &MariaDb,
+    logs_dir: &Path,
+    label: &str,
+) -> serde_json::Value {
+    let writers = Writers::start_with_audit(&server.socket, 8);
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let out = sb.dbsnap(&["-v", "backup", "--json"]);
+    let backup_wall = started.elapsed();
+    // Writers keep going after the unlock so that "began after the unlock" is tested.
+    std::thread::sleep(Duration::from_millis(500));
+    let commits = writers.stop();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest = stdout_json(&out);
+    println!(
+        "LOCK_HOLD {label}: mode {} wait {} ms hold {} ms (backup wall {:.1} s, {} commits)",
+        manifest["lock"]["mode"],
+        manifest["lock"]["wait_ms"],
+        manifest["lock"]["hold_ms"],
+        backup_wall.as_secs_f64(),
+        commits.len()
+    );
+
+    // The manifest records every volume; LVM snapshots of several LVs are not atomic.
+    let volumes = manifest["snapshot"]["volumes"].as_array().unwrap();
+    assert_eq!(manifest["snapshot"]["backend"], "lvm");
+    assert_eq!(manifest["coordinates"]["exact"], true);
+    let acquired = time(&manifest["lock"]["acquired_at"]);
+    let released = time(&manifest["lock"]["released_at"]);
+
+    // The lock covered every lvcreate: each started after the lock was taken and ended
+    // before it was released (wall clock, from the same host clock as the manifest).
+    let intervals = lvcreate_intervals(&stderr(&out));
+    assert_eq!(intervals.len(), volumes.len(), "{intervals:?}");
+    for (start, end) in &intervals {
+        // The log's duration is whole milliseconds, so the start may look 1 ms late.
+        assert!(
+            *start + Duration::from_millis(1) >= acquired && *end <= released,
+            "an lvcreate ran outside the lock: {start:?}..{end:?} vs {acquired:?}..{released:?}"
+        );
+    }
+
+    let backup = PathBuf::from(manifest["path"].as_str().unwrap());
+    assert_eq!(sb.backups(), vec![backup.clone()]);
+    let datadir = PathBuf::from(manifest["server"]["datadir"].as_str().unwrap());
+
+    // The binlog named in the manifest ends exactly at the recorded position.
+    let binlog = manifest["coordinates"]["binlog_file"].as_str().unwrap();
+    let position = manifest["coordinates"]["binlog_position"].as_u64().unwrap();
+    let stored_logs = backup
+        .join("files")
+        .join(logs_dir.strip_prefix("/").unwrap());
+    assert_eq!(
+        std::fs::metadata(stored_logs.join(binlog)).unwrap().len(),
+        position
+    );
+
+    // `dbsnap restore` puts a binlog directory kept apart from the datadir beside the
+    // new datadir, as `<datadir>.binlog`, with its index rewritten.
+    let restored = sb.scratch.join(format!("restored-{label}"));
+    restore_with(&sb.config, &backup, &restored, &[]);
+    let restored_logs = if logs_dir == datadir {
+        restored.clone()
+    } else {
+        sb.scratch.join(format!("restored-{label}.binlog"))
+    };
+    let copy = MariaDb::start_existing(ServerOptions {
+        server_id: 2,
+        log_bin: Some(restored_logs.join("binlog")),
+        ..ServerOptions::new(&restored, Path::new(&format!("/run/mysqld/r-{label}")))
+    });
+    let verdict = bank::assert_consistent(&copy, &commits, acquired, released);
+    println!("{label}: {verdict:?}");
+    // Crash recovery on the copy ends at the GTID the manifest recorded.
+    assert_eq!(
+        copy.sql("SELECT @@gtid_binlog_pos"),
+        manifest["coordinates"]["gtid_binlog_pos"].as_str().unwrap()
+    );
+    copy.stop();
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+    manifest
+}
+
+#[test]
+#[ignore = "runs inside the TCG guest, started by backup_on_real_lvm"]
+fn in_guest_xfs_datadir_and_ext4_binlogs_under_bank_load() {
+    guest::require_guest();
+    let sb = LvmSandbox::new("bank", "dbbank");
+    let data = sb.lv("data", "320M", "xfs");
+    let logs = sb.lv("logs", "100M", "ext4");
+    let server = start_server(&data, &logs.join("binlog"), "/run/mysqld/bank");
+    bank::create(&server);
+    sb.write_config(&server, "", None);
+
+    let manifest = backup_restore_and_verify(&sb, &server, &logs, "xfs+ext4");
+    assert_eq!(manifest["snapshot"]["atomic"], false);
+    let volumes: Vec<(String, String)> = manifest["snapshot"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["volume"].as_str().unwrap().to_string(),
+                v["fstype"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        volumes,
+        vec![
+            ("dbbank/data".to_string(), "xfs".to_string()),
+            ("dbbank/logs".to_string(), "ext4".to_string())
+        ]
+    );
+    // Non-atomic snapshots: `auto` must still pick a mode that blocks commits.
+    assert_eq!(manifest["lock"]["mode"], "backup-stage");
+    server.stop();
+}
+
+#[test]
+#[ignore = "runs inside the TCG guest, started by backup_on_real_lvm"]
+fn in_guest_thin_lv_under_bank_load() {
+    guest::require_guest();
+    let sb = LvmSandbox::new("thin", "dbthin");
+    let data = sb.thin_lv("500M", "data", "400M", "xfs");
+    let datadir = data.join("mysql");
+    let server = start_server(&data, &datadir.join("binlog"), "/run/mysqld/thin");
+    bank::create(&server);
+    sb.write_config(&server, "", None);
+
+    let manifest = backup_restore_and_verify(&sb, &server, &datadir, "thin");
+    assert_eq!(manifest["snapshot"]["atomic"], true);
+    let volumes = manifest["snapshot"]["volumes"].as_array().unwrap();
+    assert_eq!(volumes.len(), 1);
+    assert_eq!(volumes[0]["volume"], "dbthin/data");
+    server.stop();
+}
+
+#[test]
+#[ignore = "runs inside the TCG guest, started by backup_on_real_lvm"]
+fn in_guest_overflowing_snapshot_fails_the_backup() {
+    guest::require_guest();
+    let sb = LvmSandbox::new("overflow", "dbover");
+    let data = sb.lv("data", "320M", "xfs");
+    let server = start_server(&data, &data.join("mysql/binlog"), "/run/mysqld/over");
+    bank::create(&server);
+    // 8 MiB of copy-on-write space, and a copy slow enough for the watcher to see it fill.
+    sb.write_config(&server, "snapshot_size = \"8M\"", Some("1MiB"));
+
+    let child = sb.start_copying_backup();
+    // Far more changes on the origin than the snapshot can hold: LVM invalidates it.
+    let started = Instant::now();
+    let filler = data.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        for _ in 0..48 {
+            f.write_all(&[7u8; MIB]).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    println!(
+        "TIMING overflow: failed {:.1} s after the writes began\n{err}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    assert!(
+        err.contains("the snapshot was lost while copying") && err.contains("invalidated"),
+        "{err}"
+    );
+    assert!(sb.backups().is_empty(), "a backup was published");
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+    std::fs::remove_file(&filler).unwrap();
+    server.stop();
+}
+
+#[test]
+#[ignore = "runs inside the TCG guest, started by backup_on_real_lvm"]
+fn in_guest_sigkill_during_copy_then_cleanup() {
+    guest::require_guest();
+    let sb = LvmSandbox::new("kill", "dbkill");
+    let data = sb.lv("data", "320M", "xfs");
+    let server = start_server(&data, &data.join("mysql/binlog"), "/run/mysqld/kill");
+    bank::create(&server);
+    sb.write_config(&server, "", Some("1MiB"));
+
+    let mut child = sb.start_copying_backup();
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = sb.leftovers();
+    assert!(left.iter().any(|l| l.starts_with("LV ")), "{left:?}");
+    assert!(left.iter().any(|l| l.starts_with("mount ")), "{left:?}");
+    assert!(left.iter().any(|l| l.starts_with("partial")), "{left:?}");
+
+    let started = Instant::now();
+    let out = sb.dbsnap(&["cleanup", "--json"]);
+    println!(
+        "TIMING cleanup after SIGKILL {} ms",
+        started.elapsed().as_millis()
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout_json(&out)["released"].as_array().unwrap().len(), 3);
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+
+    sb.write_config(&server, "", None);
+    let out = sb.dbsnap(&["backup", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest = stdout_json(&out);
+    println!(
+        "LOCK_HOLD after-cleanup: mode {} wait {} ms hold {} ms",
+        manifest["lock"]["mode"], manifest["lock"]["wait_ms"], manifest["lock"]["hold_ms"]
+    );
+    assert_eq!(sb.backups().len(), 1);
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+    server.stop();
+}
+
+#[test]
+#[ignore = "runs inside the TCG guest, started by backup_on_real_lvm"]
+fn in_guest_not_on_lvm_and_no_room_are_refused() {
+    guest::require_guest();
+    let sb = LvmSandbox::new("refuse", "dbrefuse");
+
+    // Not on LVM: a datadir on tmpfs (the guest's root is an overlay; a real VM's may be LVM).
+    let tmpfs = PathBuf::from("/srv/dbrefuse-tmpfs");
+    std::fs::create_dir_all(&tmpfs).unwrap();
+    run(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "dbsnap-test",
+        tmpfs.to_str().unwrap(),
+    ]);
+    let server = start_server(&tmpfs, &tmpfs.join("mysql/binlog"), "/run/mysqld/tmpfs");
+    sb.write_config(&server, "", None);
+    for command in ["check", "backup"] {
+        let out = sb.dbsnap(&[command]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(5), "{command}: {err}");
+        assert!(err.contains("not on an LVM logical volume"), "{err}");
+    }
+    assert!(sb.backups().is_empty());
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+    server.stop();
+    run(&["umount", tmpfs.to_str().unwrap()]);
+
+    // No room: the VG is full, so the automatic snapshot size has nothing to work with.
+    let data = sb.lv("data", "320M", "xfs");
+    let server = start_server(&data, &data.join("mysql/binlog"), "/run/mysqld/full");
+    run(&[
+        "lvcreate", "-q", "-y", "-l", "100%FREE", "-n", "filler", &sb.vg,
+    ]);
+    sb.write_config(&server, "", None);
+    for command in ["check", "backup"] {
+        let out = sb.dbsnap(&[command]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(5), "{command}: {err}");
+        assert!(err.contains("free") && err.contains("vgextend"), "{err}");
+    }
+    assert!(sb.backups().is_empty());
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+    server.stop();
+}
