@@ -135,7 +135,7 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
             exclude: Vec::new(),
         });
     }
-    let progress = Progress::new(manifest.transfer.bytes);
+    let progress = Progress::new(crate::verify::stored_bytes(&request.backup));
     let report = |bytes| progress.set(bytes);
     let stats = transfer::copy(&items, transfer::rsync::Writes::Whole, None, None, &report).await?;
     progress.finish();

@@ -183,7 +183,7 @@ async fn run(
     };
 
     // The scratch copy: reflinks where the filesystem can, so it is cheap.
-    check_scratch_space(scratch, manifest.transfer.bytes)?;
+    check_scratch_space(scratch, stored_bytes(backup_dir))?;
     let started = Instant::now();
     std::fs::create_dir(scratch).with_context(|| format!("creating {}", scratch.display()))?;
     Cmd::new("cp")
@@ -240,7 +240,7 @@ async fn run(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
-    let conn = match wait_ready(&mut child, &socket).await {
+    let mut conn = match wait_ready(&mut child, &socket).await {
         Ok(conn) => conn,
         Err(why) => {
             v.problems.push(format!(
@@ -254,7 +254,6 @@ async fn run(
     v.recovery_ms = started.elapsed().as_millis() as u64;
     tracing::info!("crash recovery on the copy took {} ms", v.recovery_ms);
 
-    let mut conn = conn;
     let started = Instant::now();
     if let Err(e) = check_tables(&mut conn, &mut v).await {
         v.problems.push(format!(
@@ -270,6 +269,18 @@ async fn run(
         v.verdict = Verdict::Passed;
     }
     Ok(v)
+}
+
+/// Apparent size of a backup's files (metadata only). Not the manifest's transfer
+/// size: an incremental backup transferred only what changed.
+pub fn stored_bytes(backup_dir: &Path) -> u64 {
+    walkdir::WalkDir::new(backup_dir.join(FILES_DIR))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Without reflinks the scratch copy is a full copy, on the filesystem that holds the
