@@ -153,7 +153,7 @@ pub async fn preflight(
             );
         }
     }
-    let data_bytes = tree_size(&roots);
+    let data_bytes = tree_size(&roots, &volumes);
     tracing::info!(
         ms = started.elapsed().as_millis() as u64,
         "preflight: {} director{} on {} volume(s), {}",
@@ -710,10 +710,17 @@ pub fn free_space(volumes: &[Volume]) -> anyhow::Result<Vec<FreeSpace>> {
         .collect()
 }
 
-/// Apparent size of all regular files under `roots` (metadata only).
-fn tree_size(roots: &[PathBuf]) -> u64 {
+/// Apparent size of all regular files under `roots` (metadata only), including the
+/// volumes mounted inside them (e.g. a ZFS child dataset for the binlogs): the walk
+/// stays on one filesystem, and the copy reads each such volume on its own.
+fn tree_size(roots: &[PathBuf], volumes: &[Volume]) -> u64 {
+    let nested = volumes
+        .iter()
+        .map(|v| &v.root)
+        .filter(|v| roots.iter().any(|r| v.starts_with(r) && *v != r));
     roots
         .iter()
+        .chain(nested)
         .flat_map(|r| walkdir::WalkDir::new(r).same_file_system(true))
         .filter_map(Result::ok)
         .filter_map(|e| e.metadata().ok())

@@ -312,6 +312,16 @@ fn lvcreate_intervals(log: &str) -> Vec<(SystemTime, SystemTime)> {
         .collect()
 }
 
+/// The lock hold dbsnap logged (`hold_ms=`), for runs that end without a manifest.
+fn logged_hold_ms(log: &str) -> String {
+    plain(log)
+        .split(" hold_ms=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("(not logged)")
+        .to_string()
+}
+
 /// Back up under the bank workload (8 writers, MyISAM audit rows), restore datadir and
 /// binlogs to scratch, start a second server on them and check consistency, binlog
 /// coordinates and GTID. Returns the manifest.
@@ -491,6 +501,7 @@ fn in_guest_overflowing_snapshot_fails_the_backup() {
         "TIMING overflow: failed {:.1} s after the writes began\n{err}",
         started.elapsed().as_secs_f64()
     );
+    println!("LOCK_HOLD overflow: hold {} ms", logged_hold_ms(&err));
     assert_eq!(out.status.code(), Some(9), "{err}");
     assert!(
         err.contains("the snapshot was lost while copying") && err.contains("invalidated"),
@@ -515,7 +526,11 @@ fn in_guest_sigkill_during_copy_then_cleanup() {
     let mut child = sb.start_copying_backup();
     std::thread::sleep(Duration::from_millis(500));
     child.kill().unwrap();
-    child.wait().unwrap();
+    let killed = child.wait_with_output().unwrap();
+    println!(
+        "LOCK_HOLD killed run: hold {} ms",
+        logged_hold_ms(&stderr(&killed))
+    );
     let left = sb.leftovers();
     assert!(left.iter().any(|l| l.starts_with("LV ")), "{left:?}");
     assert!(left.iter().any(|l| l.starts_with("mount ")), "{left:?}");

@@ -37,7 +37,24 @@ fn consistent_backup(binlogs: Binlogs) {
     };
     let sb = sandbox(&mut zfs, binlogs);
     bank::create(&sb.server);
+    // 8 MiB that only the binlog dataset holds: preflight must count it (it sizes the
+    // destination check and the progress bar), although it is another filesystem.
+    sh(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", sb.binlog_dir.join("padding").display()),
+            "bs=1M",
+            "count=8",
+            "status=none",
+        ],
+    );
     let (manifest, log) = sb.backup_and_verify(&[], true);
+    let (counted, copied) = (mib_in(&log, "preflight:"), mib_in(&log, "copied "));
+    assert!(
+        counted + 1.0 > copied,
+        "preflight counted {counted} MiB, copied {copied} MiB"
+    );
     // One `zfs snapshot` call per dataset, then a read-only clone of each.
     assert_eq!(log.matches("zfs snapshot").count(), 2, "{log}");
     // zfs-fuse snapshots one dataset per call: not one instant, so the lock covers it.
@@ -53,6 +70,18 @@ fn consistent_backup(binlogs: Binlogs) {
         "MEASURE zfs-fuse end to end ({binlogs:?}): {:.1} s",
         t.elapsed().as_secs_f64()
     );
+}
+
+/// The size in MiB that the log line containing `marker` reports (`..., 45.7 MiB`).
+fn mib_in(log: &str, marker: &str) -> f64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("no {marker:?} line in {log}"));
+    let before = &line[..line
+        .find(" MiB")
+        .unwrap_or_else(|| panic!("no MiB in {line}"))];
+    before.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 #[test]
@@ -143,9 +172,9 @@ fn sigkill_while_copying_then_cleanup_releases_clones_holds_and_snapshots() {
 }
 
 #[test]
-fn paths_not_on_zfs_and_overlong_dataset_names_are_refused_before_the_lock() {
+fn paths_not_on_zfs_overlong_names_and_a_tampered_journal_are_refused() {
     let Some(mut zfs) =
-        ZfsFuse::enter("paths_not_on_zfs_and_overlong_dataset_names_are_refused_before_the_lock")
+        ZfsFuse::enter("paths_not_on_zfs_overlong_names_and_a_tampered_journal_are_refused")
     else {
         return;
     };
@@ -210,4 +239,29 @@ fn paths_not_on_zfs_and_overlong_dataset_names_are_refused_before_the_lock() {
     let server = start(&datadir);
     check(&server, "too long");
     server.stop();
+
+    // A tampered journal: a snapshot with our prefix that dbsnap did not take (no
+    // dbsnap:run tag), and a dataset name zfs would read as an option. Cleanup refuses
+    // both, touches neither, and keeps them in the journal.
+    let kept = format!("{pool}/kept");
+    sh("zfs", &["create", &kept]);
+    sh("zfs", &["snapshot", &format!("{kept}@dbsnap-manual")]);
+    let entry = |name: &str, dataset: &str| {
+        serde_json::json!({"run": "tampered", "resource": {"kind": "snapshot", "set": {
+            "backend": "zfs", "name": name, "snapshots": [{
+                "volume": {"id": dataset, "root": "/", "fstype": "zfs"},
+                "id": format!("{dataset}@{name}")}]}}})
+    };
+    let journal = serde_json::json!([entry("dbsnap-manual", &kept), entry("dbsnap-h", "-R")]);
+    std::fs::write(state.join("journal.json"), journal.to_string()).unwrap();
+    let out = common::dbsnap_with(&config, &["cleanup"]);
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert_eq!(err.matches("refusing").count(), 2, "{err}");
+    let snaps = sh("zfs", &["list", "-H", "-t", "snapshot", "-o", "name"]);
+    assert_eq!(snaps.trim(), format!("{kept}@dbsnap-manual"));
+    let journal: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("journal.json")).unwrap())
+            .unwrap();
+    assert_eq!(journal.as_array().unwrap().len(), 2);
 }

@@ -124,7 +124,8 @@ async fn run_one(
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     // If dbsnap itself is killed (kill -9, OOM), rsync must not read on from the
     // snapshot: it would keep a ZFS clone busy (`dbsnap cleanup` fails) and write into a
-    // partial directory that cleanup has removed.
+    // partial directory that cleanup has removed. The signal follows the *thread* that
+    // spawned rsync: a tokio worker thread, which lives as long as the runtime.
     unsafe {
         command.pre_exec(|| {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)

@@ -1,0 +1,355 @@
+//! The ways of taking a backup that are compared, each run once by [`run`].
+//!
+//! Every case reports the window in which commits could be blocked: from the moment
+//! the blocking statement was sent (lock wait included) to the moment it was released.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::SystemTime;
+
+use anyhow::{bail, ensure, Context};
+use mysql_async::prelude::Queryable;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::rig::{self, Rig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Case {
+    Dbsnap(&'static str),
+    /// `mariabackup --backup`: copies while the server runs, then takes BACKUP STAGE
+    /// BLOCK_COMMIT at the end to copy the redo log tail and the binlog position.
+    Mariabackup,
+    /// What mylvmbackup-style scripts do: one session runs FLUSH TABLES WITH READ LOCK,
+    /// the snapshot command, UNLOCK TABLES. No copy (that happens after the unlock).
+    Classic,
+    /// The snapshot command with no lock at all (after a `sync -f`, as dbsnap does
+    /// before locking): the physical floor of any lock window. Then a plain `cp -a` of
+    /// the snapshot, the floor for the copy.
+    SnapshotOnly,
+}
+
+impl Case {
+    pub const ALL: [Case; 7] = [
+        Case::Dbsnap("ftwrl"),
+        Case::Dbsnap("backup-stage"),
+        Case::Dbsnap("none"),
+        Case::Dbsnap("auto"),
+        Case::Mariabackup,
+        Case::Classic,
+        Case::SnapshotOnly,
+    ];
+
+    pub fn name(self) -> String {
+        match self {
+            Case::Dbsnap(mode) => format!("dbsnap --lock {mode}"),
+            Case::Mariabackup => "mariabackup --backup".into(),
+            Case::Classic => "classic FTWRL + snapshot".into(),
+            Case::SnapshotOnly => "snapshot only + cp -a".into(),
+        }
+    }
+}
+
+/// What one run of one case measured by itself (the commits are laid over it later).
+#[derive(Debug, Clone, Serialize)]
+pub struct Measured {
+    pub case: String,
+    pub repeat: usize,
+    /// 1-minute load average when the case started: the machine is shared.
+    pub load1: f64,
+    /// The whole run, in ms since the writers started.
+    pub start_ms: f64,
+    pub end_ms: f64,
+    /// The window in which commits could be blocked, in ms since the writers started.
+    pub lock_from_ms: f64,
+    pub lock_to_ms: f64,
+    /// Statements before the blocking one (dbsnap's pre-flush, earlier backup stages).
+    pub lock_prelude_ms: Option<f64>,
+    /// Lock attempts (dbsnap cancels an attempt after lock_wait_timeout and retries);
+    /// wait and hold are the successful attempt's, commit latencies show them all.
+    pub lock_attempts: u64,
+    pub lock_wait_ms: f64,
+    pub lock_hold_ms: f64,
+    /// The snapshot command alone, where the benchmark runs it itself.
+    pub snapshot_ms: Option<f64>,
+    /// What was copied, and how long the copy took.
+    pub bytes: Option<u64>,
+    pub copy_ms: Option<f64>,
+    /// Case-specific raw facts (dbsnap's lock record, mariabackup's stage lines, ...).
+    pub detail: serde_json::Value,
+}
+
+/// `t - t0` in milliseconds (negative if `t` is earlier).
+pub fn ms_since(t0: SystemTime, t: SystemTime) -> f64 {
+    match t.duration_since(t0) {
+        Ok(d) => d.as_secs_f64() * 1e3,
+        Err(e) => -e.duration().as_secs_f64() * 1e3,
+    }
+}
+
+fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// The parts of [`Measured`] every case fills in differently.
+struct Window {
+    lock_from: SystemTime,
+    lock_to: SystemTime,
+    lock_prelude_ms: Option<f64>,
+    lock_attempts: u64,
+    lock_wait_ms: f64,
+    lock_hold_ms: f64,
+    snapshot_ms: Option<f64>,
+    bytes: Option<u64>,
+    copy_ms: Option<f64>,
+    detail: serde_json::Value,
+}
+
+pub fn run(case: Case, repeat: usize, rig: &Rig, t0: SystemTime) -> anyhow::Result<Measured> {
+    let load1 = load1();
+    let start = SystemTime::now();
+    let w = match case {
+        Case::Dbsnap(mode) => dbsnap(rig, mode),
+        Case::Mariabackup => mariabackup(rig),
+        Case::Classic => classic(rig),
+        Case::SnapshotOnly => snapshot_only(rig),
+    }
+    .with_context(|| format!("case {}", case.name()))?;
+    let end = SystemTime::now();
+    Ok(Measured {
+        case: case.name(),
+        repeat,
+        load1,
+        start_ms: ms_since(t0, start),
+        end_ms: ms_since(t0, end),
+        lock_from_ms: ms_since(t0, w.lock_from),
+        lock_to_ms: ms_since(t0, w.lock_to),
+        lock_prelude_ms: w.lock_prelude_ms,
+        lock_attempts: w.lock_attempts,
+        lock_wait_ms: w.lock_wait_ms,
+        lock_hold_ms: w.lock_hold_ms,
+        snapshot_ms: w.snapshot_ms,
+        bytes: w.bytes,
+        copy_ms: w.copy_ms,
+        detail: w.detail,
+    })
+}
+
+/// `dbsnap backup --json --lock MODE`; the figures come from its manifest.
+fn dbsnap(rig: &Rig, mode: &str) -> anyhow::Result<Window> {
+    let out = Command::new(&rig.dbsnap)
+        .arg("--config")
+        .arg(&rig.config)
+        .args(["backup", "--json", "--lock", mode])
+        .output()
+        .context("running dbsnap")?;
+    ensure!(
+        out.status.success(),
+        "dbsnap backup --lock {mode} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("dbsnap --json printed no JSON")?;
+    let lock = &manifest["lock"];
+    let number = |key: &str| {
+        lock[key]
+            .as_f64()
+            .with_context(|| format!("lock.{key} missing in the manifest"))
+    };
+    let time = |key: &str| -> anyhow::Result<SystemTime> {
+        let text = lock[key]
+            .as_str()
+            .with_context(|| format!("lock.{key} missing in the manifest"))?;
+        Ok(chrono::DateTime::parse_from_rfc3339(text)?.into())
+    };
+    let wait_ms = number("wait_ms")?;
+    let acquired = time("acquired_at")?;
+    let transfer = &manifest["transfer"];
+    // The copy is not kept: the next run copies the same data again from scratch.
+    let path = manifest["path"]
+        .as_str()
+        .context("path missing in the manifest")?;
+    std::fs::remove_dir_all(path).with_context(|| format!("removing {path}"))?;
+    Ok(Window {
+        lock_from: acquired - std::time::Duration::from_secs_f64(wait_ms / 1e3),
+        lock_to: time("released_at")?,
+        lock_prelude_ms: Some(number("prelude_ms")?),
+        lock_attempts: lock["attempts"].as_u64().unwrap_or(1),
+        lock_wait_ms: wait_ms,
+        lock_hold_ms: number("hold_ms")?,
+        snapshot_ms: None,
+        bytes: transfer["bytes"].as_u64(),
+        copy_ms: transfer["duration_ms"].as_f64(),
+        detail: json!({ "lock": lock, "transfer": transfer }),
+    })
+}
+
+/// `mariabackup --backup`. Its log has one-second timestamps, so each line is stamped
+/// when it arrives on the pipe instead; the BLOCK_COMMIT window runs from "Starting
+/// BACKUP STAGE BLOCK_COMMIT" over "Acquired locks for BACKUP STAGE BLOCK_COMMIT" to
+/// "All tables unlocked" (printed once BACKUP STAGE END has returned).
+fn mariabackup(rig: &Rig) -> anyhow::Result<Window> {
+    let target = rig.dir.path().join("mariabackup");
+    let started = SystemTime::now();
+    let mut child = Command::new("mariabackup")
+        .args(["--backup", "--user=root"])
+        .arg(format!("--socket={}", rig.server.socket.display()))
+        .arg(format!("--target-dir={}", target.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running mariabackup (apt-get install mariadb-backup)")?;
+    let mut stages: Vec<(SystemTime, String)> = Vec::new();
+    let mut tail: Vec<String> = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line?;
+        if line.contains("BACKUP STAGE") || line.contains("All tables unlocked") {
+            stages.push((SystemTime::now(), line.clone()));
+        }
+        tail.push(line);
+        if tail.len() > 30 {
+            tail.remove(0);
+        }
+    }
+    let status = child.wait()?;
+    let ended = SystemTime::now();
+    ensure!(
+        status.success(),
+        "mariabackup failed ({status}):\n{}",
+        tail.join("\n")
+    );
+    let at = |needle: &str| {
+        stages
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(t, _)| *t)
+            .with_context(|| format!("mariabackup's log has no {needle:?}"))
+    };
+    let requested = at("Starting BACKUP STAGE BLOCK_COMMIT")?;
+    let acquired = at("Acquired locks for BACKUP STAGE BLOCK_COMMIT")?;
+    let released = at("All tables unlocked")?;
+    let bytes = rig::dir_bytes(&target);
+    std::fs::remove_dir_all(&target)?;
+    Ok(Window {
+        lock_from: requested,
+        lock_to: released,
+        lock_prelude_ms: None,
+        lock_attempts: 1,
+        lock_wait_ms: ms_since(requested, acquired),
+        lock_hold_ms: ms_since(acquired, released),
+        snapshot_ms: None,
+        bytes: Some(bytes),
+        // mariabackup copies for the whole run; there is no separate copy phase.
+        copy_ms: Some(ms_since(started, ended)),
+        detail: json!({
+            "stages_ms_after_start": stages
+                .iter()
+                .map(|(t, l)| json!([ms_since(started, *t), l]))
+                .collect::<Vec<_>>(),
+        }),
+    })
+}
+
+/// One session: FLUSH TABLES WITH READ LOCK; btrfs subvolume snapshot -r; UNLOCK TABLES.
+fn classic(rig: &Rig) -> anyhow::Result<Window> {
+    let snapshot = rig.fs.mountpoint.join("classic-snapshot");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (requested, acquired, snapshot_ms, released) = runtime.block_on(async {
+        let opts = mysql_async::OptsBuilder::default()
+            .socket(Some(rig.server.socket.display().to_string()))
+            .user(Some("root"));
+        let mut conn = mysql_async::Conn::new(opts).await?;
+        let requested = SystemTime::now();
+        conn.query_drop("FLUSH TABLES WITH READ LOCK").await?;
+        let acquired = SystemTime::now();
+        let snapped = snapshot_command(rig, &snapshot);
+        // Unlock first, whatever the snapshot did.
+        conn.query_drop("UNLOCK TABLES").await?;
+        let released = SystemTime::now();
+        conn.disconnect().await?;
+        anyhow::Ok((requested, acquired, snapped?, released))
+    })?;
+    rig::run(
+        "btrfs",
+        &[
+            "subvolume".as_ref(),
+            "delete".as_ref(),
+            snapshot.as_os_str(),
+        ],
+    )?;
+    Ok(Window {
+        lock_from: requested,
+        lock_to: released,
+        lock_prelude_ms: None,
+        lock_attempts: 1,
+        lock_wait_ms: ms_since(requested, acquired),
+        lock_hold_ms: ms_since(acquired, released),
+        snapshot_ms: Some(snapshot_ms),
+        bytes: None,
+        copy_ms: None,
+        detail: json!({}),
+    })
+}
+
+/// `sync -f`, then the snapshot with no lock, then `cp -a` of it.
+fn snapshot_only(rig: &Rig) -> anyhow::Result<Window> {
+    let snapshot = rig.fs.mountpoint.join("bare-snapshot");
+    let synced = SystemTime::now();
+    rig::run("sync", &["-f".as_ref(), rig.datadir.as_os_str()])?;
+    let from = SystemTime::now();
+    let snapshot_ms = snapshot_command(rig, &snapshot)?;
+    let to = SystemTime::now();
+    let copy = rig.dir.path().join("cp-a");
+    let copy_started = SystemTime::now();
+    rig::run(
+        "cp",
+        &["-a".as_ref(), snapshot.as_os_str(), copy.as_os_str()],
+    )?;
+    let copy_ms = ms_since(copy_started, SystemTime::now());
+    let bytes = rig::dir_bytes(&copy);
+    std::fs::remove_dir_all(&copy)?;
+    rig::run(
+        "btrfs",
+        &[
+            "subvolume".as_ref(),
+            "delete".as_ref(),
+            snapshot.as_os_str(),
+        ],
+    )?;
+    Ok(Window {
+        lock_from: from,
+        lock_to: to,
+        lock_prelude_ms: None,
+        lock_attempts: 1,
+        lock_wait_ms: 0.0,
+        lock_hold_ms: ms_since(from, to),
+        snapshot_ms: Some(snapshot_ms),
+        bytes: Some(bytes),
+        copy_ms: Some(copy_ms),
+        detail: json!({ "sync_ms": ms_since(synced, from) }),
+    })
+}
+
+/// `btrfs subvolume snapshot -r DATADIR AT`, timed; returns ms.
+fn snapshot_command(rig: &Rig, at: &std::path::Path) -> anyhow::Result<f64> {
+    let started = SystemTime::now();
+    let out = Command::new("btrfs")
+        .args(["subvolume", "snapshot", "-r"])
+        .arg(&rig.datadir)
+        .arg(at)
+        .output()?;
+    let ms = ms_since(started, SystemTime::now());
+    if !out.status.success() {
+        bail!(
+            "btrfs subvolume snapshot failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(ms)
+}

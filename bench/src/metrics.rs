@@ -1,0 +1,91 @@
+//! What a run cost the writers, from the commits recorded around it, and the medians
+//! and spread over repeats.
+
+use serde::Serialize;
+use statrs::statistics::{Data, Max, Median, Min, OrderStatistics};
+
+use crate::cases::Measured;
+
+/// Commits slower than this count as delayed.
+pub const DELAYED_MS: f64 = 100.0;
+
+/// One run of one case with the writers' view of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    #[serde(flatten)]
+    pub measured: Measured,
+    /// Commits acknowledged in the quiet time before the run.
+    pub baseline_commits: usize,
+    pub baseline_p99_ms: Option<f64>,
+    /// Commits in flight at any time during the run (began before its end, acknowledged
+    /// after its start).
+    pub commits_during: usize,
+    pub p99_during_ms: Option<f64>,
+    pub worst_during_ms: Option<f64>,
+    pub delayed_during: usize,
+    /// Every delayed commit during the run: (began in ms since the writers started, latency ms).
+    pub delayed: Vec<(f64, f64)>,
+}
+
+impl Run {
+    /// `commits` are (began, latency) in ms since the writers started.
+    pub fn new(measured: Measured, commits: &[(f64, f64)], baseline_ms: f64) -> Run {
+        let (start, end) = (measured.start_ms, measured.end_ms);
+        let baseline: Vec<f64> = commits
+            .iter()
+            .filter(|(b, l)| *b >= start - baseline_ms && b + l < start)
+            .map(|(_, l)| *l)
+            .collect();
+        let in_flight: Vec<(f64, f64)> = commits
+            .iter()
+            .filter(|(b, l)| *b < end && b + l > start)
+            .copied()
+            .collect();
+        let during: Vec<f64> = in_flight.iter().map(|(_, l)| *l).collect();
+        Run {
+            baseline_commits: baseline.len(),
+            baseline_p99_ms: p99(&baseline),
+            commits_during: during.len(),
+            p99_during_ms: p99(&during),
+            worst_during_ms: during.iter().copied().reduce(f64::max),
+            delayed_during: during.iter().filter(|l| **l > DELAYED_MS).count(),
+            delayed: in_flight
+                .into_iter()
+                .filter(|(_, l)| *l > DELAYED_MS)
+                .collect(),
+            measured,
+        }
+    }
+}
+
+fn p99(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    Some(Data::new(values.to_vec()).percentile(99))
+}
+
+/// Median and range of one figure over the repeats of a case.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+/// `None` when no repeat has the figure.
+pub fn spread(values: impl IntoIterator<Item = Option<f64>>) -> Option<Spread> {
+    let values: Vec<f64> = values.into_iter().flatten().collect();
+    if values.is_empty() {
+        return None;
+    }
+    let n = values.len();
+    let data = Data::new(values);
+    Some(Spread {
+        median: data.median(),
+        min: data.min(),
+        max: data.max(),
+        n,
+    })
+}

@@ -1,0 +1,109 @@
+//! The system under test for one data size: a btrfs on a loop device, a private MariaDB
+//! whose datadir is a subvolume of it, the bank schema plus filler data, and a dbsnap
+//! configuration. Everything lives in one temporary directory; dropping the rig stops
+//! the server, unmounts the filesystem (which frees the loop device) and deletes it all.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{ensure, Context};
+use dbsnap_test_support::bank;
+use dbsnap_test_support::btrfs::LoopBtrfs;
+use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
+
+/// Filler is inserted in statements of this many MiB: one multi-GB transaction would
+/// outgrow the redo log and take far longer.
+const FILLER_CHUNK_MIB: u64 = 256;
+
+pub struct Rig {
+    // Field order is drop order: the server stops before its filesystem is unmounted,
+    // and the filesystem is unmounted before its directory is deleted.
+    pub server: MariaDb,
+    pub fs: LoopBtrfs,
+    pub dir: tempfile::TempDir,
+    pub datadir: PathBuf,
+    pub dbsnap: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Rig {
+    pub fn new(work_dir: &Path, size_gb: f64, dbsnap: &Path) -> anyhow::Result<Rig> {
+        let dir = tempfile::Builder::new()
+            .prefix("dbsnap-bench-")
+            .tempdir_in(work_dir)
+            .with_context(|| format!("creating a directory in {}", work_dir.display()))?;
+        let data_mib = (size_gb * 1024.0).round() as u64;
+        // Room for the data, the binary log the writers produce, and the blocks a
+        // snapshot pins while the live server rewrites pages. The image is sparse.
+        let fs = LoopBtrfs::new(dir.path(), "fs", data_mib * 2 + 1024);
+        let datadir = fs.subvolume("mysql");
+        let server = MariaDb::start(ServerOptions {
+            // Bigger than the test helpers' default so that the load and the backups
+            // are not dominated by a tiny buffer pool and redo log.
+            extra_args: vec![
+                "--innodb-buffer-pool-size=256M".into(),
+                "--innodb-log-file-size=256M".into(),
+            ],
+            ..ServerOptions::new(&datadir, &dir.path().join("run"))
+        });
+        bank::create(&server);
+        // The bank's audit table is MyISAM; InnoDB-only data lets `--lock none` run
+        // without --force, so every mode backs up exactly the same tables.
+        server.sql("ALTER TABLE bank.audit ENGINE=InnoDB");
+        let mut left = data_mib;
+        while left > 0 {
+            let chunk = left.min(FILLER_CHUNK_MIB);
+            bank::add_filler(&server, chunk);
+            left -= chunk;
+        }
+        // Write the load's dirty data out now rather than during the first case.
+        run("sync", &["-f".as_ref(), datadir.as_os_str()])?;
+        let dest = dir.path().join("dest");
+        std::fs::create_dir(&dest)?;
+        let config = dir.path().join("dbsnap.toml");
+        // Full copies every time (incremental = false): each run copies the same data.
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {state:?}\n\n[mysql]\nsocket = {socket:?}\nuser = \"root\"\n\n\
+                 [snapshot]\nbackend = \"btrfs\"\n\n[backup]\ndest = {dest:?}\nincremental = false\n",
+                state = dir.path().join("state"),
+                socket = server.socket,
+            ),
+        )?;
+        Ok(Rig {
+            server,
+            fs,
+            dir,
+            datadir,
+            dbsnap: dbsnap.to_path_buf(),
+            config,
+        })
+    }
+}
+
+/// Run a command to completion; fail with its stderr.
+pub fn run<S: AsRef<std::ffi::OsStr>>(program: &str, args: &[S]) -> anyhow::Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    ensure!(
+        out.status.success(),
+        "{program} {:?} failed: {}",
+        args.iter().map(|a| a.as_ref()).collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Total size of the regular files under `dir`.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}

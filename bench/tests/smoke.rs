@@ -1,0 +1,44 @@
+//! CI smoke check: a tiny benchmark runs end to end and writes its three outputs.
+//! It asserts nothing about timings (CI machines are shared and noisy), only that every
+//! case ran and was recorded. Needs root, like the benchmark itself.
+
+use std::process::Command;
+
+#[test]
+fn a_tiny_run_writes_json_table_and_plot() {
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_dbsnap-bench"))
+        .args(["--sizes", "0.05", "--repeats", "1", "--baseline-secs", "1"])
+        .arg("--out")
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "dbsnap-bench exited with {status}");
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
+    let runs = json["sizes"][0]["runs"].as_array().unwrap();
+    let cases: Vec<&str> = runs.iter().map(|r| r["case"].as_str().unwrap()).collect();
+    for case in [
+        "dbsnap --lock ftwrl",
+        "dbsnap --lock backup-stage",
+        "dbsnap --lock none",
+        "dbsnap --lock auto",
+        "mariabackup --backup",
+        "classic FTWRL + snapshot",
+        "snapshot only + cp -a",
+    ] {
+        assert!(cases.contains(&case), "{case} missing from {cases:?}");
+    }
+    assert!(
+        json["sizes"][0]["commits"].as_u64().unwrap() > 0,
+        "the writers committed nothing"
+    );
+    let table = std::fs::read_to_string(out.path().join("results.md")).unwrap();
+    assert!(table.contains("| dbsnap --lock auto |"), "{table}");
+    let png = std::fs::read(out.path().join("latency-0.05GB.png")).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG"),
+        "latency-0.05GB.png is not a PNG"
+    );
+}
