@@ -73,6 +73,7 @@ pub enum Command {
     /// 20261125T214500Z) only once it is complete, with its manifest.toml; while it is
     /// being copied it is DEST/NAME.partial. A failed or interrupted run releases its
     /// snapshot and removes its partial copy; a previous backup is never touched.
+    /// With `verify = true` in [backup], the new backup is then verified (see `verify`).
     #[command(after_help = crate::error::Class::TABLE)]
     Backup {
         #[command(flatten)]
@@ -90,6 +91,75 @@ pub enum Command {
     /// finds everything even after kill -9 or a power loss. `backup` does this by
     /// itself before it starts.
     Cleanup,
+    /// Prove a backup restores: crash-recover a scratch copy with a throwaway server.
+    ///
+    /// The server runs on a reflink (or plain) copy beside the backup, never on the
+    /// backup, with no network, its own socket and no replication. Every table is
+    /// checked (CHECK TABLE) and the recovered GTID position is compared with the
+    /// manifest. The verdict and recovery time are recorded in the manifest; a failed
+    /// verification exits 11 and `list` shows the backup as failed.
+    #[command(after_help = crate::error::Class::TABLE)]
+    Verify {
+        /// A backup directory, or a backup's name at the destination.
+        backup: String,
+    },
+    /// Copy a backup into a new datadir and print how to make it a replica.
+    ///
+    /// Refuses while a server runs on DIR, and when DIR is not empty unless --force.
+    /// Rewrites binlog.index, the relay-log index and info, and .isl files for the new
+    /// location (they hold the original's absolute paths), and gives the files to the
+    /// server's user.
+    Restore {
+        /// A backup directory, or a backup's name at the destination.
+        backup: PathBuf,
+        /// The new datadir.
+        #[arg(long, value_name = "DIR")]
+        datadir: PathBuf,
+        /// Delete what is in DIR first.
+        #[arg(long)]
+        force: bool,
+        /// The server's user, who will own the files [default: mysql, if it exists].
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
+        /// The source a replica of the restored copy replicates from [default: the backup's host].
+        #[arg(long, value_name = "HOST")]
+        source_host: Option<String>,
+        #[arg(long, value_name = "PORT", default_value_t = 3306)]
+        source_port: u16,
+        /// The replication user on the source (its password is never asked for).
+        #[arg(long, value_name = "USER", default_value = "repl")]
+        source_user: String,
+    },
+    /// Safety snapshots: keep a snapshot of the live server (e.g. before an upgrade).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Remove backups and kept snapshots that [retention] does not keep.
+    ///
+    /// Never removes the newest verified backup, nor anything without dbsnap's manifest
+    /// or kept-snapshot record.
+    Prune {
+        /// Only show what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Lock, snapshot, unlock, and keep the snapshot (no copy).
+    Create {
+        /// Added to the snapshot's name, e.g. pre-upgrade.
+        #[arg(long)]
+        label: Option<String>,
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// The kept snapshots.
+    List,
+    /// Destroy a kept snapshot.
+    Release { name: String },
+    /// Revert the server's volumes to a kept snapshot. The server must be stopped.
+    Rollback { name: String },
 }
 
 /// How the server is quiesced.

@@ -32,6 +32,8 @@ pub struct Config {
     pub backup: Option<BackupConfig>,
     #[serde(default)]
     pub hooks: HooksConfig,
+    /// `[retention]`: what `dbsnap prune` keeps.
+    pub retention: Option<crate::retention::Policy>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +96,9 @@ pub struct BackupConfig {
     pub dest: PathBuf,
     /// rsync bandwidth limit, e.g. "50MiB" (per second).
     pub bwlimit: Option<bytesize::ByteSize>,
+    /// Verify every backup right after it is taken (`dbsnap verify`).
+    #[serde(default)]
+    pub verify: bool,
     /// Build each backup from the previous one (reflinks or hard links), writing only
     /// what changed. The previous backup is never modified.
     #[serde(default = "default_incremental")]

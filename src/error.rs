@@ -19,7 +19,8 @@ pub enum Class {
     Privileges,
     /// The database's files are not on storage the backend can snapshot.
     Layout,
-    /// The destination is missing, not writable, or too full.
+    /// The destination is missing, not writable, or too full; or the directory a
+    /// restore or rollback would write is used by a running server or not empty.
     Destination,
     /// The lock could not be acquired in time, or was held too long.
     Lock,
@@ -29,6 +30,8 @@ pub enum Class {
     Snapshot,
     /// Copying the files failed.
     Transfer,
+    /// A backup failed verification: its copy does not recover or check cleanly.
+    Verify,
     /// A user hook failed or timed out.
     Hook,
     /// Interrupted by SIGINT or SIGTERM; everything was cleaned up.
@@ -48,6 +51,7 @@ impl Class {
             Class::Busy => 8,
             Class::Snapshot => 9,
             Class::Transfer => 10,
+            Class::Verify => 11,
             Class::Hook => 12,
             Class::Interrupted => 130,
         }
@@ -62,11 +66,12 @@ Exit codes:
   3    cannot connect to the server, or wrong credentials
   4    the database user lacks a privilege
   5    a database path is not on storage the backend can snapshot
-  6    destination missing, not writable or full
+  6    destination missing, not writable or full; restore/rollback target in use or not empty
   7    lock not acquired within the wait budget, or held too long
   8    another dbsnap run is active
   9    snapshot failed
   10   copy failed
+  11   verification failed: the backup's copy does not recover or check cleanly
   12   a hook failed
   130  interrupted (SIGINT/SIGTERM); cleaned up";
 }
@@ -133,6 +138,7 @@ mod tests {
             Class::Busy,
             Class::Snapshot,
             Class::Transfer,
+            Class::Verify,
             Class::Hook,
             Class::Interrupted,
         ];

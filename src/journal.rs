@@ -30,6 +30,9 @@ pub enum Resource {
     Mount { set: SnapshotSet, workdir: PathBuf },
     /// A backup directory being filled (`DEST/NAME.partial`).
     Partial { dir: PathBuf },
+    /// A verification's scratch copy of a backup (`.dbsnap-verify-NAME`) and the run
+    /// directory (socket, pid file) of the throwaway server started on it.
+    Scratch { dir: PathBuf, run_dir: PathBuf },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,17 +9,23 @@ mod db;
 mod error;
 mod hooks;
 mod journal;
+mod kept;
 mod manifest;
 mod orchestrator;
+mod procs;
 mod progress;
+mod relocate;
+mod restore;
+mod retention;
 mod transfer;
+mod verify;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, SnapshotCommand};
 use crate::config::Config;
 use crate::error::class_of;
 
@@ -64,7 +70,9 @@ fn main() -> ExitCode {
 async fn run(cli: &Cli) -> anyhow::Result<()> {
     let mut config = Config::load(&cli.config)?;
     let lock_args = match &cli.command {
-        Command::Check(lock) | Command::Backup { lock, .. } => Some(lock),
+        Command::Check(lock)
+        | Command::Backup { lock, .. }
+        | Command::Snapshot(SnapshotCommand::Create { lock, .. }) => Some(lock),
         _ => None,
     };
     if let Some(mode) = lock_args.and_then(|l| l.lock) {
@@ -77,5 +85,41 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::List => commands::list::run(&config, cli.json).await,
         Command::Cleanup => commands::cleanup::run(&config, cli.json).await,
+        Command::Verify { backup } => commands::verify::run(&config, cli.json, backup).await,
+        Command::Restore {
+            backup,
+            datadir,
+            force,
+            owner,
+            source_host,
+            source_port,
+            source_user,
+        } => {
+            let request = restore::Request {
+                backup: backup.clone(),
+                datadir: datadir.clone(),
+                force: *force,
+                owner: owner.clone(),
+                source: restore::Source {
+                    host: source_host.clone().unwrap_or_default(),
+                    port: *source_port,
+                    user: source_user.clone(),
+                },
+            };
+            commands::restore::run(&config, cli.json, request).await
+        }
+        Command::Snapshot(s) => match s {
+            SnapshotCommand::Create { label, lock } => {
+                commands::snapshot::create(&config, cli.json, label.as_deref(), lock.force).await
+            }
+            SnapshotCommand::List => commands::snapshot::list(&config, cli.json).await,
+            SnapshotCommand::Release { name } => {
+                commands::snapshot::release(&config, cli.json, name).await
+            }
+            SnapshotCommand::Rollback { name } => {
+                commands::snapshot::rollback(&config, cli.json, name).await
+            }
+        },
+        Command::Prune { dry_run } => commands::prune::run(&config, cli.json, *dry_run).await,
     }
 }

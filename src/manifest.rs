@@ -31,6 +31,9 @@ pub struct Manifest {
     /// The server's directories, as they were on the server, with their role.
     pub paths: Vec<DbPath>,
     pub transfer: TransferStats,
+    /// The outcome of `dbsnap verify` (absent until the backup is verified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<crate::verify::Verification>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,6 +135,7 @@ mod tests {
                 path: "/var/lib/mysql".into(),
             }],
             transfer: TransferStats::default(),
+            verification: None,
         }
     }
 

@@ -29,6 +29,7 @@ use crate::db::{coordinates, server, stall_guard, Coordinates, Layout, LockRecor
 use crate::error::{fail, Class};
 use crate::hooks::Phase;
 use crate::journal::{Journal, Resource};
+use crate::kept::KeptSnapshot;
 use crate::manifest::{Manifest, ServerRecord, SnapshotRecord, VolumeRecord, FORMAT};
 use crate::progress::Progress;
 use crate::transfer::incremental::{self, Basis};
@@ -326,7 +327,7 @@ pub async fn backup(
     // 1. preflight
     let mut pre = preflight(config, backend, force).await?;
     check_destination(dest, &pre)?;
-    warn_about_unknown_snapshots(backend, &pre.volumes, journal).await;
+    warn_about_unknown_snapshots(backend, &pre.volumes, journal, &config.state_dir).await;
     let name = backup_name(dest, started_at);
     let snapshot_name = SnapshotName::new(format!("dbsnap-{name}"))?;
     let set = backend
@@ -441,6 +442,7 @@ pub async fn backup(
         },
         paths: pre.layout.dirs.clone(),
         transfer: stats,
+        verification: None,
     };
     manifest.write(&partial)?;
     sync_tree(&partial)?;
@@ -464,6 +466,66 @@ pub async fn backup(
         .await
         .with_context(|| format!("the backup {} is complete and kept", final_dir.display()))?;
     Ok(manifest)
+}
+
+/// `snapshot create`: the backup's phases 1–4, then the snapshot is kept instead of
+/// copied. Its record (see `kept`) is written before it leaves the journal, so an
+/// interruption at any point leaves it either journaled (released by cleanup) or kept.
+pub async fn snapshot_create(
+    config: &Config,
+    backend: &dyn SnapshotBackend,
+    journal: &mut Journal,
+    label: Option<&str>,
+    force: bool,
+) -> anyhow::Result<KeptSnapshot> {
+    let created_at = Utc::now();
+    if let Some(label) = label {
+        dbsnap_backend_api::validate_name("label", label)
+            .map_err(|e| fail(Class::Config, e.to_string()))?;
+    }
+
+    // 1. preflight
+    let mut pre = preflight(config, backend, force).await?;
+    warn_about_unknown_snapshots(backend, &pre.volumes, journal, &config.state_dir).await;
+    let stamp = created_at.format("%Y%m%dT%H%M%SZ");
+    let name = match label {
+        Some(l) => format!("dbsnap-{stamp}-{l}"),
+        None => format!("dbsnap-{stamp}"),
+    };
+    let name = SnapshotName::new(name).map_err(|e| fail(Class::Config, e.to_string()))?;
+    if crate::kept::is_kept(&config.state_dir, &name) {
+        return Err(fail(
+            Class::Config,
+            format!("a kept snapshot {name} exists already; wait a second or choose another label"),
+        ));
+    }
+    let set = backend.plan(&pre.volumes, &name).map_err(backend_error)?;
+
+    // 2–4. lock, snapshot, unlock
+    journal.record(name.as_str(), Resource::Snapshot { set: set.clone() })?;
+    let (lock, coordinates) = lock_and_snapshot(config, &mut pre, backend, &set).await?;
+    let _ = pre.conn.disconnect().await;
+
+    // 5. keep
+    let kept = KeptSnapshot {
+        name,
+        label: label.map(str::to_string),
+        created_at,
+        set: set.clone(),
+        server: ServerRecord {
+            version: pre.server.version.text.clone(),
+            hostname: pre.server.hostname.clone(),
+            datadir: pre.layout.datadir.clone(),
+            binlog_basename: pre.layout.binlog_basename.clone(),
+        },
+        lock,
+        coordinates,
+        paths: pre.layout.dirs.clone(),
+    };
+    kept.write(&config.state_dir)?;
+    journal.forget(&Resource::Snapshot { set })?;
+    tracing::info!("kept snapshot {}", kept.name);
+    Ok(kept)
 }
 
 /// Unmount and destroy a snapshot set, forgetting each resource once it is gone.
@@ -597,21 +659,26 @@ async fn watch_snapshot(
     }
 }
 
-/// Snapshots named like ours that the journal does not know: an earlier run lost its
-/// journal (or they are kept on purpose). Worth a warning, never an automatic delete.
+/// Snapshots named like ours that neither the journal nor a kept-snapshot record
+/// knows: an earlier run lost its journal. Worth a warning, never an automatic delete.
 async fn warn_about_unknown_snapshots(
     backend: &dyn SnapshotBackend,
     volumes: &[Volume],
     journal: &Journal,
+    state_dir: &Path,
 ) {
     let Ok(sets) = backend.list(volumes).await else {
         return;
     };
     for set in sets {
-        let known = journal.entries().iter().any(|e| match &e.resource {
-            Resource::Snapshot { set: s } | Resource::Mount { set: s, .. } => s.name == set.name,
-            Resource::Partial { .. } => false,
-        });
+        let kept = crate::kept::is_kept(state_dir, &set.name);
+        let known = kept
+            || journal.entries().iter().any(|e| match &e.resource {
+                Resource::Snapshot { set: s } | Resource::Mount { set: s, .. } => {
+                    s.name == set.name
+                }
+                Resource::Partial { .. } | Resource::Scratch { .. } => false,
+            });
         if !known {
             tracing::warn!(
                 "found snapshot {} ({}) that no dbsnap journal records; it pins disk space. Remove it if it is not needed",

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{restore_datadir, stdout_json, time, Sandbox};
+use common::{restore, stdout_json, time, Sandbox};
 use dbsnap_test_support::bank::{self, Writers};
 use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
 
@@ -64,7 +64,14 @@ fn backup_under_load_restores_to_exactly_what_was_committed() {
 
     // A server started on the restored copy holds exactly what was committed before the lock.
     let restored = sb.dir.path().join("restored");
-    restore_datadir(&backup, &datadir, &restored);
+    restore(&sb, &backup, &restored, &[]);
+    let index = std::fs::read_to_string(restored.join("binlog.index")).unwrap();
+    assert!(
+        index
+            .lines()
+            .all(|l| l.starts_with(restored.to_str().unwrap())),
+        "binlog.index still names the original: {index}"
+    );
     let copy = MariaDb::start_existing(ServerOptions {
         server_id: 2,
         ..ServerOptions::new(&restored, &sb.dir.path().join("run2"))

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{restore_datadir, stderr, stdout_json, time, Sandbox};
+use common::{restore, stderr, stdout_json, time, Sandbox};
 use dbsnap_test_support::bank::{self, Writers};
 use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
 
@@ -68,10 +68,9 @@ fn chain(sb: &Sandbox, n: usize) -> Vec<serde_json::Value> {
 
 fn restore_and_check(sb: &Sandbox, manifest: &serde_json::Value) {
     let backup = PathBuf::from(manifest["path"].as_str().unwrap());
-    let datadir = PathBuf::from(manifest["server"]["datadir"].as_str().unwrap());
     let name = manifest["name"].as_str().unwrap();
     let restored = sb.dir.path().join(format!("restored-{name}"));
-    restore_datadir(&backup, &datadir, &restored);
+    restore(sb, &backup, &restored, &[]);
     let copy = MariaDb::start_existing(ServerOptions {
         server_id: 2,
         ..ServerOptions::new(&restored, &sb.dir.path().join(format!("run-{name}")))

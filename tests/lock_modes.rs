@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{restore_datadir, stderr, stdout_json, time, Sandbox};
+use common::{restore, stderr, stdout_json, time, Sandbox};
 use dbsnap_test_support::bank::{self, Commit, Writers};
 use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
 
@@ -32,10 +32,9 @@ fn backup_and_verify(sb: &Sandbox, args: &[&str], audit: bool) -> (serde_json::V
     assert!(out.status.success(), "{}", stderr(&out));
     let manifest = stdout_json(&out);
     let backup = std::path::PathBuf::from(manifest["path"].as_str().unwrap());
-    let datadir = std::path::PathBuf::from(manifest["server"]["datadir"].as_str().unwrap());
     let name = manifest["name"].as_str().unwrap().to_string();
     let restored = sb.dir.path().join(format!("restored-{name}"));
-    restore_datadir(&backup, &datadir, &restored);
+    restore(sb, &backup, &restored, &[]);
     let copy = MariaDb::start_existing(ServerOptions {
         server_id: 2,
         ..ServerOptions::new(&restored, &sb.dir.path().join(format!("run-{name}")))

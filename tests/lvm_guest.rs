@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{dbsnap_with, restore_datadir, stderr, stdout_json, time, DBSNAP};
+use common::{dbsnap_with, restore_with, stderr, stdout_json, time, DBSNAP};
 use dbsnap_test_support::bank::{self, Writers};
 use dbsnap_test_support::guest::{self, Guest};
 use dbsnap_test_support::mariadb::{self, MariaDb, ServerOptions};
@@ -384,12 +384,21 @@ fn backup_restore_and_verify(
         position
     );
 
+    // `dbsnap verify` recovers a scratch copy whose binlog directory is apart too.
+    let out = sb.dbsnap(&["verify", backup.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = stdout_json(&out);
+    assert_eq!(v["verdict"], "passed", "{v}");
+    println!("{label}: verified, recovery {} ms", v["recovery_ms"]);
+
+    // `dbsnap restore` puts a binlog directory kept apart from the datadir beside the
+    // new datadir, as `<datadir>.binlog`, with its index rewritten.
     let restored = sb.scratch.join(format!("restored-{label}"));
-    restore_datadir(&backup, &datadir, &restored);
+    restore_with(&sb.config, &backup, &restored, &[]);
     let restored_logs = if logs_dir == datadir {
         restored.clone()
     } else {
-        restore_binlogs(&stored_logs, &sb.scratch.join(format!("logs-{label}")))
+        sb.scratch.join(format!("restored-{label}.binlog"))
     };
     let copy = MariaDb::start_existing(ServerOptions {
         server_id: 2,
@@ -406,30 +415,6 @@ fn backup_restore_and_verify(
     copy.stop();
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
     manifest
-}
-
-/// Copy a backup's binlog directory to `target` and point its index at the copies (it
-/// names the live server's absolute paths; see `restore_datadir`).
-fn restore_binlogs(stored: &Path, target: &Path) -> PathBuf {
-    run(&[
-        "cp",
-        "-a",
-        stored.to_str().unwrap(),
-        target.to_str().unwrap(),
-    ]);
-    let index = target.join("binlog.index");
-    let text = std::fs::read_to_string(&index).unwrap();
-    let rewritten: String = text
-        .lines()
-        .map(|l| {
-            format!(
-                "{}\n",
-                target.join(Path::new(l).file_name().unwrap()).display()
-            )
-        })
-        .collect();
-    std::fs::write(&index, rewritten).unwrap();
-    target.to_path_buf()
 }
 
 #[test]

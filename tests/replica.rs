@@ -7,7 +7,7 @@ mod common;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{restore_datadir, stderr, stdout_json, Sandbox};
+use common::{restore, stderr, stdout_json, Sandbox};
 use dbsnap_test_support::bank::{self, Writers};
 use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
 
@@ -111,18 +111,34 @@ fn replica_mode_records_source_coordinates_that_build_a_new_replica() {
     // The applier runs again after the backup.
     wait_caught_up(&source, replica);
 
-    // A new replica from the backup, started at the recorded source coordinates.
+    // A new replica from the backup, started at the recorded source coordinates with
+    // the statement `dbsnap restore` prints.
     let backup = std::path::PathBuf::from(manifest["path"].as_str().unwrap());
-    let datadir = std::path::PathBuf::from(manifest["server"]["datadir"].as_str().unwrap());
     let restored = sb.dir.path().join("new-replica");
-    restore_datadir(&backup, &datadir, &restored);
+    let out = restore(
+        &sb,
+        &backup,
+        &restored,
+        &["--json", "--source-user", "repl"],
+    );
+    let statement = stdout_json(&out)["replication"]["from_source"]
+        .as_str()
+        .expect("a statement to join the source")
+        .replace("<password>", "repl-pw");
+    assert!(
+        statement.contains(&format!(
+            "MASTER_LOG_FILE = '{file}', MASTER_LOG_POS = {pos}"
+        )),
+        "{statement}"
+    );
     let fresh = MariaDb::start_existing(ServerOptions {
         server_id: 3,
         extra_args: vec!["--skip-slave-start".into()],
         ..ServerOptions::new(&restored, &sb.dir.path().join("run3"))
     });
-    fresh.sql("STOP SLAVE; RESET SLAVE ALL;");
-    replicate_from(&fresh, source_port, file, &pos.to_string());
+    fresh.sql(&format!(
+        "STOP SLAVE; RESET SLAVE ALL; {statement} START SLAVE;"
+    ));
     wait_caught_up(&source, &fresh);
     let checksum = |db: &MariaDb| db.sql("CHECKSUM TABLE bank.accounts, bank.transfers");
     assert_eq!(

@@ -33,7 +33,7 @@ pub async fn run(
         force,
     ))
     .await;
-    let manifest = match outcome {
+    let mut manifest = match outcome {
         Ok(m) => m,
         Err(e) => {
             if let Err(cleanup) = release_all(config, &mut journal).await {
@@ -51,6 +51,39 @@ pub async fn run(
             return Err(e);
         }
     };
+
+    // `[backup] verify`: prove the published backup restores (its own journaled step).
+    if config.backup()?.verify {
+        manifest =
+            match super::until_signal(crate::verify::verify(&mut journal, &manifest.path)).await {
+                Ok(m) => m,
+                Err(e) => {
+                    if let Err(cleanup) = release_all(config, &mut journal).await {
+                        tracing::error!("{cleanup:#}");
+                    }
+                    return Err(e.context(format!(
+                        "backup {} is complete but could not be verified",
+                        manifest.name
+                    )));
+                }
+            };
+        if manifest
+            .verification
+            .as_ref()
+            .is_some_and(|v| v.verdict == crate::verify::Verdict::Failed)
+        {
+            let e = crate::verify::failed_error(&manifest, &manifest.path);
+            let env = [
+                ("DBSNAP_STATUS", "failed".to_string()),
+                ("DBSNAP_ERROR", format!("{e:#}")),
+                ("DBSNAP_EXIT_CODE", class_of(&e).exit_code().to_string()),
+            ];
+            if let Err(hook) = config.hooks.run(Phase::OnFailure, &env).await {
+                tracing::error!("{hook:#}");
+            }
+            return Err(e);
+        }
+    }
 
     print(&manifest, json)?;
     if let Some(budget) = max_lock_ms.filter(|b| manifest.lock.hold_ms > *b) {

@@ -69,16 +69,23 @@ async fn release_one(config: &Config, resource: &Resource) -> anyhow::Result<()>
             Ok(())
         }
         Resource::Snapshot { set } => {
+            // A snapshot kept on purpose (`snapshot create`) whose run stopped between
+            // writing its record and leaving the journal is not a leftover.
+            if crate::kept::is_kept(&config.state_dir, &set.name) {
+                return Ok(());
+            }
             let backend = backends::open_named(&set.backend, &config.snapshot)?;
             backend.release(set).await?;
             Ok(())
         }
+        Resource::Scratch { dir, run_dir } => crate::verify::remove_scratch(dir, run_dir).await,
     }
 }
 
 fn describe(resource: &Resource) -> String {
     match resource {
         Resource::Partial { dir } => format!("partial backup {}", dir.display()),
+        Resource::Scratch { dir, .. } => format!("verification scratch copy {}", dir.display()),
         Resource::Mount { set, workdir } => {
             format!("mount of {} under {}", set.name, workdir.display())
         }

@@ -12,7 +12,8 @@ use crate::manifest::{Manifest, MANIFEST_FILE};
 struct Entry {
     name: String,
     path: PathBuf,
-    /// `complete`, `incomplete` (a `.partial` directory) or `invalid` (no readable manifest).
+    /// `complete`, `verified`, `failed` (verification failed: do not rely on it),
+    /// `incomplete` (a `.partial` directory) or `invalid` (no readable manifest).
     status: &'static str,
     manifest: Option<Manifest>,
 }
@@ -32,7 +33,7 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
             ("incomplete", None)
         } else if path.join(MANIFEST_FILE).exists() {
             match Manifest::read(&path) {
-                Ok(m) => ("complete", Some(m)),
+                Ok(m) => (status_of(&m), Some(m)),
                 Err(_) => ("invalid", None),
             }
         } else {
@@ -75,4 +76,12 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn status_of(m: &Manifest) -> &'static str {
+    match m.verification.as_ref().map(|v| v.verdict) {
+        Some(crate::verify::Verdict::Passed) => "verified",
+        Some(crate::verify::Verdict::Failed) => "failed",
+        None => "complete",
+    }
 }

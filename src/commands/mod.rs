@@ -5,6 +5,10 @@ pub mod backup;
 pub mod check;
 pub mod cleanup;
 pub mod list;
+pub mod prune;
+pub mod restore;
+pub mod snapshot;
+pub mod verify;
 
 use std::future::Future;
 

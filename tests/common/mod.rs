@@ -31,13 +31,25 @@ impl Sandbox {
     }
 
     pub fn with_fs_size(mib: u64) -> Sandbox {
+        Sandbox::build(mib, None)
+    }
+
+    /// A sandbox whose server also listens on 127.0.0.1 (a replication source).
+    pub fn networked() -> Sandbox {
+        Sandbox::build(768, Some(dbsnap_test_support::mariadb::free_port()))
+    }
+
+    fn build(mib: u64, port: Option<u16>) -> Sandbox {
         let dir = tempfile::Builder::new()
             .prefix("dbsnap test ")
             .tempdir()
             .unwrap();
         let fs = LoopBtrfs::new(dir.path(), "db fs", mib);
         let datadir = fs.subvolume("mysql");
-        let server = MariaDb::start(ServerOptions::new(&datadir, &dir.path().join("run")));
+        let server = MariaDb::start(ServerOptions {
+            port,
+            ..ServerOptions::new(&datadir, &dir.path().join("run"))
+        });
         let dest = dir.path().join("backups");
         std::fs::create_dir(&dest).unwrap();
         let state = dir.path().join("state");
@@ -145,31 +157,21 @@ pub fn time(v: &serde_json::Value) -> SystemTime {
     SystemTime::from(t)
 }
 
-/// Put a backup's datadir copy into `target` the way a restore must: copy the files,
-/// and rewrite `binlog.index` to name the copy's own binlogs (it lists the live
-/// server's absolute paths; a server started on an unmodified copy on the same host
-/// would recover against the LIVE binlog).
-pub fn restore_datadir(backup: &Path, original_datadir: &Path, target: &Path) {
-    let stored = backup
-        .join("files")
-        .join(original_datadir.strip_prefix("/").unwrap());
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(&stored)
-        .arg(target)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let index = target.join("binlog.index");
-    if index.exists() {
-        let text = std::fs::read_to_string(&index).unwrap();
-        let rewritten: String = text
-            .lines()
-            .map(|l| {
-                let file = Path::new(l).file_name().unwrap();
-                format!("{}\n", target.join(file).display())
-            })
-            .collect();
-        std::fs::write(&index, rewritten).unwrap();
-    }
+/// `dbsnap restore BACKUP --datadir TARGET` (plus `extra`), asserting it succeeds.
+pub fn restore(sb: &Sandbox, backup: &Path, target: &Path, extra: &[&str]) -> Output {
+    restore_with(&sb.config, backup, target, extra)
+}
+
+/// [`restore`] with any configuration file.
+pub fn restore_with(config: &Path, backup: &Path, target: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "restore",
+        backup.to_str().unwrap(),
+        "--datadir",
+        target.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = dbsnap_with(config, &args);
+    assert!(out.status.success(), "restore failed: {}", stderr(&out));
+    out
 }

@@ -113,4 +113,16 @@ pub trait SnapshotBackend: Send + Sync {
 
     /// Whether the snapshots are still intact; polled while the copy runs.
     async fn health(&self, set: &SnapshotSet) -> Result<Health>;
+
+    /// Revert the live volumes to the snapshots (safety snapshots: undo a failed
+    /// upgrade). dbsnap calls it only while the server is stopped. The snapshots stay,
+    /// so a rollback can be repeated. Backends that cannot do it keep this default.
+    async fn rollback(&self, set: &SnapshotSet) -> Result<()> {
+        Err(BackendError::Invalid(format!(
+            "the {} backend cannot roll back snapshot {} (not supported yet); restore from a \
+             backup with `dbsnap restore` instead",
+            self.name(),
+            set.name
+        )))
+    }
 }

@@ -311,6 +311,85 @@ impl SnapshotBackend for Btrfs {
         // btrfs snapshots reserve nothing; free space is watched by dbsnap for every backend.
         Ok(Health::Ok)
     }
+
+    /// Swap each volume's subvolume for a writable snapshot of the kept one. The live
+    /// subvolume is renamed aside first and deleted only once its replacement exists,
+    /// so a failure at any step leaves the data where it was.
+    async fn rollback(&self, set: &SnapshotSet) -> Result<()> {
+        let table = read_mount_table()?;
+        for snap in &set.snapshots {
+            let root = &snap.volume.root;
+            let frozen = Path::new(&snap.id);
+            if !is_subvolume(frozen) {
+                return Err(BackendError::Invalid(format!(
+                    "the snapshot {} of {} no longer exists; nothing was rolled back for it",
+                    frozen.display(),
+                    root.display()
+                )));
+            }
+            // A mounted subvolume (or the filesystem's top level) cannot be renamed aside.
+            if table.iter().any(|m| &m.mount_point == root) {
+                return Err(Self::unsupported(
+                    root,
+                    "it is a mount point, so it cannot be swapped for the snapshot",
+                    "Roll back by hand: stop the server, unmount it, and mount the snapshot \
+                     (or a writable snapshot of it) in its place",
+                ));
+            }
+            let file = root.file_name().map(|f| f.to_string_lossy().into_owned());
+            let aside = root.with_file_name(format!(
+                "{}.{}.rollback-old",
+                file.unwrap_or_default(),
+                set.name
+            ));
+            if aside.exists() {
+                return Err(BackendError::Invalid(format!(
+                    "{} exists from an earlier rollback: check it and remove it (btrfs subvolume \
+                     delete) before rolling back again",
+                    aside.display()
+                )));
+            }
+            std::fs::rename(root, &aside).map_err(|e| {
+                BackendError::io(
+                    format!("moving {} aside to {}", root.display(), aside.display()),
+                    e,
+                )
+            })?;
+            let restored = Cmd::new("btrfs")
+                .args(["subvolume", "snapshot"])
+                .arg(frozen)
+                .arg(root)
+                .run()
+                .await;
+            if let Err(e) = restored {
+                // Put the live data back; the volume is as it was before.
+                if let Err(back) = std::fs::rename(&aside, root) {
+                    return Err(BackendError::Invalid(format!(
+                        "rolling back {} failed ({e}) and moving the original back failed too \
+                         ({back}): the original data is at {}; rename it to {} by hand",
+                        root.display(),
+                        aside.display(),
+                        root.display()
+                    )));
+                }
+                return Err(e.into());
+            }
+            Cmd::new("btrfs")
+                .args(["subvolume", "delete"])
+                .arg(&aside)
+                .run()
+                .await
+                .map_err(|e| {
+                    BackendError::Invalid(format!(
+                        "{} was rolled back, but its previous contents at {} could not be \
+                         deleted ({e}); delete them with `btrfs subvolume delete`",
+                        root.display(),
+                        aside.display()
+                    ))
+                })?;
+        }
+        Ok(())
+    }
 }
 
 impl Btrfs {

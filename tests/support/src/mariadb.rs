@@ -14,6 +14,8 @@ pub struct ServerOptions {
     /// Binary-log base name (`.../binlog`), or `None` to run without a binary log.
     pub log_bin: Option<PathBuf>,
     pub server_id: u32,
+    /// Listen on 127.0.0.1 at this port (e.g. a replication source); `None`: socket only.
+    pub port: Option<u16>,
     pub extra_args: Vec<String>,
 }
 
@@ -25,6 +27,7 @@ impl ServerOptions {
             run_dir: run_dir.to_path_buf(),
             log_bin: Some(datadir.join("binlog")),
             server_id: 1,
+            port: None,
             extra_args: Vec::new(),
         }
     }
@@ -110,6 +113,15 @@ fn run_install_db(datadir: &Path) {
     );
 }
 
+/// A TCP port on 127.0.0.1 that is free right now (the OS picks it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl MariaDb {
     /// Install a datadir (if empty) and start a server on it; waits until it answers.
     pub fn start(options: ServerOptions) -> MariaDb {
@@ -137,8 +149,14 @@ impl MariaDb {
             ))
             .arg(format!("--log-error={}", log.display()))
             .arg(format!("--server-id={}", options.server_id))
-            .args(["--user=root", "--skip-networking"])
+            .arg("--user=root")
             .args(SMALL);
+        match options.port {
+            Some(port) => cmd
+                .arg(format!("--port={port}"))
+                .arg("--bind-address=127.0.0.1"),
+            None => cmd.arg("--skip-networking"),
+        };
         if let Some(bin) = &options.log_bin {
             cmd.arg(format!("--log-bin={}", bin.display()));
         }
@@ -203,7 +221,9 @@ impl MariaDb {
         self.shutdown();
     }
 
-    fn shutdown(&mut self) {
+    /// Shut down cleanly and wait, keeping the handle (e.g. to restart on the same
+    /// options after working on the stopped server's files).
+    pub fn shutdown(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };

@@ -1,0 +1,67 @@
+//! `dbsnap verify BACKUP`: recover a scratch copy with a throwaway server, check it,
+//! and record the verdict in the backup's manifest. A failed verification exits 11.
+
+use std::path::Path;
+
+use crate::commands::cleanup::release_all;
+use crate::config::Config;
+use crate::journal::{Journal, RunLock};
+use crate::manifest::Manifest;
+use crate::verify::{self, Verdict};
+
+pub async fn run(config: &Config, json: bool, backup: &str) -> anyhow::Result<()> {
+    let dir = verify::resolve_backup(config, backup)?;
+    let lock = RunLock::acquire(&config.state_dir)?;
+    let mut journal = Journal::open(&config.state_dir, &lock)?;
+    if !journal.entries().is_empty() {
+        tracing::warn!("an earlier run was interrupted; releasing what it left first");
+        release_all(config, &mut journal).await?;
+    }
+    let outcome = super::until_signal(verify::verify(&mut journal, &dir)).await;
+    let manifest = match outcome {
+        Ok(m) => m,
+        Err(e) => {
+            if let Err(cleanup) = release_all(config, &mut journal).await {
+                tracing::error!("{cleanup:#}");
+            }
+            return Err(e);
+        }
+    };
+    report(&manifest, &dir, json)
+}
+
+/// Print the verdict; a failed one becomes the error that sets the exit code.
+fn report(manifest: &Manifest, dir: &Path, json: bool) -> anyhow::Result<()> {
+    let Some(v) = &manifest.verification else {
+        anyhow::bail!("the manifest of {} holds no verification", manifest.name);
+    };
+    if v.verdict == Verdict::Failed {
+        return Err(verify::failed_error(manifest, dir));
+    }
+    if json {
+        return super::print_json(v);
+    }
+    println!("backup {} verified", manifest.name);
+    println!(
+        "  server       {} ({})",
+        v.server_binary.display(),
+        v.server_version
+    );
+    println!("  scratch copy {} ms", v.copy_ms);
+    println!("  recovery     {} ms", v.recovery_ms);
+    println!(
+        "  check        {} tables in {} ms",
+        v.tables_checked, v.check_ms
+    );
+    if let Some(g) = v
+        .recovered_gtid_binlog_pos
+        .as_deref()
+        .filter(|g| !g.is_empty())
+    {
+        println!("  gtid         {g} (as recorded)");
+    }
+    for w in &v.warnings {
+        println!("  warning      {w}");
+    }
+    Ok(())
+}

@@ -1,0 +1,434 @@
+//! Restore: put a backup's files into a new datadir, rewrite the files that name other
+//! files by absolute path, fix ownership, and say how to make a replica of it.
+//!
+//! The datadir goes to `--datadir DIR`. A directory the server kept outside its
+//! datadir (binlog, redo log, ... on other volumes) goes beside it as `DIR.<role>`,
+//! and the server options that point there are printed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::db::Coordinates;
+use crate::error::{fail, Class};
+use crate::manifest::Manifest;
+use crate::progress::Progress;
+use crate::relocate::{self, Moves};
+use crate::transfer::{self, CopyItem};
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub backup: PathBuf,
+    pub datadir: PathBuf,
+    pub force: bool,
+    /// The server's user; `None`: `mysql` if that user exists.
+    pub owner: Option<String>,
+    pub source: Source,
+}
+
+/// Where a replica built from the restored copy will replicate from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Source {
+    /// Empty: the host the backup was taken from.
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Restored {
+    pub backup: String,
+    /// Each original directory and where it was restored.
+    pub directories: Vec<(PathBuf, PathBuf)>,
+    /// Server options the restored copy needs (beyond `datadir`).
+    pub server_options: Vec<String>,
+    pub owner: Option<String>,
+    pub rewritten: Vec<PathBuf>,
+    pub replication: Replication,
+    pub bytes: u64,
+    pub duration_ms: u64,
+}
+
+/// Statements that make a server started on the restored copy a replica of the source.
+#[derive(Debug, Serialize)]
+pub struct Replication {
+    /// Replicate by GTID (when the backup recorded one).
+    pub gtid: Option<String>,
+    /// Replicate from the binlog file and position recorded under the lock.
+    pub file_position: Option<String>,
+    /// When the backup is of a replica: replicate from that replica's own source, at
+    /// the position the backup holds.
+    pub from_source: Option<String>,
+    /// Why a form is missing, if one is.
+    pub note: Option<String>,
+    /// `START SLAVE` / `START REPLICA`.
+    pub start: String,
+}
+
+pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
+    let manifest = Manifest::read(&request.backup)?;
+    let target = &request.datadir;
+    if !target.is_absolute() {
+        return Err(fail(
+            Class::Config,
+            format!("--datadir {} must be an absolute path", target.display()),
+        ));
+    }
+
+    // Where each copied directory goes: the datadir to DIR, the others beside it.
+    let roots = copy_roots(&manifest);
+    let base = target.file_name().map(|f| f.to_string_lossy().into_owned());
+    let moves: Vec<(PathBuf, PathBuf)> = roots
+        .iter()
+        .map(|(role, path)| {
+            let to = if *path == manifest.server.datadir {
+                target.clone()
+            } else {
+                target.with_file_name(format!(
+                    "{}.{}",
+                    base.clone().unwrap_or_default(),
+                    role.replace(' ', "-")
+                ))
+            };
+            (path.clone(), to)
+        })
+        .collect();
+
+    for (_, to) in &moves {
+        let running = crate::procs::servers_on(to);
+        if !running.is_empty() {
+            return Err(fail(
+                Class::Destination,
+                format!(
+                    "a database server is running on {}: {}. Stop it first (systemctl stop \
+                     mariadb, or mariadb-admin shutdown), then run the restore again",
+                    to.display(),
+                    crate::procs::describe(&running)
+                ),
+            ));
+        }
+        let nonempty = std::fs::read_dir(to).is_ok_and(|mut d| d.next().is_some());
+        if nonempty && !request.force {
+            return Err(fail(
+                Class::Destination,
+                format!(
+                    "{} is not empty. Restore into an empty directory, or pass --force to \
+                     replace what is there (its contents are deleted)",
+                    to.display()
+                ),
+            ));
+        }
+    }
+    let owner = owner(request.owner.as_deref())?;
+
+    // Copy.
+    let mut items = Vec::new();
+    for (from, to) in &moves {
+        if to.exists() && request.force {
+            empty_dir(to)?;
+        }
+        std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+        items.push(CopyItem {
+            from: Manifest::stored_path(&request.backup, from),
+            to: to.clone(),
+            exclude: Vec::new(),
+        });
+    }
+    let progress = Progress::new(crate::verify::stored_bytes(&request.backup));
+    let report = |bytes| progress.set(bytes);
+    let stats = transfer::copy(&items, transfer::rsync::Writes::Whole, None, None, &report).await?;
+    progress.finish();
+
+    // Point the copy at itself.
+    let to_dirs: Vec<PathBuf> = moves.iter().map(|(_, to)| to.clone()).collect();
+    let moves = Moves(moves);
+    let rewritten = relocate::rewrite_path_files(&to_dirs, &moves)?;
+
+    if let Some((uid, gid, _)) = &owner {
+        for dir in &to_dirs {
+            for entry in walkdir::WalkDir::new(dir).into_iter().flatten() {
+                std::os::unix::fs::lchown(entry.path(), Some(*uid), Some(*gid))
+                    .with_context(|| format!("changing the owner of {}", entry.path().display()))?;
+            }
+        }
+    }
+
+    let server_options = server_options(&manifest, &moves, target);
+    let mut source = request.source.clone();
+    if source.host.is_empty() {
+        source.host = manifest.server.hostname.clone();
+    }
+    Ok(Restored {
+        backup: manifest.name.clone(),
+        directories: moves.0.clone(),
+        server_options,
+        owner: owner.map(|(_, _, name)| name),
+        rewritten,
+        replication: replication(&manifest.server.version, &manifest.coordinates, &source),
+        bytes: stats.bytes,
+        duration_ms: stats.duration_ms,
+    })
+}
+
+/// The backup's top directories (not inside another one), with their role.
+fn copy_roots(manifest: &Manifest) -> Vec<(String, PathBuf)> {
+    manifest
+        .paths
+        .iter()
+        .filter(|d| {
+            !manifest
+                .paths
+                .iter()
+                .any(|o| o.path != d.path && d.path.starts_with(&o.path))
+        })
+        .map(|d| (d.role.clone(), d.path.clone()))
+        .collect()
+}
+
+/// Options for the restored server's configuration when directories moved apart from
+/// the datadir.
+fn server_options(manifest: &Manifest, moves: &Moves, datadir: &Path) -> Vec<String> {
+    let mut options = vec![format!("datadir = {}", datadir.display())];
+    if let Some(base) = &manifest.server.binlog_basename {
+        if let Some(new) = moves.relocate(base) {
+            options.push(format!("log_bin = {}", new.display()));
+        }
+    }
+    for d in &manifest.paths {
+        let option = match d.role.as_str() {
+            "redo log" => "innodb_log_group_home_dir",
+            "system tablespace" => "innodb_data_home_dir",
+            "undo" => "innodb_undo_directory",
+            "aria log" => "aria_log_dir_path",
+            _ => continue,
+        };
+        if let Some(new) = moves.relocate(&d.path) {
+            options.push(format!("{option} = {}", new.display()));
+        }
+    }
+    options
+}
+
+/// uid, gid and name of the server's user.
+fn owner(requested: Option<&str>) -> anyhow::Result<Option<(u32, u32, String)>> {
+    let name = requested.unwrap_or("mysql");
+    match nix::unistd::User::from_name(name)? {
+        Some(u) => Ok(Some((u.uid.as_raw(), u.gid.as_raw(), u.name))),
+        None if requested.is_some() => Err(fail(
+            Class::Config,
+            format!("--owner {name}: no such user on this host"),
+        )),
+        None => {
+            tracing::warn!(
+                "there is no `mysql` user here: the files keep the owners they had on the \
+                 source. Pass --owner USER to give them to the server's user"
+            );
+            Ok(None)
+        }
+    }
+}
+
+fn empty_dir(dir: &Path) -> anyhow::Result<()> {
+    tracing::warn!("--force: deleting the contents of {}", dir.display());
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let result = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        result.with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn sql_string(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// `CHANGE MASTER TO` (MariaDB, MySQL before 8.0.23) or `CHANGE REPLICATION SOURCE TO`
+/// (MySQL 8.0.23 and later), in GTID and binlog file/position forms. The password is
+/// a placeholder: dbsnap never handles the replication password.
+pub fn replication(version: &str, coords: &Coordinates, source: &Source) -> Replication {
+    let mariadb = version.contains("MariaDB");
+    let numbers: Vec<u32> = version
+        .split(['-', '+'])
+        .next()
+        .unwrap_or("")
+        .split('.')
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let new_mysql = !mariadb && numbers.as_slice() >= [8, 0, 23].as_slice();
+    let (change, p, start) = if new_mysql {
+        ("CHANGE REPLICATION SOURCE TO", "SOURCE", "START REPLICA;")
+    } else {
+        ("CHANGE MASTER TO", "MASTER", "START SLAVE;")
+    };
+    let connection = |host: &str, port: u16| {
+        format!(
+            "{p}_HOST = {}, {p}_PORT = {port}, {p}_USER = {}, {p}_PASSWORD = '<password>'",
+            sql_string(host),
+            sql_string(&source.user)
+        )
+    };
+    // MariaDB would otherwise keep replicating by GTID and ignore the position.
+    let no_gtid = if mariadb {
+        ", MASTER_USE_GTID = no"
+    } else {
+        ""
+    };
+    let file_pos = |host: &str, port: u16, file: &str, pos: u64| {
+        format!(
+            "{change} {}, {p}_LOG_FILE = {}, {p}_LOG_POS = {pos}{no_gtid};",
+            connection(host, port),
+            sql_string(file)
+        )
+    };
+    let here = connection(&source.host, source.port);
+    // Coordinates read after the snapshot (lock modes that do not block commits) may be
+    // ahead of the copy: starting there would skip transactions. Only positions the
+    // restored server knows itself are safe then.
+    let (file_position, gtid, note) = if coords.exact {
+        let file_position = match (&coords.binlog_file, coords.binlog_position) {
+            (Some(file), Some(pos)) => Some(file_pos(&source.host, source.port, file, pos)),
+            _ => None,
+        };
+        let gtid = match (mariadb, &coords.gtid_binlog_pos, &coords.gtid_executed) {
+            (true, Some(g), _) if !g.is_empty() => Some(format!(
+                "SET GLOBAL gtid_slave_pos = {};\n{change} {here}, MASTER_USE_GTID = slave_pos;",
+                sql_string(g)
+            )),
+            // MySQL keeps its executed GTID set in the restored files themselves.
+            (false, _, Some(g)) if !g.is_empty() => {
+                Some(format!("{change} {here}, {p}_AUTO_POSITION = 1;"))
+            }
+            _ => None,
+        };
+        (file_position, gtid, None)
+    } else {
+        let gtid = if mariadb {
+            // The restored server's own GTID state, as its crash recovery left it.
+            format!("{change} {here}, MASTER_USE_GTID = current_pos;")
+        } else {
+            format!("{change} {here}, {p}_AUTO_POSITION = 1;")
+        };
+        let note = "the backup's coordinates were read after the snapshot, so they may be ahead \
+                    of the copy: use the GTID form, or read the position the restored server \
+                    recovered to (SHOW MASTER STATUS) before it takes any write";
+        (None, Some(gtid), Some(note.to_string()))
+    };
+    // A backup of a replica can also become a sibling replica of the same source.
+    let sibling = coords.replica.as_ref().and_then(|r| {
+        let host = r.source_host.as_deref()?;
+        let port = r.source_port.unwrap_or(3306);
+        match (&r.source_log_file, r.source_log_pos, &r.gtid) {
+            (Some(file), Some(pos), _) => Some(file_pos(host, port, file, pos)),
+            (_, _, Some(g)) if mariadb && !g.is_empty() => Some(format!(
+                "SET GLOBAL gtid_slave_pos = {};\n{change} {}, MASTER_USE_GTID = slave_pos;",
+                sql_string(g),
+                connection(host, port)
+            )),
+            _ => None,
+        }
+    });
+    Replication {
+        gtid,
+        file_position,
+        from_source: sibling,
+        note,
+        start: start.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::coordinates::ReplicaCoordinates;
+
+    fn coords() -> Coordinates {
+        Coordinates {
+            exact: true,
+            binlog_file: Some("binlog.000002".into()),
+            binlog_position: Some(1234),
+            gtid_binlog_pos: Some("0-1-42".into()),
+            gtid_executed: Some("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5".into()),
+            ..Default::default()
+        }
+    }
+
+    fn source() -> Source {
+        Source {
+            host: "db1".into(),
+            port: 3306,
+            user: "re'pl".into(),
+        }
+    }
+
+    #[test]
+    fn mariadb_statements() {
+        let r = replication("10.11.6-MariaDB-log", &coords(), &source());
+        assert_eq!(
+            r.gtid.unwrap(),
+            "SET GLOBAL gtid_slave_pos = '0-1-42';\nCHANGE MASTER TO MASTER_HOST = 'db1', \
+             MASTER_PORT = 3306, MASTER_USER = 're\\'pl', MASTER_PASSWORD = '<password>', \
+             MASTER_USE_GTID = slave_pos;"
+        );
+        assert!(r.file_position.unwrap().ends_with(
+            "MASTER_LOG_FILE = 'binlog.000002', MASTER_LOG_POS = 1234, MASTER_USE_GTID = no;"
+        ));
+        assert_eq!(r.start, "START SLAVE;");
+        assert!(r.from_source.is_none() && r.note.is_none());
+    }
+
+    #[test]
+    fn new_mysql_uses_replication_source() {
+        let r = replication("8.0.36", &coords(), &source());
+        let fp = r.file_position.unwrap();
+        assert!(
+            fp.starts_with("CHANGE REPLICATION SOURCE TO SOURCE_HOST = 'db1'"),
+            "{fp}"
+        );
+        assert!(fp.ends_with("SOURCE_LOG_POS = 1234;"), "{fp}");
+        assert!(r.gtid.unwrap().ends_with("SOURCE_AUTO_POSITION = 1;"));
+        assert_eq!(r.start, "START REPLICA;");
+        let old = replication("5.7.44-log", &coords(), &source());
+        assert!(old.file_position.unwrap().starts_with("CHANGE MASTER TO"));
+    }
+
+    #[test]
+    fn inexact_coordinates_give_only_positions_the_copy_knows() {
+        let c = Coordinates {
+            exact: false,
+            ..coords()
+        };
+        let r = replication("10.11.6-MariaDB", &c, &source());
+        assert!(r.file_position.is_none());
+        assert!(r.gtid.unwrap().ends_with("MASTER_USE_GTID = current_pos;"));
+        assert!(r.note.is_some());
+    }
+
+    #[test]
+    fn a_replica_backup_can_join_its_source() {
+        let c = Coordinates {
+            replica: Some(ReplicaCoordinates {
+                source_host: Some("10.0.0.1".into()),
+                source_port: Some(3307),
+                source_log_file: Some("mysql-bin.000007".into()),
+                source_log_pos: Some(99),
+                ..Default::default()
+            }),
+            ..coords()
+        };
+        let r = replication("10.11.6-MariaDB", &c, &source());
+        let s = r.from_source.unwrap();
+        assert!(
+            s.contains("MASTER_HOST = '10.0.0.1', MASTER_PORT = 3307"),
+            "{s}"
+        );
+        assert!(
+            s.contains("MASTER_LOG_FILE = 'mysql-bin.000007', MASTER_LOG_POS = 99"),
+            "{s}"
+        );
+    }
+}
