@@ -41,8 +41,7 @@ tier "unit tests" cargo test --workspace --locked --lib --bins
 # LVM and OpenZFS inside the emulated guest. Each suite's wall time is in its "finished in" line.
 tier "integration tests (host and guest)" bash -o pipefail -c \
     'cargo test --workspace --locked --no-fail-fast --test "*" 2>&1 | tee target/integration.log'
-grep -E "^     Running|^test result" target/integration.log 2>/dev/null | paste - - \
-    | sed -E 's/ *Running ([^ ]+).*test result: ([a-zA-Z]+)\. ([0-9]+) passed; ([0-9]+) failed.*finished in ([0-9.]+s)/  \5  \3 passed \4 failed  \1/' \
+awk '/^     Running /{name=$2} /^test result:/{printf "  %8s  %-6s %s\n", $NF, $3, name}' target/integration.log \
     > target/suite-times.txt || true
 
 echo
