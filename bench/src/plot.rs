@@ -212,11 +212,14 @@ where
     }))?;
     for r in &runs {
         let from = r.measured.lock_from_ms;
+        // Only this run's own neighbourhood: a short run must not lend its later
+        // commits to the time axis of a long one (they would appear inside its window).
+        let own = x_min..(r.measured.lock_to_ms - from + 1000.0);
         chart.draw_series(
             size.commits
                 .iter()
                 .map(|(began, latency)| (began - from, *latency))
-                .filter(|(x, _)| (x_min..x_max).contains(x))
+                .filter(|(x, _)| own.contains(x))
                 .map(|(x, l)| Circle::new((x, l.max(FLOOR_MS)), 1, BLACK.filled())),
         )?;
     }
