@@ -26,6 +26,6 @@ apt-get install -y -q --no-install-recommends \
     zfs-fuse \
     qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static kmod cpio \
     borgbackup restic \
-    procps psmisc ca-certificates jq
+    procps psmisc ca-certificates fonts-dejavu-core jq
 
 rm -f /usr/sbin/policy-rc.d
