@@ -7,7 +7,6 @@ use crate::commands::cleanup::release_all;
 use crate::config::Config;
 use crate::error::{class_of, fail, Class};
 use crate::hooks::Phase;
-use crate::journal::{Journal, RunLock};
 use crate::manifest::Manifest;
 use crate::orchestrator;
 
@@ -19,12 +18,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.backup()?;
     let backend = backends::open(&config.snapshot)?;
-    let lock = RunLock::acquire(&config.state_dir)?;
-    let mut journal = Journal::open(&config.state_dir, &lock)?;
-    if !journal.entries().is_empty() {
-        tracing::warn!("an earlier run was interrupted; releasing what it left first");
-        release_all(config, &mut journal).await?;
-    }
+    let (_lock, mut journal) = super::start_run(config).await?;
 
     let outcome = super::until_signal(orchestrator::backup(
         config,

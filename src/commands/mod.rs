@@ -14,7 +14,9 @@ use std::future::Future;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::config::Config;
 use crate::error::{fail, Class};
+use crate::journal::{Journal, RunLock};
 
 /// Run `work` until it finishes or SIGINT/SIGTERM arrives. On a signal the future is
 /// dropped: its database connections close (so the server releases any lock at once)
@@ -31,6 +33,19 @@ pub async fn until_signal<T>(work: impl Future<Output = anyhow::Result<T>>) -> a
         Class::Interrupted,
         format!("interrupted by {name}; the lock (if held) was released and the run's resources are being cleaned up"),
     ))
+}
+
+/// Exclusive use of the state directory, with whatever an interrupted run left
+/// released first: how every command that creates resources starts. Keep the lock
+/// for as long as the journal is used.
+pub async fn start_run(config: &Config) -> anyhow::Result<(RunLock, Journal)> {
+    let lock = RunLock::acquire(&config.state_dir)?;
+    let mut journal = Journal::open(&config.state_dir, &lock)?;
+    if !journal.entries().is_empty() {
+        tracing::warn!("an earlier run was interrupted; releasing what it left first");
+        cleanup::release_all(config, &mut journal).await?;
+    }
+    Ok((lock, journal))
 }
 
 /// Print one JSON document on stdout (the only thing `--json` writes there).

@@ -5,7 +5,7 @@ use crate::backends;
 use crate::commands::cleanup::release_all;
 use crate::config::Config;
 use crate::error::{fail, Class};
-use crate::journal::{Journal, RunLock};
+use crate::journal::RunLock;
 use crate::kept::KeptSnapshot;
 use crate::orchestrator::{self, backend_error};
 
@@ -16,12 +16,7 @@ pub async fn create(
     force: bool,
 ) -> anyhow::Result<()> {
     let backend = backends::open(&config.snapshot)?;
-    let lock = RunLock::acquire(&config.state_dir)?;
-    let mut journal = Journal::open(&config.state_dir, &lock)?;
-    if !journal.entries().is_empty() {
-        tracing::warn!("an earlier run was interrupted; releasing what it left first");
-        release_all(config, &mut journal).await?;
-    }
+    let (_lock, mut journal) = super::start_run(config).await?;
     let outcome = super::until_signal(orchestrator::snapshot_create(
         config,
         backend.as_ref(),

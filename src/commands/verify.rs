@@ -5,18 +5,12 @@ use std::path::Path;
 
 use crate::commands::cleanup::release_all;
 use crate::config::Config;
-use crate::journal::{Journal, RunLock};
 use crate::manifest::Manifest;
 use crate::verify::{self, Verdict};
 
 pub async fn run(config: &Config, json: bool, backup: &str) -> anyhow::Result<()> {
     let dir = verify::resolve_backup(config, backup)?;
-    let lock = RunLock::acquire(&config.state_dir)?;
-    let mut journal = Journal::open(&config.state_dir, &lock)?;
-    if !journal.entries().is_empty() {
-        tracing::warn!("an earlier run was interrupted; releasing what it left first");
-        release_all(config, &mut journal).await?;
-    }
+    let (_lock, mut journal) = super::start_run(config).await?;
     let outcome = super::until_signal(verify::verify(&mut journal, &dir)).await;
     let manifest = match outcome {
         Ok(m) => m,
