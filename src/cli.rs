@@ -151,13 +151,24 @@ pub enum SnapshotCommand {
         /// Added to the snapshot's name, e.g. pre-upgrade.
         #[arg(long)]
         label: Option<String>,
+        /// Hook mode: mount the snapshot read-only under DIR (an existing empty
+        /// directory), each server directory at DIR/<its absolute path>, for a backup tool.
+        #[arg(long, value_name = "DIR")]
+        mount: Option<PathBuf>,
+        /// With --mount: `dbsnap cleanup` (or the next run) releases the snapshot after
+        /// this long, e.g. 6h, if `snapshot release` never came [default: never].
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
         #[command(flatten)]
         lock: LockArgs,
     },
     /// The kept snapshots.
     List,
-    /// Destroy a kept snapshot.
-    Release { name: String },
+    /// Destroy a kept snapshot, given its name or (hook mode) its mount directory.
+    Release {
+        #[arg(value_name = "NAME|DIR")]
+        name: String,
+    },
     /// Revert the server's volumes to a kept snapshot. The server must be stopped.
     Rollback { name: String },
 }

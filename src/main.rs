@@ -109,8 +109,21 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             commands::restore::run(&config, cli.json, request).await
         }
         Command::Snapshot(s) => match s {
-            SnapshotCommand::Create { label, lock } => {
-                commands::snapshot::create(&config, cli.json, label.as_deref(), lock.force).await
+            SnapshotCommand::Create {
+                label,
+                mount,
+                ttl,
+                lock,
+            } => {
+                commands::snapshot::create(
+                    &config,
+                    cli.json,
+                    label.as_deref(),
+                    lock.force,
+                    mount.as_deref(),
+                    *ttl,
+                )
+                .await
             }
             SnapshotCommand::List => commands::snapshot::list(&config, cli.json).await,
             SnapshotCommand::Release { name } => {

@@ -477,6 +477,7 @@ pub async fn snapshot_create(
     journal: &mut Journal,
     label: Option<&str>,
     force: bool,
+    hook: Option<&Hook>,
 ) -> anyhow::Result<KeptSnapshot> {
     let created_at = Utc::now();
     if let Some(label) = label {
@@ -506,7 +507,46 @@ pub async fn snapshot_create(
     let (lock, coordinates) = lock_and_snapshot(config, &mut pre, backend, &set).await?;
     let _ = pre.conn.disconnect().await;
 
-    // 5. keep
+    // 5. hook mode: mount, journaled like the backup's mount until the record holds it
+    let mount = match hook {
+        Some(hook) => {
+            let workdir = config.state_dir.join("runs").join(name.as_str());
+            journal.record(
+                name.as_str(),
+                Resource::Mount {
+                    set: set.clone(),
+                    workdir: workdir.clone(),
+                },
+            )?;
+            std::fs::create_dir_all(&workdir)
+                .with_context(|| format!("creating {}", workdir.display()))?;
+            let read_paths = backend.mount(&set, &workdir).await.map_err(backend_error)?;
+            // The backup's copy plan, laid out under DIR instead of a backup directory.
+            let files = hook.dir.join(crate::manifest::FILES_DIR);
+            let binds = plan_copy(&pre.layout, &read_paths, &hook.dir)?
+                .into_iter()
+                .map(|item| {
+                    let relative = item
+                        .to
+                        .strip_prefix(&files)
+                        .expect("plan_copy uses stored_path");
+                    crate::kept::Bind {
+                        path: Path::new("/").join(relative),
+                        from: item.from,
+                        at: hook.dir.join(relative),
+                    }
+                })
+                .collect();
+            Some(crate::kept::KeptMount {
+                dir: hook.dir.clone(),
+                workdir,
+                binds,
+            })
+        }
+        None => None,
+    };
+
+    // 6. keep
     let kept = KeptSnapshot {
         name,
         label: label.map(str::to_string),
@@ -521,11 +561,26 @@ pub async fn snapshot_create(
         lock,
         coordinates,
         paths: pre.layout.dirs.clone(),
+        mount,
+        expires_at: hook.and_then(|h| h.ttl).map(|ttl| created_at + ttl),
     };
     kept.write(&config.state_dir)?;
+    if let Some(m) = &kept.mount {
+        journal.forget(&Resource::Mount {
+            set: set.clone(),
+            workdir: m.workdir.clone(),
+        })?;
+    }
     journal.forget(&Resource::Snapshot { set })?;
     tracing::info!("kept snapshot {}", kept.name);
     Ok(kept)
+}
+
+/// Hook mode: where to show a kept snapshot, and for how long.
+pub struct Hook {
+    /// An existing, empty directory.
+    pub dir: PathBuf,
+    pub ttl: Option<chrono::Duration>,
 }
 
 /// Unmount and destroy a snapshot set, forgetting each resource once it is gone.

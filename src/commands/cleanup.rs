@@ -9,7 +9,8 @@ use crate::journal::{Journal, Resource, RunLock};
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
     let lock = RunLock::acquire(&config.state_dir)?;
     let mut journal = Journal::open(&config.state_dir, &lock)?;
-    let released = release_all(config, &mut journal).await?;
+    let mut released = release_all(config, &mut journal).await?;
+    released.extend(super::snapshot::release_expired(config).await?);
     if json {
         super::print_json(&serde_json::json!({ "released": released }))?;
     } else if released.is_empty() {

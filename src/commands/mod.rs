@@ -45,6 +45,7 @@ pub async fn start_run(config: &Config) -> anyhow::Result<(RunLock, Journal)> {
         tracing::warn!("an earlier run was interrupted; releasing what it left first");
         cleanup::release_all(config, &mut journal).await?;
     }
+    snapshot::release_expired(config).await?;
     Ok((lock, journal))
 }
 

@@ -1,20 +1,39 @@
 //! `dbsnap snapshot create|list|release|rollback`: safety snapshots kept on the
 //! server's own storage, e.g. before an upgrade.
 
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
 use crate::backends;
 use crate::commands::cleanup::release_all;
 use crate::config::Config;
 use crate::error::{fail, Class};
 use crate::journal::RunLock;
 use crate::kept::KeptSnapshot;
-use crate::orchestrator::{self, backend_error};
+use crate::orchestrator::{self, backend_error, Hook};
 
 pub async fn create(
     config: &Config,
     json: bool,
     label: Option<&str>,
     force: bool,
+    mount: Option<&Path>,
+    ttl: Option<std::time::Duration>,
 ) -> anyhow::Result<()> {
+    let hook = match mount {
+        Some(dir) => Some(Hook {
+            dir: empty_dir(dir)?,
+            ttl: ttl.map(chrono::Duration::from_std).transpose()?,
+        }),
+        None if ttl.is_some() => {
+            return Err(fail(
+                Class::Config,
+                "--ttl needs --mount DIR: it releases a snapshot a backup tool forgot",
+            ))
+        }
+        None => None,
+    };
     let backend = backends::open(&config.snapshot)?;
     let (_lock, mut journal) = super::start_run(config).await?;
     let outcome = super::until_signal(orchestrator::snapshot_create(
@@ -23,6 +42,7 @@ pub async fn create(
         &mut journal,
         label,
         force,
+        hook.as_ref(),
     ))
     .await;
     let kept = match outcome {
@@ -34,6 +54,15 @@ pub async fn create(
             return Err(e);
         }
     };
+    if let Some(m) = &kept.mount {
+        // The record exists now, so a failed bind is undone by releasing it.
+        if let Err(e) = m.bind_all() {
+            if let Err(cleanup) = release_kept(config, &kept).await {
+                tracing::error!("{cleanup:#}");
+            }
+            return Err(e);
+        }
+    }
     if json {
         return super::print_json(&kept);
     }
@@ -45,11 +74,63 @@ pub async fn create(
     for s in &kept.set.snapshots {
         println!("  {} -> {}", s.volume.root.display(), s.id);
     }
+    if let Some(m) = &kept.mount {
+        println!("  mounted read-only under {}:", m.dir.display());
+        for p in &kept.paths {
+            let at = m.dir.join(p.path.strip_prefix("/").unwrap_or(&p.path));
+            println!("    {:<12} {}", p.role, at.display());
+        }
+        println!(
+            "  coordinates  {}",
+            serde_json::to_string(&kept.coordinates)?
+        );
+        if let Some(at) = kept.expires_at {
+            println!("  expires      {}", at.format("%Y-%m-%d %H:%M:%S UTC"));
+        }
+        println!(
+            "Back up {}, then run `dbsnap snapshot release {}`",
+            m.dir.display(),
+            m.dir.display()
+        );
+        return Ok(());
+    }
     println!(
         "Roll back with `dbsnap snapshot rollback {}` (server stopped); remove with `dbsnap snapshot release {}`",
         kept.name, kept.name
     );
     Ok(())
+}
+
+/// The absolute form of `dir`, which must be an existing empty directory: mounting over
+/// files would hide them, and a backup tool would archive them as database files.
+fn empty_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let abs = std::fs::canonicalize(dir).map_err(|e| {
+        fail(
+            Class::Config,
+            format!(
+                "--mount {}: {e}. Create an empty directory first (mkdir -p)",
+                dir.display()
+            ),
+        )
+    })?;
+    let mut entries = std::fs::read_dir(&abs).map_err(|e| {
+        fail(
+            Class::Config,
+            format!("--mount {}: {e}. Name an empty directory", dir.display()),
+        )
+    })?;
+    if entries.next().is_some() {
+        return Err(fail(
+            Class::Config,
+            format!(
+                "--mount {} is not empty: name an empty directory (if an earlier hook run left it \
+                 mounted, run `dbsnap snapshot release {}` first)",
+                dir.display(),
+                dir.display()
+            ),
+        ));
+    }
+    Ok(abs)
 }
 
 pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
@@ -79,9 +160,28 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn release(config: &Config, json: bool, name: &str) -> anyhow::Result<()> {
+/// `target` is a snapshot's name or the directory it was mounted at (hook mode).
+pub async fn release(config: &Config, json: bool, target: &str) -> anyhow::Result<()> {
     let _lock = RunLock::acquire(&config.state_dir)?;
-    let kept = KeptSnapshot::read(&config.state_dir, name)?;
+    let kept = if target.contains('/') || Path::new(target).is_dir() {
+        let dir = std::fs::canonicalize(target).unwrap_or_else(|_| PathBuf::from(target));
+        let found = KeptSnapshot::list(&config.state_dir)?
+            .into_iter()
+            .find(|k| k.mount.as_ref().is_some_and(|m| m.dir == dir));
+        match found {
+            Some(k) => k,
+            // Already released: a backup tool's after-job may run twice.
+            None => {
+                if json {
+                    return super::print_json(&serde_json::json!({ "released": null }));
+                }
+                println!("no kept snapshot is mounted at {}", dir.display());
+                return Ok(());
+            }
+        }
+    } else {
+        KeptSnapshot::read(&config.state_dir, target)?
+    };
     release_kept(config, &kept).await?;
     if json {
         return super::print_json(&serde_json::json!({ "released": kept.name }));
@@ -90,11 +190,43 @@ pub async fn release(config: &Config, json: bool, name: &str) -> anyhow::Result<
     Ok(())
 }
 
-/// Destroy a kept snapshot, then forget its record.
+/// Unmount (hook mode) and destroy a kept snapshot, then forget its record. Each step
+/// is idempotent, so a release that failed half-way can simply be run again.
 pub async fn release_kept(config: &Config, kept: &KeptSnapshot) -> anyhow::Result<()> {
     let backend = backends::open_named(&kept.set.backend, &config.snapshot)?;
+    if let Some(m) = &kept.mount {
+        m.unbind_all()?;
+        backend
+            .unmount(&kept.set, &m.workdir)
+            .await
+            .map_err(backend_error)?;
+        if m.workdir.exists() {
+            std::fs::remove_dir(&m.workdir)
+                .with_context(|| format!("removing {}", m.workdir.display()))?;
+        }
+    }
     backend.release(&kept.set).await.map_err(backend_error)?;
     kept.remove(&config.state_dir)
+}
+
+/// Release the kept snapshots whose `--ttl` has passed: their backup tool never called
+/// `release`. Returns what was released.
+pub async fn release_expired(config: &Config) -> anyhow::Result<Vec<String>> {
+    let now = chrono::Utc::now();
+    let mut released = Vec::new();
+    for kept in KeptSnapshot::list(&config.state_dir)? {
+        if kept.expires_at.is_some_and(|at| at <= now) {
+            release_kept(config, &kept)
+                .await
+                .with_context(|| format!("releasing expired snapshot {}", kept.name))?;
+            tracing::warn!(
+                "released kept snapshot {}: its --ttl expired without `dbsnap snapshot release`",
+                kept.name
+            );
+            released.push(format!("expired snapshot {}", kept.name));
+        }
+    }
+    Ok(released)
 }
 
 pub async fn rollback(config: &Config, json: bool, name: &str) -> anyhow::Result<()> {
