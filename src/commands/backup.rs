@@ -7,6 +7,7 @@ use crate::commands::cleanup::release_all;
 use crate::config::Config;
 use crate::error::{class_of, fail, Class};
 use crate::hooks::Phase;
+use crate::journal::Journal;
 use crate::manifest::Manifest;
 use crate::orchestrator;
 
@@ -29,21 +30,7 @@ pub async fn run(
     .await;
     let mut manifest = match outcome {
         Ok(m) => m,
-        Err(e) => {
-            if let Err(cleanup) = release_all(config, &mut journal).await {
-                tracing::error!("{cleanup:#}");
-            }
-            // After cleanup, so the hook sees what the failure left: nothing.
-            let env = [
-                ("DBSNAP_STATUS", "failed".to_string()),
-                ("DBSNAP_ERROR", format!("{e:#}")),
-                ("DBSNAP_EXIT_CODE", class_of(&e).exit_code().to_string()),
-            ];
-            if let Err(hook) = config.hooks.run(Phase::OnFailure, &env).await {
-                tracing::error!("{hook:#}");
-            }
-            return Err(e);
-        }
+        Err(e) => return Err(failed_run(config, &mut journal, e).await),
     };
 
     // `[backup] verify`: prove the published backup restores (its own journaled step).
@@ -52,13 +39,11 @@ pub async fn run(
             match super::until_signal(crate::verify::verify(&mut journal, &manifest.path)).await {
                 Ok(m) => m,
                 Err(e) => {
-                    if let Err(cleanup) = release_all(config, &mut journal).await {
-                        tracing::error!("{cleanup:#}");
-                    }
-                    return Err(e.context(format!(
+                    let e = e.context(format!(
                         "backup {} is complete but could not be verified",
                         manifest.name
-                    )));
+                    ));
+                    return Err(failed_run(config, &mut journal, e).await);
                 }
             };
         if manifest
@@ -67,15 +52,7 @@ pub async fn run(
             .is_some_and(|v| v.verdict == crate::verify::Verdict::Failed)
         {
             let e = crate::verify::failed_error(&manifest, &manifest.path);
-            let env = [
-                ("DBSNAP_STATUS", "failed".to_string()),
-                ("DBSNAP_ERROR", format!("{e:#}")),
-                ("DBSNAP_EXIT_CODE", class_of(&e).exit_code().to_string()),
-            ];
-            if let Err(hook) = config.hooks.run(Phase::OnFailure, &env).await {
-                tracing::error!("{hook:#}");
-            }
-            return Err(e);
+            return Err(failed_run(config, &mut journal, e).await);
         }
     }
 
@@ -91,6 +68,23 @@ pub async fn run(
         ));
     }
     Ok(())
+}
+
+/// A run failed: release what it left, then run the `on_failure` hook (after cleanup,
+/// so the hook sees what the failure left: nothing). Returns the run's error.
+async fn failed_run(config: &Config, journal: &mut Journal, e: anyhow::Error) -> anyhow::Error {
+    if let Err(cleanup) = release_all(config, journal).await {
+        tracing::error!("{cleanup:#}");
+    }
+    let env = [
+        ("DBSNAP_STATUS", "failed".to_string()),
+        ("DBSNAP_ERROR", format!("{e:#}")),
+        ("DBSNAP_EXIT_CODE", class_of(&e).exit_code().to_string()),
+    ];
+    if let Err(hook) = config.hooks.run(Phase::OnFailure, &env).await {
+        tracing::error!("{hook:#}");
+    }
+    e
 }
 
 fn print(manifest: &Manifest, json: bool) -> anyhow::Result<()> {
