@@ -216,7 +216,7 @@ fn check_path(key: &str, path: &Path) -> anyhow::Result<()> {
 }
 
 /// Connection settings after merging the option file and the config (config wins).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Credentials {
     pub socket: Option<PathBuf>,
     pub host: Option<String>,
@@ -253,13 +253,7 @@ impl MysqlConfig {
     /// Merge the option file and the config into connection settings. Warns when a file
     /// holding a password can be read by other users.
     pub fn credentials(&self) -> anyhow::Result<Credentials> {
-        let mut creds = Credentials {
-            socket: None,
-            host: None,
-            port: None,
-            user: None,
-            password: None,
-        };
+        let mut creds = Credentials::default();
         if let Some(path) = &self.defaults_file {
             let text = read_secret_file(path, "mysql.defaults_file")?;
             let client = parse_option_file_client(&text);
@@ -320,13 +314,7 @@ fn warn_if_readable_by_others(path: &Path) {
 /// The `[client]` section of a MySQL option file. Later values win, as in the client
 /// libraries; quotes around values are removed; `!include` lines are not followed.
 pub fn parse_option_file_client(text: &str) -> Credentials {
-    let mut creds = Credentials {
-        socket: None,
-        host: None,
-        port: None,
-        user: None,
-        password: None,
-    };
+    let mut creds = Credentials::default();
     let mut in_client = false;
     for line in text.lines() {
         let line = line.trim();
