@@ -87,11 +87,17 @@ impl Btrfs {
             fstype: NAME.to_string(),
         };
         let dir = self.snapshot_dir(&mount);
-        self.check_snapshot_dir(&dir, &mount, path)?;
+        self.check_snapshot_dir(&dir, &mount, path, table)?;
         Ok((volume, dir))
     }
 
-    fn check_snapshot_dir(&self, dir: &Path, data_mount: &MountEntry, path: &Path) -> Result<()> {
+    fn check_snapshot_dir(
+        &self,
+        dir: &Path,
+        data_mount: &MountEntry,
+        path: &Path,
+        table: &[MountEntry],
+    ) -> Result<()> {
         // The directory may not exist yet; its nearest existing ancestor decides the filesystem.
         let existing = dir
             .ancestors()
@@ -100,8 +106,7 @@ impl Btrfs {
         let existing = existing
             .canonicalize()
             .map_err(|e| BackendError::io(format!("resolving {}", existing.display()), e))?;
-        let table = read_mount_table()?;
-        let snap_mount = mount_of(&table, &existing);
+        let snap_mount = mount_of(table, &existing);
         if snap_mount.map(|m| m.device) != Some(data_mount.device.clone()) {
             return Err(Self::unsupported(
                 path,
