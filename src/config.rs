@@ -103,6 +103,35 @@ pub struct BackupConfig {
     /// what changed. The previous backup is never modified.
     #[serde(default = "default_incremental")]
     pub incremental: bool,
+    /// How the frozen files reach the destination (see [`Method`]).
+    #[serde(default)]
+    pub method: Method,
+}
+
+/// `[backup] method`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// rsync from the mounted snapshot: works with every backend and destination; the
+    /// backups are plain directories.
+    #[default]
+    Rsync,
+    /// `btrfs send | btrfs receive` into a btrfs destination, incremental from the
+    /// previous backup's snapshot, which stays on the source until the next backup.
+    BtrfsSend,
+    /// The backend's native stream when it has one and the destination can receive it;
+    /// rsync otherwise.
+    Auto,
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Rsync => "rsync",
+            Method::BtrfsSend => "btrfs-send",
+            Method::Auto => "auto",
+        })
+    }
 }
 
 fn default_incremental() -> bool {

@@ -31,6 +31,10 @@ pub struct Manifest {
     /// The server's directories, as they were on the server, with their role.
     pub paths: Vec<DbPath>,
     pub transfer: TransferStats,
+    /// Where each volume's copy is, for backups made by a native stream (one received
+    /// copy per volume). Empty for rsync backups: their files are under `files/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stored: Vec<StoredVolume>,
     /// The outcome of `dbsnap verify` (absent until the backup is verified).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<crate::verify::Verification>,
@@ -61,6 +65,15 @@ pub struct VolumeRecord {
     pub snapshot: String,
 }
 
+/// A volume's received copy inside a backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredVolume {
+    /// The volume's root on the server.
+    pub root: PathBuf,
+    /// Its copy, relative to the backup directory.
+    pub path: PathBuf,
+}
+
 impl Manifest {
     pub fn write(&self, backup_dir: &Path) -> anyhow::Result<()> {
         let path = backup_dir.join(MANIFEST_FILE);
@@ -79,11 +92,33 @@ impl Manifest {
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
-    /// Where an original server path is stored inside the backup.
+    /// Where an original server path is stored in an rsync backup (or in a scratch or
+    /// restore layout that follows it).
     pub fn stored_path(backup_dir: &Path, original: &Path) -> PathBuf {
         backup_dir
             .join(FILES_DIR)
             .join(original.strip_prefix("/").unwrap_or(original))
+    }
+
+    /// Where an original server path is in this backup, whichever way it was made.
+    pub fn copy_of(&self, backup_dir: &Path, original: &Path) -> PathBuf {
+        let received = self
+            .stored
+            .iter()
+            .filter(|s| original.starts_with(&s.root))
+            .max_by_key(|s| s.root.components().count());
+        match received {
+            Some(s) => {
+                let relative = original.strip_prefix(&s.root).expect("filtered");
+                let copy = backup_dir.join(&s.path);
+                if relative.as_os_str().is_empty() {
+                    copy
+                } else {
+                    copy.join(relative)
+                }
+            }
+            None => Self::stored_path(backup_dir, original),
+        }
     }
 }
 
@@ -135,6 +170,7 @@ mod tests {
                 path: "/var/lib/mysql".into(),
             }],
             transfer: TransferStats::default(),
+            stored: vec![],
             verification: None,
         }
     }
@@ -153,6 +189,35 @@ mod tests {
         assert_eq!(
             Manifest::stored_path(Path::new("/b/n"), Path::new("/var/lib/mysql")),
             PathBuf::from("/b/n/files/var/lib/mysql")
+        );
+    }
+
+    #[test]
+    fn copy_of_follows_received_volumes() {
+        let mut m = sample();
+        let backup = Path::new("/b/n");
+        let datadir = Path::new("/var/lib/mysql");
+        assert_eq!(
+            m.copy_of(backup, datadir),
+            PathBuf::from("/b/n/files/var/lib/mysql")
+        );
+        m.stored = vec![
+            StoredVolume {
+                root: "/var/lib".into(),
+                path: "dbsnap-x.0".into(),
+            },
+            StoredVolume {
+                root: "/var/lib/mysql/binlog".into(),
+                path: "dbsnap-x.1".into(),
+            },
+        ];
+        assert_eq!(
+            m.copy_of(backup, datadir),
+            PathBuf::from("/b/n/dbsnap-x.0/mysql")
+        );
+        assert_eq!(
+            m.copy_of(backup, Path::new("/var/lib/mysql/binlog")),
+            PathBuf::from("/b/n/dbsnap-x.1")
         );
     }
 }

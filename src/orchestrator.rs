@@ -17,7 +17,8 @@ use anyhow::Context;
 use bytesize::ByteSize;
 use chrono::Utc;
 use dbsnap_backend_api::{
-    BackendError, Health, ReadPath, SnapshotBackend, SnapshotName, SnapshotSet, Volume,
+    BackendError, Health, NativeStream, ReadPath, SnapshotBackend, SnapshotName, SnapshotSet,
+    Volume,
 };
 use mysql_async::Conn;
 use serde::Serialize;
@@ -30,10 +31,10 @@ use crate::error::{fail, Class};
 use crate::hooks::Phase;
 use crate::journal::{Journal, Resource};
 use crate::kept::KeptSnapshot;
-use crate::manifest::{Manifest, ServerRecord, SnapshotRecord, VolumeRecord, FORMAT};
+use crate::manifest::{Manifest, ServerRecord, SnapshotRecord, StoredVolume, VolumeRecord, FORMAT};
 use crate::progress::Progress;
 use crate::transfer::incremental::{self, Basis};
-use crate::transfer::{self, CopyItem};
+use crate::transfer::{self, native, CopyItem, TransferStats};
 
 /// Everything learned before the lock, without taking it.
 pub struct Preflight {
@@ -327,6 +328,7 @@ pub async fn backup(
     // 1. preflight
     let mut pre = preflight(config, backend, force).await?;
     check_destination(dest, &pre)?;
+    let stream = native::choose(config.backup()?.method, backend, dest).await?;
     warn_about_unknown_snapshots(backend, &pre.volumes, journal, &config.state_dir).await;
     let name = backup_name(dest, started_at);
     let snapshot_name = SnapshotName::new(format!("dbsnap-{name}"))?;
@@ -379,32 +381,28 @@ pub async fn backup(
         },
     )?;
     std::fs::create_dir(&partial).with_context(|| format!("creating {}", partial.display()))?;
-    let basis = match config.backup()?.incremental {
-        true => incremental::prepare(dest, &partial, &pre.layout.datadir).await?,
-        false => Basis::Full,
-    };
-    if let Some(base) = basis.base() {
-        tracing::info!("incremental copy from backup {base} ({})", basis.method());
-    }
-    for item in &items {
-        std::fs::create_dir_all(&item.to)
-            .with_context(|| format!("creating {}", item.to.display()))?;
-    }
-    let link_dest = basis.link_dest(&items, &partial);
     let progress = Progress::new(pre.data_bytes);
     let report_progress = |bytes| progress.set(bytes);
-    let mut stats = tokio::select! {
-        stats = transfer::copy(&items, basis.writes(), link_dest.as_deref(), config.backup()?.bwlimit, &report_progress) => stats?,
+    let (stats, stored) = tokio::select! {
+        copied = async {
+            match stream {
+                Some(stream) => send_stream(config, backend, stream, &pre.layout.datadir, &set, &partial, &report_progress).await,
+                None => copy_with_rsync(config, &pre.layout.datadir, &items, &partial, &report_progress).await,
+            }
+        } => copied?,
         failure = watch_snapshot(config, backend, &set, &pre.volumes) => return Err(failure),
     };
-    stats.method = basis.method().into();
-    stats.base = basis.base();
     progress.finish();
     tracing::info!(
-        "copied {} ({} written) in {} files in {:.1} s",
+        "{} {} ({} written){} in {:.1} s",
+        if stream.is_some() { "sent" } else { "copied" },
         ByteSize::b(stats.bytes).display().iec(),
         ByteSize::b(stats.bytes_written).display().iec(),
-        stats.files,
+        if stream.is_some() {
+            String::new()
+        } else {
+            format!(" in {} files", stats.files)
+        },
         stats.duration_ms as f64 / 1000.0
     );
 
@@ -442,6 +440,7 @@ pub async fn backup(
         },
         paths: pre.layout.dirs.clone(),
         transfer: stats,
+        stored,
         verification: None,
     };
     manifest.write(&partial)?;
@@ -451,10 +450,49 @@ pub async fn backup(
     journal.forget(&Resource::Partial { dir: partial })?;
     tracing::info!("backup complete: {}", final_dir.display());
 
-    // 8. release
-    release(backend, journal, &set, &workdir).await.with_context(|| {
-        format!("the backup {} is complete, but releasing the snapshot failed; run `dbsnap cleanup`", final_dir.display())
-    })?;
+    // 8. release, or keep the snapshot as the base of the next stream
+    let after_publish = |what: &str| {
+        format!(
+            "the backup {} is complete, but {what} failed; run `dbsnap cleanup`",
+            final_dir.display()
+        )
+    };
+    let parent = match stream {
+        Some(stream) => {
+            keep_as_parent(
+                config,
+                backend,
+                journal,
+                &set,
+                &workdir,
+                native::Parent {
+                    set: set.clone(),
+                    backup: name.clone(),
+                    dest: dest.clone(),
+                    datadir: pre.layout.datadir.clone(),
+                    method: stream.method().into(),
+                    created_at: started_at,
+                },
+            )
+            .await
+            .with_context(|| after_publish("keeping its snapshot as the next base"))?;
+            Some(&set.name)
+        }
+        None => {
+            release(backend, journal, &set, &workdir)
+                .await
+                .with_context(|| after_publish("releasing the snapshot"))?;
+            None
+        }
+    };
+    native::retire_parents(
+        &config.state_dir,
+        &config.snapshot,
+        dest,
+        &pre.layout.datadir,
+        parent,
+    )
+    .await;
     let published = [
         ("DBSNAP_NAME", name.clone()),
         ("DBSNAP_STATUS", "ok".to_string()),
@@ -466,6 +504,112 @@ pub async fn backup(
         .await
         .with_context(|| format!("the backup {} is complete and kept", final_dir.display()))?;
     Ok(manifest)
+}
+
+/// Phase 6 with rsync: from the mounted snapshot into `partial/files/...`, built from
+/// the previous backup when `[backup] incremental` allows.
+async fn copy_with_rsync(
+    config: &Config,
+    datadir: &Path,
+    items: &[CopyItem],
+    partial: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<(TransferStats, Vec<StoredVolume>)> {
+    let backup = config.backup()?;
+    let basis = match backup.incremental {
+        true => incremental::prepare(&backup.dest, partial, datadir).await?,
+        false => Basis::Full,
+    };
+    if let Some(base) = basis.base() {
+        tracing::info!("incremental copy from backup {base} ({})", basis.method());
+    }
+    for item in items {
+        std::fs::create_dir_all(&item.to)
+            .with_context(|| format!("creating {}", item.to.display()))?;
+    }
+    let link_dest = basis.link_dest(items, partial);
+    let mut stats = transfer::copy(
+        items,
+        basis.writes(),
+        link_dest.as_deref(),
+        backup.bwlimit,
+        progress,
+    )
+    .await?;
+    stats.method = basis.method().into();
+    stats.base = basis.base();
+    Ok((stats, Vec::new()))
+}
+
+/// Phase 6 with the backend's native stream: incremental from the previous backup's
+/// snapshot when the chain holds, in full (and saying why) when it does not.
+async fn send_stream(
+    config: &Config,
+    backend: &dyn SnapshotBackend,
+    stream: &dyn NativeStream,
+    datadir: &Path,
+    set: &SnapshotSet,
+    partial: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<(TransferStats, Vec<StoredVolume>)> {
+    let backup = config.backup()?;
+    let volumes: Vec<Volume> = set.snapshots.iter().map(|s| s.volume.clone()).collect();
+    let found = native::find_parent(
+        &config.state_dir,
+        &backup.dest,
+        datadir,
+        stream,
+        backend,
+        &volumes,
+    )
+    .await?;
+    let (parent, full_because) = match found {
+        Ok(Some(parent)) => {
+            tracing::info!(
+                "incremental {} from backup {} (snapshot {})",
+                stream.method(),
+                parent.backup,
+                parent.set.name
+            );
+            (Some(parent), None)
+        }
+        Ok(None) => (None, None),
+        Err(why) => {
+            tracing::warn!("{why}: this backup is a full stream, the chain starts again");
+            (None, Some(why))
+        }
+    };
+    let (mut stats, stored) = native::send(stream, set, parent.as_ref(), partial, progress).await?;
+    stats.full_because = full_because;
+    Ok((stats, stored))
+}
+
+/// Unmount the published backup's snapshot but keep it: the next stream is computed
+/// against it. Its parent record is written before it leaves the journal, so an
+/// interruption leaves it either journaled (released by cleanup) or recorded.
+async fn keep_as_parent(
+    config: &Config,
+    backend: &dyn SnapshotBackend,
+    journal: &mut Journal,
+    set: &SnapshotSet,
+    workdir: &Path,
+    parent: native::Parent,
+) -> anyhow::Result<()> {
+    backend.unmount(set, workdir).await.map_err(backend_error)?;
+    if workdir.exists() {
+        std::fs::remove_dir(workdir).with_context(|| format!("removing {}", workdir.display()))?;
+    }
+    journal.forget(&Resource::Mount {
+        set: set.clone(),
+        workdir: workdir.to_path_buf(),
+    })?;
+    parent.write(&config.state_dir)?;
+    journal.forget(&Resource::Snapshot { set: set.clone() })?;
+    tracing::info!(
+        "kept snapshot {} as the base of the next incremental stream",
+        set.name
+    );
+    Ok(())
 }
 
 /// `snapshot create`: the backup's phases 1–4, then the snapshot is kept instead of
@@ -726,7 +870,8 @@ async fn warn_about_unknown_snapshots(
         return;
     };
     for set in sets {
-        let kept = crate::kept::is_kept(state_dir, &set.name);
+        let kept =
+            crate::kept::is_kept(state_dir, &set.name) || native::is_parent(state_dir, &set.name);
         let known = kept
             || journal.entries().iter().any(|e| match &e.resource {
                 Resource::Snapshot { set: s } | Resource::Mount { set: s, .. } => {

@@ -130,7 +130,7 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
         }
         std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
         items.push(CopyItem {
-            from: Manifest::stored_path(&request.backup, from),
+            from: manifest.copy_of(&request.backup, from),
             to: to.clone(),
             exclude: Vec::new(),
         });

@@ -23,7 +23,7 @@ use tokio::process::{Child, Command};
 
 use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
-use crate::manifest::{Manifest, FILES_DIR};
+use crate::manifest::Manifest;
 use crate::relocate::{self, Moves};
 
 /// Crash recovery of a large, busy server can take long; past this it counts as failed.
@@ -186,14 +186,28 @@ async fn run(
     check_scratch_space(scratch, stored_bytes(backup_dir))?;
     let started = Instant::now();
     std::fs::create_dir(scratch).with_context(|| format!("creating {}", scratch.display()))?;
-    Cmd::new("cp")
-        .args(["-a", "--reflink=auto"])
-        .arg(backup_dir.join(FILES_DIR))
-        .arg(scratch)
-        .timeout(Duration::from_secs(24 * 3600))
-        .run()
-        .await
-        .with_context(|| format!("copying the backup into {}", scratch.display()))?;
+    // Laid out like an rsync backup (`files/<absolute path>`), whichever way the backup
+    // was made: each top-level server directory from wherever this backup holds it.
+    let top_level = manifest.paths.iter().filter(|p| {
+        !manifest
+            .paths
+            .iter()
+            .any(|other| p.path != other.path && p.path.starts_with(&other.path))
+    });
+    for path in top_level {
+        let to = Manifest::stored_path(scratch, &path.path);
+        let parent = to.parent().expect("stored paths are below files/");
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        Cmd::new("cp")
+            .args(["-a", "--reflink=auto"])
+            .arg(manifest.copy_of(backup_dir, &path.path))
+            .arg(&to)
+            .timeout(Duration::from_secs(24 * 3600))
+            .run()
+            .await
+            .with_context(|| format!("copying the backup into {}", scratch.display()))?;
+    }
     v.copy_ms = started.elapsed().as_millis() as u64;
 
     let moves = Moves(
@@ -271,10 +285,10 @@ async fn run(
     Ok(v)
 }
 
-/// Apparent size of a backup's files (metadata only). Not the manifest's transfer
-/// size: an incremental backup transferred only what changed.
+/// Apparent size of a backup's files (metadata only), whichever way it was made. Not
+/// the manifest's transfer size: an incremental backup transferred only what changed.
 pub fn stored_bytes(backup_dir: &Path) -> u64 {
-    walkdir::WalkDir::new(backup_dir.join(FILES_DIR))
+    walkdir::WalkDir::new(backup_dir)
         .into_iter()
         .filter_map(Result::ok)
         .filter_map(|e| e.metadata().ok())

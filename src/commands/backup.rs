@@ -111,11 +111,24 @@ fn print(manifest: &Manifest, json: bool) -> anyhow::Result<()> {
         {
             println!("  gtid         {gtid}");
         }
+        let t = &manifest.transfer;
+        let what = match manifest.stored.is_empty() {
+            true => format!(
+                "copied {} in {} files",
+                ByteSize::b(t.bytes).display().iec(),
+                t.files
+            ),
+            false => format!("sent {}", ByteSize::b(t.bytes).display().iec()),
+        };
+        let from = match (&t.base, &t.full_because) {
+            (Some(base), _) => format!(", incremental from {base}"),
+            (None, Some(why)) => format!(", full ({why})"),
+            (None, None) => String::new(),
+        };
         println!(
-            "  copied       {} in {} files, {:.1} s",
-            ByteSize::b(manifest.transfer.bytes).display().iec(),
-            manifest.transfer.files,
-            manifest.transfer.duration_ms as f64 / 1000.0
+            "  transfer     {} {what}, {:.1} s{from}",
+            t.method,
+            t.duration_ms as f64 / 1000.0
         );
     }
     Ok(())

@@ -54,9 +54,8 @@ async fn release_one(config: &Config, resource: &Resource) -> anyhow::Result<()>
     match resource {
         Resource::Partial { dir } => {
             // Only ever delete a directory dbsnap named `*.partial`.
-            if dir.extension().is_some_and(|e| e == "partial") && dir.exists() {
-                std::fs::remove_dir_all(dir)
-                    .with_context(|| format!("removing {}", dir.display()))?;
+            if dir.extension().is_some_and(|e| e == "partial") {
+                crate::transfer::native::remove_backup_dir(dir).await?;
             }
             Ok(())
         }

@@ -68,9 +68,20 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
             verified: None,
         })
         .collect();
+    let mut backup_decisions = retention::decide(&backup_items, policy);
+    if let Some(b) = &config.backup {
+        let bases = crate::transfer::native::protected_backups(&config.state_dir, &b.dest)?;
+        for d in backup_decisions
+            .iter_mut()
+            .filter(|d| bases.contains(&d.name))
+        {
+            d.keep = true;
+            d.reasons.push("base of the next incremental stream".into());
+        }
+    }
     let report = Report {
         dry_run,
-        backups: retention::decide(&backup_items, policy),
+        backups: backup_decisions,
         snapshots: retention::decide(&snapshot_items, policy),
     };
 
@@ -92,7 +103,7 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
     if !dry_run {
         for ((dir, m), d) in backups.iter().zip(&report.backups) {
             if !d.keep {
-                remove_backup(&mut journal, dir, &m.name)?;
+                remove_backup(&mut journal, dir, &m.name).await?;
             }
         }
         for (k, d) in kept.iter().zip(&report.snapshots) {
@@ -131,7 +142,7 @@ fn own_backups(dest: &Path) -> anyhow::Result<Vec<(PathBuf, Manifest)>> {
 
 /// Rename to `NAME.partial` first (journaled): from that instant it is no longer a
 /// backup, and an interrupted delete is finished by `dbsnap cleanup`.
-fn remove_backup(journal: &mut Journal, dir: &Path, name: &str) -> anyhow::Result<()> {
+async fn remove_backup(journal: &mut Journal, dir: &Path, name: &str) -> anyhow::Result<()> {
     let partial = dir.with_file_name(format!("{name}.partial"));
     let resource = Resource::Partial {
         dir: partial.clone(),
@@ -139,7 +150,7 @@ fn remove_backup(journal: &mut Journal, dir: &Path, name: &str) -> anyhow::Resul
     journal.record(name, resource.clone())?;
     std::fs::rename(dir, &partial)
         .with_context(|| format!("renaming {} to {}", dir.display(), partial.display()))?;
-    std::fs::remove_dir_all(&partial).with_context(|| format!("removing {}", partial.display()))?;
+    crate::transfer::native::remove_backup_dir(&partial).await?;
     journal.forget(&resource)?;
     tracing::info!("pruned backup {}", dir.display());
     Ok(())

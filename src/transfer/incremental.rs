@@ -70,7 +70,8 @@ impl Basis {
     }
 }
 
-/// The newest complete backup in `dest` of the same datadir, if any.
+/// The newest complete rsync backup in `dest` of the same datadir, if any (a backup
+/// received from a native stream has no `files/` to build on).
 pub fn previous_backup(dest: &Path, datadir: &Path) -> Option<(String, PathBuf)> {
     let mut candidates: Vec<(String, PathBuf)> = std::fs::read_dir(dest)
         .ok()?
@@ -79,8 +80,10 @@ pub fn previous_backup(dest: &Path, datadir: &Path) -> Option<(String, PathBuf)>
             let name = e.file_name().to_string_lossy().into_owned();
             let path = e.path();
             let manifest = Manifest::read(&path).ok()?;
-            (!name.ends_with(".partial") && manifest.server.datadir == datadir)
-                .then_some((name, path))
+            (!name.ends_with(".partial")
+                && manifest.server.datadir == datadir
+                && manifest.stored.is_empty())
+            .then_some((name, path))
         })
         .collect();
     candidates.sort();

@@ -1,6 +1,7 @@
 //! Copying frozen files to the destination.
 
 pub mod incremental;
+pub mod native;
 pub mod rsync;
 
 pub use rsync::{copy, CopyItem, TransferStats};

@@ -32,10 +32,17 @@ pub enum Writes {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TransferStats {
-    /// `rsync`, `rsync+reflink` or `rsync+link-dest`.
+    /// `rsync`, `rsync+reflink`, `rsync+link-dest` or `btrfs-send`.
     pub method: String,
     /// The previous backup this one was built from, if any.
     pub base: Option<String>,
+    /// For a native stream: the source snapshot the stream was computed against (the
+    /// base backup's snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_snapshot: Option<String>,
+    /// Why this backup is a full copy although an incremental one was possible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_because: Option<String>,
     /// Size of the files that were new or changed.
     pub bytes: u64,
     /// Bytes actually written (changed blocks only, for in-place updates).

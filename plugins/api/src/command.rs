@@ -6,7 +6,7 @@ use std::fmt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 /// How long a backend command may run unless the caller says otherwise. Snapshot
@@ -112,21 +112,14 @@ impl Cmd {
         result
     }
 
-    async fn run_inner(&self) -> Result<Output, CommandError> {
-        let fail = |reason: String, stderr: String| CommandError {
-            argv: self.display(),
-            reason,
-            stderr,
-        };
+    /// The process to spawn: its own process group (so a cancelled command takes its
+    /// children along), killed when dropped, C locale.
+    fn command(&self, stdin: Stdio, stdout: Stdio) -> Command {
         let mut command = Command::new(&self.argv[0]);
         command
             .args(&self.argv[1..])
-            .stdin(if self.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
+            .stdin(stdin)
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0)
@@ -134,7 +127,36 @@ impl Cmd {
         for (k, v) in &self.env {
             command.env(k, v);
         }
-        let mut child = command.spawn().map_err(|e| {
+        command
+    }
+
+    /// [`Cmd::command`], and the process is killed when dbsnap dies.
+    fn command_dying_with_dbsnap(&self, stdin: Stdio, stdout: Stdio) -> Command {
+        let mut command = self.command(stdin, stdout);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // The signal follows the spawning thread, a tokio worker that lives as long as
+        // the runtime.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        command
+    }
+
+    async fn run_inner(&self) -> Result<Output, CommandError> {
+        let fail = |reason: String, stderr: String| CommandError {
+            argv: self.display(),
+            reason,
+            stderr,
+        };
+        let stdin = if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
+        let mut child = self.command(stdin, Stdio::piped()).spawn().map_err(|e| {
             fail(
                 format!("could not be started ({e}); is it installed?"),
                 String::new(),
@@ -170,6 +192,103 @@ impl Cmd {
         }
         Ok(Output { stdout, stderr })
     }
+}
+
+/// Run `from | to`: `from`'s standard output is fed to `to`'s standard input, through
+/// dbsnap so that the bytes can be counted (`progress` gets the running total). No
+/// timeout: a stream takes as long as the data needs; cancelling the future kills both
+/// process groups. Both processes also die with dbsnap (parent-death signal), so a
+/// killed run never leaves a receiver writing into a directory cleanup is removing.
+/// Returns the bytes that went through the pipe.
+pub async fn pipe(
+    from: &Cmd,
+    to: &Cmd,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<u64, CommandError> {
+    let argv = format!("{} | {}", from.display(), to.display());
+    let fail = |reason: String, stderr: String| CommandError {
+        argv: argv.clone(),
+        reason,
+        stderr,
+    };
+    let mut sender = from
+        .command_dying_with_dbsnap(Stdio::null(), Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            fail(
+                format!(
+                    "could not start `{}` ({e}); is it installed?",
+                    from.display()
+                ),
+                String::new(),
+            )
+        })?;
+    let _sender_group = ProcessGroup::of(&sender);
+    let mut receiver = to
+        .command_dying_with_dbsnap(Stdio::piped(), Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            fail(
+                format!("could not start `{}` ({e}); is it installed?", to.display()),
+                String::new(),
+            )
+        })?;
+    let _receiver_group = ProcessGroup::of(&receiver);
+
+    let mut source = sender.stdout.take().expect("stdout was piped");
+    let mut sink = receiver.stdin.take().expect("stdin was piped");
+    let sender_err = collect(sender.stderr.take().expect("stderr was piped"));
+    let receiver_err = collect(receiver.stderr.take().expect("stderr was piped"));
+    let forward = async {
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = source.read(&mut buffer).await?;
+            if n == 0 {
+                break;
+            }
+            sink.write_all(&buffer[..n]).await?;
+            total += n as u64;
+            progress(total);
+        }
+        sink.shutdown().await?;
+        drop(sink);
+        Ok::<u64, std::io::Error>(total)
+    };
+    let (forwarded, sender_err, receiver_err) = tokio::join!(forward, sender_err, receiver_err);
+    let sent = sender.wait().await;
+    let received = receiver.wait().await;
+    let stderr = format!("{}{}", sender_err.trim_end(), receiver_err.trim_end());
+    let sent_ok = sent.as_ref().is_ok_and(|s| s.success());
+    let received_ok = received.as_ref().is_ok_and(|s| s.success());
+    match (sent_ok, received_ok, forwarded) {
+        (true, true, Ok(total)) => Ok(total),
+        (false, _, _) => Err(fail(
+            format!("failed: the sender exited with {}", describe(sent)),
+            stderr,
+        )),
+        (true, false, _) => Err(fail(
+            format!("failed: the receiver exited with {}", describe(received)),
+            stderr,
+        )),
+        (true, true, Err(e)) => Err(fail(
+            format!("failed while forwarding the stream ({e})"),
+            stderr,
+        )),
+    }
+}
+
+fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("an error ({e})"),
+    }
+}
+
+async fn collect(mut stream: impl tokio::io::AsyncRead + Unpin) -> String {
+    let mut text = Vec::new();
+    let _ = stream.read_to_end(&mut text).await;
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// Kills a child's whole process group when dropped, unless disarmed once the child
@@ -278,5 +397,42 @@ mod tests {
     fn display_quotes_only_where_needed() {
         let cmd = Cmd::new("btrfs").args(["subvolume", "snapshot", "/a b/it's"]);
         assert_eq!(cmd.display(), r"btrfs subvolume snapshot '/a b/it'\''s'");
+    }
+
+    #[tokio::test]
+    async fn pipe_counts_the_bytes_that_pass() {
+        let seen = std::sync::atomic::AtomicU64::new(0);
+        let bytes = pipe(
+            &Cmd::new("head").args(["-c", "3000000", "/dev/zero"]),
+            &Cmd::new("wc").arg("-c"),
+            &|n| seen.store(n, std::sync::atomic::Ordering::Relaxed),
+        )
+        .await
+        .unwrap();
+        assert_eq!(bytes, 3_000_000);
+        assert_eq!(seen.into_inner(), 3_000_000);
+    }
+
+    #[tokio::test]
+    async fn pipe_names_the_side_that_failed() {
+        let err = pipe(
+            &Cmd::new("printf").arg("data"),
+            &Cmd::new("sh").args(["-c", "cat >/dev/null; echo broken >&2; exit 3"]),
+            &|_| {},
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("the receiver exited"), "{err}");
+        assert!(err.contains("broken"), "{err}");
+        let err = pipe(
+            &Cmd::new("ls").arg("/does/not/exist"),
+            &Cmd::new("cat"),
+            &|_| {},
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("the sender exited"), "{err}");
     }
 }

@@ -12,6 +12,7 @@ pub mod command;
 mod error;
 pub mod mounts;
 mod name;
+mod stream;
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{BackendError, Result};
 pub use name::{validate_name, SnapshotName, SNAPSHOT_PREFIX};
+pub use stream::{NativeStream, Received};
 
 /// A filesystem volume that holds one or more database paths.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +115,11 @@ pub trait SnapshotBackend: Send + Sync {
 
     /// Whether the snapshots are still intact; polled while the copy runs.
     async fn health(&self, set: &SnapshotSet) -> Result<Health>;
+
+    /// The backend's native incremental stream (`btrfs send`), if it has one.
+    fn native_stream(&self) -> Option<&dyn NativeStream> {
+        None
+    }
 
     /// Revert the live volumes to the snapshots (safety snapshots: undo a failed
     /// upgrade). dbsnap calls it only while the server is stopped. The snapshots stay,

@@ -18,6 +18,8 @@ use dbsnap_backend_api::{
 };
 use serde::Deserialize;
 
+mod send;
+
 /// Every btrfs subvolume's root directory has this inode number.
 const SUBVOLUME_ROOT_INODE: u64 = 256;
 const DEFAULT_SNAPSHOT_DIR: &str = ".dbsnap-snapshots";
@@ -315,6 +317,10 @@ impl SnapshotBackend for Btrfs {
     async fn health(&self, _set: &SnapshotSet) -> Result<Health> {
         // btrfs snapshots reserve nothing; free space is watched by dbsnap for every backend.
         Ok(Health::Ok)
+    }
+
+    fn native_stream(&self) -> Option<&dyn dbsnap_backend_api::NativeStream> {
+        Some(self)
     }
 
     /// Swap each volume's subvolume for a writable snapshot of the kept one. The live

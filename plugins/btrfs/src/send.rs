@@ -1,0 +1,69 @@
+//! `btrfs send | btrfs receive`: the native stream. The destination must be a btrfs
+//! filesystem; each backup holds a read-only subvolume per volume, rebuilt by `btrfs
+//! receive` into a complete copy, so any backup can be restored or deleted on its own.
+//! An incremental stream (`send -p PARENT`) needs the parent snapshot on the source and
+//! its received copy somewhere on the destination filesystem.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use dbsnap_backend_api::command::{self, Cmd};
+use dbsnap_backend_api::{BackendError, NativeStream, Received, Result, VolumeSnapshot};
+
+use crate::{is_subvolume, Btrfs};
+
+#[async_trait]
+impl NativeStream for Btrfs {
+    fn method(&self) -> &'static str {
+        "btrfs-send"
+    }
+
+    async fn check_destination(&self, dest: &Path) -> Result<()> {
+        let fs = nix::sys::statfs::statfs(dest)
+            .map_err(|e| BackendError::io(format!("statfs {}", dest.display()), e.into()))?;
+        if fs.filesystem_type() != nix::sys::statfs::BTRFS_SUPER_MAGIC {
+            return Err(BackendError::Invalid(format!(
+                "the destination {} is not on btrfs: `btrfs receive` needs a btrfs filesystem \
+                 there. Use [backup] method = \"rsync\" (or \"auto\"), or a destination on btrfs",
+                dest.display()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        snapshot: &VolumeSnapshot,
+        parent: Option<&VolumeSnapshot>,
+        into: &Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Received> {
+        let source = Path::new(&snapshot.id);
+        let name = source.file_name().ok_or_else(|| {
+            BackendError::Invalid(format!("{} is not a snapshot path", snapshot.id))
+        })?;
+        let mut sender = Cmd::new("btrfs").arg("send");
+        if let Some(parent) = parent {
+            sender = sender.arg("-p").arg(&parent.id);
+        }
+        let sender = sender.arg(source);
+        let receiver = Cmd::new("btrfs").arg("receive").arg(into);
+        let stream_bytes = command::pipe(&sender, &receiver, progress).await?;
+        Ok(Received {
+            path: into.join(name),
+            stream_bytes,
+        })
+    }
+
+    async fn delete_received(&self, received: &Path) -> Result<()> {
+        if !is_subvolume(received) {
+            return Ok(());
+        }
+        Cmd::new("btrfs")
+            .args(["subvolume", "delete"])
+            .arg(received)
+            .run()
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,390 @@
+//! Native streams (`[backup] method = "btrfs-send"`): the backend sends each snapshot
+//! as a stream and the destination rebuilds a complete read-only copy from it. After
+//! the first backup only the difference from the previous backup's snapshot (the
+//! *parent*) is sent, so the parent must outlive its backup run:
+//!
+//! - the newest backup's snapshot stays on the source, recorded in
+//!   `state_dir/parents/NAME.toml` (a *parent record*). `cleanup` never touches it (it
+//!   is not in the journal), `prune` keeps the backup that holds its received copy, and
+//!   it is released as soon as a newer backup takes its place;
+//! - a chain that cannot be continued (parent snapshot or base backup gone, volumes
+//!   changed) gives a full stream, and the manifest says why (`full_because`).
+//!
+//! Every received copy is complete on its own: deleting or pruning an older backup
+//! never breaks a newer one.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use dbsnap_backend_api::{NativeStream, SnapshotBackend, SnapshotName, SnapshotSet, Volume};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Method, SnapshotConfig};
+use crate::error::{fail, Class};
+use crate::manifest::{Manifest, StoredVolume};
+use crate::transfer::TransferStats;
+
+const DIR: &str = "parents";
+
+/// A snapshot kept on the source as the base of the next incremental stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Parent {
+    pub set: SnapshotSet,
+    /// The backup that holds the snapshot's received copy.
+    pub backup: String,
+    pub dest: PathBuf,
+    pub datadir: PathBuf,
+    /// The stream (`btrfs-send`).
+    pub method: String,
+    pub created_at: DateTime<Utc>,
+}
+
+fn record_path(state_dir: &Path, name: &SnapshotName) -> PathBuf {
+    state_dir.join(DIR).join(format!("{name}.toml"))
+}
+
+/// Whether `name` is kept as a parent.
+pub fn is_parent(state_dir: &Path, name: &SnapshotName) -> bool {
+    record_path(state_dir, name).exists()
+}
+
+impl Parent {
+    /// Write the record atomically (write, fsync, rename).
+    pub fn write(&self, state_dir: &Path) -> anyhow::Result<()> {
+        let dir = state_dir.join(DIR);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = record_path(state_dir, &self.set.name);
+        let tmp = path.with_extension("toml.tmp");
+        std::fs::write(&tmp, toml::to_string_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Every parent record, oldest first. An unreadable record is an error: it stands
+    /// for a snapshot that pins disk space.
+    pub fn list(state_dir: &Path) -> anyhow::Result<Vec<Parent>> {
+        let dir = state_dir.join(DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", dir.display())),
+        };
+        let mut all = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().map_or(true, |e| e != "toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let parent: Parent = toml::from_str(&text).with_context(|| {
+                format!(
+                    "parsing {}: fix or remove it (the snapshot it names is still on disk)",
+                    path.display()
+                )
+            })?;
+            all.push(parent);
+        }
+        all.sort_by_key(|p| p.created_at);
+        Ok(all)
+    }
+
+    fn remove(&self, state_dir: &Path) -> anyhow::Result<()> {
+        let path = record_path(state_dir, &self.set.name);
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+    }
+
+    fn serves(&self, dest: &Path, datadir: &Path) -> bool {
+        self.dest == dest && self.datadir == datadir
+    }
+}
+
+/// The one place that decides between rsync and the backend's native stream. Runs
+/// before the lock: an impossible choice fails before anything is created.
+pub async fn choose<'a>(
+    method: Method,
+    backend: &'a dyn SnapshotBackend,
+    dest: &Path,
+) -> anyhow::Result<Option<&'a dyn NativeStream>> {
+    let wanted = match method {
+        Method::Rsync => return Ok(None),
+        Method::BtrfsSend => Some("btrfs-send"),
+        Method::Auto => None,
+    };
+    let stream = match (backend.native_stream(), wanted) {
+        (Some(stream), Some(w)) if stream.method() == w => stream,
+        (None, Some(w)) | (Some(_), Some(w)) => {
+            return Err(fail(
+                Class::Config,
+                format!(
+                    "[backup] method = \"{w}\" needs the backend that makes those streams, but \
+                     [snapshot] backend is {}. Use method = \"rsync\" or \"auto\"",
+                    backend.name()
+                ),
+            ))
+        }
+        (Some(stream), None) => stream,
+        (None, None) => {
+            tracing::info!(
+                "method auto: the {} backend has no native stream; copying with rsync",
+                backend.name()
+            );
+            return Ok(None);
+        }
+    };
+    match stream.check_destination(dest).await {
+        Ok(()) => {
+            tracing::info!("transfer method {}", stream.method());
+            Ok(Some(stream))
+        }
+        Err(why) if method == Method::Auto => {
+            tracing::info!(
+                "method auto: copying with rsync, not {}: {why}",
+                stream.method()
+            );
+            Ok(None)
+        }
+        Err(why) => Err(fail(Class::Destination, why.to_string())),
+    }
+}
+
+/// The parent for this backup's stream: the newest parent record for this destination
+/// and datadir. `Err` says why it cannot be used (the stream is then full); `Ok(None)`:
+/// there is no earlier backup made with this stream.
+pub async fn find_parent(
+    state_dir: &Path,
+    dest: &Path,
+    datadir: &Path,
+    stream: &dyn NativeStream,
+    backend: &dyn SnapshotBackend,
+    volumes: &[Volume],
+) -> anyhow::Result<Result<Option<Parent>, String>> {
+    let Some(parent) = Parent::list(state_dir)?
+        .into_iter()
+        .rfind(|p| p.serves(dest, datadir) && p.method == stream.method())
+    else {
+        return Ok(Ok(None));
+    };
+    let base = dest.join(&parent.backup);
+    let Ok(manifest) = Manifest::read(&base) else {
+        return Ok(Err(format!("the base backup {} is gone", base.display())));
+    };
+    if let Some(missing) = manifest
+        .stored
+        .iter()
+        .map(|s| base.join(&s.path))
+        .find(|p| !p.exists())
+    {
+        return Ok(Err(format!(
+            "the base backup's copy {} is gone",
+            missing.display()
+        )));
+    }
+    let roots = |vs: Vec<&Volume>| vs.into_iter().map(|v| v.root.clone()).collect::<Vec<_>>();
+    if roots(parent.set.snapshots.iter().map(|s| &s.volume).collect())
+        != roots(volumes.iter().collect())
+    {
+        return Ok(Err(format!(
+            "the server's volumes changed since the base backup {}",
+            parent.backup
+        )));
+    }
+    let on_source = backend.list(volumes).await.is_ok_and(|sets| {
+        sets.iter().any(|s| {
+            s.name == parent.set.name
+                && s.snapshots
+                    .iter()
+                    .map(|v| &v.id)
+                    .eq(parent.set.snapshots.iter().map(|v| &v.id))
+        })
+    });
+    if !on_source {
+        return Ok(Err(format!(
+            "the base backup's snapshot {} is gone from the source",
+            parent.set.name
+        )));
+    }
+    Ok(Ok(Some(parent)))
+}
+
+/// Send every snapshot of `set` into `partial`, incrementally from `parent` if given.
+pub async fn send(
+    stream: &dyn NativeStream,
+    set: &SnapshotSet,
+    parent: Option<&Parent>,
+    partial: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<(TransferStats, Vec<StoredVolume>)> {
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut stored = Vec::new();
+    for (index, snapshot) in set.snapshots.iter().enumerate() {
+        let from = parent.map(|p| &p.set.snapshots[index]);
+        let so_far = sent;
+        let received = stream
+            .send(snapshot, from, partial, &|n| progress(so_far + n))
+            .await
+            .map_err(|e| fail(Class::Transfer, e.to_string()))?;
+        sent += received.stream_bytes;
+        stored.push(StoredVolume {
+            root: snapshot.volume.root.clone(),
+            path: received
+                .path
+                .strip_prefix(partial)
+                .context("the received copy is outside the backup")?
+                .to_path_buf(),
+        });
+    }
+    let stats = TransferStats {
+        method: stream.method().into(),
+        base: parent.map(|p| p.backup.clone()),
+        parent_snapshot: parent.map(|p| p.set.name.to_string()),
+        bytes: sent,
+        bytes_written: sent,
+        duration_ms: started.elapsed().as_millis() as u64,
+        ..TransferStats::default()
+    };
+    Ok((stats, stored))
+}
+
+/// Release the parents of this destination and datadir other than `keep`: a newer
+/// backup took their place, or backups are no longer made with a stream. A failure
+/// is a warning: the backup is complete, and the next run tries again.
+pub async fn retire_parents(
+    state_dir: &Path,
+    snapshot_config: &SnapshotConfig,
+    dest: &Path,
+    datadir: &Path,
+    keep: Option<&SnapshotName>,
+) {
+    let parents = match Parent::list(state_dir) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("{e:#}");
+            return;
+        }
+    };
+    for parent in parents {
+        if !parent.serves(dest, datadir) || Some(&parent.set.name) == keep {
+            continue;
+        }
+        let released = async {
+            let backend = crate::backends::open_named(&parent.set.backend, snapshot_config)?;
+            backend.release(&parent.set).await?;
+            parent.remove(state_dir)
+        };
+        match released.await {
+            Ok(()) => tracing::info!(
+                "released snapshot {} (the base of backup {}; no longer needed)",
+                parent.set.name,
+                parent.backup
+            ),
+            Err(e) => tracing::warn!(
+                "could not release the earlier base snapshot {}: {e:#}; the next backup tries again",
+                parent.set.name
+            ),
+        }
+    }
+}
+
+/// The backups that prune must keep: their received copies are the bases of the next
+/// incremental streams.
+pub fn protected_backups(state_dir: &Path, dest: &Path) -> anyhow::Result<Vec<String>> {
+    Ok(Parent::list(state_dir)?
+        .into_iter()
+        .filter(|p| p.dest == dest)
+        .map(|p| p.backup)
+        .collect())
+}
+
+/// Delete a backup directory, including received copies (read-only subvolumes, which
+/// file removal cannot delete) at its top level.
+pub async fn remove_backup_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if is_btrfs_subvolume(&path) {
+            dbsnap_backend_api::command::Cmd::new("btrfs")
+                .args(["subvolume", "delete"])
+                .arg(&path)
+                .run()
+                .await?;
+        }
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
+}
+
+fn is_btrfs_subvolume(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // Every btrfs subvolume's root directory has inode 256.
+    let root_inode = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.ino() == 256);
+    root_inode
+        && nix::sys::statfs::statfs(path)
+            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dbsnap_backend_api::VolumeSnapshot;
+
+    fn parent(name: &str, backup: &str, dest: &str, minutes: i64) -> Parent {
+        Parent {
+            set: SnapshotSet {
+                backend: "btrfs".into(),
+                name: SnapshotName::new(name).unwrap(),
+                snapshots: vec![VolumeSnapshot {
+                    volume: Volume {
+                        id: "/srv/db".into(),
+                        root: "/srv/db".into(),
+                        fstype: "btrfs".into(),
+                    },
+                    id: format!("/srv/.dbsnap-snapshots/{name}.0"),
+                }],
+            },
+            backup: backup.into(),
+            dest: dest.into(),
+            datadir: "/srv/db/data".into(),
+            method: "btrfs-send".into(),
+            created_at: DateTime::from_timestamp(1_800_000_000 + minutes * 60, 0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_list_oldest_first() {
+        let state = tempfile::tempdir().unwrap();
+        let newer = parent("dbsnap-b", "b", "/backups", 2);
+        let older = parent("dbsnap-a", "a", "/backups", 1);
+        newer.write(state.path()).unwrap();
+        older.write(state.path()).unwrap();
+        assert_eq!(
+            Parent::list(state.path()).unwrap(),
+            vec![older.clone(), newer]
+        );
+        assert!(is_parent(state.path(), &older.set.name));
+        older.remove(state.path()).unwrap();
+        assert!(!is_parent(state.path(), &older.set.name));
+    }
+
+    #[test]
+    fn prune_protects_only_the_bases_in_its_destination() {
+        let state = tempfile::tempdir().unwrap();
+        parent("dbsnap-a", "a", "/backups", 1)
+            .write(state.path())
+            .unwrap();
+        parent("dbsnap-z", "z", "/elsewhere", 1)
+            .write(state.path())
+            .unwrap();
+        assert_eq!(
+            protected_backups(state.path(), Path::new("/backups")).unwrap(),
+            vec!["a".to_string()]
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! `[backup] method = "btrfs-send"`: backups received with `btrfs receive` on a btrfs
+//! destination, each incremental from the previous backup's snapshot, which stays on
+//! the source as the next base. Proven under write load with the end-to-end
+//! consistency checks, on a chain of incrementals restored from the last one, and with
+//! the chain broken in each way a user can break it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{restore, stderr, stdout_json, time, Sandbox};
+use dbsnap_test_support::bank::{self, Commit, Writers};
+use dbsnap_test_support::btrfs::LoopBtrfs;
+use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
+
+fn use_method(sb: &Sandbox, dest: &Path, backup_keys: &str) {
+    std::fs::create_dir_all(dest).unwrap();
+    let config = std::fs::read_to_string(&sb.config).unwrap();
+    let start = config.find("[backup]").unwrap();
+    sb.write_raw_config(&format!(
+        "{}[backup]\ndest = {dest:?}\n{backup_keys}",
+        &config[..start]
+    ));
+}
+
+/// One backup under 4 bank writers (with MyISAM audit rows); the manifest and the
+/// commits the writers saw.
+fn backup_under_load(sb: &Sandbox) -> (serde_json::Value, Vec<Commit>) {
+    let writers = Writers::start_with_audit(&sb.server.socket, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = sb.dbsnap(&["backup", "--json"]);
+    let commits = writers.stop();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Backups are named by the second.
+    std::thread::sleep(Duration::from_millis(1100));
+    (stdout_json(&out), commits)
+}
+
+/// The dbsnap snapshots on the source (received copies on the same filesystem are not
+/// in the snapshot directory).
+fn source_snapshots(sb: &Sandbox) -> Vec<String> {
+    sb.fs.subvolumes_matching(".dbsnap-snapshots/")
+}
+
+fn parent_records(sb: &Sandbox) -> usize {
+    std::fs::read_dir(sb.state.join("parents"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn restore_and_check(sb: &Sandbox, manifest: &serde_json::Value, commits: &[Commit]) {
+    let backup = PathBuf::from(manifest["path"].as_str().unwrap());
+    let name = manifest["name"].as_str().unwrap();
+    let restored = sb.dir.path().join(format!("restored {name}"));
+    let out = restore(sb, &backup, &restored, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let copy = MariaDb::start_existing(ServerOptions {
+        server_id: 2,
+        ..ServerOptions::new(&restored, &sb.dir.path().join(format!("run {name}")))
+    });
+    let verdict = bank::assert_consistent(
+        &copy,
+        commits,
+        time(&manifest["lock"]["acquired_at"]),
+        time(&manifest["lock"]["released_at"]),
+    );
+    eprintln!("{name}: {verdict:?}");
+    assert_eq!(
+        copy.sql("SELECT @@gtid_binlog_pos"),
+        manifest["coordinates"]["gtid_binlog_pos"].as_str().unwrap(),
+        "the restored copy's GTID position is not the manifest's"
+    );
+}
+
+#[test]
+fn a_chain_of_incremental_streams_restores_from_the_last_one() {
+    let sb = Sandbox::with_fs_size(1024);
+    bank::create(&sb.server);
+    bank::add_filler(&sb.server, 64);
+    // A separate btrfs filesystem, as a backup disk would be.
+    let disk_dir = sb.dir.path().join("disk");
+    std::fs::create_dir(&disk_dir).unwrap();
+    let disk = LoopBtrfs::new(&disk_dir, "backup disk", 1024);
+    let dest = disk.mountpoint.join("db backups");
+    use_method(&sb, &dest, "method = \"btrfs-send\"\n");
+
+    let mut chain = Vec::new();
+    for _ in 0..4 {
+        chain.push(backup_under_load(&sb));
+        // Only the newest backup's snapshot stays on the source.
+        assert_eq!(
+            source_snapshots(&sb).len(),
+            1,
+            "{:?}",
+            source_snapshots(&sb)
+        );
+        assert_eq!(parent_records(&sb), 1);
+    }
+    let full = &chain[0].0["transfer"];
+    assert_eq!(full["method"], "btrfs-send");
+    assert!(
+        full["base"].is_null() && full["full_because"].is_null(),
+        "{full}"
+    );
+    let full_bytes = full["bytes"].as_u64().unwrap();
+    for pair in chain.windows(2) {
+        let (previous, (m, _)) = (&pair[0].0, &pair[1]);
+        let t = &m["transfer"];
+        assert_eq!(t["base"], previous["name"], "{t}");
+        assert_eq!(t["parent_snapshot"], previous["snapshot"]["name"], "{t}");
+        let sent = t["bytes"].as_u64().unwrap();
+        eprintln!(
+            "incremental {} sent {sent} bytes in {} ms; the full stream was {full_bytes}",
+            m["name"], t["duration_ms"]
+        );
+        assert!(
+            sent < full_bytes / 2,
+            "an incremental sent {sent} of {full_bytes} bytes"
+        );
+    }
+
+    // Older backups go; the newest (the next base) stays and restores on its own.
+    let config = std::fs::read_to_string(&sb.config).unwrap();
+    sb.write_raw_config(&format!("{config}\n[retention]\nkeep_last = 1\n"));
+    let out = sb.dbsnap(&["prune", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let left: Vec<PathBuf> = std::fs::read_dir(&dest)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let (last, commits) = chain.last().unwrap();
+    assert_eq!(left, vec![PathBuf::from(last["path"].as_str().unwrap())]);
+    assert!(
+        disk.subvolumes_matching("dbsnap-").len() == 1,
+        "{:?}",
+        disk.subvolumes_matching("dbsnap-")
+    );
+    restore_and_check(&sb, last, commits);
+
+    let out = sb.dbsnap(&["verify", last["path"].as_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // After the prune, the chain goes on from the kept base.
+    let (next, _) = backup_under_load(&sb);
+    assert_eq!(next["transfer"]["base"], last["name"]);
+}
+
+#[test]
+fn a_broken_chain_falls_back_to_a_full_stream_and_says_why() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    let dest = sb.fs.mountpoint.join("backups");
+    use_method(&sb, &dest, "method = \"btrfs-send\"\n");
+    let (first, _) = backup_under_load(&sb);
+
+    // The base snapshot is deleted on the source.
+    let parent = first["snapshot"]["volumes"][0]["snapshot"]
+        .as_str()
+        .unwrap();
+    assert!(std::process::Command::new("btrfs")
+        .args(["subvolume", "delete", parent])
+        .status()
+        .unwrap()
+        .success());
+    let (second, _) = backup_under_load(&sb);
+    let t = &second["transfer"];
+    assert!(t["base"].is_null(), "{t}");
+    assert!(
+        t["full_because"]
+            .as_str()
+            .unwrap()
+            .contains("gone from the source"),
+        "{t}"
+    );
+
+    // The chain starts again from the full one.
+    let (third, _) = backup_under_load(&sb);
+    assert_eq!(third["transfer"]["base"], second["name"]);
+
+    // The base backup is deleted at the destination.
+    let third_dir = PathBuf::from(third["path"].as_str().unwrap());
+    for entry in std::fs::read_dir(&third_dir).unwrap().flatten() {
+        if entry.path().is_dir() {
+            std::process::Command::new("btrfs")
+                .args(["subvolume", "delete"])
+                .arg(entry.path())
+                .status()
+                .unwrap();
+        }
+    }
+    std::fs::remove_dir_all(&third_dir).unwrap();
+    let (fourth, commits) = backup_under_load(&sb);
+    let t = &fourth["transfer"];
+    assert!(t["base"].is_null(), "{t}");
+    assert!(
+        t["full_because"].as_str().unwrap().contains("is gone"),
+        "{t}"
+    );
+    restore_and_check(&sb, &fourth, &commits);
+
+    // Back to rsync: the kept base snapshot is no longer needed and is released.
+    use_method(&sb, &dest, "method = \"rsync\"\n");
+    let (rsynced, _) = backup_under_load(&sb);
+    assert_eq!(rsynced["transfer"]["method"], "rsync");
+    assert!(
+        source_snapshots(&sb).is_empty(),
+        "{:?}",
+        source_snapshots(&sb)
+    );
+    assert_eq!(parent_records(&sb), 0);
+}
+
+#[test]
+fn a_destination_that_cannot_receive_is_refused_before_the_lock() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    // The sandbox's destination is on the test machine's own filesystem, not btrfs.
+    let dest = sb.dest.clone();
+    use_method(&sb, &dest, "method = \"btrfs-send\"\n");
+    let out = sb.dbsnap(&["backup"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not on btrfs"), "{}", stderr(&out));
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+    assert!(sb.backups().is_empty());
+
+    // `auto` copies with rsync there instead.
+    use_method(&sb, &dest, "method = \"auto\"\n");
+    let out = sb.dbsnap(&["backup", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout_json(&out)["transfer"]["method"], "rsync");
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+}
