@@ -70,8 +70,11 @@ pub struct VolumeRecord {
 pub struct StoredVolume {
     /// The volume's root on the server.
     pub root: PathBuf,
-    /// Its copy, relative to the backup directory.
+    /// Where its copy can be read: relative to the backup directory, or absolute when
+    /// the backend keeps it elsewhere.
     pub path: PathBuf,
+    /// The backend's identity for the copy, for deleting it.
+    pub id: String,
 }
 
 impl Manifest {
@@ -205,10 +208,12 @@ mod tests {
             StoredVolume {
                 root: "/var/lib".into(),
                 path: "dbsnap-x.0".into(),
+                id: "/b/n/dbsnap-x.0".into(),
             },
             StoredVolume {
                 root: "/var/lib/mysql/binlog".into(),
                 path: "dbsnap-x.1".into(),
+                id: "/b/n/dbsnap-x.1".into(),
             },
         ];
         assert_eq!(

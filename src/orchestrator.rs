@@ -468,6 +468,7 @@ pub async fn backup(
                 native::Parent {
                     set: set.clone(),
                     backup: name.clone(),
+                    received: manifest.stored.iter().map(|s| s.id.clone()).collect(),
                     dest: dest.clone(),
                     datadir: pre.layout.datadir.clone(),
                     method: stream.method().into(),

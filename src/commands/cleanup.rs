@@ -55,7 +55,7 @@ async fn release_one(config: &Config, resource: &Resource) -> anyhow::Result<()>
         Resource::Partial { dir } => {
             // Only ever delete a directory dbsnap named `*.partial`.
             if dir.extension().is_some_and(|e| e == "partial") {
-                crate::transfer::native::remove_backup_dir(dir).await?;
+                crate::transfer::native::remove_backup_dir(dir, &config.snapshot).await?;
             }
             Ok(())
         }

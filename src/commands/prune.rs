@@ -103,7 +103,7 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
     if !dry_run {
         for ((dir, m), d) in backups.iter().zip(&report.backups) {
             if !d.keep {
-                remove_backup(&mut journal, dir, &m.name).await?;
+                remove_backup(config, &mut journal, dir, &m.name).await?;
             }
         }
         for (k, d) in kept.iter().zip(&report.snapshots) {
@@ -142,7 +142,12 @@ fn own_backups(dest: &Path) -> anyhow::Result<Vec<(PathBuf, Manifest)>> {
 
 /// Rename to `NAME.partial` first (journaled): from that instant it is no longer a
 /// backup, and an interrupted delete is finished by `dbsnap cleanup`.
-async fn remove_backup(journal: &mut Journal, dir: &Path, name: &str) -> anyhow::Result<()> {
+async fn remove_backup(
+    config: &Config,
+    journal: &mut Journal,
+    dir: &Path,
+    name: &str,
+) -> anyhow::Result<()> {
     let partial = dir.with_file_name(format!("{name}.partial"));
     let resource = Resource::Partial {
         dir: partial.clone(),
@@ -150,7 +155,7 @@ async fn remove_backup(journal: &mut Journal, dir: &Path, name: &str) -> anyhow:
     journal.record(name, resource.clone())?;
     std::fs::rename(dir, &partial)
         .with_context(|| format!("renaming {} to {}", dir.display(), partial.display()))?;
-    crate::transfer::native::remove_backup_dir(&partial).await?;
+    crate::transfer::native::remove_backup_dir(&partial, &config.snapshot).await?;
     journal.forget(&resource)?;
     tracing::info!("pruned backup {}", dir.display());
     Ok(())

@@ -18,7 +18,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use dbsnap_backend_api::{NativeStream, SnapshotBackend, SnapshotName, SnapshotSet, Volume};
+use dbsnap_backend_api::{
+    NativeStream, SnapshotBackend, SnapshotName, SnapshotSet, StreamParent, Volume,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Method, SnapshotConfig};
@@ -34,6 +36,8 @@ pub struct Parent {
     pub set: SnapshotSet,
     /// The backup that holds the snapshot's received copy.
     pub backup: String,
+    /// The received copy of each snapshot of `set` ([`Received::id`]).
+    pub received: Vec<String>,
     pub dest: PathBuf,
     pub datadir: PathBuf,
     /// The stream (`btrfs-send`).
@@ -170,6 +174,12 @@ pub async fn find_parent(
     else {
         return Ok(Ok(None));
     };
+    if parent.received.len() != parent.set.snapshots.len() {
+        return Ok(Err(format!(
+            "the record of base snapshot {} is incomplete",
+            parent.set.name
+        )));
+    }
     let base = dest.join(&parent.backup);
     let Ok(manifest) = Manifest::read(&base) else {
         return Ok(Err(format!("the base backup {} is gone", base.display())));
@@ -224,7 +234,10 @@ pub async fn send(
     let mut sent = 0u64;
     let mut stored = Vec::new();
     for (index, snapshot) in set.snapshots.iter().enumerate() {
-        let from = parent.map(|p| &p.set.snapshots[index]);
+        let from = parent.map(|p| StreamParent {
+            snapshot: &p.set.snapshots[index],
+            received: &p.received[index],
+        });
         let so_far = sent;
         let received = stream
             .send(snapshot, from, partial, &|n| progress(so_far + n))
@@ -236,8 +249,9 @@ pub async fn send(
             path: received
                 .path
                 .strip_prefix(partial)
-                .context("the received copy is outside the backup")?
+                .unwrap_or(&received.path)
                 .to_path_buf(),
+            id: received.id,
         });
     }
     let stats = TransferStats {
@@ -302,11 +316,26 @@ pub fn protected_backups(state_dir: &Path, dest: &Path) -> anyhow::Result<Vec<St
         .collect())
 }
 
-/// Delete a backup directory, including received copies (read-only subvolumes, which
-/// file removal cannot delete) at its top level.
-pub async fn remove_backup_dir(dir: &Path) -> anyhow::Result<()> {
+/// Delete a backup directory (or a partial one) with its received copies: those its
+/// manifest names, through their backend, and any read-only btrfs subvolume at its top
+/// level (a receive that was interrupted before the manifest was written).
+pub async fn remove_backup_dir(dir: &Path, snapshot_config: &SnapshotConfig) -> anyhow::Result<()> {
     if !dir.exists() {
         return Ok(());
+    }
+    if let Ok(manifest) = Manifest::read(dir) {
+        if !manifest.stored.is_empty() {
+            let backend = crate::backends::open_named(&manifest.snapshot.backend, snapshot_config)?;
+            let stream = backend.native_stream().with_context(|| {
+                format!(
+                    "the {} backend cannot delete received copies",
+                    backend.name()
+                )
+            })?;
+            for stored in &manifest.stored {
+                stream.delete_received(&stored.id).await?;
+            }
+        }
     }
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
@@ -350,6 +379,7 @@ mod tests {
                 }],
             },
             backup: backup.into(),
+            received: vec![format!("{dest}/{backup}/{name}.0")],
             dest: dest.into(),
             datadir: "/srv/db/data".into(),
             method: "btrfs-send".into(),

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{BackendError, Result};
 pub use name::{validate_name, SnapshotName, SNAPSHOT_PREFIX};
-pub use stream::{NativeStream, Received};
+pub use stream::{NativeStream, Received, StreamParent};
 
 /// A filesystem volume that holds one or more database paths.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,10 +12,23 @@ use crate::{Result, VolumeSnapshot};
 /// A snapshot received at the destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
-    /// The complete, read-only copy of the snapshot's volume.
+    /// The backend's identity for the received copy (a subvolume path, `dataset@snap`):
+    /// what `delete_received` and the next stream's parent refer to.
+    pub id: String,
+    /// Where the complete, read-only copy of the snapshot's volume can be read. Inside
+    /// the backup directory where the backend can put it there.
     pub path: PathBuf,
     /// Bytes in the stream: what went over the pipe.
     pub stream_bytes: u64,
+}
+
+/// The base of an incremental stream.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamParent<'a> {
+    /// An earlier snapshot of the same volume, still on the source.
+    pub snapshot: &'a VolumeSnapshot,
+    /// Its received copy at the destination ([`Received::id`]), still there.
+    pub received: &'a str,
 }
 
 #[async_trait]
@@ -27,18 +40,18 @@ pub trait NativeStream: Send + Sync {
     /// what to change. Called before the database lock.
     async fn check_destination(&self, dest: &Path) -> Result<()>;
 
-    /// Send `snapshot` and receive it inside `into` (an existing directory dbsnap owns).
-    /// With a `parent` (an earlier snapshot of the same volume, still present, whose
-    /// received copy still exists at the destination), only the difference is sent.
-    /// `progress` gets the stream bytes so far.
+    /// Send `snapshot` and receive it for the backup being written in `into` (an
+    /// existing directory dbsnap owns, `DEST/NAME.partial`). With a `parent`, only the
+    /// difference is sent. `progress` gets the stream bytes so far.
     async fn send(
         &self,
         snapshot: &VolumeSnapshot,
-        parent: Option<&VolumeSnapshot>,
+        parent: Option<StreamParent<'_>>,
         into: &Path,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Received>;
 
-    /// Delete a received copy (they are read-only: plain file removal cannot). Idempotent.
-    async fn delete_received(&self, received: &Path) -> Result<()>;
+    /// Delete a received copy ([`Received::id`]); plain file removal cannot (they are
+    /// read-only). Idempotent.
+    async fn delete_received(&self, id: &str) -> Result<()>;
 }

@@ -8,7 +8,9 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use dbsnap_backend_api::command::{self, Cmd};
-use dbsnap_backend_api::{BackendError, NativeStream, Received, Result, VolumeSnapshot};
+use dbsnap_backend_api::{
+    BackendError, NativeStream, Received, Result, StreamParent, VolumeSnapshot, SNAPSHOT_PREFIX,
+};
 
 use crate::{is_subvolume, Btrfs};
 
@@ -34,7 +36,7 @@ impl NativeStream for Btrfs {
     async fn send(
         &self,
         snapshot: &VolumeSnapshot,
-        parent: Option<&VolumeSnapshot>,
+        parent: Option<StreamParent<'_>>,
         into: &Path,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Received> {
@@ -44,18 +46,31 @@ impl NativeStream for Btrfs {
         })?;
         let mut sender = Cmd::new("btrfs").arg("send");
         if let Some(parent) = parent {
-            sender = sender.arg("-p").arg(&parent.id);
+            // `btrfs receive` finds the parent's received copy by its UUID.
+            sender = sender.arg("-p").arg(&parent.snapshot.id);
         }
         let sender = sender.arg(source);
         let receiver = Cmd::new("btrfs").arg("receive").arg(into);
         let stream_bytes = command::pipe(&sender, &receiver, progress).await?;
+        let path = into.join(name);
         Ok(Received {
-            path: into.join(name),
+            id: path.display().to_string(),
+            path,
             stream_bytes,
         })
     }
 
-    async fn delete_received(&self, received: &Path) -> Result<()> {
+    async fn delete_received(&self, id: &str) -> Result<()> {
+        let received = Path::new(id);
+        let ours = received
+            .file_name()
+            .and_then(|f| f.to_str())
+            .is_some_and(|f| f.starts_with(SNAPSHOT_PREFIX));
+        if !ours {
+            return Err(BackendError::Invalid(format!(
+                "refusing to delete {id}: it is not a copy dbsnap received"
+            )));
+        }
         if !is_subvolume(received) {
             return Ok(());
         }
