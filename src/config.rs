@@ -94,7 +94,7 @@ pub struct SnapshotConfig {
 pub struct BackupConfig {
     /// Directory that receives one sub-directory per backup.
     pub dest: PathBuf,
-    /// rsync bandwidth limit, e.g. "50MiB" (per second).
+    /// Bandwidth limit of the copy (rsync or a native stream), e.g. "50MiB" (per second).
     pub bwlimit: Option<bytesize::ByteSize>,
     /// Verify every backup right after it is taken (`dbsnap verify`).
     #[serde(default)]

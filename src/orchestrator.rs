@@ -580,7 +580,15 @@ async fn send_stream(
             (None, Some(why))
         }
     };
-    let (mut stats, stored) = native::send(stream, set, parent.as_ref(), partial, progress).await?;
+    let (mut stats, stored) = native::send(
+        stream,
+        set,
+        parent.as_ref(),
+        partial,
+        backup.bwlimit,
+        progress,
+    )
+    .await?;
     stats.full_because = full_because;
     Ok((stats, stored))
 }

@@ -232,3 +232,72 @@ fn a_destination_that_cannot_receive_is_refused_before_the_lock() {
     assert_eq!(stdout_json(&out)["transfer"]["method"], "rsync");
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
 }
+
+#[test]
+fn sigkill_while_receiving_then_cleanup_leaves_only_the_base() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    bank::add_filler(&sb.server, 48);
+    let dest = sb.fs.mountpoint.join("backups");
+    use_method(&sb, &dest, "method = \"btrfs-send\"\n");
+    let (first, _) = backup_under_load(&sb);
+
+    // A full stream (the base snapshot is gone), slowed down so that it can be caught.
+    let parent = first["snapshot"]["volumes"][0]["snapshot"]
+        .as_str()
+        .unwrap();
+    assert!(std::process::Command::new("btrfs")
+        .args(["subvolume", "delete", parent])
+        .status()
+        .unwrap()
+        .success());
+    use_method(&sb, &dest, "method = \"btrfs-send\"\nbwlimit = \"8MiB\"\n");
+    let mut child = std::process::Command::new(common::DBSNAP)
+        .arg("--config")
+        .arg(&sb.config)
+        .arg("backup")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let receiving = || {
+        std::fs::read_dir(&dest).unwrap().flatten().any(|e| {
+            e.file_name().to_string_lossy().ends_with(".partial")
+                && std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_some())
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !receiving() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(receiving(), "the backup never started receiving");
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let out = sb.dbsnap(&["cleanup", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let partials: Vec<_> = std::fs::read_dir(&dest)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(partials.is_empty(), "{partials:?}");
+    assert_eq!(
+        sb.fs.subvolumes_matching("backups/").len(),
+        1,
+        "only the first backup's received copy may remain: {:?}",
+        sb.fs.subvolumes_matching("backups/")
+    );
+    assert!(
+        source_snapshots(&sb).is_empty(),
+        "{:?}",
+        source_snapshots(&sb)
+    );
+    let journal = std::fs::read_to_string(sb.state.join("journal.json")).unwrap();
+    assert_eq!(journal.trim(), "[]");
+
+    use_method(&sb, &dest, "method = \"btrfs-send\"\n");
+    let (next, commits) = backup_under_load(&sb);
+    restore_and_check(&sb, &next, &commits);
+}

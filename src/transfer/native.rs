@@ -228,6 +228,7 @@ pub async fn send(
     set: &SnapshotSet,
     parent: Option<&Parent>,
     partial: &Path,
+    bwlimit: Option<bytesize::ByteSize>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<(TransferStats, Vec<StoredVolume>)> {
     let started = Instant::now();
@@ -240,7 +241,9 @@ pub async fn send(
         });
         let so_far = sent;
         let received = stream
-            .send(snapshot, from, partial, &|n| progress(so_far + n))
+            .send(snapshot, from, partial, bwlimit.map(|b| b.as_u64()), &|n| {
+                progress(so_far + n)
+            })
             .await
             .map_err(|e| fail(Class::Transfer, e.to_string()))?;
         sent += received.stream_bytes;

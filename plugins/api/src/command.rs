@@ -199,10 +199,11 @@ impl Cmd {
 /// timeout: a stream takes as long as the data needs; cancelling the future kills both
 /// process groups. Both processes also die with dbsnap (parent-death signal), so a
 /// killed run never leaves a receiver writing into a directory cleanup is removing.
-/// Returns the bytes that went through the pipe.
+/// `bwlimit` caps the rate (bytes per second). Returns the bytes that went through.
 pub async fn pipe(
     from: &Cmd,
     to: &Cmd,
+    bwlimit: Option<u64>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, CommandError> {
     let argv = format!("{} | {}", from.display(), to.display());
@@ -240,8 +241,10 @@ pub async fn pipe(
     let sender_err = collect(sender.stderr.take().expect("stderr was piped"));
     let receiver_err = collect(receiver.stderr.take().expect("stderr was piped"));
     let forward = async {
-        let mut buffer = vec![0u8; 1 << 20];
+        // Small reads under a limit keep the rate smooth.
+        let mut buffer = vec![0u8; if bwlimit.is_some() { 64 << 10 } else { 1 << 20 }];
         let mut total = 0u64;
+        let started = Instant::now();
         loop {
             let n = source.read(&mut buffer).await?;
             if n == 0 {
@@ -250,6 +253,12 @@ pub async fn pipe(
             sink.write_all(&buffer[..n]).await?;
             total += n as u64;
             progress(total);
+            if let Some(limit) = bwlimit.filter(|l| *l > 0) {
+                let due = Duration::from_secs_f64(total as f64 / limit as f64);
+                if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(ahead).await;
+                }
+            }
         }
         sink.shutdown().await?;
         drop(sink);
@@ -405,6 +414,7 @@ mod tests {
         let bytes = pipe(
             &Cmd::new("head").args(["-c", "3000000", "/dev/zero"]),
             &Cmd::new("wc").arg("-c"),
+            None,
             &|n| seen.store(n, std::sync::atomic::Ordering::Relaxed),
         )
         .await
@@ -418,6 +428,7 @@ mod tests {
         let err = pipe(
             &Cmd::new("printf").arg("data"),
             &Cmd::new("sh").args(["-c", "cat >/dev/null; echo broken >&2; exit 3"]),
+            None,
             &|_| {},
         )
         .await
@@ -428,11 +439,30 @@ mod tests {
         let err = pipe(
             &Cmd::new("ls").arg("/does/not/exist"),
             &Cmd::new("cat"),
+            None,
             &|_| {},
         )
         .await
         .unwrap_err()
         .to_string();
         assert!(err.contains("the sender exited"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn pipe_keeps_to_the_rate_limit() {
+        let started = Instant::now();
+        pipe(
+            &Cmd::new("head").args(["-c", "2000000", "/dev/zero"]),
+            &Cmd::new("cat"),
+            Some(4_000_000),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(450),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

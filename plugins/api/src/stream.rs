@@ -42,12 +42,14 @@ pub trait NativeStream: Send + Sync {
 
     /// Send `snapshot` and receive it for the backup being written in `into` (an
     /// existing directory dbsnap owns, `DEST/NAME.partial`). With a `parent`, only the
-    /// difference is sent. `progress` gets the stream bytes so far.
+    /// difference is sent. `bwlimit` caps the stream's rate in bytes per second (pass
+    /// it to [`crate::command::pipe`]); `progress` gets the stream bytes so far.
     async fn send(
         &self,
         snapshot: &VolumeSnapshot,
         parent: Option<StreamParent<'_>>,
         into: &Path,
+        bwlimit: Option<u64>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Received>;
 

@@ -38,6 +38,7 @@ impl NativeStream for Btrfs {
         snapshot: &VolumeSnapshot,
         parent: Option<StreamParent<'_>>,
         into: &Path,
+        bwlimit: Option<u64>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Received> {
         let source = Path::new(&snapshot.id);
@@ -51,7 +52,7 @@ impl NativeStream for Btrfs {
         }
         let sender = sender.arg(source);
         let receiver = Cmd::new("btrfs").arg("receive").arg(into);
-        let stream_bytes = command::pipe(&sender, &receiver, progress).await?;
+        let stream_bytes = command::pipe(&sender, &receiver, bwlimit, progress).await?;
         let path = into.join(name);
         Ok(Received {
             id: path.display().to_string(),
