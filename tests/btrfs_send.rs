@@ -120,6 +120,16 @@ fn a_chain_of_incremental_streams_restores_from_the_last_one() {
         );
     }
 
+    let out = sb.dbsnap(&["list"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains(&format!(
+            "{} is the base of the next btrfs-send",
+            chain[3].0["name"].as_str().unwrap()
+        )),
+        "{listed}"
+    );
+
     // Older backups go; the newest (the next base) stays and restores on its own.
     let config = std::fs::read_to_string(&sb.config).unwrap();
     sb.write_raw_config(&format!("{config}\n[retention]\nkeep_last = 1\n"));

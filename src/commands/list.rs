@@ -55,15 +55,16 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<22} {:<10} {:>10} {:>9} {:>9}  binlog",
-        "NAME", "STATUS", "SIZE", "WAIT ms", "HOLD ms"
+        "{:<22} {:<10} {:<15} {:>11} {:>9} {:>9}  binlog",
+        "NAME", "STATUS", "METHOD", "TRANSFERRED", "WAIT ms", "HOLD ms"
     );
     for e in &entries {
         match &e.manifest {
             Some(m) => println!(
-                "{:<22} {:<10} {:>10} {:>9.1} {:>9.1}  {}",
+                "{:<22} {:<10} {:<15} {:>11} {:>9.1} {:>9.1}  {}",
                 e.name,
                 e.status,
+                m.transfer.method,
                 ByteSize::b(m.transfer.bytes).display().iec().to_string(),
                 m.lock.wait_ms,
                 m.lock.hold_ms,
@@ -74,6 +75,15 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
             ),
             None => println!("{:<22} {:<10}", e.name, e.status),
         }
+    }
+    for parent in crate::transfer::native::Parent::list(&config.state_dir)?
+        .iter()
+        .filter(|p| p.dest == *dest)
+    {
+        println!(
+            "{} is the base of the next {}: its snapshot {} stays on the source until then",
+            parent.backup, parent.method, parent.set.name
+        );
     }
     Ok(())
 }

@@ -1,0 +1,339 @@
+//! dbsnap-bench-incremental: what does each transfer method cost, for the first (full)
+//! backup and for the ones after it?
+//!
+//! For each data size: the benchmark rig (MariaDB on a loop-device btrfs with filler
+//! data), a second btrfs filesystem as the backup disk, and a directory on the work
+//! directory's own filesystem (no reflinks) as a plain destination. Each method takes a
+//! chain of backups: one full, then `--increments` more, each after the same churn (bank
+//! writers for a few seconds plus 2 % of the filler rows rewritten). For each backup it
+//! records the wall time, what dbsnap says it transferred, and how much space the
+//! destination gained. A plain `cp -a` of a snapshot to the backup disk is the reference
+//! for a full copy. Writes `incremental.json` and `incremental.md` into `--out`.
+//!
+//! Run as root: `cargo run --release -p dbsnap-bench --bin dbsnap-bench-incremental -- --sizes 1,4`.
+
+#[path = "../rig.rs"]
+mod rig;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use clap::Parser;
+use dbsnap_test_support::bank::Writers;
+use dbsnap_test_support::btrfs::LoopBtrfs;
+use serde::Serialize;
+
+use rig::Rig;
+
+#[derive(Parser)]
+#[command(about = "Bytes and seconds of full and incremental backups, per transfer method")]
+struct Args {
+    /// Data sizes in GB (InnoDB filler rows).
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    sizes: Vec<f64>,
+    /// Backups after the first (full) one, per method.
+    #[arg(long, default_value_t = 3)]
+    increments: usize,
+    /// Seconds of bank writes before each backup.
+    #[arg(long, default_value_t = 5.0)]
+    churn_secs: f64,
+    /// Where incremental.json and incremental.md go.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    out: PathBuf,
+    /// Where the filesystems and the server live.
+    #[arg(long, default_value = "/var/tmp")]
+    work_dir: PathBuf,
+    /// The dbsnap binary (default: `dbsnap` next to this benchmark's executable).
+    #[arg(long)]
+    dbsnap: Option<PathBuf>,
+}
+
+/// One way of transferring, as dbsnap configuration.
+struct Method {
+    name: &'static str,
+    /// Lines for `[backup]`.
+    keys: &'static str,
+    /// On the backup disk (btrfs), or on the work directory's filesystem.
+    on_backup_disk: bool,
+}
+
+const METHODS: &[Method] = &[
+    Method {
+        name: "rsync, full copies",
+        keys: "incremental = false\n",
+        on_backup_disk: true,
+    },
+    Method {
+        name: "rsync + reflink (btrfs destination)",
+        keys: "incremental = true\n",
+        on_backup_disk: true,
+    },
+    Method {
+        name: "rsync + link-dest (ext4 destination)",
+        keys: "incremental = true\n",
+        on_backup_disk: false,
+    },
+    Method {
+        name: "btrfs-send",
+        keys: "method = \"btrfs-send\"\n",
+        on_backup_disk: true,
+    },
+];
+
+#[derive(Serialize)]
+struct Backup {
+    size_gb: f64,
+    data_mib: u64,
+    method: String,
+    /// 0 = the first backup of the chain.
+    index: usize,
+    transfer_method: String,
+    full_because: Option<String>,
+    wall_s: f64,
+    transfer_s: f64,
+    /// What dbsnap transferred: changed files (rsync) or the stream (btrfs-send).
+    transferred_mib: f64,
+    /// Bytes written at the destination, as dbsnap counts them.
+    written_mib: f64,
+    /// Space the destination filesystem gained.
+    stored_mib: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(
+        nix::unistd::Uid::effective().is_root(),
+        "run as root: the benchmark mounts loop devices and starts MariaDB"
+    );
+    let dbsnap = match &args.dbsnap {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the benchmark's directory")?
+            .join("dbsnap"),
+    };
+    ensure!(
+        dbsnap.exists(),
+        "{} not found: build it first (cargo build --release -p dbsnap) or pass --dbsnap",
+        dbsnap.display()
+    );
+    std::fs::create_dir_all(&args.out)?;
+    let mut all = Vec::new();
+    for &gb in &args.sizes {
+        all.extend(run_size(gb, &args, &dbsnap)?);
+    }
+    std::fs::write(
+        args.out.join("incremental.json"),
+        serde_json::to_string_pretty(&all)?,
+    )?;
+    std::fs::write(args.out.join("incremental.md"), table(&all))?;
+    print!("{}", table(&all));
+    eprintln!("results in {}", args.out.display());
+    Ok(())
+}
+
+fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<Vec<Backup>> {
+    eprintln!("== {gb} GB: loading data");
+    let rig = Rig::new(&args.work_dir, gb, dbsnap)?;
+    let data_mib = rig::dir_bytes(&rig.datadir) >> 20;
+    let disk_dir = rig.dir.path().join("disk");
+    std::fs::create_dir(&disk_dir)?;
+    // Room for every chain's copies.
+    let disk = LoopBtrfs::new(&disk_dir, "backup disk", data_mib * 12 + 2048);
+    let plain = rig.dir.path().join("plain");
+    std::fs::create_dir(&plain)?;
+
+    let mut results = vec![reference_copy(gb, data_mib, &rig, &disk)?];
+    for method in METHODS {
+        let dest = if method.on_backup_disk {
+            disk.mountpoint.join(method.name.replace(' ', "-"))
+        } else {
+            plain.join(method.name.replace(' ', "-"))
+        };
+        std::fs::create_dir_all(&dest)?;
+        let state = rig.dir.path().join(format!("state {}", method.name));
+        std::fs::write(
+            &rig.config,
+            format!(
+                "state_dir = {state:?}\n\n[mysql]\nsocket = {socket:?}\nuser = \"root\"\n\n\
+                 [snapshot]\nbackend = \"btrfs\"\n\n[backup]\ndest = {dest:?}\n{keys}",
+                socket = rig.server.socket,
+                keys = method.keys,
+            ),
+        )?;
+        for index in 0..=args.increments {
+            churn(&rig, args.churn_secs)?;
+            let used_before = used_bytes(&dest)?;
+            let started = Instant::now();
+            let out = Command::new(&rig.dbsnap)
+                .arg("--config")
+                .arg(&rig.config)
+                .args(["backup", "--json"])
+                .output()?;
+            let wall_s = started.elapsed().as_secs_f64();
+            ensure!(
+                out.status.success(),
+                "{}: {}",
+                method.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let manifest: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            let t = &manifest["transfer"];
+            let mib = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as f64 / 1048576.0;
+            let backup = Backup {
+                size_gb: gb,
+                data_mib,
+                method: method.name.into(),
+                index,
+                transfer_method: t["method"].as_str().unwrap_or("").into(),
+                full_because: t["full_because"].as_str().map(str::to_string),
+                wall_s,
+                transfer_s: t["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+                transferred_mib: mib(&t["bytes"]),
+                written_mib: mib(&t["bytes_written"]),
+                stored_mib: (used_bytes(&dest)?.saturating_sub(used_before)) as f64 / 1048576.0,
+            };
+            eprintln!(
+                "-- {gb} GB {} #{index}: {:.1} s, {:.0} MiB transferred, {:.0} MiB stored",
+                method.name, backup.wall_s, backup.transferred_mib, backup.stored_mib
+            );
+            results.push(backup);
+            // Backups are named by the second.
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+    }
+    Ok(results)
+}
+
+/// The same churn before every backup: bank transfers, and 2 % of the filler rows
+/// rewritten (InnoDB pages change inside the big tablespace, as in real databases).
+fn churn(rig: &Rig, secs: f64) -> anyhow::Result<()> {
+    let writers = Writers::start(&rig.server.socket, 4);
+    rig.server
+        .sql("UPDATE bank.filler SET pad = RANDOM_BYTES(1024) WHERE id % 50 = FLOOR(RAND() * 50)");
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    writers.stop();
+    Ok(())
+}
+
+/// A plain full copy for comparison: `cp -a` of a read-only snapshot of the datadir's
+/// subvolume onto the backup disk (no lock; only the copy is timed).
+fn reference_copy(gb: f64, data_mib: u64, rig: &Rig, disk: &LoopBtrfs) -> anyhow::Result<Backup> {
+    let snapshot = rig.fs.mountpoint.join("reference-snapshot");
+    rig::run(
+        "btrfs",
+        &[
+            "subvolume".as_ref(),
+            "snapshot".as_ref(),
+            "-r".as_ref(),
+            rig.datadir.as_os_str(),
+            snapshot.as_os_str(),
+        ],
+    )?;
+    let dest = disk.mountpoint.join("cp-a");
+    let before = used_bytes(&disk.mountpoint)?;
+    let started = Instant::now();
+    rig::run(
+        "cp",
+        &["-a".as_ref(), snapshot.as_os_str(), dest.as_os_str()],
+    )?;
+    rig::run("sync", &["-f".as_ref(), dest.as_os_str()])?;
+    let wall_s = started.elapsed().as_secs_f64();
+    let stored = used_bytes(&disk.mountpoint)?.saturating_sub(before);
+    rig::run("rm", &["-rf".as_ref(), dest.as_os_str()])?;
+    rig::run(
+        "btrfs",
+        &[
+            "subvolume".as_ref(),
+            "delete".as_ref(),
+            snapshot.as_os_str(),
+        ],
+    )?;
+    let copied = data_mib as f64;
+    Ok(Backup {
+        size_gb: gb,
+        data_mib,
+        method: "plain cp -a of a snapshot (reference)".into(),
+        index: 0,
+        transfer_method: "cp -a".into(),
+        full_because: None,
+        wall_s,
+        transfer_s: wall_s,
+        transferred_mib: copied,
+        written_mib: copied,
+        stored_mib: stored as f64 / 1048576.0,
+    })
+}
+
+/// Space used on the filesystem holding `dir`, once its writes are on disk.
+fn used_bytes(dir: &Path) -> anyhow::Result<u64> {
+    rig::run("sync", &["-f".as_ref(), dir.as_os_str()])?;
+    if nix::sys::statfs::statfs(dir)?.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC {
+        // btrfs frees and allocates in the background; a commit settles the numbers.
+        rig::run(
+            "btrfs",
+            &["filesystem".as_ref(), "sync".as_ref(), dir.as_os_str()],
+        )?;
+        let s = nix::sys::statvfs::statvfs(dir)?;
+        return Ok((s.blocks() - s.blocks_free()) as u64 * s.fragment_size() as u64);
+    }
+    // A destination on the work directory's filesystem shares it with the btrfs images,
+    // which grow while the server writes: count the destination's own blocks instead
+    // (du counts a hard-linked file once).
+    let out = Command::new("du")
+        .args(["-s", "--block-size=1"])
+        .arg(dir)
+        .output()?;
+    ensure!(out.status.success(), "du {}", dir.display());
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .context("du printed nothing")?
+        .parse()?)
+}
+
+fn table(all: &[Backup]) -> String {
+    let mut md = String::from(
+        "Per size and method: the first backup of a chain (full), then the median of the \
+         incremental ones (each after the same churn: bank writes plus 2 % of the filler rows \
+         rewritten). Transferred: changed files (rsync) or stream bytes (btrfs-send). Stored: \
+         space the destination gained.\n\n\
+         | data | method | full: s | full: MiB transferred | full: MiB stored | incremental: s | incremental: MiB transferred | incremental: MiB stored |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    let mut keys: Vec<(f64, &str)> = Vec::new();
+    for b in all {
+        if !keys.iter().any(|(g, m)| *g == b.size_gb && *m == b.method) {
+            keys.push((b.size_gb, &b.method));
+        }
+    }
+    for (gb, method) in keys {
+        let chain: Vec<&Backup> = all
+            .iter()
+            .filter(|b| b.size_gb == gb && b.method == method)
+            .collect();
+        let full = chain[0];
+        let rest = &chain[1..];
+        let median = |f: fn(&Backup) -> f64| {
+            let mut v: Vec<f64> = rest.iter().map(|b| f(b)).collect();
+            v.sort_by(f64::total_cmp);
+            match v.len() {
+                0 => "–".to_string(),
+                n => format!("{:.1}", v[n / 2]),
+            }
+        };
+        md.push_str(&format!(
+            "| {gb} GB ({} MiB) | {method} | {:.1} | {:.0} | {:.0} | {} | {} | {} |\n",
+            full.data_mib,
+            full.wall_s,
+            full.transferred_mib,
+            full.stored_mib,
+            median(|b| b.wall_s),
+            median(|b| b.transferred_mib),
+            median(|b| b.stored_mib),
+        ));
+    }
+    md
+}

@@ -1,0 +1,53 @@
+//! CI smoke check of dbsnap-bench-incremental: a tiny run of every method writes its
+//! JSON and table. Asserts what the run did, never how fast. Needs root and the dbsnap
+//! binary built next to the benchmark (`cargo build --workspace`).
+
+use std::process::Command;
+
+#[test]
+fn a_tiny_run_measures_every_method() {
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_dbsnap-bench-incremental"))
+        .args(["--sizes", "0.05", "--increments", "1", "--churn-secs", "1"])
+        .arg("--out")
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "dbsnap-bench-incremental exited with {status}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("incremental.json")).unwrap())
+            .unwrap();
+    let methods: Vec<(&str, u64, &str)> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["method"].as_str().unwrap(),
+                b["index"].as_u64().unwrap(),
+                b["transfer_method"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("rsync, full copies", 1, "rsync"),
+        ("rsync + reflink (btrfs destination)", 1, "rsync+reflink"),
+        ("btrfs-send", 0, "btrfs-send"),
+        ("btrfs-send", 1, "btrfs-send"),
+    ] {
+        assert!(
+            methods.contains(&expected),
+            "{expected:?} missing from {methods:?}"
+        );
+    }
+    // The plain destination lies on the work directory's filesystem: hard links on
+    // ext4, but reflinks if that happens to be btrfs or XFS.
+    assert!(methods
+        .iter()
+        .any(|(m, i, _)| m.starts_with("rsync + link-dest") && *i == 1));
+    let table = std::fs::read_to_string(out.path().join("incremental.md")).unwrap();
+    assert!(table.contains("| btrfs-send |"), "{table}");
+}
