@@ -229,14 +229,23 @@ fn a_destination_that_cannot_receive_is_refused_before_the_lock() {
     // The sandbox's destination is on the test machine's own filesystem, not btrfs.
     let dest = sb.dest.clone();
     use_method(&sb, &dest, "method = \"btrfs-send\"\n");
-    let out = sb.dbsnap(&["backup"]);
-    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
-    assert!(stderr(&out).contains("not on btrfs"), "{}", stderr(&out));
+    for command in ["check", "backup"] {
+        let out = sb.dbsnap(&[command]);
+        assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+        assert!(stderr(&out).contains("not on btrfs"), "{}", stderr(&out));
+    }
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
     assert!(sb.backups().is_empty());
 
     // `auto` copies with rsync there instead.
     use_method(&sb, &dest, "method = \"auto\"\n");
+    let out = sb.dbsnap(&["check", "--json"]);
+    assert_eq!(
+        stdout_json(&out)["transfer_method"],
+        "rsync",
+        "{}",
+        stderr(&out)
+    );
     let out = sb.dbsnap(&["backup", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout_json(&out)["transfer"]["method"], "rsync");

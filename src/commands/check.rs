@@ -20,17 +20,24 @@ struct Report {
     free_space: Vec<FreeSpace>,
     data_bytes: u64,
     destination: Option<String>,
+    /// `rsync`, or the native stream `[backup] method` resolves to.
+    transfer_method: Option<String>,
 }
 
 pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()> {
     let backend = backends::open(&config.snapshot)?;
     let pre = orchestrator::preflight(config, backend.as_ref(), force).await?;
-    let destination = match &config.backup {
+    let (destination, transfer_method) = match &config.backup {
         Some(b) => {
             orchestrator::check_destination(&b.dest, &pre)?;
-            Some(b.dest.display().to_string())
+            let stream =
+                crate::transfer::native::choose(b.method, backend.as_ref(), &b.dest).await?;
+            (
+                Some(b.dest.display().to_string()),
+                Some(stream.map_or("rsync", |s| s.method()).to_string()),
+            )
         }
-        None => None,
+        None => (None, None),
     };
     let report = Report {
         server_version: pre.server.version.text.clone(),
@@ -43,6 +50,7 @@ pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()>
         free_space: pre.free_space.clone(),
         data_bytes: pre.data_bytes,
         destination,
+        transfer_method,
     };
     if json {
         return super::print_json(&report);
@@ -72,6 +80,9 @@ pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()>
     );
     if let Some(d) = &report.destination {
         println!("destination  {d} (writable, enough space)");
+    }
+    if let Some(m) = &report.transfer_method {
+        println!("transfer     {m}");
     }
     println!("ok: a backup can be taken");
     Ok(())
