@@ -90,7 +90,13 @@ pub enum Command {
     /// Every resource is recorded in the state journal before it is created, so this
     /// finds everything even after kill -9 or a power loss. `backup` does this by
     /// itself before it starts.
-    Cleanup,
+    Cleanup {
+        /// Drop the journal entries of run RUN without releasing them: for resources
+        /// cleanup refuses or cannot release, once you have checked them and removed
+        /// what is left by hand. The failed cleanup names the run.
+        #[arg(long, value_name = "RUN")]
+        forget: Option<String>,
+    },
     /// Prove a backup restores: crash-recover a scratch copy with a throwaway server.
     ///
     /// The server runs on a reflink (or plain) copy beside the backup, never on the

@@ -84,7 +84,10 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             commands::backup::run(&config, cli.json, lock.force, *max_lock_ms).await
         }
         Command::List => commands::list::run(&config, cli.json).await,
-        Command::Cleanup => commands::cleanup::run(&config, cli.json).await,
+        Command::Cleanup { forget: None } => commands::cleanup::run(&config, cli.json).await,
+        Command::Cleanup { forget: Some(run) } => {
+            commands::cleanup::forget(&config, cli.json, run)
+        }
         Command::Verify { backup } => commands::verify::run(&config, cli.json, backup).await,
         Command::Restore {
             backup,

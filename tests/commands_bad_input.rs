@@ -63,3 +63,53 @@ fn bad_input_to_the_new_commands_fails_clearly() {
     assert!(!std::path::Path::new(target).exists());
     assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
 }
+
+/// A journal entry cleanup refuses to release (here: a btrfs snapshot path that does
+/// not carry its set's name) blocks every run until the user has checked it; `cleanup
+/// --forget RUN` then drops it without touching the path.
+#[test]
+fn cleanup_refuses_a_foreign_entry_and_forget_drops_it() {
+    let dir = tempfile::Builder::new()
+        .prefix("dbsnap forget ")
+        .tempdir()
+        .unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let precious = dir.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    let config = dir.path().join("dbsnap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {state:?}\n[mysql]\nsocket = \"/nonexistent.sock\"\n[snapshot]\nbackend = \"btrfs\"\n"
+        ),
+    )
+    .unwrap();
+    let journal = serde_json::json!([{"run": "tampered", "resource": {"kind": "snapshot", "set": {
+        "backend": "btrfs", "name": "dbsnap-x", "snapshots": [{
+            "volume": {"id": "/", "root": "/", "fstype": "btrfs"},
+            "id": precious}]}}}]);
+    std::fs::write(state.join("journal.json"), journal.to_string()).unwrap();
+
+    let out = dbsnap_with(&config, &["cleanup"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("refusing to delete"), "{err}");
+    assert!(
+        err.contains("(run tampered)") && err.contains("--forget RUN"),
+        "{err}"
+    );
+
+    let out = dbsnap_with(&config, &["cleanup", "--forget", "nosuch"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no entries of run \"nosuch\""));
+
+    let out = dbsnap_with(&config, &["cleanup", "--forget", "tampered", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let forgotten = common::stdout_json(&out);
+    assert_eq!(forgotten["forgotten"].as_array().unwrap().len(), 1);
+    assert!(precious.exists());
+    let left = std::fs::read_to_string(state.join("journal.json")).unwrap();
+    assert_eq!(left.trim(), "[]");
+    assert!(dbsnap_with(&config, &["cleanup"]).status.success());
+}

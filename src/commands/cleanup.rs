@@ -4,6 +4,7 @@ use anyhow::Context;
 
 use crate::backends;
 use crate::config::Config;
+use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource, RunLock};
 
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
@@ -23,6 +24,41 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cleanup --forget RUN`: drop the run's journal entries without releasing anything.
+pub fn forget(config: &Config, json: bool, run: &str) -> anyhow::Result<()> {
+    let lock = RunLock::acquire(&config.state_dir)?;
+    let mut journal = Journal::open(&config.state_dir, &lock)?;
+    let entries: Vec<_> = journal
+        .entries()
+        .iter()
+        .filter(|e| e.run == run)
+        .cloned()
+        .collect();
+    if entries.is_empty() {
+        return Err(fail(
+            Class::Config,
+            format!(
+                "the journal has no entries of run {run:?}; `dbsnap cleanup` names the run of                  each resource it cannot release"
+            ),
+        ));
+    }
+    let mut forgotten = Vec::new();
+    for entry in entries {
+        journal.forget(&entry.resource)?;
+        let what = describe(&entry.resource);
+        tracing::warn!("forgot {what} (run {run}) without releasing it");
+        forgotten.push(what);
+    }
+    if json {
+        super::print_json(&serde_json::json!({ "forgotten": forgotten }))?;
+    } else {
+        for f in &forgotten {
+            println!("forgotten (not released) {f}");
+        }
+    }
+    Ok(())
+}
+
 /// Release every journaled resource, newest first (a partial copy before its mount,
 /// a mount before its snapshot). Keeps going past failures so that one stuck resource
 /// does not pin the others, then reports all failures.
@@ -37,12 +73,15 @@ pub async fn release_all(config: &Config, journal: &mut Journal) -> anyhow::Resu
                 tracing::info!("released {what} (run {})", entry.run);
                 released.push(what);
             }
-            Err(e) => failures.push(format!("{what}: {e:#}")),
+            Err(e) => failures.push(format!("{what} (run {}): {e:#}", entry.run)),
         }
     }
     if !failures.is_empty() {
         anyhow::bail!(
-            "could not release {} resource(s); they stay in the journal for the next `dbsnap cleanup`:\n  {}",
+            "could not release {} resource(s); they stay in the journal for the next `dbsnap cleanup`:\n  {}\n\
+             Fix what the message says and run `dbsnap cleanup` again. If you have checked a resource \
+             and removed what is left of it yourself, drop its run from the journal with \
+             `dbsnap cleanup --forget RUN`",
             failures.len(),
             failures.join("\n  ")
         );
