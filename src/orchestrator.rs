@@ -1,7 +1,7 @@
 //! The backup flow, phase by phase, in the order it runs:
 //!
 //! ```text
-//! preflight ─► lock ─► snapshot ─► unlock ─► mount ─► transfer ─► finalize ─► release
+//! preflight ─► lock ─► snapshot ─► unlock ─► mount ─► transfer ─► finalize ─► release ─► verify
 //! (no lock)    └── the only window where writers wait ──┘
 //! ```
 //!
@@ -494,6 +494,13 @@ pub async fn backup(
         parent,
     )
     .await;
+
+    // 9. verify (`[backup] verify`): before post_backup, so that a hook shipping the
+    // backup elsewhere only ever sees one that restores.
+    let manifest = match config.backup()?.verify {
+        true => verify_published(journal, &manifest).await?,
+        false => manifest,
+    };
     let published = [
         ("DBSNAP_NAME", name.clone()),
         ("DBSNAP_STATUS", "ok".to_string()),
@@ -505,6 +512,27 @@ pub async fn backup(
         .await
         .with_context(|| format!("the backup {} is complete and kept", final_dir.display()))?;
     Ok(manifest)
+}
+
+/// Prove the published backup restores (`dbsnap verify`, its own journaled step). A
+/// failed verification is an error; the backup stays, marked failed.
+async fn verify_published(journal: &mut Journal, manifest: &Manifest) -> anyhow::Result<Manifest> {
+    let verified = crate::verify::verify(journal, &manifest.path)
+        .await
+        .with_context(|| {
+            format!(
+                "backup {} is complete but could not be verified",
+                manifest.name
+            )
+        })?;
+    if verified
+        .verification
+        .as_ref()
+        .is_some_and(|v| v.verdict == crate::verify::Verdict::Failed)
+    {
+        return Err(crate::verify::failed_error(&verified, &verified.path));
+    }
+    Ok(verified)
 }
 
 /// Phase 6 with rsync: from the mounted snapshot into `partial/files/...`, built from

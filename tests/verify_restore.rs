@@ -43,7 +43,13 @@ fn backup_under_load_verifies_and_a_torn_page_fails_verification() {
     // (rightly) repair torn pages there.
     sb.server.shutdown();
     sb.server = MariaDb::start_existing(sb.server.options.clone());
-    let config = std::fs::read_to_string(&sb.config).unwrap() + "verify = true\n";
+    // post_backup runs after the verification: it sees the verdict in the manifest.
+    let marker = sb.dir.path().join("post_backup saw the verdict");
+    let config = std::fs::read_to_string(&sb.config).unwrap()
+        + &format!(
+            "verify = true\n\n[hooks]\npost_backup = [\"/bin/sh\", \"-c\", 'grep -q \"^verdict = .passed.\" \"$DBSNAP_BACKUP_PATH/manifest.toml\" && touch \"{}\"']\n",
+            marker.display()
+        );
     sb.write_raw_config(&config);
     let writers = Writers::start(&sb.server.socket, 8);
     let started = Instant::now();
@@ -54,6 +60,7 @@ fn backup_under_load_verifies_and_a_torn_page_fails_verification() {
     let manifest = stdout_json(&out);
     let v = &manifest["verification"];
     assert_eq!(v["verdict"], "passed", "{v}");
+    assert!(marker.exists(), "post_backup ran before the verification");
     assert!(v["tables_checked"].as_u64().unwrap() >= 3, "{v}");
     assert_eq!(
         v["recovered_gtid_binlog_pos"],

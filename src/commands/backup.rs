@@ -28,33 +28,10 @@ pub async fn run(
         force,
     ))
     .await;
-    let mut manifest = match outcome {
+    let manifest = match outcome {
         Ok(m) => m,
         Err(e) => return Err(failed_run(config, &mut journal, e).await),
     };
-
-    // `[backup] verify`: prove the published backup restores (its own journaled step).
-    if config.backup()?.verify {
-        manifest =
-            match super::until_signal(crate::verify::verify(&mut journal, &manifest.path)).await {
-                Ok(m) => m,
-                Err(e) => {
-                    let e = e.context(format!(
-                        "backup {} is complete but could not be verified",
-                        manifest.name
-                    ));
-                    return Err(failed_run(config, &mut journal, e).await);
-                }
-            };
-        if manifest
-            .verification
-            .as_ref()
-            .is_some_and(|v| v.verdict == crate::verify::Verdict::Failed)
-        {
-            let e = crate::verify::failed_error(&manifest, &manifest.path);
-            return Err(failed_run(config, &mut journal, e).await);
-        }
-    }
 
     print(&manifest, json)?;
     if let Some(budget) = max_lock_ms.filter(|b| manifest.lock.hold_ms > *b) {
