@@ -103,6 +103,30 @@ impl Manifest {
             .join(original.strip_prefix("/").unwrap_or(original))
     }
 
+    /// Everything to copy to rebuild the server directory `original` from this backup,
+    /// parents first: its own copy (destination `""`), then the copies of volumes that
+    /// were received separately below it (destination: their path relative to
+    /// `original`). An rsync backup holds nested volumes inside the parent's copy.
+    pub fn copies_of(&self, backup_dir: &Path, original: &Path) -> Vec<(PathBuf, PathBuf)> {
+        let mut copies = vec![(self.copy_of(backup_dir, original), PathBuf::new())];
+        let mut nested: Vec<&StoredVolume> = self
+            .stored
+            .iter()
+            .filter(|s| s.root != original && s.root.starts_with(original))
+            .collect();
+        nested.sort_by_key(|s| s.root.components().count());
+        copies.extend(nested.into_iter().map(|s| {
+            (
+                backup_dir.join(&s.path),
+                s.root
+                    .strip_prefix(original)
+                    .expect("filtered")
+                    .to_path_buf(),
+            )
+        }));
+        copies
+    }
+
     /// Where an original server path is in this backup, whichever way it was made.
     pub fn copy_of(&self, backup_dir: &Path, original: &Path) -> PathBuf {
         let received = self
@@ -223,6 +247,13 @@ mod tests {
         assert_eq!(
             m.copy_of(backup, Path::new("/var/lib/mysql/binlog")),
             PathBuf::from("/b/n/dbsnap-x.1")
+        );
+        assert_eq!(
+            m.copies_of(backup, datadir),
+            vec![
+                (PathBuf::from("/b/n/dbsnap-x.0/mysql"), PathBuf::new()),
+                (PathBuf::from("/b/n/dbsnap-x.1"), PathBuf::from("binlog")),
+            ]
         );
     }
 }

@@ -129,11 +129,13 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
             empty_dir(to)?;
         }
         std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
-        items.push(CopyItem {
-            from: manifest.copy_of(&request.backup, from),
-            to: to.clone(),
-            exclude: Vec::new(),
-        });
+        for (copy, relative) in manifest.copies_of(&request.backup, from) {
+            items.push(CopyItem {
+                from: copy,
+                to: to.join(relative),
+                exclude: Vec::new(),
+            });
+        }
     }
     let progress = Progress::new(crate::verify::stored_bytes(&request.backup));
     let report = |bytes| progress.set(bytes);

@@ -195,18 +195,19 @@ async fn run(
             .any(|other| p.path != other.path && p.path.starts_with(&other.path))
     });
     for path in top_level {
-        let to = Manifest::stored_path(scratch, &path.path);
-        let parent = to.parent().expect("stored paths are below files/");
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-        Cmd::new("cp")
-            .args(["-a", "--reflink=auto"])
-            .arg(manifest.copy_of(backup_dir, &path.path))
-            .arg(&to)
-            .timeout(Duration::from_secs(24 * 3600))
-            .run()
-            .await
-            .with_context(|| format!("copying the backup into {}", scratch.display()))?;
+        for (copy, relative) in manifest.copies_of(backup_dir, &path.path) {
+            let to = Manifest::stored_path(scratch, &path.path).join(relative);
+            std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+            // `SRC/.` copies the directory's contents (and its attributes) into `to`.
+            Cmd::new("cp")
+                .args(["-a", "--reflink=auto"])
+                .arg(copy.join("."))
+                .arg(&to)
+                .timeout(Duration::from_secs(24 * 3600))
+                .run()
+                .await
+                .with_context(|| format!("copying the backup into {}", scratch.display()))?;
+        }
     }
     v.copy_ms = started.elapsed().as_millis() as u64;
 

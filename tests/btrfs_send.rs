@@ -320,3 +320,51 @@ fn sigkill_while_receiving_then_cleanup_leaves_only_the_base() {
     let (next, commits) = backup_under_load(&sb);
     restore_and_check(&sb, &next, &commits);
 }
+
+/// A subvolume nested in the datadir (here: one database's directory) is not in the
+/// datadir's snapshot: it is snapshotted as a volume of its own, and both methods
+/// bring it back in the restore.
+#[test]
+fn a_subvolume_nested_in_the_datadir_is_backed_up_by_both_methods() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    let datadir = sb.fs.mountpoint.join("mysql");
+    assert!(std::process::Command::new("btrfs")
+        .args(["subvolume", "create"])
+        .arg(datadir.join("nested_db"))
+        .status()
+        .unwrap()
+        .success());
+    sb.server.sql(
+        "CREATE TABLE nested_db.t (i INT PRIMARY KEY) ENGINE=InnoDB;
+         INSERT INTO nested_db.t SELECT seq FROM bank.seq_1_to_100",
+    );
+    let on_btrfs = sb.fs.mountpoint.join("backups");
+    for (dest, keys) in [
+        (sb.dest.clone(), "method = \"rsync\"\n"),
+        (on_btrfs, "method = \"btrfs-send\"\n"),
+    ] {
+        use_method(&sb, &dest, keys);
+        let (manifest, commits) = backup_under_load(&sb);
+        assert_eq!(
+            manifest["snapshot"]["volumes"].as_array().unwrap().len(),
+            2,
+            "{}",
+            manifest["snapshot"]
+        );
+        restore_and_check(&sb, &manifest, &commits);
+        let name = manifest["name"].as_str().unwrap();
+        let restored = MariaDb::start_existing(ServerOptions {
+            server_id: 3,
+            ..ServerOptions::new(
+                &sb.dir.path().join(format!("restored {name}")),
+                &sb.dir.path().join(format!("run again {name}")),
+            )
+        });
+        assert_eq!(
+            restored.sql("SELECT COUNT(*) FROM nested_db.t"),
+            "100",
+            "{keys}"
+        );
+    }
+}

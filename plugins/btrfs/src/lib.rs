@@ -146,6 +146,24 @@ fn subvolume_root(path: &Path, dev: u64) -> Result<PathBuf> {
     Ok(root)
 }
 
+/// The subvolume roots below `dir` (not `dir` itself), shallowest first within each
+/// branch. Only directories are examined; symbolic links are not followed.
+fn nested_subvolumes(dir: &Path, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let dev = std::fs::symlink_metadata(dir)?.dev();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        if meta.ino() == SUBVOLUME_ROOT_INODE && meta.dev() != dev {
+            found.push(entry.path());
+        }
+        nested_subvolumes(&entry.path(), found)?;
+    }
+    Ok(())
+}
+
 fn snapshot_path(dir: &Path, name: &SnapshotName, index: usize) -> PathBuf {
     dir.join(format!("{name}.{index}"))
 }
@@ -164,7 +182,14 @@ impl SnapshotBackend for Btrfs {
     async fn probe(&self, paths: &[PathBuf]) -> Result<Vec<Volume>> {
         let table = read_mount_table()?;
         let mut volumes: Vec<Volume> = Vec::new();
+        // A snapshot of a subvolume holds an empty directory where a subvolume nested in
+        // it was: every nested subvolume is a volume of its own.
+        let mut nested = Vec::new();
         for path in paths {
+            nested_subvolumes(path, &mut nested)
+                .map_err(|e| BackendError::io(format!("reading {}", path.display()), e))?;
+        }
+        for path in paths.iter().chain(&nested) {
             let (volume, _) = self.probe_path(path, &table)?;
             if !volumes.contains(&volume) {
                 volumes.push(volume);
