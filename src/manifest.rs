@@ -103,6 +103,21 @@ impl Manifest {
             .join(original.strip_prefix("/").unwrap_or(original))
     }
 
+    /// The server directories strictly inside `root` whose copy is not inside `root`'s
+    /// copy (a ZFS dataset or btrfs subvolume mounted inside the datadir, received as a
+    /// copy of its own): copying `root`'s copy gives only an empty directory there, so a
+    /// restore copies each of these into place afterwards.
+    pub fn held_elsewhere(&self, backup_dir: &Path, root: &Path) -> Vec<PathBuf> {
+        let root_copy = self.copy_of(backup_dir, root);
+        self.paths
+            .iter()
+            .map(|p| &p.path)
+            .filter(|p| *p != root && p.starts_with(root))
+            .filter(|p| !self.copy_of(backup_dir, p).starts_with(&root_copy))
+            .cloned()
+            .collect()
+    }
+
     /// Where an original server path is in this backup, whichever way it was made.
     pub fn copy_of(&self, backup_dir: &Path, original: &Path) -> PathBuf {
         let received = self

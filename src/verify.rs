@@ -194,14 +194,30 @@ async fn run(
             .iter()
             .any(|other| p.path != other.path && p.path.starts_with(&other.path))
     });
-    for path in top_level {
-        let to = Manifest::stored_path(scratch, &path.path);
+    // Then each directory inside one of them that another received copy holds, into
+    // the empty directory its parent's copy has there.
+    let top_level: Vec<_> = top_level.map(|p| p.path.clone()).collect();
+    let nested: Vec<PathBuf> = top_level
+        .iter()
+        .flat_map(|t| manifest.held_elsewhere(backup_dir, t))
+        .collect();
+    for (path, into_existing) in top_level
+        .iter()
+        .map(|p| (p, false))
+        .chain(nested.iter().map(|p| (p, true)))
+    {
+        let to = Manifest::stored_path(scratch, path);
         let parent = to.parent().expect("stored paths are below files/");
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
+        let from = manifest.copy_of(backup_dir, path);
+        let from = match into_existing {
+            true => from.join("."),
+            false => from,
+        };
         Cmd::new("cp")
             .args(["-a", "--reflink=auto"])
-            .arg(manifest.copy_of(backup_dir, &path.path))
+            .arg(from)
             .arg(&to)
             .timeout(Duration::from_secs(24 * 3600))
             .run()
@@ -287,9 +303,17 @@ async fn run(
 
 /// Apparent size of a backup's files (metadata only), whichever way it was made. Not
 /// the manifest's transfer size: an incremental backup transferred only what changed.
+/// Received copies kept outside the backup directory (ZFS) are counted too.
 pub fn stored_bytes(backup_dir: &Path) -> u64 {
-    walkdir::WalkDir::new(backup_dir)
+    let outside = Manifest::read(backup_dir)
+        .map(|m| m.stored)
+        .unwrap_or_default()
         .into_iter()
+        .filter(|s| s.path.is_absolute())
+        .map(|s| s.path);
+    std::iter::once(backup_dir.to_path_buf())
+        .chain(outside)
+        .flat_map(walkdir::WalkDir::new)
         .filter_map(Result::ok)
         .filter_map(|e| e.metadata().ok())
         .filter(|m| m.is_file())
