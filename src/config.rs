@@ -119,6 +119,10 @@ pub enum Method {
     /// `btrfs send | btrfs receive` into a btrfs destination, incremental from the
     /// previous backup's snapshot, which stays on the source until the next backup.
     BtrfsSend,
+    /// `zfs send | zfs receive` into a dataset below the destination's ZFS dataset,
+    /// incremental from the previous backup's snapshot, which stays on the source (held)
+    /// until the next backup.
+    ZfsSend,
     /// The backend's native stream when it has one and the destination can receive it;
     /// rsync otherwise.
     Auto,
@@ -129,6 +133,7 @@ impl std::fmt::Display for Method {
         f.write_str(match self {
             Method::Rsync => "rsync",
             Method::BtrfsSend => "btrfs-send",
+            Method::ZfsSend => "zfs-send",
             Method::Auto => "auto",
         })
     }

@@ -30,6 +30,15 @@ pub enum Resource {
     Mount { set: SnapshotSet, workdir: PathBuf },
     /// A backup directory being filled (`DEST/NAME.partial`).
     Partial { dir: PathBuf },
+    /// A copy being received by a native stream for the backup being written in
+    /// `partial` ([`dbsnap_backend_api::Received::id`]); it may live outside `partial`
+    /// (ZFS). Released only while `partial` exists: once the backup is published, the
+    /// copy is the backup's.
+    Received {
+        backend: String,
+        id: String,
+        partial: PathBuf,
+    },
     /// A verification's scratch copy of a backup (`.dbsnap-verify-NAME`) and the run
     /// directory (socket, pid file) of the throwaway server started on it.
     Scratch { dir: PathBuf, run_dir: PathBuf },

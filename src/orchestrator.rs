@@ -386,7 +386,25 @@ pub async fn backup(
     let (stats, stored) = tokio::select! {
         copied = async {
             match stream {
-                Some(stream) => send_stream(config, backend, stream, &pre.layout.datadir, &set, &partial, &report_progress).await,
+                Some(stream) => {
+                    let (parent, full_because) =
+                        stream_parent(config, backend, stream, &pre.layout.datadir, &set).await?;
+                    let (mut stats, stored) = native::send(
+                        stream,
+                        &set,
+                        parent.as_ref(),
+                        native::Target {
+                            partial: &partial,
+                            journal,
+                            run: &name,
+                        },
+                        config.backup()?.bwlimit,
+                        &report_progress,
+                    )
+                    .await?;
+                    stats.full_because = full_because;
+                    Ok((stats, stored))
+                }
                 None => copy_with_rsync(config, &pre.layout.datadir, &items, &partial, &report_progress).await,
             }
         } => copied?,
@@ -447,6 +465,14 @@ pub async fn backup(
     sync_tree(&partial)?;
     std::fs::rename(&partial, &final_dir)
         .with_context(|| format!("renaming {} to {}", partial.display(), final_dir.display()))?;
+    // The received copies are the published backup's now, no longer leftovers.
+    for stored in &manifest.stored {
+        journal.forget(&native::received_resource(
+            &set.backend,
+            &stored.id,
+            &partial,
+        ))?;
+    }
     journal.forget(&Resource::Partial { dir: partial })?;
     tracing::info!("backup complete: {}", final_dir.display());
 
@@ -570,17 +596,15 @@ async fn copy_with_rsync(
     Ok((stats, Vec::new()))
 }
 
-/// Phase 6 with the backend's native stream: incremental from the previous backup's
-/// snapshot when the chain holds, in full (and saying why) when it does not.
-async fn send_stream(
+/// The base of this backup's stream: the previous backup's snapshot when the chain
+/// holds; none, and why, when it does not (the stream is then full).
+async fn stream_parent(
     config: &Config,
     backend: &dyn SnapshotBackend,
     stream: &dyn NativeStream,
     datadir: &Path,
     set: &SnapshotSet,
-    partial: &Path,
-    progress: &(dyn Fn(u64) + Sync),
-) -> anyhow::Result<(TransferStats, Vec<StoredVolume>)> {
+) -> anyhow::Result<(Option<native::Parent>, Option<String>)> {
     let backup = config.backup()?;
     let volumes: Vec<Volume> = set.snapshots.iter().map(|s| s.volume.clone()).collect();
     let found = native::find_parent(
@@ -592,7 +616,7 @@ async fn send_stream(
         &volumes,
     )
     .await?;
-    let (parent, full_because) = match found {
+    Ok(match found {
         Ok(Some(parent)) => {
             tracing::info!(
                 "incremental {} from backup {} (snapshot {})",
@@ -607,18 +631,7 @@ async fn send_stream(
             tracing::warn!("{why}: this backup is a full stream, the chain starts again");
             (None, Some(why))
         }
-    };
-    let (mut stats, stored) = native::send(
-        stream,
-        set,
-        parent.as_ref(),
-        partial,
-        backup.bwlimit,
-        progress,
-    )
-    .await?;
-    stats.full_because = full_because;
-    Ok((stats, stored))
+    })
 }
 
 /// Unmount the published backup's snapshot but keep it: the next stream is computed
@@ -914,7 +927,9 @@ async fn warn_about_unknown_snapshots(
                 Resource::Snapshot { set: s } | Resource::Mount { set: s, .. } => {
                     s.name == set.name
                 }
-                Resource::Partial { .. } | Resource::Scratch { .. } => false,
+                Resource::Partial { .. } | Resource::Received { .. } | Resource::Scratch { .. } => {
+                    false
+                }
             });
         if !known {
             tracing::warn!(

@@ -145,7 +145,15 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
     // Point the copy at itself.
     let to_dirs: Vec<PathBuf> = moves.iter().map(|(_, to)| to.clone()).collect();
     let moves = Moves(moves);
-    let rewritten = relocate::rewrite_path_files(&to_dirs, &moves)?;
+    // Every server directory, also one inside the datadir (binlogs in `datadir/binlog`):
+    // its index names the live server's logs by absolute path.
+    let path_dirs: Vec<PathBuf> = manifest
+        .paths
+        .iter()
+        .filter_map(|p| moves.relocate(&p.path))
+        .filter(|p| p.is_dir())
+        .collect();
+    let rewritten = relocate::rewrite_path_files(&path_dirs, &moves)?;
 
     if let Some((uid, gid, _)) = &owner {
         for dir in &to_dirs {

@@ -288,9 +288,17 @@ async fn run(
 
 /// Apparent size of a backup's files (metadata only), whichever way it was made. Not
 /// the manifest's transfer size: an incremental backup transferred only what changed.
+/// Received copies kept outside the backup directory (ZFS) are counted too.
 pub fn stored_bytes(backup_dir: &Path) -> u64 {
-    walkdir::WalkDir::new(backup_dir)
+    let outside = Manifest::read(backup_dir)
+        .map(|m| m.stored)
+        .unwrap_or_default()
         .into_iter()
+        .filter(|s| s.path.is_absolute())
+        .map(|s| s.path);
+    std::iter::once(backup_dir.to_path_buf())
+        .chain(outside)
+        .flat_map(walkdir::WalkDir::new)
         .filter_map(Result::ok)
         .filter_map(|e| e.metadata().ok())
         .filter(|m| m.is_file())

@@ -98,6 +98,21 @@ async fn release_one(config: &Config, resource: &Resource) -> anyhow::Result<()>
             }
             Ok(())
         }
+        Resource::Received {
+            backend,
+            id,
+            partial,
+        } => {
+            if !partial.exists() {
+                return Ok(());
+            }
+            let backend = backends::open_named(backend, &config.snapshot)?;
+            let stream = backend
+                .native_stream()
+                .with_context(|| format!("the {} backend cannot delete {id}", backend.name()))?;
+            stream.delete_received(id).await?;
+            Ok(())
+        }
         Resource::Mount { set, workdir } => {
             let backend = backends::open_named(&set.backend, &config.snapshot)?;
             backend.unmount(set, workdir).await?;
@@ -124,6 +139,7 @@ async fn release_one(config: &Config, resource: &Resource) -> anyhow::Result<()>
 fn describe(resource: &Resource) -> String {
     match resource {
         Resource::Partial { dir } => format!("partial backup {}", dir.display()),
+        Resource::Received { backend, id, .. } => format!("{backend} received copy {id}"),
         Resource::Scratch { dir, .. } => format!("verification scratch copy {}", dir.display()),
         Resource::Mount { set, workdir } => {
             format!("mount of {} under {}", set.name, workdir.display())

@@ -1,4 +1,4 @@
-//! Native streams (`[backup] method = "btrfs-send"`): the backend sends each snapshot
+//! Native streams (`[backup] method = "btrfs-send"` or `"zfs-send"`): the backend sends each snapshot
 //! as a stream and the destination rebuilds a complete read-only copy from it. After
 //! the first backup only the difference from the previous backup's snapshot (the
 //! *parent*) is sent, so the parent must outlive its backup run:
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Method, SnapshotConfig};
 use crate::error::{fail, Class};
+use crate::journal::{Journal, Resource};
 use crate::manifest::{Manifest, StoredVolume};
 use crate::transfer::TransferStats;
 
@@ -118,6 +119,7 @@ pub async fn choose<'a>(
     let wanted = match method {
         Method::Rsync => return Ok(None),
         Method::BtrfsSend => Some("btrfs-send"),
+        Method::ZfsSend => Some("zfs-send"),
         Method::Auto => None,
     };
     let stream = match (backend.native_stream(), wanted) {
@@ -195,6 +197,17 @@ pub async fn find_parent(
             missing.display()
         )));
     }
+    if let Some(newer) =
+        newest_backup(dest, datadir, stream.method()).filter(|n| *n != parent.backup)
+    {
+        // Its snapshot could not be kept as the next base (the run failed after
+        // publishing). Its copy is the newest in the chain, and a stream from the older
+        // base would have to replace it.
+        return Ok(Err(format!(
+            "backup {newer} is newer than the base backup {}",
+            parent.backup
+        )));
+    }
     let roots = |vs: Vec<&Volume>| vs.into_iter().map(|v| v.root.clone()).collect::<Vec<_>>();
     if roots(parent.set.snapshots.iter().map(|s| &s.volume).collect())
         != roots(volumes.iter().collect())
@@ -222,15 +235,40 @@ pub async fn find_parent(
     Ok(Ok(Some(parent)))
 }
 
-/// Send every snapshot of `set` into `partial`, incrementally from `parent` if given.
+/// The name of the newest complete backup in `dest` of `datadir` made with `method`.
+fn newest_backup(dest: &Path, datadir: &Path, method: &str) -> Option<String> {
+    std::fs::read_dir(dest)
+        .ok()?
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".partial"))
+        .filter_map(|e| Manifest::read(&e.path()).ok())
+        .filter(|m| m.server.datadir == datadir && m.transfer.method == method)
+        .map(|m| m.name)
+        .max()
+}
+
+/// Where a stream goes: the backup being written (`DEST/NAME.partial`), and the run
+/// whose journal records each received copy before its stream starts.
+pub struct Target<'a> {
+    pub partial: &'a Path,
+    pub journal: &'a mut Journal,
+    pub run: &'a str,
+}
+
+/// Send every snapshot of `set` into the target, incrementally from `parent` if given.
 pub async fn send(
     stream: &dyn NativeStream,
     set: &SnapshotSet,
     parent: Option<&Parent>,
-    partial: &Path,
+    target: Target<'_>,
     bwlimit: Option<bytesize::ByteSize>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<(TransferStats, Vec<StoredVolume>)> {
+    let Target {
+        partial,
+        journal,
+        run,
+    } = target;
     let started = Instant::now();
     let mut sent = 0u64;
     let mut stored = Vec::new();
@@ -240,10 +278,19 @@ pub async fn send(
             received: &p.received[index],
         });
         let so_far = sent;
+        let id = stream
+            .plan_received(snapshot, index, from, partial)
+            .map_err(|e| fail(Class::Transfer, e.to_string()))?;
+        journal.record(run, received_resource(&set.backend, &id, partial))?;
         let received = stream
-            .send(snapshot, from, partial, bwlimit.map(|b| b.as_u64()), &|n| {
-                progress(so_far + n)
-            })
+            .send(
+                snapshot,
+                from,
+                partial,
+                &id,
+                bwlimit.map(|b| b.as_u64()),
+                &|n| progress(so_far + n),
+            )
             .await
             .map_err(|e| fail(Class::Transfer, e.to_string()))?;
         sent += received.stream_bytes;
@@ -267,6 +314,15 @@ pub async fn send(
         ..TransferStats::default()
     };
     Ok((stats, stored))
+}
+
+/// The journal entry of a copy received for the backup being written in `partial`.
+pub fn received_resource(backend: &str, id: &str, partial: &Path) -> Resource {
+    Resource::Received {
+        backend: backend.to_string(),
+        id: id.to_string(),
+        partial: partial.to_path_buf(),
+    }
 }
 
 /// Release the parents of this destination and datadir other than `keep`: a newer

@@ -33,18 +33,30 @@ impl NativeStream for Btrfs {
         Ok(())
     }
 
+    /// `btrfs receive` names the copy after the sent snapshot, inside `into`.
+    fn plan_received(
+        &self,
+        snapshot: &VolumeSnapshot,
+        _index: usize,
+        _parent: Option<StreamParent<'_>>,
+        into: &Path,
+    ) -> Result<String> {
+        let name = Path::new(&snapshot.id).file_name().ok_or_else(|| {
+            BackendError::Invalid(format!("{} is not a snapshot path", snapshot.id))
+        })?;
+        Ok(into.join(name).display().to_string())
+    }
+
     async fn send(
         &self,
         snapshot: &VolumeSnapshot,
         parent: Option<StreamParent<'_>>,
         into: &Path,
+        received: &str,
         bwlimit: Option<u64>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Received> {
         let source = Path::new(&snapshot.id);
-        let name = source.file_name().ok_or_else(|| {
-            BackendError::Invalid(format!("{} is not a snapshot path", snapshot.id))
-        })?;
         let mut sender = Cmd::new("btrfs").arg("send");
         if let Some(parent) = parent {
             // `btrfs receive` finds the parent's received copy by its UUID.
@@ -53,10 +65,9 @@ impl NativeStream for Btrfs {
         let sender = sender.arg(source);
         let receiver = Cmd::new("btrfs").arg("receive").arg(into);
         let stream_bytes = command::pipe(&sender, &receiver, bwlimit, progress).await?;
-        let path = into.join(name);
         Ok(Received {
-            id: path.display().to_string(),
-            path,
+            id: received.to_string(),
+            path: received.into(),
             stream_bytes,
         })
     }

@@ -12,12 +12,14 @@
 //!   is reachable (OpenZFS), otherwise a read-only clone mounted under the work directory
 //!   (zfs-fuse has no `.zfs`; admins may disable it).
 //! * `unmount` destroys the clones; `release` releases the hold and destroys the snapshots.
+//! * `native_stream`: `zfs send | zfs receive` into a ZFS destination (see `send.rs`).
 //!
 //! Works with OpenZFS 2.x and zfs-fuse 0.7: only `zfs get -H -p` and `zfs list -H` with
 //! string columns are parsed, because zfs-fuse has no `zfs list -p`.
 
 mod names;
 mod output;
+mod send;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -574,6 +576,10 @@ impl SnapshotBackend for Zfs {
                 snapshots,
             })
             .collect())
+    }
+
+    fn native_stream(&self) -> Option<&dyn dbsnap_backend_api::NativeStream> {
+        Some(self)
     }
 
     async fn health(&self, set: &SnapshotSet) -> Result<Health> {

@@ -147,10 +147,16 @@ impl ZfsFuse {
     /// `<dir>/mnt/<pool>`. Returns the pool's name: `hint` plus this process's id, so it
     /// cannot collide with a pool another daemon has mounted.
     pub fn create_pool(&mut self, hint: &str) -> String {
+        self.create_pool_sized(hint, 256)
+    }
+
+    /// [`ZfsFuse::create_pool`] on a sparse file of `mib` MiB (a backup disk that holds
+    /// several copies of a database).
+    pub fn create_pool_sized(&mut self, hint: &str, mib: u64) -> String {
         let pool = format!("{hint}{}", std::process::id());
         let image = self.dir().join(format!("{pool}.img"));
         File::create(&image)
-            .and_then(|f| f.set_len(256 << 20))
+            .and_then(|f| f.set_len(mib << 20))
             .unwrap_or_else(|e| panic!("creating {}: {e}", image.display()));
         let root = self.mount_root(&pool);
         self.zpool(&[
