@@ -123,12 +123,13 @@ fn main() -> anyhow::Result<()> {
     let mut all = Vec::new();
     for &gb in &args.sizes {
         all.extend(run_size(gb, &args, &dbsnap)?);
+        // After each size, so that a failure later keeps what was measured.
+        std::fs::write(
+            args.out.join("incremental.json"),
+            serde_json::to_string_pretty(&all)?,
+        )?;
+        std::fs::write(args.out.join("incremental.md"), table(&all))?;
     }
-    std::fs::write(
-        args.out.join("incremental.json"),
-        serde_json::to_string_pretty(&all)?,
-    )?;
-    std::fs::write(args.out.join("incremental.md"), table(&all))?;
     print!("{}", table(&all));
     eprintln!("results in {}", args.out.display());
     Ok(())
@@ -140,8 +141,8 @@ fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<Vec<Backup>> 
     let data_mib = rig::dir_bytes(&rig.datadir) >> 20;
     let disk_dir = rig.dir.path().join("disk");
     std::fs::create_dir(&disk_dir)?;
-    // Room for every chain's copies.
-    let disk = LoopBtrfs::new(&disk_dir, "backup disk", data_mib * 12 + 2048);
+    // Room for two copies and what btrfs needs beside them (the image is sparse).
+    let disk = LoopBtrfs::new(&disk_dir, "backup disk", data_mib * 4 + 2048);
     let plain = rig.dir.path().join("plain");
     std::fs::create_dir(&plain)?;
 
@@ -200,11 +201,46 @@ fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<Vec<Backup>> 
                 method.name, backup.wall_s, backup.transferred_mib, backup.stored_mib
             );
             results.push(backup);
+            // Only the newest backup is needed for the next one: keep the disk's peak
+            // use at two copies (a 4 GB run would otherwise fill the machine's disk).
+            remove_backups(&dest, manifest["name"].as_str())?;
             // Backups are named by the second.
             std::thread::sleep(Duration::from_millis(1100));
         }
+        remove_backups(&dest, None)?;
     }
     Ok(results)
+}
+
+/// Delete the backups in `dest` except `keep` (received copies are read-only
+/// subvolumes: deleted as such), and wait until btrfs has freed their space.
+fn remove_backups(dest: &Path, keep: Option<&str>) -> anyhow::Result<()> {
+    for backup in std::fs::read_dir(dest)?.flatten() {
+        if keep.is_some_and(|k| backup.file_name() == k) {
+            continue;
+        }
+        for entry in std::fs::read_dir(backup.path())?.flatten() {
+            let meta = entry.metadata()?;
+            if meta.is_dir() && std::os::unix::fs::MetadataExt::ino(&meta) == 256 {
+                rig::run(
+                    "btrfs",
+                    &[
+                        "subvolume".as_ref(),
+                        "delete".as_ref(),
+                        entry.path().as_os_str(),
+                    ],
+                )?;
+            }
+        }
+        std::fs::remove_dir_all(backup.path())?;
+    }
+    if nix::sys::statfs::statfs(dest)?.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC {
+        rig::run(
+            "btrfs",
+            &["subvolume".as_ref(), "sync".as_ref(), dest.as_os_str()],
+        )?;
+    }
+    Ok(())
 }
 
 /// The same churn before every backup: bank transfers, and 2 % of the filler rows
