@@ -216,15 +216,8 @@ fn check(set: &SnapshotSet, lvs: &[Lv]) -> Result<Vec<Member>> {
 
 /// Merge one volume; `Some(instructions)` when the merge waits for the next activation.
 async fn roll_back_one(m: &Member, set: &SnapshotName, keep: bool) -> Result<Option<String>> {
-    let merged = if keep {
-        copy_aside(m, set).await?;
-        m.aside()
-    } else {
-        m.snapshot.clone()
-    };
-    let merged_id = format!("{}/{merged}", m.vg);
     let device = device_path(&m.vg, &m.origin);
-    let mounts = match m.origin_device {
+    let mounts: Vec<MountEntry> = match m.origin_device {
         Some((major, minor)) => {
             let device = format!("{major}:{minor}");
             read_mount_table()?
@@ -234,6 +227,13 @@ async fn roll_back_one(m: &Member, set: &SnapshotName, keep: bool) -> Result<Opt
         }
         None => Vec::new(),
     };
+    let merged = if keep {
+        copy_aside(m, set).await?;
+        m.aside()
+    } else {
+        m.snapshot.clone()
+    };
+    let merged_id = format!("{}/{merged}", m.vg);
 
     let started = Instant::now();
     let unmounted = unmount_all(&mounts, &device).await;
@@ -258,7 +258,8 @@ async fn roll_back_one(m: &Member, set: &SnapshotName, keep: bool) -> Result<Opt
         unmount_ms,
         merge_ms,
         remount_ms,
-        "merged"
+        ok = merge.is_ok(),
+        "merge"
     );
 
     let origin_lv = match merge {
