@@ -7,6 +7,7 @@
 //! and holds exactly what was committed before the lock. Run one of them with
 //! `DBSNAP_GUEST_TESTS=in_guest_thin cargo test -p dbsnap --test lvm_guest`.
 //! Lines starting with `LOCK_HOLD` and `TIMING` are the measurements.
+//! `in_guest_snapshot_rollback_of_a_mariadb_datadir` covers `dbsnap snapshot rollback`.
 
 mod common;
 
@@ -29,7 +30,7 @@ fn backup_on_real_lvm() {
     mariadb::install(&warm.path().join("datadir"));
     let filter = std::env::var("DBSNAP_GUEST_TESTS").unwrap_or_else(|_| "in_guest_".into());
     let mut guest = Guest::new("lvm-backup");
-    for disk in ["bank", "thin", "overflow", "kill", "refuse"] {
+    for disk in ["bank", "thin", "overflow", "kill", "refuse", "rollback"] {
         guest = guest.disk(disk, 1024);
     }
     let run = guest
@@ -602,6 +603,123 @@ fn in_guest_not_on_lvm_and_no_room_are_refused() {
         assert!(err.contains("free") && err.contains("vgextend"), "{err}");
     }
     assert!(sb.backups().is_empty());
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+    server.stop();
+}
+
+/// From `dbsnap -v` stderr: the duration (ms) of every run of `program`, in order.
+fn command_ms(log: &str, program: &str) -> Vec<u64> {
+    let key = format!("command={program} ");
+    plain(log)
+        .lines()
+        .filter(|l| l.contains(&key))
+        .filter_map(|l| {
+            l.split(" ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "runs inside the TCG guest, started by backup_on_real_lvm"]
+fn in_guest_snapshot_rollback_of_a_mariadb_datadir() {
+    guest::require_guest();
+    let sb = LvmSandbox::new("rollback", "dbroll");
+    let data = sb.lv("data", "320M", "xfs");
+    let mut server = start_server(&data, &data.join("mysql/binlog"), "/run/mysqld/roll");
+    let options = server.options.clone();
+    server.sql(
+        "CREATE DATABASE app; CREATE TABLE app.notes (id INT PRIMARY KEY, note VARCHAR(20)) \
+         ENGINE=InnoDB; INSERT INTO app.notes VALUES (1, 'before upgrade')",
+    );
+    sb.write_config(&server, "", None);
+    let out = sb.dbsnap(&["snapshot", "create", "--label", "pre-upgrade", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let name = stdout_json(&out)["name"].as_str().unwrap().to_string();
+
+    // The "upgrade" goes wrong.
+    server.sql("DROP TABLE app.notes; CREATE TABLE app.broken (x INT)");
+    let out = sb.dbsnap(&["snapshot", "rollback", &name]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Stop it first"), "{}", stderr(&out));
+
+    server.shutdown();
+    let started = Instant::now();
+    let out = sb.dbsnap(&["-v", "snapshot", "rollback", &name, "--json"]);
+    let wall = started.elapsed();
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(
+        stdout_json(&out),
+        serde_json::json!({ "rolled_back": name, "snapshot_kept": false, "pending": null })
+    );
+    println!(
+        "TIMING dbsnap snapshot rollback (classic xfs, mounted) {} ms: umount {:?} ms, \
+         lvconvert --merge {:?} ms, mount {:?} ms",
+        wall.as_millis(),
+        command_ms(&log, "umount"),
+        command_ms(&log, "lvconvert"),
+        command_ms(&log, "mount")
+    );
+
+    let server = MariaDb::start_existing(server.options.clone());
+    assert_eq!(server.sql("SELECT note FROM app.notes"), "before upgrade");
+    assert!(server.try_sql("SELECT * FROM app.broken").is_err());
+    let check = server.sql("CHECK TABLE app.notes");
+    assert!(check.ends_with("OK"), "{check}");
+
+    // The merge consumed the snapshot: no record, no LV, nothing left to release.
+    let list = stdout_json(&sb.dbsnap(&["snapshot", "list", "--json"]));
+    assert!(list.as_array().unwrap().is_empty(), "{list}");
+    let out = sb.dbsnap(&["snapshot", "release", &name]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+
+    // Again, while something keeps the volume busy: the merge waits for the volume's
+    // next activation, and dbsnap says exactly how to get there.
+    server.sql("INSERT INTO app.notes VALUES (2, 'second')");
+    let out = sb.dbsnap(&["snapshot", "create", "--label", "again", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let name = stdout_json(&out)["name"].as_str().unwrap().to_string();
+    server.sql("DELETE FROM app.notes");
+    server.stop();
+    let mut holder = Command::new("sleep")
+        .arg("600")
+        .current_dir(&data)
+        .spawn()
+        .unwrap();
+    let out = sb.dbsnap(&["snapshot", "rollback", &name]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{text}");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        text.contains("consumed the snapshot")
+            && text.contains("NOT DONE YET")
+            && text.contains("lvchange -an dbroll/data")
+            && !text.contains("Start the server again"),
+        "{text}"
+    );
+    let list = stdout_json(&sb.dbsnap(&["snapshot", "list", "--json"]));
+    assert!(list.as_array().unwrap().is_empty(), "{list}");
+    let steps = text
+        .split("then run: ")
+        .nth(1)
+        .and_then(|rest| rest.split(" (or reboot)").next())
+        .unwrap_or_else(|| panic!("no commands in {text}"));
+    for step in steps.split("; ") {
+        run(&step.split_whitespace().collect::<Vec<_>>());
+    }
+    let server = MariaDb::start_existing(options);
+    assert_eq!(
+        server.sql("SELECT id, note FROM app.notes ORDER BY id"),
+        "1\tbefore upgrade\n2\tsecond"
+    );
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
     server.stop();
 }

@@ -49,7 +49,18 @@ fn snapshot_rollback_brings_the_old_data_back() {
     sb.server.shutdown();
     let out = sb.dbsnap(&["snapshot", "rollback", &name]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Start the server again"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("The snapshot is kept") && text.contains("Start the server again"),
+        "{text}"
+    );
+    // btrfs keeps the snapshot, so the rollback can be repeated.
+    let out = sb.dbsnap(&["snapshot", "rollback", &name, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout_json(&out),
+        serde_json::json!({ "rolled_back": name, "snapshot_kept": true, "pending": null })
+    );
     sb.server = MariaDb::start_existing(sb.server.options.clone());
 
     assert_eq!(

@@ -4,12 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::backends;
 use crate::commands::cleanup::release_all;
 use crate::config::Config;
 use crate::error::{fail, Class};
-use crate::journal::RunLock;
+use crate::journal::{Journal, Resource, RunLock};
 use crate::kept::KeptSnapshot;
 use crate::orchestrator::{self, backend_error, Hook};
 
@@ -230,7 +231,7 @@ pub async fn release_expired(config: &Config) -> anyhow::Result<Vec<String>> {
 }
 
 pub async fn rollback(config: &Config, json: bool, name: &str) -> anyhow::Result<()> {
-    let _lock = RunLock::acquire(&config.state_dir)?;
+    let lock = RunLock::acquire(&config.state_dir)?;
     let kept = KeptSnapshot::read(&config.state_dir, name)?;
     // Reverting files under a running server corrupts it: refuse.
     let dirs = kept
@@ -254,15 +255,69 @@ pub async fn rollback(config: &Config, json: bool, name: &str) -> anyhow::Result
         }
     }
     let backend = backends::open_named(&kept.set.backend, &config.snapshot)?;
-    backend.rollback(&kept.set).await.map_err(backend_error)?;
+    // Listening for SIGINT/SIGTERM replaces their default action (terminate), so a Ctrl-C
+    // cannot stop a backend between unmounting a volume and mounting it again: the signals
+    // wait until the rollback is over. The commands the backend runs are in their own
+    // process groups, so the terminal's Ctrl-C does not reach them either.
+    let _interrupt = signal(SignalKind::interrupt())?;
+    let _terminate = signal(SignalKind::terminate())?;
+    let outcome = backend.rollback(&kept.set).await.map_err(backend_error)?;
+    if !outcome.snapshots_kept {
+        forget(config, &lock, &kept)?;
+    }
     if json {
-        return super::print_json(&serde_json::json!({ "rolled_back": kept.name }));
+        return super::print_json(&serde_json::json!({
+            "rolled_back": kept.name,
+            "snapshot_kept": outcome.snapshots_kept,
+            "pending": outcome.pending,
+        }));
     }
     println!(
-        "rolled back to snapshot {} (taken {}); the snapshot is kept",
+        "rolled back to snapshot {} (taken {})",
         kept.name,
         kept.created_at.format("%Y-%m-%d %H:%M:%S UTC")
     );
-    println!("Start the server again (systemctl start mariadb); crash recovery brings it to the snapshot's instant.");
+    if outcome.snapshots_kept {
+        println!(
+            "The snapshot is kept: roll back to it again, or remove it with `dbsnap snapshot release {}`.",
+            kept.name
+        );
+    } else {
+        println!(
+            "The rollback consumed the snapshot (it was merged into the volume), so dbsnap has forgotten it."
+        );
+    }
+    match &outcome.pending {
+        Some(pending) => {
+            println!("NOT DONE YET:");
+            for line in pending.lines() {
+                println!("  {line}");
+            }
+        }
+        None => println!(
+            "Start the server again (systemctl start mariadb); crash recovery brings it to the snapshot's instant."
+        ),
+    }
     Ok(())
+}
+
+/// Forget a kept snapshot that no longer exists: its record, and anything the journal
+/// still says about its set.
+fn forget(config: &Config, lock: &RunLock, kept: &KeptSnapshot) -> anyhow::Result<()> {
+    let mut journal = Journal::open(&config.state_dir, lock)?;
+    let stale: Vec<Resource> = journal
+        .entries()
+        .iter()
+        .filter(|e| match &e.resource {
+            Resource::Snapshot { set } | Resource::Mount { set, .. } => set.name == kept.name,
+            Resource::Partial { .. } | Resource::Scratch { .. } | Resource::Received { .. } => {
+                false
+            }
+        })
+        .map(|e| e.resource.clone())
+        .collect();
+    for resource in &stale {
+        journal.forget(resource)?;
+    }
+    kept.remove(&config.state_dir)
 }

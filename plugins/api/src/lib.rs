@@ -77,6 +77,28 @@ pub enum Health {
     Failed(String),
 }
 
+/// What a [`SnapshotBackend::rollback`] left behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackOutcome {
+    /// The snapshots still exist, so the rollback can be repeated. `false` when rolling
+    /// back consumed them (an LVM merge of a classic snapshot).
+    pub snapshots_kept: bool,
+    /// `Some` when the rollback is not complete yet: what the user has to do (or what has
+    /// to happen, e.g. a reboot) before the volumes hold the snapshots' contents, written
+    /// as instructions. The database server must not start before then.
+    pub pending: Option<String>,
+}
+
+impl RollbackOutcome {
+    /// Rolled back, snapshots still there: the usual case.
+    pub fn complete_and_kept() -> Self {
+        RollbackOutcome {
+            snapshots_kept: true,
+            pending: None,
+        }
+    }
+}
+
 /// A snapshot backend. See the crate documentation for the contract.
 #[async_trait]
 pub trait SnapshotBackend: Send + Sync {
@@ -122,9 +144,15 @@ pub trait SnapshotBackend: Send + Sync {
     }
 
     /// Revert the live volumes to the snapshots (safety snapshots: undo a failed
-    /// upgrade). dbsnap calls it only while the server is stopped. The snapshots stay,
-    /// so a rollback can be repeated. Backends that cannot do it keep this default.
-    async fn rollback(&self, set: &SnapshotSet) -> Result<()> {
+    /// upgrade). dbsnap calls it only while no database server runs on the volumes.
+    ///
+    /// All or nothing where the backend can: check every volume before changing any, and
+    /// on an error leave the volumes as they were (mounted where they were mounted).
+    /// The outcome says whether the snapshots still exist (so the rollback can be
+    /// repeated; dbsnap forgets the kept snapshot when they do not) and what, if anything,
+    /// still has to happen before the volumes hold the snapshots' contents. Backends that
+    /// cannot roll back keep this default.
+    async fn rollback(&self, set: &SnapshotSet) -> Result<RollbackOutcome> {
         Err(BackendError::Invalid(format!(
             "the {} backend cannot roll back snapshot {} (not supported yet); restore from a \
              backup with `dbsnap restore` instead",

@@ -15,7 +15,10 @@ pub struct MountEntry {
     pub mount_point: PathBuf,
     pub fstype: String,
     pub source: String,
+    /// This mount's options (`rw`, `noatime`, `nosuid` ...).
     pub options: String,
+    /// The filesystem's own options (`attr2,inode64`, `errors=remount-ro` ...).
+    pub super_options: String,
 }
 
 /// Read the current mount table.
@@ -56,6 +59,7 @@ fn parse_line(line: &str) -> Option<MountEntry> {
         options: left[5].to_string(),
         fstype: right[0].to_string(),
         source: unescape(right[1]),
+        super_options: right.get(2).map_or(String::new(), |o| o.to_string()),
     })
 }
 
@@ -101,6 +105,8 @@ mod tests {
         assert_eq!(t[1].fstype, "btrfs");
         assert_eq!(t[2].fs_root, PathBuf::from("/mysql"));
         assert_eq!(t[3].source, "tank/data");
+        assert_eq!(t[1].options, "rw,relatime");
+        assert_eq!(t[1].super_options, "rw,space_cache=v2,subvolid=5,subvol=/");
     }
 
     #[test]

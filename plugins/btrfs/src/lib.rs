@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use dbsnap_backend_api::command::Cmd;
 use dbsnap_backend_api::mounts::{mount_of, read_mount_table, MountEntry};
 use dbsnap_backend_api::{
-    BackendError, Health, ReadPath, Result, SnapshotBackend, SnapshotName, SnapshotSet, Volume,
-    VolumeSnapshot, SNAPSHOT_PREFIX,
+    BackendError, Health, ReadPath, Result, RollbackOutcome, SnapshotBackend, SnapshotName,
+    SnapshotSet, Volume, VolumeSnapshot, SNAPSHOT_PREFIX,
 };
 use serde::Deserialize;
 
@@ -351,7 +351,7 @@ impl SnapshotBackend for Btrfs {
     /// Swap each volume's subvolume for a writable snapshot of the kept one. The live
     /// subvolume is renamed aside first and deleted only once its replacement exists,
     /// so a failure at any step leaves the data where it was.
-    async fn rollback(&self, set: &SnapshotSet) -> Result<()> {
+    async fn rollback(&self, set: &SnapshotSet) -> Result<RollbackOutcome> {
         let table = read_mount_table()?;
         for snap in &set.snapshots {
             let root = &snap.volume.root;
@@ -424,7 +424,7 @@ impl SnapshotBackend for Btrfs {
                     ))
                 })?;
         }
-        Ok(())
+        Ok(RollbackOutcome::complete_and_kept())
     }
 }
 

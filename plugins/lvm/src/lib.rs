@@ -12,10 +12,15 @@
 //! - `mount` mounts read-only under the workdir: XFS with `nouuid,norecovery` (the snapshot
 //!   has the origin's UUID and an unreplayed log), ext4 with `noload` (no journal replay).
 //!
+//! - `rollback` merges the snapshots into their origins (see [`rollback`]): a thin set is
+//!   kept, a set with a classic snapshot is consumed, and a merge into an origin that cannot
+//!   be unmounted waits for its next activation.
+//!
 //! The probe remembers each volume's LV so that `snapshot`, which runs under the database
 //! lock, runs `lvcreate` and nothing else.
 
 mod lvs;
+mod rollback;
 mod size;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,8 +32,8 @@ use async_trait::async_trait;
 use dbsnap_backend_api::command::Cmd;
 use dbsnap_backend_api::mounts::{mount_of, read_mount_table, MountEntry};
 use dbsnap_backend_api::{
-    validate_name, BackendError, Health, ReadPath, Result, SnapshotBackend, SnapshotName,
-    SnapshotSet, Volume, VolumeSnapshot, SNAPSHOT_PREFIX,
+    validate_name, BackendError, Health, ReadPath, Result, RollbackOutcome, SnapshotBackend,
+    SnapshotName, SnapshotSet, Volume, VolumeSnapshot, SNAPSHOT_PREFIX,
 };
 use serde::Deserialize;
 
@@ -601,6 +606,12 @@ impl SnapshotBackend for Lvm {
     async fn health(&self, set: &SnapshotSet) -> Result<Health> {
         let lvs = list_lvs(&volume_groups(set)?).await?;
         Ok(assess_health(set, &lvs, self.warn_percent()))
+    }
+
+    /// `lvconvert --merge`: see [`rollback`]. Thin sets are kept, sets with a classic
+    /// snapshot are consumed; a busy origin leaves the merge pending.
+    async fn rollback(&self, set: &SnapshotSet) -> Result<RollbackOutcome> {
+        rollback::rollback(set).await
     }
 }
 

@@ -71,6 +71,16 @@ impl Lv {
         volume_type == Some('S') || matches!(state, Some('I') | Some('S'))
     }
 
+    /// Something holds the device open (a mount, a process, another device).
+    pub fn is_open(&self) -> bool {
+        self.attr.chars().nth(5) == Some('o')
+    }
+
+    /// An origin with a merge into it pending (`O`): it completes on the next activation.
+    pub fn is_merge_pending_origin(&self) -> bool {
+        self.attr.starts_with('O')
+    }
+
     pub fn has_tag(&self, tag: &str) -> bool {
         self.tags.iter().any(|t| t == tag)
     }

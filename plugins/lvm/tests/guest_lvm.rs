@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use dbsnap_backend_api::{Health, SnapshotBackend, SnapshotName, SnapshotSet, Volume};
+use dbsnap_backend_api::{
+    Health, RollbackOutcome, SnapshotBackend, SnapshotName, SnapshotSet, Volume,
+};
 use dbsnap_lvm::{Lvm, LvmConfig, SnapshotSize};
 use dbsnap_test_support::guest::{self, Guest};
 use dbsnap_test_support::mariadb::{self, MariaDb, ServerOptions};
@@ -61,7 +63,18 @@ fn lvm_on_real_device_mapper() {
     mariadb::install(&warm.path().join("datadir"));
     let filter = std::env::var("DBSNAP_GUEST_TESTS").unwrap_or_else(|_| "in_guest_".into());
     let mut guest = Guest::new("lvm");
-    for disk in ["xfs", "ext4", "thin", "overflow", "names", "mariadb"] {
+    for disk in [
+        "xfs",
+        "ext4",
+        "thin",
+        "overflow",
+        "names",
+        "mariadb",
+        "rb-classic",
+        "rb-thin",
+        "rb-invalid",
+        "rb-busy",
+    ] {
         guest = guest.disk(disk, 1024);
     }
     guest
@@ -547,4 +560,227 @@ async fn in_guest_mariadb_datadir_and_binlogs_on_two_lvs() {
     assert!(check.contains("OK"), "{check}");
     copy_server.stop();
     server.stop();
+}
+
+/// The mountinfo line of the mount at `at`: (device, mount options, filesystem options).
+fn mount_at(at: &Path) -> Option<(String, String, String)> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    table.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let left: Vec<&str> = left.split(' ').collect();
+        let right: Vec<&str> = right.split(' ').collect();
+        (Path::new(left[4]) == at).then(|| (left[2].into(), left[5].into(), right[2].into()))
+    })
+}
+
+/// `lv_attr` and `origin` of `vg/lv`, `None` when it does not exist (hidden LVs included).
+fn lv_state(id: &str) -> Option<(String, String)> {
+    let (vg, lv) = id.split_once('/').unwrap();
+    let out = run(&[
+        "lvs",
+        "-a",
+        "--noheadings",
+        "--separator",
+        "|",
+        "-o",
+        "lv_name,lv_attr,origin",
+        vg,
+    ]);
+    out.lines().find_map(|line| {
+        let fields: Vec<&str> = line.trim().split('|').collect();
+        let name = fields[0].trim_start_matches('[').trim_end_matches(']');
+        (name == lv).then(|| (fields[1].to_string(), fields[2].to_string()))
+    })
+}
+
+/// Snapshot the volume at `origin` (a file `f` holding `A`s), then change `f` to `B`s and
+/// add a file: what a rollback has to undo.
+async fn snapshot_then_change(lvm: &Lvm, origin: &Path, label: &str) -> SnapshotSet {
+    write_file(&origin.join("f"), b'A', 4 * MIB);
+    let volumes = lvm.probe(&[origin.to_path_buf()]).await.unwrap();
+    let set = lvm
+        .plan(&volumes, &name(&format!("dbsnap-{label}")))
+        .unwrap();
+    lvm.snapshot(&set).await.unwrap();
+    write_file(&origin.join("f"), b'B', 4 * MIB);
+    write_file(&origin.join("new"), b'N', 4096);
+    set
+}
+
+#[tokio::test]
+#[ignore = "runs inside the TCG guest, started by lvm_on_real_device_mapper"]
+async fn in_guest_rollback_of_a_classic_snapshot_of_a_mounted_xfs() {
+    guest::require_guest();
+    let vg = TestVg::new("rb-classic", "dbtrbc");
+    let origin = vg.lv("data", "320M", "xfs");
+    // A non-default option, to see that the volume comes back mounted the same way.
+    run(&["mount", "-o", "remount,noatime", origin.to_str().unwrap()]);
+    let before = mount_at(&origin).unwrap();
+    assert!(before.1.contains("noatime"), "{before:?}");
+    let lvm = Lvm::new(LvmConfig::default());
+    let set = snapshot_then_change(&lvm, &origin, "rb-classic").await;
+
+    let started = Instant::now();
+    let outcome = lvm.rollback(&set).await.unwrap();
+    timed("classic xfs rollback (unmount, merge, mount)", started, ());
+    assert_eq!(
+        outcome,
+        RollbackOutcome {
+            snapshots_kept: false,
+            pending: None
+        }
+    );
+    let after = mount_at(&origin).expect("the origin is mounted again");
+    assert_eq!((&after.1, &after.2), (&before.1, &before.2));
+    assert_all_bytes(&origin.join("f"), b'A', 4 * MIB);
+    assert!(!origin.join("new").exists());
+    // The merge consumed the snapshot; nothing of it is left, hidden or not.
+    assert_eq!(lv_state(&set.snapshots[0].id), None);
+    assert!(lvm.list(&set_volumes(&set)).await.unwrap().is_empty());
+    let (attr, _) = lv_state("dbtrbc/data").unwrap();
+    assert!(attr.starts_with('-'), "still an origin: {attr}");
+}
+
+fn set_volumes(set: &SnapshotSet) -> Vec<Volume> {
+    set.snapshots.iter().map(|s| s.volume.clone()).collect()
+}
+
+#[tokio::test]
+#[ignore = "runs inside the TCG guest, started by lvm_on_real_device_mapper"]
+async fn in_guest_rollback_of_a_thin_snapshot_keeps_it_and_repeats() {
+    guest::require_guest();
+    let vg = TestVg::new("rb-thin", "dbtrbt");
+    vg.thin_pool("pool", "400M");
+    let origin = vg.thin_lv("pool", "data", "320M", "xfs");
+    let lvm = Lvm::new(LvmConfig::default());
+    let set = snapshot_then_change(&lvm, &origin, "rb-thin").await;
+
+    for round in 1..=2 {
+        let started = Instant::now();
+        let outcome = lvm.rollback(&set).await.unwrap();
+        timed(&format!("thin rollback {round}"), started, ());
+        assert_eq!(outcome, RollbackOutcome::complete_and_kept());
+        assert!(mount_at(&origin).is_some(), "not mounted again");
+        assert_all_bytes(&origin.join("f"), b'A', 4 * MIB);
+        assert!(!origin.join("new").exists());
+        // The kept snapshot is still there, under its name, of the volume, tagged.
+        let (attr, from) = lv_state(&set.snapshots[0].id).expect("the kept snapshot is gone");
+        assert!(attr.starts_with('V'), "{attr}");
+        assert_eq!(from, "data");
+        assert_eq!(lv_state("dbtrbt/dbsnap-rb-thin.0-merge"), None);
+        let listed = lvm.list(&set_volumes(&set)).await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].snapshots, set.snapshots);
+        // The next "upgrade".
+        write_file(&origin.join("f"), b'C', 4 * MIB);
+    }
+    release_twice(&lvm, &set, &vg, "rb-thin").await;
+}
+
+#[tokio::test]
+#[ignore = "runs inside the TCG guest, started by lvm_on_real_device_mapper"]
+async fn in_guest_rollback_to_an_invalid_snapshot_is_refused() {
+    guest::require_guest();
+    let vg = TestVg::new("rb-invalid", "dbtrbi");
+    let origin = vg.lv("data", "320M", "xfs");
+    let lvm = Lvm::new(LvmConfig {
+        snapshot_size: Some(SnapshotSize::Bytes(8 << 20)),
+        ..LvmConfig::default()
+    });
+    let set = snapshot_then_change(&lvm, &origin, "rb-invalid").await;
+    write_file(&origin.join("lots"), b'2', 48 * MIB);
+    let (attr, _) = lv_state(&set.snapshots[0].id).unwrap();
+    assert_eq!(attr.chars().nth(4), Some('I'), "not invalidated: {attr}");
+
+    let err = lvm.rollback(&set).await.unwrap_err().to_string();
+    println!("invalid snapshot rollback: {err}");
+    assert!(
+        err.contains("invalidated") && err.contains("nothing was rolled back"),
+        "{err}"
+    );
+    // Untouched: still mounted, still the new data, no merge pending.
+    assert!(mount_at(&origin).is_some());
+    assert_all_bytes(&origin.join("f"), b'B', 4 * MIB);
+    let (attr, _) = lv_state("dbtrbi/data").unwrap();
+    assert!(attr.starts_with('o'), "{attr}");
+    release_twice(&lvm, &set, &vg, "rb-invalid").await;
+}
+
+/// Run the commands of a pending rollback's instructions, as a user would.
+fn follow(pending: &str) {
+    let steps = pending
+        .split("then run: ")
+        .nth(1)
+        .and_then(|rest| rest.split(" (or reboot)").next())
+        .unwrap_or_else(|| panic!("no commands in {pending:?}"));
+    for step in steps.split("; ") {
+        let argv: Vec<&str> = step.split_whitespace().collect();
+        run(&argv);
+    }
+}
+
+#[tokio::test]
+#[ignore = "runs inside the TCG guest, started by lvm_on_real_device_mapper"]
+async fn in_guest_rollback_of_a_busy_origin_is_pending_until_reactivation() {
+    guest::require_guest();
+    let vg = TestVg::new("rb-busy", "dbtrbb");
+    vg.thin_pool("pool", "300M");
+    let thin = vg.thin_lv("pool", "thin", "200M", "ext4");
+    let classic = vg.lv("classic", "200M", "ext4");
+    let lvm = Lvm::new(LvmConfig::default());
+
+    for (origin, label, kept) in [
+        (&thin, "rb-busy-thin", true),
+        (&classic, "rb-busy-classic", false),
+    ] {
+        let set = snapshot_then_change(&lvm, origin, label).await;
+        // Something works in the volume: it cannot be unmounted.
+        let mut holder = Command::new("sleep")
+            .arg("600")
+            .current_dir(origin)
+            .spawn()
+            .unwrap();
+        let outcome = lvm.rollback(&set).await.unwrap();
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        println!("{label}: {outcome:?}");
+        assert_eq!(outcome.snapshots_kept, kept, "{label}");
+        let pending = outcome
+            .pending
+            .expect("a busy origin leaves the merge pending");
+        assert!(
+            pending.contains("target is busy") && pending.contains("lvchange -an"),
+            "{pending}"
+        );
+        // Nothing changed yet, and the volume stayed mounted.
+        assert!(mount_at(origin).is_some());
+        assert_all_bytes(&origin.join("f"), b'B', 4 * MIB);
+        // A second rollback now would merge into a merging origin: refused.
+        let err = lvm.rollback(&set).await.unwrap_err().to_string();
+        assert!(err.contains("pending already"), "{err}");
+
+        follow(&pending);
+        assert!(mount_at(origin).is_some());
+        assert_all_bytes(&origin.join("f"), b'A', 4 * MIB);
+        assert!(!origin.join("new").exists());
+        let snapshot = lv_state(&set.snapshots[0].id);
+        if kept {
+            let (attr, from) = snapshot.expect("the kept thin snapshot is gone");
+            assert!(attr.starts_with('V'), "{attr}");
+            assert_eq!(from, "thin");
+            release_twice(&lvm, &set, &vg, label).await;
+        } else {
+            // A classic merge started by the activation copies in the background (the
+            // volume already reads as merged); LVM removes the snapshot when it is done.
+            let started = Instant::now();
+            while lv_state(&set.snapshots[0].id).is_some() {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(60),
+                    "the merged classic snapshot is still there after 60 s: {snapshot:?}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            timed("background merge after reactivation", started, ());
+        }
+    }
 }

@@ -30,8 +30,8 @@ use async_trait::async_trait;
 use dbsnap_backend_api::command::{Cmd, CommandError};
 use dbsnap_backend_api::mounts::{mount_of, read_mount_table, MountEntry};
 use dbsnap_backend_api::{
-    BackendError, Health, ReadPath, Result, SnapshotBackend, SnapshotName, SnapshotSet, Volume,
-    VolumeSnapshot, SNAPSHOT_PREFIX,
+    BackendError, Health, ReadPath, Result, RollbackOutcome, SnapshotBackend, SnapshotName,
+    SnapshotSet, Volume, VolumeSnapshot, SNAPSHOT_PREFIX,
 };
 use serde::Deserialize;
 
@@ -485,7 +485,7 @@ impl SnapshotBackend for Zfs {
     /// `zfs rollback` of every dataset to its snapshot; the snapshots stay. Refused when a
     /// dataset has newer snapshots: `zfs rollback -r` would destroy them, which dbsnap
     /// never does on its own.
-    async fn rollback(&self, set: &SnapshotSet) -> Result<()> {
+    async fn rollback(&self, set: &SnapshotSet) -> Result<RollbackOutcome> {
         // Clones of the set (a read path left mounted) would keep the datasets busy.
         self.destroy_clones(set).await?;
         for snap in &set.snapshots {
@@ -535,7 +535,7 @@ impl SnapshotBackend for Zfs {
         for snap in &set.snapshots {
             Cmd::new("zfs").arg("rollback").arg(&snap.id).run().await?;
         }
-        Ok(())
+        Ok(RollbackOutcome::complete_and_kept())
     }
 
     async fn list(&self, volumes: &[Volume]) -> Result<Vec<SnapshotSet>> {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use dbsnap_backend_api::{SnapshotBackend, SnapshotName};
+use dbsnap_backend_api::{RollbackOutcome, SnapshotBackend, SnapshotName};
 use dbsnap_test_support::zfs_fuse::ZfsFuse;
 use dbsnap_zfs::{Zfs, ZfsConfig};
 
@@ -44,7 +44,10 @@ fn rollback_restores_every_dataset_and_refuses_to_destroy_newer_snapshots() {
         std::fs::write(data.join("t.ibd"), "after").unwrap();
         std::fs::write(logs.join("bin.000001"), "log after").unwrap();
         std::fs::write(data.join("new.ibd"), "new").unwrap();
-        backend.rollback(&set).await.unwrap();
+        assert_eq!(
+            backend.rollback(&set).await.unwrap(),
+            RollbackOutcome::complete_and_kept()
+        );
         assert_eq!(read(&data.join("t.ibd")), "before");
         assert_eq!(read(&logs.join("bin.000001")), "log before");
         assert!(!data.join("new.ibd").exists());
