@@ -23,7 +23,9 @@ use dbsnap_test_support::zfs_fuse::ZfsFuse;
 /// received copies then appear in `dest/dbsnap-received`, which list and prune must
 /// ignore).
 fn sandbox(zfs: &mut ZfsFuse, method: &str) -> (ZfsSandbox, String) {
-    let pool = zfs.create_pool("dbsnaps");
+    // Room for the filler, its binlog events and the blocks the kept base snapshot pins
+    // (256 MiB filled up on a loaded machine, where the writers commit longer).
+    let pool = zfs.create_pool_sized("dbsnaps", 768);
     let root = zfs.mount_root(&pool);
     let template = zfs.dir().join("template");
     mariadb::install(&template);
@@ -369,7 +371,7 @@ fn sigkill_during_a_stream_then_cleanup_leaves_nothing() {
             .arg(&sb.config)
             .arg("backup")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -378,8 +380,12 @@ fn sigkill_during_a_stream_then_cleanup_leaves_nothing() {
         }
         let was_receiving = receiving(child.id());
         child.kill().unwrap();
-        child.wait().unwrap();
-        assert!(was_receiving, "the {kind} backup never started receiving");
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            was_receiving,
+            "the {kind} backup never started receiving: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
 
         let out = sb.dbsnap(&["cleanup", "--json"]);
         assert!(out.status.success(), "{}", stderr(&out));
