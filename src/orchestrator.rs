@@ -334,6 +334,7 @@ pub async fn backup(
     let snapshot_name = SnapshotName::new(format!("dbsnap-{name}"))?;
     let set = backend
         .plan(&pre.volumes, &snapshot_name)
+        .await
         .map_err(backend_error)?;
 
     let run_env = |extra: &[(&'static str, String)]| {
@@ -694,7 +695,10 @@ pub async fn snapshot_create(
             format!("a kept snapshot {name} exists already; wait a second or choose another label"),
         ));
     }
-    let set = backend.plan(&pre.volumes, &name).map_err(backend_error)?;
+    let set = backend
+        .plan(&pre.volumes, &name)
+        .await
+        .map_err(backend_error)?;
 
     // 2–4. lock, snapshot, unlock
     journal.record(name.as_str(), Resource::Snapshot { set: set.clone() })?;

@@ -115,7 +115,7 @@ pub trait SnapshotBackend: Send + Sync {
     /// Decide the identities of the snapshots `snapshot` will create, without creating
     /// anything. dbsnap journals the plan before calling `snapshot`, so a crash in
     /// between leaves nothing that `release` cannot find.
-    fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet>;
+    async fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet>;
 
     /// Create the planned snapshots. Called while the database lock is held: do nothing
     /// here that could be done in `probe` or `plan`.

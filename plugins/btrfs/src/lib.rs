@@ -215,7 +215,7 @@ impl SnapshotBackend for Btrfs {
         volumes.len() <= 1
     }
 
-    fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {
+    async fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {
         let table = read_mount_table()?;
         let mut snapshots = Vec::new();
         for (index, volume) in volumes.iter().enumerate() {

@@ -103,10 +103,11 @@ impl<'a> Ctx<'a> {
             .map_err(|e| format!("probe of the data directories failed: {e}"))
     }
 
-    fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet, String> {
+    async fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet, String> {
         let set = self
             .backend
             .plan(volumes, name)
+            .await
             .map_err(|e| format!("plan {name} failed: {e}"))?;
         self.created
             .lock()
@@ -117,7 +118,7 @@ impl<'a> Ctx<'a> {
 
     async fn snapshot(&self, label: &str) -> Result<(Vec<Volume>, SnapshotSet), String> {
         let volumes = self.probe_all().await?;
-        let set = self.plan(&volumes, &self.name(label))?;
+        let set = self.plan(&volumes, &self.name(label)).await?;
         self.backend
             .snapshot(&set)
             .await
@@ -326,7 +327,7 @@ async fn round_trip(ctx: &Ctx<'_>) -> Outcome {
     }
     let volumes = ctx.probe_all().await?;
     let name = ctx.name("round-trip");
-    let set = ctx.plan(&volumes, &name)?;
+    let set = ctx.plan(&volumes, &name).await?;
     ensure!(
         set.name == name && set.backend == ctx.backend.name(),
         "plan returned a set named {} for backend {}, expected {name} for {}",
@@ -341,7 +342,7 @@ async fn round_trip(ctx: &Ctx<'_>) -> Outcome {
         volumes.len()
     );
     ensure!(
-        ctx.plan(&volumes, &name)? == set,
+        ctx.plan(&volumes, &name).await? == set,
         "planning the same name twice gave different sets"
     );
     ensure!(
@@ -541,7 +542,7 @@ async fn list_only_ours(ctx: &Ctx<'_>) -> Outcome {
 /// does not exist succeed.
 async fn idempotent_release(ctx: &Ctx<'_>) -> Outcome {
     let volumes = ctx.probe_all().await?;
-    let set = ctx.plan(&volumes, &ctx.name("never-taken"))?;
+    let set = ctx.plan(&volumes, &ctx.name("never-taken")).await?;
     let workdir = ctx.workdir("never-mounted")?;
     for round in ["first", "second"] {
         ctx.backend
@@ -562,7 +563,9 @@ async fn killed_mid_snapshot(ctx: &Ctx<'_>) -> Outcome {
     let volumes = ctx.probe_all().await?;
     let workdir = ctx.workdir("killed-mid-snapshot")?;
     for ms in [0u64, 2, 10, 50, 200] {
-        let set = ctx.plan(&volumes, &ctx.name(&format!("killed-{ms}ms")))?;
+        let set = ctx
+            .plan(&volumes, &ctx.name(&format!("killed-{ms}ms")))
+            .await?;
         let journal = serde_json::to_string(&set).map_err(|e| e.to_string())?;
         let _ = tokio::time::timeout(Duration::from_millis(ms), ctx.backend.snapshot(&set)).await;
         tokio::time::sleep(SETTLE).await;

@@ -12,7 +12,6 @@
 mod config;
 pub mod protocol;
 
-use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -230,27 +229,6 @@ impl Exec {
     }
 }
 
-/// Run `future` to completion from synchronous code (the trait's `plan`), on a thread
-/// of its own so that it works inside and outside any async runtime.
-fn block_on<T: Send>(future: impl Future<Output = Result<T>> + Send) -> Result<T> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| BackendError::io("starting a runtime to run an exec plugin", e))?
-                    .block_on(future)
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(BackendError::Invalid(
-                    "running an exec plugin panicked".into(),
-                ))
-            })
-    })
-}
-
 fn excerpt(text: &str) -> String {
     const MAX: usize = 200;
     match text.char_indices().nth(MAX) {
@@ -323,14 +301,16 @@ impl SnapshotBackend for Exec {
         }
     }
 
-    fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {
-        let response: protocol::PlanResponse = block_on(self.call(
-            Verb::Plan,
-            protocol::PlanRequest {
-                volumes: wire_volumes(volumes),
-                name: name.clone(),
-            },
-        ))?;
+    async fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {
+        let response: protocol::PlanResponse = self
+            .call(
+                Verb::Plan,
+                protocol::PlanRequest {
+                    volumes: wire_volumes(volumes),
+                    name: name.clone(),
+                },
+            )
+            .await?;
         let set = WireSet {
             name: name.clone(),
             snapshots: response.snapshots,

@@ -410,7 +410,7 @@ impl SnapshotBackend for Lvm {
         volumes.len() <= 1
     }
 
-    fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {
+    async fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {
         let mut snapshots = Vec::new();
         for (index, volume) in volumes.iter().enumerate() {
             let (vg, _) = split_lv_id(&volume.id)?;
@@ -756,12 +756,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn plan_names_snapshots_after_the_set() {
+    #[tokio::test]
+    async fn plan_names_snapshots_after_the_set() {
         let lvm = Lvm::new(LvmConfig::default());
         let name = SnapshotName::new("dbsnap-20261125T000000Z").unwrap();
         let set = lvm
             .plan(&[volume("vg0/data"), volume("vg1/logs")], &name)
+            .await
             .unwrap();
         let ids: Vec<&str> = set.snapshots.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(
@@ -771,7 +772,7 @@ mod tests {
                 "vg1/dbsnap-20261125T000000Z.1"
             ]
         );
-        assert!(lvm.plan(&[volume("vg0/a;b")], &name).is_err());
+        assert!(lvm.plan(&[volume("vg0/a;b")], &name).await.is_err());
         assert!(lvm.snapshot_is_atomic(&[volume("vg0/a")]));
         assert!(!lvm.snapshot_is_atomic(&[volume("vg0/a"), volume("vg0/b")]));
     }

@@ -227,6 +227,7 @@ async fn snapshot_roundtrip(lvm: &Lvm, origin: &Path, label: &str) -> SnapshotSe
     assert_eq!(volumes[0].root, origin);
     let set = lvm
         .plan(&volumes, &name(&format!("dbsnap-{label}")))
+        .await
         .unwrap();
     let started = Instant::now();
     lvm.snapshot(&set).await.unwrap();
@@ -366,7 +367,7 @@ async fn in_guest_overflowed_classic_snapshot_fails_health() {
         warn_percent: Some(10.0.try_into().unwrap()),
     });
     let volumes = lvm.probe(std::slice::from_ref(&origin)).await.unwrap();
-    let set = lvm.plan(&volumes, &name("dbsnap-overflow")).unwrap();
+    let set = lvm.plan(&volumes, &name("dbsnap-overflow")).await.unwrap();
     lvm.snapshot(&set).await.unwrap();
     assert_eq!(lvm.health(&set).await.unwrap(), Health::Ok);
 
@@ -440,7 +441,7 @@ async fn in_guest_list_release_and_refusals() {
         "dbtnames/data",
     ]);
     let volumes = lvm.probe(std::slice::from_ref(&origin)).await.unwrap();
-    let set = lvm.plan(&volumes, &name("dbsnap-ours")).unwrap();
+    let set = lvm.plan(&volumes, &name("dbsnap-ours")).await.unwrap();
     lvm.snapshot(&set).await.unwrap();
     let listed = lvm.list(&volumes).await.unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
@@ -473,7 +474,7 @@ async fn in_guest_list_release_and_refusals() {
         id: "dbtnames/data;reboot".into(),
         ..volumes[0].clone()
     };
-    assert!(lvm.plan(&[hostile], &name("dbsnap-x")).is_err());
+    assert!(lvm.plan(&[hostile], &name("dbsnap-x")).await.is_err());
 
     // An interrupted run leaves its snapshot mounted; release alone must clean that up.
     let workdir = tempfile::tempdir().unwrap();
@@ -519,7 +520,7 @@ async fn in_guest_mariadb_datadir_and_binlogs_on_two_lvs() {
         .unwrap();
     assert_eq!(volumes.len(), 2);
     assert!(!lvm.snapshot_is_atomic(&volumes));
-    let set = lvm.plan(&volumes, &name("dbsnap-mariadb")).unwrap();
+    let set = lvm.plan(&volumes, &name("dbsnap-mariadb")).await.unwrap();
     // What dbsnap does: the lock covers both snapshots because they are not atomic.
     let lock = GlobalReadLock::take(&server);
     let started = Instant::now();
@@ -600,6 +601,7 @@ async fn snapshot_then_change(lvm: &Lvm, origin: &Path, label: &str) -> Snapshot
     let volumes = lvm.probe(&[origin.to_path_buf()]).await.unwrap();
     let set = lvm
         .plan(&volumes, &name(&format!("dbsnap-{label}")))
+        .await
         .unwrap();
     lvm.snapshot(&set).await.unwrap();
     write_file(&origin.join("f"), b'B', 4 * MIB);

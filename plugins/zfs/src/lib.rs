@@ -322,7 +322,7 @@ impl SnapshotBackend for Zfs {
         volumes.len() <= 1 || (one_pool && self.multi_snapshot.get() == Some(&true))
     }
 
-    fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {
+    async fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {
         let mut snapshots = Vec::new();
         for volume in volumes {
             validate_dataset(&volume.id)?;
@@ -644,20 +644,21 @@ mod tests {
         assert!(serde_json::from_str::<ZfsConfig>(r#"{"clone_dir":"/x"}"#).is_err());
     }
 
-    #[test]
-    fn plan_names_one_snapshot_per_dataset_and_refuses_hostile_ids() {
+    #[tokio::test]
+    async fn plan_names_one_snapshot_per_dataset_and_refuses_hostile_ids() {
         let zfs = Zfs::new(ZfsConfig::default());
         let set = zfs
             .plan(&[volume("tank/data"), volume("tank/binlog")], &name())
+            .await
             .unwrap();
         let ids: Vec<_> = set.snapshots.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, ["tank/data@dbsnap-t1", "tank/binlog@dbsnap-t1"]);
-        assert!(zfs.plan(&[volume("-R")], &name()).is_err());
-        assert!(zfs.plan(&[volume("tank/a@b")], &name()).is_err());
+        assert!(zfs.plan(&[volume("-R")], &name()).await.is_err());
+        assert!(zfs.plan(&[volume("tank/a@b")], &name()).await.is_err());
         // Legal, but no room left for `@dbsnap-t1`: refused before any lock, as unsupported.
         let long = format!("tank/{}", "x".repeat(MAX_NAME_LEN - 8));
         assert!(validate_dataset(&long).is_ok());
-        let err = zfs.plan(&[volume(&long)], &name()).unwrap_err();
+        let err = zfs.plan(&[volume(&long)], &name()).await.unwrap_err();
         assert!(matches!(err, BackendError::Unsupported { .. }), "{err}");
         assert!(err.to_string().contains("too long"), "{err}");
     }

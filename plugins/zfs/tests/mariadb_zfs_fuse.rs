@@ -67,6 +67,7 @@ fn mariadb_datadir_and_binlog_on_two_datasets() {
         assert_eq!(volumes.len(), 2);
         let set = backend
             .plan(&volumes, &SnapshotName::new("dbsnap-mariadb").unwrap())
+            .await
             .unwrap();
 
         // Hold FTWRL in one client session across the snapshot.

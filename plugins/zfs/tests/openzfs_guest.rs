@@ -244,6 +244,7 @@ fn in_guest_atomic_snapshot_snapdir_holds_release() {
 
         let set = backend
             .plan(&volumes, &SnapshotName::new("dbsnap-oz1").unwrap())
+            .await
             .unwrap();
         let t = Instant::now();
         backend.snapshot(&set).await.unwrap();
@@ -350,6 +351,7 @@ fn in_guest_atomic_snapshot_snapdir_holds_release() {
         cloning.probe(std::slice::from_ref(&datadir)).await.unwrap();
         let set = cloning
             .plan(&volumes[..1], &SnapshotName::new("dbsnap-oz2").unwrap())
+            .await
             .unwrap();
         cloning.snapshot(&set).await.unwrap();
         let t = Instant::now();
@@ -406,6 +408,7 @@ fn in_guest_mariadb_on_openzfs() {
         assert!(backend.snapshot_is_atomic(&volumes));
         let set = backend
             .plan(&volumes, &SnapshotName::new("dbsnap-ozm").unwrap())
+            .await
             .unwrap();
         // One atomic snapshot of an InnoDB-only server needs no lock: crash recovery on
         // the copy must give exactly the committed rows.

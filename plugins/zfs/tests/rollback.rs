@@ -37,6 +37,7 @@ fn rollback_restores_every_dataset_and_refuses_to_destroy_newer_snapshots() {
         let volumes = backend.probe(&[data.clone(), logs.clone()]).await.unwrap();
         let set = backend
             .plan(&volumes, &SnapshotName::new("dbsnap-safety").unwrap())
+            .await
             .unwrap();
         backend.snapshot(&set).await.unwrap();
 
@@ -62,6 +63,7 @@ fn rollback_restores_every_dataset_and_refuses_to_destroy_newer_snapshots() {
         std::fs::write(logs.join("bin.000001"), "log later").unwrap();
         let newer = backend
             .plan(&volumes[..1], &SnapshotName::new("dbsnap-newer").unwrap())
+            .await
             .unwrap();
         backend.snapshot(&newer).await.unwrap();
         let err = backend.rollback(&set).await.unwrap_err().to_string();

@@ -101,7 +101,7 @@ fn datadir_and_binlog_datasets_snapshot_read_hold_release() {
         assert!(!backend.snapshot_is_atomic(&volumes));
         assert!(backend.snapshot_is_atomic(&volumes[..1]));
 
-        let set = backend.plan(&volumes, &name("dbsnap-t1")).unwrap();
+        let set = backend.plan(&volumes, &name("dbsnap-t1")).await.unwrap();
         let started = Instant::now();
         backend.snapshot(&set).await.unwrap();
         println!(
@@ -202,7 +202,10 @@ fn list_and_cleanup_touch_only_ours() {
                 .probe(std::slice::from_ref(&l.datadir))
                 .await
                 .unwrap();
-            let set = crashed.plan(&volumes, &name("dbsnap-crashed")).unwrap();
+            let set = crashed
+                .plan(&volumes, &name("dbsnap-crashed"))
+                .await
+                .unwrap();
             crashed.snapshot(&set).await.unwrap();
             crashed.mount(&set, &workdir).await.unwrap();
         }
@@ -227,14 +230,14 @@ fn list_and_cleanup_touch_only_ours() {
 
         // Releasing a set that names snapshots we did not tag is refused.
         for foreign in ["dbsnap-untagged", "dbsnap-mislabelled"] {
-            let set = backend.plan(&volumes[..1], &name(foreign)).unwrap();
+            let set = backend.plan(&volumes[..1], &name(foreign)).await.unwrap();
             let err = backend.release(&set).await.unwrap_err();
             assert!(err.to_string().contains("refusing"), "{err}");
             assert!(exists(&zfs, &format!("{p}/db@{foreign}")));
         }
 
         // A dataset squatting on our clone's name is not destroyed either.
-        let set = backend.plan(&volumes, &name("dbsnap-squat")).unwrap();
+        let set = backend.plan(&volumes, &name("dbsnap-squat")).await.unwrap();
         backend.snapshot(&set).await.unwrap();
         zfs.zfs(&[
             "create",
@@ -256,6 +259,7 @@ fn list_and_cleanup_touch_only_ours() {
         };
         assert!(backend
             .plan(std::slice::from_ref(&hostile), &name("dbsnap-h"))
+            .await
             .is_err());
         assert!(backend.list(&[hostile]).await.is_err());
         let tampered = SnapshotSet {
@@ -278,6 +282,7 @@ fn list_and_cleanup_touch_only_ours() {
         });
         let set = snapdir_only
             .plan(&volumes[..1], &name("dbsnap-sd"))
+            .await
             .unwrap();
         snapdir_only.snapshot(&set).await.unwrap();
         let err = snapdir_only.mount(&set, &workdir).await.unwrap_err();
@@ -302,7 +307,7 @@ fn a_pool_root_dataset_works_too() {
     block_on(async {
         let volumes = backend.probe(std::slice::from_ref(&root)).await.unwrap();
         assert_eq!(volumes[0].id, pool);
-        let set = backend.plan(&volumes, &name("dbsnap-root")).unwrap();
+        let set = backend.plan(&volumes, &name("dbsnap-root")).await.unwrap();
         backend.snapshot(&set).await.unwrap();
         write(&root.join("ibdata1"), "v2");
         let paths = backend.mount(&set, &workdir).await.unwrap();
