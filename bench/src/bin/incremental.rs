@@ -23,7 +23,7 @@ use anyhow::{ensure, Context};
 use clap::Parser;
 use dbsnap_test_support::bank::Writers;
 use dbsnap_test_support::btrfs::LoopBtrfs;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use rig::Rig;
 
@@ -48,6 +48,9 @@ struct Args {
     /// The dbsnap binary (default: `dbsnap` next to this benchmark's executable).
     #[arg(long)]
     dbsnap: Option<PathBuf>,
+    /// Measure nothing: rewrite incremental.md from the incremental.json in --out.
+    #[arg(long)]
+    table_only: bool,
 }
 
 /// One way of transferring, as dbsnap configuration.
@@ -82,7 +85,7 @@ const METHODS: &[Method] = &[
     },
 ];
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct Backup {
     size_gb: f64,
     data_mib: u64,
@@ -103,6 +106,14 @@ struct Backup {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.table_only {
+        let json = std::fs::read(args.out.join("incremental.json"))
+            .with_context(|| format!("reading {}/incremental.json", args.out.display()))?;
+        let all: Vec<Backup> = serde_json::from_slice(&json)?;
+        std::fs::write(args.out.join("incremental.md"), table(&all))?;
+        print!("{}", table(&all));
+        return Ok(());
+    }
     ensure!(
         nix::unistd::Uid::effective().is_root(),
         "run as root: the benchmark mounts loop devices and starts MariaDB"
@@ -334,8 +345,9 @@ fn table(all: &[Backup]) -> String {
     let mut md = String::from(
         "Per size and method: the first backup of a chain (full), then the median of the \
          incremental ones (each after the same churn: bank writes plus 2 % of the filler rows \
-         rewritten). Transferred: changed files (rsync) or stream bytes (btrfs-send). Stored: \
-         space the destination gained.\n\n\
+         rewritten). s: the whole `dbsnap backup` run (copy or stream alone in brackets). \
+         Transferred: changed files (rsync) or stream bytes (btrfs-send). Stored: space the \
+         destination gained.\n\n\
          | data | method | full: s | full: MiB transferred | full: MiB stored | incremental: s | incremental: MiB transferred | incremental: MiB stored |\n\
          |---|---|---|---|---|---|---|---|\n",
     );
@@ -361,12 +373,14 @@ fn table(all: &[Backup]) -> String {
             }
         };
         md.push_str(&format!(
-            "| {gb} GB ({} MiB) | {method} | {:.1} | {:.0} | {:.0} | {} | {} | {} |\n",
+            "| {gb} GB ({} MiB) | {method} | {:.1} ({:.1}) | {:.0} | {:.0} | {} ({}) | {} | {} |\n",
             full.data_mib,
             full.wall_s,
+            full.transfer_s,
             full.transferred_mib,
             full.stored_mib,
             median(|b| b.wall_s),
+            median(|b| b.transfer_s),
             median(|b| b.transferred_mib),
             median(|b| b.stored_mib),
         ));
