@@ -3,6 +3,7 @@
 pub mod bank;
 pub mod btrfs;
 pub mod guest;
+pub mod lvm;
 pub mod mariadb;
 pub mod openzfs;
 pub mod zfs_fuse;
