@@ -17,28 +17,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{dbsnap_with, restore_with, stderr, stdout_json, time, DBSNAP};
 use dbsnap_test_support::bank::{self, Writers};
-use dbsnap_test_support::guest::{self, Guest};
-use dbsnap_test_support::mariadb::{self, MariaDb, ServerOptions};
+use dbsnap_test_support::guest;
+use dbsnap_test_support::lvm::{follow_pending, run, run_suite, TestVg};
+use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
 
 const MIB: usize = 1 << 20;
 
 #[test]
 fn backup_on_real_lvm() {
-    // The datadir template is made on the host (1 s) rather than in the guest (7-13 s);
-    // the guest reads the host's temp dir through its root.
-    let warm = tempfile::tempdir().unwrap();
-    mariadb::install(&warm.path().join("datadir"));
-    let filter = std::env::var("DBSNAP_GUEST_TESTS").unwrap_or_else(|_| "in_guest_".into());
-    let mut guest = Guest::new("lvm-backup");
-    for disk in ["bank", "thin", "overflow", "kill", "refuse", "rollback"] {
-        guest = guest.disk(disk, 1024);
-    }
-    let run = guest
-        .module("dm_snapshot")
-        .module("dm_thin_pool")
-        .module("xfs")
-        .module("ext4")
-        .run_this_binary(&["--include-ignored", &filter]);
+    let run = run_suite(
+        "lvm-backup",
+        &["bank", "thin", "overflow", "kill", "refuse", "rollback"],
+    );
     println!(
         "TIMING guest wall {:.1} s (job started at {:.1} s uptime)",
         run.wall.as_secs_f64(),
@@ -47,28 +37,10 @@ fn backup_on_real_lvm() {
     run.assert_success();
 }
 
-/// Run a command; panic with its output if it fails.
-fn run(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{argv:?} could not start: {e}"));
-    assert!(
-        out.status.success(),
-        "{argv:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A volume group on one guest disk with a destination LV, a state directory and a
-/// dbsnap config; torn down (mounts, LVs, VG, PV) when dropped so that a failing test
-/// does not leave its VG to the next one.
+/// dbsnap config; the VG goes away with it (see `TestVg`).
 struct LvmSandbox {
-    vg: String,
-    dev: PathBuf,
+    vg: TestVg,
     dest: PathBuf,
     state: PathBuf,
     config: PathBuf,
@@ -78,58 +50,22 @@ struct LvmSandbox {
 
 impl LvmSandbox {
     fn new(disk: &str, vg: &str) -> LvmSandbox {
-        let dev = guest::disk(disk);
-        let dev_str = dev.to_str().unwrap();
-        run(&["pvcreate", "-q", dev_str]);
-        run(&["vgcreate", "-q", vg, dev_str]);
-        let state = PathBuf::from(format!("/run/dbsnap-test/{vg}/state"));
+        let vg = TestVg::new(disk, vg);
+        let run_dir = PathBuf::from(format!("/run/dbsnap-test/{}", vg.name()));
+        let state = run_dir.join("state");
         std::fs::create_dir_all(&state).unwrap();
-        let mut sandbox = LvmSandbox {
-            vg: vg.into(),
-            dev,
-            dest: PathBuf::new(),
+        let dest_lv = vg.lv("dest", "300M", "ext4");
+        let dest = dest_lv.join("backups");
+        let scratch = dest_lv.join("scratch");
+        std::fs::create_dir_all(&dest).unwrap();
+        std::fs::create_dir_all(&scratch).unwrap();
+        LvmSandbox {
+            vg,
+            dest,
             state,
-            config: PathBuf::from(format!("/run/dbsnap-test/{vg}/dbsnap.toml")),
-            scratch: PathBuf::new(),
-        };
-        let dest_lv = sandbox.lv("dest", "300M", "ext4");
-        sandbox.dest = dest_lv.join("backups");
-        sandbox.scratch = dest_lv.join("scratch");
-        std::fs::create_dir_all(&sandbox.dest).unwrap();
-        std::fs::create_dir_all(&sandbox.scratch).unwrap();
-        sandbox
-    }
-
-    /// A plain LV with a filesystem, mounted at /srv/<vg>-<name>.
-    fn lv(&self, name: &str, size: &str, fstype: &str) -> PathBuf {
-        run(&["lvcreate", "-q", "-y", "-L", size, "-n", name, &self.vg]);
-        self.format_and_mount(name, fstype)
-    }
-
-    fn thin_lv(&self, pool_size: &str, name: &str, virtual_size: &str, fstype: &str) -> PathBuf {
-        let pool = format!("{}/pool", self.vg);
-        run(&["lvcreate", "-q", "-y", "-L", pool_size, "-T", &pool]);
-        run(&[
-            "lvcreate",
-            "-q",
-            "-y",
-            "-V",
-            virtual_size,
-            "-T",
-            &pool,
-            "-n",
-            name,
-        ]);
-        self.format_and_mount(name, fstype)
-    }
-
-    fn format_and_mount(&self, name: &str, fstype: &str) -> PathBuf {
-        let dev = format!("/dev/{}/{name}", self.vg);
-        run(&[&format!("mkfs.{fstype}"), "-q", &dev]);
-        let at = PathBuf::from(format!("/srv/{}-{name}", self.vg));
-        std::fs::create_dir_all(&at).unwrap();
-        run(&["mount", &dev, at.to_str().unwrap()]);
-        at
+            config: run_dir.join("dbsnap.toml"),
+            scratch,
+        }
     }
 
     /// `extra` goes into `[snapshot.lvm]`; `bwlimit` into `[backup]`.
@@ -209,7 +145,7 @@ impl LvmSandbox {
             "--noheadings",
             "-o",
             "lv_name,lv_tags,origin",
-            &self.vg,
+            self.vg.name(),
         ])
         .lines()
         {
@@ -217,7 +153,7 @@ impl LvmSandbox {
                 left.push(format!("LV {}", line.trim()));
             }
         }
-        let mapper = format!("/dev/mapper/{}-dbsnap", self.vg.replace('-', "--"));
+        let mapper = format!("/dev/mapper/{}-dbsnap", self.vg.name().replace('-', "--"));
         let state = self.state.display().to_string();
         for line in std::fs::read_to_string("/proc/self/mounts")
             .unwrap()
@@ -238,30 +174,6 @@ impl LvmSandbox {
             }
         }
         left
-    }
-}
-
-impl Drop for LvmSandbox {
-    fn drop(&mut self) {
-        let prefix = format!("/dev/mapper/{}-", self.vg.replace('-', "--"));
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let mut points: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split(' ');
-                let source = f.next()?;
-                let point = f.next()?;
-                source.starts_with(&prefix).then_some(point)
-            })
-            .collect();
-        points.reverse();
-        for point in points {
-            let _ = Command::new("umount").arg(point).status();
-        }
-        let _ = Command::new("vgremove")
-            .args(["-q", "-ff", &self.vg])
-            .status();
-        let _ = Command::new("pvremove").arg("-q").arg(&self.dev).status();
     }
 }
 
@@ -423,8 +335,8 @@ fn backup_restore_and_verify(
 fn in_guest_xfs_datadir_and_ext4_binlogs_under_bank_load() {
     guest::require_guest();
     let sb = LvmSandbox::new("bank", "dbbank");
-    let data = sb.lv("data", "320M", "xfs");
-    let logs = sb.lv("logs", "100M", "ext4");
+    let data = sb.vg.lv("data", "320M", "xfs");
+    let logs = sb.vg.lv("logs", "100M", "ext4");
     let server = start_server(&data, &logs.join("binlog"), "/run/mysqld/bank");
     bank::create(&server);
     sb.write_config(&server, "", None);
@@ -459,7 +371,8 @@ fn in_guest_xfs_datadir_and_ext4_binlogs_under_bank_load() {
 fn in_guest_thin_lv_under_bank_load() {
     guest::require_guest();
     let sb = LvmSandbox::new("thin", "dbthin");
-    let data = sb.thin_lv("500M", "data", "400M", "xfs");
+    sb.vg.thin_pool("pool", "500M");
+    let data = sb.vg.thin_lv("pool", "data", "400M", "xfs");
     let datadir = data.join("mysql");
     let server = start_server(&data, &datadir.join("binlog"), "/run/mysqld/thin");
     bank::create(&server);
@@ -478,7 +391,7 @@ fn in_guest_thin_lv_under_bank_load() {
 fn in_guest_overflowing_snapshot_fails_the_backup() {
     guest::require_guest();
     let sb = LvmSandbox::new("overflow", "dbover");
-    let data = sb.lv("data", "320M", "xfs");
+    let data = sb.vg.lv("data", "320M", "xfs");
     let server = start_server(&data, &data.join("mysql/binlog"), "/run/mysqld/over");
     bank::create(&server);
     // 8 MiB of copy-on-write space, and a copy slow enough for the watcher to see it fill.
@@ -519,7 +432,7 @@ fn in_guest_overflowing_snapshot_fails_the_backup() {
 fn in_guest_sigkill_during_copy_then_cleanup() {
     guest::require_guest();
     let sb = LvmSandbox::new("kill", "dbkill");
-    let data = sb.lv("data", "320M", "xfs");
+    let data = sb.vg.lv("data", "320M", "xfs");
     let server = start_server(&data, &data.join("mysql/binlog"), "/run/mysqld/kill");
     bank::create(&server);
     sb.write_config(&server, "", Some("1MiB"));
@@ -590,10 +503,17 @@ fn in_guest_not_on_lvm_and_no_room_are_refused() {
     run(&["umount", tmpfs.to_str().unwrap()]);
 
     // No room: the VG is full, so the automatic snapshot size has nothing to work with.
-    let data = sb.lv("data", "320M", "xfs");
+    let data = sb.vg.lv("data", "320M", "xfs");
     let server = start_server(&data, &data.join("mysql/binlog"), "/run/mysqld/full");
     run(&[
-        "lvcreate", "-q", "-y", "-l", "100%FREE", "-n", "filler", &sb.vg,
+        "lvcreate",
+        "-q",
+        "-y",
+        "-l",
+        "100%FREE",
+        "-n",
+        "filler",
+        sb.vg.name(),
     ]);
     sb.write_config(&server, "", None);
     for command in ["check", "backup"] {
@@ -629,7 +549,7 @@ fn command_ms(log: &str, program: &str) -> Vec<u64> {
 fn in_guest_snapshot_rollback_of_a_mariadb_datadir() {
     guest::require_guest();
     let sb = LvmSandbox::new("rollback", "dbroll");
-    let data = sb.lv("data", "320M", "xfs");
+    let data = sb.vg.lv("data", "320M", "xfs");
     let mut server = start_server(&data, &data.join("mysql/binlog"), "/run/mysqld/roll");
     let options = server.options.clone();
     server.sql(
@@ -707,14 +627,7 @@ fn in_guest_snapshot_rollback_of_a_mariadb_datadir() {
     );
     let list = stdout_json(&sb.dbsnap(&["snapshot", "list", "--json"]));
     assert!(list.as_array().unwrap().is_empty(), "{list}");
-    let steps = text
-        .split("then run: ")
-        .nth(1)
-        .and_then(|rest| rest.split(" (or reboot)").next())
-        .unwrap_or_else(|| panic!("no commands in {text}"));
-    for step in steps.split("; ") {
-        run(&step.split_whitespace().collect::<Vec<_>>());
-    }
+    follow_pending(&text);
     let server = MariaDb::start_existing(options);
     assert_eq!(
         server.sql("SELECT id, note FROM app.notes ORDER BY id"),

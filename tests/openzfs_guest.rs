@@ -1,6 +1,6 @@
 //! `dbsnap backup` end to end on real OpenZFS (2.1, Debian's zfs-dkms), which the host
 //! kernel lacks: `openzfs_backup_suite` boots the TCG guest once and runs every
-//! `in_guest_` test of this binary inside (see `dbsnap_test_support::guest`).
+//! `in_guest_` test of this binary inside (see `dbsnap_test_support::openzfs`).
 //!
 //! What only OpenZFS shows: both datasets are snapshotted in ONE `zfs snapshot` call (one
 //! transaction group), so the manifest says `atomic = true` and `--lock none` is accepted
@@ -13,163 +13,41 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
-use common::zfs::{sh, Binlogs, ZfsSandbox};
+use common::zfs::{Binlogs, ZfsSandbox};
 use dbsnap_test_support::bank;
-use dbsnap_test_support::guest::{self, Guest};
+use dbsnap_test_support::openzfs::{self, OpenZfs, Pool};
 
-/// Where the build script's output is, passed into the guest.
-const ENV_OPENZFS: &str = "DBSNAP_OPENZFS_DIR";
-/// A MariaDB datadir initialised on the host (1 s there, 7-13 s under TCG).
-const ENV_DATADIR: &str = "DBSNAP_OPENZFS_TEMPLATE_DATADIR";
-/// Load order: each module needs the ones before it.
-const MODULES: [&str; 9] = [
-    "spl", "znvpair", "zcommon", "icp", "zavl", "zlua", "zzstd", "zunicode", "zfs",
-];
+/// Each pool holds a server under the bank workload plus its backups' read paths.
+const OPENZFS: OpenZfs = OpenZfs {
+    guest: "openzfs-backup",
+    suite: "OpenZFS backup suite",
+    // The pools live on files in tmpfs, i.e. in this guest's RAM already; an ARC of up to
+    // half the RAM on top squeezes the servers and copies (2 GiB guest).
+    arc_max_mib: Some(256),
+    tmpfs_mib: 700,
+    pool_mib: 640,
+};
 
 #[test]
 fn openzfs_backup_suite() {
-    let template = tempfile::tempdir().unwrap();
-    let datadir = template.path().join("datadir");
-    dbsnap_test_support::mariadb::install(&datadir);
-    let filter = std::env::var("DBSNAP_GUEST_TESTS").unwrap_or_else(|_| "in_guest_".into());
-    let mut guest = Guest::new("openzfs-backup")
-        .env(ENV_DATADIR, &datadir.to_string_lossy())
-        .memory_mib(2048);
-    if std::env::var_os("DBSNAP_GUEST_NATIVE").is_some() {
-        // A throw-away machine (vagrant/) runs its own OpenZFS, installed from packages.
-        guest = guest.module("zfs");
-    } else {
-        guest = guest.env(ENV_OPENZFS, &openzfs_build());
-    }
-    let run = guest.run_this_binary(&["--include-ignored", &filter]);
-    println!(
-        "MEASURE OpenZFS backup suite: {:.1} s wall (job started at {:?} s uptime)",
-        run.wall.as_secs_f64(),
-        run.boot_seconds
-    );
-    run.assert_success();
+    OPENZFS.run_suite();
 }
 
-/// The output directory of tests/guest/zfs-openzfs-build.sh (a cache hit after its first
-/// run; it fails loudly when the modules cannot be built).
-fn openzfs_build() -> String {
-    let started = Instant::now();
-    let script = guest::guest_files().join("zfs-openzfs-build.sh");
-    let out = Command::new(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed (it needs root, linux-headers-amd64 and Debian's contrib component; \
-         see scripts/install-deps.sh):\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!(
-        "MEASURE OpenZFS build (or cache hit): {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// In the TCG guest: copy the userland into the throw-away overlay root (shadowing the
-/// host's zfs-fuse commands only there) and insmod the modules, once per boot.
-fn install_openzfs() {
-    let Ok(dir) = std::env::var(ENV_OPENZFS) else {
-        assert!(
-            Path::new("/sys/module/zfs").exists(),
-            "no OpenZFS kernel module on this machine"
-        );
-        return;
-    };
-    if Path::new("/sys/module/zfs").exists() {
-        return;
-    }
-    let t = Instant::now();
-    sh("cp", &["-a", &format!("{dir}/root/."), "/"]);
-    for m in MODULES {
-        let mut args = vec![format!("{dir}/ko/{m}.ko")];
-        if m == "zfs" {
-            // The pools live on files in tmpfs, i.e. in this guest's RAM already; an ARC
-            // of up to half the RAM on top squeezes the servers and copies (2 GiB guest).
-            args.push(format!("zfs_arc_max={}", 256 << 20));
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        sh("insmod", &args);
-    }
-    println!(
-        "MEASURE OpenZFS userland + insmod in guest: {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
-}
-
-/// A pool on a file in a tmpfs of its own. Dropping it destroys the pool and unmounts
-/// the tmpfs. Declared before the sandbox it holds, so it is dropped after the server.
-struct Pool {
-    name: String,
-    root: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Pool {
-    fn create(name: &str) -> Pool {
-        guest::require_guest();
-        install_openzfs();
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let available = meminfo.lines().find(|l| l.starts_with("MemAvailable"));
-        println!("MEASURE guest memory before pool {name}: {available:?}");
-        let dir = tempfile::tempdir().unwrap();
-        let files = dir.path().join("files");
-        std::fs::create_dir(&files).unwrap();
-        let files = files.to_string_lossy().into_owned();
-        sh(
-            "mount",
-            &["-t", "tmpfs", "-o", "size=700m", "zfs-files", &files],
-        );
-        let image = format!("{files}/{name}.img");
-        std::fs::File::create(&image)
-            .and_then(|f| f.set_len(640 << 20))
-            .unwrap();
-        let root = dir.path().join("mnt");
-        sh(
-            "zpool",
-            &["create", "-m", &root.to_string_lossy(), name, &image],
-        );
-        Pool {
-            name: name.to_string(),
-            root,
-            dir,
-        }
-    }
-
-    /// A MariaDB on two datasets of this pool; `zfs` is the `[snapshot.zfs]` section.
-    fn sandbox(&self, binlogs: Binlogs, zfs: &str) -> ZfsSandbox {
-        let template = std::env::var(ENV_DATADIR).expect("DBSNAP_OPENZFS_TEMPLATE_DATADIR");
-        let scratch = self.dir.path().join("scratch");
-        std::fs::create_dir(&scratch).unwrap();
-        ZfsSandbox::new(
-            &self.name,
-            &self.root,
-            &scratch,
-            binlogs,
-            Path::new(&template),
-            zfs,
-        )
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        let _ = Command::new("zpool")
-            .args(["destroy", "-f", &self.name])
-            .status();
-        let _ = Command::new("umount")
-            .arg(self.dir.path().join("files"))
-            .status();
-    }
+/// A MariaDB on two datasets of `pool`; `zfs` is the `[snapshot.zfs]` section. Declare the
+/// pool before the sandbox, so that it is dropped after the server.
+fn sandbox(pool: &Pool, binlogs: Binlogs, zfs: &str) -> ZfsSandbox {
+    let scratch = pool.dir().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    ZfsSandbox::new(
+        &pool.name,
+        &pool.root,
+        &scratch,
+        binlogs,
+        &openzfs::template_datadir(),
+        zfs,
+    )
 }
 
 /// `[hooks]` that append the path the copy reads the datadir from to `file`.
@@ -193,8 +71,8 @@ fn snapshot_calls(log: &str) -> Vec<&str> {
 #[ignore = "runs inside the TCG guest, started by openzfs_backup_suite"]
 fn in_guest_backup_under_load_is_atomic_and_reads_the_snapdir() {
     let t = Instant::now();
-    let pool = Pool::create("ozb1");
-    let sb = pool.sandbox(Binlogs::ChildOfDatadir, "");
+    let pool = OPENZFS.pool("ozb1");
+    let sb = sandbox(&pool, Binlogs::ChildOfDatadir, "");
     let paths = sb.dir.join("read-paths");
     sb.write_config("", &record_read_path(&paths));
     bank::create(&sb.server);
@@ -226,8 +104,8 @@ fn in_guest_backup_under_load_is_atomic_and_reads_the_snapdir() {
 #[ignore = "runs inside the TCG guest, started by openzfs_backup_suite"]
 fn in_guest_lock_none_on_an_atomic_snapshot_is_crash_consistent_snapdir_and_clone() {
     let t = Instant::now();
-    let pool = Pool::create("ozb2");
-    let sb = pool.sandbox(Binlogs::Separate, "");
+    let pool = OPENZFS.pool("ozb2");
+    let sb = sandbox(&pool, Binlogs::Separate, "");
     let paths = sb.dir.join("read-paths");
     bank::create(&sb.server);
     // MyISAM makes `none` unsafe even on an atomic snapshot: refused, nothing left.

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use dbsnap_test_support::bank::{self, Writers};
 use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
+/// The command runner the ZFS tiers' tests use, from here with the rest of their set-up.
+pub use dbsnap_test_support::sh;
 
 use super::{dbsnap_with, stderr, stdout_json, time};
 
@@ -21,21 +23,6 @@ pub enum Binlogs {
     ChildOfDatadir,
     /// A sibling dataset outside the datadir.
     Separate,
-}
-
-/// Run a command; panic with its stderr unless it succeeds. Returns stdout.
-pub fn sh(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "`{program} {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub struct ZfsSandbox {

@@ -13,8 +13,9 @@ use dbsnap_backend_api::{
     Health, RollbackOutcome, SnapshotBackend, SnapshotName, SnapshotSet, Volume,
 };
 use dbsnap_lvm::{Lvm, LvmConfig, SnapshotSize};
-use dbsnap_test_support::guest::{self, Guest};
-use dbsnap_test_support::mariadb::{self, MariaDb, ServerOptions};
+use dbsnap_test_support::guest;
+use dbsnap_test_support::lvm::{follow_pending, run, run_suite, TestVg};
+use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
 
 const MIB: usize = 1 << 20;
 
@@ -57,133 +58,22 @@ impl GlobalReadLock {
 
 #[test]
 fn lvm_on_real_device_mapper() {
-    // Initialise the MariaDB datadir template on the host (1 s) rather than in the guest
-    // (7-13 s); the guest sees the host's temp dir through its root.
-    let warm = tempfile::tempdir().unwrap();
-    mariadb::install(&warm.path().join("datadir"));
-    let filter = std::env::var("DBSNAP_GUEST_TESTS").unwrap_or_else(|_| "in_guest_".into());
-    let mut guest = Guest::new("lvm");
-    for disk in [
-        "xfs",
-        "ext4",
-        "thin",
-        "overflow",
-        "names",
-        "mariadb",
-        "rb-classic",
-        "rb-thin",
-        "rb-invalid",
-        "rb-busy",
-    ] {
-        guest = guest.disk(disk, 1024);
-    }
-    guest
-        .module("dm_snapshot")
-        .module("dm_thin_pool")
-        .module("xfs")
-        .module("ext4")
-        .run_this_binary(&["--include-ignored", &filter])
-        .assert_success();
-}
-
-/// Run a command; panic with its output if it fails.
-fn run(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{argv:?} could not start: {e}"));
-    assert!(
-        out.status.success(),
-        "{argv:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A volume group on one guest disk, torn down (mounts, LVs, VG, PV) when dropped, so a
-/// failing test does not leave its VG to the next one.
-struct TestVg {
-    vg: String,
-    dev: PathBuf,
-}
-
-impl TestVg {
-    fn new(disk: &str, vg: &str) -> TestVg {
-        let dev = guest::disk(disk);
-        let dev_str = dev.to_str().unwrap();
-        run(&["pvcreate", "-q", dev_str]);
-        run(&["vgcreate", "-q", vg, dev_str]);
-        TestVg { vg: vg.into(), dev }
-    }
-
-    /// A plain LV with a filesystem, mounted at /srv/<vg>-<name>.
-    fn lv(&self, name: &str, size: &str, fstype: &str) -> PathBuf {
-        run(&["lvcreate", "-q", "-y", "-L", size, "-n", name, &self.vg]);
-        self.format_and_mount(name, fstype)
-    }
-
-    fn thin_pool(&self, name: &str, size: &str) {
-        let pool = format!("{}/{name}", self.vg);
-        run(&["lvcreate", "-q", "-y", "-L", size, "-T", &pool]);
-    }
-
-    fn thin_lv(&self, pool: &str, name: &str, virtual_size: &str, fstype: &str) -> PathBuf {
-        let pool = format!("{}/{pool}", self.vg);
-        run(&[
-            "lvcreate",
-            "-q",
-            "-y",
-            "-V",
-            virtual_size,
-            "-T",
-            &pool,
-            "-n",
-            name,
-        ]);
-        self.format_and_mount(name, fstype)
-    }
-
-    fn format_and_mount(&self, name: &str, fstype: &str) -> PathBuf {
-        let dev = format!("/dev/{}/{name}", self.vg);
-        run(&[&format!("mkfs.{fstype}"), "-q", &dev]);
-        let at = PathBuf::from(format!("/srv/{}-{name}", self.vg));
-        std::fs::create_dir_all(&at).unwrap();
-        run(&["mount", &dev, at.to_str().unwrap()]);
-        at
-    }
-
-    fn lv_names(&self) -> Vec<String> {
-        run(&["lvs", "--noheadings", "-o", "lv_name", &self.vg])
-            .lines()
-            .map(|l| l.trim().to_string())
-            .collect()
-    }
-}
-
-impl Drop for TestVg {
-    fn drop(&mut self) {
-        let prefix = format!("/dev/mapper/{}-", self.vg.replace('-', "--"));
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let mut points: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split(' ');
-                let source = f.next()?;
-                let point = f.next()?;
-                source.starts_with(&prefix).then_some(point)
-            })
-            .collect();
-        points.reverse();
-        for point in points {
-            let _ = Command::new("umount").arg(point).status();
-        }
-        let _ = Command::new("vgremove")
-            .args(["-q", "-ff", &self.vg])
-            .status();
-        let _ = Command::new("pvremove").arg("-q").arg(&self.dev).status();
-    }
+    run_suite(
+        "lvm",
+        &[
+            "xfs",
+            "ext4",
+            "thin",
+            "overflow",
+            "names",
+            "mariadb",
+            "rb-classic",
+            "rb-thin",
+            "rb-invalid",
+            "rb-busy",
+        ],
+    )
+    .assert_success();
 }
 
 fn write_file(path: &Path, byte: u8, size: usize) {
@@ -708,19 +598,6 @@ async fn in_guest_rollback_to_an_invalid_snapshot_is_refused() {
     release_twice(&lvm, &set, &vg, "rb-invalid").await;
 }
 
-/// Run the commands of a pending rollback's instructions, as a user would.
-fn follow(pending: &str) {
-    let steps = pending
-        .split("then run: ")
-        .nth(1)
-        .and_then(|rest| rest.split(" (or reboot)").next())
-        .unwrap_or_else(|| panic!("no commands in {pending:?}"));
-    for step in steps.split("; ") {
-        let argv: Vec<&str> = step.split_whitespace().collect();
-        run(&argv);
-    }
-}
-
 #[tokio::test]
 #[ignore = "runs inside the TCG guest, started by lvm_on_real_device_mapper"]
 async fn in_guest_rollback_of_a_busy_origin_is_pending_until_reactivation() {
@@ -761,7 +638,7 @@ async fn in_guest_rollback_of_a_busy_origin_is_pending_until_reactivation() {
         let err = lvm.rollback(&set).await.unwrap_err().to_string();
         assert!(err.contains("pending already"), "{err}");
 
-        follow(&pending);
+        follow_pending(&pending);
         assert!(mount_at(origin).is_some());
         assert_all_bytes(&origin.join("f"), b'A', 4 * MIB);
         assert!(!origin.join("new").exists());

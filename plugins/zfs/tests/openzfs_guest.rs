@@ -1,181 +1,35 @@
 //! The ZFS backend against real OpenZFS (2.1, Debian's zfs-dkms), which the host kernel
-//! lacks: `openzfs_guest_suite` boots the TCG guest once (see
-//! `dbsnap_test_support::guest`) and runs every `in_guest_` test of this binary inside.
-//!
-//! The kernel modules and the userland come from `tests/guest/zfs-openzfs-build.sh`,
-//! which this test runs first (about 4 minutes the first time, then cached). In the
-//! guest the userland is copied into the throw-away overlay root and the modules are
-//! loaded with insmod; pools live on files in a tmpfs.
+//! lacks: `openzfs_guest_suite` boots the TCG guest once and runs every `in_guest_` test
+//! of this binary inside. How OpenZFS gets into the guest (built once by
+//! `tests/guest/zfs-openzfs-build.sh`, then cached) and where the pools live: see
+//! `dbsnap_test_support::openzfs`.
 //!
 //! What only OpenZFS can show: the multi-dataset snapshot is one call and one
 //! transaction group, and the read path is `.zfs/snapshot` (also for a dataset with
 //! `mountpoint=legacy`), with clones still available on request.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use dbsnap_backend_api::{SnapshotBackend, SnapshotName};
-use dbsnap_test_support::guest::{self, Guest};
 use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
+use dbsnap_test_support::openzfs::{self, OpenZfs};
+use dbsnap_test_support::sh;
 use dbsnap_zfs::{ReadVia, Zfs, ZfsConfig};
 
-/// Where the build script's output is, passed into the guest.
-const ENV_OPENZFS: &str = "DBSNAP_OPENZFS_DIR";
-/// A MariaDB datadir initialised on the host (1 s there, 7-13 s under TCG).
-const ENV_DATADIR: &str = "DBSNAP_OPENZFS_TEMPLATE_DATADIR";
-/// Load order: each module needs the ones before it.
-const MODULES: [&str; 9] = [
-    "spl", "znvpair", "zcommon", "icp", "zavl", "zlua", "zzstd", "zunicode", "zfs",
-];
+/// One small server per pool fits a 384 MiB pool with the ARC at its default size.
+const OPENZFS: OpenZfs = OpenZfs {
+    guest: "openzfs",
+    suite: "OpenZFS guest suite",
+    arc_max_mib: None,
+    tmpfs_mib: 600,
+    pool_mib: 384,
+};
 
 #[test]
 fn openzfs_guest_suite() {
-    let template = tempfile::tempdir().unwrap();
-    let datadir = template.path().join("datadir");
-    dbsnap_test_support::mariadb::install(&datadir);
-    let filter = std::env::var("DBSNAP_GUEST_TESTS").unwrap_or_else(|_| "in_guest_".into());
-    let mut guest = Guest::new("openzfs")
-        .env(ENV_DATADIR, &datadir.to_string_lossy())
-        .memory_mib(2048);
-    if std::env::var_os("DBSNAP_GUEST_NATIVE").is_some() {
-        // A throw-away machine (vagrant/) runs its own OpenZFS, installed from packages.
-        guest = guest.module("zfs");
-    } else {
-        guest = guest.env(ENV_OPENZFS, &build_openzfs());
-    }
-    let run = guest.run_this_binary(&["--include-ignored", &filter]);
-    println!(
-        "MEASURE OpenZFS guest suite: {:.1} s wall (job started at {:?} s uptime)",
-        run.wall.as_secs_f64(),
-        run.boot_seconds
-    );
-    run.assert_success();
-}
-
-/// Run tests/guest/zfs-openzfs-build.sh (cached after the first run); returns its output
-/// directory.
-fn build_openzfs() -> String {
-    let started = Instant::now();
-    let script = guest::guest_files().join("zfs-openzfs-build.sh");
-    let out = Command::new(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed (it needs root, linux-headers-amd64 and Debian's contrib component; \
-         see scripts/install-deps.sh):\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!(
-        "MEASURE OpenZFS build (or cache hit): {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn sh(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "`{program} {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A pool on a file in a tmpfs of its own, under a temporary directory. Dropping it
-/// destroys the pool and unmounts the tmpfs.
-struct Pool {
-    name: String,
-    /// Where the pool's root dataset is mounted.
-    root: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Pool {
-    /// Install OpenZFS into the guest (once), then make the pool.
-    fn create(name: &str) -> Pool {
-        guest::require_guest();
-        install_openzfs();
-        let dir = tempfile::tempdir().unwrap();
-        let files = dir.path().join("files");
-        std::fs::create_dir(&files).unwrap();
-        sh(
-            "mount",
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                "size=600m",
-                "zfs-files",
-                &files.to_string_lossy(),
-            ],
-        );
-        let image = files.join(format!("{name}.img"));
-        std::fs::File::create(&image)
-            .and_then(|f| f.set_len(384 << 20))
-            .unwrap();
-        let root = dir.path().join("mnt");
-        sh(
-            "zpool",
-            &[
-                "create",
-                "-m",
-                &root.to_string_lossy(),
-                name,
-                &image.to_string_lossy(),
-            ],
-        );
-        Pool {
-            name: name.to_string(),
-            root,
-            dir,
-        }
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        let _ = Command::new("zpool")
-            .args(["destroy", "-f", &self.name])
-            .status();
-        let _ = Command::new("umount")
-            .arg(self.dir.path().join("files"))
-            .status();
-    }
-}
-
-/// In the TCG guest: copy the userland into the throw-away overlay root (shadowing the
-/// host's zfs-fuse commands only there) and insmod the modules. On a native machine the
-/// harness has already loaded its own OpenZFS.
-fn install_openzfs() {
-    let Ok(dir) = std::env::var(ENV_OPENZFS) else {
-        assert!(
-            Path::new("/sys/module/zfs").exists(),
-            "no OpenZFS kernel module on this machine"
-        );
-        return;
-    };
-    if Path::new("/sys/module/zfs").exists() {
-        return;
-    }
-    let t = Instant::now();
-    sh("cp", &["-a", &format!("{dir}/root/."), "/"]);
-    for m in MODULES {
-        sh("insmod", &[&format!("{dir}/ko/{m}.ko")]);
-    }
-    println!(
-        "MEASURE OpenZFS userland + insmod in guest: {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
-    // Recorded output for the parser's unit tests (src/output.rs).
-    println!("RECORD zfs version:\n{}", sh("zfs", &["version"]));
+    OPENZFS.run_suite();
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -202,14 +56,16 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 #[test]
 #[ignore = "runs inside the TCG guest, started by openzfs_guest_suite"]
 fn in_guest_atomic_snapshot_snapdir_holds_release() {
-    let pool = Pool::create("ozfs1");
+    let pool = OPENZFS.pool("ozfs1");
     let (p, root) = (pool.name.clone(), pool.root.clone());
+    // Recorded output for the parser's unit tests (src/output.rs).
+    println!("RECORD zfs version:\n{}", sh("zfs", &["version"]));
     for ds in ["db", "db/binlog", "redo", "leg"] {
         sh("zfs", &["create", &format!("{p}/{ds}")]);
     }
     // A legacy mountpoint: only the mount table knows where it is.
     sh("zfs", &["set", "mountpoint=legacy", &format!("{p}/leg")]);
-    let legacy = pool.dir.path().join("legacy-undo");
+    let legacy = pool.dir().join("legacy-undo");
     std::fs::create_dir_all(&legacy).unwrap();
     sh(
         "mount",
@@ -219,7 +75,7 @@ fn in_guest_atomic_snapshot_snapdir_holds_release() {
     std::fs::write(datadir.join("t1.ibd"), "v1").unwrap();
     std::fs::write(datadir.join("binlog/b.000001"), "log1").unwrap();
     std::fs::write(legacy.join("undo001"), "undo1").unwrap();
-    let workdir = pool.dir.path().join("work");
+    let workdir = pool.dir().join("work");
     std::fs::create_dir_all(&workdir).unwrap();
 
     let backend = Zfs::new(ZfsConfig::default());
@@ -377,7 +233,7 @@ fn in_guest_atomic_snapshot_snapdir_holds_release() {
 #[test]
 #[ignore = "runs inside the TCG guest, started by openzfs_guest_suite"]
 fn in_guest_mariadb_on_openzfs() {
-    let pool = Pool::create("ozfs2");
+    let pool = OPENZFS.pool("ozfs2");
     let (p, root) = (pool.name.clone(), pool.root.clone());
     sh(
         "zfs",
@@ -385,12 +241,16 @@ fn in_guest_mariadb_on_openzfs() {
     );
     sh("zfs", &["create", &format!("{p}/binlog")]);
     let (datadir, binlog) = (root.join("mysql"), root.join("binlog"));
-    let template = std::env::var(ENV_DATADIR).expect("DBSNAP_OPENZFS_TEMPLATE_DATADIR");
+    let template = openzfs::template_datadir();
     sh(
         "cp",
-        &["-a", &format!("{template}/."), &datadir.to_string_lossy()],
+        &[
+            "-a",
+            &format!("{}/.", template.display()),
+            &datadir.to_string_lossy(),
+        ],
     );
-    let mut options = ServerOptions::new(&datadir, &pool.dir.path().join("run1"));
+    let mut options = ServerOptions::new(&datadir, &pool.dir().join("run1"));
     options.log_bin = Some(binlog.join("binlog"));
     let server = MariaDb::start_existing(options);
     server.sql(
@@ -398,7 +258,7 @@ fn in_guest_mariadb_on_openzfs() {
          ENGINE=InnoDB; INSERT INTO t.a (v) SELECT CONCAT('r', seq) FROM t.seq_1_to_1000",
     );
     let backend = Zfs::new(ZfsConfig::default());
-    let workdir = pool.dir.path().join("work");
+    let workdir = pool.dir().join("work");
     std::fs::create_dir_all(&workdir).unwrap();
     block_on(async {
         let volumes = backend
@@ -420,13 +280,13 @@ fn in_guest_mariadb_on_openzfs() {
         );
         server.sql("INSERT INTO t.a (v) VALUES ('after')");
         let paths = backend.mount(&set, &workdir).await.unwrap();
-        let copy = pool.dir.path().join("copy");
+        let copy = pool.dir().join("copy");
         std::fs::create_dir_all(&copy).unwrap();
         copy_tree(&paths[0].frozen_root, &copy.join("mysql"));
         copy_tree(&paths[1].frozen_root, &copy.join("binlog"));
         backend.unmount(&set, &workdir).await.unwrap();
         backend.release(&set).await.unwrap();
-        let mut options = ServerOptions::new(&copy.join("mysql"), &pool.dir.path().join("run2"));
+        let mut options = ServerOptions::new(&copy.join("mysql"), &pool.dir().join("run2"));
         options.log_bin = Some(copy.join("binlog/binlog"));
         options.server_id = 2;
         let restored = MariaDb::start_existing(options);
