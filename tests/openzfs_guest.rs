@@ -144,3 +144,74 @@ fn in_guest_lock_none_on_an_atomic_snapshot_is_crash_consistent_snapdir_and_clon
         t.elapsed().as_secs_f64()
     );
 }
+
+/// `method = "zfs-send"` on real OpenZFS: a full stream and two incremental ones under
+/// write load into a second pool, restored from the last with `dbsnap restore`.
+#[test]
+#[ignore = "runs inside the TCG guest, started by openzfs_backup_suite"]
+fn in_guest_zfs_send_chain_restores_from_the_last_increment() {
+    let t = Instant::now();
+    let pool = OPENZFS.pool("ozb3");
+    let mut sb = sandbox(&pool, Binlogs::ChildOfDatadir, "");
+    let backups = OPENZFS.pool("ozb3d");
+    let dest_dataset = format!("{}/backups", backups.name);
+    dbsnap_test_support::sh("zfs", &["create", &dest_dataset]);
+    sb.dest = backups.root.join("backups");
+    sb.write_config("", "method = \"zfs-send\"");
+    bank::create(&sb.server);
+
+    let mut chain: Vec<(serde_json::Value, Vec<bank::Commit>)> = Vec::new();
+    for _ in 0..3 {
+        let writers = bank::Writers::start_with_audit(&sb.server.socket, 4);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let out = sb.dbsnap(&["backup", "--json"]);
+        let commits = writers.stop();
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        chain.push((common::stdout_json(&out), commits));
+        // Backups are named by the second.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let full = &chain[0].0["transfer"];
+    assert_eq!(full["method"], "zfs-send");
+    assert!(full["base"].is_null(), "{full}");
+    for pair in chain.windows(2) {
+        let t = &pair[1].0["transfer"];
+        assert_eq!(t["base"], pair[0].0["name"], "{t}");
+        assert!(
+            t["bytes"].as_u64().unwrap() < full["bytes"].as_u64().unwrap() / 2,
+            "{t} against the full {full}"
+        );
+    }
+
+    let (last, commits) = chain.last().unwrap();
+    let backup = PathBuf::from(last["path"].as_str().unwrap());
+    let restored = sb.dir.join("restored");
+    let out = common::restore_with(&sb.config, &backup, &restored, &[]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let mut options =
+        dbsnap_test_support::mariadb::ServerOptions::new(&restored, &sb.dir.join("run restored"));
+    options.server_id = 2;
+    options.log_bin = Some(restored.join("binlog").join("binlog"));
+    let copy = dbsnap_test_support::mariadb::MariaDb::start_existing(options);
+    bank::assert_consistent(
+        &copy,
+        commits,
+        common::time(&last["lock"]["acquired_at"]),
+        common::time(&last["lock"]["released_at"]),
+    );
+    assert_eq!(
+        copy.sql("SELECT @@gtid_binlog_pos"),
+        last["coordinates"]["gtid_binlog_pos"].as_str().unwrap()
+    );
+    copy.stop();
+    println!(
+        "MEASURE OpenZFS zfs-send: full {} bytes in {} ms, incrementals {} / {} bytes in {} / {} ms; test {:.1} s",
+        full["bytes"],
+        full["duration_ms"],
+        chain[1].0["transfer"]["bytes"],
+        chain[2].0["transfer"]["bytes"],
+        chain[1].0["transfer"]["duration_ms"],
+        chain[2].0["transfer"]["duration_ms"],
+        t.elapsed().as_secs_f64()
+    );
+}
