@@ -74,6 +74,12 @@ pub enum Command {
     /// being copied it is DEST/NAME.partial. A failed or interrupted run releases its
     /// snapshot and removes its partial copy; a previous backup is never touched.
     /// With `verify = true` in [backup], the new backup is then verified (see `verify`).
+    ///
+    /// [backup] method chooses the copy: `rsync` (default; incremental by reflinks or
+    /// hard links), `btrfs-send` / `zfs-send` (native streams, each incremental from the
+    /// previous backup's snapshot, which stays on the source until the next backup), or
+    /// `auto` (the stream where the destination can receive it). `dbsnap check` shows
+    /// which one a backup would use.
     #[command(after_help = crate::error::Class::TABLE)]
     Backup {
         #[command(flatten)]
