@@ -14,6 +14,7 @@ mod manifest;
 mod orchestrator;
 mod procs;
 mod progress;
+mod records;
 mod relocate;
 mod restore;
 mod retention;

@@ -646,14 +646,7 @@ async fn keep_as_parent(
     workdir: &Path,
     parent: native::Parent,
 ) -> anyhow::Result<()> {
-    backend.unmount(set, workdir).await.map_err(backend_error)?;
-    if workdir.exists() {
-        std::fs::remove_dir(workdir).with_context(|| format!("removing {}", workdir.display()))?;
-    }
-    journal.forget(&Resource::Mount {
-        set: set.clone(),
-        workdir: workdir.to_path_buf(),
-    })?;
+    unmount(backend, journal, set, workdir).await?;
     parent.write(&config.state_dir)?;
     journal.forget(&Resource::Snapshot { set: set.clone() })?;
     tracing::info!(
@@ -788,6 +781,19 @@ pub async fn release(
     set: &SnapshotSet,
     workdir: &Path,
 ) -> anyhow::Result<()> {
+    unmount(backend, journal, set, workdir).await?;
+    backend.release(set).await.map_err(backend_error)?;
+    journal.forget(&Resource::Snapshot { set: set.clone() })?;
+    Ok(())
+}
+
+/// Undo the mount phase and forget it.
+async fn unmount(
+    backend: &dyn SnapshotBackend,
+    journal: &mut Journal,
+    set: &SnapshotSet,
+    workdir: &Path,
+) -> anyhow::Result<()> {
     backend.unmount(set, workdir).await.map_err(backend_error)?;
     if workdir.exists() {
         std::fs::remove_dir(workdir).with_context(|| format!("removing {}", workdir.display()))?;
@@ -796,8 +802,6 @@ pub async fn release(
         set: set.clone(),
         workdir: workdir.to_path_buf(),
     })?;
-    backend.release(set).await.map_err(backend_error)?;
-    journal.forget(&Resource::Snapshot { set: set.clone() })?;
     Ok(())
 }
 

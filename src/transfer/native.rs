@@ -27,9 +27,8 @@ use crate::config::{Method, SnapshotConfig};
 use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
 use crate::manifest::{Manifest, StoredVolume};
+use crate::records::Records;
 use crate::transfer::TransferStats;
-
-const DIR: &str = "parents";
 
 /// A snapshot kept on the source as the base of the next incremental stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,62 +45,27 @@ pub struct Parent {
     pub created_at: DateTime<Utc>,
 }
 
-fn record_path(state_dir: &Path, name: &SnapshotName) -> PathBuf {
-    state_dir.join(DIR).join(format!("{name}.toml"))
-}
+const RECORDS: Records = Records("parents");
 
 /// Whether `name` is kept as a parent.
 pub fn is_parent(state_dir: &Path, name: &SnapshotName) -> bool {
-    record_path(state_dir, name).exists()
+    RECORDS.exists(state_dir, name)
 }
 
 impl Parent {
-    /// Write the record atomically (write, fsync, rename).
     pub fn write(&self, state_dir: &Path) -> anyhow::Result<()> {
-        let dir = state_dir.join(DIR);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = record_path(state_dir, &self.set.name);
-        let tmp = path.with_extension("toml.tmp");
-        std::fs::write(&tmp, toml::to_string_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-        std::fs::File::open(&dir)?.sync_all()?;
-        Ok(())
+        RECORDS.write(state_dir, &self.set.name, self)
     }
 
-    /// Every parent record, oldest first. An unreadable record is an error: it stands
-    /// for a snapshot that pins disk space.
+    /// Every parent record, oldest first.
     pub fn list(state_dir: &Path) -> anyhow::Result<Vec<Parent>> {
-        let dir = state_dir.join(DIR);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", dir.display())),
-        };
-        let mut all = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().map_or(true, |e| e != "toml") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let parent: Parent = toml::from_str(&text).with_context(|| {
-                format!(
-                    "parsing {}: fix or remove it (the snapshot it names is still on disk)",
-                    path.display()
-                )
-            })?;
-            all.push(parent);
-        }
+        let mut all: Vec<Parent> = RECORDS.list(state_dir)?;
         all.sort_by_key(|p| p.created_at);
         Ok(all)
     }
 
     fn remove(&self, state_dir: &Path) -> anyhow::Result<()> {
-        let path = record_path(state_dir, &self.set.name);
-        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+        RECORDS.remove(state_dir, &self.set.name)
     }
 
     fn serves(&self, dest: &Path, datadir: &Path) -> bool {
