@@ -64,11 +64,9 @@ impl Lv {
 
     /// A classic snapshot whose CoW space overflowed: its contents are gone.
     pub fn is_invalid_snapshot(&self) -> bool {
-        let mut attr = self.attr.chars();
-        let volume_type = attr.next();
-        // The fifth character is the state; `I` = invalid snapshot, `S` = invalid suspended.
-        let state = attr.nth(3);
-        volume_type == Some('S') || matches!(state, Some('I') | Some('S'))
+        // The fifth character is the state: `I` = invalid snapshot, `S` = invalid
+        // suspended. (An `S` in the first character is a snapshot being merged.)
+        matches!(self.attr.chars().nth(4), Some('I') | Some('S'))
     }
 
     /// Something holds the device open (a mount, a process, another device).
@@ -248,6 +246,10 @@ mod tests {
         assert!(classic.is_invalid_snapshot(), "{}", classic.attr);
         assert_eq!(classic.snap_percent, Some(100.0));
         assert!(!find(&lvs, "foreign-snap").is_invalid_snapshot());
+        // A snapshot being merged (lvs -a) is not an overflowed one.
+        let mut merging = classic.clone();
+        merging.attr = "Swi-a-s---".into();
+        assert!(!merging.is_invalid_snapshot());
     }
 
     #[test]
