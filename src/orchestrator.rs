@@ -177,8 +177,7 @@ pub async fn preflight(
     })
 }
 
-/// The destination must exist, be writable, lie outside the server's directories and
-/// have room for the data.
+/// The destination must exist, be writable and lie outside the server's directories.
 pub fn check_destination(dest: &Path, pre: &Preflight) -> anyhow::Result<()> {
     let meta = std::fs::metadata(dest).map_err(|e| {
         fail(
@@ -218,20 +217,70 @@ pub fn check_destination(dest: &Path, pre: &Preflight) -> anyhow::Result<()> {
             format!("the destination {} is not writable: {e}", dest.display()),
         )
     })?;
+    Ok(())
+}
+
+/// How this backup's data travels, decided before the lock: rsync, or the backend's
+/// stream from its parent (or in full, and why); and the room that needs.
+pub struct TransferPlan<'a> {
+    pub stream: Option<&'a dyn NativeStream>,
+    pub parent: Option<native::Parent>,
+    pub full_because: Option<String>,
+    /// Free space the destination needs (see [`native::room_for_increment`]).
+    pub needed_bytes: u64,
+}
+
+/// Choose the transfer and check the destination has room for it.
+pub async fn plan_transfer<'a>(
+    config: &Config,
+    backend: &'a dyn SnapshotBackend,
+    pre: &Preflight,
+) -> anyhow::Result<TransferPlan<'a>> {
+    let backup = config.backup()?;
+    let dest = &backup.dest;
+    check_destination(dest, pre)?;
+    let stream = native::choose(backup.method, backend, dest).await?;
+    let (parent, full_because) = match stream {
+        Some(stream) => {
+            stream_parent(config, backend, stream, &pre.layout.datadir, &pre.volumes).await?
+        }
+        None => (None, None),
+    };
+    let needed_bytes = match (stream, &parent) {
+        (Some(stream), Some(_)) => {
+            native::room_for_increment(dest, &pre.layout.datadir, stream.method(), pre.data_bytes)
+        }
+        _ => pre.data_bytes,
+    };
     let stat = nix::sys::statvfs::statvfs(dest)?;
     let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
-    if free < pre.data_bytes {
+    if free < needed_bytes {
+        let what = match needed_bytes == pre.data_bytes {
+            true => format!(
+                "the data is {}",
+                ByteSize::b(pre.data_bytes).display().iec()
+            ),
+            false => format!(
+                "this incremental stream may need {} (the data is {})",
+                ByteSize::b(needed_bytes).display().iec(),
+                ByteSize::b(pre.data_bytes).display().iec()
+            ),
+        };
         return Err(fail(
             Class::Destination,
             format!(
-                "the destination {} has {} free but the data is {}: free space there or choose another [backup] dest",
+                "the destination {} has {} free but {what}: free space there or choose another [backup] dest",
                 dest.display(),
                 ByteSize::b(free).display().iec(),
-                ByteSize::b(pre.data_bytes).display().iec()
             ),
         ));
     }
-    Ok(())
+    Ok(TransferPlan {
+        stream,
+        parent,
+        full_because,
+        needed_bytes,
+    })
 }
 
 /// Phases 2–4: lock, snapshot and coordinates, unlock. Nothing else happens while
@@ -327,8 +376,8 @@ pub async fn backup(
 
     // 1. preflight
     let mut pre = preflight(config, backend, force).await?;
-    check_destination(dest, &pre)?;
-    let stream = native::choose(config.backup()?.method, backend, dest).await?;
+    let transfer = plan_transfer(config, backend, &pre).await?;
+    let stream = transfer.stream;
     warn_about_unknown_snapshots(backend, &pre.volumes, journal, &config.state_dir).await;
     let name = backup_name(dest, started_at);
     let snapshot_name = SnapshotName::new(format!("dbsnap-{name}"))?;
@@ -388,12 +437,10 @@ pub async fn backup(
         copied = async {
             match stream {
                 Some(stream) => {
-                    let (parent, full_because) =
-                        stream_parent(config, backend, stream, &pre.layout.datadir, &set).await?;
                     let (mut stats, stored) = native::send(
                         stream,
                         &set,
-                        parent.as_ref(),
+                        transfer.parent.as_ref(),
                         native::Target {
                             partial: &partial,
                             journal,
@@ -403,7 +450,7 @@ pub async fn backup(
                         &report_progress,
                     )
                     .await?;
-                    stats.full_because = full_because;
+                    stats.full_because = transfer.full_because.clone();
                     Ok((stats, stored))
                 }
                 None => copy_with_rsync(config, &pre.layout.datadir, &items, &partial, &report_progress).await,
@@ -604,17 +651,16 @@ async fn stream_parent(
     backend: &dyn SnapshotBackend,
     stream: &dyn NativeStream,
     datadir: &Path,
-    set: &SnapshotSet,
+    volumes: &[Volume],
 ) -> anyhow::Result<(Option<native::Parent>, Option<String>)> {
     let backup = config.backup()?;
-    let volumes: Vec<Volume> = set.snapshots.iter().map(|s| s.volume.clone()).collect();
     let found = native::find_parent(
         &config.state_dir,
         &backup.dest,
         datadir,
         stream,
         backend,
-        &volumes,
+        volumes,
     )
     .await?;
     Ok(match found {

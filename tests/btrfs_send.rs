@@ -368,3 +368,46 @@ fn a_subvolume_nested_in_the_datadir_is_backed_up_by_both_methods() {
         );
     }
 }
+
+/// A backup disk with room for one full copy but not two: an incremental stream needs
+/// only room for an increment, not for the whole data again.
+#[test]
+fn a_small_backup_disk_takes_increments_it_has_no_room_to_take_in_full() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    bank::add_filler(&sb.server, 96);
+    let disk_dir = sb.dir.path().join("disk");
+    std::fs::create_dir(&disk_dir).unwrap();
+    let disk = LoopBtrfs::new(&disk_dir, "small disk", 480);
+    let dest = disk.mountpoint.join("backups");
+    use_method(&sb, &dest, "method = \"btrfs-send\"\n");
+    let (first, _) = backup_under_load(&sb);
+    let free = nix::sys::statvfs::statvfs(&dest).unwrap();
+    let free = free.blocks_available() as u64 * free.fragment_size() as u64;
+    let data: u64 = walkdir::WalkDir::new(sb.fs.mountpoint.join("mysql"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    eprintln!(
+        "full stream {} bytes; {free} bytes free afterwards; data {data} bytes",
+        first["transfer"]["bytes"]
+    );
+    assert!(
+        free < data,
+        "the disk is too big for this test: {free} free, data {data}"
+    );
+
+    let out = sb.dbsnap(&["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("btrfs-send, incremental from backup"),
+        "{said}"
+    );
+    let (second, commits) = backup_under_load(&sb);
+    assert_eq!(second["transfer"]["base"], first["name"]);
+    restore_and_check(&sb, &second, &commits);
+}

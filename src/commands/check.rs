@@ -20,24 +20,32 @@ struct Report {
     free_space: Vec<FreeSpace>,
     data_bytes: u64,
     destination: Option<String>,
-    /// `rsync`, or the native stream `[backup] method` resolves to.
+    /// `rsync`, or the native stream `[backup] method` resolves to (and from which base).
     transfer_method: Option<String>,
+    /// Free space the next backup needs at the destination.
+    needed_bytes: Option<u64>,
 }
 
 pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()> {
     let backend = backends::open(&config.snapshot)?;
     let pre = orchestrator::preflight(config, backend.as_ref(), force).await?;
-    let (destination, transfer_method) = match &config.backup {
+    let (destination, transfer_method, needed_bytes) = match &config.backup {
         Some(b) => {
-            orchestrator::check_destination(&b.dest, &pre)?;
-            let stream =
-                crate::transfer::native::choose(b.method, backend.as_ref(), &b.dest).await?;
+            let plan = orchestrator::plan_transfer(config, backend.as_ref(), &pre).await?;
+            let method = match (plan.stream, &plan.parent) {
+                (Some(s), Some(p)) => {
+                    format!("{}, incremental from backup {}", s.method(), p.backup)
+                }
+                (Some(s), None) => format!("{}, full stream", s.method()),
+                (None, _) => "rsync".to_string(),
+            };
             (
                 Some(b.dest.display().to_string()),
-                Some(stream.map_or("rsync", |s| s.method()).to_string()),
+                Some(method),
+                Some(plan.needed_bytes),
             )
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let report = Report {
         server_version: pre.server.version.text.clone(),
@@ -51,6 +59,7 @@ pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()>
         data_bytes: pre.data_bytes,
         destination,
         transfer_method,
+        needed_bytes,
     };
     if json {
         return super::print_json(&report);
@@ -78,8 +87,11 @@ pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()>
         "data         {}",
         ByteSize::b(report.data_bytes).display().iec()
     );
-    if let Some(d) = &report.destination {
-        println!("destination  {d} (writable, enough space)");
+    if let (Some(d), Some(needed)) = (&report.destination, report.needed_bytes) {
+        println!(
+            "destination  {d} (writable, room for the {} this backup needs)",
+            ByteSize::b(needed).display().iec()
+        );
     }
     if let Some(m) = &report.transfer_method {
         println!("transfer     {m}");

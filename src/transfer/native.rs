@@ -211,6 +211,34 @@ fn newest_backup(dest: &Path, datadir: &Path, method: &str) -> Option<String> {
         .max()
 }
 
+/// The free space an incremental stream needs at `dest`: twice the largest increment
+/// of this datadir and method so far, at least a quarter of the data, at most all of
+/// it. Not a guarantee (a day of heavy writes can exceed it); a stream that fills the
+/// destination fails, its partial copy is removed and the base is kept, so the next
+/// run can try again. Requiring room for a full copy would refuse exactly the
+/// incremental backups a small backup disk is meant for.
+pub fn room_for_increment(dest: &Path, datadir: &Path, method: &str, data_bytes: u64) -> u64 {
+    let largest = std::fs::read_dir(dest)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| Manifest::read(&e.path()).ok())
+                .filter(|m| {
+                    m.server.datadir == datadir
+                        && m.transfer.method == method
+                        && m.transfer.base.is_some()
+                })
+                .map(|m| m.transfer.bytes_written)
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    largest
+        .saturating_mul(2)
+        .max(data_bytes / 4)
+        .min(data_bytes)
+}
+
 /// Where a stream goes: the backup being written (`DEST/NAME.partial`), and the run
 /// whose journal records each received copy before its stream starts.
 pub struct Target<'a> {

@@ -28,7 +28,7 @@ use dbsnap_backend_api::{
 };
 
 use crate::names::{validate_dataset, MAX_NAME_LEN};
-use crate::{destroy, get_properties, is_zfs_mount, Zfs, RUN_PROPERTY};
+use crate::{destroy, does_not_exist, get_properties, is_zfs_mount, Zfs, RUN_PROPERTY};
 
 /// The dataset below the destination's dataset that holds every received copy.
 const CONTAINER: &str = "dbsnap-received";
@@ -328,9 +328,14 @@ impl NativeStream for Zfs {
             }
         }
         destroy(&target.snapshot()).await?;
-        if get_properties(&target.chain, &["type"]).await?.is_some()
-            && snapshots_of(&target.chain).await?.is_empty()
-        {
+        // A receive killed with dbsnap may still be winding down in the ZFS daemon, which
+        // removes a half-created chain by itself: the chain can vanish between two calls.
+        let remaining = match snapshots_of(&target.chain).await {
+            Ok(snapshots) => snapshots,
+            Err(BackendError::Command(e)) if does_not_exist(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if remaining.is_empty() {
             destroy(&target.chain).await?;
         }
         Ok(())
