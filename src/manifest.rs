@@ -103,6 +103,17 @@ impl Manifest {
             .join(original.strip_prefix("/").unwrap_or(original))
     }
 
+    /// The server directories not inside another one: each is copied (with what is
+    /// below it) on its own by restore and verify.
+    pub fn top_level_paths(&self) -> impl Iterator<Item = &DbPath> {
+        self.paths.iter().filter(|d| {
+            !self
+                .paths
+                .iter()
+                .any(|o| o.path != d.path && d.path.starts_with(&o.path))
+        })
+    }
+
     /// Everything to copy to rebuild the server directory `original` from this backup,
     /// parents first: its own copy (destination `""`), then the copies of volumes that
     /// were received separately below it (destination: their path relative to

@@ -77,21 +77,20 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
     }
 
     // Where each copied directory goes: the datadir to DIR, the others beside it.
-    let roots = copy_roots(&manifest);
     let base = target.file_name().map(|f| f.to_string_lossy().into_owned());
-    let moves: Vec<(PathBuf, PathBuf)> = roots
-        .iter()
-        .map(|(role, path)| {
-            let to = if *path == manifest.server.datadir {
+    let moves: Vec<(PathBuf, PathBuf)> = manifest
+        .top_level_paths()
+        .map(|d| {
+            let to = if d.path == manifest.server.datadir {
                 target.clone()
             } else {
                 target.with_file_name(format!(
                     "{}.{}",
                     base.clone().unwrap_or_default(),
-                    role.replace(' ', "-")
+                    d.role.replace(' ', "-")
                 ))
             };
-            (path.clone(), to)
+            (d.path.clone(), to)
         })
         .collect();
 
@@ -179,21 +178,6 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
         bytes: stats.bytes,
         duration_ms: stats.duration_ms,
     })
-}
-
-/// The backup's top directories (not inside another one), with their role.
-fn copy_roots(manifest: &Manifest) -> Vec<(String, PathBuf)> {
-    manifest
-        .paths
-        .iter()
-        .filter(|d| {
-            !manifest
-                .paths
-                .iter()
-                .any(|o| o.path != d.path && d.path.starts_with(&o.path))
-        })
-        .map(|d| (d.role.clone(), d.path.clone()))
-        .collect()
 }
 
 /// Options for the restored server's configuration when directories moved apart from

@@ -188,13 +188,7 @@ async fn run(
     std::fs::create_dir(scratch).with_context(|| format!("creating {}", scratch.display()))?;
     // Laid out like an rsync backup (`files/<absolute path>`), whichever way the backup
     // was made: each top-level server directory from wherever this backup holds it.
-    let top_level = manifest.paths.iter().filter(|p| {
-        !manifest
-            .paths
-            .iter()
-            .any(|other| p.path != other.path && p.path.starts_with(&other.path))
-    });
-    for path in top_level {
+    for path in manifest.top_level_paths() {
         for (copy, relative) in manifest.copies_of(backup_dir, &path.path) {
             let to = Manifest::stored_path(scratch, &path.path).join(relative);
             std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;

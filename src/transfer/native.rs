@@ -367,9 +367,10 @@ pub fn protected_backups(state_dir: &Path, dest: &Path) -> anyhow::Result<Vec<St
         .collect())
 }
 
-/// Delete a backup directory (or a partial one) with its received copies: those its
-/// manifest names, through their backend, and any read-only btrfs subvolume at its top
-/// level (a receive that was interrupted before the manifest was written).
+/// Delete a backup directory (or a partial one) with the received copies its manifest
+/// names, through their backend (read-only copies that file removal cannot delete). A
+/// receive interrupted before the manifest was written has its own journal entry
+/// ([`received_resource`]), released before the partial directory.
 pub async fn remove_backup_dir(dir: &Path, snapshot_config: &SnapshotConfig) -> anyhow::Result<()> {
     if !dir.exists() {
         return Ok(());
@@ -388,26 +389,7 @@ pub async fn remove_backup_dir(dir: &Path, snapshot_config: &SnapshotConfig) -> 
             }
         }
     }
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        if is_btrfs_subvolume(&path) {
-            dbsnap_backend_api::command::Cmd::new("btrfs")
-                .args(["subvolume", "delete"])
-                .arg(&path)
-                .run()
-                .await?;
-        }
-    }
     std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
-}
-
-fn is_btrfs_subvolume(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    // Every btrfs subvolume's root directory has inode 256.
-    let root_inode = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.ino() == 256);
-    root_inode
-        && nix::sys::statfs::statfs(path)
-            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC)
 }
 
 #[cfg(test)]
