@@ -429,6 +429,29 @@ async fn in_guest_mariadb_datadir_and_binlogs_on_two_lvs() {
         read_paths[0].frozen_root.join("mysql").to_str().unwrap(),
         copy_datadir.to_str().unwrap(),
     ]);
+    // The binlogs too: with the binary log on, InnoDB's commit record may reach disk
+    // after the binlog's, so recovery can find a transaction prepared and needs the
+    // binlog to commit it (a server started without it refuses to start).
+    let copy_logs = copy.path().join("binlog");
+    run(&[
+        "cp",
+        "-a",
+        read_paths[1].frozen_root.to_str().unwrap(),
+        copy_logs.to_str().unwrap(),
+    ]);
+    // The index names the live logs by absolute path.
+    let index = copy_logs.join("binlog.index");
+    let rewritten: String = std::fs::read_to_string(&index)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            format!(
+                "{}\n",
+                copy_logs.join(Path::new(l).file_name().unwrap()).display()
+            )
+        })
+        .collect();
+    std::fs::write(&index, rewritten).unwrap();
     let binlogs = std::fs::read_dir(&read_paths[1].frozen_root)
         .unwrap()
         .filter(|e| {
@@ -441,7 +464,7 @@ async fn in_guest_mariadb_datadir_and_binlogs_on_two_lvs() {
     lvm.release(&set).await.unwrap();
 
     let mut restored = ServerOptions::new(&copy_datadir, Path::new("/run/mysqld/r"));
-    restored.log_bin = None;
+    restored.log_bin = Some(copy_logs.join("binlog"));
     let copy_server = MariaDb::start_existing(restored);
     assert_eq!(
         copy_server.sql("SELECT COUNT(*), SUM(v) FROM t.a").trim(),
