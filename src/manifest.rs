@@ -267,4 +267,19 @@ mod tests {
             ]
         );
     }
+
+    /// Manifests written by release 0.1.0 (before the records had types) load, and
+    /// serialise to the very same text: the types changed, the format did not.
+    #[test]
+    fn manifests_of_release_0_1_0_load_and_serialise_to_the_same_text() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        for file in ["manifest-0.1.0.toml", "manifest-0.1.0-rsync-failed.toml"] {
+            let text = std::fs::read_to_string(fixtures.join(file)).unwrap();
+            let m: Manifest = toml::from_str(&text).unwrap();
+            assert_eq!(toml::to_string_pretty(&m).unwrap(), text, "{file}");
+        }
+        let json = std::fs::read_to_string(fixtures.join("manifest-0.1.0.json")).unwrap();
+        let m: Manifest = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string_pretty(&m).unwrap(), json);
+    }
 }
