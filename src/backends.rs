@@ -1,8 +1,11 @@
 //! The one place that turns a backend name from the configuration into a backend.
 
+use anyhow::Context;
+use async_trait::async_trait;
 use dbsnap_backend_api::SnapshotBackend;
 
 use crate::config::SnapshotConfig;
+use crate::destination::ReceivedCopies;
 use crate::error::{fail, Class};
 
 /// The built-in backends, for messages.
@@ -34,5 +37,19 @@ pub fn open_named(name: &str, config: &SnapshotConfig) -> anyhow::Result<Box<dyn
                 ),
             )),
         },
+    }
+}
+
+/// Received copies are deleted by the backend that received them, whichever backend
+/// is configured now.
+#[async_trait]
+impl ReceivedCopies for SnapshotConfig {
+    async fn delete_received(&self, backend: &str, id: &str) -> anyhow::Result<()> {
+        let backend = open_named(backend, self)?;
+        let stream = backend
+            .native_stream()
+            .with_context(|| format!("the {} backend cannot delete {id}", backend.name()))?;
+        stream.delete_received(id).await?;
+        Ok(())
     }
 }

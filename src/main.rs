@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod config;
 mod db;
+mod destination;
 mod error;
 mod hooks;
 mod journal;

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::db::lock::{self, LockSettings};
 use crate::db::lock_mode::{self, Choice, ModeFacts};
 use crate::db::{coordinates, server, stall_guard, Coordinates, Layout, LockRecord, Server};
+use crate::destination::Destination;
 use crate::error::{fail, Class};
 use crate::hooks::Phase;
 use crate::journal::{Journal, Resource};
@@ -155,7 +156,7 @@ pub async fn preflight(
             );
         }
     }
-    let data_bytes = tree_size(&roots, &volumes);
+    let data_bytes = data_bytes(&roots, &volumes);
     tracing::info!(
         ms = started.elapsed().as_millis() as u64,
         "preflight: {} director{} on {} volume(s), {}",
@@ -177,49 +178,6 @@ pub async fn preflight(
     })
 }
 
-/// The destination must exist, be writable and lie outside the server's directories.
-pub fn check_destination(dest: &Path, pre: &Preflight) -> anyhow::Result<()> {
-    let meta = std::fs::metadata(dest).map_err(|e| {
-        fail(
-            Class::Destination,
-            format!(
-                "the destination {} cannot be used: {e}. Create it (mkdir -p) or fix [backup] dest",
-                dest.display()
-            ),
-        )
-    })?;
-    if !meta.is_dir() {
-        return Err(fail(
-            Class::Destination,
-            format!("the destination {} is not a directory", dest.display()),
-        ));
-    }
-    let canonical = dest.canonicalize()?;
-    if let Some(d) = pre
-        .layout
-        .dirs
-        .iter()
-        .find(|d| canonical.starts_with(&d.path))
-    {
-        return Err(fail(
-            Class::Destination,
-            format!(
-                "the destination {} is inside the server's {} directory {}: choose a directory outside it",
-                dest.display(),
-                d.role,
-                d.path.display()
-            ),
-        ));
-    }
-    tempfile::tempfile_in(dest).map_err(|e| {
-        fail(
-            Class::Destination,
-            format!("the destination {} is not writable: {e}", dest.display()),
-        )
-    })?;
-    Ok(())
-}
-
 /// How this backup's data travels, decided before the lock: rsync, or the backend's
 /// stream from its parent (or in full, and why); and the room that needs.
 pub struct TransferPlan<'a> {
@@ -234,26 +192,34 @@ pub struct TransferPlan<'a> {
 pub async fn plan_transfer<'a>(
     config: &Config,
     backend: &'a dyn SnapshotBackend,
+    dest: &dyn Destination,
     pre: &Preflight,
 ) -> anyhow::Result<TransferPlan<'a>> {
     let backup = config.backup()?;
-    let dest = &backup.dest;
-    check_destination(dest, pre)?;
-    let stream = native::choose(backup.method, backend, dest).await?;
+    dest.check(&pre.layout.dirs).await?;
+    let stream = native::choose(backup.method, backend, dest.location()).await?;
     let (parent, full_because) = match stream {
         Some(stream) => {
-            stream_parent(config, backend, stream, &pre.layout.datadir, &pre.volumes).await?
+            stream_parent(
+                config,
+                backend,
+                dest,
+                stream,
+                &pre.layout.datadir,
+                &pre.volumes,
+            )
+            .await?
         }
         None => (None, None),
     };
     let needed_bytes = match (stream, &parent) {
         (Some(stream), Some(_)) => {
             native::room_for_increment(dest, &pre.layout.datadir, stream.method(), pre.data_bytes)
+                .await?
         }
         _ => pre.data_bytes,
     };
-    let stat = nix::sys::statvfs::statvfs(dest)?;
-    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    let free = dest.free_bytes().await?;
     if free < needed_bytes {
         let what = match needed_bytes == pre.data_bytes {
             true => format!(
@@ -270,7 +236,7 @@ pub async fn plan_transfer<'a>(
             Class::Destination,
             format!(
                 "the destination {} has {} free but {what}: free space there or choose another [backup] dest",
-                dest.display(),
+                dest.location().display(),
                 ByteSize::b(free).display().iec(),
             ),
         ));
@@ -372,14 +338,15 @@ pub async fn backup(
     force: bool,
 ) -> anyhow::Result<Manifest> {
     let started_at = Utc::now();
-    let dest = &config.backup()?.dest;
+    let dest = crate::destination::open(&config.backup()?.dest)?;
+    let dest = dest.as_ref();
 
     // 1. preflight
     let mut pre = preflight(config, backend, force).await?;
-    let transfer = plan_transfer(config, backend, &pre).await?;
+    let transfer = plan_transfer(config, backend, dest, &pre).await?;
     let stream = transfer.stream;
     warn_about_unknown_snapshots(backend, &pre.volumes, journal, &config.state_dir).await;
-    let name = backup_name(dest, started_at);
+    let name = dest.unused_name(started_at).await?;
     let snapshot_name = SnapshotName::new(format!("dbsnap-{name}"))?;
     let set = backend
         .plan(&pre.volumes, &snapshot_name)
@@ -412,25 +379,20 @@ pub async fn backup(
     )?;
     std::fs::create_dir_all(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
     let read_paths = backend.mount(&set, &workdir).await.map_err(backend_error)?;
-    let partial = dest.join(format!("{name}.partial"));
-    let items = plan_copy(&pre.layout, &read_paths, &partial)?;
-    let datadir_snapshot = items[0].from.display().to_string();
+    let datadir_snapshot = frozen_path(&read_paths, &pre.layout.datadir)?;
     config
         .hooks
         .run(
             Phase::PostSnapshot,
-            &run_env(&[("DBSNAP_SNAPSHOT_PATH", datadir_snapshot)]),
+            &run_env(&[(
+                "DBSNAP_SNAPSHOT_PATH",
+                datadir_snapshot.display().to_string(),
+            )]),
         )
         .await?;
 
     // 6. transfer into NAME.partial
-    journal.record(
-        &name,
-        Resource::Partial {
-            dir: partial.clone(),
-        },
-    )?;
-    std::fs::create_dir(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let partial = dest.create_partial(&name, journal).await?;
     let progress = Progress::new(pre.data_bytes);
     let report_progress = |bytes| progress.set(bytes);
     let (stats, stored) = tokio::select! {
@@ -442,7 +404,7 @@ pub async fn backup(
                         &set,
                         transfer.parent.as_ref(),
                         native::Target {
-                            partial: &partial,
+                            partial: &partial.dir,
                             journal,
                             run: &name,
                         },
@@ -453,7 +415,10 @@ pub async fn backup(
                     stats.full_because = transfer.full_because.clone();
                     Ok((stats, stored))
                 }
-                None => copy_with_rsync(config, &pre.layout.datadir, &items, &partial, &report_progress).await,
+                None => {
+                    let items = plan_copy(&pre.layout, &read_paths, &partial.dir)?;
+                    copy_with_rsync(config, dest, &pre.layout.datadir, &items, &partial.dir, &report_progress).await
+                }
             }
         } => copied?,
         failure = watch_snapshot(config, backend, &set, &pre.volumes) => return Err(failure),
@@ -473,11 +438,10 @@ pub async fn backup(
     );
 
     // 7. finalize: manifest, then the atomic rename that publishes the backup
-    let final_dir = dest.join(&name);
     let manifest = Manifest {
         format: FORMAT,
         name: name.clone(),
-        path: final_dir.clone(),
+        path: PathBuf::new(),
         dbsnap_version: env!("CARGO_PKG_VERSION").into(),
         started_at,
         finished_at: Utc::now(),
@@ -509,19 +473,8 @@ pub async fn backup(
         stored,
         verification: None,
     };
-    manifest.write(&partial)?;
-    sync_tree(&partial)?;
-    std::fs::rename(&partial, &final_dir)
-        .with_context(|| format!("renaming {} to {}", partial.display(), final_dir.display()))?;
-    // The received copies are the published backup's now, no longer leftovers.
-    for stored in &manifest.stored {
-        journal.forget(&native::received_resource(
-            &set.backend,
-            &stored.id,
-            &partial,
-        ))?;
-    }
-    journal.forget(&Resource::Partial { dir: partial })?;
+    let manifest = dest.publish(partial, manifest, journal).await?.manifest;
+    let final_dir = manifest.path.clone();
     tracing::info!("backup complete: {}", final_dir.display());
 
     // 8. release, or keep the snapshot as the base of the next stream
@@ -543,7 +496,7 @@ pub async fn backup(
                     set: set.clone(),
                     backup: name.clone(),
                     received: manifest.stored.iter().map(|s| s.id.clone()).collect(),
-                    dest: dest.clone(),
+                    dest: dest.location().to_path_buf(),
                     datadir: pre.layout.datadir.clone(),
                     method: stream.method().into(),
                     created_at: started_at,
@@ -563,7 +516,7 @@ pub async fn backup(
     native::retire_parents(
         &config.state_dir,
         &config.snapshot,
-        dest,
+        dest.location(),
         &pre.layout.datadir,
         parent,
     )
@@ -613,6 +566,7 @@ async fn verify_published(journal: &mut Journal, manifest: &Manifest) -> anyhow:
 /// the previous backup when `[backup] incremental` allows.
 async fn copy_with_rsync(
     config: &Config,
+    dest: &dyn Destination,
     datadir: &Path,
     items: &[CopyItem],
     partial: &Path,
@@ -620,7 +574,7 @@ async fn copy_with_rsync(
 ) -> anyhow::Result<(TransferStats, Vec<StoredVolume>)> {
     let backup = config.backup()?;
     let basis = match backup.incremental {
-        true => incremental::prepare(&backup.dest, partial, datadir).await?,
+        true => incremental::prepare(dest, partial, datadir).await?,
         false => Basis::Full,
     };
     if let Some(base) = basis.base() {
@@ -649,20 +603,13 @@ async fn copy_with_rsync(
 async fn stream_parent(
     config: &Config,
     backend: &dyn SnapshotBackend,
+    dest: &dyn Destination,
     stream: &dyn NativeStream,
     datadir: &Path,
     volumes: &[Volume],
 ) -> anyhow::Result<(Option<native::Parent>, Option<String>)> {
-    let backup = config.backup()?;
-    let found = native::find_parent(
-        &config.state_dir,
-        &backup.dest,
-        datadir,
-        stream,
-        backend,
-        volumes,
-    )
-    .await?;
+    let found =
+        native::find_parent(&config.state_dir, dest, datadir, stream, backend, volumes).await?;
     Ok(match found {
         Ok(Some(parent)) => {
             tracing::info!(
@@ -851,19 +798,6 @@ async fn unmount(
     Ok(())
 }
 
-/// A name that sorts by time: `20261125T214500Z`, with `.1`, `.2` ... if taken.
-fn backup_name(dest: &Path, at: chrono::DateTime<Utc>) -> String {
-    let base = at.format("%Y%m%dT%H%M%SZ").to_string();
-    let taken = |n: &str| dest.join(n).exists() || dest.join(format!("{n}.partial")).exists();
-    let mut name = base.clone();
-    let mut n = 0;
-    while taken(&name) {
-        n += 1;
-        name = format!("{base}.{n}");
-    }
-    name
-}
-
 /// What to copy: each server directory, read from its frozen volume, into
 /// `<backup>/files/<absolute path>`.
 /// Each server directory, plus every volume mounted inside one (a ZFS child dataset is
@@ -888,31 +822,35 @@ fn plan_copy(
     sources
         .into_iter()
         .map(|source| {
-            let read = read_paths
-                .iter()
-                .filter(|r| source.starts_with(&r.origin_root))
-                .max_by_key(|r| r.origin_root.components().count())
-                .with_context(|| format!("no snapshot covers {}", source.display()))?;
-            let relative = source
-                .strip_prefix(&read.origin_root)
-                .expect("filtered by starts_with");
             let exclude = layout
                 .runtime_files
                 .iter()
                 .filter_map(|f| f.strip_prefix(&source).ok().map(PathBuf::from))
                 .collect();
-            let from = if relative.as_os_str().is_empty() {
-                read.frozen_root.clone()
-            } else {
-                read.frozen_root.join(relative)
-            };
             Ok(CopyItem {
-                from,
+                from: frozen_path(read_paths, &source)?,
                 to: Manifest::stored_path(backup_dir, &source),
                 exclude,
             })
         })
         .collect()
+}
+
+/// Where the frozen copy of the live path `source` can be read: inside the deepest
+/// volume that holds it.
+fn frozen_path(read_paths: &[ReadPath], source: &Path) -> anyhow::Result<PathBuf> {
+    let read = read_paths
+        .iter()
+        .filter(|r| source.starts_with(&r.origin_root))
+        .max_by_key(|r| r.origin_root.components().count())
+        .with_context(|| format!("no snapshot covers {}", source.display()))?;
+    let relative = source
+        .strip_prefix(&read.origin_root)
+        .expect("filtered by starts_with");
+    Ok(match relative.as_os_str().is_empty() {
+        true => read.frozen_root.clone(),
+        false => read.frozen_root.join(relative),
+    })
 }
 
 /// Runs beside the copy and returns (an error) only if the copy must stop: a
@@ -1018,23 +956,15 @@ pub fn free_space(volumes: &[Volume]) -> anyhow::Result<Vec<FreeSpace>> {
         .collect()
 }
 
-/// Apparent size of all regular files under `roots` (metadata only), including the
-/// volumes mounted inside them (e.g. a ZFS child dataset for the binlogs): the walk
-/// stays on one filesystem, and the copy reads each such volume on its own.
-fn tree_size(roots: &[PathBuf], volumes: &[Volume]) -> u64 {
+/// Apparent size of the server's directories, including the volumes mounted inside
+/// them (e.g. a ZFS child dataset for the binlogs): the walk stays on one filesystem,
+/// and the copy reads each such volume on its own.
+fn data_bytes(roots: &[PathBuf], volumes: &[Volume]) -> u64 {
     let nested = volumes
         .iter()
         .map(|v| &v.root)
         .filter(|v| roots.iter().any(|r| v.starts_with(r) && *v != r));
-    roots
-        .iter()
-        .chain(nested)
-        .flat_map(|r| walkdir::WalkDir::new(r).same_file_system(true))
-        .filter_map(Result::ok)
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
+    crate::destination::tree_bytes(roots.iter().chain(nested).map(PathBuf::as_path), true)
 }
 
 fn sync_filesystems(volumes: &[Volume]) {

@@ -65,31 +65,6 @@ pub struct Verification {
     pub warnings: Vec<String>,
 }
 
-/// The backup directory named on the command line: a path, or a name at the destination.
-pub fn resolve_backup(config: &crate::config::Config, given: &str) -> anyhow::Result<PathBuf> {
-    let as_path = PathBuf::from(given);
-    let candidates = std::iter::once(as_path).chain(
-        config
-            .backup
-            .as_ref()
-            .filter(|_| !given.contains('/'))
-            .map(|b| b.dest.join(given)),
-    );
-    for c in candidates {
-        if c.join(crate::manifest::MANIFEST_FILE).is_file() {
-            return Ok(c.canonicalize()?);
-        }
-    }
-    Err(fail(
-        Class::Config,
-        format!(
-            "{given} is not a backup: no {} there (nor at the [backup] dest). Give a backup \
-             directory or a name from `dbsnap list`",
-            crate::manifest::MANIFEST_FILE
-        ),
-    ))
-}
-
 /// Verify the backup in `backup_dir` and record the verdict in its manifest. Returns
 /// the updated manifest; a failed verdict is not an error here (the caller decides).
 pub async fn verify(journal: &mut Journal, backup_dir: &Path) -> anyhow::Result<Manifest> {
@@ -289,15 +264,12 @@ pub fn stored_bytes(backup_dir: &Path) -> u64 {
         .unwrap_or_default()
         .into_iter()
         .filter(|s| s.path.is_absolute())
-        .map(|s| s.path);
-    std::iter::once(backup_dir.to_path_buf())
-        .chain(outside)
-        .flat_map(walkdir::WalkDir::new)
-        .filter_map(Result::ok)
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
+        .map(|s| s.path)
+        .collect::<Vec<_>>();
+    crate::destination::tree_bytes(
+        std::iter::once(backup_dir).chain(outside.iter().map(PathBuf::as_path)),
+        false,
+    )
 }
 
 /// Without reflinks the scratch copy is a full copy, on the filesystem that holds the

@@ -31,7 +31,9 @@ pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()>
     let pre = orchestrator::preflight(config, backend.as_ref(), force).await?;
     let (destination, transfer_method, needed_bytes) = match &config.backup {
         Some(b) => {
-            let plan = orchestrator::plan_transfer(config, backend.as_ref(), &pre).await?;
+            let dest = crate::destination::open(&b.dest)?;
+            let plan =
+                orchestrator::plan_transfer(config, backend.as_ref(), dest.as_ref(), &pre).await?;
             let method = match (plan.stream, &plan.parent) {
                 (Some(s), Some(p)) => {
                     format!("{}, incremental from backup {}", s.method(), p.backup)

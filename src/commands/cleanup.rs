@@ -4,6 +4,7 @@ use anyhow::Context;
 
 use crate::backends;
 use crate::config::Config;
+use crate::destination::ReceivedCopies;
 use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource, RunLock};
 
@@ -94,7 +95,7 @@ async fn release_one(config: &Config, resource: &Resource) -> anyhow::Result<()>
         Resource::Partial { dir } => {
             // Only ever delete a directory dbsnap named `*.partial`.
             if dir.extension().is_some_and(|e| e == "partial") {
-                crate::transfer::native::remove_backup_dir(dir, &config.snapshot).await?;
+                crate::destination::local::remove_dir(dir, &config.snapshot).await?;
             }
             Ok(())
         }
@@ -106,12 +107,7 @@ async fn release_one(config: &Config, resource: &Resource) -> anyhow::Result<()>
             if !partial.exists() {
                 return Ok(());
             }
-            let backend = backends::open_named(backend, &config.snapshot)?;
-            let stream = backend
-                .native_stream()
-                .with_context(|| format!("the {} backend cannot delete {id}", backend.name()))?;
-            stream.delete_received(id).await?;
-            Ok(())
+            config.snapshot.delete_received(backend, id).await
         }
         Resource::Mount { set, workdir } => {
             let backend = backends::open_named(&set.backend, &config.snapshot)?;

@@ -3,18 +3,15 @@
 //! with its own name) and kept snapshots (with a record) are considered; anything else
 //! is never touched.
 
-use std::path::{Path, PathBuf};
-
-use anyhow::Context;
 use serde::Serialize;
 
 use crate::commands::cleanup::release_all;
 use crate::commands::snapshot::release_kept;
 use crate::config::Config;
+use crate::destination::{Backup, Destination, Entry};
 use crate::error::{fail, Class};
-use crate::journal::{Journal, Resource, RunLock};
+use crate::journal::{Journal, RunLock};
 use crate::kept::KeptSnapshot;
-use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::retention::{self, Decision, Item};
 use crate::verify::Verdict;
 
@@ -44,13 +41,14 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
         release_all(config, &mut journal).await?;
     }
 
-    let backups = match &config.backup {
-        Some(b) => own_backups(&b.dest)?,
+    let dest = crate::destination::open_configured(config.backup.as_ref())?;
+    let backups = match &dest {
+        Some(d) => own_backups(d.as_ref()).await?,
         None => Vec::new(),
     };
     let backup_items: Vec<Item> = backups
         .iter()
-        .map(|(_, m)| Item {
+        .map(|Backup { manifest: m, .. }| Item {
             name: m.name.clone(),
             time: m.started_at,
             verified: m
@@ -101,9 +99,10 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
         }
     }
     if !dry_run {
-        for ((dir, m), d) in backups.iter().zip(&report.backups) {
-            if !d.keep {
-                remove_backup(config, &mut journal, dir, &m.name).await?;
+        for (backup, d) in backups.iter().zip(&report.backups) {
+            if let (false, Some(dest)) = (d.keep, &dest) {
+                dest.remove(backup, &mut journal, &config.snapshot).await?;
+                tracing::info!("pruned backup {}", backup.path.display());
             }
         }
         for (k, d) in kept.iter().zip(&report.snapshots) {
@@ -119,44 +118,18 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
     Ok(())
 }
 
-/// Complete backups whose manifest carries the directory's own name.
-fn own_backups(dest: &Path) -> anyhow::Result<Vec<(PathBuf, Manifest)>> {
+/// The complete backups; what only looks like one is named and never touched.
+async fn own_backups(dest: &dyn Destination) -> anyhow::Result<Vec<Backup>> {
     let mut found = Vec::new();
-    let entries = std::fs::read_dir(dest).with_context(|| format!("reading {}", dest.display()))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if !path.join(MANIFEST_FILE).is_file() {
-            continue;
-        }
-        match Manifest::read(&path) {
-            Ok(m) if entry.file_name().to_string_lossy() == m.name => found.push((path, m)),
-            Ok(_) | Err(_) => tracing::warn!(
+    for entry in dest.entries().await? {
+        match entry {
+            Entry::Backup(b) => found.push(*b),
+            Entry::Invalid { path, .. } => tracing::warn!(
                 "{} has a manifest that is unreadable or names another backup; not touching it",
                 path.display()
             ),
+            Entry::Partial { .. } => {}
         }
     }
-    found.sort_by(|a, b| a.1.name.cmp(&b.1.name));
     Ok(found)
-}
-
-/// Rename to `NAME.partial` first (journaled): from that instant it is no longer a
-/// backup, and an interrupted delete is finished by `dbsnap cleanup`.
-async fn remove_backup(
-    config: &Config,
-    journal: &mut Journal,
-    dir: &Path,
-    name: &str,
-) -> anyhow::Result<()> {
-    let partial = dir.with_file_name(format!("{name}.partial"));
-    let resource = Resource::Partial {
-        dir: partial.clone(),
-    };
-    journal.record(name, resource.clone())?;
-    std::fs::rename(dir, &partial)
-        .with_context(|| format!("renaming {} to {}", dir.display(), partial.display()))?;
-    crate::transfer::native::remove_backup_dir(&partial, &config.snapshot).await?;
-    journal.forget(&resource)?;
-    tracing::info!("pruned backup {}", dir.display());
-    Ok(())
 }

@@ -16,7 +16,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use dbsnap_backend_api::{
     NativeStream, SnapshotBackend, SnapshotName, SnapshotSet, StreamParent, Volume,
@@ -24,9 +23,10 @@ use dbsnap_backend_api::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Method, SnapshotConfig};
+use crate::destination::{BaseOf, Destination};
 use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
-use crate::manifest::{Manifest, StoredVolume};
+use crate::manifest::StoredVolume;
 use crate::records::Records;
 use crate::transfer::TransferStats;
 
@@ -128,7 +128,7 @@ pub async fn choose<'a>(
 /// there is no earlier backup made with this stream.
 pub async fn find_parent(
     state_dir: &Path,
-    dest: &Path,
+    dest: &dyn Destination,
     datadir: &Path,
     stream: &dyn NativeStream,
     backend: &dyn SnapshotBackend,
@@ -136,7 +136,7 @@ pub async fn find_parent(
 ) -> anyhow::Result<Result<Option<Parent>, String>> {
     let Some(parent) = Parent::list(state_dir)?
         .into_iter()
-        .rfind(|p| p.serves(dest, datadir) && p.method == stream.method())
+        .rfind(|p| p.serves(dest.location(), datadir) && p.method == stream.method())
     else {
         return Ok(Ok(None));
     };
@@ -146,14 +146,17 @@ pub async fn find_parent(
             parent.set.name
         )));
     }
-    let base = dest.join(&parent.backup);
-    let Ok(manifest) = Manifest::read(&base) else {
-        return Ok(Err(format!("the base backup {} is gone", base.display())));
+    let Some(base) = dest.resolve(&parent.backup).await? else {
+        return Ok(Err(format!(
+            "the base backup {} is gone",
+            dest.location().join(&parent.backup).display()
+        )));
     };
-    if let Some(missing) = manifest
+    if let Some(missing) = base
+        .manifest
         .stored
         .iter()
-        .map(|s| base.join(&s.path))
+        .map(|s| base.path.join(&s.path))
         .find(|p| !p.exists())
     {
         return Ok(Err(format!(
@@ -161,8 +164,11 @@ pub async fn find_parent(
             missing.display()
         )));
     }
-    if let Some(newer) =
-        newest_backup(dest, datadir, stream.method()).filter(|n| *n != parent.backup)
+    if let Some(newer) = dest
+        .newest_base(datadir, BaseOf::Stream(stream.method()))
+        .await?
+        .map(|b| b.name)
+        .filter(|n| *n != parent.backup)
     {
         // Its snapshot could not be kept as the next base (the run failed after
         // publishing). Its copy is the newest in the chain, and a stream from the older
@@ -199,44 +205,35 @@ pub async fn find_parent(
     Ok(Ok(Some(parent)))
 }
 
-/// The name of the newest complete backup in `dest` of `datadir` made with `method`.
-fn newest_backup(dest: &Path, datadir: &Path, method: &str) -> Option<String> {
-    std::fs::read_dir(dest)
-        .ok()?
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().ends_with(".partial"))
-        .filter_map(|e| Manifest::read(&e.path()).ok())
-        .filter(|m| m.server.datadir == datadir && m.transfer.method == method)
-        .map(|m| m.name)
-        .max()
-}
-
 /// The free space an incremental stream needs at `dest`: twice the largest increment
 /// of this datadir and method so far, at least a quarter of the data, at most all of
 /// it. Not a guarantee (a day of heavy writes can exceed it); a stream that fills the
 /// destination fails, its partial copy is removed and the base is kept, so the next
 /// run can try again. Requiring room for a full copy would refuse exactly the
 /// incremental backups a small backup disk is meant for.
-pub fn room_for_increment(dest: &Path, datadir: &Path, method: &str, data_bytes: u64) -> u64 {
-    let largest = std::fs::read_dir(dest)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| Manifest::read(&e.path()).ok())
-                .filter(|m| {
-                    m.server.datadir == datadir
-                        && m.transfer.method == method
-                        && m.transfer.base.is_some()
-                })
-                .map(|m| m.transfer.bytes_written)
-                .max()
-                .unwrap_or(0)
+pub async fn room_for_increment(
+    dest: &dyn Destination,
+    datadir: &Path,
+    method: &str,
+    data_bytes: u64,
+) -> anyhow::Result<u64> {
+    let largest = dest
+        .backups()
+        .await?
+        .into_iter()
+        .map(|b| b.manifest)
+        .filter(|m| {
+            m.server.datadir == datadir
+                && BaseOf::Stream(method).fits(m)
+                && m.transfer.base.is_some()
         })
+        .map(|m| m.transfer.bytes_written)
+        .max()
         .unwrap_or(0);
-    largest
+    Ok(largest
         .saturating_mul(2)
         .max(data_bytes / 4)
-        .min(data_bytes)
+        .min(data_bytes))
 }
 
 /// Where a stream goes: the backup being written (`DEST/NAME.partial`), and the run
@@ -365,31 +362,6 @@ pub fn protected_backups(state_dir: &Path, dest: &Path) -> anyhow::Result<Vec<St
         .filter(|p| p.dest == dest)
         .map(|p| p.backup)
         .collect())
-}
-
-/// Delete a backup directory (or a partial one) with the received copies its manifest
-/// names, through their backend (read-only copies that file removal cannot delete). A
-/// receive interrupted before the manifest was written has its own journal entry
-/// ([`received_resource`]), released before the partial directory.
-pub async fn remove_backup_dir(dir: &Path, snapshot_config: &SnapshotConfig) -> anyhow::Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    if let Ok(manifest) = Manifest::read(dir) {
-        if !manifest.stored.is_empty() {
-            let backend = crate::backends::open_named(&manifest.snapshot.backend, snapshot_config)?;
-            let stream = backend.native_stream().with_context(|| {
-                format!(
-                    "the {} backend cannot delete received copies",
-                    backend.name()
-                )
-            })?;
-            for stored in &manifest.stored {
-                stream.delete_received(&stored.id).await?;
-            }
-        }
-    }
-    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
 }
 
 #[cfg(test)]

@@ -1,0 +1,147 @@
+//! What every [`Destination`] must do, as an executable check (like the backends'
+//! conformance crate): each implementation's tests call [`check`] on a fresh, empty
+//! destination.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{BaseOf, Destination, Entry, ReceivedCopies};
+use crate::journal::{Journal, Resource, RunLock};
+use crate::manifest::{Manifest, StoredVolume};
+
+/// Records the received copies a destination deletes.
+#[derive(Default)]
+pub struct Deleted(pub Mutex<Vec<(String, String)>>);
+
+#[async_trait]
+impl ReceivedCopies for Deleted {
+    async fn delete_received(&self, backend: &str, id: &str) -> anyhow::Result<()> {
+        self.0.lock().unwrap().push((backend.into(), id.into()));
+        Ok(())
+    }
+}
+
+fn manifest(name: &str, method: &str, received: Option<&str>) -> Manifest {
+    let mut m = crate::manifest::tests::sample();
+    m.name = name.into();
+    m.transfer.method = method.into();
+    m.stored = received
+        .map(|id| StoredVolume {
+            root: "/var/lib/mysql".into(),
+            path: "dbsnap-x.0".into(),
+            id: id.into(),
+        })
+        .into_iter()
+        .collect();
+    m
+}
+
+/// Run every check against `dest`, which must be empty. Panics on the first failure.
+pub async fn check(dest: &dyn Destination) {
+    let state = tempfile::tempdir().unwrap();
+    let lock = RunLock::acquire(state.path()).unwrap();
+    let mut journal = Journal::open(state.path(), &lock).unwrap();
+    let datadir = Path::new("/var/lib/mysql");
+    let at = "2026-11-25T21:45:00Z".parse().unwrap();
+
+    assert!(dest.entries().await.unwrap().is_empty(), "starts empty");
+    assert_eq!(
+        dest.newest_base(datadir, BaseOf::Files).await.unwrap(),
+        None
+    );
+
+    // A partial is journaled, listed as partial, never as a backup, and its name is taken.
+    let name = dest.unused_name(at).await.unwrap();
+    assert_eq!(name, "20261125T214500Z");
+    let partial = dest.create_partial(&name, &mut journal).await.unwrap();
+    assert_eq!(
+        journal
+            .entries()
+            .iter()
+            .map(|e| &e.resource)
+            .collect::<Vec<_>>(),
+        vec![&Resource::Partial {
+            dir: partial.dir.clone()
+        }],
+        "the partial is journaled"
+    );
+    assert!(
+        matches!(&dest.entries().await.unwrap()[..], [Entry::Partial { name: n, .. }] if *n == name)
+    );
+    assert!(
+        dest.backups().await.unwrap().is_empty(),
+        "a partial is not a backup"
+    );
+    assert_eq!(dest.resolve(&name).await.unwrap(), None);
+    assert_eq!(dest.unused_name(at).await.unwrap(), "20261125T214500Z.1");
+
+    // Publishing makes it a backup and forgets the partial and what was received into it.
+    journal
+        .record(
+            &name,
+            Resource::Received {
+                backend: "btrfs".into(),
+                id: "r0".into(),
+                partial: partial.dir.clone(),
+            },
+        )
+        .unwrap();
+    let first = dest
+        .publish(partial, manifest(&name, "rsync", None), &mut journal)
+        .await
+        .unwrap();
+    assert!(
+        journal.entries().is_empty(),
+        "published: nothing left to clean up"
+    );
+    assert_eq!(first.manifest.path, first.path);
+    assert_eq!(dest.backups().await.unwrap(), vec![first.clone()]);
+    let resolved = dest
+        .resolve(&name)
+        .await
+        .unwrap()
+        .expect("resolves by name");
+    assert_eq!(resolved.manifest, first.manifest);
+    assert_eq!(dest.resolve("20261125T214500Z.7").await.unwrap(), None);
+
+    // The newest base follows the datadir and the method.
+    let second_name = dest.unused_name(at).await.unwrap();
+    let partial = dest
+        .create_partial(&second_name, &mut journal)
+        .await
+        .unwrap();
+    let second = dest
+        .publish(
+            partial,
+            manifest(&second_name, "btrfs-send", Some("copy-1")),
+            &mut journal,
+        )
+        .await
+        .unwrap();
+    let base = |of| async move { dest.newest_base(datadir, of).await.unwrap().map(|b| b.name) };
+    assert_eq!(base(BaseOf::Files).await, Some(first.name.clone()));
+    assert_eq!(
+        base(BaseOf::Stream("btrfs-send")).await,
+        Some(second_name.clone())
+    );
+    assert_eq!(base(BaseOf::Stream("zfs-send")).await, None);
+    assert_eq!(
+        dest.newest_base(Path::new("/other"), BaseOf::Files)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Removing deletes the received copies through their backend, and is idempotent.
+    let deleted = Deleted::default();
+    dest.remove(&second, &mut journal, &deleted).await.unwrap();
+    assert_eq!(
+        *deleted.0.lock().unwrap(),
+        vec![("btrfs".to_string(), "copy-1".to_string())]
+    );
+    assert!(journal.entries().is_empty());
+    dest.remove(&second, &mut journal, &deleted).await.unwrap();
+    assert_eq!(dest.backups().await.unwrap(), vec![first]);
+}

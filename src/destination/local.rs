@@ -1,0 +1,265 @@
+//! A destination directory on this host: `DEST/NAME/` (manifest and files) once
+//! complete, `DEST/NAME.partial/` while written or removed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{Backup, Destination, Entry, Partial, ReceivedCopies};
+use crate::db::DbPath;
+use crate::error::{fail, Class};
+use crate::journal::{Journal, Resource};
+use crate::manifest::{Manifest, MANIFEST_FILE};
+
+const PARTIAL: &str = ".partial";
+
+pub struct LocalDir {
+    dir: PathBuf,
+}
+
+impl LocalDir {
+    pub fn new(dir: impl Into<PathBuf>) -> LocalDir {
+        LocalDir { dir: dir.into() }
+    }
+
+    fn partial_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}{PARTIAL}"))
+    }
+
+    /// One directory entry, by the rule of the module documentation.
+    fn entry(path: PathBuf, name: String) -> Option<Entry> {
+        if !path.is_dir() {
+            return None;
+        }
+        if let Some(backup) = name.strip_suffix(PARTIAL) {
+            return Some(Entry::Partial {
+                name: backup.to_string(),
+                path,
+            });
+        }
+        if !path.join(MANIFEST_FILE).is_file() {
+            return None;
+        }
+        match Manifest::read(&path) {
+            Ok(manifest) if manifest.name == name => Some(Entry::Backup(Box::new(Backup {
+                name,
+                path,
+                manifest,
+            }))),
+            Ok(_) | Err(_) => Some(Entry::Invalid { name, path }),
+        }
+    }
+}
+
+/// `dir` if it is a backup directory (it holds a manifest), in canonical form.
+pub fn backup_dir_at(dir: &Path) -> Option<PathBuf> {
+    dir.join(MANIFEST_FILE)
+        .is_file()
+        .then(|| dir.canonicalize().ok())
+        .flatten()
+}
+
+/// Delete a backup directory or a partial one with the received copies its manifest
+/// names. A receive interrupted before the manifest was written has its own journal
+/// entry ([`Resource::Received`]), released before the partial directory.
+pub async fn remove_dir(dir: &Path, received: &dyn ReceivedCopies) -> anyhow::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if let Ok(manifest) = Manifest::read(dir) {
+        for stored in &manifest.stored {
+            received
+                .delete_received(&manifest.snapshot.backend, &stored.id)
+                .await?;
+        }
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
+}
+
+/// Make the files under `dir` durable (before a rename publishes them).
+pub fn sync_tree(dir: &Path) -> anyhow::Result<()> {
+    let file = std::fs::File::open(dir)?;
+    nix::unistd::syncfs(&file).with_context(|| format!("syncfs {}", dir.display()))?;
+    Ok(())
+}
+
+#[async_trait]
+impl Destination for LocalDir {
+    fn location(&self) -> &Path {
+        &self.dir
+    }
+
+    async fn check(&self, server_dirs: &[DbPath]) -> anyhow::Result<()> {
+        let dest = &self.dir;
+        let meta = std::fs::metadata(dest).map_err(|e| {
+            fail(
+                Class::Destination,
+                format!(
+                    "the destination {} cannot be used: {e}. Create it (mkdir -p) or fix [backup] dest",
+                    dest.display()
+                ),
+            )
+        })?;
+        if !meta.is_dir() {
+            return Err(fail(
+                Class::Destination,
+                format!("the destination {} is not a directory", dest.display()),
+            ));
+        }
+        let canonical = dest.canonicalize()?;
+        if let Some(d) = server_dirs.iter().find(|d| canonical.starts_with(&d.path)) {
+            return Err(fail(
+                Class::Destination,
+                format!(
+                    "the destination {} is inside the server's {} directory {}: choose a directory outside it",
+                    dest.display(),
+                    d.role,
+                    d.path.display()
+                ),
+            ));
+        }
+        tempfile::tempfile_in(dest).map_err(|e| {
+            fail(
+                Class::Destination,
+                format!("the destination {} is not writable: {e}", dest.display()),
+            )
+        })?;
+        Ok(())
+    }
+
+    async fn free_bytes(&self) -> anyhow::Result<u64> {
+        let stat = nix::sys::statvfs::statvfs(&self.dir)
+            .with_context(|| format!("statvfs {}", self.dir.display()))?;
+        Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+    }
+
+    async fn entries(&self) -> anyhow::Result<Vec<Entry>> {
+        let dir = std::fs::read_dir(&self.dir)
+            .with_context(|| format!("reading {}", self.dir.display()))?;
+        let mut entries: Vec<Entry> = dir
+            .flatten()
+            .filter_map(|e| Self::entry(e.path(), e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        entries.sort_by(|a, b| a.name().cmp(b.name()));
+        Ok(entries)
+    }
+
+    async fn resolve(&self, name: &str) -> anyhow::Result<Option<Backup>> {
+        let Some(Entry::Backup(backup)) = Self::entry(self.dir.join(name), name.to_string()) else {
+            return Ok(None);
+        };
+        let mut backup = *backup;
+        backup.path = backup.path.canonicalize()?;
+        Ok(Some(backup))
+    }
+
+    async fn unused_name(&self, at: DateTime<Utc>) -> anyhow::Result<String> {
+        let base = at.format("%Y%m%dT%H%M%SZ").to_string();
+        let taken = |n: &str| self.dir.join(n).exists() || self.partial_dir(n).exists();
+        let mut name = base.clone();
+        let mut n = 0;
+        while taken(&name) {
+            n += 1;
+            name = format!("{base}.{n}");
+        }
+        Ok(name)
+    }
+
+    async fn create_partial(&self, name: &str, journal: &mut Journal) -> anyhow::Result<Partial> {
+        let dir = self.partial_dir(name);
+        journal.record(name, Resource::Partial { dir: dir.clone() })?;
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Partial {
+            name: name.to_string(),
+            dir,
+        })
+    }
+
+    async fn publish(
+        &self,
+        partial: Partial,
+        mut manifest: Manifest,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Backup> {
+        let path = self.dir.join(&partial.name);
+        manifest.path = path.clone();
+        manifest.write(&partial.dir)?;
+        sync_tree(&partial.dir)?;
+        std::fs::rename(&partial.dir, &path)
+            .with_context(|| format!("renaming {} to {}", partial.dir.display(), path.display()))?;
+        // The received copies are the published backup's now, no longer leftovers.
+        let owned: Vec<Resource> = journal
+            .entries()
+            .iter()
+            .map(|e| &e.resource)
+            .filter(|r| matches!(r, Resource::Received { partial: p, .. } if *p == partial.dir))
+            .cloned()
+            .collect();
+        for resource in &owned {
+            journal.forget(resource)?;
+        }
+        journal.forget(&Resource::Partial { dir: partial.dir })?;
+        Ok(Backup {
+            name: partial.name,
+            path,
+            manifest,
+        })
+    }
+
+    async fn remove(
+        &self,
+        backup: &Backup,
+        journal: &mut Journal,
+        received: &dyn ReceivedCopies,
+    ) -> anyhow::Result<()> {
+        let partial = self.partial_dir(&backup.name);
+        let resource = Resource::Partial {
+            dir: partial.clone(),
+        };
+        journal.record(&backup.name, resource.clone())?;
+        if backup.path.exists() {
+            // From this instant it is no longer a backup.
+            std::fs::rename(&backup.path, &partial).with_context(|| {
+                format!(
+                    "renaming {} to {}",
+                    backup.path.display(),
+                    partial.display()
+                )
+            })?;
+        }
+        remove_dir(&partial, received).await?;
+        journal.forget(&resource)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_local_directory_passes_the_destination_conformance_checks() {
+        let dest = tempfile::tempdir().unwrap();
+        let local = LocalDir::new(dest.path());
+        super::super::conformance::check(&local).await;
+    }
+
+    #[tokio::test]
+    async fn directories_that_are_not_backups_are_left_out_or_invalid() {
+        let dest = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dest.path().join("lost+found")).unwrap();
+        std::fs::write(dest.path().join("notes.txt"), "x").unwrap();
+        let other = dest.path().join("copied");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join(MANIFEST_FILE), "not toml [").unwrap();
+        let entries = LocalDir::new(dest.path()).entries().await.unwrap();
+        assert_eq!(
+            entries,
+            vec![Entry::Invalid {
+                name: "copied".into(),
+                path: other
+            }]
+        );
+    }
+}

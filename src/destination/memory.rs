@@ -1,0 +1,149 @@
+//! A destination in memory, for tests of everything that uses one: the same contract
+//! as [`super::local::LocalDir`] (it passes the same conformance checks), no disk.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{Backup, Destination, Entry, Partial, ReceivedCopies};
+use crate::db::DbPath;
+use crate::journal::{Journal, Resource};
+use crate::manifest::Manifest;
+
+#[derive(Default)]
+pub struct MemoryDestination {
+    /// By name: `None` while partial, the manifest once published.
+    held: Mutex<BTreeMap<String, Option<Manifest>>>,
+    /// What `free_bytes` reports.
+    pub free: u64,
+}
+
+const ROOT: &str = "/memory";
+
+fn path_of(name: &str) -> PathBuf {
+    Path::new(ROOT).join(name)
+}
+
+fn partial_of(name: &str) -> PathBuf {
+    Path::new(ROOT).join(format!("{name}.partial"))
+}
+
+#[async_trait]
+impl Destination for MemoryDestination {
+    fn location(&self) -> &Path {
+        Path::new(ROOT)
+    }
+
+    async fn check(&self, _server_dirs: &[DbPath]) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn free_bytes(&self) -> anyhow::Result<u64> {
+        Ok(self.free)
+    }
+
+    async fn entries(&self) -> anyhow::Result<Vec<Entry>> {
+        let held = self.held.lock().unwrap();
+        Ok(held
+            .iter()
+            .map(|(name, manifest)| match manifest {
+                Some(m) => Entry::Backup(Box::new(Backup {
+                    name: name.clone(),
+                    path: path_of(name),
+                    manifest: m.clone(),
+                })),
+                None => Entry::Partial {
+                    name: name.clone(),
+                    path: partial_of(name),
+                },
+            })
+            .collect())
+    }
+
+    async fn unused_name(&self, at: DateTime<Utc>) -> anyhow::Result<String> {
+        let base = at.format("%Y%m%dT%H%M%SZ").to_string();
+        let held = self.held.lock().unwrap();
+        let mut name = base.clone();
+        let mut n = 0;
+        while held.contains_key(&name) {
+            n += 1;
+            name = format!("{base}.{n}");
+        }
+        Ok(name)
+    }
+
+    async fn create_partial(&self, name: &str, journal: &mut Journal) -> anyhow::Result<Partial> {
+        let dir = partial_of(name);
+        journal.record(name, Resource::Partial { dir: dir.clone() })?;
+        self.held.lock().unwrap().insert(name.to_string(), None);
+        Ok(Partial {
+            name: name.to_string(),
+            dir,
+        })
+    }
+
+    async fn publish(
+        &self,
+        partial: Partial,
+        mut manifest: Manifest,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Backup> {
+        manifest.path = path_of(&partial.name);
+        self.held
+            .lock()
+            .unwrap()
+            .insert(partial.name.clone(), Some(manifest.clone()));
+        let owned: Vec<Resource> = journal
+            .entries()
+            .iter()
+            .map(|e| e.resource.clone())
+            .filter(|r| match r {
+                Resource::Received { partial: p, .. } | Resource::Partial { dir: p } => {
+                    *p == partial.dir
+                }
+                _ => false,
+            })
+            .collect();
+        for r in &owned {
+            journal.forget(r)?;
+        }
+        Ok(Backup {
+            path: manifest.path.clone(),
+            name: partial.name,
+            manifest,
+        })
+    }
+
+    async fn remove(
+        &self,
+        backup: &Backup,
+        journal: &mut Journal,
+        received: &dyn ReceivedCopies,
+    ) -> anyhow::Result<()> {
+        let resource = Resource::Partial {
+            dir: partial_of(&backup.name),
+        };
+        journal.record(&backup.name, resource.clone())?;
+        let removed = self.held.lock().unwrap().insert(backup.name.clone(), None);
+        if let Some(Some(m)) = removed {
+            for s in &m.stored {
+                received.delete_received(&m.snapshot.backend, &s.id).await?;
+            }
+        }
+        self.held.lock().unwrap().remove(&backup.name);
+        journal.forget(&resource)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_memory_destination_passes_the_destination_conformance_checks() {
+        super::super::conformance::check(&MemoryDestination::default()).await;
+    }
+}
