@@ -106,6 +106,40 @@ pub struct BackupConfig {
     /// How the frozen files reach the destination (see [`Method`]).
     #[serde(default)]
     pub method: Method,
+    /// `[backup.restic]`: how to open the repository when `dest = "restic:<repository>"`.
+    pub restic: Option<ResticConfig>,
+}
+
+/// The prefix of a `dest` that names a restic repository.
+pub const RESTIC_SCHEME: &str = "restic:";
+
+/// `[backup.restic]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResticConfig {
+    /// The repository's password, handed to restic only as `RESTIC_PASSWORD_FILE`.
+    pub password_file: PathBuf,
+    /// Storage credentials (`KEY=VALUE` lines, e.g. `AWS_ACCESS_KEY_ID=...`), set only
+    /// in restic's environment.
+    pub env_file: Option<PathBuf>,
+    /// The host name restic records (default: this host's name).
+    pub host: Option<String>,
+    /// Extra tags on every snapshot dbsnap writes.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// `restic check --read-data-subset` for `dbsnap verify` (e.g. "5%"); none: only
+    /// the structure is checked, the throwaway server reads every restored byte.
+    pub check_read_data_subset: Option<String>,
+}
+
+impl BackupConfig {
+    /// The repository string of a `restic:` destination.
+    pub fn restic_repository(&self) -> Option<String> {
+        self.dest
+            .to_str()
+            .and_then(|d| d.strip_prefix(RESTIC_SCHEME))
+            .map(str::to_string)
+    }
 }
 
 /// `[backup] method`.
@@ -199,7 +233,17 @@ impl Config {
             paths.push(("mysql.password_file", p));
         }
         if let Some(b) = &self.backup {
-            paths.push(("backup.dest", &b.dest));
+            match b.restic_repository() {
+                Some(repository) => validate_restic(&repository, b.restic.as_ref())?,
+                None => paths.push(("backup.dest", &b.dest)),
+            }
+            if let (None, Some(_)) = (b.restic_repository(), &b.restic) {
+                anyhow::bail!(
+                    "[backup.restic] is set but backup.dest = {:?} is not a restic repository: \
+                     write dest = \"restic:<repository>\" or remove [backup.restic]",
+                    b.dest
+                );
+            }
         }
         if let Some(p) = &self.snapshot.btrfs.snapshot_dir {
             paths.push(("snapshot.btrfs.snapshot_dir", p));
@@ -233,6 +277,62 @@ impl Config {
             )
         })
     }
+}
+
+/// A `restic:` destination needs `[backup.restic]` with a password file; its tags must
+/// be ones restic can store (no commas) and not look like dbsnap's own.
+fn validate_restic(repository: &str, restic: Option<&ResticConfig>) -> anyhow::Result<()> {
+    if repository.is_empty() || repository.chars().any(char::is_control) {
+        anyhow::bail!(
+            "backup.dest = \"restic:{repository}\": name the repository after `restic:` \
+             (no control characters), e.g. \"restic:/srv/restic\" or \"restic:sftp:host:/srv/restic\""
+        );
+    }
+    let Some(restic) = restic else {
+        anyhow::bail!(
+            "backup.dest names a restic repository but there is no [backup.restic] section: add \
+             one with password_file = \"/etc/dbsnap/restic-password\""
+        );
+    };
+    check_path("backup.restic.password_file", &restic.password_file)?;
+    if let Some(env) = &restic.env_file {
+        check_path("backup.restic.env_file", env)?;
+    }
+    for tag in &restic.tags {
+        if tag.is_empty() || tag.contains(',') || tag.chars().any(char::is_control) {
+            anyhow::bail!(
+                "backup.restic.tags: {tag:?} cannot be a restic tag (empty, a comma or a control \
+                 character); choose another"
+            );
+        }
+        if tag.starts_with("dbsnap") {
+            anyhow::bail!(
+                "backup.restic.tags: {tag:?} starts with \"dbsnap\", which dbsnap's own tags use; \
+                 choose another"
+            );
+        }
+    }
+    if let Some(host) = &restic.host {
+        if host.is_empty() || host.chars().any(char::is_control) {
+            anyhow::bail!("backup.restic.host = {host:?} must be a non-empty host name");
+        }
+    }
+    if let Some(subset) = &restic.check_read_data_subset {
+        let valid = subset
+            .strip_suffix('%')
+            .and_then(|p| p.parse::<f64>().ok())
+            .is_some_and(|p| p > 0.0 && p <= 100.0)
+            || subset
+                .split_once('/')
+                .is_some_and(|(n, t)| n.parse::<u32>().is_ok() && t.parse::<u32>().is_ok());
+        if !valid {
+            anyhow::bail!(
+                "backup.restic.check_read_data_subset = {subset:?}: give a percentage (\"5%\") \
+                 or a part (\"1/10\")"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Paths in the configuration must be absolute (they are used from any working
@@ -450,6 +550,33 @@ dest = "/srv/backups/db 1"
         let err =
             Config::parse(&MINIMAL.replace("[mysql]", "[mysql]\nlock = \"flush\"")).unwrap_err();
         assert!(err.to_string().contains("unknown variant"), "{err}");
+    }
+
+    #[test]
+    fn a_restic_destination_needs_its_section_and_accepts_any_repository_string() {
+        let restic = MINIMAL.replace("/srv/backups/db 1", "restic:sftp:db2:/srv/restic; rm -rf /");
+        let err = Config::parse(&restic).unwrap_err().to_string();
+        assert!(err.contains("[backup.restic]"), "{err}");
+        let c = Config::parse(&format!(
+            "{restic}\n[backup.restic]\npassword_file = \"/etc/dbsnap/pw\"\ntags = [\"nightly\"]\n"
+        ))
+        .unwrap();
+        let b = c.backup.unwrap();
+        assert_eq!(
+            b.restic_repository().as_deref(),
+            Some("sftp:db2:/srv/restic; rm -rf /")
+        );
+        assert_eq!(b.restic.unwrap().tags, vec!["nightly".to_string()]);
+        for (key, bad) in [
+            ("tags", "tags = [\"a,b\"]"),
+            ("tags", "tags = [\"dbsnap-name=x\"]"),
+            ("check_read_data_subset", "check_read_data_subset = \"lots\""),
+        ] {
+            let text =
+                format!("{restic}\n[backup.restic]\npassword_file = \"/etc/dbsnap/pw\"\n{bad}\n");
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum Class {
     Verify,
     /// A user hook failed or timed out.
     Hook,
+    /// The restic repository is missing, unreachable, locked, or refused the password.
+    Repository,
     /// Interrupted by SIGINT or SIGTERM; everything was cleaned up.
     Interrupted,
 }
@@ -53,6 +55,7 @@ impl Class {
             Class::Transfer => 10,
             Class::Verify => 11,
             Class::Hook => 12,
+            Class::Repository => 13,
             Class::Interrupted => 130,
         }
     }
@@ -73,6 +76,7 @@ Exit codes:
   10   copy failed
   11   verification failed: the backup's copy does not recover or check cleanly
   12   a hook failed
+  13   restic repository missing, unreachable, locked, or wrong password
   130  interrupted (SIGINT/SIGTERM); cleaned up";
 }
 
@@ -140,6 +144,7 @@ mod tests {
             Class::Transfer,
             Class::Verify,
             Class::Hook,
+            Class::Repository,
             Class::Interrupted,
         ];
         let mut codes: Vec<u8> = all.iter().map(|c| c.exit_code()).collect();

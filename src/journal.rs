@@ -42,6 +42,17 @@ pub enum Resource {
     /// A verification's scratch copy of a backup (`.dbsnap-verify-NAME`) and the run
     /// directory (socket, pid file) of the throwaway server started on it.
     Scratch { dir: PathBuf, run_dir: PathBuf },
+    /// restic working on a repository for this run (`restic backup` of the backup being
+    /// written, or forgetting, pruning, checking). Recorded before restic starts;
+    /// `pid` once it runs. An interrupted one may leave a stale lock (on this host,
+    /// of a dead process, taken after `started_at`) and a backup's files without its
+    /// manifest snapshot: `dbsnap cleanup` removes both.
+    ResticRun {
+        /// `[backup] dest`, with any password in it masked.
+        repository: String,
+        pid: Option<u32>,
+        started_at: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -27,7 +27,9 @@ use crate::config::Config;
 use crate::db::lock::{self, LockSettings};
 use crate::db::lock_mode::{self, Choice, ModeFacts};
 use crate::db::{coordinates, server, stall_guard, Coordinates, Layout, LockRecord, Server};
-use crate::destination::Destination;
+use crate::config::Method;
+use crate::destination::restic::METHOD as RESTIC;
+use crate::destination::{BaseOf, Destination};
 use crate::error::{fail, Class};
 use crate::hooks::Phase;
 use crate::journal::{Journal, Resource};
@@ -197,7 +199,23 @@ pub async fn plan_transfer<'a>(
 ) -> anyhow::Result<TransferPlan<'a>> {
     let backup = config.backup()?;
     dest.check(&pre.layout.dirs).await?;
-    let stream = native::choose(backup.method, backend, dest.location()).await?;
+    let stream = match dest.ingest() {
+        Some(_) => {
+            if matches!(backup.method, Method::BtrfsSend | Method::ZfsSend) {
+                return Err(fail(
+                    Class::Config,
+                    format!(
+                        "[backup] method = \"{}\" cannot write into {}: restic reads the files \
+                         itself. Use method = \"auto\" (or leave it out)",
+                        backup.method,
+                        dest.location().display()
+                    ),
+                ));
+            }
+            None
+        }
+        None => native::choose(backup.method, backend, dest.location()).await?,
+    };
     let (parent, full_because) = match stream {
         Some(stream) => {
             stream_parent(
@@ -212,14 +230,38 @@ pub async fn plan_transfer<'a>(
         }
         None => (None, None),
     };
-    let needed_bytes = match (stream, &parent) {
-        (Some(stream), Some(_)) => {
+    let repository_base = match dest.ingest() {
+        Some(_) => dest
+            .newest_base(&pre.layout.datadir, BaseOf::Stream(RESTIC))
+            .await?
+            .map(|_| RESTIC),
+        None => None,
+    };
+    let needed_bytes = match (stream, &parent, repository_base) {
+        (Some(stream), Some(_), _) => {
             native::room_for_increment(dest, &pre.layout.datadir, stream.method(), pre.data_bytes)
                 .await?
         }
+        // A repository stores what changed since the previous snapshot.
+        (_, _, Some(method)) => {
+            native::room_for_increment(dest, &pre.layout.datadir, method, pre.data_bytes).await?
+        }
         _ => pre.data_bytes,
     };
-    let free = dest.free_bytes().await?;
+    let Some(free) = dest.free_bytes().await? else {
+        tracing::warn!(
+            "{} cannot tell how much room it has; this backup may add up to {}. A store that \
+             fills up fails the backup and writes no snapshot",
+            dest.location().display(),
+            ByteSize::b(needed_bytes).display().iec()
+        );
+        return Ok(TransferPlan {
+            stream,
+            parent,
+            full_because,
+            needed_bytes,
+        });
+    };
     if free < needed_bytes {
         let what = match needed_bytes == pre.data_bytes {
             true => format!(
@@ -338,7 +380,7 @@ pub async fn backup(
     force: bool,
 ) -> anyhow::Result<Manifest> {
     let started_at = Utc::now();
-    let dest = crate::destination::open(&config.backup()?.dest)?;
+    let dest = crate::destination::open_config(config)?;
     let dest = dest.as_ref();
 
     // 1. preflight
@@ -397,8 +439,15 @@ pub async fn backup(
     let report_progress = |bytes| progress.set(bytes);
     let (stats, stored) = tokio::select! {
         copied = async {
-            match stream {
-                Some(stream) => {
+            match (dest.ingest(), stream) {
+                (Some(ingest), _) => {
+                    let items = at_original_paths(&pre.layout, &read_paths)?;
+                    let stats = ingest
+                        .ingest(&partial, &pre.layout.datadir, &items, journal, &report_progress)
+                        .await?;
+                    Ok((stats, Vec::new()))
+                }
+                (None, Some(stream)) => {
                     let (mut stats, stored) = native::send(
                         stream,
                         &set,
@@ -415,7 +464,7 @@ pub async fn backup(
                     stats.full_because = transfer.full_because.clone();
                     Ok((stats, stored))
                 }
-                None => {
+                (None, None) => {
                     let items = plan_copy(&pre.layout, &read_paths, &partial.dir)?;
                     copy_with_rsync(config, dest, &pre.layout.datadir, &items, &partial.dir, &report_progress).await
                 }
@@ -525,7 +574,7 @@ pub async fn backup(
     // 9. verify (`[backup] verify`): before post_backup, so that a hook shipping the
     // backup elsewhere only ever sees one that restores.
     let manifest = match config.backup()?.verify {
-        true => verify_published(journal, &manifest).await?,
+        true => verify_published(config, dest, journal, &manifest).await?,
         false => manifest,
     };
     let published = [
@@ -543,8 +592,18 @@ pub async fn backup(
 
 /// Prove the published backup restores (`dbsnap verify`, its own journaled step). A
 /// failed verification is an error; the backup stays, marked failed.
-async fn verify_published(journal: &mut Journal, manifest: &Manifest) -> anyhow::Result<Manifest> {
-    let verified = crate::verify::verify(journal, &manifest.path)
+async fn verify_published(
+    config: &Config,
+    dest: &dyn Destination,
+    journal: &mut Journal,
+    manifest: &Manifest,
+) -> anyhow::Result<Manifest> {
+    let backup = crate::destination::Backup {
+        name: manifest.name.clone(),
+        path: manifest.path.clone(),
+        manifest: manifest.clone(),
+    };
+    let verified = crate::readback::verify(config, dest, &backup, journal)
         .await
         .with_context(|| {
             format!(
@@ -836,6 +895,26 @@ fn plan_copy(
         .collect()
 }
 
+/// The copy plan for a destination that reads the frozen files itself: each frozen
+/// directory with the original path it stands for (`to`), parents first.
+fn at_original_paths(layout: &Layout, read_paths: &[ReadPath]) -> anyhow::Result<Vec<CopyItem>> {
+    let root = Path::new("/");
+    let files = root.join(crate::manifest::FILES_DIR);
+    plan_copy(layout, read_paths, root)?
+        .into_iter()
+        .map(|item| {
+            let relative = item
+                .to
+                .strip_prefix(&files)
+                .expect("plan_copy uses stored_path");
+            Ok(CopyItem {
+                to: root.join(relative),
+                ..item
+            })
+        })
+        .collect()
+}
+
 /// Where the frozen copy of the live path `source` can be read: inside the deepest
 /// volume that holds it.
 fn frozen_path(read_paths: &[ReadPath], source: &Path) -> anyhow::Result<PathBuf> {
@@ -919,7 +998,10 @@ async fn warn_about_unknown_snapshots(
                 Resource::Snapshot { set: s } | Resource::Mount { set: s, .. } => {
                     s.name == set.name
                 }
-                Resource::Partial { .. } | Resource::Received { .. } | Resource::Scratch { .. } => {
+                Resource::Partial { .. }
+                | Resource::Received { .. }
+                | Resource::Scratch { .. }
+                | Resource::ResticRun { .. } => {
                     false
                 }
             });

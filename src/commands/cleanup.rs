@@ -68,7 +68,7 @@ pub async fn release_all(config: &Config, journal: &mut Journal) -> anyhow::Resu
     let mut failures = Vec::new();
     for entry in journal.entries().to_vec().into_iter().rev() {
         let what = describe(&entry.resource);
-        match release_one(config, &entry.resource).await {
+        match release_one(config, &entry.run, &entry.resource).await {
             Ok(()) => {
                 journal.forget(&entry.resource)?;
                 tracing::info!("released {what} (run {})", entry.run);
@@ -90,8 +90,17 @@ pub async fn release_all(config: &Config, journal: &mut Journal) -> anyhow::Resu
     Ok(released)
 }
 
-async fn release_one(config: &Config, resource: &Resource) -> anyhow::Result<()> {
+async fn release_one(config: &Config, run: &str, resource: &Resource) -> anyhow::Result<()> {
     match resource {
+        Resource::ResticRun {
+            repository,
+            pid,
+            started_at,
+        } => {
+            crate::destination::restic::configured(config, repository)?
+                .release_run(run, *pid, *started_at)
+                .await
+        }
         Resource::Partial { dir } => {
             // Only ever delete a directory dbsnap named `*.partial`.
             if dir.extension().is_some_and(|e| e == "partial") {
@@ -137,6 +146,9 @@ fn describe(resource: &Resource) -> String {
         Resource::Partial { dir } => format!("partial backup {}", dir.display()),
         Resource::Received { backend, id, .. } => format!("{backend} received copy {id}"),
         Resource::Scratch { dir, .. } => format!("verification scratch copy {}", dir.display()),
+        Resource::ResticRun { repository, .. } => {
+            format!("restic run on {repository} (its locks and unpublished snapshots)")
+        }
         Resource::Mount { set, workdir } => {
             format!("mount of {} under {}", set.name, workdir.display())
         }

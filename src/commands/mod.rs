@@ -49,6 +49,20 @@ pub async fn start_run(config: &Config) -> anyhow::Result<(RunLock, Journal)> {
     Ok((lock, journal))
 }
 
+/// `outcome`, after releasing what the journal holds when it failed.
+pub async fn cleaned_up_after<T>(
+    config: &Config,
+    journal: &mut Journal,
+    outcome: anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if outcome.is_err() {
+        if let Err(cleanup) = cleanup::release_all(config, journal).await {
+            tracing::error!("{cleanup:#}");
+        }
+    }
+    outcome
+}
+
 /// Print one JSON document on stdout (the only thing `--json` writes there).
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

@@ -7,13 +7,29 @@ use crate::config::Config;
 use crate::restore::{self, Request};
 
 pub async fn run(config: &Config, json: bool, request: Request) -> anyhow::Result<()> {
-    let dest = crate::destination::open_configured(config.backup.as_ref())?;
+    let dest = crate::destination::open_configured(config)?;
     let given = request.backup.to_string_lossy().into_owned();
-    let request = Request {
-        backup: crate::destination::resolve_backup(dest.as_deref(), &given).await?,
-        ..request
+    let restored = match crate::destination::resolve_in_repository(dest.as_deref(), &given).await? {
+        // Fetched from a repository: staged (journaled) beside the new datadir first.
+        Some((dest, backup)) => {
+            let (_lock, mut journal) = super::start_run(config).await?;
+            let outcome = super::until_signal(crate::readback::restore(
+                dest,
+                &backup,
+                request,
+                &mut journal,
+            ))
+            .await;
+            super::cleaned_up_after(config, &mut journal, outcome).await?
+        }
+        None => {
+            let request = Request {
+                backup: crate::destination::resolve_backup(dest.as_deref(), &given).await?,
+                ..request
+            };
+            super::until_signal(restore::restore(&request)).await?
+        }
     };
-    let restored = super::until_signal(restore::restore(&request)).await?;
     if json {
         return super::print_json(&restored);
     }

@@ -310,7 +310,10 @@ fn forget(config: &Config, lock: &RunLock, kept: &KeptSnapshot) -> anyhow::Resul
         .iter()
         .filter(|e| match &e.resource {
             Resource::Snapshot { set } | Resource::Mount { set, .. } => set.name == kept.name,
-            Resource::Partial { .. } | Resource::Scratch { .. } | Resource::Received { .. } => {
+            Resource::Partial { .. }
+            | Resource::Scratch { .. }
+            | Resource::Received { .. }
+            | Resource::ResticRun { .. } => {
                 false
             }
         })

@@ -3,25 +3,30 @@
 
 use std::path::Path;
 
-use crate::commands::cleanup::release_all;
 use crate::config::Config;
 use crate::manifest::Manifest;
 use crate::verify::{self, Verdict};
 
 pub async fn run(config: &Config, json: bool, backup: &str) -> anyhow::Result<()> {
-    let dest = crate::destination::open_configured(config.backup.as_ref())?;
+    let dest = crate::destination::open_configured(config)?;
+    if let Some((dest, found)) =
+        crate::destination::resolve_in_repository(dest.as_deref(), backup).await?
+    {
+        let (_lock, mut journal) = super::start_run(config).await?;
+        let outcome = super::until_signal(crate::readback::verify(
+            config,
+            dest,
+            &found,
+            &mut journal,
+        ))
+        .await;
+        let manifest = super::cleaned_up_after(config, &mut journal, outcome).await?;
+        return report(&manifest, &found.path, json);
+    }
     let dir = crate::destination::resolve_backup(dest.as_deref(), backup).await?;
     let (_lock, mut journal) = super::start_run(config).await?;
     let outcome = super::until_signal(verify::verify(&mut journal, &dir)).await;
-    let manifest = match outcome {
-        Ok(m) => m,
-        Err(e) => {
-            if let Err(cleanup) = release_all(config, &mut journal).await {
-                tracing::error!("{cleanup:#}");
-            }
-            return Err(e);
-        }
-    };
+    let manifest = super::cleaned_up_after(config, &mut journal, outcome).await?;
     report(&manifest, &dir, json)
 }
 

@@ -3,21 +3,37 @@
 use std::path::Path;
 
 use super::local::LocalDir;
+use super::restic::ResticRepo;
 use super::Destination;
+use crate::config::{BackupConfig, Config};
 use crate::error::{fail, Class};
 
-/// Open the destination `dest` names. Nothing is touched yet: [`Destination::check`]
-/// says whether it can be used.
+/// Open the destination `[backup]` names (state such as restic's cache lives in
+/// `state_dir`). Nothing is touched yet: [`Destination::check`] says whether it can be
+/// used.
+pub fn open_backup(backup: &BackupConfig, state_dir: &Path) -> anyhow::Result<Box<dyn Destination>> {
+    match backup.restic_repository() {
+        Some(_) => Ok(Box::new(ResticRepo::open(backup, state_dir)?)),
+        None => open(&backup.dest),
+    }
+}
+
+/// The destination of the configuration's `[backup]` section (which must exist).
+pub fn open_config(config: &Config) -> anyhow::Result<Box<dyn Destination>> {
+    open_backup(config.backup()?, &config.state_dir)
+}
+
+/// Open the directory destination `dest` names.
 pub fn open(dest: &Path) -> anyhow::Result<Box<dyn Destination>> {
     let text = dest.to_string_lossy();
-    let scheme = ["ssh://", "restic:"]
+    let scheme = ["ssh://", crate::config::RESTIC_SCHEME]
         .into_iter()
         .find(|s| text.starts_with(s));
     match scheme {
         Some(scheme) => Err(fail(
             Class::Config,
             format!(
-                "[backup] dest = {text:?}: {scheme} destinations are not supported yet; give a \
+                "[backup] dest = {text:?}: {scheme} destinations are not supported here; give a \
                  local directory"
             ),
         )),
@@ -26,10 +42,12 @@ pub fn open(dest: &Path) -> anyhow::Result<Box<dyn Destination>> {
 }
 
 /// The configured destination, if there is a `[backup]` section.
-pub fn open_configured(
-    backup: Option<&crate::config::BackupConfig>,
-) -> anyhow::Result<Option<Box<dyn Destination>>> {
-    backup.map(|b| open(&b.dest)).transpose()
+pub fn open_configured(config: &Config) -> anyhow::Result<Option<Box<dyn Destination>>> {
+    config
+        .backup
+        .as_ref()
+        .map(|b| open_backup(b, &config.state_dir))
+        .transpose()
 }
 
 #[cfg(test)]

@@ -129,10 +129,12 @@ impl Destination for LocalDir {
         Ok(())
     }
 
-    async fn free_bytes(&self) -> anyhow::Result<u64> {
+    async fn free_bytes(&self) -> anyhow::Result<Option<u64>> {
         let stat = nix::sys::statvfs::statvfs(&self.dir)
             .with_context(|| format!("statvfs {}", self.dir.display()))?;
-        Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+        Ok(Some(
+            stat.blocks_available() as u64 * stat.fragment_size() as u64,
+        ))
     }
 
     async fn entries(&self) -> anyhow::Result<Vec<Entry>> {

@@ -49,6 +49,9 @@ pub struct TransferStats {
     pub bytes_written: u64,
     pub files: u64,
     pub duration_ms: u64,
+    /// For a restic repository: the snapshot holding the files (restic's short id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_snapshot: Option<String>,
 }
 
 /// Run rsync for every item in turn. `progress` is called with the bytes copied so far

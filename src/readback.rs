@@ -1,0 +1,62 @@
+//! A backup read back from its destination, wherever that is: verified (`dbsnap
+//! verify`, `[backup] verify`) or restored. A directory backup is read where it is; a
+//! repository's is fetched into a staging directory first (journaled, removed after).
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::destination::{Backup, Destination};
+use crate::journal::Journal;
+use crate::manifest::Manifest;
+use crate::restore::{Request, Restored};
+
+/// Where verification stages a fetched copy (its scratch copy goes beside it).
+fn staging_dir(config: &Config) -> anyhow::Result<std::path::PathBuf> {
+    let dir = config.state_dir.join("staging");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Check the destination's own storage, then recover the backup with a throwaway
+/// server, and store the verdict with the backup. Returns its manifest with the verdict.
+pub async fn verify(
+    config: &Config,
+    dest: &dyn Destination,
+    backup: &Backup,
+    journal: &mut Journal,
+) -> anyhow::Result<Manifest> {
+    dest.check_storage(journal, &backup.name).await?;
+    let fetched = dest.fetch(backup, &staging_dir(config)?, journal).await?;
+    let outcome = crate::verify::verify(journal, &fetched.dir).await;
+    let released = fetched.release(journal);
+    let mut verified = outcome?;
+    released?;
+    verified.path = backup.path.clone();
+    dest.record_verification(backup, &verified).await?;
+    Ok(verified)
+}
+
+/// Restore `backup` as `request` says; a fetched copy is staged beside the new datadir.
+pub async fn restore(
+    dest: &dyn Destination,
+    backup: &Backup,
+    request: Request,
+    journal: &mut Journal,
+) -> anyhow::Result<Restored> {
+    let staging = request
+        .datadir
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
+    let fetched = dest.fetch(backup, &staging, journal).await?;
+    let outcome = crate::restore::restore(&Request {
+        backup: fetched.dir.clone(),
+        ..request
+    })
+    .await;
+    let released = fetched.release(journal);
+    let restored = outcome?;
+    released?;
+    Ok(restored)
+}
