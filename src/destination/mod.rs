@@ -124,7 +124,7 @@ impl BaseOf<'_> {
     pub fn fits(self, manifest: &Manifest) -> bool {
         match self {
             BaseOf::Files => manifest.stored.is_empty(),
-            BaseOf::Stream(method) => manifest.transfer.method == method,
+            BaseOf::Stream(method) => manifest.transfer.method.as_str() == method,
         }
     }
 }
