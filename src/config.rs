@@ -142,33 +142,39 @@ impl BackupConfig {
     }
 }
 
-/// `[backup] method`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// `[backup] method`: `rsync`, `auto`, or the name of a backend's native stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
 pub enum Method {
     /// rsync from the mounted snapshot: works with every backend and destination; the
     /// backups are plain directories.
     #[default]
     Rsync,
-    /// `btrfs send | btrfs receive` into a btrfs destination, incremental from the
-    /// previous backup's snapshot, which stays on the source until the next backup.
-    BtrfsSend,
-    /// `zfs send | zfs receive` into a dataset below the destination's ZFS dataset,
-    /// incremental from the previous backup's snapshot, which stays on the source (held)
-    /// until the next backup.
-    ZfsSend,
     /// The backend's native stream when it has one and the destination can receive it;
     /// rsync otherwise.
     Auto,
+    /// The native stream the backend names so (`btrfs-send`, `zfs-send`): incremental
+    /// from the previous backup's snapshot, which stays on the source until the next
+    /// backup. Whether the configured backend makes it is checked before the lock.
+    Stream(String),
+}
+
+impl From<String> for Method {
+    fn from(text: String) -> Self {
+        match text.as_str() {
+            "rsync" => Method::Rsync,
+            "auto" => Method::Auto,
+            _ => Method::Stream(text),
+        }
+    }
 }
 
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Method::Rsync => "rsync",
-            Method::BtrfsSend => "btrfs-send",
-            Method::ZfsSend => "zfs-send",
             Method::Auto => "auto",
+            Method::Stream(name) => name,
         })
     }
 }
@@ -570,7 +576,10 @@ dest = "/srv/backups/db 1"
         for (key, bad) in [
             ("tags", "tags = [\"a,b\"]"),
             ("tags", "tags = [\"dbsnap-name=x\"]"),
-            ("check_read_data_subset", "check_read_data_subset = \"lots\""),
+            (
+                "check_read_data_subset",
+                "check_read_data_subset = \"lots\"",
+            ),
         ] {
             let text =
                 format!("{restic}\n[backup.restic]\npassword_file = \"/etc/dbsnap/pw\"\n{bad}\n");

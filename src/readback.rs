@@ -4,15 +4,14 @@
 
 use std::path::Path;
 
-use crate::config::Config;
 use crate::destination::{Backup, Destination};
 use crate::journal::Journal;
 use crate::manifest::Manifest;
 use crate::restore::{Request, Restored};
 
 /// Where verification stages a fetched copy (its scratch copy goes beside it).
-fn staging_dir(config: &Config) -> anyhow::Result<std::path::PathBuf> {
-    let dir = config.state_dir.join("staging");
+fn staging_dir(state_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let dir = state_dir.join("staging");
     std::fs::create_dir_all(&dir)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     Ok(dir)
@@ -21,13 +20,15 @@ fn staging_dir(config: &Config) -> anyhow::Result<std::path::PathBuf> {
 /// Check the destination's own storage, then recover the backup with a throwaway
 /// server, and store the verdict with the backup. Returns its manifest with the verdict.
 pub async fn verify(
-    config: &Config,
+    state_dir: &Path,
     dest: &dyn Destination,
     backup: &Backup,
     journal: &mut Journal,
 ) -> anyhow::Result<Manifest> {
     dest.check_storage(journal, &backup.name).await?;
-    let fetched = dest.fetch(backup, &staging_dir(config)?, journal).await?;
+    let fetched = dest
+        .fetch(backup, &staging_dir(state_dir)?, journal)
+        .await?;
     let outcome = crate::verify::verify(journal, &fetched.dir).await;
     let released = fetched.release(journal);
     let mut verified = outcome?;

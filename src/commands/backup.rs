@@ -3,13 +3,12 @@
 use bytesize::ByteSize;
 
 use crate::backends;
-use crate::commands::cleanup::release_all;
 use crate::config::Config;
 use crate::error::{class_of, fail, Class};
 use crate::hooks::Phase;
 use crate::journal::Journal;
 use crate::manifest::Manifest;
-use crate::orchestrator;
+use crate::orchestrator::{self, CopyPlan, Plan};
 
 pub async fn run(
     config: &Config,
@@ -17,15 +16,16 @@ pub async fn run(
     force: bool,
     max_lock_ms: Option<f64>,
 ) -> anyhow::Result<()> {
-    config.backup()?;
+    let copy = CopyPlan::new(config.backup()?, &config.state_dir)?;
+    let plan = Plan::new(config, force)?;
     let backend = backends::open(&config.snapshot)?;
     let (_lock, mut journal) = super::start_run(config).await?;
 
     let outcome = super::until_signal(orchestrator::backup(
-        config,
+        &plan,
+        &copy,
         backend.as_ref(),
         &mut journal,
-        force,
     ))
     .await;
     let manifest = match outcome {
@@ -50,7 +50,14 @@ pub async fn run(
 /// A run failed: release what it left, then run the `on_failure` hook (after cleanup,
 /// so the hook sees what the failure left: nothing). Returns the run's error.
 async fn failed_run(config: &Config, journal: &mut Journal, e: anyhow::Error) -> anyhow::Error {
-    if let Err(cleanup) = release_all(config, journal).await {
+    if let Err(cleanup) = crate::release::release_all(
+        &config.state_dir,
+        &config.snapshot,
+        config.backup.as_ref(),
+        journal,
+    )
+    .await
+    {
         tracing::error!("{cleanup:#}");
     }
     let env = [

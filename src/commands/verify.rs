@@ -5,7 +5,8 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::manifest::Manifest;
-use crate::verify::{self, Verdict};
+use crate::manifest::Verdict;
+use crate::verify;
 
 pub async fn run(config: &Config, json: bool, backup: &str) -> anyhow::Result<()> {
     let dest = crate::destination::open_configured(config)?;
@@ -14,7 +15,7 @@ pub async fn run(config: &Config, json: bool, backup: &str) -> anyhow::Result<()
     {
         let (_lock, mut journal) = super::start_run(config).await?;
         let outcome = super::until_signal(crate::readback::verify(
-            config,
+            &config.state_dir,
             dest,
             &found,
             &mut journal,

@@ -11,7 +11,10 @@ use crate::error::{fail, Class};
 /// Open the destination `[backup]` names (state such as restic's cache lives in
 /// `state_dir`). Nothing is touched yet: [`Destination::check`] says whether it can be
 /// used.
-pub fn open_backup(backup: &BackupConfig, state_dir: &Path) -> anyhow::Result<Box<dyn Destination>> {
+pub fn open_backup(
+    backup: &BackupConfig,
+    state_dir: &Path,
+) -> anyhow::Result<Box<dyn Destination>> {
     match backup.restic_repository() {
         Some(_) => Ok(Box::new(ResticRepo::open(backup, state_dir)?)),
         None => open(&backup.dest),

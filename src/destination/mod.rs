@@ -80,8 +80,14 @@ pub enum Entry {
         name: String,
         path: PathBuf,
     },
-    /// Looks like a backup (it has a manifest) but its manifest is unreadable or names
-    /// another backup: not one, and never touched.
+    /// A manifest naming another backup (a copy or a renamed backup): shown as what its
+    /// manifest says, but not a backup here: never a base, never removed.
+    Renamed {
+        name: String,
+        path: PathBuf,
+        manifest: Box<Manifest>,
+    },
+    /// A manifest that cannot be read: not a backup, never touched.
     Invalid {
         name: String,
         path: PathBuf,
@@ -92,7 +98,9 @@ impl Entry {
     pub fn name(&self) -> &str {
         match self {
             Entry::Backup(b) => &b.name,
-            Entry::Partial { name, .. } | Entry::Invalid { name, .. } => name,
+            Entry::Partial { name, .. }
+            | Entry::Renamed { name, .. }
+            | Entry::Invalid { name, .. } => name,
         }
     }
 }
@@ -119,8 +127,11 @@ pub enum BaseOf<'a> {
 impl BaseOf<'_> {
     pub fn fits(self, manifest: &Manifest) -> bool {
         match self {
-            BaseOf::Files => manifest.stored.is_empty(),
-            BaseOf::Stream(method) => manifest.transfer.method == method,
+            BaseOf::Files => {
+                manifest.stored.is_empty()
+                    && manifest.transfer.method != crate::manifest::TransferMethod::Restic
+            }
+            BaseOf::Stream(method) => manifest.transfer.method.as_str() == method,
         }
     }
 }
@@ -225,7 +236,7 @@ pub trait Destination: Send + Sync {
             .into_iter()
             .filter_map(|e| match e {
                 Entry::Backup(b) => Some(*b),
-                Entry::Partial { .. } | Entry::Invalid { .. } => None,
+                Entry::Partial { .. } | Entry::Renamed { .. } | Entry::Invalid { .. } => None,
             })
             .collect())
     }

@@ -25,11 +25,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{Backup, BaseOf, Destination, Entry, Fetched, Ingest, Partial, ReceivedCopies};
-use crate::config::{BackupConfig, Config, RESTIC_SCHEME};
+use crate::config::{BackupConfig, RESTIC_SCHEME};
 use crate::db::DbPath;
 use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
-use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::manifest::{Manifest, TransferMethod, MANIFEST_FILE};
 use crate::restic::{BackupRequest, Bind, Restic, Snapshot};
 use crate::transfer::{CopyItem, TransferStats};
 
@@ -38,8 +38,6 @@ const DATA_TAG: &str = "dbsnap-data";
 const MANIFEST_TAG: &str = "dbsnap-manifest";
 const NAME_TAG: &str = "dbsnap-name=";
 const DATADIR_TAG: &str = "dbsnap-datadir=";
-/// The transfer method recorded in manifests.
-pub const METHOD: &str = "restic";
 /// A restic lock older than this is stale whoever holds it (restic's own rule).
 const STALE_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(30);
 
@@ -138,7 +136,11 @@ impl ResticRepo {
             };
         };
         let path = self.path_of(&name);
-        let manifest = match self.restic.dump(&newest.id, &format!("/{MANIFEST_FILE}")).await {
+        let manifest = match self
+            .restic
+            .dump(&newest.id, &format!("/{MANIFEST_FILE}"))
+            .await
+        {
             Ok(text) => toml::from_str::<Manifest>(&text).ok(),
             Err(e) => {
                 tracing::warn!("{name}: {e:#}");
@@ -363,7 +365,9 @@ impl Destination for ResticRepo {
                 format!("the restic repository {}: {e}", dir.display()),
             )
         })?;
-        Ok(Some(stat.blocks_available() as u64 * stat.fragment_size() as u64))
+        Ok(Some(
+            stat.blocks_available() as u64 * stat.fragment_size() as u64,
+        ))
     }
 
     async fn entries(&self) -> anyhow::Result<Vec<Entry>> {
@@ -458,8 +462,12 @@ impl Destination for ResticRepo {
             ));
         }
         journal.record(&backup.name, Resource::Partial { dir: dir.clone() })?;
-        std::fs::create_dir_all(dir.join(crate::manifest::FILES_DIR))
-            .map_err(|e| fail(Class::Destination, format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir.join(crate::manifest::FILES_DIR)).map_err(|e| {
+            fail(
+                Class::Destination,
+                format!("creating {}: {e}", dir.display()),
+            )
+        })?;
         tracing::info!(
             "restoring backup {} (restic snapshot {id}) into {}",
             backup.name,
@@ -472,7 +480,11 @@ impl Destination for ResticRepo {
         Ok(Fetched { dir, staged: true })
     }
 
-    async fn record_verification(&self, backup: &Backup, verified: &Manifest) -> anyhow::Result<()> {
+    async fn record_verification(
+        &self,
+        backup: &Backup,
+        verified: &Manifest,
+    ) -> anyhow::Result<()> {
         let old: Vec<String> = self
             .by_name()
             .await?
@@ -497,7 +509,9 @@ impl Destination for ResticRepo {
         let report = self.restic.check(subset).await?;
         tracing::info!(
             "restic check{}: {}",
-            subset.map(|s| format!(" (reading {s} of the data)")).unwrap_or_default(),
+            subset
+                .map(|s| format!(" (reading {s} of the data)"))
+                .unwrap_or_default(),
             report.lines().last().unwrap_or("no errors")
         );
         journal.forget(&resource)
@@ -521,7 +535,9 @@ impl Ingest for ResticRepo {
         journal: &mut Journal,
         progress: &(dyn Fn(u64) + Sync),
     ) -> anyhow::Result<TransferStats> {
-        let base = self.newest_base(datadir, BaseOf::Stream(METHOD)).await?;
+        let base = self
+            .newest_base(datadir, BaseOf::Stream(TransferMethod::Restic.as_str()))
+            .await?;
         let parent = base
             .as_ref()
             .and_then(|b| b.manifest.transfer.repository_snapshot.clone());
@@ -564,7 +580,7 @@ impl Ingest for ResticRepo {
         };
         let summary = self.restic.backup(&request, progress, &mut started).await?;
         Ok(TransferStats {
-            method: METHOD.into(),
+            method: TransferMethod::Restic,
             base: base.map(|b| b.name),
             parent_snapshot: parent,
             full_because: None,
@@ -578,12 +594,14 @@ impl Ingest for ResticRepo {
 }
 
 /// The configured restic repository, for `dbsnap cleanup` releasing a journaled run.
-pub fn configured(config: &Config, journaled: &str) -> anyhow::Result<ResticRepo> {
-    let repo = config
-        .backup
-        .as_ref()
+pub fn configured(
+    state_dir: &Path,
+    backup: Option<&BackupConfig>,
+    journaled: &str,
+) -> anyhow::Result<ResticRepo> {
+    let repo = backup
         .filter(|b| b.restic_repository().is_some())
-        .map(|b| ResticRepo::open(b, &config.state_dir))
+        .map(|b| ResticRepo::open(b, state_dir))
         .transpose()?;
     match repo {
         Some(repo) if repo.location.display().to_string() == journaled => Ok(repo),

@@ -52,7 +52,9 @@ pub struct Summary {
 /// A line of `restic backup --json`.
 #[derive(Debug, PartialEq)]
 pub enum Message {
-    Status { bytes_done: u64 },
+    Status {
+        bytes_done: u64,
+    },
     Summary(Summary),
     /// A file restic could not read, as restic describes it.
     Error(String),
@@ -97,7 +99,11 @@ pub fn parse_version(out: &str) -> Option<(u32, u32, u32)> {
     let mut parts = word
         .split(|c: char| !c.is_ascii_digit())
         .map(|p| p.parse::<u32>());
-    Some((parts.next()?.ok()?, parts.next()?.ok()?, parts.next()?.unwrap_or(0)))
+    Some((
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+        parts.next()?.unwrap_or(0),
+    ))
 }
 
 /// An absolute path as a restic exclude pattern matching only itself: restic's

@@ -77,7 +77,11 @@ impl std::fmt::Debug for Restic {
 impl Restic {
     /// Find restic and read the configuration's files (warning about loose modes).
     /// Contacts nothing yet.
-    pub fn open(repository: &str, config: &ResticConfig, state_dir: &Path) -> anyhow::Result<Restic> {
+    pub fn open(
+        repository: &str,
+        config: &ResticConfig,
+        state_dir: &Path,
+    ) -> anyhow::Result<Restic> {
         let binary = which::which("restic").map_err(|_| {
             fail(
                 Class::Transfer,
@@ -95,7 +99,11 @@ impl Restic {
                 ),
             )
         })?;
-        warn_if_loose(&config.password_file, meta.permissions().mode(), "the repository's password");
+        warn_if_loose(
+            &config.password_file,
+            meta.permissions().mode(),
+            "the repository's password",
+        );
         let env = match &config.env_file {
             Some(path) => read_env_file(path)?,
             None => Vec::new(),
@@ -116,7 +124,10 @@ impl Restic {
 
     /// A local repository's directory (a plain path, or `local:PATH`).
     pub fn local_dir(&self) -> Option<PathBuf> {
-        let path = self.repository.strip_prefix("local:").unwrap_or(&self.repository);
+        let path = self
+            .repository
+            .strip_prefix("local:")
+            .unwrap_or(&self.repository);
         path.starts_with('/').then(|| PathBuf::from(path))
     }
 
@@ -196,7 +207,10 @@ impl Restic {
     fn not_started(&self, e: std::io::Error) -> anyhow::Error {
         fail(
             Class::Transfer,
-            format!("cannot start {} ({e}); install restic (apt-get install restic)", self.binary.display()),
+            format!(
+                "cannot start {} ({e}); install restic (apt-get install restic)",
+                self.binary.display()
+            ),
         )
     }
 
@@ -204,11 +218,22 @@ impl Restic {
         if out.status.success() {
             return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
         }
-        Err(self.failure(&String::from_utf8_lossy(&out.stderr), what, class, out.status))
+        Err(self.failure(
+            &String::from_utf8_lossy(&out.stderr),
+            what,
+            class,
+            out.status,
+        ))
     }
 
     /// Turn restic's complaint into a failure the user can act on.
-    fn failure(&self, stderr: &str, what: &str, class: Class, status: std::process::ExitStatus) -> anyhow::Error {
+    fn failure(
+        &self,
+        stderr: &str,
+        what: &str,
+        class: Class,
+        status: std::process::ExitStatus,
+    ) -> anyhow::Error {
         let repo = self.shown();
         let said = last_lines(stderr, 4);
         let lower = stderr.to_lowercase();
@@ -222,7 +247,10 @@ impl Restic {
                 ),
             )
         } else if lower.contains("is there a repository at the following location")
-            && (lower.contains("no such file") || lower.contains("404") || lower.contains("not found") || lower.contains("does not exist"))
+            && (lower.contains("no such file")
+                || lower.contains("404")
+                || lower.contains("not found")
+                || lower.contains("does not exist"))
         {
             (
                 Class::Repository,
@@ -232,9 +260,17 @@ impl Restic {
                     self.by_hand("init")
                 ),
             )
-        } else if ["connection refused", "dial tcp", "no such host", "unable to start the sftp session", "i/o timeout", "network is unreachable", "could not resolve"]
-            .iter()
-            .any(|s| lower.contains(s))
+        } else if [
+            "connection refused",
+            "dial tcp",
+            "no such host",
+            "unable to start the sftp session",
+            "i/o timeout",
+            "network is unreachable",
+            "could not resolve",
+        ]
+        .iter()
+        .any(|s| lower.contains(s))
         {
             (
                 Class::Repository,
@@ -250,7 +286,8 @@ impl Restic {
                     self.by_hand("unlock")
                 ),
             )
-        } else if lower.contains("no space left on device") || lower.contains("disk quota exceeded") {
+        } else if lower.contains("no space left on device") || lower.contains("disk quota exceeded")
+        {
             (
                 Class::Destination,
                 format!(
@@ -259,16 +296,24 @@ impl Restic {
                 ),
             )
         } else {
-            (class, format!("{what} failed (restic exited with {status}): {said}"))
+            (
+                class,
+                format!("{what} failed (restic exited with {status}): {said}"),
+            )
         };
         fail(class, format!("{what}: {message}"))
     }
 
     /// restic's version, refused when older than [`MIN_VERSION`].
     pub async fn check_version(&self) -> anyhow::Result<String> {
-        let out = self.run(&["version"], "restic version", Class::Transfer).await?;
+        let out = self
+            .run(&["version"], "restic version", Class::Transfer)
+            .await?;
         let version = json::parse_version(&out).ok_or_else(|| {
-            fail(Class::Transfer, format!("cannot read restic's version from {out:?}"))
+            fail(
+                Class::Transfer,
+                format!("cannot read restic's version from {out:?}"),
+            )
         })?;
         if (version.0, version.1) < MIN_VERSION {
             return Err(fail(
@@ -285,9 +330,13 @@ impl Restic {
 
     /// That the repository exists, can be reached and opens with the password.
     pub async fn check_access(&self) -> anyhow::Result<()> {
-        self.run(&["cat", "config", "--no-lock"], "opening the repository", Class::Repository)
-            .await
-            .map(drop)
+        self.run(
+            &["cat", "config", "--no-lock"],
+            "opening the repository",
+            Class::Repository,
+        )
+        .await
+        .map(drop)
     }
 
     /// The snapshots carrying every tag in `tags` written by `host`.
@@ -295,7 +344,15 @@ impl Restic {
         let tag_filter = tags.join(",");
         let out = self
             .run(
-                &["snapshots", "--json", "--no-lock", "--tag", &tag_filter, "--host", host],
+                &[
+                    "snapshots",
+                    "--json",
+                    "--no-lock",
+                    "--tag",
+                    &tag_filter,
+                    "--host",
+                    host,
+                ],
                 "listing the repository's snapshots",
                 Class::Repository,
             )
@@ -308,19 +365,27 @@ impl Restic {
     /// The locks in the repository.
     pub async fn locks(&self) -> anyhow::Result<Vec<Lock>> {
         let out = self
-            .run(&["list", "locks", "--no-lock"], "listing the repository's locks", Class::Repository)
+            .run(
+                &["list", "locks", "--no-lock"],
+                "listing the repository's locks",
+                Class::Repository,
+            )
             .await?;
         let mut locks = Vec::new();
         for id in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
             // A lock removed between the two calls is no lock.
             let Ok(text) = self
-                .run(&["cat", "lock", id, "--no-lock"], "reading a lock", Class::Repository)
+                .run(
+                    &["cat", "lock", id, "--no-lock"],
+                    "reading a lock",
+                    Class::Repository,
+                )
                 .await
             else {
                 continue;
             };
-            let mut lock: Lock = serde_json::from_str(&text)
-                .with_context(|| format!("reading restic lock {id}"))?;
+            let mut lock: Lock =
+                serde_json::from_str(&text).with_context(|| format!("reading restic lock {id}"))?;
             lock.id = id.to_string();
             locks.push(lock);
         }
@@ -345,12 +410,25 @@ impl Restic {
         host: &str,
         tags: &[String],
     ) -> anyhow::Result<String> {
-        let mut args = vec!["backup", "--json", "--stdin", "--stdin-filename", filename, "--host", host];
+        let mut args = vec![
+            "backup",
+            "--json",
+            "--stdin",
+            "--stdin-filename",
+            filename,
+            "--host",
+            host,
+        ];
         for tag in tags {
             args.extend(["--tag", tag]);
         }
         let out = self
-            .run_with_input(&args, Some(text.as_bytes()), &format!("saving {filename}"), Class::Transfer)
+            .run_with_input(
+                &args,
+                Some(text.as_bytes()),
+                &format!("saving {filename}"),
+                Class::Transfer,
+            )
             .await?;
         let summary = json::summary_of(&out)
             .with_context(|| format!("restic wrote no summary: {}", last_lines(&out, 2)))?;
@@ -376,12 +454,16 @@ impl Restic {
         }
         let mut args = vec!["forget"];
         args.extend_from_slice(ids);
-        self.run(&args, "forgetting snapshots", Class::Repository).await.map(drop)
+        self.run(&args, "forgetting snapshots", Class::Repository)
+            .await
+            .map(drop)
     }
 
     /// Delete the data no snapshot references any more.
     pub async fn prune(&self) -> anyhow::Result<()> {
-        self.run(&["prune"], "pruning the repository", Class::Repository).await.map(drop)
+        self.run(&["prune"], "pruning the repository", Class::Repository)
+            .await
+            .map(drop)
     }
 
     /// `restic check`, reading `read_data_subset` of the data too when given. Returns
@@ -391,12 +473,15 @@ impl Restic {
         if let Some(subset) = read_data_subset {
             args.extend(["--read-data-subset", subset]);
         }
-        self.run(&args, "checking the repository", Class::Verify).await
+        self.run(&args, "checking the repository", Class::Verify)
+            .await
     }
 
     /// Remove the stale locks (of dead processes on this host, or older than 30 min).
     pub async fn unlock(&self) -> anyhow::Result<()> {
-        self.run(&["unlock"], "removing stale locks", Class::Repository).await.map(drop)
+        self.run(&["unlock"], "removing stale locks", Class::Repository)
+            .await
+            .map(drop)
     }
 
     /// `restic backup` of `paths` as they look through `binds` (see [`namespace`]),
@@ -408,9 +493,15 @@ impl Restic {
         progress: &(dyn Fn(u64) + Sync),
         started: &mut (dyn FnMut(u32) -> anyhow::Result<()> + Send),
     ) -> anyhow::Result<Summary> {
-        let mut args: Vec<String> = ["backup", "--json", "--one-file-system", "--host", request.host]
-            .map(String::from)
-            .to_vec();
+        let mut args: Vec<String> = [
+            "backup",
+            "--json",
+            "--one-file-system",
+            "--host",
+            request.host,
+        ]
+        .map(String::from)
+        .to_vec();
         for tag in request.tags {
             args.extend(["--tag".into(), tag.clone()]);
         }
@@ -421,7 +512,13 @@ impl Restic {
             args.push(format!("--exclude={}", json::exclude_pattern(exclude)));
         }
         args.push("--".into());
-        args.extend(request.binds.iter().filter(|b| b.top_level).map(|b| b.original.display().to_string()));
+        args.extend(
+            request
+                .binds
+                .iter()
+                .filter(|b| b.top_level)
+                .map(|b| b.original.display().to_string()),
+        );
         tracing::debug!(?args, "restic");
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut command = self.command(&argv);
@@ -478,7 +575,10 @@ fn read_env_file(path: &Path) -> anyhow::Result<Vec<(String, OsString)>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         fail(
             Class::Config,
-            format!("backup.restic.env_file: cannot read {}: {e}", path.display()),
+            format!(
+                "backup.restic.env_file: cannot read {}: {e}",
+                path.display()
+            ),
         )
     })?;
     if let Ok(meta) = std::fs::metadata(path) {
@@ -494,7 +594,11 @@ fn read_env_file(path: &Path) -> anyhow::Result<Vec<(String, OsString)>> {
         let bad = |why: &str| {
             fail(
                 Class::Config,
-                format!("backup.restic.env_file {} line {}: {why}", path.display(), n + 1),
+                format!(
+                    "backup.restic.env_file {} line {}: {why}",
+                    path.display(),
+                    n + 1
+                ),
             )
         };
         let (key, value) = line
@@ -577,7 +681,10 @@ mod tests {
             redact("rest:https://backup:s3cret@host:8000/db1"),
             "rest:https://backup:***@host:8000/db1"
         );
-        assert_eq!(redact("sftp:user@host:/srv/restic"), "sftp:user@host:/srv/restic");
+        assert_eq!(
+            redact("sftp:user@host:/srv/restic"),
+            "sftp:user@host:/srv/restic"
+        );
         assert_eq!(redact("/srv/restic"), "/srv/restic");
     }
 
@@ -595,12 +702,18 @@ mod tests {
             vars,
             vec![
                 ("AWS_ACCESS_KEY_ID".to_string(), OsString::from("AKIA")),
-                ("AWS_SECRET_ACCESS_KEY".to_string(), OsString::from("se cret")),
+                (
+                    "AWS_SECRET_ACCESS_KEY".to_string(),
+                    OsString::from("se cret")
+                ),
             ]
         );
         std::fs::write(&path, "RESTIC_PASSWORD=x\n").unwrap();
         let err = read_env_file(&path).unwrap_err().to_string();
-        assert!(err.contains("line 1") && err.contains("RESTIC_PASSWORD"), "{err}");
+        assert!(
+            err.contains("line 1") && err.contains("RESTIC_PASSWORD"),
+            "{err}"
+        );
     }
 
     #[test]

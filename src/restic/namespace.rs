@@ -31,7 +31,8 @@ pub struct Bind {
 /// Arrange for `command`'s process to see `binds` (in order) before it execs.
 pub fn bind_before_exec(command: &mut Command, binds: &[Bind]) -> anyhow::Result<()> {
     let c = |p: &PathBuf| {
-        CString::new(p.as_os_str().as_bytes()).with_context(|| format!("{} has a NUL byte", p.display()))
+        CString::new(p.as_os_str().as_bytes())
+            .with_context(|| format!("{} has a NUL byte", p.display()))
     };
     let pairs: Vec<(CString, CString)> = binds
         .iter()
@@ -44,9 +45,21 @@ pub fn bind_before_exec(command: &mut Command, binds: &[Bind]) -> anyhow::Result
     unsafe {
         command.pre_exec(move || {
             unshare(CloneFlags::CLONE_NEWNS)?;
-            mount(none, c"/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)?;
+            mount(
+                none,
+                c"/",
+                none,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                none,
+            )?;
             for (frozen, original) in &pairs {
-                mount(Some(frozen.as_c_str()), original.as_c_str(), none, MsFlags::MS_BIND, none)?;
+                mount(
+                    Some(frozen.as_c_str()),
+                    original.as_c_str(),
+                    none,
+                    MsFlags::MS_BIND,
+                    none,
+                )?;
                 mount(
                     none,
                     original.as_c_str(),

@@ -13,7 +13,7 @@ use anyhow::Context;
 use dbsnap_backend_api::command::Cmd;
 
 use crate::destination::{Backup, BaseOf, Destination};
-use crate::manifest::FILES_DIR;
+use crate::manifest::{TransferMethod, FILES_DIR};
 use crate::transfer::rsync::{CopyItem, Writes};
 
 /// How the new copy relates to the previous backup.
@@ -29,11 +29,11 @@ pub enum Basis {
 
 impl Basis {
     /// The transfer method recorded in the manifest.
-    pub fn method(&self) -> &'static str {
+    pub fn method(&self) -> TransferMethod {
         match self {
-            Basis::Full => "rsync",
-            Basis::Reflinked { .. } => "rsync+reflink",
-            Basis::Linked { .. } => "rsync+link-dest",
+            Basis::Full => TransferMethod::Rsync,
+            Basis::Reflinked { .. } => TransferMethod::RsyncReflink,
+            Basis::Linked { .. } => TransferMethod::RsyncLinkDest,
         }
     }
 
@@ -139,13 +139,13 @@ mod tests {
 
     #[test]
     fn methods_and_bases() {
-        assert_eq!(Basis::Full.method(), "rsync");
+        assert_eq!(Basis::Full.method().as_str(), "rsync");
         assert_eq!(Basis::Full.base(), None);
         let r = Basis::Reflinked {
             base: "20261125T000000Z".into(),
         };
         assert_eq!(
-            (r.method(), r.base().as_deref()),
+            (r.method().as_str(), r.base().as_deref()),
             ("rsync+reflink", Some("20261125T000000Z"))
         );
     }
