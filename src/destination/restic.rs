@@ -48,6 +48,8 @@ pub struct ResticRepo {
     tags: Vec<String>,
     /// `restic check --read-data-subset` for verification.
     check_subset: Option<String>,
+    /// `[backup] bwlimit`, as restic's `--limit-upload` (KiB/s).
+    limit_upload_kib: Option<u64>,
 }
 
 /// This machine's name, as restic records it in its locks.
@@ -83,6 +85,7 @@ impl ResticRepo {
             host: config.host.clone().unwrap_or_else(this_host),
             tags: config.tags.clone(),
             check_subset: config.check_read_data_subset.clone(),
+            limit_upload_kib: backup.bwlimit.map(|b| (b.as_u64() / 1024).max(1)),
         })
     }
 
@@ -565,6 +568,7 @@ impl Ingest for ResticRepo {
             host: &self.host,
             tags: &tags,
             parent: parent.as_deref(),
+            limit_upload_kib: self.limit_upload_kib,
         };
         let recorded = Self::run_entries(journal, &partial.name);
         let mut started = |pid: u32| -> anyhow::Result<()> {

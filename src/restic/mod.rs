@@ -508,6 +508,9 @@ impl Restic {
         if let Some(parent) = request.parent {
             args.extend(["--parent".into(), parent.to_string()]);
         }
+        if let Some(kib) = request.limit_upload_kib {
+            args.push(format!("--limit-upload={kib}"));
+        }
         for exclude in request.excludes {
             args.push(format!("--exclude={}", json::exclude_pattern(exclude)));
         }
@@ -567,6 +570,8 @@ pub struct BackupRequest<'a> {
     pub tags: &'a [String],
     /// The previous snapshot of the same directories: unchanged files are not read.
     pub parent: Option<&'a str>,
+    /// `--limit-upload`, KiB/s.
+    pub limit_upload_kib: Option<u64>,
 }
 
 /// `KEY=VALUE` lines (blank lines and `#` comments skipped, `export ` and quotes around
