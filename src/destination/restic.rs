@@ -258,10 +258,10 @@ fn is_restic(pid: u32) -> bool {
         && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "restic")
 }
 
-/// Ask restic to stop (it removes its lock), then make it.
+/// Ask restic to stop (on SIGINT it removes its lock), then make it.
 async fn stop(pid: u32) {
     let target = nix::unistd::Pid::from_raw(pid as i32);
-    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGINT);
     for _ in 0..100 {
         if !crate::procs::is_running(pid) {
             return;

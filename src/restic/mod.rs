@@ -8,12 +8,13 @@ pub mod json;
 mod namespace;
 
 use std::ffi::OsString;
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::config::ResticConfig;
@@ -163,16 +164,15 @@ impl Restic {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .kill_on_drop(true)
             // The terminal's Ctrl-C goes to dbsnap, which stops restic itself.
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe. If dbsnap dies, restic is told to stop
-        // (SIGTERM: it removes its lock and writes no snapshot).
+        // SAFETY: prctl is async-signal-safe. If dbsnap dies, restic is told to stop:
+        // on SIGINT it writes no snapshot and removes its lock (restic 0.14 ignores
+        // SIGTERM's chance to clean up: it dies with its lock left behind).
         unsafe {
             command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGINT)
                     .map_err(std::io::Error::from)
             });
         }
@@ -193,6 +193,7 @@ impl Restic {
     ) -> anyhow::Result<String> {
         tracing::debug!(?args, "restic");
         let mut command = self.command(args);
+        let outputs = Outputs::attach(&mut command)?;
         if input.is_some() {
             command.stdin(Stdio::piped());
         }
@@ -200,8 +201,11 @@ impl Restic {
         if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
             stdin.write_all(input).await.context("writing to restic")?;
         }
-        let out = child.wait_with_output().await?;
-        self.checked(out, what, class)
+        let status = child.wait().await?;
+        match status.success() {
+            true => outputs.stdout(),
+            false => Err(self.failure(&outputs.stderr()?, what, class, status)),
+        }
     }
 
     fn not_started(&self, e: std::io::Error) -> anyhow::Error {
@@ -212,18 +216,6 @@ impl Restic {
                 self.binary.display()
             ),
         )
-    }
-
-    fn checked(&self, out: Output, what: &str, class: Class) -> anyhow::Result<String> {
-        if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-        }
-        Err(self.failure(
-            &String::from_utf8_lossy(&out.stderr),
-            what,
-            class,
-            out.status,
-        ))
     }
 
     /// Turn restic's complaint into a failure the user can act on.
@@ -526,38 +518,83 @@ impl Restic {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut command = self.command(&argv);
         namespace::bind_before_exec(&mut command, request.binds)?;
+        let outputs = Outputs::attach(&mut command)?;
         let mut child = command.spawn().map_err(|e| self.not_started(e))?;
         started(child.id().unwrap_or_default())?;
-        let stdout = child.stdout.take().expect("piped");
-        let mut stderr = child.stderr.take().expect("piped");
-        let read_err = async {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text).await;
-            text
+        let mut reader = outputs.out.reopen()?;
+        let mut pending = String::new();
+        let mut summary = None;
+        let mut errors = Vec::new();
+        let mut on_line = |line: &str| match json::backup_message(line) {
+            json::Message::Status { bytes_done } => progress(bytes_done),
+            json::Message::Summary(s) => summary = Some(s),
+            json::Message::Error(e) => errors.push(e),
+            json::Message::Other => {}
         };
-        let read_out = async {
-            let mut lines = BufReader::new(stdout).lines();
-            let mut summary = None;
-            let mut errors = Vec::new();
-            while let Ok(Some(line)) = lines.next_line().await {
-                match json::backup_message(&line) {
-                    json::Message::Status { bytes_done } => progress(bytes_done),
-                    json::Message::Summary(s) => summary = Some(s),
-                    json::Message::Error(e) => errors.push(e),
-                    json::Message::Other => {}
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status?,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {
+                    read_lines(&mut reader, &mut pending, &mut on_line)?;
                 }
             }
-            (summary, errors)
         };
-        let ((summary, errors), err, status) = tokio::join!(read_out, read_err, child.wait());
-        let status = status?;
-        let err = [err, errors.join("\n")].join("\n");
+        read_lines(&mut reader, &mut pending, &mut on_line)?;
+        on_line(&pending);
+        let err = [outputs.stderr()?, errors.join("\n")].join("\n");
         match summary {
             // Exit 3: some files could not be read. A backup missing files is no backup.
             Some(summary) if status.success() => Ok(summary),
             _ => Err(self.failure(&err, "restic backup", Class::Transfer, status)),
         }
     }
+}
+
+/// restic's stdout and stderr go to files (removed when dropped), not pipes: a Go
+/// program that writes to a pipe whose reader has died is killed by SIGPIPE on the
+/// spot, so a restic told to stop because dbsnap was killed would die before removing
+/// its lock.
+struct Outputs {
+    out: tempfile::NamedTempFile,
+    err: tempfile::NamedTempFile,
+}
+
+impl Outputs {
+    fn attach(command: &mut Command) -> anyhow::Result<Outputs> {
+        let outputs = Outputs {
+            out: tempfile::NamedTempFile::new().context("creating a file for restic's output")?,
+            err: tempfile::NamedTempFile::new().context("creating a file for restic's output")?,
+        };
+        command
+            .stdout(Stdio::from(outputs.out.as_file().try_clone()?))
+            .stderr(Stdio::from(outputs.err.as_file().try_clone()?));
+        Ok(outputs)
+    }
+
+    fn stdout(&self) -> anyhow::Result<String> {
+        Ok(String::from_utf8_lossy(&std::fs::read(self.out.path())?).into_owned())
+    }
+
+    fn stderr(&self) -> anyhow::Result<String> {
+        Ok(String::from_utf8_lossy(&std::fs::read(self.err.path())?).into_owned())
+    }
+}
+
+/// Hand each complete line written to `file` since the last call to `on_line`;
+/// an incomplete last line waits in `pending`.
+fn read_lines(
+    file: &mut std::fs::File,
+    pending: &mut String,
+    on_line: &mut dyn FnMut(&str),
+) -> anyhow::Result<()> {
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    pending.push_str(&String::from_utf8_lossy(&bytes));
+    if let Some(end) = pending.rfind('\n') {
+        let complete: String = pending.drain(..=end).collect();
+        complete.lines().for_each(&mut *on_line);
+    }
+    Ok(())
 }
 
 /// What `restic backup` saves.
