@@ -4,11 +4,12 @@
 //! `[backup.restic] env_file`, and the few variables ssh and rclone need to run. The
 //! password and the credentials never appear in argv, in logs or in manifests.
 
+mod backup;
+mod env;
 pub mod json;
 mod namespace;
 
 use std::ffi::OsString;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -19,6 +20,9 @@ use tokio::process::Command;
 
 use crate::config::ResticConfig;
 use crate::error::{fail, Class};
+pub use backup::BackupRequest;
+pub use env::redact;
+use env::{read_env_file, warn_if_loose};
 pub use json::{Lock, Snapshot, Summary};
 pub use namespace::Bind;
 
@@ -39,17 +43,6 @@ const PASSED_THROUGH: &[&str] = &[
     "https_proxy",
     "http_proxy",
     "no_proxy",
-];
-
-/// Variables an env file may not set: the repository and its password come from the
-/// configuration, so that no file other than `password_file` holds the password.
-const RESERVED: &[&str] = &[
-    "RESTIC_REPOSITORY",
-    "RESTIC_REPOSITORY_FILE",
-    "RESTIC_PASSWORD",
-    "RESTIC_PASSWORD_FILE",
-    "RESTIC_PASSWORD_COMMAND",
-    "RESTIC_CACHE_DIR",
 ];
 
 /// One restic repository, ready to run restic against.
@@ -475,79 +468,6 @@ impl Restic {
             .await
             .map(drop)
     }
-
-    /// `restic backup` of `paths` as they look through `binds` (see [`namespace`]),
-    /// reporting bytes read to `progress` and restic's pid to `started` as soon as it
-    /// runs.
-    pub async fn backup(
-        &self,
-        request: &BackupRequest<'_>,
-        progress: &(dyn Fn(u64) + Sync),
-        started: &mut (dyn FnMut(u32) -> anyhow::Result<()> + Send),
-    ) -> anyhow::Result<Summary> {
-        let mut args: Vec<String> = [
-            "backup",
-            "--json",
-            "--one-file-system",
-            "--host",
-            request.host,
-        ]
-        .map(String::from)
-        .to_vec();
-        for tag in request.tags {
-            args.extend(["--tag".into(), tag.clone()]);
-        }
-        if let Some(parent) = request.parent {
-            args.extend(["--parent".into(), parent.to_string()]);
-        }
-        if let Some(kib) = request.limit_upload_kib {
-            args.push(format!("--limit-upload={kib}"));
-        }
-        for exclude in request.excludes {
-            args.push(format!("--exclude={}", json::exclude_pattern(exclude)));
-        }
-        args.push("--".into());
-        args.extend(
-            request
-                .binds
-                .iter()
-                .filter(|b| b.top_level)
-                .map(|b| b.original.display().to_string()),
-        );
-        tracing::debug!(?args, "restic");
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut command = self.command(&argv);
-        namespace::bind_before_exec(&mut command, request.binds)?;
-        let outputs = Outputs::attach(&mut command)?;
-        let mut child = command.spawn().map_err(|e| self.not_started(e))?;
-        started(child.id().unwrap_or_default())?;
-        let mut reader = outputs.out.reopen()?;
-        let mut pending = String::new();
-        let mut summary = None;
-        let mut errors = Vec::new();
-        let mut on_line = |line: &str| match json::backup_message(line) {
-            json::Message::Status { bytes_done } => progress(bytes_done),
-            json::Message::Summary(s) => summary = Some(s),
-            json::Message::Error(e) => errors.push(e),
-            json::Message::Other => {}
-        };
-        let status = loop {
-            tokio::select! {
-                status = child.wait() => break status?,
-                _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {
-                    read_lines(&mut reader, &mut pending, &mut on_line)?;
-                }
-            }
-        };
-        read_lines(&mut reader, &mut pending, &mut on_line)?;
-        on_line(&pending);
-        let err = [outputs.stderr()?, errors.join("\n")].join("\n");
-        match summary {
-            // Exit 3: some files could not be read. A backup missing files is no backup.
-            Some(summary) if status.success() => Ok(summary),
-            _ => Err(self.failure(&err, "restic backup", Class::Transfer, status)),
-        }
-    }
 }
 
 /// restic's stdout and stderr go to files (removed when dropped), not pipes: a Go
@@ -580,129 +500,6 @@ impl Outputs {
     }
 }
 
-/// Hand each complete line written to `file` since the last call to `on_line`;
-/// an incomplete last line waits in `pending`.
-fn read_lines(
-    file: &mut std::fs::File,
-    pending: &mut String,
-    on_line: &mut dyn FnMut(&str),
-) -> anyhow::Result<()> {
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    pending.push_str(&String::from_utf8_lossy(&bytes));
-    if let Some(end) = pending.rfind('\n') {
-        let complete: String = pending.drain(..=end).collect();
-        complete.lines().for_each(&mut *on_line);
-    }
-    Ok(())
-}
-
-/// What `restic backup` saves.
-pub struct BackupRequest<'a> {
-    /// Frozen directories shown at their original paths; the top-level ones are saved.
-    pub binds: &'a [Bind],
-    /// Original paths left out (the server's pid file).
-    pub excludes: &'a [PathBuf],
-    pub host: &'a str,
-    pub tags: &'a [String],
-    /// The previous snapshot of the same directories: unchanged files are not read.
-    pub parent: Option<&'a str>,
-    /// `--limit-upload`, KiB/s.
-    pub limit_upload_kib: Option<u64>,
-}
-
-/// `KEY=VALUE` lines (blank lines and `#` comments skipped, `export ` and quotes around
-/// the value allowed). Values are never logged.
-fn read_env_file(path: &Path) -> anyhow::Result<Vec<(String, OsString)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        fail(
-            Class::Config,
-            format!(
-                "backup.restic.env_file: cannot read {}: {e}",
-                path.display()
-            ),
-        )
-    })?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        warn_if_loose(path, meta.permissions().mode(), "storage credentials");
-    }
-    let mut vars = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let bad = |why: &str| {
-            fail(
-                Class::Config,
-                format!(
-                    "backup.restic.env_file {} line {}: {why}",
-                    path.display(),
-                    n + 1
-                ),
-            )
-        };
-        let (key, value) = line
-            .split_once('=')
-            .ok_or_else(|| bad("expected KEY=VALUE"))?;
-        let key = key.trim();
-        let valid = !key.is_empty()
-            && !key.starts_with(|c: char| c.is_ascii_digit())
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
-            return Err(bad(&format!("{key:?} is not a variable name")));
-        }
-        if RESERVED.contains(&key) {
-            return Err(bad(&format!(
-                "{key} is set by dbsnap from [backup] dest and backup.restic.password_file; remove it"
-            )));
-        }
-        let value = value.trim();
-        let value = ['"', '\'']
-            .iter()
-            .find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
-            .unwrap_or(value);
-        vars.push((key.to_string(), OsString::from(value)));
-    }
-    Ok(vars)
-}
-
-fn warn_if_loose(path: &Path, mode: u32, holds: &str) {
-    if mode & 0o044 != 0 {
-        tracing::warn!(
-            "{} holds {holds} and is readable by group or others (mode {:o}): run `chmod 600 {}`",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        );
-    }
-}
-
-/// A repository string with the password of a `user:password@` part masked
-/// (`rest:https://user:secret@host/` → `rest:https://user:***@host/`).
-pub fn redact(repository: &str) -> String {
-    let Some(scheme_end) = repository.find("://") else {
-        return repository.to_string();
-    };
-    let rest = &repository[scheme_end + 3..];
-    let authority = rest.split('/').next().unwrap_or(rest);
-    match authority.rsplit_once('@') {
-        Some((userinfo, _)) => match userinfo.split_once(':') {
-            Some((user, _)) => {
-                let start = scheme_end + 3;
-                format!(
-                    "{}{user}:***{}",
-                    &repository[..start],
-                    &repository[start + userinfo.len()..]
-                )
-            }
-            None => repository.to_string(),
-        },
-        None => repository.to_string(),
-    }
-}
-
 /// Single-quoted for a POSIX shell, for commands printed for the user to run.
 fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
@@ -716,47 +513,6 @@ fn last_lines(text: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_inside_repository_strings_are_masked() {
-        assert_eq!(
-            redact("rest:https://backup:s3cret@host:8000/db1"),
-            "rest:https://backup:***@host:8000/db1"
-        );
-        assert_eq!(
-            redact("sftp:user@host:/srv/restic"),
-            "sftp:user@host:/srv/restic"
-        );
-        assert_eq!(redact("/srv/restic"), "/srv/restic");
-    }
-
-    #[test]
-    fn an_env_file_sets_credentials_but_not_the_password() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("env");
-        std::fs::write(
-            &path,
-            "# S3\nexport AWS_ACCESS_KEY_ID=AKIA\nAWS_SECRET_ACCESS_KEY=\"se cret\"\n\n",
-        )
-        .unwrap();
-        let vars = read_env_file(&path).unwrap();
-        assert_eq!(
-            vars,
-            vec![
-                ("AWS_ACCESS_KEY_ID".to_string(), OsString::from("AKIA")),
-                (
-                    "AWS_SECRET_ACCESS_KEY".to_string(),
-                    OsString::from("se cret")
-                ),
-            ]
-        );
-        std::fs::write(&path, "RESTIC_PASSWORD=x\n").unwrap();
-        let err = read_env_file(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("line 1") && err.contains("RESTIC_PASSWORD"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn commands_for_the_user_are_quoted_and_hold_no_secret() {

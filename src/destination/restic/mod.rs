@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+mod locks;
+
 use super::{Backup, BaseOf, Destination, Entry, Fetched, Ingest, Partial, ReceivedCopies};
 use crate::config::{BackupConfig, RESTIC_SCHEME};
 use crate::db::DbPath;
@@ -38,8 +40,6 @@ const DATA_TAG: &str = "dbsnap-data";
 const MANIFEST_TAG: &str = "dbsnap-manifest";
 const NAME_TAG: &str = "dbsnap-name=";
 const DATADIR_TAG: &str = "dbsnap-datadir=";
-/// A restic lock older than this is stale whoever holds it (restic's own rule).
-const STALE_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(30);
 
 pub struct ResticRepo {
     restic: Restic,
@@ -202,90 +202,6 @@ impl ResticRepo {
         }
         Ok(())
     }
-
-    /// Release what an interrupted restic left for run `run` (see
-    /// [`Resource::ResticRun`]): stop restic if it still runs, remove the stale locks
-    /// it left, forget a backup's files that never got their manifest.
-    pub async fn release_run(
-        &self,
-        run: &str,
-        pid: Option<u32>,
-        started_at: DateTime<Utc>,
-    ) -> anyhow::Result<()> {
-        if let Some(pid) = pid.filter(|p| is_restic(*p)) {
-            stop(pid).await;
-        }
-        let host = this_host();
-        let locks = self.restic.locks().await?;
-        let stale: Vec<_> = locks
-            .iter()
-            .filter(|l| {
-                (l.hostname == host && !crate::procs::is_running(l.pid))
-                    || Utc::now() - l.time > STALE_AFTER
-            })
-            .collect();
-        let (own, others): (Vec<_>, Vec<_>) = stale
-            .into_iter()
-            .partition(|l| l.hostname == host && l.time >= started_at);
-        if !own.is_empty() {
-            if !others.is_empty() {
-                return Err(fail(
-                    Class::Repository,
-                    format!(
-                        "the restic repository {} holds stale locks of run {run} and others dbsnap \
-                         did not take ({}); `restic unlock` would remove them all, so dbsnap does \
-                         not. Check that no restic runs against it, then run `{}` and `dbsnap \
-                         cleanup` again",
-                        self.location.display(),
-                        describe_locks(&others),
-                        self.restic.by_hand("unlock")
-                    ),
-                ));
-            }
-            tracing::info!(
-                "removing the stale restic lock(s) of run {run}: {}",
-                describe_locks(&own)
-            );
-            self.restic.unlock().await?;
-        }
-        self.forget_backup(run, true).await
-    }
-}
-
-/// Whether `pid` is a restic process (ours, if the journal names it).
-fn is_restic(pid: u32) -> bool {
-    crate::procs::is_running(pid)
-        && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "restic")
-}
-
-/// Ask restic to stop (on SIGINT it removes its lock), then make it.
-async fn stop(pid: u32) {
-    let target = nix::unistd::Pid::from_raw(pid as i32);
-    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGINT);
-    for _ in 0..100 {
-        if !crate::procs::is_running(pid) {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
-}
-
-fn describe_locks(locks: &[&crate::restic::Lock]) -> String {
-    locks
-        .iter()
-        .map(|l| {
-            format!(
-                "{} (pid {} on {}, {}since {})",
-                &l.id[..l.id.len().min(8)],
-                l.pid,
-                l.hostname,
-                if l.exclusive { "exclusive, " } else { "" },
-                l.time.format("%Y-%m-%d %H:%M:%S UTC")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[async_trait]
@@ -315,15 +231,8 @@ impl Destination for ResticRepo {
             }
         }
         self.restic.check_access().await?;
-        let host = this_host();
         let locks = self.restic.locks().await?;
-        let stale: Vec<_> = locks
-            .iter()
-            .filter(|l| {
-                (l.hostname == host && !crate::procs::is_running(l.pid))
-                    || Utc::now() - l.time > STALE_AFTER
-            })
-            .collect();
+        let stale = locks::stale(&locks, &this_host());
         if !stale.is_empty() {
             return Err(fail(
                 Class::Repository,
@@ -332,7 +241,7 @@ impl Destination for ResticRepo {
                      `dbsnap cleanup` removes it when dbsnap's journal records that run; otherwise, \
                      once no restic runs against the repository, remove it with `{}`",
                     self.location.display(),
-                    describe_locks(&stale),
+                    locks::describe(&stale),
                     self.restic.by_hand("unlock")
                 ),
             ));
@@ -345,7 +254,7 @@ impl Destination for ResticRepo {
                     "the restic repository {} is locked exclusively (a prune or check is running): \
                      {}. Try again when it has finished",
                     self.location.display(),
-                    describe_locks(&exclusive)
+                    locks::describe(&exclusive)
                 ),
             ));
         }
