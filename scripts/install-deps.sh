@@ -25,7 +25,7 @@ apt-get install -y -q --no-install-recommends \
     btrfs-progs rsync util-linux e2fsprogs xfsprogs lvm2 thin-provisioning-tools \
     zfs-fuse \
     qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static kmod cpio \
-    borgbackup restic \
+    borgbackup restic rclone \
     openssh-server openssh-client b3sum \
     procps psmisc ca-certificates fonts-dejavu-core jq
 

@@ -130,6 +130,11 @@ pub struct ResticConfig {
     /// `restic check --read-data-subset` for `dbsnap verify` (e.g. "5%"); none: only
     /// the structure is checked, the throwaway server reads every restored byte.
     pub check_read_data_subset: Option<String>,
+    /// restic's extended options, each passed as `-o KEY=VALUE` (e.g.
+    /// `sftp.command=ssh -F /etc/dbsnap/ssh_config backup-host -s sftp`). They are in
+    /// argv: no secrets here (those go in `env_file`).
+    #[serde(default)]
+    pub options: Vec<String>,
 }
 
 impl BackupConfig {
@@ -315,6 +320,17 @@ fn validate_restic(repository: &str, restic: Option<&ResticConfig>) -> anyhow::R
             anyhow::bail!(
                 "backup.restic.tags: {tag:?} starts with \"dbsnap\", which dbsnap's own tags use; \
                  choose another"
+            );
+        }
+    }
+    for option in &restic.options {
+        let valid = option
+            .split_once('=')
+            .is_some_and(|(k, _)| !k.is_empty() && k.contains('.') && !k.starts_with('-'));
+        if !valid || option.chars().any(char::is_control) {
+            anyhow::bail!(
+                "backup.restic.options: {option:?} is not a restic option: write \
+                 \"BACKEND.NAME=VALUE\", e.g. \"sftp.command=ssh -F /etc/dbsnap/ssh_config host -s sftp\""
             );
         }
     }

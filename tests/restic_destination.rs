@@ -12,6 +12,7 @@ use common::restic::{use_repository, Repo, RestServer};
 use common::{restore, stderr, stdout_json, time, Sandbox};
 use dbsnap_test_support::bank::{self, Commit, Writers};
 use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
+use dbsnap_test_support::sshd::Sshd;
 
 /// `dbsnap backup --json` while writers run; the manifest and what was committed.
 fn backup_under_load(sb: &Sandbox) -> (serde_json::Value, Vec<Commit>) {
@@ -188,5 +189,51 @@ fn a_backup_through_a_rest_server_restores_consistently_and_a_server_that_is_dow
             .len(),
         1
     );
+    repo.assert_checks_clean();
+}
+
+#[test]
+fn a_backup_over_sftp_through_a_real_sshd_restores_consistently() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    let sshd = Sshd::start();
+    // How restic's ssh reaches the test's sshd (port, key, known host): an ssh config
+    // named by restic's sftp.command option, as a real set-up would.
+    let ssh_config = sb.dir.path().join("ssh config");
+    std::fs::write(
+        &ssh_config,
+        format!(
+            "Host backup-host\n  HostName {host}\n  User {user}\n  Port {port}\n  \
+             IdentityFile \"{key}\"\n  IdentitiesOnly yes\n  UserKnownHostsFile \"{known}\"\n  \
+             StrictHostKeyChecking yes\n  BatchMode yes\n",
+            host = sshd.host,
+            user = sshd.user,
+            port = sshd.port,
+            key = sshd.identity.display(),
+            known = sshd.known_hosts.display(),
+        ),
+    )
+    .unwrap();
+    let remote = sb.dir.path().join("sftp repo");
+    let mut repo = Repo::new(
+        sb.dir.path(),
+        &format!("sftp:backup-host:{}", remote.display()),
+    );
+    let option = format!(
+        "sftp.command=ssh -F '{}' backup-host -s sftp",
+        ssh_config.display()
+    );
+    repo.options = vec![option.clone()];
+    repo.init();
+    use_repository(&sb, &repo, "", &format!("options = [{option:?}]"));
+
+    let (manifest, commits) = backup_under_load(&sb);
+    assert_eq!(manifest["transfer"]["method"], "restic");
+    assert!(
+        remote.join("config").exists(),
+        "the repository is not where sftp put it"
+    );
+    assert_restores_consistently(&sb, &manifest, &commits);
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
     repo.assert_checks_clean();
 }

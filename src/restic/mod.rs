@@ -52,6 +52,8 @@ pub struct Restic {
     password_file: PathBuf,
     /// From the env file; never printed (see the `Debug` impl).
     env: Vec<(String, OsString)>,
+    /// `[backup.restic] options`, each given as `-o OPTION`.
+    options: Vec<String>,
     cache_dir: PathBuf,
 }
 
@@ -107,6 +109,7 @@ impl Restic {
             repository: repository.to_string(),
             password_file: config.password_file.clone(),
             env,
+            options: config.options.clone(),
             cache_dir: state_dir.join("restic-cache"),
         })
     }
@@ -155,6 +158,7 @@ impl Restic {
             .env("RESTIC_PASSWORD_FILE", &self.password_file)
             .env("RESTIC_CACHE_DIR", &self.cache_dir)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(self.options.iter().flat_map(|o| ["-o", o.as_str()]))
             .args(args)
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -521,6 +525,7 @@ mod tests {
             repository: "/srv/it's; rm -rf /".into(),
             password_file: "/etc/dbsnap/pw".into(),
             env: vec![("AWS_SECRET_ACCESS_KEY".into(), "hunter2".into())],
+            options: vec![],
             cache_dir: "/tmp".into(),
         };
         let shown = restic.by_hand("init");

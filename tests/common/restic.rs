@@ -18,6 +18,8 @@ pub struct Repo {
     pub repository: String,
     pub password_file: PathBuf,
     cache: PathBuf,
+    /// restic's `-o` options (how an sftp repository's ssh reaches the test's sshd).
+    pub options: Vec<String>,
 }
 
 impl Repo {
@@ -30,11 +32,13 @@ impl Repo {
             repository: repository.to_string(),
             password_file,
             cache: dir.join("test-restic-cache"),
+            options: Vec::new(),
         }
     }
 
     pub fn restic(&self, args: &[&str]) -> Output {
         let out = Command::new("restic")
+            .args(self.options.iter().flat_map(|o| ["-o", o.as_str()]))
             .args(args)
             .env("RESTIC_REPOSITORY", &self.repository)
             .env("RESTIC_PASSWORD_FILE", &self.password_file)
