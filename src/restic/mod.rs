@@ -224,6 +224,8 @@ impl Restic {
         status: std::process::ExitStatus,
     ) -> anyhow::Error {
         let repo = self.shown();
+        // restic may quote the repository string: never with a password in it.
+        let stderr = &stderr.replace(&self.repository, &repo);
         let said = last_lines(stderr, 4);
         let lower = stderr.to_lowercase();
         let (class, message) = if lower.contains("wrong password") {
