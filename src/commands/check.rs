@@ -29,7 +29,7 @@ struct Report {
 pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()> {
     let backend = backends::open(&config.snapshot)?;
     let plan = Plan::new(config, force)?;
-    let pre = orchestrator::prepare(&plan, backend.as_ref()).await?;
+    let pre = orchestrator::prepare(&plan, backend.as_ref()).await?.survey;
     let (destination, transfer_method, needed_bytes) = match &config.backup {
         Some(b) => {
             let copy = CopyPlan::new(b)?;
@@ -44,7 +44,7 @@ pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()>
         None => (None, None, None),
     };
     let report = Report {
-        server_version: pre.server.version.text.clone(),
+        server_version: pre.server.version.clone(),
         backend: backend.name().into(),
         paths: pre.layout.dirs.clone(),
         volumes: pre.volumes.clone(),

@@ -11,17 +11,23 @@ use dbsnap_backend_api::{SnapshotBackend, Volume};
 use mysql_async::Conn;
 use serde::Serialize;
 
+use super::freeze::{DbLocker, Locker};
 use super::plan::Plan;
 use crate::db::lock_mode::{self, Choice, ModeFacts};
 use crate::db::{coordinates, server, Layout, Server};
 use crate::error::{backend_error, fail, Class};
 use crate::journal::{Journal, Resource};
+use crate::manifest::ServerRecord;
 
-/// Everything learned before the lock, without taking it.
+/// Everything learned before the lock, and the server connection that will take it.
 pub struct Prepared {
-    pub server: Server,
-    /// The preparing connection; during the lock window it is the watchdog.
-    pub conn: Conn,
+    pub survey: Survey,
+    pub locker: Box<dyn Locker>,
+}
+
+/// What preparing learned about the server and its storage.
+pub struct Survey {
+    pub server: ServerRecord,
     pub layout: Layout,
     pub volumes: Vec<Volume>,
     /// Whether the backend snapshots all volumes at one instant.
@@ -84,9 +90,13 @@ pub async fn prepare(plan: &Plan, backend: &dyn SnapshotBackend) -> anyhow::Resu
         volumes.len(),
         ByteSize::b(data_bytes).display().iec()
     );
-    Ok(Prepared {
-        server,
-        conn,
+    let survey = Survey {
+        server: ServerRecord {
+            version: server.version.text.clone(),
+            hostname: server.hostname.clone(),
+            datadir: layout.datadir.clone(),
+            binlog_basename: layout.binlog_basename.clone(),
+        },
         layout,
         volumes,
         atomic,
@@ -94,6 +104,10 @@ pub async fn prepare(plan: &Plan, backend: &dyn SnapshotBackend) -> anyhow::Resu
         is_replica,
         free_space,
         data_bytes,
+    };
+    Ok(Prepared {
+        survey,
+        locker: Box::new(DbLocker { server, conn }),
     })
 }
 
