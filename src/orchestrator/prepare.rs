@@ -92,7 +92,7 @@ pub async fn prepare(plan: &Plan, backend: &dyn SnapshotBackend) -> anyhow::Resu
     );
     let survey = Survey {
         server: ServerRecord {
-            version: server.version.text.clone(),
+            version: server.version.clone(),
             hostname: server.hostname.clone(),
             datadir: layout.datadir.clone(),
             binlog_basename: layout.binlog_basename.clone(),

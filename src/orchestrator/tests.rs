@@ -84,7 +84,7 @@ impl World {
         Prepared {
             survey: Survey {
                 server: ServerRecord {
-                    version: "10.11.19-MariaDB".into(),
+                    version: crate::db::version::ServerVersion::from_text("10.11.19-MariaDB"),
                     hostname: "db1".into(),
                     datadir: datadir.into(),
                     binlog_basename: None,
@@ -200,7 +200,7 @@ impl Window for FakeWindow {
         note(&self.timeline, "unlock");
         let now = chrono::Utc::now();
         Ok(LockRecord {
-            mode: "backup-stage".into(),
+            mode: LockMode::BackupStage,
             reason,
             prelude_ms: 0.0,
             wait_ms: 0.0,
