@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use dbsnap_backend_api::memory::MemoryBackend;
 use dbsnap_backend_api::{SnapshotBackend, Volume};
 
-use super::freeze::{Locker, Window};
 use super::plan::{LockPlan, Plan};
 use super::prepare::{Prepared, Survey};
+use super::window::{Locker, Window};
 use super::{backup_prepared, snapshot_prepared, KeepMounted, Kept, Published};
 use crate::backends::Backends;
 use crate::config::Config;
@@ -165,7 +165,8 @@ impl Locker for FakeLocker {
     async fn lock(
         &mut self,
         _plan: &LockPlan,
-        _survey: &Survey,
+        _mode: LockMode,
+        _volumes: &[Volume],
     ) -> anyhow::Result<Box<dyn Window>> {
         note(&self.timeline, "lock");
         Ok(Box::new(FakeWindow {
