@@ -197,18 +197,7 @@ impl Destination for LocalDir {
         sync_tree(&partial.dir)?;
         std::fs::rename(&partial.dir, &path)
             .with_context(|| format!("renaming {} to {}", partial.dir.display(), path.display()))?;
-        // The received copies are the published backup's now, no longer leftovers.
-        let owned: Vec<Resource> = journal
-            .entries()
-            .iter()
-            .map(|e| &e.resource)
-            .filter(|r| matches!(r, Resource::Received { partial: p, .. } if *p == partial.dir))
-            .cloned()
-            .collect();
-        for resource in &owned {
-            journal.forget(resource)?;
-        }
-        journal.forget(&Resource::Partial { dir: partial.dir })?;
+        journal.forget_published(&partial.dir)?;
         Ok(Backup {
             name: partial.name,
             path,

@@ -97,20 +97,7 @@ impl Destination for MemoryDestination {
             .lock()
             .unwrap()
             .insert(partial.name.clone(), Some(manifest.clone()));
-        let owned: Vec<Resource> = journal
-            .entries()
-            .iter()
-            .map(|e| e.resource.clone())
-            .filter(|r| match r {
-                Resource::Received { partial: p, .. } | Resource::Partial { dir: p } => {
-                    *p == partial.dir
-                }
-                _ => false,
-            })
-            .collect();
-        for r in &owned {
-            journal.forget(r)?;
-        }
+        journal.forget_published(&partial.dir)?;
         Ok(Backup {
             path: manifest.path.clone(),
             name: partial.name,
