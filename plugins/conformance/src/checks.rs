@@ -103,6 +103,7 @@ impl<'a> Ctx<'a> {
         self.backend
             .probe(&self.fixture.data_dirs)
             .await
+            .map(|p| p.volumes)
             .map_err(|e| format!("probe of the data directories failed: {e}"))
     }
 
@@ -295,6 +296,11 @@ async fn probe(ctx: &Ctx<'_>) -> Outcome {
         .probe(std::slice::from_ref(&hostile))
         .await
         .map_err(|e| format!("probe of {hostile:?} failed: {e}"))?;
+    ensure!(
+        sub.atomic,
+        "probe of one directory says one snapshot of its one volume is not atomic"
+    );
+    let sub = sub.volumes;
     let parent = volumes.iter().find(|v| v.contains(&dirs[0]));
     ensure!(
         sub.len() == 1 && parent == Some(&sub[0]),

@@ -34,7 +34,7 @@ use async_trait::async_trait;
 use dbsnap_backend_api::command::Cmd;
 use dbsnap_backend_api::mounts::{mount_of, read_mount_table, MountEntry};
 use dbsnap_backend_api::{
-    validate_name, BackendError, Health, ReadPath, Result, RollbackOutcome, SnapshotBackend,
+    validate_name, BackendError, Health, Probe, ReadPath, Result, RollbackOutcome, SnapshotBackend,
     SnapshotName, SnapshotSet, Volume, VolumeSnapshot, SNAPSHOT_PREFIX,
 };
 use serde::Deserialize;
@@ -113,6 +113,11 @@ fn volume_groups(set: &SnapshotSet) -> Result<Vec<String>> {
         }
     }
     Ok(vgs)
+}
+
+/// One `lvcreate` per LV: several snapshots are not one instant.
+fn atomic(volumes: &[Volume]) -> bool {
+    volumes.len() <= 1
 }
 
 /// Whether `lv` is one of dbsnap's snapshots: prefixed name, `dbsnap` tag, an origin.
@@ -320,7 +325,7 @@ impl SnapshotBackend for Lvm {
         NAME
     }
 
-    async fn probe(&self, paths: &[PathBuf]) -> Result<Vec<Volume>> {
+    async fn probe(&self, paths: &[PathBuf]) -> Result<Probe> {
         let table = read_mount_table()?;
         let dm_major = device_mapper_major()?;
         if dm_major.is_none() {
@@ -358,11 +363,11 @@ impl SnapshotBackend for Lvm {
             .lock()
             .expect("probe cache lock poisoned")
             .extend(prepared);
-        Ok(found.into_iter().map(|(volume, _, _)| volume).collect())
-    }
-
-    fn snapshot_is_atomic(&self, volumes: &[Volume]) -> bool {
-        volumes.len() <= 1
+        let volumes: Vec<Volume> = found.into_iter().map(|(volume, _, _)| volume).collect();
+        Ok(Probe {
+            atomic: atomic(&volumes),
+            volumes,
+        })
     }
 
     async fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {

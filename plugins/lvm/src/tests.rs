@@ -81,8 +81,8 @@ async fn plan_names_snapshots_after_the_set() {
         ]
     );
     assert!(lvm.plan(&[volume("vg0/a;b")], &name).await.is_err());
-    assert!(lvm.snapshot_is_atomic(&[volume("vg0/a")]));
-    assert!(!lvm.snapshot_is_atomic(&[volume("vg0/a"), volume("vg0/b")]));
+    assert!(atomic(&[volume("vg0/a")]));
+    assert!(!atomic(&[volume("vg0/a"), volume("vg0/b")]));
 }
 
 #[test]

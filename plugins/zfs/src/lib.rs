@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use dbsnap_backend_api::command::{Cmd, CommandError};
 use dbsnap_backend_api::mounts::{mount_of, read_mount_table, MountEntry};
 use dbsnap_backend_api::{
-    BackendError, Health, ReadPath, Result, RollbackOutcome, SnapshotBackend, SnapshotName,
+    BackendError, Health, Probe, ReadPath, Result, RollbackOutcome, SnapshotBackend, SnapshotName,
     SnapshotSet, Volume, VolumeSnapshot, SNAPSHOT_PREFIX,
 };
 use serde::Deserialize;
@@ -102,6 +102,15 @@ impl Zfs {
 
     /// `zfs snapshot` with several arguments: OpenZFS accepts it, zfs-fuse answers "too
     /// many arguments". Both refuse the argument (it has no `@`) before creating anything.
+    /// One `zfs snapshot a@s b@s` is one transaction group: atomic within a pool, where
+    /// the daemon takes several snapshots in one call (OpenZFS; not zfs-fuse).
+    fn atomic(&self, volumes: &[Volume]) -> bool {
+        let one_pool = volumes
+            .windows(2)
+            .all(|w| pool_of(&w[0].id) == pool_of(&w[1].id));
+        volumes.len() <= 1 || (one_pool && self.multi_snapshot.get() == Some(&true))
+    }
+
     async fn detect_multi_snapshot() -> bool {
         let result = Cmd::new("zfs")
             .args(["snapshot", CAPABILITY_PROBE_ARG, CAPABILITY_PROBE_ARG])
@@ -243,7 +252,7 @@ impl SnapshotBackend for Zfs {
         NAME
     }
 
-    async fn probe(&self, paths: &[PathBuf]) -> Result<Vec<Volume>> {
+    async fn probe(&self, paths: &[PathBuf]) -> Result<Probe> {
         let table = read_mount_table()?;
         let mut volumes: Vec<Volume> = Vec::new();
         let mut add = |v: Volume| {
@@ -312,14 +321,10 @@ impl SnapshotBackend for Zfs {
         if self.multi_snapshot.get().is_none() {
             let _ = self.multi_snapshot.set(Self::detect_multi_snapshot().await);
         }
-        Ok(volumes)
-    }
-
-    fn snapshot_is_atomic(&self, volumes: &[Volume]) -> bool {
-        let one_pool = volumes
-            .windows(2)
-            .all(|w| pool_of(&w[0].id) == pool_of(&w[1].id));
-        volumes.len() <= 1 || (one_pool && self.multi_snapshot.get() == Some(&true))
+        Ok(Probe {
+            atomic: self.atomic(&volumes),
+            volumes,
+        })
     }
 
     async fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {

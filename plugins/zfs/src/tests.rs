@@ -49,14 +49,14 @@ fn atomic_only_within_one_pool_and_with_multi_snapshot_support() {
     let one_pool = [volume("tank/data"), volume("tank/binlog")];
     let two_pools = [volume("tank/data"), volume("fast/binlog")];
     // Unknown capability (probe not run): not atomic, except for a single dataset.
-    assert!(!zfs.snapshot_is_atomic(&one_pool));
-    assert!(zfs.snapshot_is_atomic(&one_pool[..1]));
+    assert!(!zfs.atomic(&one_pool));
+    assert!(zfs.atomic(&one_pool[..1]));
     zfs.multi_snapshot.set(true).unwrap();
-    assert!(zfs.snapshot_is_atomic(&one_pool));
-    assert!(!zfs.snapshot_is_atomic(&two_pools));
+    assert!(zfs.atomic(&one_pool));
+    assert!(!zfs.atomic(&two_pools));
     let fuse = Zfs::new(ZfsConfig::default());
     fuse.multi_snapshot.set(false).unwrap();
-    assert!(!fuse.snapshot_is_atomic(&one_pool));
+    assert!(!fuse.atomic(&one_pool));
 }
 
 #[tokio::test]
