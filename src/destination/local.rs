@@ -176,13 +176,10 @@ impl Destination for LocalDir {
     }
 
     async fn create_partial(&self, name: &str, journal: &mut Journal) -> anyhow::Result<Partial> {
-        let dir = self.partial_dir(name);
-        journal.record(name, Resource::Partial { dir: dir.clone() })?;
-        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Partial {
-            name: name.to_string(),
-            dir,
-        })
+        let partial = Partial::journaled(name, self.partial_dir(name), journal)?;
+        std::fs::create_dir(&partial.dir)
+            .with_context(|| format!("creating {}", partial.dir.display()))?;
+        Ok(partial)
     }
 
     async fn publish(

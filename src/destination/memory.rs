@@ -77,13 +77,9 @@ impl Destination for MemoryDestination {
     }
 
     async fn create_partial(&self, name: &str, journal: &mut Journal) -> anyhow::Result<Partial> {
-        let dir = partial_of(name);
-        journal.record(name, Resource::Partial { dir: dir.clone() })?;
+        let partial = Partial::journaled(name, partial_of(name), journal)?;
         self.held.lock().unwrap().insert(name.to_string(), None);
-        Ok(Partial {
-            name: name.to_string(),
-            dir,
-        })
+        Ok(partial)
     }
 
     async fn publish(
