@@ -95,6 +95,45 @@ impl RunLock {
     }
 }
 
+/// Whether a dbsnap run holds the run lock of `state_dir` now, found without taking
+/// the lock (so a reader never makes a starting run fail as busy): the kernel lists
+/// every held flock in /proc/locks with its file's device and inode.
+pub fn run_active(state_dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(state_dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    holds_flock(&locks, meta.dev(), meta.ino())
+}
+
+/// Whether /proc/locks text lists a flock on the file `dev`/`ino`. Its lines read
+/// `1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF` (device as hex major:minor).
+fn holds_flock(locks: &str, dev: u64, ino: u64) -> bool {
+    let wanted = format!(
+        "{:02x}:{:02x}:{ino}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    locks.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&wanted.as_str())
+    })
+}
+
+/// The journal's entries, read without the run lock (for status and metrics, which
+/// change nothing). While a run is active they are that run's resources.
+pub fn read_entries(state_dir: &Path) -> anyhow::Result<Vec<Entry>> {
+    let path = state_dir.join(JOURNAL_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    }
+}
+
 /// The journal of one state directory. Only the holder of the [`RunLock`] writes it.
 pub struct Journal {
     path: PathBuf,
@@ -195,6 +234,19 @@ mod tests {
         .unwrap();
         let j3 = Journal::open(dir.path(), &lock).unwrap();
         assert_eq!(j3.entries().len(), 1);
+    }
+
+    #[test]
+    fn a_held_run_lock_is_seen_in_proc_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!run_active(dir.path()));
+        let lock = RunLock::acquire(dir.path()).unwrap();
+        assert!(run_active(dir.path()));
+        drop(lock);
+        assert!(!run_active(dir.path()));
+        let line = "2: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF\n";
+        assert!(holds_flock(line, nix::sys::stat::makedev(0xfd, 1), 1234));
+        assert!(!holds_flock(line, nix::sys::stat::makedev(0xfd, 1), 123));
     }
 
     #[test]

@@ -7,10 +7,14 @@ mod commands;
 mod config;
 mod db;
 mod error;
+mod freshness;
 mod hooks;
+mod inventory;
 mod journal;
 mod kept;
 mod manifest;
+mod manpages;
+mod metrics;
 mod orchestrator;
 mod procs;
 mod progress;
@@ -51,6 +55,15 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("starting the async runtime");
+    if let Command::Status { max_age } = &cli.command {
+        return match runtime.block_on(status(&cli, *max_age)) {
+            Ok(code) => ExitCode::from(code),
+            Err(err) => {
+                println!("DBSNAP UNKNOWN - {err:#}");
+                ExitCode::from(freshness::UNKNOWN_EXIT_CODE)
+            }
+        };
+    }
     let result = runtime.block_on(run(&cli));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,7 +81,18 @@ fn main() -> ExitCode {
     }
 }
 
+async fn status(cli: &Cli, max_age: std::time::Duration) -> anyhow::Result<u8> {
+    let config = Config::load(&cli.config)?;
+    commands::status::run(&config, cli.json, max_age).await
+}
+
 async fn run(cli: &Cli) -> anyhow::Result<()> {
+    // These two need no configuration.
+    match &cli.command {
+        Command::Completions { shell } => return manpages::print_completions(*shell),
+        Command::Man { dir } => return manpages::write_all(dir).map(|_| ()),
+        _ => {}
+    }
     let mut config = Config::load(&cli.config)?;
     let lock_args = match &cli.command {
         Command::Check(lock)
@@ -79,15 +103,25 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     if let Some(mode) = lock_args.and_then(|l| l.lock) {
         config.mysql.lock = mode;
     }
+    let Some(name) = cli.command.changing_name() else {
+        return dispatch(cli, &config).await;
+    };
+    hooks::set_command(name);
+    let started = chrono::Utc::now();
+    let result = dispatch(cli, &config).await;
+    commands::finish(&config, name, started, result).await
+}
+
+async fn dispatch(cli: &Cli, config: &Config) -> anyhow::Result<()> {
     match &cli.command {
-        Command::Check(lock) => commands::check::run(&config, cli.json, lock.force).await,
+        Command::Check(lock) => commands::check::run(config, cli.json, lock.force).await,
         Command::Backup { lock, max_lock_ms } => {
-            commands::backup::run(&config, cli.json, lock.force, *max_lock_ms).await
+            commands::backup::run(config, cli.json, lock.force, *max_lock_ms).await
         }
-        Command::List => commands::list::run(&config, cli.json).await,
-        Command::Cleanup { forget: None } => commands::cleanup::run(&config, cli.json).await,
-        Command::Cleanup { forget: Some(run) } => commands::cleanup::forget(&config, cli.json, run),
-        Command::Verify { backup } => commands::verify::run(&config, cli.json, backup).await,
+        Command::List => commands::list::run(config, cli.json).await,
+        Command::Cleanup { forget: None } => commands::cleanup::run(config, cli.json).await,
+        Command::Cleanup { forget: Some(run) } => commands::cleanup::forget(config, cli.json, run),
+        Command::Verify { backup } => commands::verify::run(config, cli.json, backup).await,
         Command::Restore {
             backup,
             datadir,
@@ -108,7 +142,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                     user: source_user.clone(),
                 },
             };
-            commands::restore::run(&config, cli.json, request).await
+            commands::restore::run(config, cli.json, request).await
         }
         Command::Snapshot(s) => match s {
             SnapshotCommand::Create {
@@ -118,7 +152,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 lock,
             } => {
                 commands::snapshot::create(
-                    &config,
+                    config,
                     cli.json,
                     label.as_deref(),
                     lock.force,
@@ -127,14 +161,17 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 )
                 .await
             }
-            SnapshotCommand::List => commands::snapshot::list(&config, cli.json).await,
+            SnapshotCommand::List => commands::snapshot::list(config, cli.json).await,
             SnapshotCommand::Release { name } => {
-                commands::snapshot::release(&config, cli.json, name).await
+                commands::snapshot::release(config, cli.json, name).await
             }
             SnapshotCommand::Rollback { name } => {
-                commands::snapshot::rollback(&config, cli.json, name).await
+                commands::snapshot::rollback(config, cli.json, name).await
             }
         },
-        Command::Prune { dry_run } => commands::prune::run(&config, cli.json, *dry_run).await,
+        Command::Prune { dry_run } => commands::prune::run(config, cli.json, *dry_run).await,
+        Command::Status { .. } | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before the configuration is used")
+        }
     }
 }
