@@ -59,7 +59,10 @@ fn main() -> ExitCode {
         return match runtime.block_on(status(&cli, *max_age)) {
             Ok(code) => ExitCode::from(code),
             Err(err) => {
-                println!("DBSNAP UNKNOWN - {err:#}");
+                // One line, as monitoring shows only the first (TOML errors span several).
+                let message = format!("{err:#}");
+                let words: Vec<&str> = message.split_whitespace().collect();
+                println!("DBSNAP UNKNOWN - {}", words.join(" "));
                 ExitCode::from(freshness::UNKNOWN_EXIT_CODE)
             }
         };

@@ -302,7 +302,7 @@ fn render(label: &str, runs: &CommandRuns, inv: &Inventory, now: DateTime<Utc>) 
             )
             .sample(
                 config(),
-                (newest.finished_at - newest.started_at).num_milliseconds() as f64 / 1000.0,
+                seconds(newest.finished_at) - seconds(newest.started_at),
             ),
             gauge(
                 "dbsnap_backup_lock_wait_seconds",
