@@ -512,6 +512,13 @@ dest = "/srv/backups/db 1"
     }
 
     #[test]
+    fn the_packaged_example_config_is_valid() {
+        let c = Config::parse(include_str!("../packaging/dbsnap.toml")).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/dbsnap"));
+        assert!(c.metrics.is_some() && c.retention.is_some());
+    }
+
+    #[test]
     fn metrics_section_is_checked_and_labelled() {
         let with = |section: &str| Config::parse(&format!("{MINIMAL}\n[metrics]\n{section}\n"));
         let c = with("textfile = \"/var/lib/prometheus/node-exporter/dbsnap.prom\"").unwrap();

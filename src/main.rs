@@ -106,25 +106,20 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     if let Some(mode) = lock_args.and_then(|l| l.lock) {
         config.mysql.lock = mode;
     }
-    let Some(name) = cli.command.changing_name() else {
-        return dispatch(cli, &config).await;
-    };
-    hooks::set_command(name);
+    let changing = cli.command.changing_name();
+    if let Some(name) = changing {
+        hooks::set_command(name);
+    }
     let started = chrono::Utc::now();
-    let result = dispatch(cli, &config).await;
-    commands::finish(&config, name, started, result).await
-}
-
-async fn dispatch(cli: &Cli, config: &Config) -> anyhow::Result<()> {
-    match &cli.command {
-        Command::Check(lock) => commands::check::run(config, cli.json, lock.force).await,
+    let result = match &cli.command {
+        Command::Check(lock) => commands::check::run(&config, cli.json, lock.force).await,
         Command::Backup { lock, max_lock_ms } => {
-            commands::backup::run(config, cli.json, lock.force, *max_lock_ms).await
+            commands::backup::run(&config, cli.json, lock.force, *max_lock_ms).await
         }
-        Command::List => commands::list::run(config, cli.json).await,
-        Command::Cleanup { forget: None } => commands::cleanup::run(config, cli.json).await,
-        Command::Cleanup { forget: Some(run) } => commands::cleanup::forget(config, cli.json, run),
-        Command::Verify { backup } => commands::verify::run(config, cli.json, backup).await,
+        Command::List => commands::list::run(&config, cli.json).await,
+        Command::Cleanup { forget: None } => commands::cleanup::run(&config, cli.json).await,
+        Command::Cleanup { forget: Some(run) } => commands::cleanup::forget(&config, cli.json, run),
+        Command::Verify { backup } => commands::verify::run(&config, cli.json, backup).await,
         Command::Restore {
             backup,
             datadir,
@@ -145,7 +140,7 @@ async fn dispatch(cli: &Cli, config: &Config) -> anyhow::Result<()> {
                     user: source_user.clone(),
                 },
             };
-            commands::restore::run(config, cli.json, request).await
+            commands::restore::run(&config, cli.json, request).await
         }
         Command::Snapshot(s) => match s {
             SnapshotCommand::Create {
@@ -155,7 +150,7 @@ async fn dispatch(cli: &Cli, config: &Config) -> anyhow::Result<()> {
                 lock,
             } => {
                 commands::snapshot::create(
-                    config,
+                    &config,
                     cli.json,
                     label.as_deref(),
                     lock.force,
@@ -164,17 +159,21 @@ async fn dispatch(cli: &Cli, config: &Config) -> anyhow::Result<()> {
                 )
                 .await
             }
-            SnapshotCommand::List => commands::snapshot::list(config, cli.json).await,
+            SnapshotCommand::List => commands::snapshot::list(&config, cli.json).await,
             SnapshotCommand::Release { name } => {
-                commands::snapshot::release(config, cli.json, name).await
+                commands::snapshot::release(&config, cli.json, name).await
             }
             SnapshotCommand::Rollback { name } => {
-                commands::snapshot::rollback(config, cli.json, name).await
+                commands::snapshot::rollback(&config, cli.json, name).await
             }
         },
-        Command::Prune { dry_run } => commands::prune::run(config, cli.json, *dry_run).await,
+        Command::Prune { dry_run } => commands::prune::run(&config, cli.json, *dry_run).await,
         Command::Status { .. } | Command::Completions { .. } | Command::Man { .. } => {
             unreachable!("handled before the configuration is used")
         }
+    };
+    match changing {
+        Some(name) => commands::finish(&config, name, started, result).await,
+        None => result,
     }
 }
