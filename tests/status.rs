@@ -182,3 +182,54 @@ fn status_is_unknown_when_it_cannot_check() {
     assert_eq!(code, 3, "{line}");
     assert!(line.starts_with("DBSNAP UNKNOWN - "), "{line}");
 }
+
+#[test]
+fn a_run_in_progress_is_no_leftover_and_a_busy_cleanup_pages_nobody() {
+    let sb = Sandbox::new();
+    let out = sb.dbsnap(&["backup"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The next backup stops in its post_snapshot hook (its snapshot and mount are in the
+    // journal by then) until the test writes to the FIFO.
+    let ready = sb.dir.path().join("ready");
+    let fifo = sb.dir.path().join("go");
+    let log = sb.dir.path().join("on_failure.log");
+    dbsnap_test_support::sh("mkfifo", &[fifo.to_str().unwrap()]);
+    let base = std::fs::read_to_string(&sb.config).unwrap();
+    sb.write_raw_config(&format!(
+        "{base}\n[hooks]\npost_snapshot = [\"/bin/sh\", \"-c\", \"touch '{}'; read line < '{}'\"]\n\
+         on_failure = [\"/bin/sh\", \"-c\", \"echo $DBSNAP_COMMAND >> '{}'\"]\n",
+        ready.display(),
+        fifo.display(),
+        log.display()
+    ));
+    let mut backup = std::process::Command::new(common::DBSNAP)
+        .args(["--config", sb.config.to_str().unwrap(), "backup"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !ready.exists() {
+        assert!(std::time::Instant::now() < deadline, "the hook never ran");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let journal = std::fs::read_to_string(sb.state.join("journal.json")).unwrap();
+    assert!(journal.contains("\"mount\""), "{journal}");
+
+    let (code, line) = status(&sb, &[]);
+    assert_eq!(
+        code, 0,
+        "the active run's journal entries are not leftovers: {line}"
+    );
+    let out = sb.dbsnap(&["cleanup"]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+
+    std::fs::write(&fifo, "go\n").unwrap();
+    assert!(backup.wait().unwrap().success());
+    assert!(
+        !log.exists(),
+        "on_failure ran: {:?}",
+        std::fs::read_to_string(&log)
+    );
+    assert_eq!(sb.backups().len(), 2);
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+}
