@@ -97,27 +97,28 @@ impl RunLock {
 
 /// Whether a dbsnap run holds the run lock of `state_dir` now, found without taking
 /// the lock (so a reader never makes a starting run fail as busy): the kernel lists
-/// every held flock in /proc/locks with its file's device and inode.
+/// every held flock in /proc/locks with its holder's pid and the file's inode, and the
+/// holder wrote its pid into the lock file. (The device in /proc/locks is not compared:
+/// on btrfs it is the filesystem's, while stat() reports the subvolume's.)
 pub fn run_active(state_dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(state_dir.join(LOCK_FILE)) else {
+    let path = state_dir.join(LOCK_FILE);
+    let (Ok(meta), Ok(holder)) = (std::fs::metadata(&path), std::fs::read_to_string(&path)) else {
         return false;
     };
     let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-    holds_flock(&locks, meta.dev(), meta.ino())
+    holds_flock(&locks, holder.trim(), meta.ino())
 }
 
-/// Whether /proc/locks text lists a flock on the file `dev`/`ino`. Its lines read
-/// `1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF` (device as hex major:minor).
-fn holds_flock(locks: &str, dev: u64, ino: u64) -> bool {
-    let wanted = format!(
-        "{:02x}:{:02x}:{ino}",
-        nix::sys::stat::major(dev),
-        nix::sys::stat::minor(dev)
-    );
+/// Whether /proc/locks text lists a flock by process `pid` on inode `ino`. Its lines
+/// read `1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF`.
+fn holds_flock(locks: &str, pid: &str, ino: u64) -> bool {
+    let inode = format!(":{ino}");
     locks.lines().any(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&wanted.as_str())
+        fields.get(1) == Some(&"FLOCK")
+            && fields.get(4) == Some(&pid)
+            && fields.get(5).is_some_and(|f| f.ends_with(&inode))
     })
 }
 
@@ -245,8 +246,9 @@ mod tests {
         drop(lock);
         assert!(!run_active(dir.path()));
         let line = "2: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF\n";
-        assert!(holds_flock(line, nix::sys::stat::makedev(0xfd, 1), 1234));
-        assert!(!holds_flock(line, nix::sys::stat::makedev(0xfd, 1), 123));
+        assert!(holds_flock(line, "4242", 1234));
+        assert!(!holds_flock(line, "4242", 234));
+        assert!(!holds_flock(line, "424", 1234));
     }
 
     #[test]
