@@ -177,20 +177,11 @@ pub fn evaluate(
 mod tests {
     use super::*;
 
-    fn empty() -> Inventory {
-        Inventory {
-            backups: Vec::new(),
-            kept: Ok(Vec::new()),
-            leftovers: Vec::new(),
-            dest_space: None,
-        }
-    }
-
     #[test]
     fn no_backup_is_critical_and_problems_come_worst_first() {
         let inv = Inventory {
             kept: Err("parsing x.toml".into()),
-            ..empty()
+            ..Inventory::empty()
         };
         let r = evaluate(&inv, &[], Utc::now(), Duration::from_secs(3600), "/srv/b");
         assert_eq!(r.exit_code, 2);
@@ -203,7 +194,7 @@ mod tests {
     #[test]
     fn an_invalid_kept_snapshot_alone_is_a_warning() {
         let r = evaluate(
-            &empty(),
+            &Inventory::empty(),
             &[("s1".into(), "gone".into())],
             Utc::now(),
             Duration::from_secs(3600),

@@ -51,6 +51,17 @@ impl Inventory {
         })
     }
 
+    /// Nothing at all: a fresh destination and state directory (for tests).
+    #[cfg(test)]
+    pub fn empty() -> Inventory {
+        Inventory {
+            backups: Vec::new(),
+            kept: Ok(Vec::new()),
+            leftovers: Vec::new(),
+            dest_space: None,
+        }
+    }
+
     /// The newest complete backup.
     pub fn newest(&self) -> Option<&Manifest> {
         self.backups.last()

@@ -453,21 +453,12 @@ mod tests {
         }
     }
 
-    fn empty() -> Inventory {
-        Inventory {
-            backups: Vec::new(),
-            kept: Ok(Vec::new()),
-            leftovers: Vec::new(),
-            dest_space: None,
-        }
-    }
-
     #[test]
     fn runs_survive_a_rewrite_and_keep_counting() {
         let first = CommandRuns::default()
             .with(&run("backup", 0, 1_000))
             .with(&run("prune", 0, 1_010));
-        let text = render("db \"1\"", &first, &empty(), Utc::now());
+        let text = render("db \"1\"", &first, &Inventory::empty(), Utc::now());
         let read = CommandRuns::parse(&text, "db \"1\"");
         assert_eq!(read, first);
         let second = read.with(&run("backup", 10, 2_000));
@@ -483,7 +474,7 @@ mod tests {
     #[test]
     fn every_family_has_help_and_type_and_conventional_names() {
         let runs = CommandRuns::default().with(&run("backup", 0, 1_000));
-        let text = render("db1", &runs, &empty(), Utc::now());
+        let text = render("db1", &runs, &Inventory::empty(), Utc::now());
         let mut families = Vec::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# HELP ") {
