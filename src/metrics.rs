@@ -354,6 +354,22 @@ fn render(label: &str, runs: &CommandRuns, inv: &Inventory, now: DateTime<Utc>) 
                     .sample(config(), seconds(oldest)),
                 );
             }
+            if let Some(newest) = kept.iter().max_by_key(|k| k.created_at) {
+                families.push(
+                    gauge(
+                        "dbsnap_kept_snapshot_lock_wait_seconds",
+                        "How long the newest kept snapshot waited for the database lock.",
+                    )
+                    .sample(config(), newest.lock.wait_ms / 1000.0),
+                );
+                families.push(
+                    gauge(
+                        "dbsnap_kept_snapshot_lock_hold_seconds",
+                        "How long the newest kept snapshot held the database lock.",
+                    )
+                    .sample(config(), newest.lock.hold_ms / 1000.0),
+                );
+            }
             if let Some(next) = kept.iter().filter_map(|k| k.expires_at).min() {
                 families.push(
                     gauge(
