@@ -32,7 +32,7 @@ struct Report {
 pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()> {
     let backend = backends::open(&config.snapshot)?;
     let plan = Plan::new(config, force)?;
-    let pre = orchestrator::prepare(&plan, backend.as_ref()).await?;
+    let pre = orchestrator::prepare(&plan, backend.as_ref()).await?.survey;
     let (destination, transfer_method, needed_bytes, room_known) = match &config.backup {
         Some(b) => {
             let copy = CopyPlan::new(b, &config.state_dir)?;
@@ -47,6 +47,18 @@ pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()>
         }
         None => (None, None, None, None),
     };
+    if let Some(dir) = config
+        .metrics
+        .as_ref()
+        .and_then(|m| m.textfile.parent())
+        .filter(|d| !d.is_dir())
+    {
+        tracing::warn!(
+            "metrics.textfile: {} does not exist, so no metrics can be written; install \
+             prometheus-node-exporter (it creates it) or point textfile elsewhere",
+            dir.display()
+        );
+    }
     let report = Report {
         server_version: pre.server.version.text.clone(),
         backend: backend.name().into(),

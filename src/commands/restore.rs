@@ -20,7 +20,7 @@ pub async fn run(config: &Config, json: bool, request: Request) -> anyhow::Resul
                 &mut journal,
             ))
             .await;
-            super::cleaned_up_after(config, &mut journal, outcome).await?
+            super::released_on_error(config, &mut journal, outcome).await?
         }
         None => {
             let request = Request {

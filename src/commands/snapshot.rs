@@ -8,10 +8,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::backends;
 use crate::config::Config;
 use crate::error::{backend_error, fail, Class};
+use crate::hooks::Phase;
 use crate::journal::{Journal, Resource, RunLock};
 use crate::kept::KeptSnapshot;
 use crate::orchestrator::{self, KeepMounted, Plan};
-use crate::release::{release_all, release_kept};
+use crate::release::release_kept;
 
 pub async fn create(
     config: &Config,
@@ -21,22 +22,18 @@ pub async fn create(
     mount: Option<&Path>,
     ttl: Option<std::time::Duration>,
 ) -> anyhow::Result<()> {
-    let keep_mounted = match mount {
-        Some(dir) => Some(KeepMounted {
-            dir: empty_dir(dir)?,
-            ttl: ttl.map(chrono::Duration::from_std).transpose()?,
-        }),
-        None if ttl.is_some() => {
-            return Err(fail(
-                Class::Config,
-                "--ttl needs --mount DIR: it releases a snapshot a backup tool forgot",
-            ))
-        }
-        None => None,
-    };
+    let keep_mounted = keep_mounted(mount, ttl)?;
     let plan = Plan::new(config, force)?;
     let backend = backends::open(&config.snapshot)?;
     let (_lock, mut journal) = super::start_run(config).await?;
+    let label_env = ("DBSNAP_LABEL", label.unwrap_or_default().to_string());
+    config
+        .hooks
+        .run(
+            Phase::PreLock,
+            &[("DBSNAP_STATUS", "running".to_string()), label_env.clone()],
+        )
+        .await?;
     let outcome = super::until_signal(orchestrator::snapshot_create(
         &plan,
         backend.as_ref(),
@@ -45,22 +42,7 @@ pub async fn create(
         keep_mounted.as_ref(),
     ))
     .await;
-    let kept = match outcome {
-        Ok(k) => k,
-        Err(e) => {
-            if let Err(cleanup) = release_all(
-                &config.state_dir,
-                &config.snapshot,
-                config.backup.as_ref(),
-                &mut journal,
-            )
-            .await
-            {
-                tracing::error!("{cleanup:#}");
-            }
-            return Err(e);
-        }
-    };
+    let kept = super::released_on_error(config, &mut journal, outcome).await?;
     if let Some(m) = &kept.mount {
         // The record exists now, so a failed bind is undone by releasing it.
         if let Err(e) = m.bind_all() {
@@ -70,9 +52,46 @@ pub async fn create(
             return Err(e);
         }
     }
+    // Like a backup's: after the lock, with the snapshot readable (hook mode: its
+    // mount directory); a failure aborts the run, so the snapshot is released.
+    let snapshot_path = kept.mount.as_ref().map(|m| m.dir.display().to_string());
+    let env = [
+        ("DBSNAP_NAME", kept.name.to_string()),
+        ("DBSNAP_STATUS", "running".to_string()),
+        label_env,
+        ("DBSNAP_SNAPSHOT_PATH", snapshot_path.unwrap_or_default()),
+    ];
+    if let Err(e) = config.hooks.run(Phase::PostSnapshot, &env).await {
+        if let Err(cleanup) = release_kept(&config.state_dir, &config.snapshot, &kept).await {
+            tracing::error!("{cleanup:#}");
+        }
+        return Err(e);
+    }
     if json {
         return super::print_json(&kept);
     }
+    print_kept(&kept)
+}
+
+/// `--mount DIR [--ttl]`, checked.
+fn keep_mounted(
+    mount: Option<&Path>,
+    ttl: Option<std::time::Duration>,
+) -> anyhow::Result<Option<KeepMounted>> {
+    match mount {
+        Some(dir) => Ok(Some(KeepMounted {
+            dir: empty_dir(dir)?,
+            ttl: ttl.map(chrono::Duration::from_std).transpose()?,
+        })),
+        None if ttl.is_some() => Err(fail(
+            Class::Config,
+            "--ttl needs --mount DIR: it releases a snapshot a backup tool forgot",
+        )),
+        None => Ok(None),
+    }
+}
+
+fn print_kept(kept: &KeptSnapshot) -> anyhow::Result<()> {
     println!("snapshot {} kept", kept.name);
     println!(
         "  lock         {} — waited {:.1} ms, held {:.1} ms",

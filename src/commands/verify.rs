@@ -21,13 +21,13 @@ pub async fn run(config: &Config, json: bool, backup: &str) -> anyhow::Result<()
             &mut journal,
         ))
         .await;
-        let manifest = super::cleaned_up_after(config, &mut journal, outcome).await?;
+        let manifest = super::released_on_error(config, &mut journal, outcome).await?;
         return report(&manifest, &found.path, json);
     }
     let dir = crate::destination::resolve_backup(dest.as_deref(), backup).await?;
     let (_lock, mut journal) = super::start_run(config).await?;
     let outcome = super::until_signal(verify::verify(&mut journal, &dir)).await;
-    let manifest = super::cleaned_up_after(config, &mut journal, outcome).await?;
+    let manifest = super::released_on_error(config, &mut journal, outcome).await?;
     report(&manifest, &dir, json)
 }
 

@@ -23,7 +23,8 @@ use std::path::Path;
 use async_trait::async_trait;
 use dbsnap_backend_api::{NativeStream, ReadPath, SnapshotBackend, SnapshotSet, Volume};
 
-use crate::config::{Method, SnapshotConfig};
+use crate::backends::Backends;
+use crate::config::Method;
 use crate::db::Layout;
 use crate::destination::{Destination, Partial};
 use crate::error::{fail, Class};
@@ -68,7 +69,7 @@ pub struct Finish<'a> {
     pub dest: &'a Path,
     pub state_dir: &'a Path,
     /// For releasing snapshots made by another backend than the configured one.
-    pub backends: &'a SnapshotConfig,
+    pub backends: &'a dyn Backends,
 }
 
 impl Finish<'_> {
