@@ -57,7 +57,7 @@ impl Class {
             Class::Transfer => 10,
             Class::Verify => 11,
             Class::Hook => 12,
-            Class::Repository => 13,
+            Class::Repository => 14,
             Class::Interrupted => 130,
         }
     }
@@ -78,7 +78,7 @@ Exit codes:
   10   copy failed
   11   verification failed: the backup's copy does not recover or check cleanly
   12   a hook failed
-  13   restic repository missing, unreachable, locked, or wrong password
+  14   restic repository missing, unreachable, locked, or wrong password
   130  interrupted (SIGINT/SIGTERM); cleaned up";
 }
 
