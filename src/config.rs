@@ -540,6 +540,7 @@ dest = "/srv/backups/db 1"
                 "check_read_data_subset",
                 "check_read_data_subset = \"lots\"",
             ),
+            ("options", "options = [\"--no-lock\"]"),
         ] {
             let text =
                 format!("{restic}\n[backup.restic]\npassword_file = \"/etc/dbsnap/pw\"\n{bad}\n");

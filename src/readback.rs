@@ -34,7 +34,7 @@ pub async fn verify(
     let mut verified = outcome?;
     released?;
     verified.path = backup.path.clone();
-    dest.record_verification(backup, &verified).await?;
+    dest.record_verification(backup, &verified, journal).await?;
     Ok(verified)
 }
 

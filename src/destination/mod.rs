@@ -223,6 +223,7 @@ pub trait Destination: Send + Sync {
         &self,
         _backup: &Backup,
         _verified: &Manifest,
+        _journal: &mut Journal,
     ) -> anyhow::Result<()> {
         Ok(())
     }

@@ -396,7 +396,10 @@ impl Destination for ResticRepo {
         &self,
         backup: &Backup,
         verified: &Manifest,
+        journal: &mut Journal,
     ) -> anyhow::Result<()> {
+        let resource = self.run_resource(None, Utc::now());
+        journal.record(&backup.name, resource.clone())?;
         let old: Vec<String> = self
             .by_name()
             .await?
@@ -411,7 +414,8 @@ impl Destination for ResticRepo {
             .save_file(MANIFEST_FILE, &text, &self.host, &tags)
             .await?;
         let refs: Vec<&str> = old.iter().map(String::as_str).collect();
-        self.restic.forget(&refs).await
+        self.restic.forget(&refs).await?;
+        journal.forget(&resource)
     }
 
     async fn check_storage(&self, journal: &mut Journal, run: &str) -> anyhow::Result<()> {
