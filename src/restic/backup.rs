@@ -18,15 +18,13 @@ impl Restic {
         progress: &(dyn Fn(u64) + Sync),
         started: &mut (dyn FnMut(u32) -> anyhow::Result<()> + Send),
     ) -> anyhow::Result<Summary> {
-        let mut args: Vec<String> = [
-            "backup",
-            "--json",
-            "--one-file-system",
-            "--host",
-            request.host,
-        ]
-        .map(String::from)
-        .to_vec();
+        // No --one-file-system: a volume nested in a server directory (a ZFS child
+        // dataset for the binlogs) is a bind of its own below a saved path, on another
+        // device. Nothing else is mounted there: the binds are not recursive, so the
+        // live tree's own submounts stay hidden under them.
+        let mut args: Vec<String> = ["backup", "--json", "--host", request.host]
+            .map(String::from)
+            .to_vec();
         for tag in request.tags {
             args.extend(["--tag".into(), tag.clone()]);
         }
