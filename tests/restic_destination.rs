@@ -237,3 +237,44 @@ fn a_backup_over_sftp_through_a_real_sshd_restores_consistently() {
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
     repo.assert_checks_clean();
 }
+
+/// A subvolume nested in the datadir is a volume of its own: frozen separately, shown
+/// to restic at its original path below the datadir's, saved and restored with it.
+#[test]
+fn a_subvolume_nested_in_the_datadir_is_saved_and_restored_through_restic() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    let datadir = sb.fs.mountpoint.join("mysql");
+    dbsnap_test_support::sh(
+        "btrfs",
+        &[
+            "subvolume",
+            "create",
+            datadir.join("nested_db").to_str().unwrap(),
+        ],
+    );
+    sb.server.sql(
+        "CREATE TABLE nested_db.t (i INT PRIMARY KEY) ENGINE=InnoDB;
+         INSERT INTO nested_db.t SELECT seq FROM bank.seq_1_to_100",
+    );
+    let repo = Repo::new(sb.dir.path(), sb.dir.path().join("repo").to_str().unwrap());
+    repo.init();
+    use_repository(&sb, &repo, "", "");
+    let (manifest, commits) = backup_under_load(&sb);
+    assert_eq!(
+        manifest["snapshot"]["volumes"].as_array().unwrap().len(),
+        2,
+        "{}",
+        manifest["snapshot"]
+    );
+    assert_restores_consistently(&sb, &manifest, &commits);
+    let name = manifest["name"].as_str().unwrap();
+    let restored = MariaDb::start_existing(ServerOptions {
+        server_id: 3,
+        ..ServerOptions::new(
+            &sb.dir.path().join(format!("restored {name}")),
+            &sb.dir.path().join(format!("run again {name}")),
+        )
+    });
+    assert_eq!(restored.sql("SELECT COUNT(*) FROM nested_db.t"), "100");
+}
