@@ -12,6 +12,7 @@ mod journal;
 mod kept;
 mod manifest;
 mod orchestrator;
+mod overlap;
 mod procs;
 mod progress;
 mod records;
@@ -107,6 +108,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                     port: *source_port,
                     user: source_user.clone(),
                 },
+                protected: Vec::new(),
             };
             commands::restore::run(&config, cli.json, request).await
         }

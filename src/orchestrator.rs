@@ -318,13 +318,15 @@ pub async fn lock_and_snapshot(
         settings,
     )
     .await?;
+    // Pinned outside the window: on a timeout it is dropped only after the unlock.
+    let mut taking = std::pin::pin!(backend.snapshot(set));
     // ── writers wait from here ──
     let coordinates = held.coordinates(pre.is_replica).await;
     let snapshot = match coordinates {
         Ok(_) => Some(
             tokio::time::timeout(
                 max_hold.saturating_sub(held.held_for()),
-                backend.snapshot(set),
+                taking.as_mut(),
             )
             .await,
         ),
@@ -332,6 +334,10 @@ pub async fn lock_and_snapshot(
     };
     let released = held.release(pre.lock.reason.clone()).await;
     // ── writers run again ──
+    // A snapshot command still running is killed here, and reaped before this returns
+    // (see `command::ProcessGroup`): whatever it made exists by now, is journaled, and
+    // is released with the run's other resources.
+    drop(taking);
     let record = released?;
     let coordinates = coordinates?;
     match snapshot {
