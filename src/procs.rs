@@ -95,8 +95,13 @@ pub fn describe(found: &[Process]) -> String {
         .join(", ")
 }
 
-/// Processes with an argument that starts with `prefix` (e.g. `--datadir=/x/`).
-pub fn with_argument_prefix(prefix: &str) -> Vec<u32> {
+/// dbsnap's own throwaway verification servers on the scratch copy `scratch`: a
+/// `mariadbd`/`mysqld` whose `--datadir` lies inside `scratch` and whose `--socket`
+/// is in `run_dir`. Never a server that merely shares one of them (a journal entry
+/// naming a live datadir must not get that server killed).
+pub fn throwaway_servers(scratch: &Path, run_dir: &Path) -> Vec<u32> {
+    let datadir = format!("--datadir={}/", scratch.display());
+    let socket = format!("--socket={}/", run_dir.display());
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -104,9 +109,14 @@ pub fn with_argument_prefix(prefix: &str) -> Vec<u32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if !matches!(name.trim(), "mariadbd" | "mysqld") {
+                return false;
+            }
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                c.split(|b| *b == 0)
-                    .any(|arg| arg.starts_with(prefix.as_bytes()))
+                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                let has = |prefix: &str| args.iter().any(|a| a.starts_with(prefix.as_bytes()));
+                has(&datadir) && has(&socket)
             })
         })
         .collect()
