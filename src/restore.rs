@@ -109,11 +109,11 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
         .collect();
 
     // Every check before anything is deleted: --force empties the targets.
-    let mut protected = request.protected.clone();
-    protected.push(Protected {
+    let mut protected = vec![Protected {
         path: request.backup.clone(),
         what: "the backup being restored".into(),
-    });
+    }];
+    protected.extend(request.protected.iter().cloned());
     protected.extend(
         manifest
             .stored
