@@ -64,7 +64,7 @@ fn releasing_a_kept_snapshot_that_became_invalid_exits_13_and_list_shows_it() {
     let out = sb.dbsnap(&["snapshot", "release", mnt.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("became invalid while kept") && err.contains("overflowed"), "{err}");
+    assert!(err.contains("become invalid while kept") && err.contains("overflowed"), "{err}");
     assert!(err.contains(mnt.to_str().unwrap()), "{err}");
     // Released all the same: nothing is left to pin space.
     let out = sb.dbsnap(&["snapshot", "list", "--json"]);

@@ -68,7 +68,7 @@ fn restore_force_never_deletes_the_destination_a_backup_or_dbsnaps_state() {
     std::fs::create_dir_all(&sb.state).unwrap();
 
     // The destination itself, a backup in it (the one restored, and another), below one.
-    assert_refused(&sb, first, &sb.dest, "the backup destination");
+    assert_refused(&sb, first, &sb.dest, "it contains the backup being restored");
     assert_refused(&sb, first, first, "the backup being restored");
     assert_refused(&sb, first, second, "the backup destination");
     assert_refused(&sb, first, &second.join("files"), "the backup destination");
@@ -85,10 +85,10 @@ fn restore_force_never_deletes_the_destination_a_backup_or_dbsnaps_state() {
     // The destination through a symbolic link and through a bind mount.
     let link = sb.dir.path().join("link to backups");
     std::os::unix::fs::symlink(&sb.dest, &link).unwrap();
-    assert_refused(&sb, first, &link, "the backup destination");
+    assert_refused(&sb, first, &link, "it contains the backup being restored");
     let bound = sb.dir.path().join("bound backups");
     let bind = Bind::new(&sb.dest, &bound);
-    assert_refused(&sb, first, &bound, "the backup destination");
+    assert_refused(&sb, first, &bound, "it contains the backup being restored");
     assert_refused(
         &sb,
         first,

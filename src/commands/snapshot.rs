@@ -204,8 +204,8 @@ pub async fn release(config: &Config, json: bool, target: &str) -> anyhow::Resul
     release_kept(config, &kept).await?;
     if let Health::Failed(why) = &health {
         let reader = match &kept.mount {
-            Some(m) => format!("whatever read {} (the backup tool's job)", m.dir.display()),
-            None => "whatever read it".to_string(),
+            Some(m) => format!("Whatever read {} (the backup tool's job)", m.dir.display()),
+            None => "Whatever read it".to_string(),
         };
         return Err(fail(
             Class::SnapshotInvalid,
