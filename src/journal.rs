@@ -78,17 +78,18 @@ impl RunLock {
         let path = state_dir.join(LOCK_FILE);
         let file = open_state_file(&path, OpenFor::Lock).map_err(|e| {
             use nix::libc::{EACCES, EPERM, EROFS};
-            match e.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()) {
-                Some(EACCES | EPERM | EROFS) => {
-                    fail(
-                        Class::Config,
-                        format!(
-                            "the state directory {} is not writable ({e:#}): make it writable for the \
+            match e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.raw_os_error())
+            {
+                Some(EACCES | EPERM | EROFS) => fail(
+                    Class::Config,
+                    format!(
+                        "the state directory {} is not writable ({e:#}): make it writable for the \
                              user running dbsnap, or set state_dir to a directory that is",
-                            state_dir.display()
-                        ),
-                    )
-                }
+                        state_dir.display()
+                    ),
+                ),
                 _ => e,
             }
         })?;

@@ -319,16 +319,12 @@ pub async fn lock_and_snapshot(
     )
     .await?;
     // Pinned outside the window: on a timeout it is dropped only after the unlock.
-    let mut taking = std::pin::pin!(backend.snapshot(set));
+    let mut taking = backend.snapshot(set);
     // ── writers wait from here ──
     let coordinates = held.coordinates(pre.is_replica).await;
     let snapshot = match coordinates {
         Ok(_) => Some(
-            tokio::time::timeout(
-                max_hold.saturating_sub(held.held_for()),
-                taking.as_mut(),
-            )
-            .await,
+            tokio::time::timeout(max_hold.saturating_sub(held.held_for()), taking.as_mut()).await,
         ),
         Err(_) => None,
     };

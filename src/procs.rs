@@ -22,7 +22,10 @@ pub struct Process {
 pub fn servers_on(dir: &Path) -> Vec<Process> {
     let dir = crate::overlap::canonical(dir);
     // A target that does not exist yet is inside whatever its nearest existing parent is.
-    let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
+    let existing = dir
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
     let dir_lineage = identities(existing);
     let dir_id = FileId::of(&dir);
     let root = FileId::of(Path::new("/"));
@@ -47,8 +50,7 @@ pub fn servers_on(dir: &Path) -> Vec<Process> {
                 };
                 // A server working in `/` is not on every directory.
                 Some(id) != root
-                    && (dir_lineage.contains(&id)
-                        || dir_id.is_some_and(|d| server.contains(&d)))
+                    && (dir_lineage.contains(&id) || dir_id.is_some_and(|d| server.contains(&d)))
             });
             (by_path || by_identity).then_some(Process { pid, name, cwd })
         })

@@ -290,7 +290,9 @@ fn refuse_protected(to: &Path, protected: &[Protected]) -> anyhow::Result<()> {
         .map(|c| c.as_os_str().to_string_lossy())
         .find(|c| SNAPSHOT_DIR_NAMES.contains(&c.as_ref()))
     {
-        return Err(refuse(format!("it is inside a snapshot directory ({name})")));
+        return Err(refuse(format!(
+            "it is inside a snapshot directory ({name})"
+        )));
     }
     if let Some(backup) = canonical
         .ancestors()

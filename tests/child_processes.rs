@@ -42,7 +42,10 @@ fn start_backup(sb: &Sandbox) -> Child {
 /// Kill dbsnap with SIGKILL once `pid_file` names the child, and return whether that
 /// child was gone within 5 s.
 fn child_dies_with_dbsnap(mut dbsnap: Child, pid_file: &Path) -> bool {
-    assert!(wait_for(pid_file, Duration::from_secs(60)), "the child never started");
+    assert!(
+        wait_for(pid_file, Duration::from_secs(60)),
+        "the child never started"
+    );
     let pid: i32 = loop {
         if let Ok(pid) = std::fs::read_to_string(pid_file).unwrap().trim().parse() {
             break pid;
@@ -58,7 +61,10 @@ fn child_dies_with_dbsnap(mut dbsnap: Child, pid_file: &Path) -> bool {
     }
     let gone = !is_running(pid);
     if !gone {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
     gone
 }
@@ -73,7 +79,10 @@ fn a_post_snapshot_hook_dies_when_dbsnap_is_killed() {
         "{config}\n[hooks]\npost_snapshot = [\"/bin/sh\", \"-c\", \"echo $$ > \\\"$0\\\"; exec sleep 60\", {pid_file:?}]\n"
     ));
     let dbsnap = start_backup(&sb);
-    assert!(child_dies_with_dbsnap(dbsnap, &pid_file), "the hook outlived dbsnap");
+    assert!(
+        child_dies_with_dbsnap(dbsnap, &pid_file),
+        "the hook outlived dbsnap"
+    );
     assert!(sb.dbsnap(&["cleanup"]).status.success());
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
 }
@@ -105,7 +114,10 @@ fn a_backend_command_dies_when_dbsnap_is_killed() {
     );
     sb.write_raw_config(&config.replace("[mysql]\n", "[mysql]\nmax_lock_hold = \"120s\"\n"));
     let dbsnap = start_backup(&sb);
-    assert!(child_dies_with_dbsnap(dbsnap, &pid_file), "the plugin outlived dbsnap");
+    assert!(
+        child_dies_with_dbsnap(dbsnap, &pid_file),
+        "the plugin outlived dbsnap"
+    );
     assert!(sb.dbsnap(&["cleanup"]).status.success());
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
 }

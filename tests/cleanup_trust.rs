@@ -33,9 +33,16 @@ fn a_scratch_entry_naming_a_live_datadir_does_not_kill_that_server() {
     let out = sb.dbsnap(&["cleanup"]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("left alone") && err.contains("--forget RUN"), "{err}");
+    assert!(
+        err.contains("left alone") && err.contains("--forget RUN"),
+        "{err}"
+    );
     assert!(!err.contains("stopping the throwaway server"), "{err}");
-    assert_eq!(sb.server.sql("SELECT 1").trim(), "1", "the live server died");
+    assert_eq!(
+        sb.server.sql("SELECT 1").trim(),
+        "1",
+        "the live server died"
+    );
     assert!(datadir.join("ibdata1").exists());
     assert_eq!(journal_len(&sb), 1, "the tampered entry must stay");
 
@@ -63,7 +70,10 @@ fn a_partial_entry_outside_the_destination_is_not_deleted_nor_reported_released(
     let out = sb.dbsnap(&["cleanup"]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("precious.partial") && err.contains("left alone"), "{err}");
+    assert!(
+        err.contains("precious.partial") && err.contains("left alone"),
+        "{err}"
+    );
     assert!(err.contains("(run tampered)"), "{err}");
     assert_eq!(
         std::fs::read(canary.join("keep me")).unwrap(),
@@ -84,6 +94,9 @@ fn a_partial_entry_outside_the_destination_is_not_deleted_nor_reported_released(
     assert_eq!(stdout_json(&out)["forgotten"].as_array().unwrap().len(), 1);
     let out = sb.dbsnap(&["cleanup"]);
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nothing to clean up");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "nothing to clean up"
+    );
     assert!(canary.join("keep me").exists());
 }

@@ -54,7 +54,12 @@ fn two_state_dirs_backing_up_one_server_in_the_same_second_both_succeed() {
     }
     let names: Vec<String> = [&a, &b]
         .iter()
-        .map(|o| common::stdout_json(o)["snapshot"]["name"].as_str().unwrap().to_string())
+        .map(|o| {
+            common::stdout_json(o)["snapshot"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     println!("snapshots: {names:?}");
     assert_ne!(names[0], names[1]);

@@ -69,7 +69,10 @@ fn sigterm_during_a_restore_removes_the_half_copied_datadir() {
     let rsync = which::which("rsync").unwrap();
     std::fs::write(
         bin.join("rsync"),
-        format!("#!/bin/sh\nexec '{}' --bwlimit=1000 \"$@\"\n", rsync.display()),
+        format!(
+            "#!/bin/sh\nexec '{}' --bwlimit=1000 \"$@\"\n",
+            rsync.display()
+        ),
     )
     .unwrap();
     std::fs::set_permissions(bin.join("rsync"), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -79,7 +82,12 @@ fn sigterm_during_a_restore_removes_the_half_copied_datadir() {
     let child = Command::new(DBSNAP)
         .arg("--config")
         .arg(&sb.config)
-        .args(["restore", backup.to_str().unwrap(), "--datadir", target.to_str().unwrap()])
+        .args([
+            "restore",
+            backup.to_str().unwrap(),
+            "--datadir",
+            target.to_str().unwrap(),
+        ])
         .env("PATH", path)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -91,7 +99,10 @@ fn sigterm_during_a_restore_removes_the_half_copied_datadir() {
             .flatten()
             .any(|e| e.file_type().is_file())
     };
-    assert!(wait_for(copying, Duration::from_secs(60)), "the restore never copied");
+    assert!(
+        wait_for(copying, Duration::from_secs(60)),
+        "the restore never copied"
+    );
     sigterm(&child);
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);

@@ -14,7 +14,8 @@ use dbsnap_test_support::bank;
 fn plugin_that_can_lose_snapshots(dir: &Path) -> PathBuf {
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/examples/dbsnap-backend-btrfs-sh");
+    let reference =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/examples/dbsnap-backend-btrfs-sh");
     let script = plugins.join("dbsnap-backend-lossy");
     std::fs::write(
         &script,
@@ -45,7 +46,13 @@ fn releasing_a_kept_snapshot_that_became_invalid_exits_13_and_list_shows_it() {
     let mnt = sb.dir.path().join("hook mnt");
     std::fs::create_dir(&mnt).unwrap();
 
-    let out = sb.dbsnap(&["snapshot", "create", "--mount", mnt.to_str().unwrap(), "--json"]);
+    let out = sb.dbsnap(&[
+        "snapshot",
+        "create",
+        "--mount",
+        mnt.to_str().unwrap(),
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let name = stdout_json(&out)["name"].as_str().unwrap().to_string();
     let out = sb.dbsnap(&["snapshot", "list", "--json"]);
@@ -59,12 +66,18 @@ fn releasing_a_kept_snapshot_that_became_invalid_exits_13_and_list_shows_it() {
     assert_eq!(listed[0]["health"]["status"], "failed", "{listed}");
     let out = sb.dbsnap(&["snapshot", "list"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("HEALTH") && text.contains("failed") && text.contains("overflowed"), "{text}");
+    assert!(
+        text.contains("HEALTH") && text.contains("failed") && text.contains("overflowed"),
+        "{text}"
+    );
 
     let out = sb.dbsnap(&["snapshot", "release", mnt.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("become invalid while kept") && err.contains("overflowed"), "{err}");
+    assert!(
+        err.contains("become invalid while kept") && err.contains("overflowed"),
+        "{err}"
+    );
     assert!(err.contains(mnt.to_str().unwrap()), "{err}");
     // Released all the same: nothing is left to pin space.
     let out = sb.dbsnap(&["snapshot", "list", "--json"]);

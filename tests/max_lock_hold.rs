@@ -13,7 +13,12 @@ fn timed_out_snapshots_are_all_released_and_the_journal_is_empty() {
     bank::create(&sb.server);
     let mut timed_out = 0;
     // 1 ms kills the snapshot command as it starts; 6 ms while it is in its ioctl.
-    for (run, hold) in ["1ms", "6ms", "3ms", "10ms"].iter().cycle().take(12).enumerate() {
+    for (run, hold) in ["1ms", "6ms", "3ms", "10ms"]
+        .iter()
+        .cycle()
+        .take(12)
+        .enumerate()
+    {
         sb.write_config(&format!("max_lock_hold = \"{hold}\""));
         let out = sb.dbsnap(&["backup"]);
         match out.status.code() {
@@ -25,7 +30,10 @@ fn timed_out_snapshots_are_all_released_and_the_journal_is_empty() {
             other => panic!("run {run} ({hold}) exited {other:?}: {}", stderr(&out)),
         }
         let left = sb.leftovers();
-        assert!(left.is_empty(), "run {run} (max_lock_hold {hold}) left {left:?}");
+        assert!(
+            left.is_empty(),
+            "run {run} (max_lock_hold {hold}) left {left:?}"
+        );
     }
     println!("{timed_out} of 12 runs timed out; none left a snapshot");
     assert!(timed_out > 0, "no run timed out: the test proves nothing");

@@ -68,7 +68,12 @@ fn restore_force_never_deletes_the_destination_a_backup_or_dbsnaps_state() {
     std::fs::create_dir_all(&sb.state).unwrap();
 
     // The destination itself, a backup in it (the one restored, and another), below one.
-    assert_refused(&sb, first, &sb.dest, "it contains the backup being restored");
+    assert_refused(
+        &sb,
+        first,
+        &sb.dest,
+        "it contains the backup being restored",
+    );
     assert_refused(&sb, first, first, "the backup being restored");
     assert_refused(&sb, first, second, "the backup destination");
     assert_refused(&sb, first, &second.join("files"), "the backup destination");
@@ -121,8 +126,19 @@ fn restore_sees_a_running_server_through_a_bind_mount_of_its_datadir() {
     let _bind = Bind::new(&datadir, &volume);
     assert_refused(&sb, &backup, &volume, "a database server is running");
     // A directory below the bound datadir is the live server's too.
-    assert_refused(&sb, &backup, &volume.join("new"), "a database server is running");
+    assert_refused(
+        &sb,
+        &backup,
+        &volume.join("new"),
+        "a database server is running",
+    );
 
-    assert!(datadir.join("ibdata1").exists(), "the live datadir was emptied");
-    assert_eq!(sb.server.sql("SELECT COUNT(*) FROM bank.accounts").trim(), "100");
+    assert!(
+        datadir.join("ibdata1").exists(),
+        "the live datadir was emptied"
+    );
+    assert_eq!(
+        sb.server.sql("SELECT COUNT(*) FROM bank.accounts").trim(),
+        "100"
+    );
 }

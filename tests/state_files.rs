@@ -42,7 +42,11 @@ fn a_symlinked_run_lock_or_journal_is_refused_and_its_target_untouched() {
     std::os::unix::fs::symlink(&canary, state.join("run.lock")).unwrap();
     let out = dbsnap_with(&config, &["cleanup"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("is a symbolic link"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is a symbolic link"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("run.lock"), "{}", stderr(&out));
     assert_eq!(std::fs::read(&canary).unwrap(), b"precious");
 
@@ -50,7 +54,11 @@ fn a_symlinked_run_lock_or_journal_is_refused_and_its_target_untouched() {
     std::os::unix::fs::symlink(&canary, state.join("journal.json")).unwrap();
     let out = dbsnap_with(&config, &["cleanup"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("journal.json is a symbolic link"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("journal.json is a symbolic link"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(std::fs::read(&canary).unwrap(), b"precious");
 }
 
@@ -61,14 +69,24 @@ fn a_state_directory_that_cannot_be_written_is_named_with_what_to_do() {
     std::fs::create_dir(&state).unwrap();
     dbsnap_test_support::sh(
         "mount",
-        &["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", state.to_str().unwrap()],
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "ro,size=1m",
+            "tmpfs",
+            state.to_str().unwrap(),
+        ],
     );
     let out = dbsnap_with(&config(dir.path(), &state), &["cleanup"]);
     let _ = std::process::Command::new("umount").arg(&state).status();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains(&format!("the state directory {} is not writable", state.display())),
+        err.contains(&format!(
+            "the state directory {} is not writable",
+            state.display()
+        )),
         "{err}"
     );
     assert!(err.contains("set state_dir"), "{err}");

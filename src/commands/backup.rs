@@ -36,22 +36,24 @@ pub async fn run(
             let e = failed_run(config, &mut journal, e).await;
             // Interrupted after the rename: the backup is complete, only releasing the
             // snapshot, verifying or the post_backup hook were cut short.
-            return Err(match published(dest).into_iter().find(|b| !before.contains(b)) {
-                Some(new) => fail(
-                    Class::Interrupted,
-                    format!(
-                        "{e:#}, but the backup had already been published: {} is complete \
+            return Err(
+                match published(dest).into_iter().find(|b| !before.contains(b)) {
+                    Some(new) => fail(
+                        Class::Interrupted,
+                        format!(
+                            "{e:#}, but the backup had already been published: {} is complete \
                          and kept. The interruption may have cut its verification short: run \
                          `dbsnap verify {}` to prove it restores",
-                        new.display(),
-                        new.display()
+                            new.display(),
+                            new.display()
+                        ),
                     ),
-                ),
-                None => fail(
-                    Class::Interrupted,
-                    format!("{e:#}; cleaned up, no backup was published"),
-                ),
-            });
+                    None => fail(
+                        Class::Interrupted,
+                        format!("{e:#}; cleaned up, no backup was published"),
+                    ),
+                },
+            );
         }
         Err(e) => return Err(failed_run(config, &mut journal, e).await),
     };

@@ -15,7 +15,9 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
     let Cleaned { mut released, kept } = release_all(config, &mut journal).await?;
     released.extend(super::snapshot::release_expired(config).await?);
     if json {
-        super::print_json(&serde_json::json!({ "released": released, "nothing_to_release": kept }))?;
+        super::print_json(
+            &serde_json::json!({ "released": released, "nothing_to_release": kept }),
+        )?;
     } else if released.is_empty() && kept.is_empty() {
         println!("nothing to clean up");
     } else {
@@ -145,7 +147,10 @@ fn check_partial(config: &Config, dir: &Path) -> anyhow::Result<()> {
         Some(dest) => Err(untrusted(
             "a partial backup",
             dir,
-            format!("a NAME.partial directory in [backup] dest = {}", dest.display()),
+            format!(
+                "a NAME.partial directory in [backup] dest = {}",
+                dest.display()
+            ),
         )),
         None => Err(untrusted(
             "a partial backup",
@@ -170,9 +175,9 @@ fn check_scratch(config: &Config, dir: &Path, run_dir: &Path) -> anyhow::Result<
             .as_ref()
             .is_some_and(|b| directly_in(dir, &b.dest));
         in_dest
-            || dir.parent().is_some_and(|p| {
-                p.join(n).join(crate::manifest::MANIFEST_FILE).is_file()
-            })
+            || dir
+                .parent()
+                .is_some_and(|p| p.join(n).join(crate::manifest::MANIFEST_FILE).is_file())
     });
     if !beside_backup {
         return Err(untrusted(

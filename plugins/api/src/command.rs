@@ -167,7 +167,7 @@ impl Cmd {
                         self.timeout.as_secs()
                     ),
                     String::new(),
-                ))
+                ));
             }
         };
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -360,7 +360,11 @@ fn group_is_alive(pgid: i32) -> bool {
     };
     entries
         .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
         .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
         .any(|stat| {
             // After the command name (in parentheses): state, ppid, pgrp.
