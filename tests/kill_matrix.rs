@@ -87,7 +87,10 @@ impl Rig {
         }
         script(
             &slow_bin.join("rsync"),
-            &format!("#!/bin/sh\nexec '{}' --bwlimit=1000 \"$@\"\n", rsync.display()),
+            &format!(
+                "#!/bin/sh\nexec '{}' --bwlimit=1000 \"$@\"\n",
+                rsync.display()
+            ),
         );
         script(
             &held_bin.join("rsync"),
@@ -238,7 +241,10 @@ impl Rig {
             left.push("a mount under state_dir/runs".into());
         }
         for e in std::fs::read_dir(&self.sb.dest).unwrap().flatten() {
-            if e.file_name().to_string_lossy().starts_with(".dbsnap-verify-") {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(".dbsnap-verify-")
+            {
                 left.push(format!("scratch copy {}", e.path().display()));
             }
         }
@@ -249,7 +255,10 @@ impl Rig {
                 .split(|b| *b == 0)
                 .any(|a| a.starts_with(scratch_arg.as_bytes()))
             {
-                left.push(format!("scratch server {}", p.file_name().to_string_lossy()));
+                left.push(format!(
+                    "scratch server {}",
+                    p.file_name().to_string_lossy()
+                ));
             }
         }
         left
@@ -330,6 +339,16 @@ fn run_case(rig: &Rig, seam: Seam, signal: Signal) -> Result<String, String> {
         if signal == Signal::SIGTERM && code != Some(130) {
             return Err(format!("SIGTERM exited {code:?}: {stderr}"));
         }
+        let after_publish = matches!(
+            seam,
+            Seam::HangBefore("unmount") | Seam::HangBefore("release") | Seam::Verify
+        );
+        if signal == Signal::SIGTERM && after_publish != stderr.contains("already been published") {
+            return Err(format!("the message misstates publication: {stderr}"));
+        }
+        if signal == Signal::SIGTERM && matches!(seam, Seam::Restore) && restore_into.exists() {
+            return Err("SIGTERM left the half-restored datadir".into());
+        }
         let cleanup = Command::new(DBSNAP)
             .arg("--config")
             .arg(&rig.sb.config)
@@ -349,7 +368,10 @@ fn run_case(rig: &Rig, seam: Seam, signal: Signal) -> Result<String, String> {
             return Err(format!("left after cleanup: {left:?}"));
         }
         if fingerprint(&previous) != before {
-            return Err(format!("the previous backup {} changed", previous.display()));
+            return Err(format!(
+                "the previous backup {} changed",
+                previous.display()
+            ));
         }
         let restored = match seam {
             Seam::Restore if restore_into.exists() => ", half-restored dir left",
@@ -406,8 +428,16 @@ fn sigkill_and_sigterm_at_every_phase_leave_nothing_and_lose_nothing() {
             Ok(v) => v.clone(),
             Err(e) => format!("FAILED: {e}"),
         };
-        println!("{phase:<28} {:<58} {}", cell(Signal::SIGKILL), cell(Signal::SIGTERM));
+        println!(
+            "{phase:<28} {:<58} {}",
+            cell(Signal::SIGKILL),
+            cell(Signal::SIGTERM)
+        );
     }
     let failed: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
-    assert!(failed.is_empty(), "{} case(s) failed: {failed:#?}", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} case(s) failed: {failed:#?}",
+        failed.len()
+    );
 }
