@@ -318,7 +318,8 @@ pub async fn lock_and_snapshot(
         settings,
     )
     .await?;
-    // Pinned outside the window: on a timeout it is dropped only after the unlock.
+    // Made outside the window and polled in place (it is boxed), so that on a timeout
+    // it can be dropped after the unlock, not inside the window.
     let mut taking = backend.snapshot(set);
     // ── writers wait from here ──
     let coordinates = held.coordinates(pre.is_replica).await;
