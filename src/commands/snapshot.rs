@@ -4,9 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use tokio::signal::unix::{signal, SignalKind};
-
 use dbsnap_backend_api::Health;
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::backends;
 use crate::commands::cleanup::release_all;
