@@ -75,6 +75,16 @@ impl RunLock {
                     ),
                 )
             })?;
+        if let Ok(meta) = std::fs::metadata(state_dir) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o022 != 0 {
+                tracing::warn!(
+                    "the state directory {} is writable by other users: anyone who can write \
+                     its journal can make `dbsnap cleanup` delete things. chmod 700 it",
+                    state_dir.display()
+                );
+            }
+        }
         let path = state_dir.join(LOCK_FILE);
         let file = open_state_file(&path, OpenFor::Lock).map_err(|e| {
             use nix::libc::{EACCES, EPERM, EROFS};
