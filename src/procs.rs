@@ -124,6 +124,56 @@ pub fn throwaway_servers(scratch: &Path, run_dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Processes a hook of one of `runs` started and left behind when its dbsnap died: a
+/// hook's environment names its run (`DBSNAP_NAME`) and phase (`DBSNAP_PHASE`), which
+/// its children inherit; the hook itself dies with dbsnap, its children need not. Only
+/// orphans count: a process with a live `dbsnap` among its ancestors belongs to a run
+/// that is still going (another state_dir may use the same backup name).
+pub fn orphaned_hook_processes(runs: &[String]) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me && is_running(*pid))
+        .filter(|pid| {
+            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                return false;
+            };
+            let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+            let in_run = runs.iter().any(|run| {
+                let wanted = format!("DBSNAP_NAME={run}");
+                vars.contains(&wanted.as_bytes())
+            });
+            in_run && vars.iter().any(|v| v.starts_with(b"DBSNAP_PHASE="))
+        })
+        .filter(|pid| !has_dbsnap_ancestor(*pid))
+        .collect()
+}
+
+fn has_dbsnap_ancestor(pid: u32) -> bool {
+    let mut at = pid;
+    for _ in 0..64 {
+        let Some(parent) = parent_of(at).filter(|p| *p > 1) else {
+            return false;
+        };
+        let name = std::fs::read_to_string(format!("/proc/{parent}/comm")).unwrap_or_default();
+        if name.trim() == "dbsnap" {
+            return true;
+        }
+        at = parent;
+    }
+    false
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Whether `pid` is alive (a zombie, dead and waiting to be reaped, is not).
 pub fn is_running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {

@@ -121,3 +121,30 @@ fn a_backend_command_dies_when_dbsnap_is_killed() {
     assert!(sb.dbsnap(&["cleanup"]).status.success());
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
 }
+
+#[test]
+fn what_a_killed_runs_hook_left_running_is_stopped_by_cleanup() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    let pid_file = sb.dir.path().join("reader.pid");
+    let config = std::fs::read_to_string(&sb.config).unwrap();
+    // A hook whose own child does the work (a `tar` reading the snapshot): the hook
+    // dies with dbsnap, its child is orphaned.
+    sb.write_raw_config(&format!(
+        "{config}\n[hooks]\npost_snapshot = [\"/bin/sh\", \"-c\", \"sleep 60 & echo $! > \\\"$0\\\"; wait\", {pid_file:?}]\n"
+    ));
+    let mut dbsnap = start_backup(&sb);
+    assert!(wait_for(&pid_file, Duration::from_secs(60)), "the hook never started");
+    std::thread::sleep(Duration::from_millis(100));
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    dbsnap.kill().unwrap();
+    dbsnap.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(is_running(pid), "the orphan should still run before cleanup");
+
+    let out = sb.dbsnap(&["cleanup"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(!is_running(pid), "cleanup left the hook's child running");
+    assert!(common::stderr(&out).contains("left running by a hook"));
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+}

@@ -90,6 +90,7 @@ enum Outcome {
 pub async fn release_all(config: &Config, journal: &mut Journal) -> anyhow::Result<Cleaned> {
     let mut cleaned = Cleaned::default();
     let mut failures = Vec::new();
+    stop_orphaned_hooks(journal).await;
     for entry in journal.entries().to_vec().into_iter().rev() {
         let what = describe(&entry.resource);
         match release_one(config, &entry.resource).await {
@@ -120,6 +121,32 @@ pub async fn release_all(config: &Config, journal: &mut Journal) -> anyhow::Resu
         );
     }
     Ok(cleaned)
+}
+
+/// Kill what the hooks of the journal's interrupted runs left running (a hook's own
+/// children survive a `kill -9` of dbsnap): nothing may keep reading a snapshot that is
+/// about to be released.
+async fn stop_orphaned_hooks(journal: &Journal) {
+    let mut runs: Vec<String> = journal.entries().iter().map(|e| e.run.clone()).collect();
+    runs.sort();
+    runs.dedup();
+    if runs.is_empty() {
+        return;
+    }
+    let orphans = crate::procs::orphaned_hook_processes(&runs);
+    for pid in &orphans {
+        tracing::warn!("stopping process {pid}, left running by a hook of an interrupted run");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while orphans.iter().any(|p| crate::procs::is_running(*p))
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Refuse a journaled path that is not where dbsnap creates such things.
