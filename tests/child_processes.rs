@@ -134,13 +134,23 @@ fn what_a_killed_runs_hook_left_running_is_stopped_by_cleanup() {
         "{config}\n[hooks]\npost_snapshot = [\"/bin/sh\", \"-c\", \"sleep 60 & echo $! > \\\"$0\\\"; wait\", {pid_file:?}]\n"
     ));
     let mut dbsnap = start_backup(&sb);
-    assert!(wait_for(&pid_file, Duration::from_secs(60)), "the hook never started");
+    assert!(
+        wait_for(&pid_file, Duration::from_secs(60)),
+        "the hook never started"
+    );
     std::thread::sleep(Duration::from_millis(100));
-    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     dbsnap.kill().unwrap();
     dbsnap.wait().unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    assert!(is_running(pid), "the orphan should still run before cleanup");
+    assert!(
+        is_running(pid),
+        "the orphan should still run before cleanup"
+    );
 
     let out = sb.dbsnap(&["cleanup"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
