@@ -5,7 +5,8 @@
 //! partial, scratch server or journal entry, the previous backup is byte-identical,
 //! and the next backup succeeds. Prints the matrix (phase × signal → result).
 //!
-//! Budget: about 1–2 minutes wall on 2 cores (20 cases in two parallel sandboxes).
+//! Budget: 45–90 s wall on 2 shared cores (20 cases in two parallel sandboxes), at
+//! most 4 minutes.
 
 mod common;
 
