@@ -12,19 +12,22 @@ use crate::journal::{Journal, Resource, RunLock};
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
     let lock = RunLock::acquire(&config.state_dir)?;
     let mut journal = Journal::open(&config.state_dir, &lock)?;
-    let Cleaned { mut released, kept } = release_all(config, &mut journal).await?;
+    let Cleaned {
+        mut released,
+        nothing_to_release,
+    } = release_all(config, &mut journal).await?;
     released.extend(super::snapshot::release_expired(config).await?);
     if json {
         super::print_json(
-            &serde_json::json!({ "released": released, "nothing_to_release": kept }),
+            &serde_json::json!({ "released": released, "nothing_to_release": nothing_to_release }),
         )?;
-    } else if released.is_empty() && kept.is_empty() {
+    } else if released.is_empty() && nothing_to_release.is_empty() {
         println!("nothing to clean up");
     } else {
         for r in &released {
             println!("released {r}");
         }
-        for k in &kept {
+        for k in &nothing_to_release {
             println!("forgot {k}");
         }
     }
@@ -72,7 +75,7 @@ pub fn forget(config: &Config, json: bool, run: &str) -> anyhow::Result<()> {
 #[derive(Debug, Default)]
 pub struct Cleaned {
     pub released: Vec<String>,
-    pub kept: Vec<String>,
+    pub nothing_to_release: Vec<String>,
 }
 
 /// What releasing one journal entry came to.
@@ -103,7 +106,7 @@ pub async fn release_all(config: &Config, journal: &mut Journal) -> anyhow::Resu
                     }
                     Outcome::NothingToRelease(why) => {
                         tracing::info!("forgot {what} (run {}): {why}", entry.run);
-                        cleaned.kept.push(format!("{what}: {why}"));
+                        cleaned.nothing_to_release.push(format!("{what}: {why}"));
                     }
                 }
             }
