@@ -156,12 +156,12 @@ fn holds_flock(locks: &str, pid: &str, ino: u64) -> bool {
 /// change nothing). While a run is active they are that run's resources.
 pub fn read_entries(state_dir: &Path) -> anyhow::Result<Vec<Entry>> {
     let path = state_dir.join(JOURNAL_FILE);
-    match std::fs::read_to_string(&path) {
+    match read_state_file(&path) {
         Ok(text) => {
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        Err(e) if is_not_found(&e) => Ok(Vec::new()),
+        Err(e) => Err(e),
     }
 }
 

@@ -5,7 +5,7 @@ use bytesize::ByteSize;
 use crate::backends;
 use crate::commands::cleanup::release_all;
 use crate::config::Config;
-use crate::error::{fail, Class};
+use crate::error::{class_of, fail, Class};
 use crate::journal::Journal;
 use crate::manifest::Manifest;
 use crate::orchestrator;
