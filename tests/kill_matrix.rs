@@ -5,7 +5,7 @@
 //! partial, scratch server or journal entry, the previous backup is byte-identical,
 //! and the next backup succeeds. Prints the matrix (phase × signal → result).
 //!
-//! Budget: 45–90 s wall on 2 shared cores (20 cases in two parallel sandboxes), at
+//! Budget: 45–105 s wall on 2 shared cores (20 cases in two parallel sandboxes), at
 //! most 4 minutes.
 
 mod common;
