@@ -36,6 +36,9 @@ pub enum Class {
     Verify,
     /// A user hook failed or timed out.
     Hook,
+    /// A kept snapshot became invalid while it was kept (e.g. a classic LVM snapshot
+    /// overflowed): what was read from it is not a consistent copy.
+    SnapshotInvalid,
     /// The restic repository is missing, unreachable, locked, or refused the password.
     Repository,
     /// Interrupted by SIGINT or SIGTERM; everything was cleaned up.
@@ -57,6 +60,7 @@ impl Class {
             Class::Transfer => 10,
             Class::Verify => 11,
             Class::Hook => 12,
+            Class::SnapshotInvalid => 13,
             Class::Repository => 14,
             Class::Interrupted => 130,
         }
@@ -78,6 +82,7 @@ Exit codes:
   10   copy failed
   11   verification failed: the backup's copy does not recover or check cleanly
   12   a hook failed
+  13   a kept snapshot became invalid while kept (released; what read it is not consistent)
   14   restic repository missing, unreachable, locked, or wrong password
   130  interrupted (SIGINT/SIGTERM); cleaned up";
 }
@@ -195,6 +200,7 @@ mod tests {
             Class::Transfer,
             Class::Verify,
             Class::Hook,
+            Class::SnapshotInvalid,
             Class::Repository,
             Class::Interrupted,
         ];
@@ -202,10 +208,15 @@ mod tests {
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
+        let readme = include_str!("../README.md");
         for code in codes {
             assert!(
                 Class::TABLE.contains(&format!("\n  {code} ")),
                 "{code} missing from TABLE"
+            );
+            assert!(
+                readme.contains(&format!("\n| {code} | ")),
+                "{code} missing from the README's exit-code table"
             );
         }
     }

@@ -9,9 +9,9 @@ use crate::journal::Journal;
 use crate::manifest::Manifest;
 use crate::restore::{Request, Restored};
 
-/// Where verification stages a fetched copy (its scratch copy goes beside it).
+/// Where a fetched copy is staged (a verification's scratch copy goes beside it).
 fn staging_dir(state_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
-    let dir = state_dir.join("staging");
+    let dir = crate::destination::staging_dir(state_dir);
     std::fs::create_dir_all(&dir)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     Ok(dir)
@@ -38,19 +38,17 @@ pub async fn verify(
     Ok(verified)
 }
 
-/// Restore `backup` as `request` says; a fetched copy is staged beside the new datadir.
+/// Restore `backup` as `request` says; a fetched copy is staged in `state_dir` first.
 pub async fn restore(
     dest: &dyn Destination,
     backup: &Backup,
+    state_dir: &Path,
     request: Request,
     journal: &mut Journal,
 ) -> anyhow::Result<Restored> {
-    let staging = request
-        .datadir
-        .parent()
-        .unwrap_or(Path::new("/"))
-        .to_path_buf();
-    let fetched = dest.fetch(backup, &staging, journal).await?;
+    let fetched = dest
+        .fetch(backup, &staging_dir(state_dir)?, journal)
+        .await?;
     let outcome = crate::restore::restore(&Request {
         backup: fetched.dir.clone(),
         ..request

@@ -47,11 +47,10 @@ fn assert_restores_consistently(sb: &Sandbox, manifest: &serde_json::Value, comm
         manifest["coordinates"]["gtid_binlog_pos"].as_str().unwrap()
     );
     // The staged copy restic restored into is gone again.
-    let staged: Vec<_> = std::fs::read_dir(sb.dir.path())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-        .collect();
+    let staging = sb.state.join("staging");
+    let staged: Vec<_> = std::fs::read_dir(&staging)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     assert!(staged.is_empty(), "{staged:?}");
 }
 

@@ -245,6 +245,7 @@ pub async fn warn_about_unknown_snapshots(
                 Resource::Partial { .. }
                 | Resource::Received { .. }
                 | Resource::Scratch { .. }
+                | Resource::Fetched { .. }
                 | Resource::ResticRun { .. } => false,
             });
         if !known {

@@ -290,25 +290,24 @@ impl Destination for ResticRepo {
         Ok(entries)
     }
 
-    async fn unused_name(&self, at: DateTime<Utc>) -> anyhow::Result<String> {
+    /// The first free name (`20261125T214500Z`, `.1`, ...) among this host's
+    /// snapshots. Nothing is created: the journal records that restic is about to work
+    /// for the run. A repository has no atomic claim; two runs of this host writing in
+    /// the same second from different state directories could pick one name (their
+    /// snapshots would then be told apart by time only).
+    async fn create_partial(
+        &self,
+        at: DateTime<Utc>,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Partial> {
         let taken = self.by_name().await?;
-        let base = at.format("%Y%m%dT%H%M%SZ").to_string();
-        let mut name = base.clone();
-        let mut n = 0;
-        while taken.contains_key(&name) {
-            n += 1;
-            name = format!("{base}.{n}");
-        }
-        Ok(name)
-    }
-
-    /// Nothing is created yet: the journal records that restic is about to work for
-    /// this run.
-    async fn create_partial(&self, name: &str, journal: &mut Journal) -> anyhow::Result<Partial> {
-        journal.record(name, self.run_resource(None, Utc::now()))?;
+        let name = super::names_for(at)
+            .find(|n| !taken.contains_key(n))
+            .expect("names_for never ends");
+        journal.record(&name, self.run_resource(None, Utc::now()))?;
         Ok(Partial {
-            name: name.to_string(),
             dir: self.location.join(format!("{name}.partial")),
+            name,
         })
     }
 
@@ -363,7 +362,7 @@ impl Destination for ResticRepo {
             .repository_snapshot
             .clone()
             .expect("listed backups name their files' snapshot");
-        let dir = staging.join(format!("{}.partial", backup.name));
+        let dir = staging.join(&backup.name);
         if dir.exists() {
             return Err(fail(
                 Class::Destination,
@@ -373,7 +372,7 @@ impl Destination for ResticRepo {
                 ),
             ));
         }
-        journal.record(&backup.name, Resource::Partial { dir: dir.clone() })?;
+        journal.record(&backup.name, Resource::Fetched { dir: dir.clone() })?;
         std::fs::create_dir_all(dir.join(crate::manifest::FILES_DIR)).map_err(|e| {
             fail(
                 Class::Destination,
