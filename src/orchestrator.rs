@@ -87,7 +87,7 @@ pub async fn preflight(
         server.target()
     );
 
-    let mut layout = server::layout(&mut conn).await?;
+    let mut layout = server::layout(&mut conn, &server.version).await?;
     layout.canonicalize().map_err(|e| {
         fail(
             Class::Layout,
@@ -99,19 +99,25 @@ pub async fn preflight(
     let volumes = backend.probe(&roots).await.map_err(backend_error)?;
     let atomic = backend.snapshot_is_atomic(&volumes);
 
+    let granted = server::privileges(&mut conn).await?;
     let facts = ModeFacts {
         version: server.version.clone(),
         non_transactional: server::non_transactional_tables(&mut conn).await?,
+        all_tables_visible: server::sees_every_table(&granted),
         atomic_snapshot: atomic,
         is_replica: coordinates::is_replica(&mut conn, &server.version).await?,
         read_only: server::read_only(&mut conn).await?,
     };
     let is_replica = facts.is_replica;
-    let lock =
-        lock_mode::choose(config.mysql.lock, &facts, force).map_err(|e| fail(Class::Config, e))?;
+    let lock = lock_mode::choose(config.mysql.lock, &facts, force).map_err(|e| {
+        let class = match e.needs_grant {
+            true => Class::Privileges,
+            false => Class::Config,
+        };
+        fail(class, e.message)
+    })?;
     tracing::info!("lock mode {}: {}", lock.mode, lock.reason);
 
-    let granted = server::privileges(&mut conn).await?;
     let missing = server::missing_privileges(
         &granted,
         lock.mode,
