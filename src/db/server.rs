@@ -321,6 +321,8 @@ pub async fn layout(conn: &mut Conn, version: &ServerVersion) -> anyhow::Result<
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn version(text: &str) -> ServerVersion {
@@ -363,7 +365,7 @@ mod tests {
             layout
                 .dirs
                 .iter()
-                .any(|d| d.role == "tablespace" && d.path == PathBuf::from("/srv/fast/shop")),
+                .any(|d| d.role == "tablespace" && d.path == Path::new("/srv/fast/shop")),
             "{layout:?}"
         );
     }
