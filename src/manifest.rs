@@ -95,6 +95,58 @@ impl Manifest {
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
+    /// The manifest of a backup that restore or verify is about to read, checked first:
+    /// a manifest dbsnap can parse, of a format it knows, whose copies are all inside
+    /// the backup (or, for a native stream's received copy, at an absolute path) and
+    /// present. Anything else is refused before any file is written.
+    pub fn open_backup(backup_dir: &Path) -> anyhow::Result<Manifest> {
+        let path = backup_dir.join(MANIFEST_FILE);
+        let refuse = |why: String| {
+            crate::error::fail(
+                crate::error::Class::Config,
+                format!("{} is not a usable backup: {why}", backup_dir.display()),
+            )
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| refuse(format!("cannot read {}: {e}", path.display())))?;
+        let manifest: Manifest = toml::from_str(&text)
+            .map_err(|e| refuse(format!("{} does not parse: {e}", path.display())))?;
+        if manifest.format != FORMAT {
+            return Err(refuse(format!(
+                "{} has format = {}, this dbsnap reads format {FORMAT}: use the dbsnap release \
+                 that made it",
+                path.display(),
+                manifest.format
+            )));
+        }
+        for stored in &manifest.stored {
+            let climbs = stored
+                .path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir);
+            if climbs {
+                return Err(refuse(format!(
+                    "{} names a stored copy {:?} outside the backup",
+                    path.display(),
+                    stored.path
+                )));
+            }
+        }
+        for dir in manifest.top_level_paths() {
+            for (copy, _) in manifest.copies_of(backup_dir, &dir.path) {
+                if !copy.is_dir() {
+                    return Err(refuse(format!(
+                        "the copy of the server's {} directory {} is missing ({} is not a directory)",
+                        dir.role,
+                        dir.path.display(),
+                        copy.display()
+                    )));
+                }
+            }
+        }
+        Ok(manifest)
+    }
+
     /// Where an original server path is stored in an rsync backup (or in a scratch or
     /// restore layout that follows it).
     pub fn stored_path(backup_dir: &Path, original: &Path) -> PathBuf {

@@ -81,8 +81,15 @@ pub fn resolve_backup(config: &crate::config::Config, given: &str) -> anyhow::Re
             .map(|b| b.dest.join(given)),
     );
     for c in candidates {
-        if c.join(crate::manifest::MANIFEST_FILE).is_file() {
-            return Ok(c.canonicalize()?);
+        // A partial copy is never restored or verified, even one that has its manifest
+        // (a run stopped between writing it and publishing).
+        let partial = c
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with(".partial"));
+        if c.join(crate::manifest::MANIFEST_FILE).is_file() && !partial {
+            let dir = c.canonicalize()?;
+            Manifest::open_backup(&dir)?;
+            return Ok(dir);
         }
     }
     Err(fail(
