@@ -795,7 +795,7 @@ mod tests {
 
     /// The `[client]`, `[client-server]` and `[dbsnap]` settings of option-file text
     /// (without following `!include`).
-    fn parse_option_file_client(text: &str) -> Result<Credentials, String> {
+    pub(super) fn parse_option_file_client(text: &str) -> Result<Credentials, String> {
         let mut options = Vec::new();
         read_option_text(
             Path::new("(option file)"),
@@ -1139,5 +1139,92 @@ dest = "/srv/backups/db 1"
         let c = credentials_from_options(&read_option_file(&main, OPTION_GROUPS).unwrap()).unwrap();
         assert_eq!(c.user.as_deref(), Some("backup"));
         assert_eq!(c.password.as_deref(), Some("s3 cr#t"));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// An option value written so that the client library reads it back unchanged:
+    /// quoted, with `\` and the quote escaped and line breaks as `\n` / `\r`.
+    fn quote_option_value(value: &str) -> String {
+        let mut out = String::from("\"");
+        for c in value.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_config_text_parses_without_panicking(text in "(?s).{0,400}") {
+            let _ = Config::parse(&text);
+        }
+
+        #[test]
+        fn any_config_values_parse_without_panicking(
+            key in prop_oneof![
+                Just("lock_wait_timeout"), Just("max_lock_hold"), Just("long_query_threshold"),
+                Just("lock_attempts"), Just("port"), Just("socket"), Just("lock"), Just("host"),
+            ],
+            value in prop_oneof![
+                "\"[0-9]{1,25}(ns|ms|s|m|h|d|y)\"",
+                "-?[0-9]{1,25}(\\.[0-9]{1,5})?",
+                "(nan|inf|-inf|true|false)",
+                "\"(?s).{0,20}\"",
+            ],
+        ) {
+            let text = format!(
+                "[mysql]\n{key} = {value}\n[snapshot]\nbackend = \"btrfs\"\n[backup]\ndest = \"/srv/b\"\n"
+            );
+            let _ = Config::parse(&text);
+        }
+
+        #[test]
+        fn any_option_file_text_parses_without_panicking(text in "(?s).{0,400}") {
+            if let Ok(lines) = parse_option_text(&text) {
+                let options: Vec<OptionLine> = lines
+                    .into_iter()
+                    .filter_map(|l| match l {
+                        OptionFileLine::Option { name, value } => Some(OptionLine {
+                            name,
+                            value,
+                            file: PathBuf::from("x.cnf"),
+                        }),
+                        _ => None,
+                    })
+                    .collect();
+                let _ = credentials_from_options(&options);
+            }
+        }
+
+        #[test]
+        fn quoted_option_values_round_trip(
+            user in "[^\u{0}]{0,30}",
+            password in "[^\u{0}]{0,30}",
+            comment in "[^\n\r]{0,20}",
+        ) {
+            let text = format!(
+                "[client]\nuser = {} # {comment}\npassword={}\n",
+                quote_option_value(&user),
+                quote_option_value(&password)
+            );
+            let creds = super::tests::parse_option_file_client(&text).unwrap();
+            prop_assert_eq!(creds.user.as_deref(), Some(user.as_str()));
+            prop_assert_eq!(creds.password.as_deref(), Some(password.as_str()));
+        }
     }
 }

@@ -320,3 +320,58 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_parses_without_panicking(text in "(?s).{0,400}") {
+            let _ = toml::from_str::<Manifest>(&text);
+        }
+    }
+
+    proptest! {
+        // Each case writes and fsyncs real files: fewer cases keep `cargo test --lib` fast.
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn manifests_round_trip_through_their_file(
+            name in ".{0,30}",
+            hostname in ".{0,30}",
+            version in ".{0,30}",
+            datadir in "/[^\u{0}]{0,30}",
+            reason in "(?s).{0,60}",
+            hold_ms in 0.0f64..1e9,
+            position in any::<u64>(),
+            gtid in proptest::option::of("[0-9,:-]{0,30}"),
+            binlog in proptest::option::of(".{0,20}"),
+            exact in any::<bool>(),
+            seconds in 0i64..4_000_000_000,
+        ) {
+            let at = DateTime::from_timestamp(seconds, 123_456_789).unwrap();
+            let mut m = tests::sample();
+            m.name = name;
+            m.server.hostname = hostname;
+            m.server.version = version;
+            m.server.datadir = PathBuf::from(&datadir);
+            m.paths[0].path = PathBuf::from(datadir);
+            m.lock.reason = reason;
+            m.lock.hold_ms = hold_ms;
+            m.lock.acquired_at = at;
+            m.started_at = at;
+            m.coordinates.exact = exact;
+            m.coordinates.binlog_position = Some(position);
+            m.coordinates.binlog_file = binlog;
+            m.coordinates.gtid_binlog_pos = gtid;
+            let dir = tempfile::tempdir().unwrap();
+            m.write(dir.path()).unwrap();
+            prop_assert_eq!(Manifest::read(dir.path()).unwrap(), m);
+        }
+    }
+}
