@@ -1589,6 +1589,7 @@ fn hostile_inputs_fail_clearly_and_change_nothing() {
             .sql("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'bank'");
     assert_eq!(tables.trim(), "3", "the bank schema was changed");
     let mut subjects: Vec<&str> = c.cases.iter().map(|k| k.subject).collect();
+    subjects.sort();
     subjects.dedup();
     eprintln!(
         "hostile-input corpus: {} cases ({}) in {:.1} s, {} failed",
