@@ -120,7 +120,7 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
 }
 
 /// Complete backups whose manifest carries the directory's own name.
-fn own_backups(dest: &Path) -> anyhow::Result<Vec<(PathBuf, Manifest)>> {
+pub fn own_backups(dest: &Path) -> anyhow::Result<Vec<(PathBuf, Manifest)>> {
     let mut found = Vec::new();
     let entries = std::fs::read_dir(dest).with_context(|| format!("reading {}", dest.display()))?;
     for entry in entries.flatten() {

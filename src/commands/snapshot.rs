@@ -10,6 +10,7 @@ use crate::backends;
 use crate::commands::cleanup::release_all;
 use crate::config::Config;
 use crate::error::{fail, Class};
+use crate::hooks::Phase;
 use crate::journal::{Journal, Resource, RunLock};
 use crate::kept::KeptSnapshot;
 use crate::orchestrator::{self, backend_error, Hook};
@@ -37,6 +38,14 @@ pub async fn create(
     };
     let backend = backends::open(&config.snapshot)?;
     let (_lock, mut journal) = super::start_run(config).await?;
+    let label_env = ("DBSNAP_LABEL", label.unwrap_or_default().to_string());
+    config
+        .hooks
+        .run(
+            Phase::PreLock,
+            &[("DBSNAP_STATUS", "running".to_string()), label_env.clone()],
+        )
+        .await?;
     let outcome = super::until_signal(orchestrator::snapshot_create(
         config,
         backend.as_ref(),
@@ -63,6 +72,21 @@ pub async fn create(
             }
             return Err(e);
         }
+    }
+    // Like a backup's: after the lock, with the snapshot readable (hook mode: its
+    // mount directory); a failure aborts the run, so the snapshot is released.
+    let snapshot_path = kept.mount.as_ref().map(|m| m.dir.display().to_string());
+    let env = [
+        ("DBSNAP_NAME", kept.name.to_string()),
+        ("DBSNAP_STATUS", "running".to_string()),
+        label_env,
+        ("DBSNAP_SNAPSHOT_PATH", snapshot_path.unwrap_or_default()),
+    ];
+    if let Err(e) = config.hooks.run(Phase::PostSnapshot, &env).await {
+        if let Err(cleanup) = release_kept(config, &kept).await {
+            tracing::error!("{cleanup:#}");
+        }
+        return Err(e);
     }
     if json {
         return super::print_json(&kept);
