@@ -1716,3 +1716,21 @@ fn hostile_paths_work_and_secrets_stay_secret() {
         .join(datadir.strip_prefix("/").unwrap());
     assert!(stored.join("bank/accounts.ibd").exists());
 }
+
+/// The documented limit is on what the user types: a 64-character label makes a kept
+/// snapshot (its full name, `dbsnap-<timestamp>-<label>`, is 88 characters).
+#[test]
+fn a_label_of_the_documented_64_characters_is_taken() {
+    let sb = Sandbox::new();
+    let label = "L".repeat(64);
+    let out = sb.dbsnap(&["snapshot", "create", "--label", &label, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let name = common::stdout_json(&out)["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(name.ends_with(&label), "{name}");
+    let out = sb.dbsnap(&["snapshot", "release", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+}
