@@ -331,18 +331,22 @@ fn check_scratch_space(scratch: &Path, bytes: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Each top-level server directory of the backup and where its copy is: what a server
-/// started on the copy must see at the original path.
+/// The tablespace directories outside the datadir that exist on this host, and where
+/// their copies are: what a server started on the copy must see at the original path
+/// (see [`spawn_isolated`]). Everything else the server finds through its options and
+/// the rewritten index and `.isl` files.
 pub fn original_views(manifest: &Manifest, moves: &Moves) -> Vec<(PathBuf, PathBuf)> {
     manifest
-        .top_level_paths()
+        .paths
+        .iter()
+        .filter(|p| p.role == "tablespace" && p.path.is_dir())
         .filter_map(|p| Some((p.path.clone(), moves.relocate(&p.path)?)))
         .filter(|(original, copy)| original != copy && copy.is_dir())
         .collect()
 }
 
-/// Start a server on a copy in a mount namespace of its own in which every original
-/// server directory shows the copy (`views`: original → copy), bind-mounted.
+/// Start a server on a copy, in a mount namespace of its own in which each original
+/// path of `views` shows its copy (`views`: original → copy), bind-mounted.
 ///
 /// InnoDB's crash recovery opens the tablespaces its redo log names, by the path they
 /// had when the log was written: a table created `DATA DIRECTORY = '/srv/fast'` is
@@ -373,6 +377,11 @@ pub fn spawn_isolated(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);
+    if binds.is_empty() {
+        return command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()));
+    }
     // SAFETY: between fork and exec only system calls run (unshare, mount), on
     // strings built before the fork; nothing allocates or takes a lock.
     unsafe {
