@@ -367,20 +367,23 @@ pub async fn lock_and_snapshot(
         settings,
     )
     .await?;
+    // Made outside the window and polled in place (it is boxed), so that on a timeout
+    // it can be dropped after the unlock, not inside the window.
+    let mut taking = backend.snapshot(set);
     // ── writers wait from here ──
     let coordinates = held.coordinates(pre.is_replica).await;
     let snapshot = match coordinates {
         Ok(_) => Some(
-            tokio::time::timeout(
-                max_hold.saturating_sub(held.held_for()),
-                backend.snapshot(set),
-            )
-            .await,
+            tokio::time::timeout(max_hold.saturating_sub(held.held_for()), taking.as_mut()).await,
         ),
         Err(_) => None,
     };
     let released = held.release(pre.lock.reason.clone()).await;
     // ── writers run again ──
+    // A snapshot command still running is killed here, and reaped before this returns
+    // (see `command::ProcessGroup`): whatever it made exists by now, is journaled, and
+    // is released with the run's other resources.
+    drop(taking);
     let record = released?;
     let coordinates = coordinates?;
     match snapshot {
@@ -428,8 +431,10 @@ pub async fn backup(
     let transfer = plan_transfer(config, backend, &pre).await?;
     let stream = transfer.stream;
     warn_about_unknown_snapshots(backend, &pre.volumes, journal, &config.state_dir).await;
-    let name = backup_name(dest, started_at);
-    let snapshot_name = SnapshotName::new(format!("dbsnap-{name}"))?;
+    let (name, partial) = claim_backup_name(journal, dest, started_at)?;
+    // Unique per run, not only per destination: another state_dir backing up the same
+    // server in the same second must never take (and then release) this run's snapshot.
+    let snapshot_name = SnapshotName::new(format!("dbsnap-{name}-{}", run_id()))?;
     let set = backend
         .plan(&pre.volumes, &snapshot_name)
         .await
@@ -461,7 +466,6 @@ pub async fn backup(
     )?;
     std::fs::create_dir_all(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
     let read_paths = backend.mount(&set, &workdir).await.map_err(backend_error)?;
-    let partial = dest.join(format!("{name}.partial"));
     let items = plan_copy(&pre.layout, &read_paths, &partial)?;
     let datadir_snapshot = items[0].from.display().to_string();
     config
@@ -472,14 +476,7 @@ pub async fn backup(
         )
         .await?;
 
-    // 6. transfer into NAME.partial
-    journal.record(
-        &name,
-        Resource::Partial {
-            dir: partial.clone(),
-        },
-    )?;
-    std::fs::create_dir(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    // 6. transfer into NAME.partial (claimed in step 1)
     let progress = Progress::new(pre.data_bytes);
     let report_progress = |bytes| progress.set(bytes);
     let (stats, stored) = tokio::select! {
@@ -783,6 +780,18 @@ pub async fn snapshot_create(
             format!("a kept snapshot {name} exists already; wait a second or choose another label"),
         ));
     }
+    // Another state_dir may keep a snapshot of this name: taking it would fail, and
+    // releasing the failed run would remove the other's.
+    let existing = backend.list(&pre.volumes).await.map_err(backend_error)?;
+    if existing.iter().any(|s| s.name == name) {
+        return Err(fail(
+            Class::Config,
+            format!(
+                "a snapshot {name} exists already (kept through another state_dir?); wait a \
+                 second or choose another label"
+            ),
+        ));
+    }
     let set = backend
         .plan(&pre.volumes, &name)
         .await
@@ -900,17 +909,46 @@ async fn unmount(
     Ok(())
 }
 
-/// A name that sorts by time: `20261125T214500Z`, with `.1`, `.2` ... if taken.
-fn backup_name(dest: &Path, at: chrono::DateTime<Utc>) -> String {
+/// A name that sorts by time: `20261125T214500Z`, with `.1`, `.2` ... if taken, and
+/// its `NAME.partial` directory, journaled and created here: creating it is what claims
+/// the name, so two runs (with different state_dirs) writing to one destination in the
+/// same second get different names, and neither ever releases the other's partial.
+fn claim_backup_name(
+    journal: &mut Journal,
+    dest: &Path,
+    at: chrono::DateTime<Utc>,
+) -> anyhow::Result<(String, PathBuf)> {
     let base = at.format("%Y%m%dT%H%M%SZ").to_string();
-    let taken = |n: &str| dest.join(n).exists() || dest.join(format!("{n}.partial")).exists();
     let mut name = base.clone();
     let mut n = 0;
-    while taken(&name) {
+    loop {
+        let partial = dest.join(format!("{name}.partial"));
+        if !dest.join(&name).exists() {
+            let resource = Resource::Partial {
+                dir: partial.clone(),
+            };
+            journal.record(&name, resource.clone())?;
+            match std::fs::create_dir(&partial) {
+                Ok(()) => return Ok((name, partial)),
+                // Not ours: forget it, so that nothing of this run ever removes it.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    journal.forget(&resource)?
+                }
+                Err(e) => {
+                    journal.forget(&resource)?;
+                    return Err(e).with_context(|| format!("creating {}", partial.display()));
+                }
+            }
+        }
         n += 1;
         name = format!("{base}.{n}");
     }
-    name
+}
+
+/// A short random identity for one run, for names that must not collide with another
+/// run's.
+fn run_id() -> String {
+    format!("{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
 /// What to copy: each server directory, read from its frozen volume, into

@@ -19,7 +19,7 @@ use dbsnap_backend_api::command::Cmd;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 use serde::{Deserialize, Serialize};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::db::version::{Flavor, ServerVersion};
 use crate::db::Coordinates;
@@ -33,8 +33,8 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1800);
 /// A clean shutdown of the throwaway server; past this it is killed (it is discarded anyway).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Prefixes of what verification creates; cleanup deletes nothing else.
-const SCRATCH_PREFIX: &str = ".dbsnap-verify-";
-const RUN_DIR_PREFIX: &str = "dbsnap-verify-";
+pub const SCRATCH_PREFIX: &str = ".dbsnap-verify-";
+pub const RUN_DIR_PREFIX: &str = "dbsnap-verify-";
 /// Lines of the throwaway server's error log kept in the manifest.
 const MAX_LOG_LINES: usize = 10;
 
@@ -370,13 +370,12 @@ pub fn spawn_isolated(
         .map(|(original, copy)| Ok((c_path(copy)?, c_path(original)?)))
         .collect::<anyhow::Result<_>>()?;
     let root = c_path(Path::new("/"))?;
-    let mut command = Command::new(binary);
+    let mut command = dbsnap_backend_api::command::dying_with_dbsnap(binary);
     command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+        .stderr(Stdio::null());
     if binds.is_empty() {
         return command
             .spawn()
@@ -839,8 +838,7 @@ fn release(version: &str) -> String {
 pub async fn remove_scratch(scratch: &Path, run_dir: &Path) -> anyhow::Result<()> {
     // Found by its command line rather than its pid file: a run killed early may have
     // left a server that has not written its pid file yet.
-    let datadir_arg = format!("--datadir={}", scratch.display());
-    for pid in crate::procs::with_argument_prefix(&datadir_arg) {
+    for pid in crate::procs::throwaway_servers(scratch, run_dir) {
         let pid = nix::unistd::Pid::from_raw(pid as i32);
         tracing::info!(
             "stopping the throwaway server {pid} left on {}",

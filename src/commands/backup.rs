@@ -5,7 +5,7 @@ use bytesize::ByteSize;
 use crate::backends;
 use crate::commands::cleanup::release_all;
 use crate::config::Config;
-use crate::error::{fail, Class};
+use crate::error::{class_of, fail, Class};
 use crate::journal::Journal;
 use crate::manifest::Manifest;
 use crate::orchestrator;
@@ -19,6 +19,8 @@ pub async fn run(
     config.backup()?;
     let backend = backends::open(&config.snapshot)?;
     let (_lock, mut journal) = super::start_run(config).await?;
+    let dest = &config.backup()?.dest;
+    let before = published(dest);
 
     let outcome = super::until_signal(orchestrator::backup(
         config,
@@ -29,6 +31,29 @@ pub async fn run(
     .await;
     let manifest = match outcome {
         Ok(m) => m,
+        Err(e) if class_of(&e) == Class::Interrupted => {
+            let e = failed_run(config, &mut journal, e).await;
+            // Interrupted after the rename: the backup is complete, only releasing the
+            // snapshot, verifying or the post_backup hook were cut short.
+            return Err(
+                match published(dest).into_iter().find(|b| !before.contains(b)) {
+                    Some(new) => fail(
+                        Class::Interrupted,
+                        format!(
+                            "{e:#}, but the backup had already been published: {} is complete \
+                         and kept. The interruption may have cut its verification short: run \
+                         `dbsnap verify {}` to prove it restores",
+                            new.display(),
+                            new.display()
+                        ),
+                    ),
+                    None => fail(
+                        Class::Interrupted,
+                        format!("{e:#}; cleaned up, no backup was published"),
+                    ),
+                },
+            );
+        }
         Err(e) => return Err(failed_run(config, &mut journal, e).await),
     };
 
@@ -100,4 +125,17 @@ fn print(manifest: &Manifest, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The complete backups in `dest` (directories with a manifest).
+fn published(dest: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dest)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.join(crate::manifest::MANIFEST_FILE).is_file())
+                .collect()
+        })
+        .unwrap_or_default()
 }

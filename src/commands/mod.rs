@@ -34,7 +34,7 @@ pub async fn until_signal<T>(work: impl Future<Output = anyhow::Result<T>>) -> a
     };
     Err(fail(
         Class::Interrupted,
-        format!("interrupted by {name}; the lock (if held) was released and the run's resources are being cleaned up"),
+        format!("interrupted by {name}; the lock (if held) was released and the run's resources were cleaned up"),
     ))
 }
 
