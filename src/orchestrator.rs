@@ -52,6 +52,9 @@ pub struct Preflight {
     pub free_space: Vec<FreeSpace>,
     /// Bytes in the server's directories: what the copy will move.
     pub data_bytes: u64,
+    /// `--force`: accept a lock mode that cannot be consistent, and a destination on a
+    /// snapshotted filesystem.
+    pub force: bool,
 }
 
 /// Free space on the filesystem of one volume.
@@ -87,7 +90,7 @@ pub async fn preflight(
         server.target()
     );
 
-    let mut layout = server::layout(&mut conn).await?;
+    let mut layout = server::layout(&mut conn, &server.version).await?;
     layout.canonicalize().map_err(|e| {
         fail(
             Class::Layout,
@@ -99,19 +102,25 @@ pub async fn preflight(
     let volumes = backend.probe(&roots).await.map_err(backend_error)?;
     let atomic = backend.snapshot_is_atomic(&volumes);
 
+    let granted = server::privileges(&mut conn).await?;
     let facts = ModeFacts {
         version: server.version.clone(),
         non_transactional: server::non_transactional_tables(&mut conn).await?,
+        all_tables_visible: server::sees_every_table(&granted),
         atomic_snapshot: atomic,
         is_replica: coordinates::is_replica(&mut conn, &server.version).await?,
         read_only: server::read_only(&mut conn).await?,
     };
     let is_replica = facts.is_replica;
-    let lock =
-        lock_mode::choose(config.mysql.lock, &facts, force).map_err(|e| fail(Class::Config, e))?;
+    let lock = lock_mode::choose(config.mysql.lock, &facts, force).map_err(|e| {
+        let class = match e.needs_grant {
+            true => Class::Privileges,
+            false => Class::Config,
+        };
+        fail(class, e.message)
+    })?;
     tracing::info!("lock mode {}: {}", lock.mode, lock.reason);
 
-    let granted = server::privileges(&mut conn).await?;
     let missing = server::missing_privileges(
         &granted,
         lock.mode,
@@ -174,6 +183,7 @@ pub async fn preflight(
         is_replica,
         free_space,
         data_bytes,
+        force,
     })
 }
 
@@ -217,6 +227,45 @@ pub fn check_destination(dest: &Path, pre: &Preflight) -> anyhow::Result<()> {
             format!("the destination {} is not writable: {e}", dest.display()),
         )
     })?;
+    check_destination_filesystem(dest, &canonical, pre)
+}
+
+/// A destination on a filesystem that is being snapshotted takes its room from the
+/// live server's filesystem, where the snapshot already pins every block the copy
+/// duplicates: a full filesystem there crashes the server. Refused unless `--force`.
+fn check_destination_filesystem(
+    dest: &Path,
+    canonical: &Path,
+    pre: &Preflight,
+) -> anyhow::Result<()> {
+    let table = dbsnap_backend_api::mounts::read_mount_table().map_err(backend_error)?;
+    let Some(dest_mount) = dbsnap_backend_api::mounts::mount_of(&table, canonical) else {
+        return Ok(());
+    };
+    let shared = pre.volumes.iter().find(|v| {
+        dbsnap_backend_api::mounts::mount_of(&table, &v.root)
+            .is_some_and(|m| m.device == dest_mount.device)
+    });
+    let Some(volume) = shared else {
+        return Ok(());
+    };
+    let what = format!(
+        "the destination {} is on the filesystem being snapshotted ({}, which holds the server's \
+         files at {}): every backup there uses the live filesystem's space, and while the copy \
+         runs the snapshot pins the blocks it duplicates; a full filesystem crashes the server",
+        dest.display(),
+        dest_mount.source,
+        volume.root.display()
+    );
+    if !pre.force {
+        return Err(fail(
+            Class::Destination,
+            format!(
+                "{what}. Choose a [backup] dest on another filesystem, or pass --force to accept it"
+            ),
+        ));
+    }
+    tracing::warn!("{what} (accepted with --force)");
     Ok(())
 }
 

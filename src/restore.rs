@@ -189,6 +189,15 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
         .filter(|p| p.is_dir())
         .collect();
     let rewritten = relocate::rewrite_path_files(&path_dirs, &moves)?;
+    // The redo log names tablespaces outside the datadir by their original path: crash
+    // recovery, run once here where those paths show the restored copy, keeps the
+    // first real start away from the live files.
+    if manifest.paths.iter().any(|p| p.role == "tablespace") {
+        let ms = crate::verify::recover_restored(&manifest, &moves, target).await?;
+        tracing::info!(
+            "crash recovery of the restored copy (tablespaces outside the datadir) took {ms} ms"
+        );
+    }
 
     if let Some((uid, gid, _)) = &owner {
         for dir in &to_dirs {

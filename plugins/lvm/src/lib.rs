@@ -32,8 +32,8 @@ use async_trait::async_trait;
 use dbsnap_backend_api::command::Cmd;
 use dbsnap_backend_api::mounts::{mount_of, read_mount_table, MountEntry};
 use dbsnap_backend_api::{
-    validate_name, BackendError, Health, ReadPath, Result, RollbackOutcome, SnapshotBackend,
-    SnapshotName, SnapshotSet, Volume, VolumeSnapshot, SNAPSHOT_PREFIX,
+    validate_name, validate_name_up_to, BackendError, Health, ReadPath, Result, RollbackOutcome,
+    SnapshotBackend, SnapshotName, SnapshotSet, Volume, VolumeSnapshot, SNAPSHOT_PREFIX,
 };
 use serde::Deserialize;
 
@@ -146,6 +146,28 @@ fn mount_options(fstype: &str) -> Result<&'static str> {
              and ext3"
         ))),
     }
+}
+
+/// LVM allows 127 characters in an LV name, and device-mapper 127 in the device's
+/// name, `VG-LV` with every `-` inside VG and LV doubled. A longer name would make
+/// `lvcreate` fail inside the lock window: refused here, in `plan`.
+const MAX_LVM_NAME_LEN: usize = 127;
+
+fn check_snapshot_lv_name(vg: &str, lv_name: &str, root: &Path) -> Result<()> {
+    validate_name_up_to("snapshot LV name", lv_name, MAX_LVM_NAME_LEN)?;
+    let dm_name_len = |s: &str| s.len() + s.matches('-').count();
+    let dm_len = dm_name_len(vg) + 1 + dm_name_len(lv_name);
+    if dm_len > MAX_LVM_NAME_LEN {
+        return Err(unsupported(
+            root,
+            format!(
+                "the snapshot {vg}/{lv_name} would need a {dm_len}-character device-mapper name \
+                 (every '-' doubled), over the limit of {MAX_LVM_NAME_LEN}"
+            ),
+            "Use a shorter label, with fewer '-'",
+        ));
+    }
+    Ok(())
 }
 
 /// The volume groups named in a set's snapshot ids, each once.
@@ -415,7 +437,7 @@ impl SnapshotBackend for Lvm {
         for (index, volume) in volumes.iter().enumerate() {
             let (vg, _) = split_lv_id(&volume.id)?;
             let lv_name = format!("{name}.{index}");
-            validate_name("snapshot LV name", &lv_name)?;
+            check_snapshot_lv_name(vg, &lv_name, &volume.root)?;
             snapshots.push(VolumeSnapshot {
                 volume: volume.clone(),
                 id: format!("{vg}/{lv_name}"),
@@ -773,6 +795,16 @@ mod tests {
             ]
         );
         assert!(lvm.plan(&[volume("vg0/a;b")], &name).await.is_err());
+        // A label of the documented 64 characters fits LVM's and device-mapper's limits.
+        let labelled =
+            SnapshotName::new(format!("dbsnap-20261125T000000Z-{}", "L".repeat(64))).unwrap();
+        let set = lvm.plan(&[volume("vg0/data")], &labelled).await.unwrap();
+        assert_eq!(set.snapshots[0].id.len(), "vg0/".len() + 88 + 2);
+        // One whose doubled '-' overflow the device-mapper name is refused before the lock.
+        let dashes =
+            SnapshotName::new(format!("dbsnap-20261125T000000Z-L{}", "-".repeat(63))).unwrap();
+        let err = lvm.plan(&[volume("vg0/data")], &dashes).await.unwrap_err();
+        assert!(err.to_string().contains("device-mapper"), "{err}");
         assert!(lvm.snapshot_is_atomic(&[volume("vg0/a")]));
         assert!(!lvm.snapshot_is_atomic(&[volume("vg0/a"), volume("vg0/b")]));
     }
