@@ -26,9 +26,10 @@ use chrono::{DateTime, Utc};
 
 mod locks;
 
-use super::{Backup, BaseOf, Destination, Entry, Fetched, Ingest, Partial, ReceivedCopies};
+use super::{
+    Backup, BaseOf, Destination, Entry, Fetched, Ingest, Partial, ReceivedCopies, ServerFiles,
+};
 use crate::config::{BackupConfig, RESTIC_SCHEME};
-use crate::db::DbPath;
 use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
 use crate::manifest::{Manifest, TransferMethod, MANIFEST_FILE};
@@ -213,11 +214,11 @@ impl Destination for ResticRepo {
     /// restic recent enough; the repository there, reachable, opening with the
     /// password; no stale lock and no exclusive one (a non-exclusive lock is another
     /// host's backup: restic backups run side by side).
-    async fn check(&self, server_dirs: &[DbPath]) -> anyhow::Result<()> {
+    async fn check(&self, server: &ServerFiles<'_>) -> anyhow::Result<()> {
         let version = self.restic.check_version().await?;
         if let Some(dir) = self.restic.local_dir() {
-            let dir = dir.canonicalize().unwrap_or(dir);
-            if let Some(d) = server_dirs.iter().find(|d| dir.starts_with(&d.path)) {
+            let canonical = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+            if let Some(d) = server.dirs.iter().find(|d| canonical.starts_with(&d.path)) {
                 return Err(fail(
                     Class::Destination,
                     format!(
@@ -228,6 +229,9 @@ impl Destination for ResticRepo {
                         d.path.display()
                     ),
                 ));
+            }
+            if canonical.exists() {
+                super::local::check_filesystem(&dir, &canonical, server)?;
             }
         }
         self.restic.check_access().await?;
