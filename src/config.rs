@@ -527,10 +527,8 @@ fn validate_restic(repository: &str, restic: Option<&ResticConfig>) -> Result<()
     let Some(restic) = restic else {
         return Err(KeyProblem::new(
             "backup.dest",
-            format!(
             "backup.dest names a restic repository but there is no [backup.restic] section: add \
-             one with password_file = \"/etc/dbsnap/restic-password\""
-        ),
+             one with password_file = \"/etc/dbsnap/restic-password\"",
         ));
     };
     check_path("backup.restic.password_file", &restic.password_file)?;
