@@ -191,6 +191,33 @@ fn default_warn_free_percent() -> f64 {
     15.0
 }
 
+impl MetricsConfig {
+    /// A `.prom` file (the only files node_exporter reads) and a printable label.
+    fn check(&self) -> Result<(), KeyProblem> {
+        check_path("metrics.textfile", &self.textfile)?;
+        if self.textfile.extension() != Some(std::ffi::OsStr::new("prom")) {
+            return Err(KeyProblem::new(
+                "metrics.textfile",
+                format!(
+                    "metrics.textfile = {:?} must end in .prom: node_exporter's textfile collector reads only *.prom files",
+                    self.textfile
+                ),
+            ));
+        }
+        if let Some(label) = &self.config_label {
+            if label.is_empty() || label.chars().any(char::is_control) {
+                return Err(KeyProblem::new(
+                    "metrics.config_label",
+                    format!(
+                        "metrics.config_label = {label:?} must be non-empty and printable (it becomes the config=\"...\" label)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -233,6 +260,28 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), KeyProblem> {
+        self.check_paths()?;
+        if let Some(m) = &self.metrics {
+            m.check()?;
+        }
+        if let Some(b) = &self.backup {
+            self.check_dest(&b.dest)?;
+        }
+        self.hooks.validate().map_err(|e| KeyProblem {
+            key: "hooks".into(),
+            message: e.to_string(),
+        })?;
+        self.check_mysql()?;
+        check_duration(
+            "hooks.timeout",
+            self.hooks.timeout,
+            Duration::from_millis(1),
+        )?;
+        self.check_snapshot()
+    }
+
+    /// Every path in the configuration is absolute.
+    fn check_paths(&self) -> Result<(), KeyProblem> {
         let mut paths: Vec<(&str, &Path)> = vec![("state_dir", &self.state_dir)];
         if let Some(p) = &self.mysql.socket {
             paths.push(("mysql.socket", p));
@@ -243,21 +292,8 @@ impl Config {
         if let Some(p) = &self.mysql.password_file {
             paths.push(("mysql.password_file", p));
         }
-        if let Some(b) = &self.backup {
-            match b.restic_repository() {
-                Some(repository) => validate_restic(&repository, b.restic.as_ref())?,
-                None => paths.push(("backup.dest", &b.dest)),
-            }
-            if let (None, Some(_)) = (b.restic_repository(), &b.restic) {
-                return Err(KeyProblem::new(
-                    "backup.restic",
-                    format!(
-                        "[backup.restic] is set but backup.dest = {:?} is not a restic repository: \
-                         write dest = \"restic:<repository>\" or remove [backup.restic]",
-                        b.dest
-                    ),
-                ));
-            }
+        if let Some(backup) = &self.backup {
+            paths.extend(restic::check(backup)?.map(|dest| ("backup.dest", dest)));
         }
         if let Some(p) = &self.snapshot.btrfs.snapshot_dir {
             paths.push(("snapshot.btrfs.snapshot_dir", p));
@@ -265,39 +301,10 @@ impl Config {
         for (key, path) in paths {
             check_path(key, path)?;
         }
-        if let Some(m) = &self.metrics {
-            check_path("metrics.textfile", &m.textfile)?;
-            if m.textfile.extension() != Some(std::ffi::OsStr::new("prom")) {
-                return Err(KeyProblem::new(
-                    "metrics.textfile",
-                    format!(
-                        "metrics.textfile = {:?} must end in .prom: node_exporter's textfile collector reads only *.prom files",
-                        m.textfile
-                    ),
-                ));
-            }
-            if let Some(label) = &m.config_label {
-                if label.is_empty() || label.chars().any(char::is_control) {
-                    return Err(KeyProblem::new(
-                        "metrics.config_label",
-                        format!(
-                            "metrics.config_label = {label:?} must be non-empty and printable (it becomes the config=\"...\" label)"
-                        ),
-                    ));
-                }
-            }
-        }
-        if let Some(b) = self
-            .backup
-            .as_ref()
-            .filter(|b| b.restic_repository().is_none())
-        {
-            self.check_dest(&b.dest)?;
-        }
-        self.hooks.validate().map_err(|e| KeyProblem {
-            key: "hooks".into(),
-            message: e.to_string(),
-        })?;
+        Ok(())
+    }
+
+    fn check_mysql(&self) -> Result<(), KeyProblem> {
         let mysql = &self.mysql;
         if mysql.socket.is_some() && mysql.host.is_some() {
             return Err(KeyProblem::new(
@@ -327,11 +334,10 @@ impl Config {
             mysql.long_query_threshold,
             Duration::ZERO,
         )?;
-        check_duration(
-            "hooks.timeout",
-            self.hooks.timeout,
-            Duration::from_millis(1),
-        )?;
+        Ok(())
+    }
+
+    fn check_snapshot(&self) -> Result<(), KeyProblem> {
         let snapshot = &self.snapshot;
         for (key, value) in [
             ("snapshot.min_free_percent", snapshot.min_free_percent),
@@ -359,6 +365,9 @@ impl Config {
     /// A destination that is the root directory, or inside a snapshot directory, would
     /// copy the backup into what is being backed up or into a snapshot that is deleted.
     fn check_dest(&self, dest: &Path) -> Result<(), KeyProblem> {
+        if dest.to_string_lossy().starts_with(RESTIC_SCHEME) {
+            return Ok(()); // a repository: see `restic::check`
+        }
         let key = "backup.dest";
         let normal: Vec<&std::ffi::OsStr> = dest
             .components()
@@ -549,7 +558,6 @@ impl MysqlConfig {
 }
 
 mod restic;
-use restic::validate_restic;
 pub use restic::{ResticConfig, RESTIC_SCHEME};
 
 #[cfg(test)]

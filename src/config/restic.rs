@@ -1,7 +1,7 @@
 //! `[backup.restic]`: how to reach a restic repository named by `dest = "restic:..."`,
 //! and what of it is refused before anything runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -46,10 +46,24 @@ impl BackupConfig {
 
 /// A `restic:` destination needs `[backup.restic]` with a password file; its tags must
 /// be ones restic can store (no commas) and not look like dbsnap's own.
-pub(super) fn validate_restic(
-    repository: &str,
-    restic: Option<&ResticConfig>,
-) -> Result<(), KeyProblem> {
+/// The restic side of `[backup]`: a `restic:` dest is validated here; any other dest is
+/// returned, a path for the caller to check (and then `[backup.restic]` is refused).
+pub(super) fn check(backup: &BackupConfig) -> Result<Option<&Path>, KeyProblem> {
+    match (backup.restic_repository(), &backup.restic) {
+        (Some(repository), restic) => validate_restic(&repository, restic.as_ref()).map(|()| None),
+        (None, Some(_)) => Err(KeyProblem::new(
+            "backup.restic",
+            format!(
+                "[backup.restic] is set but backup.dest = {:?} is not a restic repository: write \
+                 dest = \"restic:<repository>\" or remove [backup.restic]",
+                backup.dest
+            ),
+        )),
+        (None, None) => Ok(Some(&backup.dest)),
+    }
+}
+
+fn validate_restic(repository: &str, restic: Option<&ResticConfig>) -> Result<(), KeyProblem> {
     if repository.is_empty() || repository.chars().any(char::is_control) {
         return Err(KeyProblem::new("backup.dest", format!(
             "backup.dest = \"restic:{repository}\": name the repository after `restic:` \
