@@ -59,9 +59,41 @@ impl ResticRepo {
                 "removing the stale restic lock(s) of run {run}: {}",
                 describe(&own)
             );
+            wait_reaped(own.iter().map(|l| l.pid)).await;
             self.restic.unlock().await?;
+            let left: Vec<Lock> = self.restic.locks().await?;
+            let kept: Vec<&Lock> = left
+                .iter()
+                .filter(|l| own.iter().any(|o| o.id == l.id))
+                .collect();
+            if !kept.is_empty() {
+                return Err(fail(
+                    Class::Repository,
+                    format!(
+                        "`restic unlock` kept the stale lock(s) of run {run} ({}): restic still sees \
+                         their process. Once it is gone, run `dbsnap cleanup` again (or `{}`)",
+                        describe(&kept),
+                        self.restic.by_hand("unlock")
+                    ),
+                ));
+            }
         }
         self.forget_backup(run, true).await
+    }
+}
+
+/// restic tests a lock's process with signal 0, which a killed restic that nobody has
+/// reaped yet (a zombie) still answers: `restic unlock` would keep its lock. Wait (a
+/// little) until each is gone from the process table.
+async fn wait_reaped(pids: impl Iterator<Item = u32>) {
+    let pids: Vec<u32> = pids.collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pids
+        .iter()
+        .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
