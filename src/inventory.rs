@@ -28,12 +28,14 @@ pub struct DiskSpace {
 }
 
 impl Inventory {
-    pub fn read(config: &Config) -> anyhow::Result<Inventory> {
+    pub async fn read(config: &Config) -> anyhow::Result<Inventory> {
         let dest = config.backup.as_ref().map(|b| b.dest.as_path());
         let backups = match dest {
-            Some(dest) if dest.exists() => crate::commands::prune::own_backups(dest)?
+            Some(dest) if dest.exists() => crate::destination::open(dest)?
+                .backups()
+                .await?
                 .into_iter()
-                .map(|(_, m)| m)
+                .map(|b| b.manifest)
                 .collect(),
             _ => Vec::new(),
         };

@@ -8,8 +8,8 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::db::version::ServerVersion;
 use crate::db::{Coordinates, DbPath, LockRecord};
-use crate::transfer::TransferStats;
 
 pub const MANIFEST_FILE: &str = "manifest.toml";
 /// Files are stored under `<backup>/files/<absolute original path>`.
@@ -37,12 +37,12 @@ pub struct Manifest {
     pub stored: Vec<StoredVolume>,
     /// The outcome of `dbsnap verify` (absent until the backup is verified).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verification: Option<crate::verify::Verification>,
+    pub verification: Option<Verification>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerRecord {
-    pub version: String,
+    pub version: ServerVersion,
     pub hostname: String,
     pub datadir: PathBuf,
     pub binlog_basename: Option<PathBuf>,
@@ -75,6 +75,107 @@ pub struct StoredVolume {
     pub path: PathBuf,
     /// The backend's identity for the copy, for deleting it.
     pub id: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransferStats {
+    pub method: TransferMethod,
+    /// The previous backup this one was built from, if any.
+    pub base: Option<String>,
+    /// For a native stream: the source snapshot the stream was computed against (the
+    /// base backup's snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_snapshot: Option<String>,
+    /// Why this backup is a full copy although an incremental one was possible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_because: Option<String>,
+    /// Size of the files that were new or changed.
+    pub bytes: u64,
+    /// Bytes actually written (changed blocks only, for in-place updates).
+    pub bytes_written: u64,
+    pub files: u64,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Passed,
+    Failed,
+}
+
+/// What verification found, stored in the manifest as `[verification]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    pub verdict: Verdict,
+    pub verified_at: DateTime<Utc>,
+    pub server_binary: PathBuf,
+    pub server_version: String,
+    /// Making the scratch copy.
+    pub copy_ms: u64,
+    /// From starting the server until it answered: InnoDB (and binlog) crash recovery.
+    pub recovery_ms: u64,
+    /// `CHECK TABLE` over all tables.
+    pub check_ms: u64,
+    pub tables_checked: u64,
+    /// `@@gtid_binlog_pos` after recovery (MariaDB).
+    pub recovered_gtid_binlog_pos: Option<String>,
+    /// `@@gtid_executed` after recovery (MySQL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered_gtid_executed: Option<String>,
+    /// Why the verdict is `failed` (empty when it passed).
+    pub problems: Vec<String>,
+    /// Worth knowing, not failing for (e.g. `[ERROR]` lines of a server that recovered).
+    pub warnings: Vec<String>,
+}
+
+/// How a backup's data was moved, as `transfer.method` records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum TransferMethod {
+    /// rsync into a fresh tree.
+    #[default]
+    Rsync,
+    /// rsync into a reflink copy of the previous backup (changed blocks only).
+    RsyncReflink,
+    /// rsync with unchanged files hard-linked into the previous backup.
+    RsyncLinkDest,
+    /// The backend's native stream, by the name the backend gives it (`btrfs-send`).
+    Stream(String),
+}
+
+impl TransferMethod {
+    pub fn as_str(&self) -> &str {
+        match self {
+            TransferMethod::Rsync => "rsync",
+            TransferMethod::RsyncReflink => "rsync+reflink",
+            TransferMethod::RsyncLinkDest => "rsync+link-dest",
+            TransferMethod::Stream(name) => name,
+        }
+    }
+}
+
+impl From<String> for TransferMethod {
+    fn from(text: String) -> Self {
+        match text.as_str() {
+            "rsync" => TransferMethod::Rsync,
+            "rsync+reflink" => TransferMethod::RsyncReflink,
+            "rsync+link-dest" => TransferMethod::RsyncLinkDest,
+            _ => TransferMethod::Stream(text),
+        }
+    }
+}
+
+impl From<TransferMethod> for String {
+    fn from(method: TransferMethod) -> String {
+        method.as_str().to_string()
+    }
+}
+
+impl std::fmt::Display for TransferMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 impl Manifest {
@@ -213,7 +314,7 @@ impl Manifest {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub fn sample() -> Manifest {
@@ -226,13 +327,13 @@ mod tests {
             started_at: now,
             finished_at: now,
             server: ServerRecord {
-                version: "10.11.19-MariaDB".into(),
+                version: ServerVersion::from_text("10.11.19-MariaDB"),
                 hostname: "db1".into(),
                 datadir: "/var/lib/mysql".into(),
                 binlog_basename: Some("/var/lib/mysql/binlog".into()),
             },
             lock: LockRecord {
-                mode: "backup-stage".into(),
+                mode: crate::db::lock_mode::LockMode::BackupStage,
                 reason: "MariaDB 10.11.19 supports BACKUP STAGE".into(),
                 prelude_ms: 3.25,
                 wait_ms: 1.5,
@@ -319,6 +420,21 @@ mod tests {
             ]
         );
     }
+
+    /// Manifests written by release 0.1.0 (before the records had types) load, and
+    /// serialise to the very same text: the types changed, the format did not.
+    #[test]
+    fn manifests_of_release_0_1_0_load_and_serialise_to_the_same_text() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        for file in ["manifest-0.1.0.toml", "manifest-0.1.0-rsync-failed.toml"] {
+            let text = std::fs::read_to_string(fixtures.join(file)).unwrap();
+            let m: Manifest = toml::from_str(&text).unwrap();
+            assert_eq!(toml::to_string_pretty(&m).unwrap(), text, "{file}");
+        }
+        let json = std::fs::read_to_string(fixtures.join("manifest-0.1.0.json")).unwrap();
+        let m: Manifest = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string_pretty(&m).unwrap(), json);
+    }
 }
 
 #[cfg(test)]
@@ -358,7 +474,7 @@ mod properties {
             let mut m = tests::sample();
             m.name = name;
             m.server.hostname = hostname;
-            m.server.version = version;
+            m.server.version = ServerVersion::from_text(&version);
             m.server.datadir = PathBuf::from(&datadir);
             m.paths[0].path = PathBuf::from(datadir);
             m.lock.reason = reason;

@@ -1,14 +1,16 @@
 //! `dbsnap backup`: the whole flow, then cleanup of anything a failure left.
 
+use std::path::PathBuf;
+
 use bytesize::ByteSize;
 
 use crate::backends;
-use crate::commands::cleanup::release_all;
 use crate::config::Config;
+use crate::destination::Destination;
 use crate::error::{class_of, fail, Class};
 use crate::journal::Journal;
 use crate::manifest::Manifest;
-use crate::orchestrator;
+use crate::orchestrator::{self, CopyPlan, Plan};
 
 pub async fn run(
     config: &Config,
@@ -16,43 +18,28 @@ pub async fn run(
     force: bool,
     max_lock_ms: Option<f64>,
 ) -> anyhow::Result<()> {
-    config.backup()?;
+    let copy = CopyPlan::new(config.backup()?)?;
+    let plan = Plan::new(config, force)?;
     let backend = backends::open(&config.snapshot)?;
     let (_lock, mut journal) = super::start_run(config).await?;
-    let dest = &config.backup()?.dest;
-    let before = published(dest);
+    let before = published(copy.dest.as_ref()).await;
 
     let outcome = super::until_signal(orchestrator::backup(
-        config,
+        &plan,
+        &copy,
         backend.as_ref(),
         &mut journal,
-        force,
     ))
     .await;
     let manifest = match outcome {
         Ok(m) => m,
         Err(e) if class_of(&e) == Class::Interrupted => {
             let e = failed_run(config, &mut journal, e).await;
-            // Interrupted after the rename: the backup is complete, only releasing the
-            // snapshot, verifying or the post_backup hook were cut short.
-            return Err(
-                match published(dest).into_iter().find(|b| !before.contains(b)) {
-                    Some(new) => fail(
-                        Class::Interrupted,
-                        format!(
-                            "{e:#}, but the backup had already been published: {} is complete \
-                         and kept. The interruption may have cut its verification short: run \
-                         `dbsnap verify {}` to prove it restores",
-                            new.display(),
-                            new.display()
-                        ),
-                    ),
-                    None => fail(
-                        Class::Interrupted,
-                        format!("{e:#}; cleaned up, no backup was published"),
-                    ),
-                },
-            );
+            let after = published(copy.dest.as_ref()).await;
+            return Err(interrupted(
+                e,
+                after.into_iter().find(|b| !before.contains(b)),
+            ));
         }
         Err(e) => return Err(failed_run(config, &mut journal, e).await),
     };
@@ -74,7 +61,9 @@ pub async fn run(
 /// A run failed: release what it left (the `on_failure` hook runs after this, in
 /// `commands::finish`, so it sees what the failure left: nothing). Returns the error.
 async fn failed_run(config: &Config, journal: &mut Journal, e: anyhow::Error) -> anyhow::Error {
-    if let Err(cleanup) = release_all(config, journal).await {
+    if let Err(cleanup) =
+        crate::release::release_all(&crate::release::Scope::of(config), journal).await
+    {
         tracing::error!("{cleanup:#}");
     }
     e
@@ -127,15 +116,30 @@ fn print(manifest: &Manifest, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The complete backups in `dest` (directories with a manifest).
-fn published(dest: &std::path::Path) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(dest)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.join(crate::manifest::MANIFEST_FILE).is_file())
-                .collect()
-        })
-        .unwrap_or_default()
+/// The complete backups at the destination.
+async fn published(dest: &dyn Destination) -> Vec<PathBuf> {
+    let backups = dest.backups().await.unwrap_or_default();
+    backups.into_iter().map(|b| b.path).collect()
+}
+
+/// An interrupted run's error; interrupted after the rename (`new`), the backup is
+/// complete: only releasing the snapshot, verifying or the post_backup hook were cut
+/// short.
+fn interrupted(e: anyhow::Error, new: Option<PathBuf>) -> anyhow::Error {
+    match new {
+        Some(new) => fail(
+            Class::Interrupted,
+            format!(
+                "{e:#}, but the backup had already been published: {} is complete and kept. \
+                 The interruption may have cut its verification short: run `dbsnap verify {}` \
+                 to prove it restores",
+                new.display(),
+                new.display()
+            ),
+        ),
+        None => fail(
+            Class::Interrupted,
+            format!("{e:#}; cleaned up, no backup was published"),
+        ),
+    }
 }

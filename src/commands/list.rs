@@ -6,7 +6,8 @@ use bytesize::ByteSize;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::destination::Entry as Listed;
+use crate::manifest::Manifest;
 
 #[derive(Serialize)]
 struct Entry {
@@ -19,33 +20,43 @@ struct Entry {
 }
 
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
-    let dest = &config.backup()?.dest;
-    let mut entries = Vec::new();
-    let dir =
-        std::fs::read_dir(dest).map_err(|e| anyhow::anyhow!("reading {}: {e}", dest.display()))?;
-    for item in dir.flatten() {
-        let path = item.path();
-        if !path.is_dir() {
-            continue;
-        }
-        let name = item.file_name().to_string_lossy().into_owned();
-        let (status, manifest) = if name.ends_with(".partial") {
-            ("incomplete", None)
-        } else if path.join(MANIFEST_FILE).exists() {
-            match Manifest::read(&path) {
-                Ok(m) => (status_of(&m), Some(m)),
-                Err(_) => ("invalid", None),
-            }
-        } else {
-            continue;
-        };
-        entries.push(Entry {
-            name,
-            path,
-            status,
-            manifest,
-        });
-    }
+    let destination = crate::destination::open(&config.backup()?.dest)?;
+    let dest = destination.location();
+    let mut entries: Vec<Entry> = destination
+        .entries()
+        .await?
+        .into_iter()
+        .map(|e| match e {
+            Listed::Backup(b) => Entry {
+                status: status_of(&b.manifest),
+                name: b.name,
+                path: b.path,
+                manifest: Some(b.manifest),
+            },
+            Listed::Partial { name, path } => Entry {
+                name: format!("{name}.partial"),
+                path,
+                status: "incomplete",
+                manifest: None,
+            },
+            Listed::Renamed {
+                name,
+                path,
+                manifest,
+            } => Entry {
+                status: status_of(&manifest),
+                name,
+                path,
+                manifest: Some(*manifest),
+            },
+            Listed::Invalid { name, path } => Entry {
+                name,
+                path,
+                status: "invalid",
+                manifest: None,
+            },
+        })
+        .collect();
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     if json {
         return super::print_json(&entries);
@@ -76,9 +87,9 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
             None => println!("{:<22} {:<10}", e.name, e.status),
         }
     }
-    for parent in crate::transfer::native::Parent::list(&config.state_dir)?
+    for parent in crate::transfer::chain::Parent::list(&config.state_dir)?
         .iter()
-        .filter(|p| p.dest == *dest)
+        .filter(|p| p.dest == dest)
     {
         println!(
             "{} is the base of the next {}: its snapshot {} stays on the source until then",
@@ -90,8 +101,8 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
 
 fn status_of(m: &Manifest) -> &'static str {
     match m.verification.as_ref().map(|v| v.verdict) {
-        Some(crate::verify::Verdict::Passed) => "verified",
-        Some(crate::verify::Verdict::Failed) => "failed",
+        Some(crate::manifest::Verdict::Passed) => "verified",
+        Some(crate::manifest::Verdict::Failed) => "failed",
         None => "complete",
     }
 }

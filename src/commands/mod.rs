@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::error::{class_of, fail, Class};
 use crate::hooks::Phase;
 use crate::journal::{Journal, RunLock};
+use crate::release;
 
 /// Run `work` until it finishes or SIGINT/SIGTERM arrives. On a signal the future is
 /// dropped: its database connections close (so the server releases any lock at once)
@@ -46,10 +47,25 @@ pub async fn start_run(config: &Config) -> anyhow::Result<(RunLock, Journal)> {
     let mut journal = Journal::open(&config.state_dir, &lock)?;
     if !journal.entries().is_empty() {
         tracing::warn!("an earlier run was interrupted; releasing what it left first");
-        cleanup::release_all(config, &mut journal).await?;
+        release::release_all(&release::Scope::of(config), &mut journal).await?;
     }
-    snapshot::release_expired(config).await?;
+    release::release_expired(&config.state_dir, &config.snapshot).await?;
     Ok((lock, journal))
+}
+
+/// A run's outcome; when it failed, what it left is released first (a failure of that
+/// is logged: the run's own error is the one to report).
+pub async fn released_on_error<T>(
+    config: &Config,
+    journal: &mut Journal,
+    outcome: anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if outcome.is_err() {
+        if let Err(cleanup) = release::release_all(&release::Scope::of(config), journal).await {
+            tracing::error!("{cleanup:#}");
+        }
+    }
+    outcome
 }
 
 /// Print one JSON document on stdout (the only thing `--json` writes there).
@@ -98,7 +114,7 @@ pub async fn finish(
             .as_ref()
             .map_or_else(|e| class_of(e).exit_code(), |()| 0),
     };
-    if let Err(e) = crate::metrics::record(config, &run) {
+    if let Err(e) = crate::metrics::record(config, &run).await {
         tracing::error!("writing the metrics file: {e:#}");
     }
     result

@@ -3,20 +3,16 @@
 //! with its own name) and kept snapshots (with a record) are considered; anything else
 //! is never touched.
 
-use std::path::{Path, PathBuf};
-
-use anyhow::Context;
 use serde::Serialize;
 
-use crate::commands::cleanup::release_all;
-use crate::commands::snapshot::release_kept;
 use crate::config::Config;
+use crate::destination::{Backup, Destination, Entry};
 use crate::error::{fail, Class};
-use crate::journal::{Journal, Resource, RunLock};
+use crate::journal::{Journal, RunLock};
 use crate::kept::KeptSnapshot;
-use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::manifest::Verdict;
+use crate::release::{release_all, release_kept};
 use crate::retention::{self, Decision, Item};
-use crate::verify::Verdict;
 
 #[derive(Serialize)]
 struct Report {
@@ -41,74 +37,34 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
     let mut journal = Journal::open(&config.state_dir, &lock)?;
     if !journal.entries().is_empty() && !dry_run {
         tracing::warn!("an earlier run was interrupted; releasing what it left first");
-        release_all(config, &mut journal).await?;
+        release_all(&crate::release::Scope::of(config), &mut journal).await?;
     }
 
-    let backups = match &config.backup {
-        Some(b) => own_backups(&b.dest)?,
+    let dest = crate::destination::open_configured(config.backup.as_ref())?;
+    let backups = match &dest {
+        Some(d) => own_backups(d.as_ref()).await?,
         None => Vec::new(),
     };
-    let backup_items: Vec<Item> = backups
-        .iter()
-        .map(|(_, m)| Item {
-            name: m.name.clone(),
-            time: m.started_at,
-            verified: m
-                .verification
-                .as_ref()
-                .map(|v| v.verdict == Verdict::Passed),
-        })
-        .collect();
     let kept = KeptSnapshot::list(&config.state_dir)?;
-    let snapshot_items: Vec<Item> = kept
-        .iter()
-        .map(|k| Item {
-            name: k.name.to_string(),
-            time: k.created_at,
-            verified: None,
-        })
-        .collect();
-    let mut backup_decisions = retention::decide(&backup_items, policy);
-    if let Some(b) = &config.backup {
-        let bases = crate::transfer::native::protected_backups(&config.state_dir, &b.dest)?;
-        for d in backup_decisions
-            .iter_mut()
-            .filter(|d| bases.contains(&d.name))
-        {
-            d.keep = true;
-            d.reasons.push("base of the next incremental stream".into());
-        }
-    }
     let report = Report {
         dry_run,
-        backups: backup_decisions,
-        snapshots: retention::decide(&snapshot_items, policy),
+        backups: decide_backups(config, &backups, policy)?,
+        snapshots: decide_snapshots(&kept, policy),
     };
 
     if !json {
-        for (what, decisions) in [("backup", &report.backups), ("snapshot", &report.snapshots)] {
-            for d in decisions {
-                if d.keep {
-                    println!("keep   {what} {:<40} {}", d.name, d.reasons.join(", "));
-                } else {
-                    println!(
-                        "{} {what} {}",
-                        if dry_run { "would prune" } else { "prune " },
-                        d.name
-                    );
-                }
-            }
-        }
+        print_decisions(&report);
     }
     if !dry_run {
-        for ((dir, m), d) in backups.iter().zip(&report.backups) {
-            if !d.keep {
-                remove_backup(config, &mut journal, dir, &m.name).await?;
+        for (backup, d) in backups.iter().zip(&report.backups) {
+            if let (false, Some(dest)) = (d.keep, &dest) {
+                dest.remove(backup, &mut journal, &config.snapshot).await?;
+                tracing::info!("pruned backup {}", backup.path.display());
             }
         }
         for (k, d) in kept.iter().zip(&report.snapshots) {
             if !d.keep {
-                release_kept(config, k).await?;
+                release_kept(&config.state_dir, &config.snapshot, k).await?;
                 tracing::info!("released kept snapshot {}", k.name);
             }
         }
@@ -119,44 +75,79 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
     Ok(())
 }
 
-/// Complete backups whose manifest carries the directory's own name.
-pub fn own_backups(dest: &Path) -> anyhow::Result<Vec<(PathBuf, Manifest)>> {
-    let mut found = Vec::new();
-    let entries = std::fs::read_dir(dest).with_context(|| format!("reading {}", dest.display()))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if !path.join(MANIFEST_FILE).is_file() {
-            continue;
+/// What `[retention]` keeps of the backups; the bases of the next incremental streams
+/// are always kept.
+fn decide_backups(
+    config: &Config,
+    backups: &[Backup],
+    policy: &retention::Policy,
+) -> anyhow::Result<Vec<Decision>> {
+    let items: Vec<Item> = backups
+        .iter()
+        .map(|Backup { manifest: m, .. }| Item {
+            name: m.name.clone(),
+            time: m.started_at,
+            verified: m
+                .verification
+                .as_ref()
+                .map(|v| v.verdict == Verdict::Passed),
+        })
+        .collect();
+    let mut decisions = retention::decide(&items, policy);
+    if let Some(b) = &config.backup {
+        let bases = crate::transfer::chain::protected_backups(&config.state_dir, &b.dest)?;
+        for d in decisions.iter_mut().filter(|d| bases.contains(&d.name)) {
+            d.keep = true;
+            d.reasons.push("base of the next incremental stream".into());
         }
-        match Manifest::read(&path) {
-            Ok(m) if entry.file_name().to_string_lossy() == m.name => found.push((path, m)),
-            Ok(_) | Err(_) => tracing::warn!(
+    }
+    Ok(decisions)
+}
+
+fn decide_snapshots(kept: &[KeptSnapshot], policy: &retention::Policy) -> Vec<Decision> {
+    let items: Vec<Item> = kept
+        .iter()
+        .map(|k| Item {
+            name: k.name.to_string(),
+            time: k.created_at,
+            verified: None,
+        })
+        .collect();
+    retention::decide(&items, policy)
+}
+
+fn print_decisions(report: &Report) {
+    for (what, decisions) in [("backup", &report.backups), ("snapshot", &report.snapshots)] {
+        for d in decisions {
+            if d.keep {
+                println!("keep   {what} {:<40} {}", d.name, d.reasons.join(", "));
+            } else {
+                println!(
+                    "{} {what} {}",
+                    if report.dry_run {
+                        "would prune"
+                    } else {
+                        "prune "
+                    },
+                    d.name
+                );
+            }
+        }
+    }
+}
+
+/// The complete backups; what only looks like one is named and never touched.
+async fn own_backups(dest: &dyn Destination) -> anyhow::Result<Vec<Backup>> {
+    let mut found = Vec::new();
+    for entry in dest.entries().await? {
+        match entry {
+            Entry::Backup(b) => found.push(*b),
+            Entry::Renamed { path, .. } | Entry::Invalid { path, .. } => tracing::warn!(
                 "{} has a manifest that is unreadable or names another backup; not touching it",
                 path.display()
             ),
+            Entry::Partial { .. } => {}
         }
     }
-    found.sort_by(|a, b| a.1.name.cmp(&b.1.name));
     Ok(found)
-}
-
-/// Rename to `NAME.partial` first (journaled): from that instant it is no longer a
-/// backup, and an interrupted delete is finished by `dbsnap cleanup`.
-async fn remove_backup(
-    config: &Config,
-    journal: &mut Journal,
-    dir: &Path,
-    name: &str,
-) -> anyhow::Result<()> {
-    let partial = dir.with_file_name(format!("{name}.partial"));
-    let resource = Resource::Partial {
-        dir: partial.clone(),
-    };
-    journal.record(name, resource.clone())?;
-    std::fs::rename(dir, &partial)
-        .with_context(|| format!("renaming {} to {}", dir.display(), partial.display()))?;
-    crate::transfer::native::remove_backup_dir(&partial, &config.snapshot).await?;
-    journal.forget(&resource)?;
-    tracing::info!("pruned backup {}", dir.display());
-    Ok(())
 }

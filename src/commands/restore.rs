@@ -9,8 +9,10 @@ use crate::kept::KeptSnapshot;
 use crate::restore::{self, Protected, Request};
 
 pub async fn run(config: &Config, json: bool, request: Request) -> anyhow::Result<()> {
+    let dest = crate::destination::open_configured(config.backup.as_ref())?;
+    let given = request.backup.to_string_lossy().into_owned();
     let request = Request {
-        backup: crate::verify::resolve_backup(config, &request.backup.to_string_lossy())?,
+        backup: crate::destination::resolve_backup(dest.as_deref(), &given).await?,
         protected: protected(config),
         ..request
     };

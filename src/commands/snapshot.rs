@@ -3,18 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use dbsnap_backend_api::Health;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::backends;
-use crate::commands::cleanup::release_all;
 use crate::config::Config;
-use crate::error::{fail, Class};
+use crate::error::{backend_error, fail, Class};
 use crate::hooks::Phase;
 use crate::journal::{Journal, Resource, RunLock};
 use crate::kept::KeptSnapshot;
-use crate::orchestrator::{self, backend_error, Hook};
+use crate::orchestrator::{self, KeepMounted, Plan};
+use crate::release::release_kept;
 
 pub async fn create(
     config: &Config,
@@ -24,19 +23,8 @@ pub async fn create(
     mount: Option<&Path>,
     ttl: Option<std::time::Duration>,
 ) -> anyhow::Result<()> {
-    let hook = match mount {
-        Some(dir) => Some(Hook {
-            dir: empty_dir(dir)?,
-            ttl: ttl.map(chrono::Duration::from_std).transpose()?,
-        }),
-        None if ttl.is_some() => {
-            return Err(fail(
-                Class::Config,
-                "--ttl needs --mount DIR: it releases a snapshot a backup tool forgot",
-            ))
-        }
-        None => None,
-    };
+    let keep_mounted = keep_mounted(mount, ttl)?;
+    let plan = Plan::new(config, force)?;
     let backend = backends::open(&config.snapshot)?;
     let (_lock, mut journal) = super::start_run(config).await?;
     let label_env = ("DBSNAP_LABEL", label.unwrap_or_default().to_string());
@@ -48,27 +36,18 @@ pub async fn create(
         )
         .await?;
     let outcome = super::until_signal(orchestrator::snapshot_create(
-        config,
+        &plan,
         backend.as_ref(),
         &mut journal,
         label,
-        force,
-        hook.as_ref(),
+        keep_mounted.as_ref(),
     ))
     .await;
-    let kept = match outcome {
-        Ok(k) => k,
-        Err(e) => {
-            if let Err(cleanup) = release_all(config, &mut journal).await {
-                tracing::error!("{cleanup:#}");
-            }
-            return Err(e);
-        }
-    };
+    let kept = super::released_on_error(config, &mut journal, outcome).await?;
     if let Some(m) = &kept.mount {
         // The record exists now, so a failed bind is undone by releasing it.
         if let Err(e) = m.bind_all() {
-            if let Err(cleanup) = release_kept(config, &kept).await {
+            if let Err(cleanup) = release_kept(&config.state_dir, &config.snapshot, &kept).await {
                 tracing::error!("{cleanup:#}");
             }
             return Err(e);
@@ -84,7 +63,7 @@ pub async fn create(
         ("DBSNAP_SNAPSHOT_PATH", snapshot_path.unwrap_or_default()),
     ];
     if let Err(e) = config.hooks.run(Phase::PostSnapshot, &env).await {
-        if let Err(cleanup) = release_kept(config, &kept).await {
+        if let Err(cleanup) = release_kept(&config.state_dir, &config.snapshot, &kept).await {
             tracing::error!("{cleanup:#}");
         }
         return Err(e);
@@ -92,6 +71,28 @@ pub async fn create(
     if json {
         return super::print_json(&kept);
     }
+    print_kept(&kept)
+}
+
+/// `--mount DIR [--ttl]`, checked.
+fn keep_mounted(
+    mount: Option<&Path>,
+    ttl: Option<std::time::Duration>,
+) -> anyhow::Result<Option<KeepMounted>> {
+    match mount {
+        Some(dir) => Ok(Some(KeepMounted {
+            dir: existing_empty_dir(dir)?,
+            ttl: ttl.map(chrono::Duration::from_std).transpose()?,
+        })),
+        None if ttl.is_some() => Err(fail(
+            Class::Config,
+            "--ttl needs --mount DIR: it releases a snapshot a backup tool forgot",
+        )),
+        None => Ok(None),
+    }
+}
+
+fn print_kept(kept: &KeptSnapshot) -> anyhow::Result<()> {
     println!("snapshot {} kept", kept.name);
     println!(
         "  lock         {} — waited {:.1} ms, held {:.1} ms",
@@ -129,7 +130,7 @@ pub async fn create(
 
 /// The absolute form of `dir`, which must be an existing empty directory: mounting over
 /// files would hide them, and a backup tool would archive them as database files.
-fn empty_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+fn existing_empty_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     let abs = std::fs::canonicalize(dir).map_err(|e| {
         fail(
             Class::Config,
@@ -234,7 +235,7 @@ pub async fn release(config: &Config, json: bool, target: &str) -> anyhow::Resul
     };
     // Read before the release: the backend can only tell while the snapshot exists.
     let health = health_of(config, &kept).await;
-    release_kept(config, &kept).await?;
+    release_kept(&config.state_dir, &config.snapshot, &kept).await?;
     if let Health::Failed(why) = &health {
         let reader = match &kept.mount {
             Some(m) => format!("Whatever read {} (the backup tool's job)", m.dir.display()),
@@ -295,45 +296,6 @@ impl From<Health> for HealthReport {
         };
         HealthReport { status, message }
     }
-}
-
-/// Unmount (hook mode) and destroy a kept snapshot, then forget its record. Each step
-/// is idempotent, so a release that failed half-way can simply be run again.
-pub async fn release_kept(config: &Config, kept: &KeptSnapshot) -> anyhow::Result<()> {
-    let backend = backends::open_named(&kept.set.backend, &config.snapshot)?;
-    if let Some(m) = &kept.mount {
-        m.unbind_all()?;
-        backend
-            .unmount(&kept.set, &m.workdir)
-            .await
-            .map_err(backend_error)?;
-        if m.workdir.exists() {
-            std::fs::remove_dir(&m.workdir)
-                .with_context(|| format!("removing {}", m.workdir.display()))?;
-        }
-    }
-    backend.release(&kept.set).await.map_err(backend_error)?;
-    kept.remove(&config.state_dir)
-}
-
-/// Release the kept snapshots whose `--ttl` has passed: their backup tool never called
-/// `release`. Returns what was released.
-pub async fn release_expired(config: &Config) -> anyhow::Result<Vec<String>> {
-    let now = chrono::Utc::now();
-    let mut released = Vec::new();
-    for kept in KeptSnapshot::list(&config.state_dir)? {
-        if kept.expires_at.is_some_and(|at| at <= now) {
-            release_kept(config, &kept)
-                .await
-                .with_context(|| format!("releasing expired snapshot {}", kept.name))?;
-            tracing::warn!(
-                "released kept snapshot {}: its --ttl expired without `dbsnap snapshot release`",
-                kept.name
-            );
-            released.push(format!("expired snapshot {}", kept.name));
-        }
-    }
-    Ok(released)
 }
 
 pub async fn rollback(config: &Config, json: bool, name: &str) -> anyhow::Result<()> {

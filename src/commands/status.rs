@@ -11,7 +11,7 @@ use crate::inventory::Inventory;
 
 /// Print the verdict (one line, or one JSON document) and return its exit code.
 pub async fn run(config: &Config, json: bool, max_age: Duration) -> anyhow::Result<u8> {
-    let inventory = Inventory::read(config)?;
+    let inventory = Inventory::read(config).await?;
     let mut invalid = Vec::new();
     for kept in inventory.kept.iter().flatten() {
         let health = match backends::open_named(&kept.set.backend, &config.snapshot) {

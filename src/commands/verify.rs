@@ -3,24 +3,17 @@
 
 use std::path::Path;
 
-use crate::commands::cleanup::release_all;
 use crate::config::Config;
 use crate::manifest::Manifest;
-use crate::verify::{self, Verdict};
+use crate::manifest::Verdict;
+use crate::verify;
 
 pub async fn run(config: &Config, json: bool, backup: &str) -> anyhow::Result<()> {
-    let dir = verify::resolve_backup(config, backup)?;
+    let dest = crate::destination::open_configured(config.backup.as_ref())?;
+    let dir = crate::destination::resolve_backup(dest.as_deref(), backup).await?;
     let (_lock, mut journal) = super::start_run(config).await?;
     let outcome = super::until_signal(verify::verify(&mut journal, &dir)).await;
-    let manifest = match outcome {
-        Ok(m) => m,
-        Err(e) => {
-            if let Err(cleanup) = release_all(config, &mut journal).await {
-                tracing::error!("{cleanup:#}");
-            }
-            return Err(e);
-        }
-    };
+    let manifest = super::released_on_error(config, &mut journal, outcome).await?;
     report(&manifest, &dir, json)
 }
 

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use dbsnap_backend_api::command::Cmd;
 
-use crate::manifest::{Manifest, FILES_DIR};
+use crate::destination::{Backup, BaseOf, Destination};
+use crate::manifest::{TransferMethod, FILES_DIR};
 use crate::transfer::rsync::{CopyItem, Writes};
 
 /// How the new copy relates to the previous backup.
@@ -28,11 +29,11 @@ pub enum Basis {
 
 impl Basis {
     /// The transfer method recorded in the manifest.
-    pub fn method(&self) -> &'static str {
+    pub fn method(&self) -> TransferMethod {
         match self {
-            Basis::Full => "rsync",
-            Basis::Reflinked { .. } => "rsync+reflink",
-            Basis::Linked { .. } => "rsync+link-dest",
+            Basis::Full => TransferMethod::Rsync,
+            Basis::Reflinked { .. } => TransferMethod::RsyncReflink,
+            Basis::Linked { .. } => TransferMethod::RsyncLinkDest,
         }
     }
 
@@ -70,29 +71,20 @@ impl Basis {
     }
 }
 
-/// The newest complete rsync backup in `dest` of the same datadir, if any (a backup
-/// received from a native stream has no `files/` to build on).
-pub fn previous_backup(dest: &Path, datadir: &Path) -> Option<(String, PathBuf)> {
-    let mut candidates: Vec<(String, PathBuf)> = std::fs::read_dir(dest)
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let path = e.path();
-            let manifest = Manifest::read(&path).ok()?;
-            (!name.ends_with(".partial")
-                && manifest.server.datadir == datadir
-                && manifest.stored.is_empty())
-            .then_some((name, path))
-        })
-        .collect();
-    candidates.sort();
-    candidates.pop()
-}
-
 /// Decide the basis for a new backup in `partial` and, for a reflink basis, seed it.
-pub async fn prepare(dest: &Path, partial: &Path, datadir: &Path) -> anyhow::Result<Basis> {
-    let Some((base, previous)) = previous_backup(dest, datadir) else {
+/// The base is the newest complete rsync backup of the same datadir (a backup
+/// received from a native stream has no `files/` to build on).
+pub async fn prepare(
+    dest: &dyn Destination,
+    partial: &Path,
+    datadir: &Path,
+) -> anyhow::Result<Basis> {
+    let Some(Backup {
+        name: base,
+        path: previous,
+        ..
+    }) = dest.newest_base(datadir, BaseOf::Files).await?
+    else {
         return Ok(Basis::Full);
     };
     if reflinks_work(&previous, partial).await {
@@ -147,13 +139,13 @@ mod tests {
 
     #[test]
     fn methods_and_bases() {
-        assert_eq!(Basis::Full.method(), "rsync");
+        assert_eq!(Basis::Full.method().as_str(), "rsync");
         assert_eq!(Basis::Full.base(), None);
         let r = Basis::Reflinked {
             base: "20261125T000000Z".into(),
         };
         assert_eq!(
-            (r.method(), r.base().as_deref()),
+            (r.method().as_str(), r.base().as_deref()),
             ("rsync+reflink", Some("20261125T000000Z"))
         );
     }

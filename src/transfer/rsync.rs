@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use dbsnap_backend_api::command::{dying_with_dbsnap, ProcessGroup};
 
 use crate::error::{fail, Class};
+use crate::manifest::TransferStats;
 
 /// Copy the contents of `from` into `to`, leaving out `exclude` (paths relative to `from`).
 #[derive(Debug, Clone)]
@@ -29,27 +29,6 @@ pub enum Writes {
     InPlace,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TransferStats {
-    /// `rsync`, `rsync+reflink`, `rsync+link-dest` or `btrfs-send`.
-    pub method: String,
-    /// The previous backup this one was built from, if any.
-    pub base: Option<String>,
-    /// For a native stream: the source snapshot the stream was computed against (the
-    /// base backup's snapshot).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent_snapshot: Option<String>,
-    /// Why this backup is a full copy although an incremental one was possible.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub full_because: Option<String>,
-    /// Size of the files that were new or changed.
-    pub bytes: u64,
-    /// Bytes actually written (changed blocks only, for in-place updates).
-    pub bytes_written: u64,
-    pub files: u64,
-    pub duration_ms: u64,
-}
-
 /// Run rsync for every item in turn. `progress` is called with the bytes copied so far
 /// across all items.
 /// `link_dest`, when given, is the previous backup's copy of each item (same order):
@@ -63,7 +42,6 @@ pub async fn copy(
 ) -> anyhow::Result<TransferStats> {
     let started = Instant::now();
     let mut total = TransferStats {
-        method: "rsync".into(),
         ..Default::default()
     };
     let mut done = 0;
