@@ -26,6 +26,7 @@ apt-get install -y -q --no-install-recommends \
     zfs-fuse \
     qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static kmod cpio \
     borgbackup restic \
+    openssh-server openssh-client b3sum \
     procps psmisc ca-certificates fonts-dejavu-core jq
 
 rm -f /usr/sbin/policy-rc.d
