@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use dbsnap_backend_api::BackendError;
+
 /// The class of a failure; each maps to one exit code (documented in `--help`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -81,6 +83,9 @@ Exit codes:
 pub struct Failure {
     pub class: Class,
     pub message: String,
+    /// The backend's own error, when a backend failed: its kind and source, kept for
+    /// whoever needs more than the message (the message already says it all).
+    pub backend: Option<BackendError>,
 }
 
 impl Failure {
@@ -88,8 +93,31 @@ impl Failure {
         Failure {
             class,
             message: message.into(),
+            backend: None,
         }
     }
+}
+
+/// A backend's error with the class the user sees: a path the backend cannot
+/// snapshot is a layout problem (exit 5), anything else a snapshot failure (exit 9).
+pub fn backend_error(e: BackendError) -> anyhow::Error {
+    let class = match &e {
+        BackendError::Unsupported { .. } => Class::Layout,
+        _ => Class::Snapshot,
+    };
+    Failure {
+        class,
+        message: e.to_string(),
+        backend: Some(e),
+    }
+    .into()
+}
+
+/// The backend error behind `err`, if a backend failed.
+pub fn backend_cause(err: &anyhow::Error) -> Option<&BackendError> {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Failure>())
+        .and_then(|f| f.backend.as_ref())
 }
 
 impl fmt::Display for Failure {
@@ -123,6 +151,29 @@ mod tests {
         let err = err.context("taking the lock").unwrap_err();
         assert_eq!(class_of(&err), Class::Lock);
         assert_eq!(class_of(&anyhow::anyhow!("x")), Class::Internal);
+    }
+
+    #[test]
+    fn a_backend_error_keeps_its_kind_and_source_through_context() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such subvolume");
+        let err: anyhow::Result<()> = Err(backend_error(BackendError::io("listing", io)));
+        let err = err.context("taking the snapshot").unwrap_err();
+        assert_eq!(class_of(&err), Class::Snapshot);
+        let Some(BackendError::Io { source, .. }) = backend_cause(&err) else {
+            panic!("the backend error is gone: {err:#}");
+        };
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(
+            format!("{err:#}"),
+            "taking the snapshot: listing: no such subvolume"
+        );
+        let unsupported = backend_error(BackendError::Unsupported {
+            backend: "btrfs".into(),
+            path: "/srv".into(),
+            reason: "ext4".into(),
+            hint: "move it".into(),
+        });
+        assert_eq!(class_of(&unsupported), Class::Layout);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! dbsnap: consistent backups of a live MySQL/MariaDB server from filesystem snapshots.
-//! See DESIGN in the README for the flow; `orchestrator.rs` runs it.
+//! The flow is described under "How it works" in the README; `orchestrator` runs it.
 
 mod backends;
 mod cli;
@@ -16,6 +16,7 @@ mod orchestrator;
 mod procs;
 mod progress;
 mod records;
+mod release;
 mod relocate;
 mod restore;
 mod retention;
@@ -57,6 +58,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let class = class_of(&err);
+            if let Some(backend) = error::backend_cause(&err) {
+                tracing::debug!("the backend's error, with its kind and source: {backend:?}");
+            }
             eprintln!("error: {err:#}");
             if cli.json {
                 let doc = serde_json::json!({

@@ -17,8 +17,7 @@ use anyhow::Context;
 use bytesize::ByteSize;
 use chrono::Utc;
 use dbsnap_backend_api::{
-    BackendError, Health, NativeStream, ReadPath, SnapshotBackend, SnapshotName, SnapshotSet,
-    Volume,
+    Health, NativeStream, ReadPath, SnapshotBackend, SnapshotName, SnapshotSet, Volume,
 };
 use mysql_async::Conn;
 use serde::Serialize;
@@ -28,7 +27,7 @@ use crate::db::lock::{self, LockSettings};
 use crate::db::lock_mode::{self, Choice, ModeFacts};
 use crate::db::{coordinates, server, stall_guard, Coordinates, Layout, LockRecord, Server};
 use crate::destination::Destination;
-use crate::error::{fail, Class};
+use crate::error::{backend_error, fail, Class};
 use crate::hooks::Phase;
 use crate::journal::{Journal, Resource};
 use crate::kept::KeptSnapshot;
@@ -507,7 +506,7 @@ pub async fn backup(
             Some(&set.name)
         }
         None => {
-            release(backend, journal, &set, &workdir)
+            crate::release::release(backend, journal, &set, &workdir)
                 .await
                 .with_context(|| after_publish("releasing the snapshot"))?;
             None
@@ -639,7 +638,7 @@ async fn keep_as_parent(
     workdir: &Path,
     parent: native::Parent,
 ) -> anyhow::Result<()> {
-    unmount(backend, journal, set, workdir).await?;
+    crate::release::unmount(backend, journal, set, workdir).await?;
     parent.write(&config.state_dir)?;
     journal.forget(&Resource::Snapshot { set: set.clone() })?;
     tracing::info!(
@@ -765,37 +764,6 @@ pub struct Hook {
     /// An existing, empty directory.
     pub dir: PathBuf,
     pub ttl: Option<chrono::Duration>,
-}
-
-/// Unmount and destroy a snapshot set, forgetting each resource once it is gone.
-pub async fn release(
-    backend: &dyn SnapshotBackend,
-    journal: &mut Journal,
-    set: &SnapshotSet,
-    workdir: &Path,
-) -> anyhow::Result<()> {
-    unmount(backend, journal, set, workdir).await?;
-    backend.release(set).await.map_err(backend_error)?;
-    journal.forget(&Resource::Snapshot { set: set.clone() })?;
-    Ok(())
-}
-
-/// Undo the mount phase and forget it.
-async fn unmount(
-    backend: &dyn SnapshotBackend,
-    journal: &mut Journal,
-    set: &SnapshotSet,
-    workdir: &Path,
-) -> anyhow::Result<()> {
-    backend.unmount(set, workdir).await.map_err(backend_error)?;
-    if workdir.exists() {
-        std::fs::remove_dir(workdir).with_context(|| format!("removing {}", workdir.display()))?;
-    }
-    journal.forget(&Resource::Mount {
-        set: set.clone(),
-        workdir: workdir.to_path_buf(),
-    })?;
-    Ok(())
 }
 
 /// What to copy: each server directory, read from its frozen volume, into
@@ -988,15 +956,6 @@ fn sync_tree(dir: &Path) -> anyhow::Result<()> {
     let file = std::fs::File::open(dir)?;
     nix::unistd::syncfs(&file).with_context(|| format!("syncfs {}", dir.display()))?;
     Ok(())
-}
-
-/// Map a backend error to the class the user sees.
-pub fn backend_error(e: BackendError) -> anyhow::Error {
-    let class = match &e {
-        BackendError::Unsupported { .. } => Class::Layout,
-        _ => Class::Snapshot,
-    };
-    fail(class, e.to_string())
 }
 
 #[cfg(test)]

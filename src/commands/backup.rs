@@ -3,7 +3,6 @@
 use bytesize::ByteSize;
 
 use crate::backends;
-use crate::commands::cleanup::release_all;
 use crate::config::Config;
 use crate::error::{class_of, fail, Class};
 use crate::hooks::Phase;
@@ -50,7 +49,9 @@ pub async fn run(
 /// A run failed: release what it left, then run the `on_failure` hook (after cleanup,
 /// so the hook sees what the failure left: nothing). Returns the run's error.
 async fn failed_run(config: &Config, journal: &mut Journal, e: anyhow::Error) -> anyhow::Error {
-    if let Err(cleanup) = release_all(config, journal).await {
+    if let Err(cleanup) =
+        crate::release::release_all(&config.state_dir, &config.snapshot, journal).await
+    {
         tracing::error!("{cleanup:#}");
     }
     let env = [

@@ -1,18 +1,16 @@
 //! `dbsnap cleanup`: release whatever an interrupted run left, from the journal.
 
-use anyhow::Context;
-
-use crate::backends;
 use crate::config::Config;
-use crate::destination::ReceivedCopies;
 use crate::error::{fail, Class};
-use crate::journal::{Journal, Resource, RunLock};
+use crate::journal::{Journal, RunLock};
+use crate::release;
 
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
     let lock = RunLock::acquire(&config.state_dir)?;
     let mut journal = Journal::open(&config.state_dir, &lock)?;
-    let mut released = release_all(config, &mut journal).await?;
-    released.extend(super::snapshot::release_expired(config).await?);
+    let mut released =
+        release::release_all(&config.state_dir, &config.snapshot, &mut journal).await?;
+    released.extend(release::release_expired(&config.state_dir, &config.snapshot).await?);
     if json {
         super::print_json(&serde_json::json!({ "released": released }))?;
     } else if released.is_empty() {
@@ -39,14 +37,15 @@ pub fn forget(config: &Config, json: bool, run: &str) -> anyhow::Result<()> {
         return Err(fail(
             Class::Config,
             format!(
-                "the journal has no entries of run {run:?}; `dbsnap cleanup` names the run of                  each resource it cannot release"
+                "the journal has no entries of run {run:?}; `dbsnap cleanup` names the run of \
+                 each resource it cannot release"
             ),
         ));
     }
     let mut forgotten = Vec::new();
     for entry in entries {
         journal.forget(&entry.resource)?;
-        let what = describe(&entry.resource);
+        let what = release::describe(&entry.resource);
         tracing::warn!("forgot {what} (run {run}) without releasing it");
         forgotten.push(what);
     }
@@ -58,97 +57,4 @@ pub fn forget(config: &Config, json: bool, run: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Release every journaled resource, newest first (a partial copy before its mount,
-/// a mount before its snapshot). Keeps going past failures so that one stuck resource
-/// does not pin the others, then reports all failures.
-pub async fn release_all(config: &Config, journal: &mut Journal) -> anyhow::Result<Vec<String>> {
-    let mut released = Vec::new();
-    let mut failures = Vec::new();
-    for entry in journal.entries().to_vec().into_iter().rev() {
-        let what = describe(&entry.resource);
-        match release_one(config, &entry.resource).await {
-            Ok(()) => {
-                journal.forget(&entry.resource)?;
-                tracing::info!("released {what} (run {})", entry.run);
-                released.push(what);
-            }
-            Err(e) => failures.push(format!("{what} (run {}): {e:#}", entry.run)),
-        }
-    }
-    if !failures.is_empty() {
-        anyhow::bail!(
-            "could not release {} resource(s); they stay in the journal for the next `dbsnap cleanup`:\n  {}\n\
-             Fix what the message says and run `dbsnap cleanup` again. If you have checked a resource \
-             and removed what is left of it yourself, drop its run from the journal with \
-             `dbsnap cleanup --forget RUN`",
-            failures.len(),
-            failures.join("\n  ")
-        );
-    }
-    Ok(released)
-}
-
-async fn release_one(config: &Config, resource: &Resource) -> anyhow::Result<()> {
-    match resource {
-        Resource::Partial { dir } => {
-            // Only ever delete a directory dbsnap named `*.partial`.
-            if dir.extension().is_some_and(|e| e == "partial") {
-                crate::destination::local::remove_dir(dir, &config.snapshot).await?;
-            }
-            Ok(())
-        }
-        Resource::Received {
-            backend,
-            id,
-            partial,
-        } => {
-            if !partial.exists() {
-                return Ok(());
-            }
-            config.snapshot.delete_received(backend, id).await
-        }
-        Resource::Mount { set, workdir } => {
-            let backend = backends::open_named(&set.backend, &config.snapshot)?;
-            backend.unmount(set, workdir).await?;
-            if workdir.exists() {
-                std::fs::remove_dir(workdir)
-                    .with_context(|| format!("removing {}", workdir.display()))?;
-            }
-            Ok(())
-        }
-        Resource::Snapshot { set } => {
-            // A snapshot kept on purpose (`snapshot create`) whose run stopped between
-            // writing its record and leaving the journal is not a leftover.
-            if crate::kept::is_kept(&config.state_dir, &set.name) {
-                return Ok(());
-            }
-            let backend = backends::open_named(&set.backend, &config.snapshot)?;
-            backend.release(set).await?;
-            Ok(())
-        }
-        Resource::Scratch { dir, run_dir } => crate::verify::remove_scratch(dir, run_dir).await,
-    }
-}
-
-fn describe(resource: &Resource) -> String {
-    match resource {
-        Resource::Partial { dir } => format!("partial backup {}", dir.display()),
-        Resource::Received { backend, id, .. } => format!("{backend} received copy {id}"),
-        Resource::Scratch { dir, .. } => format!("verification scratch copy {}", dir.display()),
-        Resource::Mount { set, workdir } => {
-            format!("mount of {} under {}", set.name, workdir.display())
-        }
-        Resource::Snapshot { set } => format!(
-            "{} snapshot {} ({})",
-            set.backend,
-            set.name,
-            set.snapshots
-                .iter()
-                .map(|s| s.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
 }

@@ -39,6 +39,16 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
                 status: "incomplete",
                 manifest: None,
             },
+            Listed::Renamed {
+                name,
+                path,
+                manifest,
+            } => Entry {
+                status: status_of(&manifest),
+                name,
+                path,
+                manifest: Some(*manifest),
+            },
             Listed::Invalid { name, path } => Entry {
                 name,
                 path,

@@ -17,6 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::Config;
 use crate::error::{fail, Class};
 use crate::journal::{Journal, RunLock};
+use crate::release;
 
 /// Run `work` until it finishes or SIGINT/SIGTERM arrives. On a signal the future is
 /// dropped: its database connections close (so the server releases any lock at once)
@@ -43,9 +44,9 @@ pub async fn start_run(config: &Config) -> anyhow::Result<(RunLock, Journal)> {
     let mut journal = Journal::open(&config.state_dir, &lock)?;
     if !journal.entries().is_empty() {
         tracing::warn!("an earlier run was interrupted; releasing what it left first");
-        cleanup::release_all(config, &mut journal).await?;
+        release::release_all(&config.state_dir, &config.snapshot, &mut journal).await?;
     }
-    snapshot::release_expired(config).await?;
+    release::release_expired(&config.state_dir, &config.snapshot).await?;
     Ok((lock, journal))
 }
 

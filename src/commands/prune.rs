@@ -5,13 +5,12 @@
 
 use serde::Serialize;
 
-use crate::commands::cleanup::release_all;
-use crate::commands::snapshot::release_kept;
 use crate::config::Config;
 use crate::destination::{Backup, Destination, Entry};
 use crate::error::{fail, Class};
 use crate::journal::{Journal, RunLock};
 use crate::kept::KeptSnapshot;
+use crate::release::{release_all, release_kept};
 use crate::retention::{self, Decision, Item};
 use crate::verify::Verdict;
 
@@ -38,7 +37,7 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
     let mut journal = Journal::open(&config.state_dir, &lock)?;
     if !journal.entries().is_empty() && !dry_run {
         tracing::warn!("an earlier run was interrupted; releasing what it left first");
-        release_all(config, &mut journal).await?;
+        release_all(&config.state_dir, &config.snapshot, &mut journal).await?;
     }
 
     let dest = crate::destination::open_configured(config.backup.as_ref())?;
@@ -107,7 +106,7 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
         }
         for (k, d) in kept.iter().zip(&report.snapshots) {
             if !d.keep {
-                release_kept(config, k).await?;
+                release_kept(&config.state_dir, &config.snapshot, k).await?;
                 tracing::info!("released kept snapshot {}", k.name);
             }
         }
@@ -124,7 +123,7 @@ async fn own_backups(dest: &dyn Destination) -> anyhow::Result<Vec<Backup>> {
     for entry in dest.entries().await? {
         match entry {
             Entry::Backup(b) => found.push(*b),
-            Entry::Invalid { path, .. } => tracing::warn!(
+            Entry::Renamed { path, .. } | Entry::Invalid { path, .. } => tracing::warn!(
                 "{} has a manifest that is unreadable or names another backup; not touching it",
                 path.display()
             ),

@@ -3,16 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::backends;
-use crate::commands::cleanup::release_all;
 use crate::config::Config;
-use crate::error::{fail, Class};
+use crate::error::{backend_error, fail, Class};
 use crate::journal::{Journal, Resource, RunLock};
 use crate::kept::KeptSnapshot;
-use crate::orchestrator::{self, backend_error, Hook};
+use crate::orchestrator::{self, Hook};
+use crate::release::{release_all, release_kept};
 
 pub async fn create(
     config: &Config,
@@ -49,7 +48,9 @@ pub async fn create(
     let kept = match outcome {
         Ok(k) => k,
         Err(e) => {
-            if let Err(cleanup) = release_all(config, &mut journal).await {
+            if let Err(cleanup) =
+                release_all(&config.state_dir, &config.snapshot, &mut journal).await
+            {
                 tracing::error!("{cleanup:#}");
             }
             return Err(e);
@@ -58,7 +59,7 @@ pub async fn create(
     if let Some(m) = &kept.mount {
         // The record exists now, so a failed bind is undone by releasing it.
         if let Err(e) = m.bind_all() {
-            if let Err(cleanup) = release_kept(config, &kept).await {
+            if let Err(cleanup) = release_kept(&config.state_dir, &config.snapshot, &kept).await {
                 tracing::error!("{cleanup:#}");
             }
             return Err(e);
@@ -183,51 +184,12 @@ pub async fn release(config: &Config, json: bool, target: &str) -> anyhow::Resul
     } else {
         KeptSnapshot::read(&config.state_dir, target)?
     };
-    release_kept(config, &kept).await?;
+    release_kept(&config.state_dir, &config.snapshot, &kept).await?;
     if json {
         return super::print_json(&serde_json::json!({ "released": kept.name }));
     }
     println!("released snapshot {}", kept.name);
     Ok(())
-}
-
-/// Unmount (hook mode) and destroy a kept snapshot, then forget its record. Each step
-/// is idempotent, so a release that failed half-way can simply be run again.
-pub async fn release_kept(config: &Config, kept: &KeptSnapshot) -> anyhow::Result<()> {
-    let backend = backends::open_named(&kept.set.backend, &config.snapshot)?;
-    if let Some(m) = &kept.mount {
-        m.unbind_all()?;
-        backend
-            .unmount(&kept.set, &m.workdir)
-            .await
-            .map_err(backend_error)?;
-        if m.workdir.exists() {
-            std::fs::remove_dir(&m.workdir)
-                .with_context(|| format!("removing {}", m.workdir.display()))?;
-        }
-    }
-    backend.release(&kept.set).await.map_err(backend_error)?;
-    kept.remove(&config.state_dir)
-}
-
-/// Release the kept snapshots whose `--ttl` has passed: their backup tool never called
-/// `release`. Returns what was released.
-pub async fn release_expired(config: &Config) -> anyhow::Result<Vec<String>> {
-    let now = chrono::Utc::now();
-    let mut released = Vec::new();
-    for kept in KeptSnapshot::list(&config.state_dir)? {
-        if kept.expires_at.is_some_and(|at| at <= now) {
-            release_kept(config, &kept)
-                .await
-                .with_context(|| format!("releasing expired snapshot {}", kept.name))?;
-            tracing::warn!(
-                "released kept snapshot {}: its --ttl expired without `dbsnap snapshot release`",
-                kept.name
-            );
-            released.push(format!("expired snapshot {}", kept.name));
-        }
-    }
-    Ok(released)
 }
 
 pub async fn rollback(config: &Config, json: bool, name: &str) -> anyhow::Result<()> {

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use crate::commands::cleanup::release_all;
 use crate::config::Config;
 use crate::manifest::Manifest;
+use crate::release::release_all;
 use crate::verify::{self, Verdict};
 
 pub async fn run(config: &Config, json: bool, backup: &str) -> anyhow::Result<()> {
@@ -16,7 +16,9 @@ pub async fn run(config: &Config, json: bool, backup: &str) -> anyhow::Result<()
     let manifest = match outcome {
         Ok(m) => m,
         Err(e) => {
-            if let Err(cleanup) = release_all(config, &mut journal).await {
+            if let Err(cleanup) =
+                release_all(&config.state_dir, &config.snapshot, &mut journal).await
+            {
                 tracing::error!("{cleanup:#}");
             }
             return Err(e);

@@ -48,7 +48,12 @@ impl LocalDir {
                 path,
                 manifest,
             }))),
-            Ok(_) | Err(_) => Some(Entry::Invalid { name, path }),
+            Ok(manifest) => Some(Entry::Renamed {
+                name,
+                path,
+                manifest: Box::new(manifest),
+            }),
+            Err(_) => Some(Entry::Invalid { name, path }),
         }
     }
 }
@@ -246,20 +251,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn directories_that_are_not_backups_are_left_out_or_invalid() {
+    async fn only_a_directory_whose_manifest_names_it_is_a_backup() {
         let dest = tempfile::tempdir().unwrap();
         std::fs::create_dir(dest.path().join("lost+found")).unwrap();
         std::fs::write(dest.path().join("notes.txt"), "x").unwrap();
         let other = dest.path().join("copied");
         std::fs::create_dir(&other).unwrap();
         std::fs::write(other.join(MANIFEST_FILE), "not toml [").unwrap();
+        let renamed = dest.path().join("renamed");
+        std::fs::create_dir(&renamed).unwrap();
+        let manifest = crate::manifest::tests::sample();
+        manifest.write(&renamed).unwrap();
         let entries = LocalDir::new(dest.path()).entries().await.unwrap();
         assert_eq!(
             entries,
-            vec![Entry::Invalid {
-                name: "copied".into(),
-                path: other
-            }]
+            vec![
+                Entry::Invalid {
+                    name: "copied".into(),
+                    path: other
+                },
+                Entry::Renamed {
+                    name: "renamed".into(),
+                    path: renamed,
+                    manifest: Box::new(manifest)
+                }
+            ]
         );
     }
 }

@@ -76,8 +76,14 @@ pub enum Entry {
         name: String,
         path: PathBuf,
     },
-    /// Looks like a backup (it has a manifest) but its manifest is unreadable or names
-    /// another backup: not one, and never touched.
+    /// A manifest naming another backup (a copy or a renamed backup): shown as what its
+    /// manifest says, but not a backup here: never a base, never removed.
+    Renamed {
+        name: String,
+        path: PathBuf,
+        manifest: Box<Manifest>,
+    },
+    /// A manifest that cannot be read: not a backup, never touched.
     Invalid {
         name: String,
         path: PathBuf,
@@ -88,7 +94,9 @@ impl Entry {
     pub fn name(&self) -> &str {
         match self {
             Entry::Backup(b) => &b.name,
-            Entry::Partial { name, .. } | Entry::Invalid { name, .. } => name,
+            Entry::Partial { name, .. }
+            | Entry::Renamed { name, .. }
+            | Entry::Invalid { name, .. } => name,
         }
     }
 }
@@ -177,7 +185,7 @@ pub trait Destination: Send + Sync {
             .into_iter()
             .filter_map(|e| match e {
                 Entry::Backup(b) => Some(*b),
-                Entry::Partial { .. } | Entry::Invalid { .. } => None,
+                Entry::Partial { .. } | Entry::Renamed { .. } | Entry::Invalid { .. } => None,
             })
             .collect())
     }
