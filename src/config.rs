@@ -106,6 +106,45 @@ pub struct BackupConfig {
     /// How the frozen files reach the destination (see [`Method`]).
     #[serde(default)]
     pub method: Method,
+    /// Compression on the wire for an ssh destination: `true` (rsync's default level)
+    /// or a level 1-9. Off by default.
+    pub compress: Option<Compress>,
+    /// `[backup.ssh]`: how an `ssh://` destination is reached.
+    #[serde(default)]
+    pub ssh: SshConfig,
+}
+
+/// `[backup.ssh]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConfig {
+    /// The private key dbsnap authenticates with (ssh's `-i`); else ssh's defaults.
+    pub identity_file: Option<PathBuf>,
+    /// The known_hosts file the host key is checked against; else ssh's default.
+    pub known_hosts: Option<PathBuf>,
+    /// Extra ssh arguments, one argv element each (e.g. `["-o", "Ciphers=aes128-gcm@openssh.com"]`).
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+/// `[backup] compress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Compress {
+    On(bool),
+    Level(u8),
+}
+
+impl Compress {
+    /// The zlib level to compress with on the wire, if any (`Some(None)`: rsync's
+    /// default level).
+    pub fn level(compress: Option<Compress>) -> Option<Option<u8>> {
+        match compress {
+            None | Some(Compress::On(false)) => None,
+            Some(Compress::On(true)) => Some(None),
+            Some(Compress::Level(l)) => Some(Some(l)),
+        }
+    }
 }
 
 /// `[backup] method`.
@@ -199,7 +238,26 @@ impl Config {
             paths.push(("mysql.password_file", p));
         }
         if let Some(b) = &self.backup {
-            paths.push(("backup.dest", &b.dest));
+            match crate::ssh::is_ssh(&b.dest) {
+                true => {
+                    crate::ssh::SshTarget::parse(&b.dest.to_string_lossy())
+                        .map_err(|e| anyhow::anyhow!("backup.dest = {e}"))?;
+                    crate::ssh::session::validate_options(&b.ssh.options)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+                false => paths.push(("backup.dest", &b.dest)),
+            }
+            if let Some(p) = &b.ssh.identity_file {
+                paths.push(("backup.ssh.identity_file", p));
+            }
+            if let Some(p) = &b.ssh.known_hosts {
+                paths.push(("backup.ssh.known_hosts", p));
+            }
+            if let Some(Compress::Level(l)) = b.compress {
+                if !(1..=9).contains(&l) {
+                    anyhow::bail!("backup.compress = {l}: give true, false or a level 1-9");
+                }
+            }
         }
         if let Some(p) = &self.snapshot.btrfs.snapshot_dir {
             paths.push(("snapshot.btrfs.snapshot_dir", p));

@@ -36,6 +36,9 @@ pub enum Class {
     Verify,
     /// A user hook failed or timed out.
     Hook,
+    /// The backup host cannot be reached, refused dbsnap's key, or its host key is
+    /// unknown or changed; or the ssh connection was lost.
+    Remote,
     /// Interrupted by SIGINT or SIGTERM; everything was cleaned up.
     Interrupted,
 }
@@ -55,6 +58,7 @@ impl Class {
             Class::Transfer => 10,
             Class::Verify => 11,
             Class::Hook => 12,
+            Class::Remote => 13,
             Class::Interrupted => 130,
         }
     }
@@ -75,6 +79,7 @@ Exit codes:
   10   copy failed
   11   verification failed: the backup's copy does not recover or check cleanly
   12   a hook failed
+  13   backup host unreachable, key refused, host key unknown or changed, or connection lost
   130  interrupted (SIGINT/SIGTERM); cleaned up";
 }
 
@@ -191,6 +196,7 @@ mod tests {
             Class::Transfer,
             Class::Verify,
             Class::Hook,
+            Class::Remote,
             Class::Interrupted,
         ];
         let mut codes: Vec<u8> = all.iter().map(|c| c.exit_code()).collect();

@@ -39,6 +39,16 @@ pub enum Resource {
         id: String,
         partial: PathBuf,
     },
+    /// A backup directory on another host (`dir` inside the ssh destination `dest`,
+    /// reached with `ssh`). A `resumable` one is being filled: released, it stays
+    /// there as `NAME.partial` for the next run to resume from. One that is not is a
+    /// backup being removed: released, it is deleted.
+    RemotePartial {
+        dest: String,
+        ssh: crate::config::SshConfig,
+        dir: PathBuf,
+        resumable: bool,
+    },
     /// A verification's scratch copy of a backup (`.dbsnap-verify-NAME`) and the run
     /// directory (socket, pid file) of the throwaway server started on it.
     Scratch { dir: PathBuf, run_dir: PathBuf },

@@ -20,6 +20,7 @@ mod release;
 mod relocate;
 mod restore;
 mod retention;
+mod ssh;
 mod transfer;
 mod verify;
 

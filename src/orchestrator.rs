@@ -337,7 +337,7 @@ pub async fn backup(
     force: bool,
 ) -> anyhow::Result<Manifest> {
     let started_at = Utc::now();
-    let dest = crate::destination::open(&config.backup()?.dest)?;
+    let dest = crate::destination::open(config.backup()?, &config.state_dir)?;
     let dest = dest.as_ref();
 
     // 1. preflight
@@ -887,9 +887,10 @@ async fn warn_about_unknown_snapshots(
                 Resource::Snapshot { set: s } | Resource::Mount { set: s, .. } => {
                     s.name == set.name
                 }
-                Resource::Partial { .. } | Resource::Received { .. } | Resource::Scratch { .. } => {
-                    false
-                }
+                Resource::Partial { .. }
+                | Resource::RemotePartial { .. }
+                | Resource::Received { .. }
+                | Resource::Scratch { .. } => false,
             });
         if !known {
             tracing::warn!(

@@ -87,6 +87,12 @@ async fn release_one(
             Ok(())
         }
         Resource::Scratch { dir, run_dir } => crate::verify::remove_scratch(dir, run_dir).await,
+        Resource::RemotePartial {
+            dest,
+            ssh,
+            dir,
+            resumable,
+        } => crate::destination::ssh::release(dest, ssh, dir, *resumable, state_dir).await,
     }
 }
 
@@ -95,6 +101,9 @@ pub fn describe(resource: &Resource) -> String {
         Resource::Partial { dir } => format!("partial backup {}", dir.display()),
         Resource::Received { backend, id, .. } => format!("{backend} received copy {id}"),
         Resource::Scratch { dir, .. } => format!("verification scratch copy {}", dir.display()),
+        Resource::RemotePartial { dest, dir, .. } => {
+            format!("partial backup {} on {dest}", dir.display())
+        }
         Resource::Mount { set, workdir } => {
             format!("mount of {} under {}", set.name, workdir.display())
         }

@@ -31,7 +31,7 @@ pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()>
     let pre = orchestrator::preflight(config, backend.as_ref(), force).await?;
     let (destination, transfer_method, needed_bytes) = match &config.backup {
         Some(b) => {
-            let dest = crate::destination::open(&b.dest)?;
+            let dest = crate::destination::open(b, &config.state_dir)?;
             let plan =
                 orchestrator::plan_transfer(config, backend.as_ref(), dest.as_ref(), &pre).await?;
             let method = match (plan.stream, &plan.parent) {

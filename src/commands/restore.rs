@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::restore::{self, Request};
 
 pub async fn run(config: &Config, json: bool, request: Request) -> anyhow::Result<()> {
-    let dest = crate::destination::open_configured(config.backup.as_ref())?;
+    let dest = crate::destination::open_configured(config)?;
     let given = request.backup.to_string_lossy().into_owned();
     let request = Request {
         backup: crate::destination::resolve_backup(dest.as_deref(), &given).await?,

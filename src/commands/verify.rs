@@ -9,7 +9,7 @@ use crate::release::release_all;
 use crate::verify::{self, Verdict};
 
 pub async fn run(config: &Config, json: bool, backup: &str) -> anyhow::Result<()> {
-    let dest = crate::destination::open_configured(config.backup.as_ref())?;
+    let dest = crate::destination::open_configured(config)?;
     let dir = crate::destination::resolve_backup(dest.as_deref(), backup).await?;
     let (_lock, mut journal) = super::start_run(config).await?;
     let outcome = super::until_signal(verify::verify(&mut journal, &dir)).await;

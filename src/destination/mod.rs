@@ -11,7 +11,7 @@
 //! to one of them:
 //!
 //! - [`local::LocalDir`]: a directory on this host (`/srv/backups/db1`).
-//! - an ssh destination (`ssh://host/path`, later): the same layout on another host. The
+//! - [`ssh::SshDir`] (`ssh://[user@]host[:port]/path`): the same layout on another host. The
 //!   partial is a remote directory (`mkdir` over ssh, journaled like a local one),
 //!   rsync and stream receives run against `host:partial`, publishing writes the
 //!   manifest, syncs and renames remotely. Nothing in the contract below assumes the
@@ -46,6 +46,7 @@ pub mod conformance;
 pub mod local;
 #[cfg(test)]
 pub mod memory;
+pub mod ssh;
 
 use std::path::{Path, PathBuf};
 
@@ -101,6 +102,37 @@ impl Entry {
     }
 }
 
+/// The rule of the module documentation, for a directory `name` at `path` whose
+/// manifest file, if it has one, read as `manifest`.
+pub fn classify(
+    name: String,
+    path: PathBuf,
+    manifest: Option<anyhow::Result<Manifest>>,
+) -> Option<Entry> {
+    if let Some(backup) = name.strip_suffix(PARTIAL_SUFFIX) {
+        return Some(Entry::Partial {
+            name: backup.to_string(),
+            path,
+        });
+    }
+    match manifest? {
+        Ok(manifest) if manifest.name == name => Some(Entry::Backup(Box::new(Backup {
+            name,
+            path,
+            manifest,
+        }))),
+        Ok(manifest) => Some(Entry::Renamed {
+            name,
+            path,
+            manifest: Box::new(manifest),
+        }),
+        Err(_) => Some(Entry::Invalid { name, path }),
+    }
+}
+
+/// What a partial directory's name ends with.
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
 /// A backup being written: created by [`Destination::create_partial`], published by
 /// [`Destination::publish`].
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +174,12 @@ pub trait ReceivedCopies: Send + Sync {
 pub trait Destination: Send + Sync {
     /// The destination as configured (`[backup] dest`), for messages and records.
     fn location(&self) -> &Path;
+
+    /// The ssh destination, when this is one: its transfers run over its connection
+    /// and its paths are on the remote host.
+    fn remote(&self) -> Option<&ssh::SshDir> {
+        None
+    }
 
     /// That backups can be written here: it exists, is writable and lies outside the
     /// server's directories `server_dirs`. Before the lock.

@@ -1,5 +1,6 @@
 //! Copying frozen files to the destination.
 
+pub mod checksums;
 pub mod incremental;
 pub mod native;
 pub mod rsync;
