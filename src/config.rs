@@ -147,33 +147,39 @@ impl Compress {
     }
 }
 
-/// `[backup] method`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// `[backup] method`: `rsync`, `auto`, or the name of a backend's native stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
 pub enum Method {
     /// rsync from the mounted snapshot: works with every backend and destination; the
     /// backups are plain directories.
     #[default]
     Rsync,
-    /// `btrfs send | btrfs receive` into a btrfs destination, incremental from the
-    /// previous backup's snapshot, which stays on the source until the next backup.
-    BtrfsSend,
-    /// `zfs send | zfs receive` into a dataset below the destination's ZFS dataset,
-    /// incremental from the previous backup's snapshot, which stays on the source (held)
-    /// until the next backup.
-    ZfsSend,
     /// The backend's native stream when it has one and the destination can receive it;
     /// rsync otherwise.
     Auto,
+    /// The native stream the backend names so (`btrfs-send`, `zfs-send`): incremental
+    /// from the previous backup's snapshot, which stays on the source until the next
+    /// backup. Whether the configured backend makes it is checked before the lock.
+    Stream(String),
+}
+
+impl From<String> for Method {
+    fn from(text: String) -> Self {
+        match text.as_str() {
+            "rsync" => Method::Rsync,
+            "auto" => Method::Auto,
+            _ => Method::Stream(text),
+        }
+    }
 }
 
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Method::Rsync => "rsync",
-            Method::BtrfsSend => "btrfs-send",
-            Method::ZfsSend => "zfs-send",
             Method::Auto => "auto",
+            Method::Stream(name) => name,
         })
     }
 }
@@ -247,11 +253,17 @@ impl Config {
                 }
                 false => paths.push(("backup.dest", &b.dest)),
             }
-            if let Some(p) = &b.ssh.identity_file {
-                paths.push(("backup.ssh.identity_file", p));
-            }
-            if let Some(p) = &b.ssh.known_hosts {
-                paths.push(("backup.ssh.known_hosts", p));
+            let ssh_paths = [
+                ("backup.ssh.identity_file", &b.ssh.identity_file),
+                ("backup.ssh.known_hosts", &b.ssh.known_hosts),
+            ];
+            for (key, path) in ssh_paths {
+                if let Some(p) = path {
+                    if p.to_string_lossy().contains(['"', '\'']) {
+                        anyhow::bail!("{key} = {p:?}: ssh cannot be given a path holding a quote character; rename the file");
+                    }
+                    paths.push((key, p));
+                }
             }
             if let Some(Compress::Level(l)) = b.compress {
                 if !(1..=9).contains(&l) {

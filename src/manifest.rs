@@ -9,7 +9,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{Coordinates, DbPath, LockRecord};
-use crate::transfer::TransferStats;
 
 pub const MANIFEST_FILE: &str = "manifest.toml";
 /// Files are stored under `<backup>/files/<absolute original path>`.
@@ -37,7 +36,7 @@ pub struct Manifest {
     pub stored: Vec<StoredVolume>,
     /// The outcome of `dbsnap verify` (absent until the backup is verified).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verification: Option<crate::verify::Verification>,
+    pub verification: Option<Verification>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +74,110 @@ pub struct StoredVolume {
     pub path: PathBuf,
     /// The backend's identity for the copy, for deleting it.
     pub id: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransferStats {
+    pub method: TransferMethod,
+    /// The previous backup this one was built from, if any.
+    pub base: Option<String>,
+    /// For a native stream: the source snapshot the stream was computed against (the
+    /// base backup's snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_snapshot: Option<String>,
+    /// Why this backup is a full copy although an incremental one was possible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_because: Option<String>,
+    /// Size of the files that were new or changed.
+    pub bytes: u64,
+    /// Bytes actually written (changed blocks only, for in-place updates).
+    pub bytes_written: u64,
+    pub files: u64,
+    pub duration_ms: u64,
+    /// The partial an interrupted run left, which this backup continued from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
+    /// Bytes rsync put on the wire (to an ssh destination: before ssh's encryption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Passed,
+    Failed,
+}
+
+/// What verification found, stored in the manifest as `[verification]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    pub verdict: Verdict,
+    pub verified_at: DateTime<Utc>,
+    pub server_binary: PathBuf,
+    pub server_version: String,
+    /// Making the scratch copy.
+    pub copy_ms: u64,
+    /// From starting the server until it answered: InnoDB (and binlog) crash recovery.
+    pub recovery_ms: u64,
+    /// `CHECK TABLE` over all tables.
+    pub check_ms: u64,
+    pub tables_checked: u64,
+    /// `@@gtid_binlog_pos` after recovery (MariaDB).
+    pub recovered_gtid_binlog_pos: Option<String>,
+    /// Why the verdict is `failed` (empty when it passed).
+    pub problems: Vec<String>,
+    /// Worth knowing, not failing for (e.g. `[ERROR]` lines of a server that recovered).
+    pub warnings: Vec<String>,
+}
+
+/// How a backup's data was moved, as `transfer.method` records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum TransferMethod {
+    /// rsync into a fresh tree.
+    #[default]
+    Rsync,
+    /// rsync into a reflink copy of the previous backup (changed blocks only).
+    RsyncReflink,
+    /// rsync with unchanged files hard-linked into the previous backup.
+    RsyncLinkDest,
+    /// The backend's native stream, by the name the backend gives it (`btrfs-send`).
+    Stream(String),
+}
+
+impl TransferMethod {
+    pub fn as_str(&self) -> &str {
+        match self {
+            TransferMethod::Rsync => "rsync",
+            TransferMethod::RsyncReflink => "rsync+reflink",
+            TransferMethod::RsyncLinkDest => "rsync+link-dest",
+            TransferMethod::Stream(name) => name,
+        }
+    }
+}
+
+impl From<String> for TransferMethod {
+    fn from(text: String) -> Self {
+        match text.as_str() {
+            "rsync" => TransferMethod::Rsync,
+            "rsync+reflink" => TransferMethod::RsyncReflink,
+            "rsync+link-dest" => TransferMethod::RsyncLinkDest,
+            _ => TransferMethod::Stream(text),
+        }
+    }
+}
+
+impl From<TransferMethod> for String {
+    fn from(method: TransferMethod) -> String {
+        method.as_str().to_string()
+    }
+}
+
+impl std::fmt::Display for TransferMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 impl Manifest {

@@ -138,7 +138,8 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
     }
     let progress = Progress::new(crate::verify::stored_bytes(&request.backup));
     let report = |bytes| progress.set(bytes);
-    let stats = transfer::copy(&items, transfer::rsync::Writes::Whole, None, None, &report).await?;
+    let stats =
+        transfer::rsync::copy(&items, transfer::rsync::Writes::Whole, None, None, &report).await?;
     progress.finish();
 
     // Point the copy at itself.

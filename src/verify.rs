@@ -14,16 +14,15 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use dbsnap_backend_api::command::Cmd;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
-use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 
 use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, Verdict, Verification};
 use crate::relocate::{self, Moves};
 
 /// Crash recovery of a large, busy server can take long; past this it counts as failed.
@@ -35,35 +34,6 @@ const SCRATCH_PREFIX: &str = ".dbsnap-verify-";
 const RUN_DIR_PREFIX: &str = "dbsnap-verify-";
 /// Lines of the throwaway server's error log kept in the manifest.
 const MAX_LOG_LINES: usize = 10;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Passed,
-    Failed,
-}
-
-/// What verification found, stored in the manifest as `[verification]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Verification {
-    pub verdict: Verdict,
-    pub verified_at: DateTime<Utc>,
-    pub server_binary: PathBuf,
-    pub server_version: String,
-    /// Making the scratch copy.
-    pub copy_ms: u64,
-    /// From starting the server until it answered: InnoDB (and binlog) crash recovery.
-    pub recovery_ms: u64,
-    /// `CHECK TABLE` over all tables.
-    pub check_ms: u64,
-    pub tables_checked: u64,
-    /// `@@gtid_binlog_pos` after recovery (MariaDB).
-    pub recovered_gtid_binlog_pos: Option<String>,
-    /// Why the verdict is `failed` (empty when it passed).
-    pub problems: Vec<String>,
-    /// Worth knowing, not failing for (e.g. `[ERROR]` lines of a server that recovered).
-    pub warnings: Vec<String>,
-}
 
 /// Verify the backup in `backup_dir` and record the verdict in its manifest. Returns
 /// the updated manifest; a failed verdict is not an error here (the caller decides).

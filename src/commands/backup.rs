@@ -8,7 +8,7 @@ use crate::error::{class_of, fail, Class};
 use crate::hooks::Phase;
 use crate::journal::Journal;
 use crate::manifest::Manifest;
-use crate::orchestrator;
+use crate::orchestrator::{self, CopyPlan, Plan};
 
 pub async fn run(
     config: &Config,
@@ -16,15 +16,16 @@ pub async fn run(
     force: bool,
     max_lock_ms: Option<f64>,
 ) -> anyhow::Result<()> {
-    config.backup()?;
+    let copy = CopyPlan::new(config.backup()?, &config.state_dir)?;
+    let plan = Plan::new(config, force)?;
     let backend = backends::open(&config.snapshot)?;
     let (_lock, mut journal) = super::start_run(config).await?;
 
     let outcome = super::until_signal(orchestrator::backup(
-        config,
+        &plan,
+        &copy,
         backend.as_ref(),
         &mut journal,
-        force,
     ))
     .await;
     let manifest = match outcome {

@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::backends;
 use crate::config::Config;
 use crate::db::DbPath;
-use crate::orchestrator::{self, FreeSpace};
+use crate::orchestrator::{self, CopyPlan, FreeSpace, Plan};
 
 #[derive(Serialize)]
 struct Report {
@@ -28,29 +28,23 @@ struct Report {
 
 pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()> {
     let backend = backends::open(&config.snapshot)?;
-    let pre = orchestrator::preflight(config, backend.as_ref(), force).await?;
+    let plan = Plan::new(config, force)?;
+    let pre = orchestrator::prepare(&plan, backend.as_ref()).await?.survey;
     let (destination, transfer_method, needed_bytes) = match &config.backup {
         Some(b) => {
-            let dest = crate::destination::open(b, &config.state_dir)?;
-            let plan =
-                orchestrator::plan_transfer(config, backend.as_ref(), dest.as_ref(), &pre).await?;
-            let method = match (plan.stream, &plan.parent) {
-                (Some(s), Some(p)) => {
-                    format!("{}, incremental from backup {}", s.method(), p.backup)
-                }
-                (Some(s), None) => format!("{}, full stream", s.method()),
-                (None, _) => "rsync".to_string(),
-            };
+            let copy = CopyPlan::new(b, &config.state_dir)?;
+            let transfer =
+                orchestrator::plan_transfer(&plan, &copy, backend.as_ref(), &pre).await?;
             (
                 Some(b.dest.display().to_string()),
-                Some(method),
-                Some(plan.needed_bytes),
+                Some(transfer.describe()),
+                Some(transfer.needed_bytes()),
             )
         }
         None => (None, None, None),
     };
     let report = Report {
-        server_version: pre.server.version.text.clone(),
+        server_version: pre.server.version.clone(),
         backend: backend.name().into(),
         paths: pre.layout.dirs.clone(),
         volumes: pre.volumes.clone(),

@@ -8,6 +8,7 @@ use crate::release;
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
     let lock = RunLock::acquire(&config.state_dir)?;
     let mut journal = Journal::open(&config.state_dir, &lock)?;
+    crate::ssh::session::remove_stale_sockets(&config.state_dir);
     let mut released =
         release::release_all(&config.state_dir, &config.snapshot, &mut journal).await?;
     released.extend(release::release_expired(&config.state_dir, &config.snapshot).await?);

@@ -87,7 +87,7 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
             None => println!("{:<22} {:<10}", e.name, e.status),
         }
     }
-    for parent in crate::transfer::native::Parent::list(&config.state_dir)?
+    for parent in crate::transfer::chain::Parent::list(&config.state_dir)?
         .iter()
         .filter(|p| p.dest == dest)
     {
@@ -101,8 +101,8 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
 
 fn status_of(m: &Manifest) -> &'static str {
     match m.verification.as_ref().map(|v| v.verdict) {
-        Some(crate::verify::Verdict::Passed) => "verified",
-        Some(crate::verify::Verdict::Failed) => "failed",
+        Some(crate::manifest::Verdict::Passed) => "verified",
+        Some(crate::manifest::Verdict::Failed) => "failed",
         None => "complete",
     }
 }

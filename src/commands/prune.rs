@@ -10,9 +10,9 @@ use crate::destination::{Backup, Destination, Entry};
 use crate::error::{fail, Class};
 use crate::journal::{Journal, RunLock};
 use crate::kept::KeptSnapshot;
+use crate::manifest::Verdict;
 use crate::release::{release_all, release_kept};
 use crate::retention::{self, Decision, Item};
-use crate::verify::Verdict;
 
 #[derive(Serialize)]
 struct Report {
@@ -67,7 +67,7 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
         .collect();
     let mut backup_decisions = retention::decide(&backup_items, policy);
     if let Some(b) = &config.backup {
-        let bases = crate::transfer::native::protected_backups(&config.state_dir, &b.dest)?;
+        let bases = crate::transfer::chain::protected_backups(&config.state_dir, &b.dest)?;
         for d in backup_decisions
             .iter_mut()
             .filter(|d| bases.contains(&d.name))

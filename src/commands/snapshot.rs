@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::error::{backend_error, fail, Class};
 use crate::journal::{Journal, Resource, RunLock};
 use crate::kept::KeptSnapshot;
-use crate::orchestrator::{self, Hook};
+use crate::orchestrator::{self, KeepMounted, Plan};
 use crate::release::{release_all, release_kept};
 
 pub async fn create(
@@ -21,8 +21,8 @@ pub async fn create(
     mount: Option<&Path>,
     ttl: Option<std::time::Duration>,
 ) -> anyhow::Result<()> {
-    let hook = match mount {
-        Some(dir) => Some(Hook {
+    let keep_mounted = match mount {
+        Some(dir) => Some(KeepMounted {
             dir: empty_dir(dir)?,
             ttl: ttl.map(chrono::Duration::from_std).transpose()?,
         }),
@@ -34,15 +34,15 @@ pub async fn create(
         }
         None => None,
     };
+    let plan = Plan::new(config, force)?;
     let backend = backends::open(&config.snapshot)?;
     let (_lock, mut journal) = super::start_run(config).await?;
     let outcome = super::until_signal(orchestrator::snapshot_create(
-        config,
+        &plan,
         backend.as_ref(),
         &mut journal,
         label,
-        force,
-        hook.as_ref(),
+        keep_mounted.as_ref(),
     ))
     .await;
     let kept = match outcome {

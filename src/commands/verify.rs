@@ -5,8 +5,9 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::manifest::Manifest;
+use crate::manifest::Verdict;
 use crate::release::release_all;
-use crate::verify::{self, Verdict};
+use crate::verify;
 
 pub async fn run(config: &Config, json: bool, backup: &str) -> anyhow::Result<()> {
     let dest = crate::destination::open_configured(config)?;

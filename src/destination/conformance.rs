@@ -26,7 +26,7 @@ impl ReceivedCopies for Deleted {
 fn manifest(name: &str, method: &str, received: Option<&str>) -> Manifest {
     let mut m = crate::manifest::tests::sample();
     m.name = name.into();
-    m.transfer.method = method.into();
+    m.transfer.method = method.to_string().into();
     m.stored = received
         .map(|id| StoredVolume {
             root: "/var/lib/mysql".into(),

@@ -50,7 +50,10 @@ pub fn backup_dir_at(dir: &Path) -> Option<PathBuf> {
 /// Delete a backup directory or a partial one with the received copies its manifest
 /// names. A receive interrupted before the manifest was written has its own journal
 /// entry ([`Resource::Received`]), released before the partial directory.
-pub async fn remove_dir(dir: &Path, received: &dyn ReceivedCopies) -> anyhow::Result<()> {
+pub async fn remove_dir(
+    dir: &Path,
+    received: &(impl ReceivedCopies + ?Sized),
+) -> anyhow::Result<()> {
     if !dir.exists() {
         return Ok(());
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -13,10 +13,11 @@ use crate::db::DbPath;
 use crate::journal::{Journal, Resource};
 use crate::manifest::Manifest;
 
-#[derive(Default)]
+/// Clones share their contents.
+#[derive(Clone, Default)]
 pub struct MemoryDestination {
     /// By name: `None` while partial, the manifest once published.
-    held: Mutex<BTreeMap<String, Option<Manifest>>>,
+    held: Arc<Mutex<BTreeMap<String, Option<Manifest>>>>,
     /// What `free_bytes` reports.
     pub free: u64,
 }

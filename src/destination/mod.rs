@@ -156,7 +156,7 @@ impl BaseOf<'_> {
     pub fn fits(self, manifest: &Manifest) -> bool {
         match self {
             BaseOf::Files => manifest.stored.is_empty(),
-            BaseOf::Stream(method) => manifest.transfer.method == method,
+            BaseOf::Stream(method) => manifest.transfer.method.as_str() == method,
         }
     }
 }
@@ -197,6 +197,18 @@ pub trait Destination: Send + Sync {
 
     /// Record, then create the partial that will become the backup `name`.
     async fn create_partial(&self, name: &str, journal: &mut Journal) -> anyhow::Result<Partial>;
+
+    /// Take over the newest partial an interrupted run left here as the partial of the
+    /// backup `name` (journaled first), and say which run it was. Only destinations
+    /// that keep a cut-off partial for resuming have one (ssh: a transfer over the
+    /// network is the one worth resuming); a local partial is removed by cleanup.
+    async fn resume_partial(
+        &self,
+        _name: &str,
+        _journal: &mut Journal,
+    ) -> anyhow::Result<Option<(Partial, String)>> {
+        Ok(None)
+    }
 
     /// Publish `partial` with `manifest` (its `path` is set to where the backup is
     /// now), atomically, and forget the partial's journal entries.

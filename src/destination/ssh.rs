@@ -23,6 +23,7 @@ use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
 use crate::manifest::Manifest;
 use crate::ssh::{Session, SshTarget};
+use crate::transfer::checksums::{Checksums, CHECKSUMS_FILE};
 
 /// The commands a backup over ssh needs on the remote host (besides `sh` and coreutils).
 pub const NEEDED_COMMANDS: [&str; 2] = ["rsync", "b3sum"];
@@ -56,6 +57,20 @@ sync -f -- "$1"
 if [ -e "$2" ]; then printf '%s exists already' "$2" >&2; exit 5; fi
 mv -T -- "$1" "$2"
 sync -- "$3""#;
+
+/// The checksums (stdin) written beside the copy, then recomputed there.
+const CHECKSUMS: &str = r#"cat > "$1/checksums" || exit 3
+cd -- "$1" || exit 3
+b3sum --check --quiet checksums"#;
+
+/// A file's content if it exists (exit 3 if not).
+const READ_IF_THERE: &str = r#"[ -f "$1" ] || exit 3
+cat -- "$1""#;
+
+/// Delete files (relative to `$1`) of a partial.
+const DELETE_FILES: &str = r#"cd -- "$1" || exit 3
+shift
+rm -f -- "$@""#;
 
 /// Make a backup a partial again (one rename), then delete it.
 const REMOVE: &str = r#"if [ -e "$1" ]; then mv -T -- "$1" "$2"; fi
@@ -151,7 +166,7 @@ impl SshDir {
     /// Take over the newest partial an interrupted run left, as the partial of `name`
     /// (journaled before the rename); older leftover partials are removed. Returns the
     /// partial and the name of the run it continues.
-    pub async fn resume_partial(
+    async fn take_partial(
         &self,
         name: &str,
         journal: &mut Journal,
@@ -194,6 +209,77 @@ impl SshDir {
             },
             newest,
         )))
+    }
+
+    /// Store `checksums` in the partial and have the remote host recompute them from
+    /// what it stored (`b3sum --check`, one command). Files that differ are deleted
+    /// from the partial, so that the next run, resuming it, sends them again.
+    pub async fn check_checksums(
+        &self,
+        partial: &Path,
+        checksums: &Checksums,
+    ) -> anyhow::Result<()> {
+        let dir = partial.to_string_lossy();
+        let text = checksums.render();
+        let out = self
+            .script(CHECKSUMS, &[&dir], Some(text.as_bytes()))
+            .await?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let failed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.rsplit_once(": FAILED").map(|(name, _)| name))
+            .map(|name| match name.strip_prefix('\\') {
+                Some(escaped) => crate::transfer::checksums::unescape(escaped),
+                None => name.to_string(),
+            })
+            .collect();
+        if failed.is_empty() || out.status.code() == Some(3) {
+            return Err(fail(
+                Class::Destination,
+                format!(
+                    "checking the checksums on {} failed ({}): {}",
+                    self.target.display_host(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        let mut argv: Vec<&str> = vec![&dir];
+        argv.extend(failed.iter().map(String::as_str));
+        let _ = self.script(DELETE_FILES, &argv, None).await;
+        Err(fail(
+            Class::Verify,
+            format!(
+                "the copy on {} differs from the snapshot in {} file(s) ({}): the backup was not \
+                 published. Check the backup host's storage; the next run resends those files",
+                self.target.display_host(),
+                failed.len(),
+                failed
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))
+    }
+
+    /// The checksums stored with the backup at `backup` (remote path), if it has them.
+    pub async fn read_checksums(&self, backup: &Path) -> anyhow::Result<Option<Checksums>> {
+        let path = backup.join(CHECKSUMS_FILE);
+        let path = path.to_string_lossy();
+        let out = self.script(READ_IF_THERE, &[&path], None).await?;
+        match out.status.code() {
+            Some(0) => Checksums::parse(&String::from_utf8_lossy(&out.stdout)).map(Some),
+            Some(3) => Ok(None),
+            _ => Err(anyhow::anyhow!(
+                "reading {} failed: {}",
+                self.on_host(backup),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        }
     }
 
     async fn delete_partial(&self, name: &str, journal: &mut Journal) -> anyhow::Result<()> {
@@ -297,6 +383,14 @@ impl Destination for SshDir {
             name = format!("{base}.{n}");
         }
         Ok(name)
+    }
+
+    async fn resume_partial(
+        &self,
+        name: &str,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Option<(Partial, String)>> {
+        self.take_partial(name, journal).await
     }
 
     async fn create_partial(&self, name: &str, journal: &mut Journal) -> anyhow::Result<Partial> {

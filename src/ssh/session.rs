@@ -19,6 +19,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,16 @@ pub fn command_line<S: AsRef<str>>(argv: &[S]) -> String {
         .join(" ")
 }
 
+/// A path as the value of an ssh `-o` option: ssh splits values at spaces unless they
+/// are in double quotes, and expands `%` tokens (`%%` is a literal `%`).
+fn path_value(path: &Path) -> String {
+    let text = path.display().to_string().replace('%', "%%");
+    match text.contains(char::is_whitespace) {
+        true => format!("\"{text}\""),
+        false => text,
+    }
+}
+
 /// Check `[backup.ssh] options` for what dbsnap owns.
 pub fn validate_options(options: &[String]) -> Result<(), String> {
     for option in options {
@@ -95,13 +106,15 @@ pub struct Session {
 
 impl Session {
     pub fn new(target: SshTarget, config: &SshConfig, state_dir: &Path) -> Session {
+        static SESSIONS: AtomicU32 = AtomicU32::new(0);
         let dir = state_dir.join(CONTROL_DIR);
         let pid = std::process::id();
+        let n = SESSIONS.fetch_add(1, Ordering::Relaxed);
         Session {
             target,
             config: config.clone(),
-            control_path: dir.join(format!("m{pid}")),
-            master_log: dir.join(format!("m{pid}.log")),
+            control_path: dir.join(format!("m{pid}-{n}")),
+            master_log: dir.join(format!("m{pid}-{n}.log")),
             master: Mutex::new(None),
         }
     }
@@ -120,10 +133,10 @@ impl Session {
         option("ServerAliveInterval=10".into());
         option("ServerAliveCountMax=3".into());
         if let Some(k) = &self.config.known_hosts {
-            option(format!("UserKnownHostsFile={}", k.display()));
+            option(format!("UserKnownHostsFile={}", path_value(k)));
         }
         if let Some(i) = &self.config.identity_file {
-            option(format!("IdentityFile={}", i.display()));
+            option(format!("IdentityFile={}", path_value(i)));
             option("IdentitiesOnly=yes".into());
         }
         if let Some(p) = self.target.port {
@@ -137,7 +150,7 @@ impl Session {
     fn client_options(&self) -> Vec<String> {
         let mut args = vec![
             "-o".to_string(),
-            format!("ControlPath={}", self.control_path.display()),
+            format!("ControlPath={}", path_value(&self.control_path)),
             "-o".into(),
             "ControlMaster=no".into(),
         ];
@@ -180,7 +193,7 @@ impl Session {
         let mut command = std::process::Command::new("ssh");
         command
             .args(["-M", "-N", "-o", "ControlPersist=no", "-o"])
-            .arg(format!("ControlPath={}", self.control_path.display()))
+            .arg(format!("ControlPath={}", path_value(&self.control_path)))
             .args(self.base_options())
             .arg(self.target.destination())
             .stdin(Stdio::null())
@@ -371,7 +384,7 @@ impl Session {
         };
         let _ = std::process::Command::new("ssh")
             .arg("-o")
-            .arg(format!("ControlPath={}", self.control_path.display()))
+            .arg(format!("ControlPath={}", path_value(&self.control_path)))
             .args(["-O", "exit"])
             .arg(self.target.destination())
             .stdin(Stdio::null())
@@ -395,7 +408,7 @@ impl Drop for Session {
 /// masters died with it). Only the run-lock holder calls this.
 pub fn remove_stale_sockets(state_dir: &Path) {
     let dir = state_dir.join(CONTROL_DIR);
-    let own = format!("m{}", std::process::id());
+    let own = format!("m{}-", std::process::id());
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;
     };

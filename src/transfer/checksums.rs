@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::rsync::{self, CopyItem};
+use crate::manifest::TransferStats;
+
 pub const CHECKSUMS_FILE: &str = "checksums";
 
 const CHUNK: usize = 1 << 20;
@@ -42,7 +45,7 @@ fn escape(name: &str) -> (bool, String) {
     )
 }
 
-fn unescape(name: &str) -> String {
+pub fn unescape(name: &str) -> String {
     let mut out = String::new();
     let mut chars = name.chars();
     while let Some(c) = chars.next() {
@@ -111,11 +114,7 @@ impl Checksums {
 pub enum Pace<'a> {
     /// No further than `copied` bytes (plus one chunk) in total, until `done`; then at
     /// `after_rate` bytes per second.
-    Follow {
-        copied: &'a AtomicU64,
-        done: &'a AtomicBool,
-        after_rate: &'a AtomicU64,
-    },
+    Follow(&'a Progress),
     /// At most this many bytes per second.
     Rate(u64),
 }
@@ -145,8 +144,8 @@ impl<'a> Reader<'a> {
     fn wait_for(&mut self, n: u64) {
         loop {
             let rate = match &self.pace {
-                Pace::Follow { copied, done, .. } if !done.load(Ordering::Relaxed) => {
-                    if self.read + n <= copied.load(Ordering::Relaxed) + CHUNK as u64 {
+                Pace::Follow(p) if !p.done.load(Ordering::Relaxed) => {
+                    if self.read + n <= p.copied.load(Ordering::Relaxed) + CHUNK as u64 {
                         self.since = Instant::now();
                         self.read_since = 0;
                         return;
@@ -154,7 +153,7 @@ impl<'a> Reader<'a> {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 }
-                Pace::Follow { after_rate, .. } => after_rate.load(Ordering::Relaxed),
+                Pace::Follow(p) => p.after_rate.load(Ordering::Relaxed),
                 Pace::Rate(r) => *r,
             };
             if rate == 0 {
@@ -176,6 +175,11 @@ impl<'a> Reader<'a> {
         let mut buf = vec![0u8; CHUNK];
         loop {
             self.wait_for(CHUNK as u64);
+            if let Pace::Follow(p) = &self.pace {
+                if p.abort.load(Ordering::Relaxed) {
+                    anyhow::bail!("the copy failed; hashing stopped");
+                }
+            }
             let n = file
                 .read(&mut buf)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -221,15 +225,131 @@ pub fn verify_dir(backup_dir: &Path, checksums: &Checksums) -> Vec<Mismatch> {
 /// Shared between the copy and the hasher thread.
 #[derive(Default)]
 pub struct Progress {
+    /// Bytes rsync reported copied.
     pub copied: AtomicU64,
+    /// rsync finished: read on at `after_rate`.
     pub done: AtomicBool,
     pub after_rate: AtomicU64,
+    /// rsync failed: stop.
+    pub abort: AtomicBool,
 }
 
 impl Progress {
     pub fn new() -> Arc<Progress> {
         Arc::new(Progress::default())
     }
+}
+
+/// What hashing cost, for the log and the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HashStats {
+    /// Read while rsync copied, behind it.
+    pub during_copy: u64,
+    /// Read after the copy, at the bounded rate.
+    pub after_copy: u64,
+    /// Files whose checksum was the base backup's (rsync left them as seeded).
+    pub reused: u64,
+}
+
+/// The floor of the rate the files left after the copy are hashed at, when there is
+/// no bandwidth limit (so that a copy that moved little does not make it crawl).
+const MIN_AFTER_RATE: u64 = 32 << 20;
+
+/// rsync `items` with `options`, hashing every stored file from the snapshot as
+/// described in the module documentation. `partial` is the backup directory the
+/// items' `to` lie in; `base` the checksums of the backup the partial was seeded from
+/// (none when there is no base, or when the partial is a resumed one).
+pub async fn copy_and_hash(
+    items: &[CopyItem],
+    options: rsync::Options<'_>,
+    partial: &Path,
+    base: Option<Checksums>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<(TransferStats, Checksums, HashStats)> {
+    let shared = Progress::new();
+    // (snapshot side, stored path relative to the backup directory) of each item.
+    let roots: Vec<(PathBuf, PathBuf)> = items
+        .iter()
+        .map(|i| {
+            let stored = i.to.strip_prefix(partial).unwrap_or(&i.to).to_path_buf();
+            (i.from.clone(), stored)
+        })
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, PathBuf)>();
+    let hasher = {
+        let (shared, roots) = (shared.clone(), roots.clone());
+        std::thread::spawn(move || {
+            let mut reader = Reader::new(Pace::Follow(&shared));
+            let mut hashed = BTreeMap::new();
+            for (i, relative) in rx {
+                let (from, stored) = &roots[i];
+                if let Ok(hash) = reader.hash(&from.join(&relative)) {
+                    hashed.insert(stored.join(&relative), hash);
+                }
+            }
+            (hashed, reader.bytes_read())
+        })
+    };
+    let copied = {
+        let report = |bytes| {
+            shared.copied.store(bytes, Ordering::Relaxed);
+            progress(bytes)
+        };
+        let sent = |i, path| {
+            let _ = tx.send((i, path));
+        };
+        rsync::copy_with(items, options, &report, &sent).await
+    };
+    drop(tx);
+    let after_rate = match (&copied, options.bwlimit) {
+        (_, Some(limit)) => limit.as_u64(),
+        (Ok(stats), None) => (stats.bytes * 1000 / stats.duration_ms.max(1)).max(MIN_AFTER_RATE),
+        (Err(_), None) => MIN_AFTER_RATE,
+    };
+    shared.after_rate.store(after_rate, Ordering::Relaxed);
+    shared.abort.store(copied.is_err(), Ordering::Relaxed);
+    shared.done.store(true, Ordering::Relaxed);
+    let (mut hashed, during_copy) = tokio::task::spawn_blocking(move || hasher.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the checksum thread panicked"))?;
+    let stats = copied?;
+    let excludes: Vec<Vec<PathBuf>> = items.iter().map(|i| i.exclude.clone()).collect();
+    let (rest, hash_stats) = tokio::task::spawn_blocking(move || {
+        let mut reader = Reader::new(Pace::Rate(after_rate));
+        let mut reused = 0;
+        for ((from, stored), exclude) in roots.iter().zip(&excludes) {
+            for entry in walkdir::WalkDir::new(from).same_file_system(true) {
+                let entry = entry.with_context(|| format!("walking {}", from.display()))?;
+                if !entry.file_type().is_file() {
+                    continue;
+                }
+                let relative = entry.path().strip_prefix(from).expect("under the root");
+                if exclude.iter().any(|x| relative.starts_with(x)) {
+                    continue;
+                }
+                let path = stored.join(relative);
+                if hashed.contains_key(&path) {
+                    continue;
+                }
+                let hash = match base.as_ref().and_then(|b| b.0.get(&path)) {
+                    Some(hash) => {
+                        reused += 1;
+                        hash.clone()
+                    }
+                    None => reader.hash(entry.path())?,
+                };
+                hashed.insert(path, hash);
+            }
+        }
+        let hash_stats = HashStats {
+            during_copy,
+            after_copy: reader.bytes_read(),
+            reused,
+        };
+        anyhow::Ok((Checksums(hashed), hash_stats))
+    })
+    .await??;
+    Ok((stats, rest, hash_stats))
 }
 
 #[cfg(test)]
@@ -280,11 +400,7 @@ mod tests {
         let progress = Progress::new();
         let p = progress.clone();
         let hasher = std::thread::spawn(move || {
-            let mut reader = Reader::new(Pace::Follow {
-                copied: &p.copied,
-                done: &p.done,
-                after_rate: &p.after_rate,
-            });
+            let mut reader = Reader::new(Pace::Follow(&p));
             reader.hash(&file).unwrap();
             reader.bytes_read()
         });

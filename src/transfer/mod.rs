@@ -1,8 +1,242 @@
-//! Copying frozen files to the destination.
+//! How the frozen files reach the destination: one interface, [`Transfer`], for every
+//! method, so the backup flow never knows which it drives.
+//!
+//! - [`tree::TreeTransfer`]: rsync from the mounted snapshot into a plain file tree,
+//!   incremental from the previous backup ([`incremental`]).
+//! - [`stream::StreamTransfer`]: the backend's own stream (`btrfs send`, `zfs send`, or
+//!   whatever an exec plugin names), incremental along the parent chain ([`chain`]).
+//!
+//! [`choose`] is the one place that picks one, before the lock.
 
+pub mod chain;
 pub mod checksums;
 pub mod incremental;
-pub mod native;
 pub mod rsync;
+pub mod stream;
+pub mod tree;
 
-pub use rsync::{copy, CopyItem, TransferStats};
+use std::path::Path;
+
+use async_trait::async_trait;
+use dbsnap_backend_api::{NativeStream, ReadPath, SnapshotBackend, SnapshotSet, Volume};
+
+use crate::backends::Backends;
+use crate::config::Method;
+use crate::db::Layout;
+use crate::destination::{Destination, Partial};
+use crate::error::{fail, Class};
+use crate::journal::Journal;
+use crate::manifest::{Manifest, StoredVolume};
+pub use crate::manifest::{TransferMethod, TransferStats};
+pub use rsync::CopyItem;
+
+/// What a transfer reads: the frozen, mounted snapshot of the server's directories.
+pub struct Source<'a> {
+    pub set: &'a SnapshotSet,
+    pub layout: &'a Layout,
+    pub read_paths: &'a [ReadPath],
+}
+
+/// Where a transfer writes: the partial backup, and the run's journal, which records
+/// anything the transfer creates outside plain files (received copies) first.
+pub struct Target<'a> {
+    pub partial: &'a Partial,
+    pub journal: &'a mut Journal,
+    /// Called with the bytes moved so far.
+    pub progress: &'a (dyn Fn(u64) + Sync),
+    /// The interrupted run whose partial this one continues (see
+    /// [`Transfer::resumes`]).
+    pub resumed_from: Option<String>,
+}
+
+/// What a transfer moved, for the manifest.
+pub struct Copied {
+    pub stats: TransferStats,
+    /// Received copies (streams); empty for a file tree.
+    pub stored: Vec<StoredVolume>,
+}
+
+/// A published backup and the snapshot it was copied from: what
+/// [`Transfer::finish`] decides about.
+pub struct Finish<'a> {
+    pub backend: &'a dyn SnapshotBackend,
+    pub journal: &'a mut Journal,
+    pub set: &'a SnapshotSet,
+    /// Where the snapshot is mounted.
+    pub workdir: &'a Path,
+    pub manifest: &'a Manifest,
+    /// The destination's location (parent records name it).
+    pub dest: &'a Path,
+    pub state_dir: &'a Path,
+    /// For releasing snapshots made by another backend than the configured one.
+    pub backends: &'a dyn Backends,
+}
+
+impl Finish<'_> {
+    /// An error after the backup was published: the backup stays.
+    pub fn after_publish(&self, e: anyhow::Error, what: &str) -> anyhow::Error {
+        e.context(format!(
+            "the backup {} is complete, but {what} failed; run `dbsnap cleanup`",
+            self.manifest.path.display()
+        ))
+    }
+}
+
+/// One way of moving a backup's data.
+///
+/// - Everything that can fail slowly or be refused is decided in [`choose`], before
+///   the lock: a transfer exists only once it is possible.
+/// - `copy` writes only into the partial, and journals anything it creates elsewhere
+///   before creating it (a received copy outside the partial, a remote file). It never
+///   modifies an earlier backup, also when building on one.
+/// - `finish` runs once the backup is published: it releases the snapshot, or keeps it
+///   as the base of the next backup (recording it so that nothing leaks), and releases
+///   bases that are no longer needed. A failure there leaves the backup complete.
+#[async_trait]
+pub trait Transfer: Send + Sync {
+    /// What this backup will be, for `dbsnap check` (`btrfs-send, full stream`).
+    fn describe(&self) -> String;
+
+    /// Free space the destination needs for it, in bytes.
+    fn needed_bytes(&self) -> u64;
+
+    /// Whether it can continue a partial an interrupted run left (rsync can: it sends
+    /// only what the partial lacks).
+    fn resumes(&self) -> bool {
+        false
+    }
+
+    /// Move the frozen files into the partial.
+    async fn copy(&self, from: Source<'_>, into: Target<'_>) -> anyhow::Result<Copied>;
+
+    /// Release or keep the snapshot once the backup is published.
+    async fn finish(&self, done: Finish<'_>) -> anyhow::Result<()>;
+}
+
+/// What the choice depends on, learned in preflight.
+pub struct Facts<'a> {
+    pub datadir: &'a Path,
+    pub volumes: &'a [Volume],
+    /// Bytes in the server's directories.
+    pub data_bytes: u64,
+}
+
+/// How `[backup]` wants the data moved.
+pub struct Settings<'a> {
+    pub method: &'a Method,
+    pub bwlimit: Option<bytesize::ByteSize>,
+    pub compress: Option<crate::config::Compress>,
+    pub incremental: bool,
+}
+
+/// The one place that decides how this backup's data travels: rsync, or the backend's
+/// native stream (from its parent, or in full and why), and the room that needs. Runs
+/// before the lock: an impossible choice fails before anything is created.
+pub async fn choose<'a>(
+    settings: Settings<'_>,
+    backend: &'a dyn SnapshotBackend,
+    dest: &'a dyn Destination,
+    state_dir: &Path,
+    facts: Facts<'_>,
+) -> anyhow::Result<Box<dyn Transfer + 'a>> {
+    let Some(stream) = stream_for(settings.method, backend, dest.location()).await? else {
+        return Ok(Box::new(tree::TreeTransfer {
+            dest,
+            incremental: settings.incremental,
+            bwlimit: settings.bwlimit,
+            compress: settings.compress,
+            needed_bytes: facts.data_bytes,
+        }));
+    };
+    let chain = chain::find_parent(
+        state_dir,
+        dest,
+        facts.datadir,
+        stream,
+        backend,
+        facts.volumes,
+    )
+    .await?;
+    let (parent, full_because) = match chain {
+        chain::Chain::Continue(parent) => {
+            tracing::info!(
+                "incremental {} from backup {} (snapshot {})",
+                stream.method(),
+                parent.backup,
+                parent.set.name
+            );
+            (Some(parent), None)
+        }
+        chain::Chain::Start => (None, None),
+        chain::Chain::Broken(why) => {
+            tracing::warn!("{why}: this backup is a full stream, the chain starts again");
+            (None, Some(why))
+        }
+    };
+    let needed_bytes = match parent {
+        Some(_) => {
+            chain::room_for_increment(dest, facts.datadir, stream.method(), facts.data_bytes)
+                .await?
+        }
+        None => facts.data_bytes,
+    };
+    Ok(Box::new(stream::StreamTransfer {
+        stream,
+        parent,
+        full_because,
+        bwlimit: settings.bwlimit,
+        needed_bytes,
+    }))
+}
+
+/// The backend's stream, if `method` asks for it and the destination can receive it.
+async fn stream_for<'a>(
+    method: &Method,
+    backend: &'a dyn SnapshotBackend,
+    dest: &Path,
+) -> anyhow::Result<Option<&'a dyn NativeStream>> {
+    let wanted = match method {
+        Method::Rsync => return Ok(None),
+        Method::Stream(name) => Some(name.as_str()),
+        Method::Auto => None,
+    };
+    let stream = match (backend.native_stream(), wanted) {
+        (Some(stream), Some(w)) if stream.method() == w => stream,
+        (None, Some(w)) | (Some(_), Some(w)) => {
+            return Err(fail(
+                Class::Config,
+                format!(
+                    "[backup] method = \"{w}\" needs the backend that makes those streams, but \
+                     [snapshot] backend is {}{}. Use method = \"rsync\" or \"auto\"",
+                    backend.name(),
+                    backend
+                        .native_stream()
+                        .map(|s| format!(" (its stream is \"{}\")", s.method()))
+                        .unwrap_or_default()
+                ),
+            ))
+        }
+        (Some(stream), None) => stream,
+        (None, None) => {
+            tracing::info!(
+                "method auto: the {} backend has no native stream; copying with rsync",
+                backend.name()
+            );
+            return Ok(None);
+        }
+    };
+    match stream.check_destination(dest).await {
+        Ok(()) => {
+            tracing::info!("transfer method {}", stream.method());
+            Ok(Some(stream))
+        }
+        Err(why) if *method == Method::Auto => {
+            tracing::info!(
+                "method auto: copying with rsync, not {}: {why}",
+                stream.method()
+            );
+            Ok(None)
+        }
+        Err(why) => Err(fail(Class::Destination, why.to_string())),
+    }
+}

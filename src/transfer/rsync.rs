@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 use dbsnap_backend_api::command::ProcessGroup;
 
 use crate::error::{fail, Class};
+use crate::manifest::TransferStats;
 
 /// Copy the contents of `from` into `to`, leaving out `exclude` (paths relative to `from`).
 #[derive(Debug, Clone)]
@@ -29,33 +29,6 @@ pub enum Writes {
     Whole,
     /// Changed blocks rewritten in place (a reflink-seeded destination).
     InPlace,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TransferStats {
-    /// `rsync`, `rsync+reflink`, `rsync+link-dest` or `btrfs-send`.
-    pub method: String,
-    /// The previous backup this one was built from, if any.
-    pub base: Option<String>,
-    /// For a native stream: the source snapshot the stream was computed against (the
-    /// base backup's snapshot).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent_snapshot: Option<String>,
-    /// Why this backup is a full copy although an incremental one was possible.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub full_because: Option<String>,
-    /// Size of the files that were new or changed.
-    pub bytes: u64,
-    /// Bytes actually written (changed blocks only, for in-place updates).
-    pub bytes_written: u64,
-    pub files: u64,
-    pub duration_ms: u64,
-    /// The partial an interrupted run left, which this backup continued from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resumed_from: Option<String>,
-    /// Bytes rsync put on the wire (to an ssh destination: before ssh's encryption).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wire_bytes: Option<u64>,
 }
 
 /// The other end of an rsync over ssh.
@@ -120,7 +93,6 @@ pub async fn copy_with(
 ) -> anyhow::Result<TransferStats> {
     let started = Instant::now();
     let mut total = TransferStats {
-        method: "rsync".into(),
         ..Default::default()
     };
     let mut done = 0;

@@ -10,6 +10,8 @@
 
 pub mod command;
 mod error;
+#[cfg(feature = "memory")]
+pub mod memory;
 pub mod mounts;
 mod name;
 mod stream;

@@ -1,7 +1,6 @@
-//! Native streams (`[backup] method = "btrfs-send"` or `"zfs-send"`): the backend sends each snapshot
-//! as a stream and the destination rebuilds a complete read-only copy from it. After
-//! the first backup only the difference from the previous backup's snapshot (the
-//! *parent*) is sent, so the parent must outlive its backup run:
+//! The parent chain of native streams: after the first backup only the difference
+//! from the previous backup's snapshot (the *parent*) is sent, so the parent must
+//! outlive its backup run:
 //!
 //! - the newest backup's snapshot stays on the source, recorded in
 //!   `state_dir/parents/NAME.toml` (a *parent record*). `cleanup` never touches it (it
@@ -11,24 +10,19 @@
 //!   changed) gives a full stream, and the manifest says why (`full_because`).
 //!
 //! Every received copy is complete on its own: deleting or pruning an older backup
-//! never breaks a newer one.
+//! never breaks a newer one. This module is the only one that reads or writes parent
+//! records.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use dbsnap_backend_api::{
-    NativeStream, SnapshotBackend, SnapshotName, SnapshotSet, StreamParent, Volume,
-};
+use dbsnap_backend_api::{NativeStream, SnapshotBackend, SnapshotName, SnapshotSet, Volume};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Method, SnapshotConfig};
+use crate::backends::Backends;
 use crate::destination::{BaseOf, Destination};
-use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
-use crate::manifest::StoredVolume;
 use crate::records::Records;
-use crate::transfer::TransferStats;
 
 /// A snapshot kept on the source as the base of the next incremental stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,59 +67,19 @@ impl Parent {
     }
 }
 
-/// The one place that decides between rsync and the backend's native stream. Runs
-/// before the lock: an impossible choice fails before anything is created.
-pub async fn choose<'a>(
-    method: Method,
-    backend: &'a dyn SnapshotBackend,
-    dest: &Path,
-) -> anyhow::Result<Option<&'a dyn NativeStream>> {
-    let wanted = match method {
-        Method::Rsync => return Ok(None),
-        Method::BtrfsSend => Some("btrfs-send"),
-        Method::ZfsSend => Some("zfs-send"),
-        Method::Auto => None,
-    };
-    let stream = match (backend.native_stream(), wanted) {
-        (Some(stream), Some(w)) if stream.method() == w => stream,
-        (None, Some(w)) | (Some(_), Some(w)) => {
-            return Err(fail(
-                Class::Config,
-                format!(
-                    "[backup] method = \"{w}\" needs the backend that makes those streams, but \
-                     [snapshot] backend is {}. Use method = \"rsync\" or \"auto\"",
-                    backend.name()
-                ),
-            ))
-        }
-        (Some(stream), None) => stream,
-        (None, None) => {
-            tracing::info!(
-                "method auto: the {} backend has no native stream; copying with rsync",
-                backend.name()
-            );
-            return Ok(None);
-        }
-    };
-    match stream.check_destination(dest).await {
-        Ok(()) => {
-            tracing::info!("transfer method {}", stream.method());
-            Ok(Some(stream))
-        }
-        Err(why) if method == Method::Auto => {
-            tracing::info!(
-                "method auto: copying with rsync, not {}: {why}",
-                stream.method()
-            );
-            Ok(None)
-        }
-        Err(why) => Err(fail(Class::Destination, why.to_string())),
-    }
+/// Where this backup's stream starts.
+#[derive(Debug)]
+pub enum Chain {
+    /// No earlier backup made with this stream: a full stream, the first of a chain.
+    Start,
+    /// From this parent: only the difference is sent.
+    Continue(Parent),
+    /// The chain cannot continue, for this reason: a full stream, the chain starts again.
+    Broken(String),
 }
 
-/// The parent for this backup's stream: the newest parent record for this destination
-/// and datadir. `Err` says why it cannot be used (the stream is then full); `Ok(None)`:
-/// there is no earlier backup made with this stream.
+/// The chain for this backup's stream: the newest parent record for this destination
+/// and datadir, if it still holds.
 pub async fn find_parent(
     state_dir: &Path,
     dest: &dyn Destination,
@@ -133,21 +87,21 @@ pub async fn find_parent(
     stream: &dyn NativeStream,
     backend: &dyn SnapshotBackend,
     volumes: &[Volume],
-) -> anyhow::Result<Result<Option<Parent>, String>> {
+) -> anyhow::Result<Chain> {
     let Some(parent) = Parent::list(state_dir)?
         .into_iter()
         .rfind(|p| p.serves(dest.location(), datadir) && p.method == stream.method())
     else {
-        return Ok(Ok(None));
+        return Ok(Chain::Start);
     };
     if parent.received.len() != parent.set.snapshots.len() {
-        return Ok(Err(format!(
+        return Ok(Chain::Broken(format!(
             "the record of base snapshot {} is incomplete",
             parent.set.name
         )));
     }
     let Some(base) = dest.resolve(&parent.backup).await? else {
-        return Ok(Err(format!(
+        return Ok(Chain::Broken(format!(
             "the base backup {} is gone",
             dest.location().join(&parent.backup).display()
         )));
@@ -159,7 +113,7 @@ pub async fn find_parent(
         .map(|s| base.path.join(&s.path))
         .find(|p| !p.exists())
     {
-        return Ok(Err(format!(
+        return Ok(Chain::Broken(format!(
             "the base backup's copy {} is gone",
             missing.display()
         )));
@@ -173,7 +127,7 @@ pub async fn find_parent(
         // Its snapshot could not be kept as the next base (the run failed after
         // publishing). Its copy is the newest in the chain, and a stream from the older
         // base would have to replace it.
-        return Ok(Err(format!(
+        return Ok(Chain::Broken(format!(
             "backup {newer} is newer than the base backup {}",
             parent.backup
         )));
@@ -182,7 +136,7 @@ pub async fn find_parent(
     if roots(parent.set.snapshots.iter().map(|s| &s.volume).collect())
         != roots(volumes.iter().collect())
     {
-        return Ok(Err(format!(
+        return Ok(Chain::Broken(format!(
             "the server's volumes changed since the base backup {}",
             parent.backup
         )));
@@ -197,12 +151,12 @@ pub async fn find_parent(
         })
     });
     if !on_source {
-        return Ok(Err(format!(
+        return Ok(Chain::Broken(format!(
             "the base backup's snapshot {} is gone from the source",
             parent.set.name
         )));
     }
-    Ok(Ok(Some(parent)))
+    Ok(Chain::Continue(parent))
 }
 
 /// The free space an incremental stream needs at `dest`: twice the largest increment
@@ -236,82 +190,26 @@ pub async fn room_for_increment(
         .min(data_bytes))
 }
 
-/// Where a stream goes: the backup being written (`DEST/NAME.partial`), and the run
-/// whose journal records each received copy before its stream starts.
-pub struct Target<'a> {
-    pub partial: &'a Path,
-    pub journal: &'a mut Journal,
-    pub run: &'a str,
-}
-
-/// Send every snapshot of `set` into the target, incrementally from `parent` if given.
-pub async fn send(
-    stream: &dyn NativeStream,
-    set: &SnapshotSet,
-    parent: Option<&Parent>,
-    target: Target<'_>,
-    bwlimit: Option<bytesize::ByteSize>,
-    progress: &(dyn Fn(u64) + Sync),
-) -> anyhow::Result<(TransferStats, Vec<StoredVolume>)> {
-    let Target {
-        partial,
-        journal,
-        run,
-    } = target;
-    let started = Instant::now();
-    let mut sent = 0u64;
-    let mut stored = Vec::new();
-    for (index, snapshot) in set.snapshots.iter().enumerate() {
-        let from = parent.map(|p| StreamParent {
-            snapshot: &p.set.snapshots[index],
-            received: &p.received[index],
-        });
-        let so_far = sent;
-        let id = stream
-            .plan_received(snapshot, index, from, partial)
-            .map_err(|e| fail(Class::Transfer, e.to_string()))?;
-        journal.record(run, received_resource(&set.backend, &id, partial))?;
-        let received = stream
-            .send(
-                snapshot,
-                from,
-                partial,
-                &id,
-                bwlimit.map(|b| b.as_u64()),
-                &|n| progress(so_far + n),
-            )
-            .await
-            .map_err(|e| fail(Class::Transfer, e.to_string()))?;
-        sent += received.stream_bytes;
-        stored.push(StoredVolume {
-            root: snapshot.volume.root.clone(),
-            path: received
-                .path
-                .strip_prefix(partial)
-                .unwrap_or(&received.path)
-                .to_path_buf(),
-            id: received.id,
-        });
-    }
-    let stats = TransferStats {
-        method: stream.method().into(),
-        base: parent.map(|p| p.backup.clone()),
-        parent_snapshot: parent.map(|p| p.set.name.to_string()),
-        bytes: sent,
-        bytes_written: sent,
-        duration_ms: started.elapsed().as_millis() as u64,
-        ..TransferStats::default()
-    };
-    Ok((stats, stored))
-}
-
-/// The journal entry of a copy received for the backup being written in `partial`.
-pub fn received_resource(backend: &str, id: &str, partial: &Path) -> Resource {
-    Resource::Received {
-        backend: backend.to_string(),
-        id: id.to_string(),
-        partial: partial.to_path_buf(),
-    }
+/// Unmount the published backup's snapshot but keep it: the next stream is computed
+/// against it. Its parent record is written before it leaves the journal, so an
+/// interruption leaves it either journaled (released by cleanup) or recorded.
+pub async fn keep_as_parent(
+    state_dir: &Path,
+    backend: &dyn SnapshotBackend,
+    journal: &mut Journal,
+    workdir: &Path,
+    parent: &Parent,
+) -> anyhow::Result<()> {
+    crate::release::unmount(backend, journal, &parent.set, workdir).await?;
+    parent.write(state_dir)?;
+    journal.forget(&Resource::Snapshot {
+        set: parent.set.clone(),
+    })?;
+    tracing::info!(
+        "kept snapshot {} as the base of the next incremental stream",
+        parent.set.name
+    );
+    Ok(())
 }
 
 /// Release the parents of this destination and datadir other than `keep`: a newer
@@ -319,7 +217,7 @@ pub fn received_resource(backend: &str, id: &str, partial: &Path) -> Resource {
 /// is a warning: the backup is complete, and the next run tries again.
 pub async fn retire_parents(
     state_dir: &Path,
-    snapshot_config: &SnapshotConfig,
+    backends: &dyn Backends,
     dest: &Path,
     datadir: &Path,
     keep: Option<&SnapshotName>,
@@ -336,7 +234,7 @@ pub async fn retire_parents(
             continue;
         }
         let released = async {
-            let backend = crate::backends::open_named(&parent.set.backend, snapshot_config)?;
+            let backend = backends.open_named(&parent.set.backend)?;
             backend.release(&parent.set).await?;
             parent.remove(state_dir)
         };

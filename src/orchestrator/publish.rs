@@ -1,0 +1,105 @@
+//! Phases 7–9: `publish` (the manifest, then the destination's atomic publish),
+//! `release` (the transfer releases the snapshot or keeps it as the next base) and
+//! `verify` (`[backup] verify`).
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use dbsnap_backend_api::SnapshotBackend;
+
+use super::copy::Filled;
+use super::mount::Mounted;
+use super::plan::Plan;
+use crate::destination::Destination;
+use crate::journal::Journal;
+use crate::manifest::{Manifest, SnapshotRecord, VolumeRecord, FORMAT};
+use crate::transfer::{Finish, Transfer};
+
+/// Write the manifest into the partial and publish it: from here on it is a backup.
+pub async fn publish(
+    mounted: &Mounted,
+    filled: Filled,
+    started_at: DateTime<Utc>,
+    dest: &dyn Destination,
+    journal: &mut Journal,
+) -> anyhow::Result<Manifest> {
+    let frozen = &mounted.frozen;
+    let manifest = Manifest {
+        format: FORMAT,
+        name: frozen.run.clone(),
+        path: Default::default(),
+        dbsnap_version: env!("CARGO_PKG_VERSION").into(),
+        started_at,
+        finished_at: Utc::now(),
+        server: frozen.server.clone(),
+        lock: frozen.lock.clone(),
+        coordinates: frozen.coordinates.clone(),
+        snapshot: SnapshotRecord {
+            backend: frozen.set.backend.clone(),
+            name: frozen.set.name.to_string(),
+            atomic: frozen.atomic,
+            volumes: frozen
+                .set
+                .snapshots
+                .iter()
+                .map(|s| VolumeRecord {
+                    volume: s.volume.id.clone(),
+                    root: s.volume.root.clone(),
+                    fstype: s.volume.fstype.clone(),
+                    snapshot: s.id.clone(),
+                })
+                .collect(),
+        },
+        paths: frozen.layout.dirs.clone(),
+        transfer: filled.copied.stats,
+        stored: filled.copied.stored,
+        verification: None,
+    };
+    let backup = dest.publish(filled.partial, manifest, journal).await?;
+    tracing::info!("backup complete: {}", backup.path.display());
+    Ok(backup.manifest)
+}
+
+/// The published backup's snapshot: released, or kept as the next stream's base.
+pub async fn release(
+    plan: &Plan,
+    mounted: &Mounted,
+    manifest: &Manifest,
+    transfer: &dyn Transfer,
+    dest: &dyn Destination,
+    backend: &dyn SnapshotBackend,
+    journal: &mut Journal,
+) -> anyhow::Result<()> {
+    transfer
+        .finish(Finish {
+            backend,
+            journal,
+            set: &mounted.frozen.set,
+            workdir: &mounted.workdir,
+            manifest,
+            dest: dest.location(),
+            state_dir: &plan.state_dir,
+            backends: &plan.backends,
+        })
+        .await
+}
+
+/// Prove the published backup restores (`dbsnap verify`, its own journaled step). A
+/// failed verification is an error; the backup stays, marked failed.
+pub async fn verify(journal: &mut Journal, manifest: Manifest) -> anyhow::Result<Manifest> {
+    let verified = crate::verify::verify(journal, &manifest.path)
+        .await
+        .with_context(|| {
+            format!(
+                "backup {} is complete but could not be verified",
+                manifest.name
+            )
+        })?;
+    if verified
+        .verification
+        .as_ref()
+        .is_some_and(|v| v.verdict == crate::manifest::Verdict::Failed)
+    {
+        return Err(crate::verify::failed_error(&verified, &verified.path));
+    }
+    Ok(verified)
+}

@@ -1,0 +1,267 @@
+//! A backup as a plain file tree: rsync from the mounted snapshot into
+//! `NAME.partial/files/<absolute path>`, incremental from the previous backup (see
+//! [`super::incremental`]).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use dbsnap_backend_api::ReadPath;
+
+use bytesize::ByteSize;
+
+use super::checksums::{self, Checksums};
+use super::incremental::{self, Basis};
+use super::{chain, rsync, Copied, CopyItem, Finish, Source, Target, Transfer};
+use crate::db::Layout;
+use crate::destination::Destination;
+use crate::manifest::Manifest;
+
+/// A backup by rsync.
+pub struct TreeTransfer<'a> {
+    pub dest: &'a dyn Destination,
+    pub incremental: bool,
+    pub bwlimit: Option<bytesize::ByteSize>,
+    pub compress: Option<crate::config::Compress>,
+    pub needed_bytes: u64,
+}
+
+#[async_trait]
+impl Transfer for TreeTransfer<'_> {
+    fn describe(&self) -> String {
+        "rsync".into()
+    }
+
+    fn needed_bytes(&self) -> u64 {
+        self.needed_bytes
+    }
+
+    fn resumes(&self) -> bool {
+        true
+    }
+
+    async fn copy(&self, from: Source<'_>, into: Target<'_>) -> anyhow::Result<Copied> {
+        let items = plan_copy(from.layout, from.read_paths, &into.partial.dir)?;
+        self.copy_with_rsync(
+            &from.layout.datadir,
+            &items,
+            &into.partial.dir,
+            into.resumed_from,
+            into.progress,
+        )
+        .await
+    }
+
+    /// The snapshot is released; so are the parents a stream method left (switching
+    /// back to rsync releases the kept snapshot).
+    async fn finish(&self, done: Finish<'_>) -> anyhow::Result<()> {
+        crate::release::release(done.backend, done.journal, done.set, done.workdir)
+            .await
+            .map_err(|e| done.after_publish(e, "releasing the snapshot"))?;
+        chain::retire_parents(
+            done.state_dir,
+            done.backends,
+            done.dest,
+            &done.manifest.server.datadir,
+            None,
+        )
+        .await;
+        Ok(())
+    }
+}
+
+impl TreeTransfer<'_> {
+    /// From the mounted snapshot into `partial/files/...`, built from the previous backup
+    /// when `[backup] incremental` allows, with a checksum of every stored file (checked
+    /// on the destination's host before publishing, when that is another host).
+    async fn copy_with_rsync(
+        &self,
+        datadir: &Path,
+        items: &[CopyItem],
+        partial: &Path,
+        resumed_from: Option<String>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> anyhow::Result<Copied> {
+        let remote = self.dest.remote();
+        let basis = match (self.incremental, remote) {
+            (false, _) => Basis::Full,
+            (true, None) => incremental::prepare(self.dest, partial, datadir).await?,
+            (true, Some(r)) => {
+                incremental::prepare_remote(r, partial, datadir, resumed_from.is_some()).await?
+            }
+        };
+        if let Some(base) = basis.base() {
+            tracing::info!("incremental copy from backup {base} ({})", basis.method());
+        }
+        let rsync_remote = match remote {
+            Some(r) => Some(rsync::Remote {
+                shell: r.session().rsync_shell().await?,
+                host: r.target().destination(),
+                side: rsync::Side::Dest,
+                compress: crate::config::Compress::level(self.compress),
+            }),
+            None => {
+                for item in items {
+                    std::fs::create_dir_all(&item.to)
+                        .with_context(|| format!("creating {}", item.to.display()))?;
+                }
+                None
+            }
+        };
+        // A resumed partial holds what the interrupted run sent, not the base's files.
+        let base_checksums = match (basis.base_path(), &resumed_from) {
+            (Some(base), None) => self.base_checksums(base).await,
+            _ => None,
+        };
+        let link_dest = basis.link_dest(items, partial);
+        let options = rsync::Options {
+            writes: basis.writes(),
+            link_dest: link_dest.as_deref(),
+            bwlimit: self.bwlimit,
+            remote: rsync_remote.as_ref(),
+        };
+        let (mut stats, checksums, hashing) =
+            checksums::copy_and_hash(items, options, partial, base_checksums, progress).await?;
+        tracing::info!(
+            "checksums of {} files: {} read behind the copy, {} after it, {} kept from the base",
+            checksums.0.len(),
+            ByteSize::b(hashing.during_copy).display().iec(),
+            ByteSize::b(hashing.after_copy).display().iec(),
+            hashing.reused
+        );
+        match remote {
+            Some(r) => r.check_checksums(partial, &checksums).await?,
+            None => checksums.write(partial)?,
+        }
+        stats.method = basis.method();
+        stats.base = basis.base();
+        stats.resumed_from = resumed_from;
+        Ok(Copied {
+            stats,
+            stored: Vec::new(),
+        })
+    }
+
+    /// The base backup's checksums, if it has them (older backups do not).
+    async fn base_checksums(&self, base: &Path) -> Option<Checksums> {
+        let found = match self.dest.remote() {
+            Some(r) => r.read_checksums(base).await,
+            None => Checksums::read(base),
+        };
+        found.unwrap_or_else(|e| {
+            tracing::warn!(
+                "the base backup's checksums cannot be read ({e:#}); every file is hashed"
+            );
+            None
+        })
+    }
+}
+
+/// What to copy: each server directory, read from its frozen volume, into
+/// `<backup>/files/<absolute path>`.
+/// Each server directory, plus every volume mounted inside one (a ZFS child dataset is
+/// not part of its parent's snapshot), parents first so that the child lands in the
+/// directory its parent's copy created.
+pub fn plan_copy(
+    layout: &Layout,
+    read_paths: &[ReadPath],
+    backup_dir: &Path,
+) -> anyhow::Result<Vec<CopyItem>> {
+    let roots = layout.copy_roots();
+    let mut sources: Vec<PathBuf> = roots.clone();
+    for read in read_paths {
+        let nested = roots
+            .iter()
+            .any(|r| read.origin_root.starts_with(r) && read.origin_root != *r);
+        if nested && !sources.contains(&read.origin_root) {
+            sources.push(read.origin_root.clone());
+        }
+    }
+    sources.sort_by_key(|s| s.components().count());
+    sources
+        .into_iter()
+        .map(|source| {
+            let exclude = layout
+                .runtime_files
+                .iter()
+                .filter_map(|f| f.strip_prefix(&source).ok().map(PathBuf::from))
+                .collect();
+            Ok(CopyItem {
+                from: frozen_path(read_paths, &source)?,
+                to: Manifest::stored_path(backup_dir, &source),
+                exclude,
+            })
+        })
+        .collect()
+}
+
+/// Where the frozen copy of the live path `source` can be read: inside the deepest
+/// volume that holds it.
+pub fn frozen_path(read_paths: &[ReadPath], source: &Path) -> anyhow::Result<PathBuf> {
+    let read = read_paths
+        .iter()
+        .filter(|r| source.starts_with(&r.origin_root))
+        .max_by_key(|r| r.origin_root.components().count())
+        .with_context(|| format!("no snapshot covers {}", source.display()))?;
+    let relative = source
+        .strip_prefix(&read.origin_root)
+        .expect("filtered by starts_with");
+    Ok(match relative.as_os_str().is_empty() {
+        true => read.frozen_root.clone(),
+        false => read.frozen_root.join(relative),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::layout::ServerPaths;
+    use crate::db::Layout;
+
+    #[test]
+    fn child_volumes_inside_a_server_directory_are_copied_after_their_parent() {
+        let layout = Layout::from_server(
+            "/tank/mysql".into(),
+            ServerPaths {
+                log_bin_basename: Some("/tank/mysql/binlog/bin".into()),
+                pid_file: Some("/tank/mysql/db.pid".into()),
+                ..Default::default()
+            },
+        );
+        let read = |origin: &str, frozen: &str| ReadPath {
+            origin_root: origin.into(),
+            frozen_root: frozen.into(),
+        };
+        let reads = [
+            read("/tank/mysql/binlog", "/run/clone/1"),
+            read("/tank/mysql", "/tank/mysql/.zfs/snapshot/s"),
+        ];
+        let items = plan_copy(&layout, &reads, Path::new("/b/n")).unwrap();
+        let pairs: Vec<(String, String)> = items
+            .iter()
+            .map(|i| (i.from.display().to_string(), i.to.display().to_string()))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                (
+                    "/tank/mysql/.zfs/snapshot/s".into(),
+                    "/b/n/files/tank/mysql".into()
+                ),
+                ("/run/clone/1".into(), "/b/n/files/tank/mysql/binlog".into()),
+            ]
+        );
+        assert_eq!(items[0].exclude, vec![PathBuf::from("db.pid")]);
+    }
+
+    #[test]
+    fn a_directory_below_a_volume_root_is_read_from_inside_the_snapshot() {
+        let layout = Layout::from_server("/srv/db/data".into(), ServerPaths::default());
+        let reads = [ReadPath {
+            origin_root: "/srv/db".into(),
+            frozen_root: "/srv/.snaps/s.0".into(),
+        }];
+        let items = plan_copy(&layout, &reads, Path::new("/b/n")).unwrap();
+        assert_eq!(items[0].from, PathBuf::from("/srv/.snaps/s.0/data"));
+    }
+}
