@@ -44,7 +44,7 @@ pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()>
         None => (None, None, None),
     };
     let report = Report {
-        server_version: pre.server.version.clone(),
+        server_version: pre.server.version.text.clone(),
         backend: backend.name().into(),
         paths: pre.layout.dirs.clone(),
         volumes: pre.volumes.clone(),

@@ -24,6 +24,7 @@ pub mod prepare;
 pub mod publish;
 #[cfg(test)]
 mod tests;
+pub mod window;
 
 use std::path::PathBuf;
 

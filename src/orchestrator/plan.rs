@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{BackupConfig, Config, Credentials, Method, SnapshotConfig};
+use crate::config::{BackupConfig, Config, Method, SnapshotConfig};
+use crate::db::credentials::Credentials;
 use crate::db::lock::LockSettings;
 use crate::db::lock_mode::RequestedMode;
 use crate::db::stall_guard::LongQueryPolicy;

@@ -11,8 +11,8 @@ use dbsnap_backend_api::{SnapshotBackend, Volume};
 use mysql_async::Conn;
 use serde::Serialize;
 
-use super::freeze::{DbLocker, Locker};
 use super::plan::Plan;
+use super::window::{DbLocker, Locker};
 use crate::db::lock_mode::{self, Choice, ModeFacts};
 use crate::db::{coordinates, server, Layout, Server};
 use crate::error::{backend_error, fail, Class};
@@ -92,7 +92,7 @@ pub async fn prepare(plan: &Plan, backend: &dyn SnapshotBackend) -> anyhow::Resu
     );
     let survey = Survey {
         server: ServerRecord {
-            version: server.version.text.clone(),
+            version: server.version.clone(),
             hostname: server.hostname.clone(),
             datadir: layout.datadir.clone(),
             binlog_basename: layout.binlog_basename.clone(),

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use dbsnap_backend_api::memory::MemoryBackend;
 use dbsnap_backend_api::{SnapshotBackend, Volume};
 
-use super::freeze::{Locker, Window};
 use super::plan::{LockPlan, Plan};
 use super::prepare::{Prepared, Survey};
+use super::window::{Locker, Window};
 use super::{backup_prepared, snapshot_prepared, KeepMounted, Kept, Published};
 use crate::backends::Backends;
 use crate::config::Config;
@@ -84,7 +84,7 @@ impl World {
         Prepared {
             survey: Survey {
                 server: ServerRecord {
-                    version: "10.11.19-MariaDB".into(),
+                    version: crate::db::version::ServerVersion::from_text("10.11.19-MariaDB"),
                     hostname: "db1".into(),
                     datadir: datadir.into(),
                     binlog_basename: None,
@@ -165,7 +165,8 @@ impl Locker for FakeLocker {
     async fn lock(
         &mut self,
         _plan: &LockPlan,
-        _survey: &Survey,
+        _mode: LockMode,
+        _volumes: &[Volume],
     ) -> anyhow::Result<Box<dyn Window>> {
         note(&self.timeline, "lock");
         Ok(Box::new(FakeWindow {
@@ -200,7 +201,7 @@ impl Window for FakeWindow {
         note(&self.timeline, "unlock");
         let now = chrono::Utc::now();
         Ok(LockRecord {
-            mode: "backup-stage".into(),
+            mode: LockMode::BackupStage,
             reason,
             prelude_ms: 0.0,
             wait_ms: 0.0,
