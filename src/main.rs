@@ -93,7 +93,9 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::List => commands::list::run(&config, cli.json).await,
         Command::Cleanup { forget: None } => commands::cleanup::run(&config, cli.json).await,
         Command::Cleanup { forget: Some(run) } => commands::cleanup::forget(&config, cli.json, run),
-        Command::Verify { backup } => commands::verify::run(&config, cli.json, backup).await,
+        Command::Verify { backup, checksums } => {
+            commands::verify::run(&config, cli.json, backup, *checksums).await
+        }
         Command::Restore {
             backup,
             datadir,

@@ -9,11 +9,27 @@ use crate::restore::{self, Request};
 pub async fn run(config: &Config, json: bool, request: Request) -> anyhow::Result<()> {
     let dest = crate::destination::open_configured(config)?;
     let given = request.backup.to_string_lossy().into_owned();
-    let request = Request {
-        backup: crate::destination::resolve_backup(dest.as_deref(), &given).await?,
-        ..request
+    let remote = crate::destination::resolve_remote(dest.as_deref(), &given).await?;
+    let restored = match &remote {
+        Some((ssh, backup)) => {
+            let request = Request {
+                backup: backup.path.clone(),
+                ..request
+            };
+            let from = restore::RemoteBackup {
+                dest: ssh,
+                manifest: &backup.manifest,
+            };
+            super::until_signal(restore::restore(&request, Some(from))).await?
+        }
+        None => {
+            let request = Request {
+                backup: crate::destination::resolve_backup(dest.as_deref(), &given).await?,
+                ..request
+            };
+            super::until_signal(restore::restore(&request, None)).await?
+        }
     };
-    let restored = super::until_signal(restore::restore(&request)).await?;
     if json {
         return super::print_json(&restored);
     }

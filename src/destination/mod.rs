@@ -280,6 +280,37 @@ pub async fn resolve_backup(
     ))
 }
 
+/// The backup named on the command line when it is one on an ssh destination (a name
+/// from `dbsnap list`, or its path there), with that destination.
+pub async fn resolve_remote<'a>(
+    dest: Option<&'a dyn Destination>,
+    given: &str,
+) -> anyhow::Result<Option<(&'a ssh::SshDir, Backup)>> {
+    let Some(remote) = dest.and_then(|d| d.remote()) else {
+        return Ok(None);
+    };
+    let name = match Path::new(given).parent() {
+        Some(parent) if parent == remote.target().path => Path::new(given)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned()),
+        _ if !given.contains('/') => Some(given.to_string()),
+        _ => None,
+    };
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    match remote.resolve(&name).await? {
+        Some(backup) => Ok(Some((remote, backup))),
+        None => Err(crate::error::fail(
+            crate::error::Class::Config,
+            format!(
+                "{given} is not a backup at {}: give a name from `dbsnap list`",
+                remote.location().display()
+            ),
+        )),
+    }
+}
+
 /// Apparent size of all regular files under `roots` (metadata only). With
 /// `one_filesystem` the walk does not cross into other mounts (or btrfs subvolumes).
 pub fn tree_bytes<'a>(roots: impl IntoIterator<Item = &'a Path>, one_filesystem: bool) -> u64 {

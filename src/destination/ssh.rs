@@ -22,8 +22,10 @@ use crate::db::DbPath;
 use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
 use crate::manifest::Manifest;
+use crate::manifest::TransferStats;
 use crate::ssh::{Session, SshTarget};
 use crate::transfer::checksums::{Checksums, CHECKSUMS_FILE};
+use crate::transfer::rsync::{self, CopyItem};
 
 /// The commands a backup over ssh needs on the remote host (besides `sh` and coreutils).
 pub const NEEDED_COMMANDS: [&str; 2] = ["rsync", "b3sum"];
@@ -71,6 +73,18 @@ cat -- "$1""#;
 const DELETE_FILES: &str = r#"cd -- "$1" || exit 3
 shift
 rm -f -- "$@""#;
+
+/// Check a stored backup against its checksums (exit 4: it has none).
+const CHECK_STORED: &str = r#"cd -- "$1" || exit 3
+[ -f checksums ] || exit 4
+b3sum --check --quiet checksums"#;
+
+/// The manifest (stdin) replaced durably (a verification verdict recorded).
+const REWRITE_MANIFEST: &str = r#"set -e
+cat > "$1/manifest.toml.tmp"
+sync -- "$1/manifest.toml.tmp"
+mv -f -- "$1/manifest.toml.tmp" "$1/manifest.toml"
+sync -- "$1""#;
 
 /// Make a backup a partial again (one rename), then delete it.
 const REMOVE: &str = r#"if [ -e "$1" ]; then mv -T -- "$1" "$2"; fi
@@ -264,6 +278,97 @@ impl SshDir {
                     .join(", ")
             ),
         ))
+    }
+
+    /// rsync's view of this host: its `-e` and `user@host`.
+    pub async fn rsync_remote(
+        &self,
+        side: rsync::Side,
+        compress: Option<Option<u8>>,
+    ) -> anyhow::Result<rsync::Remote> {
+        Ok(rsync::Remote {
+            shell: self.session.rsync_shell().await?,
+            host: self.target.destination(),
+            side,
+            compress,
+        })
+    }
+
+    /// Apparent size of the files under `path` there (`du`, for progress).
+    pub async fn stored_bytes(&self, path: &Path) -> u64 {
+        let p = path.to_string_lossy();
+        let out = self.session.run(&["du", "-s", "-b", "--", &p], "du").await;
+        out.ok()
+            .and_then(|o| o.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .unwrap_or(0)
+    }
+
+    /// Copy the backup at `backup` (there) into the local directory `to`.
+    pub async fn pull(
+        &self,
+        backup: &Path,
+        to: &Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> anyhow::Result<TransferStats> {
+        let remote = self.rsync_remote(rsync::Side::Source, None).await?;
+        let item = CopyItem {
+            from: backup.to_path_buf(),
+            to: to.to_path_buf(),
+            exclude: Vec::new(),
+        };
+        let options = rsync::Options {
+            remote: Some(&remote),
+            ..rsync::Options::default()
+        };
+        rsync::copy_with(&[item], options, progress, &|_, _| {}).await
+    }
+
+    /// Check the stored backup at `backup` against its checksums, there (`b3sum`, one
+    /// command). Returns how many files were checked.
+    pub async fn verify_checksums(&self, backup: &Path) -> anyhow::Result<usize> {
+        let sums = self.read_checksums(backup).await?.ok_or_else(|| {
+            fail(
+                Class::Config,
+                format!(
+                    "the backup {} has no checksums file (it was made by a dbsnap without \
+                     them, or by a stream method): use `dbsnap verify` without --checksums",
+                    self.on_host(backup)
+                ),
+            )
+        })?;
+        let dir = backup.to_string_lossy();
+        let out = self.script(CHECK_STORED, &[&dir], None).await?;
+        if out.status.success() {
+            return Ok(sums.0.len());
+        }
+        Err(fail(
+            Class::Verify,
+            format!(
+                "the backup {} does not match its checksums: {}{}",
+                self.on_host(backup),
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .replace('\n', "; "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ))
+    }
+
+    /// Replace the manifest of the backup at `backup` there.
+    pub async fn rewrite_manifest(&self, backup: &Path, manifest: &Manifest) -> anyhow::Result<()> {
+        let text = toml::to_string_pretty(manifest)?;
+        let dir = backup.to_string_lossy();
+        let out = self
+            .script(REWRITE_MANIFEST, &[&dir], Some(text.as_bytes()))
+            .await?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "writing the manifest of {} failed: {}",
+                self.on_host(backup),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     /// The checksums stored with the backup at `backup` (remote path), if it has them.

@@ -159,10 +159,31 @@ pub async fn prepare_remote(
     }
     let (from, to) = (previous.join(FILES_DIR), partial.join(FILES_DIR));
     let (from, to) = (from.to_string_lossy(), to.to_string_lossy());
-    let seeded = dest
+    // One file first: `cp -a` would try (and fail) every file of the tree.
+    let (probe_from, probe_to) = (
+        previous.join(crate::manifest::MANIFEST_FILE),
+        partial.join(".reflink-probe"),
+    );
+    let (probe_from, probe_to) = (probe_from.to_string_lossy(), probe_to.to_string_lossy());
+    let probe = dest
         .session()
-        .output(&["cp", "-a", "--reflink=always", "--", &from, &to], None)
+        .output(
+            &["cp", "--reflink=always", "--", &probe_from, &probe_to],
+            None,
+        )
         .await?;
+    let _ = dest
+        .session()
+        .output(&["rm", "-f", "--", &probe_to], None)
+        .await?;
+    let seeded = match probe.status.success() {
+        true => {
+            dest.session()
+                .output(&["cp", "-a", "--reflink=always", "--", &from, &to], None)
+                .await?
+        }
+        false => probe,
+    };
     if seeded.status.success() {
         return Ok(Basis::Reflinked {
             base,
@@ -173,7 +194,10 @@ pub async fn prepare_remote(
         "the destination on {} cannot reflink ({}): unchanged files are hard-linked, changed \
          files are sent as deltas and written whole",
         dest.target().display_host(),
-        String::from_utf8_lossy(&seeded.stderr).trim()
+        String::from_utf8_lossy(&seeded.stderr)
+            .lines()
+            .next()
+            .unwrap_or_default()
     );
     dest.session()
         .run(&["rm", "-rf", "--", &to], "removing a failed reflink seed")

@@ -64,26 +64,7 @@ pub struct Options<'a> {
 }
 
 /// Run rsync for every item in turn. `progress` is called with the bytes copied so far
-/// across all items.
-/// `link_dest`, when given, is the previous backup's copy of each item (same order):
-/// unchanged files become hard links to it.
-pub async fn copy(
-    items: &[CopyItem],
-    writes: Writes,
-    link_dest: Option<&[PathBuf]>,
-    bwlimit: Option<bytesize::ByteSize>,
-    progress: &(dyn Fn(u64) + Sync),
-) -> anyhow::Result<TransferStats> {
-    let options = Options {
-        writes,
-        link_dest,
-        bwlimit,
-        remote: None,
-    };
-    copy_with(items, options, progress, &|_, _| {}).await
-}
-
-/// [`copy`] with every option; `sent` is called with the item's index and the path
+/// across all items; `sent` is called with the item's index and the path
 /// (relative to the item) of each file whose data rsync sends, as it starts on it.
 pub async fn copy_with(
     items: &[CopyItem],
@@ -492,7 +473,7 @@ mod tests {
             to: to.clone(),
             exclude: vec!["x.pid".into()],
         };
-        let stats = copy(&[item], Writes::Whole, None, None, &|_| {})
+        let stats = copy_with(&[item], Options::default(), &|_| {}, &|_, _| {})
             .await
             .unwrap();
         assert_eq!(stats.bytes, 100_000);

@@ -94,12 +94,13 @@ impl TreeTransfer<'_> {
             tracing::info!("incremental copy from backup {base} ({})", basis.method());
         }
         let rsync_remote = match remote {
-            Some(r) => Some(rsync::Remote {
-                shell: r.session().rsync_shell().await?,
-                host: r.target().destination(),
-                side: rsync::Side::Dest,
-                compress: crate::config::Compress::level(self.compress),
-            }),
+            Some(r) => Some(
+                r.rsync_remote(
+                    rsync::Side::Dest,
+                    crate::config::Compress::level(self.compress),
+                )
+                .await?,
+            ),
             None => {
                 for item in items {
                     std::fs::create_dir_all(&item.to)
