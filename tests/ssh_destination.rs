@@ -3,75 +3,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{stderr, stdout_json, Sandbox};
+use common::ssh::{b3sum_check, Remote};
+use common::{stderr, stdout_json};
 use dbsnap_test_support::bank::{self, Writers};
 use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
-use dbsnap_test_support::sshd::Sshd;
-
-/// A sandbox whose `[backup] dest` is a directory served by a test sshd.
-struct Remote {
-    sb: Sandbox,
-    sshd: Sshd,
-    /// The destination directory, as the remote host sees it (the same machine here).
-    dir: PathBuf,
-}
-
-impl Remote {
-    fn new(dir_name: &str) -> Remote {
-        let sb = Sandbox::new();
-        let sshd = Sshd::start();
-        let dir = sb.dir.path().join(dir_name);
-        std::fs::create_dir(&dir).unwrap();
-        let remote = Remote { sb, sshd, dir };
-        remote.write_config("");
-        remote
-    }
-
-    fn write_config(&self, extra_backup: &str) {
-        self.sb.write_raw_config(&format!(
-            "state_dir = {state:?}\n\n[mysql]\nsocket = {socket:?}\nuser = \"root\"\n\n\
-             [snapshot]\nbackend = \"btrfs\"\n\n[backup]\ndest = {dest:?}\n{extra_backup}\n\n\
-             [backup.ssh]\nidentity_file = {key:?}\nknown_hosts = {known:?}\n",
-            state = self.sb.state,
-            socket = self.sb.server.socket,
-            dest = self.sshd.url(&self.dir),
-            key = self.sshd.identity,
-            known = self.sshd.known_hosts,
-        ));
-    }
-
-    fn backups(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.join("manifest.toml").exists())
-            .collect();
-        v.sort();
-        v
-    }
-
-    fn partials(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(&self.dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.to_string_lossy().ends_with(".partial"))
-            .collect()
-    }
-}
-
-fn b3sum_check(backup: &Path) -> bool {
-    std::process::Command::new("b3sum")
-        .args(["--check", "--quiet", "checksums"])
-        .current_dir(backup)
-        .status()
-        .unwrap()
-        .success()
-}
 
 #[test]
 fn a_backup_over_ssh_restored_from_the_remote_host_holds_exactly_what_was_committed() {
@@ -137,8 +75,11 @@ fn a_backup_over_ssh_restored_from_the_remote_host_holds_exactly_what_was_commit
 }
 
 #[test]
-fn the_second_backup_over_ssh_sends_only_what_changed_and_a_corrupted_copy_fails_its_checksums() {
+fn with_the_restricted_key_the_second_backup_sends_only_what_changed_and_a_corrupted_file_is_named()
+{
     let r = Remote::new("dest");
+    // The README's restricted key line: no pty, no forwarding, only from this host.
+    r.sshd.set_key_options(Some("restrict,from=\"127.0.0.1\""));
     bank::create(&r.sb.server);
     let first = r.sb.dbsnap(&["backup", "--json"]);
     assert!(first.status.success(), "{}", stderr(&first));

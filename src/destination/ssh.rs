@@ -172,7 +172,13 @@ impl SshDir {
                  (apt-get install rsync b3sum)",
                 self.target.display_host()
             ),
-            _ => format!("checking the destination {at} failed ({}): {said}", out.status),
+            _ => format!(
+                "checking the destination {at} failed ({}): {said}. If dbsnap's key there has a \
+                 forced command (command=\"rrsync ...\" in authorized_keys), it cannot work: \
+                 dbsnap runs sh, coreutils, rsync and b3sum there (README: \"Backing up to \
+                 another host\")",
+                out.status
+            ),
         };
         Err(fail(Class::Destination, problem))
     }

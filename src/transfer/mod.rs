@@ -139,7 +139,11 @@ pub async fn choose<'a>(
     state_dir: &Path,
     facts: Facts<'_>,
 ) -> anyhow::Result<Box<dyn Transfer + 'a>> {
-    let Some(stream) = stream_for(settings.method, backend, dest.location()).await? else {
+    let stream = match dest.remote() {
+        Some(remote) => refuse_stream_over_ssh(settings.method, remote)?,
+        None => stream_for(settings.method, backend, dest.location()).await?,
+    };
+    let Some(stream) = stream else {
         return Ok(Box::new(tree::TreeTransfer {
             dest,
             incremental: settings.incremental,
@@ -187,6 +191,32 @@ pub async fn choose<'a>(
         bwlimit: settings.bwlimit,
         needed_bytes,
     }))
+}
+
+/// Native streams are not received over ssh (yet): an ssh destination takes rsync.
+fn refuse_stream_over_ssh<'a>(
+    method: &Method,
+    remote: &crate::destination::ssh::SshDir,
+) -> anyhow::Result<Option<&'a dyn NativeStream>> {
+    match method {
+        Method::Rsync => Ok(None),
+        Method::Auto => {
+            tracing::info!(
+                "method auto: copying with rsync over ssh to {}",
+                remote.target().display_host()
+            );
+            Ok(None)
+        }
+        Method::Stream(name) => Err(fail(
+            Class::Config,
+            format!(
+                "[backup] method = \"{name}\" cannot stream to the ssh destination {}: native \
+                 streams over ssh are not supported yet. Use method = \"rsync\" (or \"auto\") \
+                 for an ssh destination",
+                remote.target().url()
+            ),
+        )),
+    }
 }
 
 /// The backend's stream, if `method` asks for it and the destination can receive it.

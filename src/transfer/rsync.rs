@@ -81,7 +81,7 @@ pub async fn copy_with(
         let link_dest = options.link_dest.map(|l| l[i].as_path());
         let args = argv(item, options, link_dest);
         let done_before = done;
-        let stats = run_one(item, args, &|b| progress(done_before + b), &|p| sent(i, p)).await?;
+        let stats = run_one(args, &|b| progress(done_before + b), &|p| sent(i, p)).await?;
         done += stats.bytes.max(stats.bytes_written);
         total.bytes += stats.bytes;
         total.bytes_written += stats.bytes_written;
@@ -161,7 +161,6 @@ fn argv(item: &CopyItem, options: Options<'_>, link_dest: Option<&Path>) -> Vec<
 }
 
 async fn run_one(
-    item: &CopyItem,
     args: Vec<String>,
     progress: &(dyn Fn(u64) + Sync),
     sent: &(dyn Fn(PathBuf) + Sync),
@@ -225,12 +224,14 @@ async fn run_one(
             ),
             (false, false) => (Class::Transfer, "the copy failed"),
         };
+        // The last two arguments are the real ends, `host:` included.
+        let ends = &args[args.len() - 2..];
         return Err(fail(
             class,
             format!(
                 "{what} (rsync from {} to {} exited with {status}): {}",
-                item.from.display(),
-                item.to.display(),
+                ends[0],
+                ends[1],
                 last_lines(&err, 5)
             ),
         ));
