@@ -51,6 +51,23 @@ pub async fn start_run(config: &Config) -> anyhow::Result<(RunLock, Journal)> {
     Ok((lock, journal))
 }
 
+/// A run's outcome; when it failed, what it left is released first (a failure of that
+/// is logged: the run's own error is the one to report).
+pub async fn released_on_error<T>(
+    config: &Config,
+    journal: &mut Journal,
+    outcome: anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if outcome.is_err() {
+        if let Err(cleanup) =
+            release::release_all(&config.state_dir, &config.snapshot, journal).await
+        {
+            tracing::error!("{cleanup:#}");
+        }
+    }
+    outcome
+}
+
 /// Print one JSON document on stdout (the only thing `--json` writes there).
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

@@ -11,7 +11,7 @@ use crate::error::{backend_error, fail, Class};
 use crate::journal::{Journal, Resource, RunLock};
 use crate::kept::KeptSnapshot;
 use crate::orchestrator::{self, KeepMounted, Plan};
-use crate::release::{release_all, release_kept};
+use crate::release::release_kept;
 
 pub async fn create(
     config: &Config,
@@ -21,19 +21,7 @@ pub async fn create(
     mount: Option<&Path>,
     ttl: Option<std::time::Duration>,
 ) -> anyhow::Result<()> {
-    let keep_mounted = match mount {
-        Some(dir) => Some(KeepMounted {
-            dir: empty_dir(dir)?,
-            ttl: ttl.map(chrono::Duration::from_std).transpose()?,
-        }),
-        None if ttl.is_some() => {
-            return Err(fail(
-                Class::Config,
-                "--ttl needs --mount DIR: it releases a snapshot a backup tool forgot",
-            ))
-        }
-        None => None,
-    };
+    let keep_mounted = keep_mounted(mount, ttl)?;
     let plan = Plan::new(config, force)?;
     let backend = backends::open(&config.snapshot)?;
     let (_lock, mut journal) = super::start_run(config).await?;
@@ -45,17 +33,7 @@ pub async fn create(
         keep_mounted.as_ref(),
     ))
     .await;
-    let kept = match outcome {
-        Ok(k) => k,
-        Err(e) => {
-            if let Err(cleanup) =
-                release_all(&config.state_dir, &config.snapshot, &mut journal).await
-            {
-                tracing::error!("{cleanup:#}");
-            }
-            return Err(e);
-        }
-    };
+    let kept = super::released_on_error(config, &mut journal, outcome).await?;
     if let Some(m) = &kept.mount {
         // The record exists now, so a failed bind is undone by releasing it.
         if let Err(e) = m.bind_all() {
@@ -68,6 +46,28 @@ pub async fn create(
     if json {
         return super::print_json(&kept);
     }
+    print_kept(&kept)
+}
+
+/// `--mount DIR [--ttl]`, checked.
+fn keep_mounted(
+    mount: Option<&Path>,
+    ttl: Option<std::time::Duration>,
+) -> anyhow::Result<Option<KeepMounted>> {
+    match mount {
+        Some(dir) => Ok(Some(KeepMounted {
+            dir: empty_dir(dir)?,
+            ttl: ttl.map(chrono::Duration::from_std).transpose()?,
+        })),
+        None if ttl.is_some() => Err(fail(
+            Class::Config,
+            "--ttl needs --mount DIR: it releases a snapshot a backup tool forgot",
+        )),
+        None => Ok(None),
+    }
+}
+
+fn print_kept(kept: &KeptSnapshot) -> anyhow::Result<()> {
     println!("snapshot {} kept", kept.name);
     println!(
         "  lock         {} — waited {:.1} ms, held {:.1} ms",

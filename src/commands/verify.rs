@@ -10,7 +10,6 @@ use crate::error::{fail, Class};
 use crate::journal::Resource;
 use crate::manifest::Manifest;
 use crate::manifest::Verdict;
-use crate::release::release_all;
 use crate::transfer::checksums::{self, Checksums};
 use crate::verify;
 
@@ -31,17 +30,7 @@ pub async fn run(config: &Config, json: bool, backup: &str, checksums: bool) -> 
     }
     let (_lock, mut journal) = super::start_run(config).await?;
     let outcome = super::until_signal(verify::verify(&mut journal, &dir)).await;
-    let manifest = match outcome {
-        Ok(m) => m,
-        Err(e) => {
-            if let Err(cleanup) =
-                release_all(&config.state_dir, &config.snapshot, &mut journal).await
-            {
-                tracing::error!("{cleanup:#}");
-            }
-            return Err(e);
-        }
-    };
+    let manifest = super::released_on_error(config, &mut journal, outcome).await?;
     report(&manifest, &dir, json)
 }
 
@@ -124,7 +113,8 @@ async fn verify_remote(
         }
         Err(e) => Err(e),
     };
-    let released = release_all(&config.state_dir, &config.snapshot, &mut journal).await;
+    let released =
+        crate::release::release_all(&config.state_dir, &config.snapshot, &mut journal).await;
     let manifest = outcome?;
     released?;
     report(&manifest, &backup.path, json)

@@ -157,13 +157,10 @@ impl Destination for LocalDir {
     }
 
     async fn create_partial(&self, name: &str, journal: &mut Journal) -> anyhow::Result<Partial> {
-        let dir = self.partial_dir(name);
-        journal.record(name, Resource::Partial { dir: dir.clone() })?;
-        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Partial {
-            name: name.to_string(),
-            dir,
-        })
+        let partial = Partial::journaled(name, self.partial_dir(name), journal)?;
+        std::fs::create_dir(&partial.dir)
+            .with_context(|| format!("creating {}", partial.dir.display()))?;
+        Ok(partial)
     }
 
     async fn publish(
@@ -178,18 +175,7 @@ impl Destination for LocalDir {
         sync_tree(&partial.dir)?;
         std::fs::rename(&partial.dir, &path)
             .with_context(|| format!("renaming {} to {}", partial.dir.display(), path.display()))?;
-        // The received copies are the published backup's now, no longer leftovers.
-        let owned: Vec<Resource> = journal
-            .entries()
-            .iter()
-            .map(|e| &e.resource)
-            .filter(|r| matches!(r, Resource::Received { partial: p, .. } if *p == partial.dir))
-            .cloned()
-            .collect();
-        for resource in &owned {
-            journal.forget(resource)?;
-        }
-        journal.forget(&Resource::Partial { dir: partial.dir })?;
+        journal.forget_published(&partial.dir)?;
         Ok(Backup {
             name: partial.name,
             path,

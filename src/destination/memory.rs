@@ -77,13 +77,9 @@ impl Destination for MemoryDestination {
     }
 
     async fn create_partial(&self, name: &str, journal: &mut Journal) -> anyhow::Result<Partial> {
-        let dir = partial_of(name);
-        journal.record(name, Resource::Partial { dir: dir.clone() })?;
+        let partial = Partial::journaled(name, partial_of(name), journal)?;
         self.held.lock().unwrap().insert(name.to_string(), None);
-        Ok(Partial {
-            name: name.to_string(),
-            dir,
-        })
+        Ok(partial)
     }
 
     async fn publish(
@@ -97,20 +93,7 @@ impl Destination for MemoryDestination {
             .lock()
             .unwrap()
             .insert(partial.name.clone(), Some(manifest.clone()));
-        let owned: Vec<Resource> = journal
-            .entries()
-            .iter()
-            .map(|e| e.resource.clone())
-            .filter(|r| match r {
-                Resource::Received { partial: p, .. } | Resource::Partial { dir: p } => {
-                    *p == partial.dir
-                }
-                _ => false,
-            })
-            .collect();
-        for r in &owned {
-            journal.forget(r)?;
-        }
+        journal.forget_published(&partial.dir)?;
         Ok(Backup {
             path: manifest.path.clone(),
             name: partial.name,

@@ -143,6 +143,17 @@ pub struct Partial {
     pub dir: PathBuf,
 }
 
+impl Partial {
+    /// Journal the partial `dir` of the backup `name`, before it is created.
+    pub fn journaled(name: &str, dir: PathBuf, journal: &mut Journal) -> anyhow::Result<Partial> {
+        journal.record(name, crate::journal::Resource::Partial { dir: dir.clone() })?;
+        Ok(Partial {
+            name: name.to_string(),
+            dir,
+        })
+    }
+}
+
 /// Which earlier backups a new one can be built from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BaseOf<'a> {

@@ -545,20 +545,7 @@ impl Destination for SshDir {
                 ),
             ));
         }
-        let owned: Vec<Resource> = journal
-            .entries()
-            .iter()
-            .map(|e| &e.resource)
-            .filter(|r| match r {
-                Resource::Received { partial: p, .. } => *p == partial.dir,
-                Resource::RemotePartial { dir, .. } => *dir == partial.dir,
-                _ => false,
-            })
-            .cloned()
-            .collect();
-        for resource in &owned {
-            journal.forget(resource)?;
-        }
+        journal.forget_published(&partial.dir)?;
         Ok(Backup {
             name: partial.name,
             path,

@@ -74,8 +74,8 @@ pub async fn prepare(plan: &Plan, backend: &dyn SnapshotBackend) -> anyhow::Resu
     })?;
 
     let roots = layout.copy_roots();
-    let volumes = backend.probe(&roots).await.map_err(backend_error)?;
-    let atomic = backend.snapshot_is_atomic(&volumes);
+    let probed = backend.probe(&roots).await.map_err(backend_error)?;
+    let (volumes, atomic) = (probed.volumes, probed.atomic);
     let (lock, is_replica) = choose_lock(plan, &server, &mut conn, atomic).await?;
     check_privileges(plan, &mut conn, &lock, &layout).await?;
     let free_space = free_space(&volumes)?;

@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    BackendError, Health, ReadPath, Result, SnapshotBackend, SnapshotName, SnapshotSet, Volume,
-    VolumeSnapshot,
+    BackendError, Health, Probe, ReadPath, Result, SnapshotBackend, SnapshotName, SnapshotSet,
+    Volume, VolumeSnapshot,
 };
 
 /// Called before the backend creates something (`"snapshot"`, `"mount"`), with the
@@ -103,20 +103,20 @@ impl SnapshotBackend for MemoryBackend {
         Self::NAME
     }
 
-    async fn probe(&self, paths: &[PathBuf]) -> Result<Vec<Volume>> {
+    async fn probe(&self, paths: &[PathBuf]) -> Result<Probe> {
         self.call("probe")?;
-        Ok(paths
+        let volumes = paths
             .iter()
             .map(|p| Volume {
                 id: format!("mem:{}", p.display()),
                 root: p.clone(),
                 fstype: "memory".into(),
             })
-            .collect())
-    }
-
-    fn snapshot_is_atomic(&self, _volumes: &[Volume]) -> bool {
-        true
+            .collect();
+        Ok(Probe {
+            volumes,
+            atomic: true,
+        })
     }
 
     async fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {
