@@ -75,8 +75,8 @@ fn a_backup_over_ssh_restored_from_the_remote_host_holds_exactly_what_was_commit
 }
 
 #[test]
-fn with_the_restricted_key_the_second_backup_sends_only_what_changed_and_a_corrupted_file_is_named()
-{
+fn with_the_restricted_key_an_incremental_sends_what_changed_a_corrupted_file_is_named_and_prune_removes_over_ssh(
+) {
     let r = Remote::new("dest");
     // The README's restricted key line: no pty, no forwarding, only from this host.
     r.sshd.set_key_options(Some("restrict,from=\"127.0.0.1\""));
@@ -125,4 +125,12 @@ fn with_the_restricted_key_the_second_backup_sends_only_what_changed_and_a_corru
         .dbsnap(&["verify", "--checksums", first_name])
         .status
         .success());
+
+    // prune removes over ssh what its policy drops, and nothing else.
+    r.write_config("\n[retention]\nkeep_last = 1\n");
+    let out = r.sb.dbsnap(&["prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(r.backups(), vec![backups[1].clone()]);
+    assert!(r.partials().is_empty());
+    assert!(r.sb.leftovers().is_empty(), "{:?}", r.sb.leftovers());
 }
