@@ -105,6 +105,46 @@ impl RunLock {
     }
 }
 
+/// Whether a dbsnap run holds the run lock of `state_dir` now, found without taking
+/// the lock (so a reader never makes a starting run fail as busy): the kernel lists
+/// every held flock in /proc/locks with its holder's pid and the file's inode, and the
+/// holder wrote its pid into the lock file. (The device in /proc/locks is not compared:
+/// on btrfs it is the filesystem's, while stat() reports the subvolume's.)
+pub fn run_active(state_dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let path = state_dir.join(LOCK_FILE);
+    let (Ok(meta), Ok(holder)) = (std::fs::metadata(&path), std::fs::read_to_string(&path)) else {
+        return false;
+    };
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    holds_flock(&locks, holder.trim(), meta.ino())
+}
+
+/// Whether /proc/locks text lists a flock by process `pid` on inode `ino`. Its lines
+/// read `1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF`.
+fn holds_flock(locks: &str, pid: &str, ino: u64) -> bool {
+    let inode = format!(":{ino}");
+    locks.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&"FLOCK")
+            && fields.get(4) == Some(&pid)
+            && fields.get(5).is_some_and(|f| f.ends_with(&inode))
+    })
+}
+
+/// The journal's entries, read without the run lock (for status and metrics, which
+/// change nothing). While a run is active they are that run's resources.
+pub fn read_entries(state_dir: &Path) -> anyhow::Result<Vec<Entry>> {
+    let path = state_dir.join(JOURNAL_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    }
+}
+
 /// The journal of one state directory. Only the holder of the [`RunLock`] writes it.
 pub struct Journal {
     path: PathBuf,
@@ -216,6 +256,20 @@ mod tests {
         .unwrap();
         let j3 = Journal::open(dir.path(), &lock).unwrap();
         assert_eq!(j3.entries().len(), 1);
+    }
+
+    #[test]
+    fn a_held_run_lock_is_seen_in_proc_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!run_active(dir.path()));
+        let lock = RunLock::acquire(dir.path()).unwrap();
+        assert!(run_active(dir.path()));
+        drop(lock);
+        assert!(!run_active(dir.path()));
+        let line = "2: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF\n";
+        assert!(holds_flock(line, "4242", 1234));
+        assert!(!holds_flock(line, "4242", 234));
+        assert!(!holds_flock(line, "424", 1234));
     }
 
     #[test]

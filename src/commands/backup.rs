@@ -4,8 +4,7 @@ use bytesize::ByteSize;
 
 use crate::backends;
 use crate::config::Config;
-use crate::error::{class_of, fail, Class};
-use crate::hooks::Phase;
+use crate::error::{fail, Class};
 use crate::journal::Journal;
 use crate::manifest::Manifest;
 use crate::orchestrator::{self, CopyPlan, Plan};
@@ -47,21 +46,13 @@ pub async fn run(
     Ok(())
 }
 
-/// A run failed: release what it left, then run the `on_failure` hook (after cleanup,
-/// so the hook sees what the failure left: nothing). Returns the run's error.
+/// A run failed: release what it left (the `on_failure` hook runs after this, in
+/// `commands::finish`, so it sees what the failure left: nothing). Returns the error.
 async fn failed_run(config: &Config, journal: &mut Journal, e: anyhow::Error) -> anyhow::Error {
     if let Err(cleanup) =
         crate::release::release_all(&config.state_dir, &config.snapshot, journal).await
     {
         tracing::error!("{cleanup:#}");
-    }
-    let env = [
-        ("DBSNAP_STATUS", "failed".to_string()),
-        ("DBSNAP_ERROR", format!("{e:#}")),
-        ("DBSNAP_EXIT_CODE", class_of(&e).exit_code().to_string()),
-    ];
-    if let Err(hook) = config.hooks.run(Phase::OnFailure, &env).await {
-        tracing::error!("{hook:#}");
     }
     e
 }

@@ -8,14 +8,17 @@ pub mod list;
 pub mod prune;
 pub mod restore;
 pub mod snapshot;
+pub mod status;
 pub mod verify;
 
 use std::future::Future;
 
+use chrono::{DateTime, Utc};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
-use crate::error::{fail, Class};
+use crate::error::{class_of, fail, Class};
+use crate::hooks::Phase;
 use crate::journal::{Journal, RunLock};
 use crate::release;
 
@@ -72,4 +75,50 @@ pub async fn released_on_error<T>(
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// How every command that takes a snapshot or changes backups ends (those with a
+/// [`crate::cli::Command::changing_name`]): its `on_success` or `on_failure` hook, then
+/// the metrics file, both fed from the command's result. Returns the result (or the
+/// `on_success` hook's failure).
+pub async fn finish(
+    config: &Config,
+    command: &'static str,
+    started: DateTime<Utc>,
+    result: anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let result = match result {
+        Ok(()) => {
+            config
+                .hooks
+                .run(Phase::OnSuccess, &[("DBSNAP_STATUS", "ok".to_string())])
+                .await
+        }
+        // A cleanup that found another run active did nothing and needs nothing: that
+        // run releases what it finds itself. Not worth paging anyone every 15 minutes.
+        Err(e) if command == "cleanup" && class_of(&e) == Class::Busy => Err(e),
+        Err(e) => {
+            let env = [
+                ("DBSNAP_STATUS", "failed".to_string()),
+                ("DBSNAP_ERROR", format!("{e:#}")),
+                ("DBSNAP_EXIT_CODE", class_of(&e).exit_code().to_string()),
+            ];
+            if let Err(hook) = config.hooks.run(Phase::OnFailure, &env).await {
+                tracing::error!("{hook:#}");
+            }
+            Err(e)
+        }
+    };
+    let run = crate::metrics::Run {
+        command,
+        started,
+        finished: Utc::now(),
+        exit_code: result
+            .as_ref()
+            .map_or_else(|e| class_of(e).exit_code(), |()| 0),
+    };
+    if let Err(e) = crate::metrics::record(config, &run).await {
+        tracing::error!("writing the metrics file: {e:#}");
+    }
+    result
 }

@@ -8,6 +8,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::backends;
 use crate::config::Config;
 use crate::error::{backend_error, fail, Class};
+use crate::hooks::Phase;
 use crate::journal::{Journal, Resource, RunLock};
 use crate::kept::KeptSnapshot;
 use crate::orchestrator::{self, KeepMounted, Plan};
@@ -25,6 +26,14 @@ pub async fn create(
     let plan = Plan::new(config, force)?;
     let backend = backends::open(&config.snapshot)?;
     let (_lock, mut journal) = super::start_run(config).await?;
+    let label_env = ("DBSNAP_LABEL", label.unwrap_or_default().to_string());
+    config
+        .hooks
+        .run(
+            Phase::PreLock,
+            &[("DBSNAP_STATUS", "running".to_string()), label_env.clone()],
+        )
+        .await?;
     let outcome = super::until_signal(orchestrator::snapshot_create(
         &plan,
         backend.as_ref(),
@@ -42,6 +51,21 @@ pub async fn create(
             }
             return Err(e);
         }
+    }
+    // Like a backup's: after the lock, with the snapshot readable (hook mode: its
+    // mount directory); a failure aborts the run, so the snapshot is released.
+    let snapshot_path = kept.mount.as_ref().map(|m| m.dir.display().to_string());
+    let env = [
+        ("DBSNAP_NAME", kept.name.to_string()),
+        ("DBSNAP_STATUS", "running".to_string()),
+        label_env,
+        ("DBSNAP_SNAPSHOT_PATH", snapshot_path.unwrap_or_default()),
+    ];
+    if let Err(e) = config.hooks.run(Phase::PostSnapshot, &env).await {
+        if let Err(cleanup) = release_kept(&config.state_dir, &config.snapshot, &kept).await {
+            tracing::error!("{cleanup:#}");
+        }
+        return Err(e);
     }
     if json {
         return super::print_json(&kept);
