@@ -12,7 +12,7 @@ use dbsnap_test_support::bank::{self, Writers};
 use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
 
 #[test]
-fn a_backup_over_ssh_restored_from_the_remote_host_holds_exactly_what_was_committed() {
+fn a_backup_over_ssh_verified_and_restored_from_the_remote_host_holds_exactly_what_was_committed() {
     let r = Remote::new("remote dest; $(touch pwned) 'q'\nline");
     bank::create(&r.sb.server);
     let writers = Writers::start(&r.sb.server.socket, 8);
@@ -49,6 +49,23 @@ fn a_backup_over_ssh_restored_from_the_remote_host_holds_exactly_what_was_commit
     let checked = r.sb.dbsnap(&["verify", "--checksums", name, "--json"]);
     assert!(checked.status.success(), "{}", stderr(&checked));
     assert!(stdout_json(&checked)["files_checked"].as_u64().unwrap() > 10);
+
+    // The full verification pulls the backup to a scratch directory and records the
+    // verdict in the remote manifest.
+    let verified = r.sb.dbsnap(&["verify", name]);
+    assert!(verified.status.success(), "{}", stderr(&verified));
+    let on_remote = std::fs::read_to_string(backups[0].join("manifest.toml")).unwrap();
+    assert!(on_remote.contains("verdict = \"passed\""), "{on_remote}");
+    let list = stdout_json(&r.sb.dbsnap(&["list", "--json"]));
+    assert_eq!(list[0]["status"], "verified");
+    assert!(r.sb.leftovers().is_empty(), "{:?}", r.sb.leftovers());
+    let state: Vec<String> = std::fs::read_dir(&r.sb.state)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".dbsnap-verify"))
+        .collect();
+    assert!(state.is_empty(), "scratch copies left: {state:?}");
 
     // Restored by name: pulled over ssh into a new datadir, with the usual rewrites.
     let restored = r.sb.dir.path().join("restored");
