@@ -36,6 +36,9 @@ pub enum Class {
     Verify,
     /// A user hook failed or timed out.
     Hook,
+    /// A kept snapshot became invalid while it was kept (e.g. a classic LVM snapshot
+    /// overflowed): what was read from it is not a consistent copy.
+    SnapshotInvalid,
     /// The backup host cannot be reached, refused dbsnap's key, or its host key is
     /// unknown or changed; or the ssh connection was lost.
     Remote,
@@ -58,7 +61,8 @@ impl Class {
             Class::Transfer => 10,
             Class::Verify => 11,
             Class::Hook => 12,
-            Class::Remote => 13,
+            Class::SnapshotInvalid => 13,
+            Class::Remote => 14,
             Class::Interrupted => 130,
         }
     }
@@ -79,7 +83,8 @@ Exit codes:
   10   copy failed
   11   verification failed: the backup's copy does not recover or check cleanly
   12   a hook failed
-  13   backup host unreachable, key refused, host key unknown or changed, or connection lost
+  13   a kept snapshot became invalid while kept (released; what read it is not consistent)
+  14   backup host unreachable, key refused, host key unknown or changed, or connection lost
   130  interrupted (SIGINT/SIGTERM); cleaned up";
 }
 
@@ -196,6 +201,7 @@ mod tests {
             Class::Transfer,
             Class::Verify,
             Class::Hook,
+            Class::SnapshotInvalid,
             Class::Remote,
             Class::Interrupted,
         ];
@@ -203,10 +209,15 @@ mod tests {
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
+        let readme = include_str!("../README.md");
         for code in codes {
             assert!(
                 Class::TABLE.contains(&format!("\n  {code} ")),
                 "{code} missing from TABLE"
+            );
+            assert!(
+                readme.contains(&format!("\n| {code} | ")),
+                "{code} missing from the README's exit-code table"
             );
         }
     }

@@ -17,6 +17,7 @@ mod manifest;
 mod manpages;
 mod metrics;
 mod orchestrator;
+mod overlap;
 mod procs;
 mod progress;
 mod records;
@@ -147,6 +148,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                     port: *source_port,
                     user: source_user.clone(),
                 },
+                protected: Vec::new(),
             };
             commands::restore::run(&config, cli.json, request).await
         }

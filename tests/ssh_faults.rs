@@ -23,7 +23,7 @@ fn failed_before_the_lock(r: &Remote, out: &std::process::Output) {
 }
 
 #[test]
-fn a_closed_port_fails_in_preflight_naming_the_host_with_exit_13() {
+fn a_closed_port_fails_in_preflight_naming_the_host_with_exit_14() {
     let r = Remote::new("dest");
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -33,7 +33,7 @@ fn a_closed_port_fails_in_preflight_naming_the_host_with_exit_13() {
     let url = format!("ssh://root@127.0.0.1:{closed}{}", r.dir.display());
     r.write_config_to(&url, &r.sshd.identity, &r.sshd.known_hosts, "");
     let out = r.sb.dbsnap(&["backup"]);
-    assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(14), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
         err.contains("cannot reach root@127.0.0.1:") && err.contains("sshd"),
@@ -41,7 +41,7 @@ fn a_closed_port_fails_in_preflight_naming_the_host_with_exit_13() {
     );
     failed_before_the_lock(&r, &out);
     let check = r.sb.dbsnap(&["check"]);
-    assert_eq!(check.status.code(), Some(13), "{}", stderr(&check));
+    assert_eq!(check.status.code(), Some(14), "{}", stderr(&check));
 }
 
 #[test]
@@ -54,7 +54,7 @@ fn a_wrong_user_or_key_is_refused_with_what_to_check() {
     );
     r.write_config_to(&url, &r.sshd.identity, &r.sshd.known_hosts, "");
     let out = r.sb.dbsnap(&["backup"]);
-    assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(14), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("refused dbsnap's key"),
         "{}",
@@ -77,7 +77,7 @@ fn a_wrong_user_or_key_is_refused_with_what_to_check() {
     );
     r.write_config_to(&r.sshd.url(&r.dir), &other_key, &r.sshd.known_hosts, "");
     let out = r.sb.dbsnap(&["backup"]);
-    assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(14), "{}", stderr(&out));
     assert!(stderr(&out).contains("authorized_keys"), "{}", stderr(&out));
     failed_before_the_lock(&r, &out);
 }
@@ -88,7 +88,7 @@ fn an_unknown_or_changed_host_key_is_refused_with_the_keyscan_line_to_accept_it(
     let unknown = r.sshd.empty_known_hosts();
     r.write_config_to(&r.sshd.url(&r.dir), &r.sshd.identity, &unknown, "");
     let out = r.sb.dbsnap(&["backup"]);
-    assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(14), "{}", stderr(&out));
     let err = stderr(&out);
     let keyscan = format!("ssh-keyscan -p {} 127.0.0.1", r.sshd.port);
     assert!(
@@ -100,7 +100,7 @@ fn an_unknown_or_changed_host_key_is_refused_with_the_keyscan_line_to_accept_it(
     let changed = r.sshd.wrong_known_hosts();
     r.write_config_to(&r.sshd.url(&r.dir), &r.sshd.identity, &changed, "");
     let out = r.sb.dbsnap(&["backup"]);
-    assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(14), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
         err.contains("CHANGED") && err.contains("ssh-keygen -R") && err.contains(&keyscan),
@@ -268,7 +268,7 @@ fn a_remote_disk_that_fills_up_mid_copy_fails_with_exit_6_and_leaves_a_resumable
 }
 
 #[test]
-fn a_connection_killed_mid_copy_fails_with_exit_13_and_the_next_run_resumes_its_partial() {
+fn a_connection_killed_mid_copy_fails_with_exit_14_and_the_next_run_resumes_its_partial() {
     let r = Remote::new("dest");
     dbsnap_test_support::bank::create(&r.sb.server);
     r.write_config("bwlimit = \"8MiB\"");
@@ -284,7 +284,7 @@ fn a_connection_killed_mid_copy_fails_with_exit_13_and_the_next_run_resumes_its_
     assert!(r.sshd.kill_sessions() >= 1);
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(13), "{err}");
+    assert_eq!(out.status.code(), Some(14), "{err}");
     assert!(err.contains("127.0.0.1"), "{err}");
     assert!(r.sb.leftovers().is_empty(), "{:?}", r.sb.leftovers());
     let partials = r.partials();

@@ -35,7 +35,7 @@ pub async fn until_signal<T>(work: impl Future<Output = anyhow::Result<T>>) -> a
     };
     Err(fail(
         Class::Interrupted,
-        format!("interrupted by {name}; the lock (if held) was released and the run's resources are being cleaned up"),
+        format!("interrupted by {name}; the lock (if held) was released and the run's resources were cleaned up"),
     ))
 }
 
@@ -48,7 +48,7 @@ pub async fn start_run(config: &Config) -> anyhow::Result<(RunLock, Journal)> {
     crate::ssh::session::remove_stale_sockets(&config.state_dir);
     if !journal.entries().is_empty() {
         tracing::warn!("an earlier run was interrupted; releasing what it left first");
-        release::release_all(&config.state_dir, &config.snapshot, &mut journal).await?;
+        release::release_all(&release::Scope::of(config), &mut journal).await?;
     }
     release::release_expired(&config.state_dir, &config.snapshot).await?;
     Ok((lock, journal))
@@ -62,9 +62,7 @@ pub async fn released_on_error<T>(
     outcome: anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     if outcome.is_err() {
-        if let Err(cleanup) =
-            release::release_all(&config.state_dir, &config.snapshot, journal).await
-        {
+        if let Err(cleanup) = release::release_all(&release::Scope::of(config), journal).await {
             tracing::error!("{cleanup:#}");
         }
     }

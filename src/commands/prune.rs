@@ -37,7 +37,7 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
     let mut journal = Journal::open(&config.state_dir, &lock)?;
     if !journal.entries().is_empty() && !dry_run {
         tracing::warn!("an earlier run was interrupted; releasing what it left first");
-        release_all(&config.state_dir, &config.snapshot, &mut journal).await?;
+        release_all(&crate::release::Scope::of(config), &mut journal).await?;
     }
 
     let dest = crate::destination::open_configured(config)?;

@@ -4,31 +4,40 @@
 use bytesize::ByteSize;
 
 use crate::config::Config;
-use crate::restore::{self, Request};
+use crate::error::{class_of, fail, Class};
+use crate::kept::KeptSnapshot;
+use crate::restore::{self, Protected, Request};
 
 pub async fn run(config: &Config, json: bool, request: Request) -> anyhow::Result<()> {
     let dest = crate::destination::open_configured(config)?;
     let given = request.backup.to_string_lossy().into_owned();
     let remote = crate::destination::resolve_remote(dest.as_deref(), &given).await?;
-    let restored = match &remote {
-        Some((ssh, backup)) => {
-            let request = Request {
-                backup: backup.path.clone(),
-                ..request
-            };
-            let from = restore::RemoteBackup {
-                dest: ssh,
-                manifest: &backup.manifest,
-            };
-            super::until_signal(restore::restore(&request, Some(from))).await?
+    let backup = match &remote {
+        Some((_, backup)) => backup.path.clone(),
+        None => crate::destination::resolve_backup(dest.as_deref(), &given).await?,
+    };
+    let request = Request {
+        backup,
+        protected: protected(config),
+        ..request
+    };
+    let from = remote.as_ref().map(|(ssh, backup)| restore::RemoteBackup {
+        dest: ssh,
+        manifest: &backup.manifest,
+    });
+    let restored = match super::until_signal(restore::restore(&request, from)).await {
+        Ok(restored) => restored,
+        Err(e) if class_of(&e) == Class::Interrupted => {
+            return Err(fail(
+                Class::Interrupted,
+                format!(
+                    "{e}: the restore into {} did not finish, and the files it had copied \
+                     there were removed (the log says if one could not be)",
+                    request.datadir.display()
+                ),
+            ))
         }
-        None => {
-            let request = Request {
-                backup: crate::destination::resolve_backup(dest.as_deref(), &given).await?,
-                ..request
-            };
-            super::until_signal(restore::restore(&request, None)).await?
-        }
+        Err(e) => return Err(e),
     };
     if json {
         return super::print_json(&restored);
@@ -75,4 +84,34 @@ pub async fn run(config: &Config, json: bool, request: Request) -> anyhow::Resul
         println!("(the backup recorded no binlog position: the source had no binary log)");
     }
     Ok(())
+}
+
+/// What a restore must never touch: dbsnap's own directories, and where its snapshots
+/// are read.
+fn protected(config: &Config) -> Vec<Protected> {
+    let mut protected = vec![Protected {
+        path: config.state_dir.clone(),
+        what: "dbsnap's state directory (state_dir)".into(),
+    }];
+    if let Some(backup) = &config.backup {
+        protected.push(Protected {
+            path: backup.dest.clone(),
+            what: "the backup destination ([backup] dest)".into(),
+        });
+    }
+    if let Some(dir) = &config.snapshot.btrfs.snapshot_dir {
+        protected.push(Protected {
+            path: dir.clone(),
+            what: "the snapshot directory ([snapshot.btrfs] snapshot_dir)".into(),
+        });
+    }
+    for kept in KeptSnapshot::list(&config.state_dir).unwrap_or_default() {
+        if let Some(m) = kept.mount {
+            protected.push(Protected {
+                path: m.dir,
+                what: format!("the mount of kept snapshot {}", kept.name),
+            });
+        }
+    }
+    protected
 }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use dbsnap_backend_api::Health;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::backends;
@@ -161,20 +162,31 @@ fn empty_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 
 pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
     let all = KeptSnapshot::list(&config.state_dir)?;
+    let mut listed = Vec::new();
+    for kept in &all {
+        listed.push(Listed {
+            kept,
+            health: health_of(config, kept).await.into(),
+        });
+    }
     if json {
-        return super::print_json(&all);
+        return super::print_json(&listed);
     }
     if all.is_empty() {
         println!("no kept snapshots");
         return Ok(());
     }
-    println!("{:<48} {:<22} {:<8} VOLUMES", "NAME", "CREATED", "BACKEND");
-    for k in &all {
+    println!(
+        "{:<48} {:<22} {:<8} {:<8} VOLUMES",
+        "NAME", "CREATED", "BACKEND", "HEALTH"
+    );
+    for Listed { kept: k, health } in &listed {
         println!(
-            "{:<48} {:<22} {:<8} {}",
+            "{:<48} {:<22} {:<8} {:<8} {}",
             k.name.as_str(),
             k.created_at.format("%Y-%m-%d %H:%M:%S"),
             k.set.backend,
+            health.status,
             k.set
                 .snapshots
                 .iter()
@@ -182,6 +194,9 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        if let Some(m) = &health.message {
+            println!("  {}: {m}", health.status);
+        }
     }
     Ok(())
 }
@@ -208,12 +223,69 @@ pub async fn release(config: &Config, json: bool, target: &str) -> anyhow::Resul
     } else {
         KeptSnapshot::read(&config.state_dir, target)?
     };
+    // Read before the release: the backend can only tell while the snapshot exists.
+    let health = health_of(config, &kept).await;
     release_kept(&config.state_dir, &config.snapshot, &kept).await?;
+    if let Health::Failed(why) = &health {
+        let reader = match &kept.mount {
+            Some(m) => format!("Whatever read {} (the backup tool's job)", m.dir.display()),
+            None => "Whatever read it".to_string(),
+        };
+        return Err(fail(
+            Class::SnapshotInvalid,
+            format!(
+                "released snapshot {}, but it had become invalid while kept: {why}. {reader} \
+                 did not read a consistent copy: discard that copy and take it again (with more \
+                 snapshot space)",
+                kept.name
+            ),
+        ));
+    }
     if json {
         return super::print_json(&serde_json::json!({ "released": kept.name }));
     }
     println!("released snapshot {}", kept.name);
     Ok(())
+}
+
+/// A kept snapshot's health as its backend reports it; an error reading it is a
+/// warning, not a failure.
+async fn health_of(config: &Config, kept: &KeptSnapshot) -> Health {
+    let backend = match backends::open_named(&kept.set.backend, &config.snapshot) {
+        Ok(b) => b,
+        Err(e) => return Health::Warning(format!("cannot open its backend: {e:#}")),
+    };
+    match backend.health(&kept.set).await {
+        Ok(h) => h,
+        Err(e) => Health::Warning(format!("cannot read its health: {e}")),
+    }
+}
+
+/// One line of `snapshot list --json`: the record and its health now.
+#[derive(serde::Serialize)]
+struct Listed<'a> {
+    #[serde(flatten)]
+    kept: &'a KeptSnapshot,
+    health: HealthReport,
+}
+
+#[derive(serde::Serialize)]
+struct HealthReport {
+    /// `ok`, `warning` or `failed`.
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+impl From<Health> for HealthReport {
+    fn from(h: Health) -> Self {
+        let (status, message) = match h {
+            Health::Ok => ("ok", None),
+            Health::Warning(m) => ("warning", Some(m)),
+            Health::Failed(m) => ("failed", Some(m)),
+        };
+        HealthReport { status, message }
+    }
 }
 
 pub async fn rollback(config: &Config, json: bool, name: &str) -> anyhow::Result<()> {
@@ -298,6 +370,7 @@ fn forget(config: &Config, lock: &RunLock, kept: &KeptSnapshot) -> anyhow::Resul
             Resource::Snapshot { set } | Resource::Mount { set, .. } => set.name == kept.name,
             Resource::Partial { .. }
             | Resource::RemotePartial { .. }
+            | Resource::Pulled { .. }
             | Resource::Scratch { .. }
             | Resource::Received { .. } => false,
         })

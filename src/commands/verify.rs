@@ -76,6 +76,9 @@ fn report_checksums(name: &str, files: usize, json: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Where backups of an ssh destination are pulled to be verified (under `state_dir`).
+pub const PULLED_DIR: &str = "pulled";
+
 /// The full verification of a backup on another host: pulled into a scratch directory
 /// under `state_dir` (journaled), verified there, the verdict written back remotely.
 async fn verify_remote(
@@ -85,12 +88,10 @@ async fn verify_remote(
     backup: &Backup,
 ) -> anyhow::Result<()> {
     let (_lock, mut journal) = super::start_run(config).await?;
-    let pulled = config
-        .state_dir
-        .join(format!(".dbsnap-verify-pulled-{}", backup.name));
-    let resource = Resource::Scratch {
+    // Named like the backup, so that verification's scratch copy beside it is trusted.
+    let pulled = config.state_dir.join(PULLED_DIR).join(&backup.name);
+    let resource = Resource::Pulled {
         dir: pulled.clone(),
-        run_dir: pulled.clone(),
     };
     journal.record(&backup.name, resource.clone())?;
     let outcome = super::until_signal(async {
@@ -114,7 +115,7 @@ async fn verify_remote(
         Err(e) => Err(e),
     };
     let released =
-        crate::release::release_all(&config.state_dir, &config.snapshot, &mut journal).await;
+        crate::release::release_all(&crate::release::Scope::of(config), &mut journal).await;
     let manifest = outcome?;
     released?;
     report(&manifest, &backup.path, json)

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Backup, BaseOf, Destination, Entry, ReceivedCopies};
+use super::{Backup, BaseOf, Destination, Entry, Partial, ReceivedCopies};
 use crate::journal::{Journal, Resource, RunLock};
 use crate::manifest::{Manifest, StoredVolume};
 
@@ -50,9 +50,10 @@ pub async fn check(dest: &dyn Destination) {
             .unwrap(),
         None
     );
-    let first = a_partial_is_journaled_and_never_a_backup_until_published(dest, &mut journal).await;
+    let (first, other) =
+        a_partial_is_journaled_and_never_a_backup_until_published(dest, &mut journal).await;
     let second =
-        the_newest_base_follows_the_datadir_and_the_method(dest, &mut journal, &first).await;
+        the_newest_base_follows_the_datadir_and_the_method(dest, &mut journal, &first, other).await;
     removing_deletes_received_copies_and_is_idempotent(dest, &mut journal, &second).await;
     assert_eq!(dest.backups().await.unwrap(), vec![first]);
 }
@@ -63,20 +64,30 @@ fn at() -> chrono::DateTime<chrono::Utc> {
     "2026-11-25T21:45:00Z".parse().unwrap()
 }
 
+/// What the journal holds, as the directories of its partials (a local or a remote
+/// one) and any other resource.
+fn partials(journal: &Journal) -> Vec<&Path> {
+    journal
+        .entries()
+        .iter()
+        .map(|e| match &e.resource {
+            Resource::Partial { dir } | Resource::RemotePartial { dir, .. } => dir.as_path(),
+            _ => Path::new("(not a partial)"),
+        })
+        .collect()
+}
+
 async fn a_partial_is_journaled_and_never_a_backup_until_published(
     dest: &dyn Destination,
     journal: &mut Journal,
-) -> Backup {
-    let name = dest.unused_name(at()).await.unwrap();
+) -> (Backup, Partial) {
+    let partial = dest.create_partial(at(), journal).await.unwrap();
+    let name = partial.name.clone();
     assert_eq!(name, "20261125T214500Z");
-    let partial = dest.create_partial(&name, journal).await.unwrap();
-    assert!(
-        matches!(
-            &journal.entries().iter().map(|e| &e.resource).collect::<Vec<_>>()[..],
-            [Resource::Partial { dir } | Resource::RemotePartial { dir, .. }] if *dir == partial.dir
-        ),
-        "the partial is journaled: {:?}",
-        journal.entries()
+    assert_eq!(
+        partials(journal),
+        vec![partial.dir.as_path()],
+        "the partial is journaled"
     );
     let entries = dest.entries().await.unwrap();
     assert!(matches!(&entries[..], [Entry::Partial { name: n, .. }] if *n == name));
@@ -85,7 +96,9 @@ async fn a_partial_is_journaled_and_never_a_backup_until_published(
         "a partial is not a backup"
     );
     assert_eq!(dest.resolve(&name).await.unwrap(), None);
-    assert_eq!(dest.unused_name(at()).await.unwrap(), "20261125T214500Z.1");
+    // A partial holds its name: the next run in the same second gets another.
+    let other = dest.create_partial(at(), journal).await.unwrap();
+    assert_eq!(other.name, "20261125T214500Z.1");
 
     // Publishing makes it a backup and forgets the partial and what was received into it.
     let received = Resource::Received {
@@ -98,9 +111,10 @@ async fn a_partial_is_journaled_and_never_a_backup_until_published(
         .publish(partial, manifest(&name, "rsync", None), journal)
         .await
         .unwrap();
-    assert!(
-        journal.entries().is_empty(),
-        "published: nothing left to clean up"
+    assert_eq!(
+        partials(journal),
+        vec![other.dir.as_path()],
+        "published: only the other partial"
     );
     assert_eq!(first.manifest.path, first.path);
     assert_eq!(dest.backups().await.unwrap(), vec![first.clone()]);
@@ -111,23 +125,22 @@ async fn a_partial_is_journaled_and_never_a_backup_until_published(
         .expect("resolves by name");
     assert_eq!(resolved.manifest, first.manifest);
     assert_eq!(dest.resolve("20261125T214500Z.7").await.unwrap(), None);
-    first
+    (first, other)
 }
 
 async fn the_newest_base_follows_the_datadir_and_the_method(
     dest: &dyn Destination,
     journal: &mut Journal,
     first: &Backup,
+    partial: Partial,
 ) -> Backup {
-    let name = dest.unused_name(at()).await.unwrap();
-    let partial = dest.create_partial(&name, journal).await.unwrap();
+    let name = partial.name.clone();
     let streamed = manifest(&name, "btrfs-send", Some("copy-1"));
     let second = dest.publish(partial, streamed, journal).await.unwrap();
+    assert!(journal.entries().is_empty());
     let base = |of| async move {
-        dest.newest_base(Path::new(DATADIR), of)
-            .await
-            .unwrap()
-            .map(|b| b.name)
+        let base = dest.newest_base(Path::new(DATADIR), of).await.unwrap();
+        base.map(|b| b.name)
     };
     assert_eq!(base(BaseOf::Files).await, Some(first.name.clone()));
     assert_eq!(base(BaseOf::Stream("btrfs-send")).await, Some(name));
@@ -136,7 +149,6 @@ async fn the_newest_base_follows_the_datadir_and_the_method(
     assert_eq!(other.await.unwrap(), None);
     second
 }
-
 async fn removing_deletes_received_copies_and_is_idempotent(
     dest: &dyn Destination,
     journal: &mut Journal,

@@ -86,6 +86,10 @@ sync -- "$1/manifest.toml.tmp"
 mv -f -- "$1/manifest.toml.tmp" "$1/manifest.toml"
 sync -- "$1""#;
 
+/// Claim a partial by creating it (exit 3: it exists, another run's).
+const MAKE_PARTIAL: &str = r#"if [ -e "$1" ]; then exit 3; fi
+mkdir -- "$1""#;
+
 /// Make a backup a partial again (one rename), then delete it.
 const REMOVE: &str = r#"if [ -e "$1" ]; then mv -T -- "$1" "$2"; fi
 rm -rf -- "$2""#;
@@ -183,20 +187,24 @@ impl SshDir {
         Err(fail(Class::Destination, problem))
     }
 
-    /// Take over the newest partial an interrupted run left, as the partial of `name`
-    /// (journaled before the rename); older leftover partials are removed. Returns the
-    /// partial and the name of the run it continues.
+    /// Move the newest partial an interrupted run left into the freshly claimed (empty)
+    /// `partial`, in one rename over it; older leftover partials are removed. Returns
+    /// the name of the run it continues.
     async fn take_partial(
         &self,
-        name: &str,
+        partial: &Partial,
         journal: &mut Journal,
-    ) -> anyhow::Result<Option<(Partial, String)>> {
+    ) -> anyhow::Result<Option<String>> {
         let mut partials: Vec<String> = self
             .entries()
             .await?
             .into_iter()
             .filter_map(|e| match e {
-                Entry::Partial { name: n, .. } if looks_like_a_backup_name(&n) => Some(n),
+                Entry::Partial { name: n, .. }
+                    if n != partial.name && looks_like_a_backup_name(&n) =>
+                {
+                    Some(n)
+                }
                 _ => None,
             })
             .collect();
@@ -207,28 +215,20 @@ impl SshDir {
             self.delete_partial(&older, journal).await?;
         }
         let from = self.partial_dir(&newest);
-        let dir = self.partial_dir(name);
-        let resource = self.resource(dir.clone(), true);
-        journal.record(name, resource)?;
-        let (from_s, dir_s) = (from.to_string_lossy(), dir.to_string_lossy());
+        let (from_s, dir_s) = (from.to_string_lossy(), partial.dir.to_string_lossy());
+        // rename(2) replaces an empty directory: the claimed partial stays claimed.
         self.session
             .run(
                 &["mv", "-T", "--", &from_s, &dir_s],
                 &format!("taking over the partial {newest}"),
             )
             .await?;
-        // The old run's entry (if this state directory made it) now names a dir gone.
+        // The old run's entry (if this state directory made it) names a dir gone now.
         let old = self.resource(from, true);
         if journal.entries().iter().any(|e| e.resource == old) {
             journal.forget(&old)?;
         }
-        Ok(Some((
-            Partial {
-                name: name.to_string(),
-                dir,
-            },
-            newest,
-        )))
+        Ok(Some(newest))
     }
 
     /// Store `checksums` in the partial and have the remote host recompute them from
@@ -479,43 +479,49 @@ impl Destination for SshDir {
         Ok(parse_listing(self.dir(), &out.stdout))
     }
 
-    async fn unused_name(&self, at: DateTime<Utc>) -> anyhow::Result<String> {
+    async fn resume_partial(
+        &self,
+        partial: &Partial,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Option<String>> {
+        self.take_partial(partial, journal).await
+    }
+
+    async fn create_partial(
+        &self,
+        at: DateTime<Utc>,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Partial> {
         let taken: Vec<String> = self
             .entries()
             .await?
             .iter()
             .map(|e| e.name().to_string())
             .collect();
-        let base = at.format("%Y%m%dT%H%M%SZ").to_string();
-        let mut name = base.clone();
-        let mut n = 0;
-        while taken.contains(&name) {
-            n += 1;
-            name = format!("{base}.{n}");
+        for name in super::names_for(at).filter(|n| !taken.contains(n)) {
+            let dir = self.partial_dir(&name);
+            let resource = self.resource(dir.clone(), true);
+            journal.record(&name, resource.clone())?;
+            let dir_s = dir.to_string_lossy();
+            // `mkdir` fails on an existing directory: that is what claims the name.
+            let out = self.script(MAKE_PARTIAL, &[&dir_s], None).await?;
+            match out.status.code() {
+                Some(0) => return Ok(Partial { name, dir }),
+                Some(3) => journal.forget(&resource)?,
+                _ => {
+                    journal.forget(&resource)?;
+                    return Err(fail(
+                        Class::Destination,
+                        format!(
+                            "creating the partial directory {} failed: {}",
+                            self.on_host(&dir),
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ),
+                    ));
+                }
+            }
         }
-        Ok(name)
-    }
-
-    async fn resume_partial(
-        &self,
-        name: &str,
-        journal: &mut Journal,
-    ) -> anyhow::Result<Option<(Partial, String)>> {
-        self.take_partial(name, journal).await
-    }
-
-    async fn create_partial(&self, name: &str, journal: &mut Journal) -> anyhow::Result<Partial> {
-        let dir = self.partial_dir(name);
-        journal.record(name, self.resource(dir.clone(), true))?;
-        let dir_s = dir.to_string_lossy();
-        self.session
-            .run(&["mkdir", "--", &dir_s], "creating the partial directory")
-            .await
-            .map_err(|e| fail(Class::Destination, format!("{e:#}")))?;
-        Ok(Partial {
-            name: name.to_string(),
-            dir,
-        })
+        unreachable!("names_for never ends")
     }
 
     async fn publish(

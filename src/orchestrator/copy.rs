@@ -1,4 +1,5 @@
-//! Phase 6, `copy`: the transfer into `NAME.partial`, watched. The orchestrator does
+//! Phase 6, `copy`: the transfer into `NAME.partial` (claimed when the run was named),
+//! watched. The orchestrator does
 //! not know which transfer it drives (see `transfer`).
 
 use std::time::Duration;
@@ -26,24 +27,21 @@ pub async fn copy(
     mounted: &Mounted,
     transfer: &dyn Transfer,
     dest: &dyn Destination,
+    partial: Partial,
     backend: &dyn SnapshotBackend,
     journal: &mut Journal,
 ) -> anyhow::Result<Filled> {
     let frozen = &mounted.frozen;
-    let resumed = match transfer.resumes() {
-        true => dest.resume_partial(&frozen.run, journal).await?,
+    let resumed_from = match transfer.resumes() {
+        true => dest.resume_partial(&partial, journal).await?,
         false => None,
     };
-    let (partial, resumed_from) = match resumed {
-        Some((partial, from)) => {
-            tracing::info!(
-                "resuming the partial backup {from} that an interrupted run left at {}",
-                dest.location().display()
-            );
-            (partial, Some(from))
-        }
-        None => (dest.create_partial(&frozen.run, journal).await?, None),
-    };
+    if let Some(from) = &resumed_from {
+        tracing::info!(
+            "resuming the partial backup {from} that an interrupted run left at {}",
+            dest.location().display()
+        );
+    }
     let progress = Progress::new(frozen.data_bytes);
     let report_progress = |bytes| progress.set(bytes);
     let from = Source {

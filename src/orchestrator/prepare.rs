@@ -244,6 +244,7 @@ pub async fn warn_about_unknown_snapshots(
                 }
                 Resource::Partial { .. }
                 | Resource::RemotePartial { .. }
+                | Resource::Pulled { .. }
                 | Resource::Received { .. }
                 | Resource::Scratch { .. } => false,
             });

@@ -6,9 +6,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
 
-use dbsnap_backend_api::command::ProcessGroup;
+use dbsnap_backend_api::command::{dying_with_dbsnap, ProcessGroup};
 
 use crate::error::{fail, Class};
 use crate::manifest::TransferStats;
@@ -166,26 +165,16 @@ async fn run_one(
     sent: &(dyn Fn(PathBuf) + Sync),
 ) -> anyhow::Result<TransferStats> {
     tracing::debug!(?args, "rsync");
-    let mut command = Command::new("rsync");
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     // If dbsnap itself is killed (kill -9, OOM), rsync must not read on from the
     // snapshot: it would keep a ZFS clone busy (`dbsnap cleanup` fails) and write into a
-    // partial directory that cleanup has removed. The signal follows the *thread* that
-    // spawned rsync: a tokio worker thread, which lives as long as the runtime.
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
+    // partial directory that cleanup has removed.
+    let mut command = dying_with_dbsnap("rsync");
     let mut child = command
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("LC_ALL", "C")
-        .kill_on_drop(true)
-        .process_group(0)
         .spawn()
         .map_err(|e| {
             fail(
