@@ -20,7 +20,8 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 use tokio::process::Child;
 
-use crate::db::version::ServerVersion;
+use crate::db::version::{Flavor, ServerVersion};
+use crate::db::Coordinates;
 use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
 use crate::manifest::{Manifest, Verdict, Verification};
@@ -124,6 +125,7 @@ async fn run(
         check_ms: 0,
         tables_checked: 0,
         recovered_gtid_binlog_pos: None,
+        recovered_gtid_executed: None,
         problems: Vec::new(),
         warnings: Vec::new(),
     };
@@ -187,13 +189,7 @@ async fn run(
     let log = run_dir.join("error.log");
     let socket = run_dir.join("mysqld.sock");
     let started = Instant::now();
-    let mut child = dbsnap_backend_api::command::dying_with_dbsnap(binary)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
+    let mut child = spawn_isolated(binary, &args, &original_views(manifest, &moves))?;
     let mut conn = match wait_ready(&mut child, &socket).await {
         Ok(conn) => conn,
         Err(why) => {
@@ -267,6 +263,151 @@ fn check_scratch_space(scratch: &Path, bytes: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The tablespace directories outside the datadir that exist on this host, and where
+/// their copies are: what a server started on the copy must see at the original path
+/// (see [`spawn_isolated`]). Everything else the server finds through its options and
+/// the rewritten index and `.isl` files.
+pub fn original_views(manifest: &Manifest, moves: &Moves) -> Vec<(PathBuf, PathBuf)> {
+    manifest
+        .paths
+        .iter()
+        .filter(|p| p.role == "tablespace" && p.path.is_dir())
+        .filter_map(|p| Some((p.path.clone(), moves.relocate(&p.path)?)))
+        .filter(|(original, copy)| original != copy && copy.is_dir())
+        .collect()
+}
+
+/// Start a server on a copy, in a mount namespace of its own in which each original
+/// path of `views` shows its copy (`views`: original → copy), bind-mounted.
+///
+/// InnoDB's crash recovery opens the tablespaces its redo log names, by the path they
+/// had when the log was written: a table created `DATA DIRECTORY = '/srv/fast'` is
+/// named by that absolute path, whatever its `.isl` file says. A server started on a
+/// copy on the same host would recover into, and then write, the *live* server's
+/// tablespace. Inside the namespace that path is the copy; outside, nothing changes,
+/// and the bind mounts vanish with the server.
+pub fn spawn_isolated(
+    binary: &Path,
+    args: &[String],
+    views: &[(PathBuf, PathBuf)],
+) -> anyhow::Result<Child> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .with_context(|| format!("{} contains a NUL byte", p.display()))
+    };
+    let binds: Vec<(CString, CString)> = views
+        .iter()
+        .map(|(original, copy)| Ok((c_path(copy)?, c_path(original)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let root = c_path(Path::new("/"))?;
+    let mut command = dbsnap_backend_api::command::dying_with_dbsnap(binary);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if binds.is_empty() {
+        return command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()));
+    }
+    // SAFETY: between fork and exec only system calls run (unshare, mount), on
+    // strings built before the fork; nothing allocates or takes a lock.
+    unsafe {
+        command.pre_exec(move || {
+            use nix::mount::{mount, MsFlags};
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+            mount(
+                None::<&std::ffi::CStr>,
+                root.as_c_str(),
+                None::<&std::ffi::CStr>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&std::ffi::CStr>,
+            )?;
+            for (copy, original) in &binds {
+                mount(
+                    Some(copy.as_c_str()),
+                    original.as_c_str(),
+                    None::<&std::ffi::CStr>,
+                    MsFlags::MS_BIND,
+                    None::<&std::ffi::CStr>,
+                )?;
+            }
+            Ok(())
+        });
+    }
+    command
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))
+}
+
+/// Crash-recover a restored copy once, in isolation (see [`spawn_isolated`]), and shut
+/// it down cleanly: afterwards its redo log names no file, and a server started on it
+/// opens its tablespaces from their rewritten `.isl` files, never the live ones.
+pub async fn recover_restored(
+    manifest: &Manifest,
+    moves: &Moves,
+    datadir: &Path,
+) -> anyhow::Result<u64> {
+    let (binary, _) = find_server(&manifest.server.version).await?;
+    let run_dir = tempfile::Builder::new()
+        .prefix(RUN_DIR_PREFIX)
+        .tempdir()
+        .context("creating a run directory for the recovery server")?;
+    std::fs::create_dir(run_dir.path().join("tmp"))?;
+    let roots: Vec<PathBuf> = manifest
+        .paths
+        .iter()
+        .filter_map(|p| moves.relocate(&p.path))
+        .filter(|p| p.is_dir())
+        .collect();
+    let uid = nix::unistd::geteuid();
+    let user = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name);
+    let args = server_args(manifest, moves, &roots, datadir, run_dir.path(), &user);
+    let log = run_dir.path().join("error.log");
+    let started = Instant::now();
+    let mut child = spawn_isolated(&binary, &args, &original_views(manifest, moves))?;
+    let conn = wait_ready(&mut child, &run_dir.path().join("mysqld.sock"))
+        .await
+        .map_err(|why| {
+            anyhow::anyhow!(
+                "crash recovery of the restored copy failed: the server {why}{}",
+                log_excerpt(&log)
+            )
+        });
+    let conn = match conn {
+        Ok(conn) => conn,
+        Err(e) => {
+            let _ = child.kill().await;
+            return Err(e);
+        }
+    };
+    let mut v = Verification {
+        verdict: Verdict::Failed,
+        verified_at: Utc::now(),
+        server_binary: binary.clone(),
+        server_version: String::new(),
+        copy_ms: 0,
+        recovery_ms: 0,
+        check_ms: 0,
+        tables_checked: 0,
+        recovered_gtid_binlog_pos: None,
+        recovered_gtid_executed: None,
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    shutdown(conn, &mut child, &mut v).await;
+    if let Some(w) = v.warnings.first() {
+        anyhow::bail!("crash recovery of the restored copy: {w}");
+    }
+    Ok(started.elapsed().as_millis() as u64)
+}
+
 /// The throwaway server's command line: everything points into the scratch copy.
 fn server_args(
     manifest: &Manifest,
@@ -312,8 +453,9 @@ fn server_args(
     args
 }
 
-/// The copied binlog named in the manifest must reach the recorded position (when the
-/// coordinates are exact: read while commits were blocked).
+/// The copied binlog named in the manifest must end exactly at the recorded position
+/// when the coordinates are exact (read while commits were blocked, so nothing was
+/// written after them); otherwise it may end before it or continue past it.
 fn check_binlog(manifest: &Manifest, moves: &Moves, v: &mut Verification) {
     let (Some(base), Some(file), Some(position)) = (
         &manifest.server.binlog_basename,
@@ -326,27 +468,49 @@ fn check_binlog(manifest: &Manifest, moves: &Moves, v: &mut Verification) {
         return;
     };
     let copied = moves.relocate(&path).unwrap_or(path);
-    let exact = manifest.coordinates.exact;
     match std::fs::metadata(&copied) {
-        Ok(m) if m.len() < position && !exact => v.warnings.push(format!(
-            "the binary log {file} in the backup ends at {} before the recorded position \
-             {position}; expected: the coordinates were read after the snapshot ({} lock)",
+        Ok(m) => binlog_verdict(
+            file,
             m.len(),
-            manifest.lock.mode
-        )),
-        Ok(m) if m.len() < position => v.problems.push(format!(
-            "the binary log {file} in the backup is {} bytes long but the manifest records \
-             position {position}: the copy lost the end of the binary log",
-            m.len()
-        )),
-        Ok(m) if m.len() > position => v.warnings.push(format!(
-            "the binary log {file} in the backup continues past the recorded position \
-             ({} > {position} bytes)",
-            m.len()
-        )),
-        Ok(_) => {}
+            position,
+            &manifest.coordinates,
+            &manifest.lock.mode.to_string(),
+            v,
+        ),
         Err(e) => v.problems.push(format!(
             "the binary log {file} named in the manifest is not in the backup ({e})"
+        )),
+    }
+}
+
+/// [`check_binlog`]'s judgement of the copied binlog's `length`.
+fn binlog_verdict(
+    file: &str,
+    length: u64,
+    position: u64,
+    coordinates: &Coordinates,
+    mode: &str,
+    v: &mut Verification,
+) {
+    let exact = coordinates.exact;
+    match (length.cmp(&position), exact) {
+        (std::cmp::Ordering::Equal, _) => {}
+        (std::cmp::Ordering::Less, false) => v.warnings.push(format!(
+            "the binary log {file} in the backup ends at {length} before the recorded position \
+             {position}; expected: the coordinates were read after the snapshot ({mode} lock)"
+        )),
+        (std::cmp::Ordering::Greater, false) => v.warnings.push(format!(
+            "the binary log {file} in the backup continues past the recorded position \
+             ({length} > {position} bytes; the coordinates were read after the snapshot, {mode} lock)"
+        )),
+        (std::cmp::Ordering::Less, true) => v.problems.push(format!(
+            "the binary log {file} in the backup is {length} bytes long but the manifest records \
+             position {position}: the copy lost the end of the binary log"
+        )),
+        (std::cmp::Ordering::Greater, true) => v.problems.push(format!(
+            "the binary log {file} in the backup is {length} bytes long but the manifest records \
+             position {position}, read while commits were blocked ({mode} lock): the copy and \
+             its recorded coordinates disagree"
         )),
     }
 }
@@ -410,36 +574,73 @@ async fn check_tables(conn: &mut Conn, v: &mut Verification) -> anyhow::Result<(
     Ok(())
 }
 
-/// After recovery the server's GTID position must be the one recorded under the lock.
-/// Coordinates read after the snapshot may be ahead; then the recovered one is the truth.
+/// After recovery the server's GTID state must be the one recorded under the lock:
+/// MariaDB's `@@gtid_binlog_pos`, MySQL's `@@gtid_executed`. Coordinates read after the
+/// snapshot may be ahead; then the recovered one is the truth.
 async fn compare_gtid(conn: &mut Conn, manifest: &Manifest, v: &mut Verification) {
-    let recovered: Option<String> = conn
-        .query_first::<Option<String>, _>("SELECT @@gtid_binlog_pos")
-        .await
-        .ok()
-        .flatten()
-        .flatten();
-    v.recovered_gtid_binlog_pos = recovered.clone();
-    let Some(expected) = manifest
-        .coordinates
-        .gtid_binlog_pos
-        .as_deref()
-        .filter(|g| !g.is_empty())
-    else {
+    let version = &manifest.server.version;
+    let (variable, expected) = match version.flavor {
+        Flavor::MariaDb => ("gtid_binlog_pos", &manifest.coordinates.gtid_binlog_pos),
+        Flavor::MySql => ("gtid_executed", &manifest.coordinates.gtid_executed),
+    };
+    let recovered = conn
+        .query_first::<Option<String>, _>(format!("SELECT @@global.{variable}"))
+        .await;
+    let recovered = match recovered {
+        Ok(value) => value.flatten(),
+        Err(e) => {
+            v.problems
+                .push(format!("cannot read @@{variable} after recovery: {e}"));
+            return;
+        }
+    };
+    match version.flavor {
+        Flavor::MariaDb => v.recovered_gtid_binlog_pos = recovered.clone(),
+        Flavor::MySql => v.recovered_gtid_executed = recovered.clone(),
+    }
+    let mode = manifest.lock.mode.to_string();
+    let (coordinates, mode) = (&manifest.coordinates, mode.as_str());
+    gtid_verdict(
+        variable,
+        expected.as_deref(),
+        recovered.as_deref(),
+        coordinates,
+        mode,
+        v,
+    );
+}
+
+/// [`compare_gtid`]'s judgement. GTID sets are compared without white space (MySQL
+/// breaks long sets over lines).
+fn gtid_verdict(
+    variable: &str,
+    expected: Option<&str>,
+    recovered: Option<&str>,
+    coordinates: &Coordinates,
+    mode: &str,
+    v: &mut Verification,
+) {
+    let squeeze = |g: &str| g.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+    let Some(expected) = expected.map(squeeze).filter(|g| !g.is_empty()) else {
         return;
     };
-    if recovered.as_deref() != Some(expected) && !manifest.coordinates.exact {
-        v.warnings.push(format!(
-            "crash recovery ended at GTID {}; the manifest's {expected} was read after the \
-             snapshot ({} lock), so the recovered position is the exact one",
-            recovered.as_deref().unwrap_or("(none)"),
-            manifest.lock.mode
-        ));
-    } else if recovered.as_deref() != Some(expected) {
+    let recovered = recovered.map(squeeze).unwrap_or_default();
+    if recovered == expected {
+        return;
+    }
+    let shown = match recovered.is_empty() {
+        true => "(none)".to_string(),
+        false => recovered,
+    };
+    if coordinates.exact {
         v.problems.push(format!(
-            "crash recovery ended at GTID {} but the manifest records {expected}: the copy and \
-             its recorded coordinates disagree",
-            recovered.as_deref().unwrap_or("(none)")
+            "crash recovery ended at {variable} {shown} but the manifest records {expected}: the \
+             copy and its recorded coordinates disagree"
+        ));
+    } else {
+        v.warnings.push(format!(
+            "crash recovery ended at {variable} {shown}; the manifest's {expected} was read after \
+             the snapshot ({mode} lock), so the recovered position is the exact one"
         ));
     }
 }
@@ -603,5 +804,122 @@ mod tests {
     #[test]
     fn identifiers_are_quoted() {
         assert_eq!(quote_ident("a`b c"), "`a``b c`");
+    }
+
+    fn empty_verification() -> Verification {
+        Verification {
+            verdict: Verdict::Failed,
+            verified_at: Utc::now(),
+            server_binary: PathBuf::from("/usr/sbin/mysqld"),
+            server_version: "8.0.36".into(),
+            copy_ms: 0,
+            recovery_ms: 0,
+            check_ms: 0,
+            tables_checked: 0,
+            recovered_gtid_binlog_pos: None,
+            recovered_gtid_executed: None,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn exact(exact: bool) -> Coordinates {
+        Coordinates {
+            exact,
+            ..Coordinates::default()
+        }
+    }
+
+    #[test]
+    fn an_exact_binlog_position_must_match_the_copy_to_the_byte() {
+        let mut v = empty_verification();
+        binlog_verdict(
+            "binlog.000002",
+            1234,
+            1234,
+            &exact(true),
+            "backup-stage",
+            &mut v,
+        );
+        assert!(v.problems.is_empty() && v.warnings.is_empty());
+        // A tampered manifest (binlog_position = 4) with exact coordinates.
+        binlog_verdict(
+            "binlog.000002",
+            1234,
+            4,
+            &exact(true),
+            "backup-stage",
+            &mut v,
+        );
+        assert_eq!(v.problems.len(), 1, "{v:?}");
+        assert!(v.problems[0].contains("position 4"), "{v:?}");
+        binlog_verdict("binlog.000002", 1234, 9999, &exact(true), "ftwrl", &mut v);
+        assert_eq!(v.problems.len(), 2, "{v:?}");
+        // Read after the snapshot: either side is only worth a warning.
+        let mut v = empty_verification();
+        binlog_verdict("binlog.000002", 1234, 4, &exact(false), "none", &mut v);
+        binlog_verdict("binlog.000002", 1234, 9999, &exact(false), "none", &mut v);
+        assert!(v.problems.is_empty());
+        assert_eq!(v.warnings.len(), 2);
+    }
+
+    /// `SELECT @@global.gtid_executed` on a MySQL 8.0 server recovered from the copy
+    /// (recorded response; MySQL prints long sets over several lines).
+    #[test]
+    fn mysql_gtid_executed_is_compared_with_the_manifest() {
+        let recorded = "3E11FA47-71CA-11E1-9E33-C80AA9429562:1-77,\n\
+                        4E11FA47-71CA-11E1-9E33-C80AA9429562:1-5";
+        let same =
+            "3E11FA47-71CA-11E1-9E33-C80AA9429562:1-77,4E11FA47-71CA-11E1-9E33-C80AA9429562:1-5";
+        let mut v = empty_verification();
+        gtid_verdict(
+            "gtid_executed",
+            Some(same),
+            Some(recorded),
+            &exact(true),
+            "ftwrl",
+            &mut v,
+        );
+        assert!(v.problems.is_empty() && v.warnings.is_empty(), "{v:?}");
+        let behind = "3E11FA47-71CA-11E1-9E33-C80AA9429562:1-70";
+        gtid_verdict(
+            "gtid_executed",
+            Some(same),
+            Some(behind),
+            &exact(true),
+            "ftwrl",
+            &mut v,
+        );
+        assert_eq!(v.problems.len(), 1);
+        assert!(v.problems[0].contains("gtid_executed"), "{v:?}");
+        gtid_verdict(
+            "gtid_executed",
+            Some(same),
+            None,
+            &exact(true),
+            "ftwrl",
+            &mut v,
+        );
+        assert!(v.problems[1].contains("(none)"), "{v:?}");
+        let mut v = empty_verification();
+        gtid_verdict(
+            "gtid_executed",
+            Some(same),
+            Some(behind),
+            &exact(false),
+            "instance",
+            &mut v,
+        );
+        assert!(v.problems.is_empty() && v.warnings.len() == 1, "{v:?}");
+        // Nothing recorded (no GTIDs on that server): nothing to compare.
+        gtid_verdict(
+            "gtid_executed",
+            Some(""),
+            Some(behind),
+            &exact(true),
+            "ftwrl",
+            &mut v,
+        );
+        assert_eq!(v.warnings.len(), 1);
     }
 }

@@ -6,6 +6,7 @@ pub mod credentials;
 pub mod layout;
 pub mod lock;
 pub mod lock_mode;
+pub mod option_files;
 pub mod server;
 pub mod sessions;
 pub mod stall_guard;

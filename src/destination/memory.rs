@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{Backup, Destination, Entry as Listed, Partial, ReceivedCopies};
-use crate::db::DbPath;
+use super::{Backup, Destination, Entry as Listed, Partial, ReceivedCopies, ServerFiles};
 use crate::journal::{Journal, Resource};
 use crate::manifest::Manifest;
 
@@ -39,7 +38,7 @@ impl Destination for MemoryDestination {
         Path::new(ROOT)
     }
 
-    async fn check(&self, _server_dirs: &[DbPath]) -> anyhow::Result<()> {
+    async fn check(&self, _server: &ServerFiles<'_>) -> anyhow::Result<()> {
         Ok(())
     }
 

@@ -16,9 +16,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{Backup, Destination, Entry, Partial, ReceivedCopies, PARTIAL_SUFFIX};
+use super::{Backup, Destination, Entry, Partial, ReceivedCopies, ServerFiles, PARTIAL_SUFFIX};
 use crate::config::SshConfig;
-use crate::db::DbPath;
 use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
 use crate::manifest::Manifest;
@@ -441,7 +440,7 @@ impl Destination for SshDir {
     }
 
     /// On another host the server's directories cannot contain the destination.
-    async fn check(&self, _server_dirs: &[DbPath]) -> anyhow::Result<()> {
+    async fn check(&self, _server: &ServerFiles<'_>) -> anyhow::Result<()> {
         self.check_with(&NEEDED_COMMANDS).await
     }
 
