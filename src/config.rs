@@ -228,6 +228,33 @@ fn default_warn_free_percent() -> f64 {
     15.0
 }
 
+impl MetricsConfig {
+    /// A `.prom` file (the only files node_exporter reads) and a printable label.
+    fn check(&self) -> Result<(), KeyProblem> {
+        check_path("metrics.textfile", &self.textfile)?;
+        if self.textfile.extension() != Some(std::ffi::OsStr::new("prom")) {
+            return Err(KeyProblem::new(
+                "metrics.textfile",
+                format!(
+                    "metrics.textfile = {:?} must end in .prom: node_exporter's textfile collector reads only *.prom files",
+                    self.textfile
+                ),
+            ));
+        }
+        if let Some(label) = &self.config_label {
+            if label.is_empty() || label.chars().any(char::is_control) {
+                return Err(KeyProblem::new(
+                    "metrics.config_label",
+                    format!(
+                        "metrics.config_label = {label:?} must be non-empty and printable (it becomes the config=\"...\" label)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -270,6 +297,28 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), KeyProblem> {
+        self.check_paths()?;
+        if let Some(m) = &self.metrics {
+            m.check()?;
+        }
+        if let Some(b) = &self.backup {
+            self.check_dest(&b.dest)?;
+        }
+        self.hooks.validate().map_err(|e| KeyProblem {
+            key: "hooks".into(),
+            message: e.to_string(),
+        })?;
+        self.check_mysql()?;
+        check_duration(
+            "hooks.timeout",
+            self.hooks.timeout,
+            Duration::from_millis(1),
+        )?;
+        self.check_snapshot()
+    }
+
+    /// Every path in the configuration is absolute.
+    fn check_paths(&self) -> Result<(), KeyProblem> {
         let mut paths: Vec<(&str, &Path)> = vec![("state_dir", &self.state_dir)];
         if let Some(p) = &self.mysql.socket {
             paths.push(("mysql.socket", p));
@@ -321,35 +370,10 @@ impl Config {
         for (key, path) in paths {
             check_path(key, path)?;
         }
-        if let Some(m) = &self.metrics {
-            check_path("metrics.textfile", &m.textfile)?;
-            if m.textfile.extension() != Some(std::ffi::OsStr::new("prom")) {
-                return Err(KeyProblem::new(
-                    "metrics.textfile",
-                    format!(
-                        "metrics.textfile = {:?} must end in .prom: node_exporter's textfile collector reads only *.prom files",
-                        m.textfile
-                    ),
-                ));
-            }
-            if let Some(label) = &m.config_label {
-                if label.is_empty() || label.chars().any(char::is_control) {
-                    return Err(KeyProblem::new(
-                        "metrics.config_label",
-                        format!(
-                            "metrics.config_label = {label:?} must be non-empty and printable (it becomes the config=\"...\" label)"
-                        ),
-                    ));
-                }
-            }
-        }
-        if let Some(b) = &self.backup {
-            self.check_dest(&b.dest)?;
-        }
-        self.hooks.validate().map_err(|e| KeyProblem {
-            key: "hooks".into(),
-            message: e.to_string(),
-        })?;
+        Ok(())
+    }
+
+    fn check_mysql(&self) -> Result<(), KeyProblem> {
         let mysql = &self.mysql;
         if mysql.socket.is_some() && mysql.host.is_some() {
             return Err(KeyProblem::new(
@@ -379,11 +403,10 @@ impl Config {
             mysql.long_query_threshold,
             Duration::ZERO,
         )?;
-        check_duration(
-            "hooks.timeout",
-            self.hooks.timeout,
-            Duration::from_millis(1),
-        )?;
+        Ok(())
+    }
+
+    fn check_snapshot(&self) -> Result<(), KeyProblem> {
         let snapshot = &self.snapshot;
         for (key, value) in [
             ("snapshot.min_free_percent", snapshot.min_free_percent),

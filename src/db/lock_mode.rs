@@ -74,7 +74,7 @@ pub struct ModeFacts {
     /// as the user can see them.
     pub non_transactional: Vec<String>,
     /// Whether the user can see every table's engine (see
-    /// [`crate::db::server::sees_every_table`]). When not, no table may be assumed to be
+    /// `sees_every_table` in `db::server`). When not, no table may be assumed to be
     /// InnoDB.
     pub all_tables_visible: bool,
     /// Whether the backend snapshots every volume at one instant.
@@ -119,44 +119,9 @@ pub const BLIND_TO_ENGINES: &str = "dbsnap cannot see every table's engine: \
 /// Choose the mode, or say why the requested one cannot give a consistent copy of
 /// this server. `force` accepts a mode that cannot be consistent, with a warning.
 pub fn choose(requested: RequestedMode, facts: &ModeFacts, force: bool) -> Result<Choice, Refusal> {
-    let choice = |mode, reason: String| {
-        let exact_coordinates = matches!(
-            mode,
-            LockMode::Ftwrl | LockMode::BackupStage | LockMode::Replica
-        );
-        Choice {
-            mode,
-            reason,
-            exact_coordinates,
-        }
-    };
-    let innodb_only_problem = || -> Option<String> {
-        if !facts.all_tables_visible {
-            return Some(BLIND_TO_ENGINES.to_string());
-        }
-        if !facts.non_transactional.is_empty() {
-            return Some(format!(
-                "these tables have no crash recovery and could be copied half-written: {}",
-                list(&facts.non_transactional)
-            ));
-        }
-        if !facts.atomic_snapshot {
-            return Some("the database's volumes are not snapshotted at one instant".into());
-        }
-        None
-    };
     let refuse_unless_forced =
-        |mode: LockMode, problem: Option<String>, ok_reason: &str| match (problem, force) {
-            (None, _) => Ok(choice(mode, ok_reason.to_string())),
-            (Some(p), true) => Ok(choice(mode, format!("forced although {p}"))),
-            (Some(p), false) => Err(Refusal {
-                needs_grant: p == BLIND_TO_ENGINES,
-                message: format!(
-                "lock mode {mode} cannot give a consistent copy of this server: {p}. Use another \
-                     mode (or auto), or --force if you accept the risk"
-            ),
-            }),
-        };
+        |mode: LockMode, problem: Option<String>| refuse_unless_forced(mode, problem, force);
+    let innodb_only_problem = || innodb_only_problem(facts);
     match requested {
         RequestedMode::Ftwrl => Ok(choice(LockMode::Ftwrl, "requested".into())),
         RequestedMode::BackupStage => {
@@ -183,7 +148,7 @@ pub fn choose(requested: RequestedMode, facts: &ModeFacts, force: bool) -> Resul
                 )
                 .into());
             }
-            refuse_unless_forced(LockMode::Instance, innodb_only_problem(), "requested")
+            refuse_unless_forced(LockMode::Instance, innodb_only_problem())
         }
         RequestedMode::Replica => {
             let problem = if !facts.is_replica {
@@ -193,12 +158,58 @@ pub fn choose(requested: RequestedMode, facts: &ModeFacts, force: bool) -> Resul
             } else {
                 None
             };
-            refuse_unless_forced(LockMode::Replica, problem, "requested")
+            refuse_unless_forced(LockMode::Replica, problem)
         }
-        RequestedMode::None => {
-            refuse_unless_forced(LockMode::None, innodb_only_problem(), "requested")
-        }
+        RequestedMode::None => refuse_unless_forced(LockMode::None, innodb_only_problem()),
         RequestedMode::Auto => Ok(auto(facts)),
+    }
+}
+
+fn choice(mode: LockMode, reason: String) -> Choice {
+    let exact_coordinates = matches!(
+        mode,
+        LockMode::Ftwrl | LockMode::BackupStage | LockMode::Replica
+    );
+    Choice {
+        mode,
+        reason,
+        exact_coordinates,
+    }
+}
+
+/// Why an InnoDB-only, one-instant mode (`instance`, `none`) would not be consistent here.
+fn innodb_only_problem(facts: &ModeFacts) -> Option<String> {
+    if !facts.all_tables_visible {
+        return Some(BLIND_TO_ENGINES.to_string());
+    }
+    if !facts.non_transactional.is_empty() {
+        return Some(format!(
+            "these tables have no crash recovery and could be copied half-written: {}",
+            list(&facts.non_transactional)
+        ));
+    }
+    if !facts.atomic_snapshot {
+        return Some("the database's volumes are not snapshotted at one instant".into());
+    }
+    None
+}
+
+/// The requested `mode`, unless `problem` makes it inconsistent and it is not forced.
+fn refuse_unless_forced(
+    mode: LockMode,
+    problem: Option<String>,
+    force: bool,
+) -> Result<Choice, Refusal> {
+    match (problem, force) {
+        (None, _) => Ok(choice(mode, "requested".to_string())),
+        (Some(p), true) => Ok(choice(mode, format!("forced although {p}"))),
+        (Some(p), false) => Err(Refusal {
+            needs_grant: p == BLIND_TO_ENGINES,
+            message: format!(
+                "lock mode {mode} cannot give a consistent copy of this server: {p}. Use another \
+                 mode (or auto), or --force if you accept the risk"
+            ),
+        }),
     }
 }
 

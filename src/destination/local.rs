@@ -198,17 +198,13 @@ impl Destination for LocalDir {
         at: DateTime<Utc>,
         journal: &mut Journal,
     ) -> anyhow::Result<Partial> {
-        for name in super::names_for(at) {
-            if self.dir.join(&name).exists() {
-                continue;
+        super::claim_first(at, journal, |name, journal| {
+            if self.dir.join(name).exists() {
+                return Ok(None);
             }
-            let dir = self.partial_dir(&name);
-            if let Some(partial) = Partial::claim(&name, dir, journal, |d| std::fs::create_dir(d))?
-            {
-                return Ok(partial);
-            }
-        }
-        unreachable!("names_for never ends")
+            let dir = self.partial_dir(name);
+            Partial::claim(name, dir, journal, |d| std::fs::create_dir(d))
+        })
     }
 
     async fn publish(

@@ -69,19 +69,16 @@ impl Destination for MemoryDestination {
         at: DateTime<Utc>,
         journal: &mut Journal,
     ) -> anyhow::Result<Partial> {
-        for name in super::names_for(at) {
-            let create = |_: &Path| match self.held.lock().unwrap().entry(name.clone()) {
+        super::claim_first(at, journal, |name, journal| {
+            let create = |_: &Path| match self.held.lock().unwrap().entry(name.to_string()) {
                 Entry::Occupied(_) => Err(std::io::ErrorKind::AlreadyExists.into()),
                 Entry::Vacant(v) => {
                     v.insert(None);
                     Ok(())
                 }
             };
-            if let Some(partial) = Partial::claim(&name, partial_of(&name), journal, create)? {
-                return Ok(partial);
-            }
-        }
-        unreachable!("names_for never ends")
+            Partial::claim(name, partial_of(name), journal, create)
+        })
     }
 
     async fn publish(

@@ -183,6 +183,21 @@ impl Partial {
     }
 }
 
+/// The first name for a backup started `at` whose partial `claim` creates (`None`:
+/// taken, try the next).
+pub fn claim_first(
+    at: DateTime<Utc>,
+    journal: &mut Journal,
+    mut claim: impl FnMut(&str, &mut Journal) -> anyhow::Result<Option<Partial>>,
+) -> anyhow::Result<Partial> {
+    for name in names_for(at) {
+        if let Some(partial) = claim(&name, journal)? {
+            return Ok(partial);
+        }
+    }
+    unreachable!("names_for never ends")
+}
+
 /// The names a backup started `at` may take, in order: `20261125T214500Z`, then
 /// `20261125T214500Z.1`, `.2` ...
 pub fn names_for(at: DateTime<Utc>) -> impl Iterator<Item = String> {
