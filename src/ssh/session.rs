@@ -187,32 +187,7 @@ impl Session {
                 ),
             ));
         }
-        let _ = std::fs::remove_file(&self.control_path);
-        let log = std::fs::File::create(&self.master_log)
-            .with_context(|| format!("creating {}", self.master_log.display()))?;
-        let mut command = std::process::Command::new("ssh");
-        command
-            .args(["-M", "-N", "-o", "ControlPersist=no", "-o"])
-            .arg(format!("ControlPath={}", path_value(&self.control_path)))
-            .args(self.base_options())
-            .arg(self.target.destination())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        // The master must not outlive dbsnap (kill -9 included).
-        unsafe {
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let mut child = command.spawn().map_err(|e| {
-            fail(
-                Class::Remote,
-                format!("cannot start ssh ({e}): install the OpenSSH client (apt-get install openssh-client)"),
-            )
-        })?;
+        let mut child = self.spawn_master()?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if self.control_path.exists() {
@@ -241,6 +216,36 @@ impl Session {
         );
         *self.master.lock().unwrap() = Some(Master { child });
         Ok(())
+    }
+
+    /// Start `ssh -M -N` (the master) in the background; it dies with dbsnap.
+    fn spawn_master(&self) -> anyhow::Result<std::process::Child> {
+        let _ = std::fs::remove_file(&self.control_path);
+        let log = std::fs::File::create(&self.master_log)
+            .with_context(|| format!("creating {}", self.master_log.display()))?;
+        let mut command = std::process::Command::new("ssh");
+        command
+            .args(["-M", "-N", "-o", "ControlPersist=no", "-o"])
+            .arg(format!("ControlPath={}", path_value(&self.control_path)))
+            .args(self.base_options())
+            .arg(self.target.destination())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // The master must not outlive dbsnap (kill -9 included).
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        command.spawn().map_err(|e| {
+            fail(
+                Class::Remote,
+                format!("cannot start ssh ({e}): install the OpenSSH client (apt-get install openssh-client)"),
+            )
+        })
     }
 
     /// Run `argv` on the remote host (one quoted shell line), with `stdin` fed to it.

@@ -255,6 +255,48 @@ pub struct HashStats {
 /// no bandwidth limit (so that a copy that moved little does not make it crawl).
 const MIN_AFTER_RATE: u64 = 32 << 20;
 
+/// After the copy: every stored file under `roots` (snapshot side, stored path) that
+/// the hasher did not see keeps the base's checksum, or is hashed at `rate`.
+fn hash_the_rest(
+    roots: &[(PathBuf, PathBuf)],
+    excludes: &[Vec<PathBuf>],
+    hashed: &mut BTreeMap<PathBuf, String>,
+    base: Option<&Checksums>,
+    rate: u64,
+) -> anyhow::Result<HashStats> {
+    let mut reader = Reader::new(Pace::Rate(rate));
+    let mut reused = 0;
+    for ((from, stored), exclude) in roots.iter().zip(excludes) {
+        for entry in walkdir::WalkDir::new(from).same_file_system(true) {
+            let entry = entry.with_context(|| format!("walking {}", from.display()))?;
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            let relative = entry.path().strip_prefix(from).expect("under the root");
+            if exclude.iter().any(|x| relative.starts_with(x)) {
+                continue;
+            }
+            let path = stored.join(relative);
+            if hashed.contains_key(&path) {
+                continue;
+            }
+            let hash = match base.and_then(|b| b.0.get(&path)) {
+                Some(hash) => {
+                    reused += 1;
+                    hash.clone()
+                }
+                None => reader.hash(entry.path())?,
+            };
+            hashed.insert(path, hash);
+        }
+    }
+    Ok(HashStats {
+        during_copy: 0,
+        after_copy: reader.bytes_read(),
+        reused,
+    })
+}
+
 /// rsync `items` with `options`, hashing every stored file from the snapshot as
 /// described in the module documentation. `partial` is the backup directory the
 /// items' `to` lie in; `base` the checksums of the backup the partial was seeded from
@@ -315,37 +357,9 @@ pub async fn copy_and_hash(
     let stats = copied?;
     let excludes: Vec<Vec<PathBuf>> = items.iter().map(|i| i.exclude.clone()).collect();
     let (rest, hash_stats) = tokio::task::spawn_blocking(move || {
-        let mut reader = Reader::new(Pace::Rate(after_rate));
-        let mut reused = 0;
-        for ((from, stored), exclude) in roots.iter().zip(&excludes) {
-            for entry in walkdir::WalkDir::new(from).same_file_system(true) {
-                let entry = entry.with_context(|| format!("walking {}", from.display()))?;
-                if !entry.file_type().is_file() {
-                    continue;
-                }
-                let relative = entry.path().strip_prefix(from).expect("under the root");
-                if exclude.iter().any(|x| relative.starts_with(x)) {
-                    continue;
-                }
-                let path = stored.join(relative);
-                if hashed.contains_key(&path) {
-                    continue;
-                }
-                let hash = match base.as_ref().and_then(|b| b.0.get(&path)) {
-                    Some(hash) => {
-                        reused += 1;
-                        hash.clone()
-                    }
-                    None => reader.hash(entry.path())?,
-                };
-                hashed.insert(path, hash);
-            }
-        }
-        let hash_stats = HashStats {
-            during_copy,
-            after_copy: reader.bytes_read(),
-            reused,
-        };
+        let mut hash_stats =
+            hash_the_rest(&roots, &excludes, &mut hashed, base.as_ref(), after_rate)?;
+        hash_stats.during_copy = during_copy;
         anyhow::Ok((Checksums(hashed), hash_stats))
     })
     .await??;
