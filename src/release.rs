@@ -244,6 +244,30 @@ async fn release_one(scope: &Scope<'_>, resource: &Resource) -> anyhow::Result<O
             crate::verify::remove_scratch(dir, run_dir).await?;
             Ok(Outcome::Released)
         }
+        Resource::RemotePartial {
+            dest,
+            ssh,
+            dir,
+            resumable,
+        } => {
+            crate::destination::ssh::release(dest, ssh, dir, *resumable, scope.state_dir).await?;
+            Ok(Outcome::Released)
+        }
+        Resource::Pulled { dir } => {
+            let pulled = scope.state_dir.join(crate::commands::verify::PULLED_DIR);
+            if !directly_in(dir, &pulled) {
+                return Err(untrusted(
+                    "a backup pulled for verification",
+                    dir,
+                    format!("in {}", pulled.display()),
+                ));
+            }
+            if dir.exists() {
+                std::fs::remove_dir_all(dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+            Ok(Outcome::Released)
+        }
     }
 }
 
@@ -252,6 +276,10 @@ pub fn describe(resource: &Resource) -> String {
         Resource::Partial { dir } => format!("partial backup {}", dir.display()),
         Resource::Received { backend, id, .. } => format!("{backend} received copy {id}"),
         Resource::Scratch { dir, .. } => format!("verification scratch copy {}", dir.display()),
+        Resource::Pulled { dir } => format!("pulled copy {}", dir.display()),
+        Resource::RemotePartial { dest, dir, .. } => {
+            format!("partial backup {} on {dest}", dir.display())
+        }
         Resource::Mount { set, workdir } => {
             format!("mount of {} under {}", set.name, workdir.display())
         }

@@ -32,7 +32,7 @@ pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()>
     let pre = orchestrator::prepare(&plan, backend.as_ref()).await?.survey;
     let (destination, transfer_method, needed_bytes) = match &config.backup {
         Some(b) => {
-            let copy = CopyPlan::new(b)?;
+            let copy = CopyPlan::new(b, &config.state_dir)?;
             let transfer =
                 orchestrator::plan_transfer(&plan, &copy, backend.as_ref(), &pre).await?;
             (

@@ -40,7 +40,7 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
         release_all(&crate::release::Scope::of(config), &mut journal).await?;
     }
 
-    let dest = crate::destination::open_configured(config.backup.as_ref())?;
+    let dest = crate::destination::open_configured(config)?;
     let backups = match &dest {
         Some(d) => own_backups(d.as_ref()).await?,
         None => Vec::new(),

@@ -9,14 +9,23 @@ use crate::kept::KeptSnapshot;
 use crate::restore::{self, Protected, Request};
 
 pub async fn run(config: &Config, json: bool, request: Request) -> anyhow::Result<()> {
-    let dest = crate::destination::open_configured(config.backup.as_ref())?;
+    let dest = crate::destination::open_configured(config)?;
     let given = request.backup.to_string_lossy().into_owned();
+    let remote = crate::destination::resolve_remote(dest.as_deref(), &given).await?;
+    let backup = match &remote {
+        Some((_, backup)) => backup.path.clone(),
+        None => crate::destination::resolve_backup(dest.as_deref(), &given).await?,
+    };
     let request = Request {
-        backup: crate::destination::resolve_backup(dest.as_deref(), &given).await?,
+        backup,
         protected: protected(config),
         ..request
     };
-    let restored = match super::until_signal(restore::restore(&request)).await {
+    let from = remote.as_ref().map(|(ssh, backup)| restore::RemoteBackup {
+        dest: ssh,
+        manifest: &backup.manifest,
+    });
+    let restored = match super::until_signal(restore::restore(&request, from)).await {
         Ok(restored) => restored,
         Err(e) if class_of(&e) == Class::Interrupted => {
             return Err(fail(
