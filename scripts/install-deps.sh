@@ -40,6 +40,8 @@ test_packages=(
     systemd man-db binutils
     # the metrics tests scrape a real node_exporter
     prometheus-node-exporter
+    # ssh destinations: the tests start their own sshd; b3sum checks checksums there
+    openssh-server openssh-client b3sum
 )
 # The version of cargo-deb that builds the .deb (packaging/build-deb.sh).
 cargo_deb_version=3.8.0

@@ -19,6 +19,9 @@ use crate::db::stall_guard::LongQueryPolicy;
 use crate::error::{fail, Class};
 use crate::hooks::HooksConfig;
 
+mod ssh;
+pub use ssh::{Compress, SshConfig};
+
 pub const DEFAULT_CONFIG: &str = "/etc/dbsnap/dbsnap.toml";
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,6 +127,12 @@ pub struct BackupConfig {
     /// How the frozen files reach the destination (see [`Method`]).
     #[serde(default)]
     pub method: Method,
+    /// Compression on the wire for an ssh destination: `true` (rsync's default level)
+    /// or a level 1-9. Off by default.
+    pub compress: Option<Compress>,
+    /// `[backup.ssh]`: how an `ssh://` destination is reached.
+    #[serde(default)]
+    pub ssh: SshConfig,
     /// `[backup.restic]`: how to open the repository when `dest = "restic:<repository>"`.
     pub restic: Option<ResticConfig>,
 }
@@ -292,8 +301,11 @@ impl Config {
         if let Some(p) = &self.mysql.password_file {
             paths.push(("mysql.password_file", p));
         }
-        if let Some(backup) = &self.backup {
-            paths.extend(restic::check(backup)?.map(|dest| ("backup.dest", dest)));
+        if let Some(b) = &self.backup {
+            // A restic repository is no path; anything else is the ssh side's to sort.
+            if restic::check(b)?.is_some() {
+                ssh::check(b, &mut paths)?;
+            }
         }
         if let Some(p) = &self.snapshot.btrfs.snapshot_dir {
             paths.push(("snapshot.btrfs.snapshot_dir", p));

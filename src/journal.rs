@@ -40,6 +40,19 @@ pub enum Resource {
         id: String,
         partial: PathBuf,
     },
+    /// A backup directory on another host (`dir` inside the ssh destination `dest`,
+    /// reached with `ssh`). A `resumable` one is being filled: released, it stays
+    /// there as `NAME.partial` for the next run to resume from. One that is not is a
+    /// backup being removed: released, it is deleted.
+    RemotePartial {
+        dest: String,
+        ssh: crate::config::SshConfig,
+        dir: PathBuf,
+        resumable: bool,
+    },
+    /// A backup of an ssh destination pulled into `state_dir/pulled/NAME` to be
+    /// verified here.
+    Pulled { dir: PathBuf },
     /// A verification's scratch copy of a backup (`.dbsnap-verify-NAME`) and the run
     /// directory (socket, pid file) of the throwaway server started on it.
     Scratch { dir: PathBuf, run_dir: PathBuf },
@@ -228,7 +241,8 @@ impl Journal {
     /// it: they are the backup's, no longer leftovers.
     pub fn forget_published(&mut self, partial: &Path) -> anyhow::Result<()> {
         self.entries.retain(|e| match &e.resource {
-            Resource::Partial { dir } => dir != partial,
+            Resource::Partial { dir } | Resource::RemotePartial { dir, .. } => dir != partial,
+            Resource::Pulled { .. } => true,
             Resource::Received { partial: p, .. } => p != partial,
             Resource::Snapshot { .. }
             | Resource::Mount { .. }

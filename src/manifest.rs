@@ -95,6 +95,12 @@ pub struct TransferStats {
     pub bytes_written: u64,
     pub files: u64,
     pub duration_ms: u64,
+    /// The partial an interrupted run left, which this backup continued from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
+    /// Bytes rsync put on the wire (to an ssh destination: before ssh's encryption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire_bytes: Option<u64>,
     /// For a restic repository: the snapshot holding the files (restic's short id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository_snapshot: Option<String>,

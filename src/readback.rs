@@ -49,11 +49,11 @@ pub async fn restore(
     let fetched = dest
         .fetch(backup, &staging_dir(state_dir)?, journal)
         .await?;
-    let outcome = crate::restore::restore(&Request {
+    let request = Request {
         backup: fetched.dir.clone(),
         ..request
-    })
-    .await;
+    };
+    let outcome = crate::restore::restore(&request, None).await;
     let released = fetched.release(journal);
     let restored = outcome?;
     released?;

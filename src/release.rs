@@ -291,6 +291,30 @@ async fn release_one(scope: &Scope<'_>, run: &str, resource: &Resource) -> anyho
             crate::verify::remove_scratch(dir, run_dir).await?;
             Ok(Outcome::Released)
         }
+        Resource::RemotePartial {
+            dest,
+            ssh,
+            dir,
+            resumable,
+        } => {
+            crate::destination::ssh::release(dest, ssh, dir, *resumable, scope.state_dir).await?;
+            Ok(Outcome::Released)
+        }
+        Resource::Pulled { dir } => {
+            let pulled = scope.state_dir.join(crate::commands::verify::PULLED_DIR);
+            if !directly_in(dir, &pulled) {
+                return Err(untrusted(
+                    "a backup pulled for verification",
+                    dir,
+                    format!("in {}", pulled.display()),
+                ));
+            }
+            if dir.exists() {
+                std::fs::remove_dir_all(dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+            Ok(Outcome::Released)
+        }
     }
 }
 
@@ -304,6 +328,10 @@ pub fn describe(resource: &Resource) -> String {
         }
         Resource::Fetched { dir } => {
             format!("backup fetched from a repository into {}", dir.display())
+        }
+        Resource::Pulled { dir } => format!("pulled copy {}", dir.display()),
+        Resource::RemotePartial { dest, dir, .. } => {
+            format!("partial backup {} on {dest}", dir.display())
         }
         Resource::Mount { set, workdir } => {
             format!("mount of {} under {}", set.name, workdir.display())

@@ -175,7 +175,7 @@ fn a_backup_through_a_rest_server_restores_consistently_and_a_server_that_is_dow
 
     server.stop();
     let out = sb.dbsnap(&["backup"]);
-    assert_eq!(out.status.code(), Some(14));
+    assert_eq!(out.status.code(), Some(15));
     assert!(
         stderr(&out).contains("cannot be reached"),
         "{}",

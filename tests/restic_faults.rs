@@ -42,7 +42,7 @@ fn a_missing_repository_is_named_with_the_command_that_creates_it() {
     use_repository(&sb, &repo, "", "");
     for command in ["check", "backup"] {
         let out = sb.dbsnap(&[command]);
-        assert_eq!(out.status.code(), Some(14), "{command}");
+        assert_eq!(out.status.code(), Some(15), "{command}");
         let err = stderr(&out);
         assert!(
             err.contains("no restic repository")
@@ -67,7 +67,7 @@ fn a_wrong_password_is_refused_before_the_lock_and_the_repository_stays_intact()
     );
     sb.write_raw_config(&config);
     let out = sb.dbsnap(&["backup"]);
-    assert_eq!(out.status.code(), Some(14));
+    assert_eq!(out.status.code(), Some(15));
     let err = stderr(&out);
     assert!(
         err.contains("refused the password") && err.contains("wrong-password"),
@@ -354,7 +354,7 @@ fn a_stale_restic_lock_is_reported_with_the_command_that_removes_it() {
     restic.wait().unwrap();
     for command in ["check", "backup"] {
         let out = sb.dbsnap(&[command]);
-        assert_eq!(out.status.code(), Some(14), "{command}");
+        assert_eq!(out.status.code(), Some(15), "{command}");
         let err = stderr(&out);
         assert!(
             err.contains("stale lock") && err.contains("unlock"),

@@ -379,6 +379,8 @@ fn forget(config: &Config, lock: &RunLock, kept: &KeptSnapshot) -> anyhow::Resul
         .filter(|e| match &e.resource {
             Resource::Snapshot { set } | Resource::Mount { set, .. } => set.name == kept.name,
             Resource::Partial { .. }
+            | Resource::RemotePartial { .. }
+            | Resource::Pulled { .. }
             | Resource::Scratch { .. }
             | Resource::Received { .. }
             | Resource::Fetched { .. }

@@ -14,8 +14,6 @@ use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
 use crate::manifest::{Manifest, MANIFEST_FILE};
 
-const PARTIAL: &str = ".partial";
-
 pub struct LocalDir {
     dir: PathBuf,
 }
@@ -26,7 +24,7 @@ impl LocalDir {
     }
 
     fn partial_dir(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}{PARTIAL}"))
+        self.dir.join(format!("{name}{}", super::PARTIAL_SUFFIX))
     }
 
     /// One directory entry, by the rule of the module documentation.
@@ -34,28 +32,11 @@ impl LocalDir {
         if !path.is_dir() {
             return None;
         }
-        if let Some(backup) = name.strip_suffix(PARTIAL) {
-            return Some(Entry::Partial {
-                name: backup.to_string(),
-                path,
-            });
-        }
-        if !path.join(MANIFEST_FILE).is_file() {
-            return None;
-        }
-        match Manifest::read(&path) {
-            Ok(manifest) if manifest.name == name => Some(Entry::Backup(Box::new(Backup {
-                name,
-                path,
-                manifest,
-            }))),
-            Ok(manifest) => Some(Entry::Renamed {
-                name,
-                path,
-                manifest: Box::new(manifest),
-            }),
-            Err(_) => Some(Entry::Invalid { name, path }),
-        }
+        let manifest = path
+            .join(MANIFEST_FILE)
+            .is_file()
+            .then(|| Manifest::read(&path));
+        super::classify(name, path, manifest)
     }
 }
 
@@ -65,7 +46,7 @@ impl LocalDir {
 pub fn backup_dir_at(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     let partial = dir
         .file_name()
-        .is_some_and(|n| n.to_string_lossy().ends_with(PARTIAL));
+        .is_some_and(|n| n.to_string_lossy().ends_with(super::PARTIAL_SUFFIX));
     if partial || !dir.join(MANIFEST_FILE).is_file() {
         return Ok(None);
     }

@@ -11,7 +11,7 @@
 //! to one of them:
 //!
 //! - [`local::LocalDir`]: a directory on this host (`/srv/backups/db1`).
-//! - an ssh destination (`ssh://host/path`, later): the same layout on another host. The
+//! - [`ssh::SshDir`] (`ssh://[user@]host[:port]/path`): the same layout on another host. The
 //!   partial is a remote directory (`mkdir` over ssh, journaled like a local one),
 //!   rsync and stream receives run against `host:partial`, publishing writes the
 //!   manifest, syncs and renames remotely. Nothing in the contract below assumes the
@@ -51,6 +51,7 @@ pub mod local;
 #[cfg(test)]
 pub mod memory;
 pub mod restic;
+pub mod ssh;
 
 use std::path::{Path, PathBuf};
 
@@ -61,7 +62,7 @@ use crate::db::DbPath;
 use crate::journal::Journal;
 use crate::manifest::Manifest;
 
-pub use choose::{open_backup, open_config, open_configured};
+pub use choose::{open, open_configured};
 
 /// What a destination must stay clear of: the server's directories and the volumes
 /// that hold them (a destination on one takes its room from the live server while the
@@ -115,6 +116,37 @@ impl Entry {
         }
     }
 }
+
+/// The rule of the module documentation, for a directory `name` at `path` whose
+/// manifest file, if it has one, read as `manifest`.
+pub fn classify(
+    name: String,
+    path: PathBuf,
+    manifest: Option<anyhow::Result<Manifest>>,
+) -> Option<Entry> {
+    if let Some(backup) = name.strip_suffix(PARTIAL_SUFFIX) {
+        return Some(Entry::Partial {
+            name: backup.to_string(),
+            path,
+        });
+    }
+    match manifest? {
+        Ok(manifest) if manifest.name == name => Some(Entry::Backup(Box::new(Backup {
+            name,
+            path,
+            manifest,
+        }))),
+        Ok(manifest) => Some(Entry::Renamed {
+            name,
+            path,
+            manifest: Box::new(manifest),
+        }),
+        Err(_) => Some(Entry::Invalid { name, path }),
+    }
+}
+
+/// What a partial directory's name ends with.
+pub const PARTIAL_SUFFIX: &str = ".partial";
 
 /// A backup being written: created by [`Destination::create_partial`], published by
 /// [`Destination::publish`].
@@ -215,6 +247,12 @@ pub trait Destination: Send + Sync {
     /// The destination as configured (`[backup] dest`), for messages and records.
     fn location(&self) -> &Path;
 
+    /// The ssh destination, when this is one: its transfers run over its connection
+    /// and its paths are on the remote host.
+    fn remote(&self) -> Option<&ssh::SshDir> {
+        None
+    }
+
     /// That backups can be written here: it exists, is writable, lies outside the
     /// server's directories and (unless forced) takes no room from the volumes being
     /// snapshotted. Before the lock.
@@ -237,6 +275,19 @@ pub trait Destination: Send + Sync {
         at: DateTime<Utc>,
         journal: &mut Journal,
     ) -> anyhow::Result<Partial>;
+
+    /// Fill the freshly claimed `partial` with the newest partial an interrupted run
+    /// left here (so that the transfer continues it), and say which run it was. Only
+    /// destinations that keep a cut-off partial for resuming have one (ssh: a transfer
+    /// over the network is the one worth resuming); a local partial is removed by
+    /// cleanup.
+    async fn resume_partial(
+        &self,
+        _partial: &Partial,
+        _journal: &mut Journal,
+    ) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
 
     /// Publish `partial` with `manifest` (its `path` is set to where the backup is
     /// now), atomically, and forget the partial's journal entries.
@@ -416,6 +467,37 @@ pub async fn resolve_in_repository<'a>(
             format!(
                 "{given} is not a backup in {} nor a backup directory: give a name from `dbsnap list`",
                 dest.location().display()
+            ),
+        )),
+    }
+}
+
+/// The backup named on the command line when it is one on an ssh destination (a name
+/// from `dbsnap list`, or its path there), with that destination.
+pub async fn resolve_remote<'a>(
+    dest: Option<&'a dyn Destination>,
+    given: &str,
+) -> anyhow::Result<Option<(&'a ssh::SshDir, Backup)>> {
+    let Some(remote) = dest.and_then(|d| d.remote()) else {
+        return Ok(None);
+    };
+    let name = match Path::new(given).parent() {
+        Some(parent) if parent == remote.target().path => Path::new(given)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned()),
+        _ if !given.contains('/') => Some(given.to_string()),
+        _ => None,
+    };
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    match remote.resolve(&name).await? {
+        Some(backup) => Ok(Some((remote, backup))),
+        None => Err(crate::error::fail(
+            crate::error::Class::Config,
+            format!(
+                "{given} is not a backup at {}: give a name from `dbsnap list`",
+                remote.location().display()
             ),
         )),
     }

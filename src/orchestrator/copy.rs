@@ -10,7 +10,7 @@ use dbsnap_backend_api::{Health, SnapshotBackend, SnapshotSet, Volume};
 use super::mount::Mounted;
 use super::plan::Plan;
 use super::prepare::free_space;
-use crate::destination::Partial;
+use crate::destination::{Destination, Partial};
 use crate::error::{fail, Class};
 use crate::journal::Journal;
 use crate::progress::Progress;
@@ -26,11 +26,22 @@ pub async fn copy(
     plan: &Plan,
     mounted: &Mounted,
     transfer: &dyn Transfer,
+    dest: &dyn Destination,
     partial: Partial,
     backend: &dyn SnapshotBackend,
     journal: &mut Journal,
 ) -> anyhow::Result<Filled> {
     let frozen = &mounted.frozen;
+    let resumed_from = match transfer.resumes() {
+        true => dest.resume_partial(&partial, journal).await?,
+        false => None,
+    };
+    if let Some(from) = &resumed_from {
+        tracing::info!(
+            "resuming the partial backup {from} that an interrupted run left at {}",
+            dest.location().display()
+        );
+    }
     let progress = Progress::new(frozen.data_bytes);
     let report_progress = |bytes| progress.set(bytes);
     let from = Source {
@@ -42,6 +53,7 @@ pub async fn copy(
         partial: &partial,
         journal,
         progress: &report_progress,
+        resumed_from,
     };
     let copied = tokio::select! {
         copied = transfer.copy(from, into) => copied?,

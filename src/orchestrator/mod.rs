@@ -106,7 +106,7 @@ pub async fn backup_prepared(
     let env = hook_env(Some(("DBSNAP_SNAPSHOT_PATH", frozen_datadir)));
     plan.hooks.run(Phase::PostSnapshot, &env).await?;
 
-    let filled = copy::copy(plan, &mounted, transfer, partial, backend, journal).await?;
+    let filled = copy::copy(plan, &mounted, transfer, dest, partial, backend, journal).await?;
     let manifest = publish::publish(&mounted, filled, started_at, dest, journal).await?;
     publish::release(plan, &mounted, &manifest, transfer, dest, backend, journal).await?;
 

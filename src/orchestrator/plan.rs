@@ -1,7 +1,7 @@
 //! The plan: everything a run needs from the configuration, resolved once before any
 //! phase starts. Phases get the plan, never the configuration.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{BackupConfig, Config, Method, SnapshotConfig};
@@ -41,6 +41,8 @@ pub struct CopyPlan {
     pub dest: Box<dyn Destination>,
     pub method: Method,
     pub bwlimit: Option<bytesize::ByteSize>,
+    /// Compression on the wire (ssh destinations).
+    pub compress: Option<crate::config::Compress>,
     pub incremental: bool,
     pub verify: bool,
 }
@@ -69,10 +71,10 @@ impl Plan {
 }
 
 impl CopyPlan {
-    /// `state_dir` holds what a destination keeps on this host (restic's cache).
-    pub fn new(backup: &BackupConfig, state_dir: &std::path::Path) -> anyhow::Result<CopyPlan> {
+    pub fn new(backup: &BackupConfig, state_dir: &Path) -> anyhow::Result<CopyPlan> {
         Ok(CopyPlan {
-            dest: crate::destination::open_backup(backup, state_dir)?,
+            dest: crate::destination::open(backup, state_dir)?,
+            compress: backup.compress,
             method: backup.method.clone(),
             bwlimit: backup.bwlimit,
             incremental: backup.incremental,
@@ -85,6 +87,7 @@ impl CopyPlan {
         crate::transfer::Settings {
             method: &self.method,
             bwlimit: self.bwlimit,
+            compress: self.compress,
             incremental: self.incremental,
         }
     }

@@ -251,6 +251,8 @@ pub async fn warn_about_unknown_snapshots(
                     s.name == set.name
                 }
                 Resource::Partial { .. }
+                | Resource::RemotePartial { .. }
+                | Resource::Pulled { .. }
                 | Resource::Received { .. }
                 | Resource::Scratch { .. }
                 | Resource::Fetched { .. }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use dbsnap_backend_api::command::Cmd;
 
+use crate::destination::ssh::SshDir;
 use crate::destination::{Backup, BaseOf, Destination};
 use crate::manifest::{TransferMethod, FILES_DIR};
 use crate::transfer::rsync::{CopyItem, Writes};
@@ -21,8 +22,9 @@ use crate::transfer::rsync::{CopyItem, Writes};
 pub enum Basis {
     /// No usable previous backup, or incremental copies are off.
     Full,
-    /// Seeded with a reflink copy of the backup `base`; rsync updates blocks in place.
-    Reflinked { base: String },
+    /// Seeded with a reflink copy of the backup `base` (at `path`); rsync updates
+    /// blocks in place.
+    Reflinked { base: String, path: PathBuf },
     /// Unchanged files are hard links into the backup at `base`.
     Linked { base: String, path: PathBuf },
 }
@@ -66,7 +68,15 @@ impl Basis {
     pub fn base(&self) -> Option<String> {
         match self {
             Basis::Full => None,
-            Basis::Reflinked { base } | Basis::Linked { base, .. } => Some(base.clone()),
+            Basis::Reflinked { base, .. } | Basis::Linked { base, .. } => Some(base.clone()),
+        }
+    }
+
+    /// Where the base backup is (on the destination's host).
+    pub fn base_path(&self) -> Option<&Path> {
+        match self {
+            Basis::Full => None,
+            Basis::Reflinked { path, .. } | Basis::Linked { path, .. } => Some(path),
         }
     }
 }
@@ -96,7 +106,12 @@ pub async fn prepare(
             .run()
             .await;
         match seeded {
-            Ok(_) => return Ok(Basis::Reflinked { base }),
+            Ok(_) => {
+                return Ok(Basis::Reflinked {
+                    base,
+                    path: previous,
+                })
+            }
             Err(e) => {
                 tracing::warn!("seeding from {base} with reflinks failed ({e}); hard-linking unchanged files instead");
                 let files = partial.join(FILES_DIR);
@@ -112,6 +127,81 @@ pub async fn prepare(
              unchanged files are hard-linked, changed files are copied whole"
         );
     }
+    Ok(Basis::Linked {
+        base,
+        path: previous,
+    })
+}
+
+/// [`prepare`] for a destination on another host: the seed is made there (`cp
+/// --reflink=always` where its filesystem can, else `--link-dest` to the base). A
+/// partial taken over from an interrupted run is its own seed: rsync sends only what
+/// it lacks, and unchanged files missing from it are hard-linked from the base.
+pub async fn prepare_remote(
+    dest: &SshDir,
+    partial: &Path,
+    datadir: &Path,
+    resumed: bool,
+) -> anyhow::Result<Basis> {
+    let Some(Backup {
+        name: base,
+        path: previous,
+        ..
+    }) = dest.newest_base(datadir, BaseOf::Files).await?
+    else {
+        return Ok(Basis::Full);
+    };
+    if resumed {
+        return Ok(Basis::Linked {
+            base,
+            path: previous,
+        });
+    }
+    let (from, to) = (previous.join(FILES_DIR), partial.join(FILES_DIR));
+    let (from, to) = (from.to_string_lossy(), to.to_string_lossy());
+    // One file first: `cp -a` would try (and fail) every file of the tree.
+    let (probe_from, probe_to) = (
+        previous.join(crate::manifest::MANIFEST_FILE),
+        partial.join(".reflink-probe"),
+    );
+    let (probe_from, probe_to) = (probe_from.to_string_lossy(), probe_to.to_string_lossy());
+    let probe = dest
+        .session()
+        .output(
+            &["cp", "--reflink=always", "--", &probe_from, &probe_to],
+            None,
+        )
+        .await?;
+    let _ = dest
+        .session()
+        .output(&["rm", "-f", "--", &probe_to], None)
+        .await?;
+    let seeded = match probe.status.success() {
+        true => {
+            dest.session()
+                .output(&["cp", "-a", "--reflink=always", "--", &from, &to], None)
+                .await?
+        }
+        false => probe,
+    };
+    if seeded.status.success() {
+        return Ok(Basis::Reflinked {
+            base,
+            path: previous,
+        });
+    }
+    tracing::info!(
+        "the destination on {} cannot reflink ({}): unchanged files are hard-linked, changed \
+         files are sent as deltas and written whole",
+        dest.target().display_host(),
+        String::from_utf8_lossy(&seeded.stderr)
+            .lines()
+            .next()
+            .unwrap_or_default()
+    );
+    dest.session()
+        .run(&["rm", "-rf", "--", &to], "removing a failed reflink seed")
+        .await?;
     Ok(Basis::Linked {
         base,
         path: previous,
@@ -143,6 +233,7 @@ mod tests {
         assert_eq!(Basis::Full.base(), None);
         let r = Basis::Reflinked {
             base: "20261125T000000Z".into(),
+            path: "/b/20261125T000000Z".into(),
         };
         assert_eq!(
             (r.method().as_str(), r.base().as_deref()),
@@ -165,7 +256,11 @@ mod tests {
         assert_eq!(dests, vec![PathBuf::from("/b/a/files/var/lib/mysql")]);
         assert_eq!(basis.writes(), Writes::Whole);
         assert_eq!(
-            Basis::Reflinked { base: "a".into() }.writes(),
+            Basis::Reflinked {
+                base: "a".into(),
+                path: "/b/a".into()
+            }
+            .writes(),
             Writes::InPlace
         );
     }

@@ -12,6 +12,7 @@
 //! [`choose`] is the one place that picks one, before the lock.
 
 pub mod chain;
+pub mod checksums;
 pub mod incremental;
 pub mod repository;
 pub mod rsync;
@@ -47,6 +48,9 @@ pub struct Target<'a> {
     pub journal: &'a mut Journal,
     /// Called with the bytes moved so far.
     pub progress: &'a (dyn Fn(u64) + Sync),
+    /// The interrupted run whose partial this one continues (see
+    /// [`Transfer::resumes`]).
+    pub resumed_from: Option<String>,
 }
 
 /// What a transfer moved, for the manifest.
@@ -100,6 +104,12 @@ pub trait Transfer: Send + Sync {
     /// Free space the destination needs for it, in bytes.
     fn needed_bytes(&self) -> u64;
 
+    /// Whether it can continue a partial an interrupted run left (rsync can: it sends
+    /// only what the partial lacks).
+    fn resumes(&self) -> bool {
+        false
+    }
+
     /// Move the frozen files into the partial.
     async fn copy(&self, from: Source<'_>, into: Target<'_>) -> anyhow::Result<Copied>;
 
@@ -119,6 +129,7 @@ pub struct Facts<'a> {
 pub struct Settings<'a> {
     pub method: &'a Method,
     pub bwlimit: Option<bytesize::ByteSize>,
+    pub compress: Option<crate::config::Compress>,
     pub incremental: bool,
 }
 
@@ -135,11 +146,16 @@ pub async fn choose<'a>(
     if let Some(ingest) = dest.ingest() {
         return repository_transfer(settings.method, ingest, dest, facts).await;
     }
-    let Some(stream) = stream_for(settings.method, backend, dest.location()).await? else {
+    let stream = match dest.remote() {
+        Some(remote) => refuse_stream_over_ssh(settings.method, remote)?,
+        None => stream_for(settings.method, backend, dest.location()).await?,
+    };
+    let Some(stream) = stream else {
         return Ok(Box::new(tree::TreeTransfer {
             dest,
             incremental: settings.incremental,
             bwlimit: settings.bwlimit,
+            compress: settings.compress,
             needed_bytes: facts.data_bytes,
         }));
     };
@@ -222,6 +238,32 @@ async fn repository_transfer<'a>(
         base: base.map(|b| b.name),
         needed_bytes,
     }))
+}
+
+/// Native streams are not received over ssh (yet): an ssh destination takes rsync.
+fn refuse_stream_over_ssh<'a>(
+    method: &Method,
+    remote: &crate::destination::ssh::SshDir,
+) -> anyhow::Result<Option<&'a dyn NativeStream>> {
+    match method {
+        Method::Rsync => Ok(None),
+        Method::Auto => {
+            tracing::info!(
+                "method auto: copying with rsync over ssh to {}",
+                remote.target().display_host()
+            );
+            Ok(None)
+        }
+        Method::Stream(name) => Err(fail(
+            Class::Config,
+            format!(
+                "[backup] method = \"{name}\" cannot stream to the ssh destination {}: native \
+                 streams over ssh are not supported yet. Use method = \"rsync\" (or \"auto\") \
+                 for an ssh destination",
+                remote.target().url()
+            ),
+        )),
+    }
 }
 
 /// The backend's stream, if `method` asks for it and the destination can receive it.

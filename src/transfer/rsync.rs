@@ -21,24 +21,55 @@ pub struct CopyItem {
 }
 
 /// How the copy is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Writes {
     /// New files (a fresh or hard-link-seeded destination).
+    #[default]
     Whole,
     /// Changed blocks rewritten in place (a reflink-seeded destination).
     InPlace,
 }
 
+/// The other end of an rsync over ssh.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// rsync's `-e` (see [`crate::ssh::Session::rsync_shell`]).
+    pub shell: String,
+    /// `user@host`.
+    pub host: String,
+    /// Which side of every [`CopyItem`] is on the remote host.
+    pub side: Side,
+    /// Compression on the wire: `Some(None)` at rsync's default level.
+    pub compress: Option<Option<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// `to` is remote (a backup).
+    Dest,
+    /// `from` is remote (a restore or a pull for verification).
+    Source,
+}
+
+/// Everything about a copy but its items.
+#[derive(Clone, Copy, Default)]
+pub struct Options<'a> {
+    pub writes: Writes,
+    /// The previous backup's copy of each item (same order): unchanged files become
+    /// hard links to it.
+    pub link_dest: Option<&'a [PathBuf]>,
+    pub bwlimit: Option<bytesize::ByteSize>,
+    pub remote: Option<&'a Remote>,
+}
+
 /// Run rsync for every item in turn. `progress` is called with the bytes copied so far
-/// across all items.
-/// `link_dest`, when given, is the previous backup's copy of each item (same order):
-/// unchanged files become hard links to it.
-pub async fn copy(
+/// across all items; `sent` is called with the item's index and the path
+/// (relative to the item) of each file whose data rsync sends, as it starts on it.
+pub async fn copy_with(
     items: &[CopyItem],
-    writes: Writes,
-    link_dest: Option<&[PathBuf]>,
-    bwlimit: Option<bytesize::ByteSize>,
+    options: Options<'_>,
     progress: &(dyn Fn(u64) + Sync),
+    sent: &(dyn Fn(usize, PathBuf) + Sync),
 ) -> anyhow::Result<TransferStats> {
     let started = Instant::now();
     let mut total = TransferStats {
@@ -46,24 +77,23 @@ pub async fn copy(
     };
     let mut done = 0;
     for (i, item) in items.iter().enumerate() {
-        let args = argv(item, writes, link_dest.map(|l| l[i].as_path()), bwlimit);
+        let link_dest = options.link_dest.map(|l| l[i].as_path());
+        let args = argv(item, options, link_dest);
         let done_before = done;
-        let stats = run_one(item, args, &|b| progress(done_before + b)).await?;
+        let stats = run_one(args, &|b| progress(done_before + b), &|p| sent(i, p)).await?;
         done += stats.bytes.max(stats.bytes_written);
         total.bytes += stats.bytes;
         total.bytes_written += stats.bytes_written;
         total.files += stats.files;
+        if let (Some(w), Some(_)) = (stats.wire_bytes, options.remote) {
+            *total.wire_bytes.get_or_insert(0) += w;
+        }
     }
     total.duration_ms = started.elapsed().as_millis() as u64;
     Ok(total)
 }
 
-fn argv(
-    item: &CopyItem,
-    writes: Writes,
-    link_dest: Option<&Path>,
-    bwlimit: Option<bytesize::ByteSize>,
-) -> Vec<String> {
+fn argv(item: &CopyItem, options: Options<'_>, link_dest: Option<&Path>) -> Vec<String> {
     let mut args: Vec<String> = [
         "--archive",
         // A seeded destination holds files the server has since deleted (a dropped table).
@@ -75,10 +105,12 @@ fn argv(
         "--no-inc-recursive",
         "--info=progress2",
         "--stats",
+        // Each file whose data is sent, as it starts (for the checksums).
+        "--out-format=%i %n",
     ]
     .map(String::from)
     .to_vec();
-    match writes {
+    match options.writes {
         Writes::Whole => {}
         // Local copies default to whole files; the delta algorithm finds unchanged blocks.
         Writes::InPlace => args.extend(["--inplace".to_string(), "--no-whole-file".to_string()]),
@@ -86,22 +118,51 @@ fn argv(
     if let Some(previous) = link_dest {
         args.push(format!("--link-dest={}", previous.display()));
     }
-    if let Some(limit) = bwlimit {
+    if let Some(limit) = options.bwlimit {
         args.push(format!("--bwlimit={}K", (limit.as_u64() / 1024).max(1)));
     }
     for path in &item.exclude {
         args.push(format!("--exclude=/{}", path.display()));
     }
     // Trailing slashes: copy the directory's contents, not the directory itself.
-    args.push(format!("{}/", item.from.display()));
-    args.push(format!("{}/", item.to.display()));
+    let (mut from, mut to) = (
+        format!("{}/", item.from.display()),
+        format!("{}/", item.to.display()),
+    );
+    if let Some(remote) = options.remote {
+        args.extend([
+            "-e".to_string(),
+            remote.shell.clone(),
+            // The arguments travel inside rsync's protocol, not on the remote shell's
+            // command line: a path holding `; $( ) '` or a newline stays a path.
+            "--secluded-args".into(),
+            // A file cut off by a lost connection is kept, so the next run resumes it.
+            "--partial".into(),
+        ]);
+        match remote.compress {
+            None => {}
+            Some(None) => args.push("--compress".into()),
+            Some(Some(level)) => {
+                args.extend(["--compress".into(), format!("--compress-level={level}")])
+            }
+        }
+        match remote.side {
+            Side::Dest => {
+                args.push("--mkpath".into());
+                to = format!("{}:{to}", remote.host);
+            }
+            Side::Source => from = format!("{}:{from}", remote.host),
+        }
+    }
+    args.push(from);
+    args.push(to);
     args
 }
 
 async fn run_one(
-    item: &CopyItem,
     args: Vec<String>,
     progress: &(dyn Fn(u64) + Sync),
+    sent: &(dyn Fn(PathBuf) + Sync),
 ) -> anyhow::Result<TransferStats> {
     tracing::debug!(?args, "rsync");
     // If dbsnap itself is killed (kill -9, OOM), rsync must not read on from the
@@ -126,7 +187,7 @@ async fn run_one(
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let (out, err, status) = tokio::join!(
-        read_progress(stdout, progress),
+        read_progress(stdout, progress, sent),
         read_all(stderr),
         child.wait()
     );
@@ -135,23 +196,31 @@ async fn run_one(
     let out = out?;
     if !status.success() {
         let err = err.unwrap_or_default();
-        let class =
-            if err.contains("No space left on device") || err.contains("Disk quota exceeded") {
-                Class::Destination
-            } else {
-                Class::Transfer
-            };
-        let what = if class == Class::Destination {
-            "the destination is full: free space there or point [backup] dest elsewhere"
-        } else {
-            "the copy failed"
+        let full = err.contains("No space left on device") || err.contains("Disk quota exceeded");
+        // 255: ssh lost the connection; 12 and 30/35: rsync's protocol stream broke off.
+        let lost = matches!(status.code(), Some(255 | 12 | 30 | 35))
+            || err.contains("connection unexpectedly closed")
+            || err.contains("Broken pipe");
+        let (class, what) = match (full, lost && args.iter().any(|a| a == "-e")) {
+            (true, _) => (
+                Class::Destination,
+                "the destination is full: free space there or point [backup] dest elsewhere",
+            ),
+            (false, true) => (
+                Class::Remote,
+                "the connection to the backup host was lost: the copy so far stays there as a \
+                 partial backup, and the next run resumes from it",
+            ),
+            (false, false) => (Class::Transfer, "the copy failed"),
         };
+        // The last two arguments are the real ends, `host:` included.
+        let ends = &args[args.len() - 2..];
         return Err(fail(
             class,
             format!(
                 "{what} (rsync from {} to {} exited with {status}): {}",
-                item.from.display(),
-                item.to.display(),
+                ends[0],
+                ends[1],
                 last_lines(&err, 5)
             ),
         ));
@@ -164,6 +233,7 @@ async fn run_one(
 async fn read_progress(
     mut pipe: impl AsyncRead + Unpin,
     progress: &(dyn Fn(u64) + Sync),
+    sent: &(dyn Fn(PathBuf) + Sync),
 ) -> std::io::Result<String> {
     let mut all = Vec::new();
     let mut line = Vec::new();
@@ -177,6 +247,9 @@ async fn read_progress(
         all.extend_from_slice(&buf[..n]);
         for &b in &buf[..n] {
             if b == b'\r' || b == b'\n' {
+                if let Some(path) = parse_sent(&line) {
+                    sent(path);
+                }
                 if let Some(bytes) = parse_progress(&String::from_utf8_lossy(&line)) {
                     if last_report.elapsed() >= Duration::from_millis(200) {
                         progress(bytes);
@@ -209,6 +282,36 @@ fn parse_progress(line: &str) -> Option<u64> {
     parse_number(bytes)
 }
 
+/// `<f+++++++++ dir/name` (`%i %n`: the file's data is sent) → `dir/name`. rsync
+/// escapes unprintable bytes in names as `\#ooo` (octal).
+fn parse_sent(line: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    if line.len() < 13 || line[11] != b' ' || !matches!(line[0], b'<' | b'>') || line[1] != b'f' {
+        return None;
+    }
+    let name = &line[12..];
+    let mut out = Vec::with_capacity(name.len());
+    let mut i = 0;
+    while i < name.len() {
+        let octal = name.get(i + 2..i + 5).and_then(|o| {
+            std::str::from_utf8(o)
+                .ok()
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        });
+        match (name[i], name.get(i + 1), octal) {
+            (b'\\', Some(b'#'), Some(byte)) => {
+                out.push(byte);
+                i += 5;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    Some(PathBuf::from(std::ffi::OsString::from_vec(out)))
+}
+
 fn parse_number(s: &str) -> Option<u64> {
     s.replace(',', "").parse().ok()
 }
@@ -226,6 +329,7 @@ fn parse_stats(out: &str) -> TransferStats {
         bytes: field("Total transferred file size:"),
         bytes_written: field("Literal data:"),
         files: field("Number of regular files transferred:"),
+        wire_bytes: Some(field("Total bytes sent:") + field("Total bytes received:")),
         ..Default::default()
     }
 }
@@ -254,6 +358,54 @@ mod tests {
     }
 
     #[test]
+    fn sent_files_are_read_from_the_itemized_lines_with_their_escapes() {
+        assert_eq!(
+            parse_sent(b"<f+++++++++ we ird\\#012name"),
+            Some(PathBuf::from("we ird\nname"))
+        );
+        assert_eq!(
+            parse_sent(b">f.st...... sub/b"),
+            Some(PathBuf::from("sub/b"))
+        );
+        assert_eq!(parse_sent(b"cd+++++++++ sub/"), None);
+        assert_eq!(parse_sent(b".f...p..... sub/b"), None);
+        assert_eq!(parse_sent(b"*deleting   old"), None);
+        assert_eq!(parse_sent(b"    32,768 100%"), None);
+    }
+
+    #[test]
+    fn an_ssh_copy_names_the_host_and_keeps_its_arguments_off_the_remote_shell() {
+        let item = CopyItem {
+            from: "/snap/x".into(),
+            to: "/srv/b; $(x)/n.partial/files/x".into(),
+            exclude: vec![],
+        };
+        let remote = Remote {
+            shell: "ssh -o ControlPath=/s".into(),
+            host: "u@h".into(),
+            side: Side::Dest,
+            compress: Some(Some(3)),
+        };
+        let a = argv(
+            &item,
+            Options {
+                remote: Some(&remote),
+                ..Options::default()
+            },
+            None,
+        );
+        for want in [
+            "--secluded-args",
+            "--partial",
+            "--mkpath",
+            "--compress-level=3",
+        ] {
+            assert!(a.contains(&want.to_string()), "{want}: {a:?}");
+        }
+        assert_eq!(a[a.len() - 1], "u@h:/srv/b; $(x)/n.partial/files/x/");
+    }
+
+    #[test]
     fn parses_stats() {
         let out = "\nNumber of files: 12 (reg: 10, dir: 2)\nNumber of created files: 11\n\
                    Number of regular files transferred: 10\nTotal file size: 79,691,776 bytes\n\
@@ -273,16 +425,20 @@ mod tests {
         };
         let a = argv(
             &item,
-            Writes::Whole,
+            Options {
+                bwlimit: Some(bytesize::ByteSize::mib(10)),
+                ..Options::default()
+            },
             None,
-            Some(bytesize::ByteSize::mib(10)),
         );
         assert!(a.contains(&"--delete".to_string()) && !a.contains(&"--inplace".to_string()));
         let b = argv(
             &item,
-            Writes::InPlace,
+            Options {
+                writes: Writes::InPlace,
+                ..Options::default()
+            },
             Some(Path::new("/b/prev/files/x")),
-            None,
         );
         assert!(b.contains(&"--inplace".to_string()) && b.contains(&"--no-whole-file".to_string()));
         assert!(b.contains(&"--link-dest=/b/prev/files/x".to_string()));
@@ -307,7 +463,7 @@ mod tests {
             to: to.clone(),
             exclude: vec!["x.pid".into()],
         };
-        let stats = copy(&[item], Writes::Whole, None, None, &|_| {})
+        let stats = copy_with(&[item], Options::default(), &|_| {}, &|_, _| {})
             .await
             .unwrap();
         assert_eq!(stats.bytes, 100_000);

@@ -8,6 +8,9 @@ use anyhow::Context;
 use async_trait::async_trait;
 use dbsnap_backend_api::ReadPath;
 
+use bytesize::ByteSize;
+
+use super::checksums::{self, Checksums};
 use super::incremental::{self, Basis};
 use super::{chain, rsync, Copied, CopyItem, Finish, Source, Target, Transfer};
 use crate::db::Layout;
@@ -19,6 +22,7 @@ pub struct TreeTransfer<'a> {
     pub dest: &'a dyn Destination,
     pub incremental: bool,
     pub bwlimit: Option<bytesize::ByteSize>,
+    pub compress: Option<crate::config::Compress>,
     pub needed_bytes: u64,
 }
 
@@ -32,12 +36,17 @@ impl Transfer for TreeTransfer<'_> {
         self.needed_bytes
     }
 
+    fn resumes(&self) -> bool {
+        true
+    }
+
     async fn copy(&self, from: Source<'_>, into: Target<'_>) -> anyhow::Result<Copied> {
         let items = plan_copy(from.layout, from.read_paths, &into.partial.dir)?;
         self.copy_with_rsync(
             &from.layout.datadir,
             &items,
             &into.partial.dir,
+            into.resumed_from,
             into.progress,
         )
         .await
@@ -63,39 +72,88 @@ impl Transfer for TreeTransfer<'_> {
 
 impl TreeTransfer<'_> {
     /// From the mounted snapshot into `partial/files/...`, built from the previous backup
-    /// when `[backup] incremental` allows.
+    /// when `[backup] incremental` allows, with a checksum of every stored file (checked
+    /// on the destination's host before publishing, when that is another host).
     async fn copy_with_rsync(
         &self,
         datadir: &Path,
         items: &[CopyItem],
         partial: &Path,
+        resumed_from: Option<String>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> anyhow::Result<Copied> {
-        let basis = match self.incremental {
-            true => incremental::prepare(self.dest, partial, datadir).await?,
-            false => Basis::Full,
+        let remote = self.dest.remote();
+        let basis = match (self.incremental, remote) {
+            (false, _) => Basis::Full,
+            (true, None) => incremental::prepare(self.dest, partial, datadir).await?,
+            (true, Some(r)) => {
+                incremental::prepare_remote(r, partial, datadir, resumed_from.is_some()).await?
+            }
         };
         if let Some(base) = basis.base() {
             tracing::info!("incremental copy from backup {base} ({})", basis.method());
         }
-        for item in items {
-            std::fs::create_dir_all(&item.to)
-                .with_context(|| format!("creating {}", item.to.display()))?;
-        }
+        let rsync_remote = match remote {
+            Some(r) => Some(
+                r.rsync_remote(
+                    rsync::Side::Dest,
+                    crate::config::Compress::level(self.compress),
+                )
+                .await?,
+            ),
+            None => {
+                for item in items {
+                    std::fs::create_dir_all(&item.to)
+                        .with_context(|| format!("creating {}", item.to.display()))?;
+                }
+                None
+            }
+        };
+        // A resumed partial holds what the interrupted run sent, not the base's files.
+        let base_checksums = match (basis.base_path(), &resumed_from) {
+            (Some(base), None) => self.base_checksums(base).await,
+            _ => None,
+        };
         let link_dest = basis.link_dest(items, partial);
-        let mut stats = rsync::copy(
-            items,
-            basis.writes(),
-            link_dest.as_deref(),
-            self.bwlimit,
-            progress,
-        )
-        .await?;
+        let options = rsync::Options {
+            writes: basis.writes(),
+            link_dest: link_dest.as_deref(),
+            bwlimit: self.bwlimit,
+            remote: rsync_remote.as_ref(),
+        };
+        let (mut stats, checksums, hashing) =
+            checksums::copy_and_hash(items, options, partial, base_checksums, progress).await?;
+        tracing::info!(
+            "checksums of {} files: {} read behind the copy, {} after it, {} kept from the base",
+            checksums.0.len(),
+            ByteSize::b(hashing.during_copy).display().iec(),
+            ByteSize::b(hashing.after_copy).display().iec(),
+            hashing.reused
+        );
+        match remote {
+            Some(r) => r.check_checksums(partial, &checksums).await?,
+            None => checksums.write(partial)?,
+        }
         stats.method = basis.method();
         stats.base = basis.base();
+        stats.resumed_from = resumed_from;
         Ok(Copied {
             stats,
             stored: Vec::new(),
+        })
+    }
+
+    /// The base backup's checksums, if it has them (older backups do not).
+    async fn base_checksums(&self, base: &Path) -> Option<Checksums> {
+        let found = match self.dest.remote() {
+            Some(r) => r.read_checksums(base).await,
+            None => Checksums::read(base),
+        };
+        found.unwrap_or_else(|e| {
+            tracing::warn!(
+                "the base backup's checksums cannot be read ({e:#}); every file is hashed"
+            );
+            None
         })
     }
 }

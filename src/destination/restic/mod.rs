@@ -509,6 +509,8 @@ impl Ingest for ResticRepo {
             files: summary.total_files_processed,
             duration_ms: (summary.total_duration * 1000.0) as u64,
             repository_snapshot: Some(summary.snapshot_id),
+            resumed_from: None,
+            wire_bytes: None,
         })
     }
 }
