@@ -8,6 +8,7 @@
 //!   (`rsync --link-dest`) and changed files are written whole, never in place.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use dbsnap_backend_api::command::Cmd;
@@ -79,6 +80,28 @@ impl Basis {
             Basis::Reflinked { path, .. } | Basis::Linked { path, .. } => Some(path),
         }
     }
+}
+
+/// From when the copy must compare files by content rather than trust rsync's quick
+/// check (see [`crate::transfer::rsync::Options::recheck_since`]): two seconds before the
+/// earliest start of the base and of the resumed partial, whose names are their UTC start
+/// times to the second (rsync compares whole seconds; the snapshot came after the start).
+/// `None` for a fresh full copy: there is nothing to compare with. A name that is not a
+/// time compares every file.
+pub fn recheck_since(basis: &Basis, resumed_from: Option<&str>) -> Option<SystemTime> {
+    let started = |name: &str| {
+        name.get(..16)
+            .and_then(|stamp| chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").ok())
+            .map(|t| SystemTime::from(t.and_utc()) - Duration::from_secs(2))
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    };
+    basis
+        .base()
+        .as_deref()
+        .into_iter()
+        .chain(resumed_from)
+        .map(started)
+        .min()
 }
 
 /// Decide the basis for a new backup in `partial` and, for a reflink basis, seed it.
@@ -262,6 +285,35 @@ mod tests {
             }
             .writes(),
             Writes::InPlace
+        );
+    }
+
+    #[test]
+    fn files_are_rechecked_from_two_seconds_before_the_earliest_start() {
+        let at = |stamp: &str| {
+            SystemTime::from(
+                chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+                    .unwrap()
+                    .and_utc(),
+            ) - Duration::from_secs(2)
+        };
+        let linked = Basis::Linked {
+            base: "20261125T000010Z".into(),
+            path: "/b/20261125T000010Z".into(),
+        };
+        assert_eq!(recheck_since(&Basis::Full, None), None);
+        assert_eq!(recheck_since(&linked, None), Some(at("20261125T000010Z")));
+        assert_eq!(
+            recheck_since(&linked, Some("20261126T000000Z.1")),
+            Some(at("20261125T000010Z"))
+        );
+        assert_eq!(
+            recheck_since(&Basis::Full, Some("20261126T000000Z")),
+            Some(at("20261126T000000Z"))
+        );
+        assert_eq!(
+            recheck_since(&Basis::Full, Some("not-a-time")),
+            Some(SystemTime::UNIX_EPOCH)
         );
     }
 }

@@ -1,9 +1,11 @@
 //! The rsync driver: one `rsync` per directory, argv only, with progress parsed from
 //! `--info=progress2` and totals from `--stats`.
 
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -60,6 +62,13 @@ pub struct Options<'a> {
     pub link_dest: Option<&'a [PathBuf]>,
     pub bwlimit: Option<bytesize::ByteSize>,
     pub remote: Option<&'a Remote>,
+    /// Files the source shows modified at or after this instant are compared by content,
+    /// never skipped because their size and modification time match the destination's
+    /// (or the `link_dest` copy's). Set it to a little before the moment the base (or
+    /// the resumed partial) was copied from its snapshot: a file written again within
+    /// the same tick of the clock as that snapshot keeps its size and time but not its
+    /// contents, and rsync's quick check would keep the stale copy.
+    pub recheck_since: Option<SystemTime>,
 }
 
 /// Run rsync for every item in turn. `progress` is called with the bytes copied so far
@@ -78,19 +87,147 @@ pub async fn copy_with(
     let mut done = 0;
     for (i, item) in items.iter().enumerate() {
         let link_dest = options.link_dest.map(|l| l[i].as_path());
-        let args = argv(item, options, link_dest);
-        let done_before = done;
-        let stats = run_one(args, &|b| progress(done_before + b), &|p| sent(i, p)).await?;
-        done += stats.bytes.max(stats.bytes_written);
-        total.bytes += stats.bytes;
-        total.bytes_written += stats.bytes_written;
-        total.files += stats.files;
-        if let (Some(w), Some(_)) = (stats.wire_bytes, options.remote) {
-            *total.wire_bytes.get_or_insert(0) += w;
+        let recheck = match options.recheck_since {
+            Some(since) => Recheck::prepare(item, options, since)?,
+            None => None,
+        };
+        let mut passes = Vec::new();
+        let mut ordinary = argv(item, options, link_dest);
+        if let Some(recheck) = &recheck {
+            passes.push(recheck.first_pass.clone());
+            recheck.leave_to_first_pass(&mut ordinary);
+        }
+        passes.push(ordinary);
+        for args in passes {
+            let done_before = done;
+            let stats = run_one(args, &|b| progress(done_before + b), &|p| sent(i, p)).await?;
+            done += stats.bytes.max(stats.bytes_written);
+            total.bytes += stats.bytes;
+            total.bytes_written += stats.bytes_written;
+            total.files += stats.files;
+            if let (Some(w), Some(_)) = (stats.wire_bytes, options.remote) {
+                *total.wire_bytes.get_or_insert(0) += w;
+            }
         }
     }
     total.duration_ms = started.elapsed().as_millis() as u64;
     Ok(total)
+}
+
+/// Two passes over an item when some of its files may have changed without their size
+/// and time showing it (see [`Options::recheck_since`]): first those files alone,
+/// compared by content (`--ignore-times`) and never hard-linked to the base; then the
+/// ordinary pass over everything else. The ordinary pass must leave them out, not just
+/// find them up to date: with `--link-dest`, rsync replaces a destination file that
+/// matches the base's copy by size and time with a hard link to it.
+struct Recheck {
+    first_pass: Vec<String>,
+    /// The files, one per line, as the first pass reads them (`--files-from`).
+    _files: tempfile::NamedTempFile,
+    /// The same files as anchored patterns for the ordinary pass (`--exclude-from`).
+    patterns: tempfile::NamedTempFile,
+}
+
+impl Recheck {
+    /// `None` when no file was modified since `since`.
+    fn prepare(
+        item: &CopyItem,
+        options: Options<'_>,
+        since: SystemTime,
+    ) -> anyhow::Result<Option<Self>> {
+        let recent = modified_since(item, since)?;
+        if recent.is_empty() {
+            return Ok(None);
+        }
+        tracing::debug!(
+            files = recent.len(),
+            "compared by content: modified within the base's snapshot's clock tick or later"
+        );
+        let mut files = tempfile::NamedTempFile::new()?;
+        let mut patterns = tempfile::NamedTempFile::new()?;
+        for path in &recent {
+            files.write_all(path.as_os_str().as_bytes())?;
+            files.write_all(b"\0")?;
+            patterns.write_all(&anchored_pattern(path))?;
+            patterns.write_all(b"\0")?;
+        }
+        files.flush()?;
+        patterns.flush()?;
+        let mut first_pass = argv(
+            item,
+            Options {
+                link_dest: None,
+                ..options
+            },
+            None,
+        );
+        let ends = first_pass.split_off(first_pass.len() - 2);
+        // Only the listed files: nothing else is there to delete.
+        first_pass.retain(|a| a != "--delete");
+        first_pass.extend([
+            format!("--files-from={}", files.path().display()),
+            "--from0".into(),
+            "--ignore-times".into(),
+        ]);
+        first_pass.extend(ends);
+        Ok(Some(Recheck {
+            first_pass,
+            _files: files,
+            patterns,
+        }))
+    }
+
+    /// Make the ordinary pass leave the rechecked files as the first pass wrote them
+    /// (excluded files are not deleted either).
+    fn leave_to_first_pass(&self, ordinary: &mut Vec<String>) {
+        let ends = ordinary.split_off(ordinary.len() - 2);
+        ordinary.extend([
+            format!("--exclude-from={}", self.patterns.path().display()),
+            "--from0".into(),
+        ]);
+        ordinary.extend(ends);
+    }
+}
+
+/// `dir/a*b` → `/dir/a\*b`: an exclude pattern that matches exactly this path from the
+/// transfer's root (wildcard characters in the name escaped).
+fn anchored_pattern(path: &Path) -> Vec<u8> {
+    let mut pattern = vec![b'/'];
+    for &b in path.as_os_str().as_bytes() {
+        if matches!(b, b'*' | b'?' | b'[' | b'\\') {
+            pattern.push(b'\\');
+        }
+        pattern.push(b);
+    }
+    pattern
+}
+
+/// Regular files below `item.from` (on its filesystem, outside its excludes) modified at
+/// or after `since`, relative to `item.from`.
+fn modified_since(item: &CopyItem, since: SystemTime) -> anyhow::Result<Vec<PathBuf>> {
+    let mut recent = Vec::new();
+    let walk = walkdir::WalkDir::new(&item.from)
+        .same_file_system(true)
+        .into_iter()
+        .filter_entry(|e| {
+            let relative = e.path().strip_prefix(&item.from).unwrap_or(e.path());
+            !item.exclude.iter().any(|x| relative.starts_with(x))
+        });
+    for entry in walk {
+        let entry = entry.map_err(|e| anyhow::anyhow!("reading {}: {e}", item.from.display()))?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let modified = entry
+            .metadata()
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", entry.path().display()))?
+            .modified()?;
+        if modified >= since {
+            let relative = entry.path().strip_prefix(&item.from)?;
+            recent.push(relative.to_path_buf());
+        }
+    }
+    Ok(recent)
 }
 
 fn argv(item: &CopyItem, options: Options<'_>, link_dest: Option<&Path>) -> Vec<String> {
@@ -475,5 +612,131 @@ mod tests {
         );
         assert!(!to.join("x.pid").exists());
         assert!(!std::path::Path::new("pwned").exists());
+    }
+
+    /// A base backup and a snapshot whose `changed` file was rewritten after the base's
+    /// snapshot within the same second: same size, same modification time, other bytes.
+    /// `old` was last written long before and is the same on both sides.
+    struct SameTickChange {
+        base: tempfile::TempDir,
+        snapshot: tempfile::TempDir,
+        dest: tempfile::TempDir,
+        base_started: SystemTime,
+    }
+
+    fn same_tick_change() -> SameTickChange {
+        let (base, snapshot, dest) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let base_started = SystemTime::now() - Duration::from_secs(60);
+        let write = |dir: &Path, name: &str, bytes: &[u8], at: SystemTime| {
+            std::fs::write(dir.join(name), bytes).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(dir.join(name))
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        };
+        let tick = base_started + Duration::from_millis(300);
+        let long_ago = base_started - Duration::from_secs(3600);
+        write(
+            base.path(),
+            "changed.ibd",
+            b"page written before the base",
+            tick,
+        );
+        write(
+            snapshot.path(),
+            "changed.ibd",
+            b"PAGE WRITTEN AFTER THE BASE!",
+            tick,
+        );
+        write(base.path(), "old.ibd", b"unchanged", long_ago);
+        write(snapshot.path(), "old.ibd", b"unchanged", long_ago);
+        SameTickChange {
+            base,
+            snapshot,
+            dest,
+            base_started,
+        }
+    }
+
+    impl SameTickChange {
+        fn item(&self) -> CopyItem {
+            CopyItem {
+                from: self.snapshot.path().into(),
+                to: self.dest.path().into(),
+                exclude: vec![],
+            }
+        }
+
+        fn copied(&self, name: &str) -> Vec<u8> {
+            std::fs::read(self.dest.path().join(name)).unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_changed_within_the_bases_second_is_copied_not_hard_linked_to_the_stale_base() {
+        use std::os::unix::fs::MetadataExt;
+        let case = same_tick_change();
+        let link_dest = [case.base.path().to_path_buf()];
+        let options = Options {
+            link_dest: Some(&link_dest),
+            recheck_since: Some(case.base_started - Duration::from_secs(2)),
+            ..Options::default()
+        };
+        copy_with(&[case.item()], options, &|_| {}, &|_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(case.copied("changed.ibd"), b"PAGE WRITTEN AFTER THE BASE!");
+        // What did not change is still a hard link into the base: the copy stays incremental.
+        let old = std::fs::metadata(case.dest.path().join("old.ibd")).unwrap();
+        assert_eq!(old.nlink(), 2);
+
+        // Without the recheck, rsync's quick check keeps the stale page: the reason for it.
+        let stale = same_tick_change();
+        let link_dest = [stale.base.path().to_path_buf()];
+        let trusting = Options {
+            link_dest: Some(&link_dest),
+            ..Options::default()
+        };
+        copy_with(&[stale.item()], trusting, &|_| {}, &|_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(stale.copied("changed.ibd"), b"page written before the base");
+    }
+
+    #[tokio::test]
+    async fn a_file_changed_within_the_bases_second_is_rewritten_in_a_seeded_copy() {
+        let case = same_tick_change();
+        let seeded = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", case.base.path().display()))
+            .arg(case.dest.path())
+            .status()
+            .unwrap();
+        assert!(seeded.success());
+        let options = Options {
+            writes: Writes::InPlace,
+            recheck_since: Some(case.base_started - Duration::from_secs(2)),
+            ..Options::default()
+        };
+        copy_with(&[case.item()], options, &|_| {}, &|_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(case.copied("changed.ibd"), b"PAGE WRITTEN AFTER THE BASE!");
+        assert_eq!(case.copied("old.ibd"), b"unchanged");
+    }
+
+    #[test]
+    fn a_rechecked_file_is_left_out_of_the_ordinary_pass_by_its_exact_path() {
+        assert_eq!(anchored_pattern(Path::new("db/t.ibd")), b"/db/t.ibd");
+        assert_eq!(
+            anchored_pattern(Path::new("d?b/a*[1]\\x")),
+            b"/d\\?b/a\\*\\[1]\\\\x"
+        );
     }
 }

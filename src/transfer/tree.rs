@@ -120,6 +120,7 @@ impl TreeTransfer<'_> {
             link_dest: link_dest.as_deref(),
             bwlimit: self.bwlimit,
             remote: rsync_remote.as_ref(),
+            recheck_since: incremental::recheck_since(&basis, resumed_from.as_deref()),
         };
         let (mut stats, checksums, hashing) =
             checksums::copy_and_hash(items, options, partial, base_checksums, progress).await?;
