@@ -31,6 +31,10 @@ test_packages=(
     zfs-fuse
     qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static kmod cpio
     borgbackup restic
+    # the restic destination's REST server (`rclone serve restic`)
+    rclone
+    # real sshd for the ssh destination and sftp repository tests
+    openssh-server openssh-client b3sum
     psmisc fonts-dejavu-core jq
     # the package tier: systemd-analyze verify, man -w, cargo-deb's strip
     systemd man-db binutils

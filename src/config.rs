@@ -133,6 +133,8 @@ pub struct BackupConfig {
     /// `[backup.ssh]`: how an `ssh://` destination is reached.
     #[serde(default)]
     pub ssh: SshConfig,
+    /// `[backup.restic]`: how to open the repository when `dest = "restic:<repository>"`.
+    pub restic: Option<ResticConfig>,
 }
 
 /// `[backup] method`: `rsync`, `auto`, or the name of a backend's native stream.
@@ -300,7 +302,10 @@ impl Config {
             paths.push(("mysql.password_file", p));
         }
         if let Some(b) = &self.backup {
-            ssh::check(b, &mut paths)?;
+            // A restic repository is no path; anything else is the ssh side's to sort.
+            if restic::check(b)?.is_some() {
+                ssh::check(b, &mut paths)?;
+            }
         }
         if let Some(p) = &self.snapshot.btrfs.snapshot_dir {
             paths.push(("snapshot.btrfs.snapshot_dir", p));
@@ -372,6 +377,9 @@ impl Config {
     /// A destination that is the root directory, or inside a snapshot directory, would
     /// copy the backup into what is being backed up or into a snapshot that is deleted.
     fn check_dest(&self, dest: &Path) -> Result<(), KeyProblem> {
+        if dest.to_string_lossy().starts_with(RESTIC_SCHEME) {
+            return Ok(()); // a repository: see `restic::check`
+        }
         let key = "backup.dest";
         let normal: Vec<&std::ffi::OsStr> = dest
             .components()
@@ -560,6 +568,9 @@ impl MysqlConfig {
         Ok(creds)
     }
 }
+
+mod restic;
+pub use restic::{ResticConfig, RESTIC_SCHEME};
 
 #[cfg(test)]
 mod tests;

@@ -42,6 +42,8 @@ pub enum Class {
     /// The backup host cannot be reached, refused dbsnap's key, or its host key is
     /// unknown or changed; or the ssh connection was lost.
     Remote,
+    /// The restic repository is missing, unreachable, locked, or refused the password.
+    Repository,
     /// Interrupted by SIGINT or SIGTERM; everything was cleaned up.
     Interrupted,
 }
@@ -63,6 +65,7 @@ impl Class {
             Class::Hook => 12,
             Class::SnapshotInvalid => 13,
             Class::Remote => 14,
+            Class::Repository => 15,
             Class::Interrupted => 130,
         }
     }
@@ -85,6 +88,7 @@ Exit codes:
   12   a hook failed
   13   a kept snapshot became invalid while kept (released; what read it is not consistent)
   14   backup host unreachable, key refused, host key unknown or changed, or connection lost
+  15   restic repository missing, unreachable, locked, or wrong password
   130  interrupted (SIGINT/SIGTERM); cleaned up";
 }
 
@@ -203,6 +207,7 @@ mod tests {
             Class::Hook,
             Class::SnapshotInvalid,
             Class::Remote,
+            Class::Repository,
             Class::Interrupted,
         ];
         let mut codes: Vec<u8> = all.iter().map(|c| c.exit_code()).collect();

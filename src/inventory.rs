@@ -30,11 +30,11 @@ pub struct DiskSpace {
 impl Inventory {
     pub async fn read(config: &Config) -> anyhow::Result<Inventory> {
         let dest = config.backup.as_ref().map(|b| b.dest.as_path());
-        // An ssh destination is listed over ssh; a missing local one holds nothing.
-        let listed = config
-            .backup
-            .as_ref()
-            .filter(|b| crate::ssh::is_ssh(&b.dest) || b.dest.exists());
+        // An ssh destination is listed over ssh, a restic repository through restic; a
+        // missing local one holds nothing.
+        let listed = config.backup.as_ref().filter(|b| {
+            crate::ssh::is_ssh(&b.dest) || b.restic_repository().is_some() || b.dest.exists()
+        });
         let backups = match listed {
             Some(backup) => crate::destination::open(backup, &config.state_dir)?
                 .backups()

@@ -101,6 +101,9 @@ pub struct TransferStats {
     /// Bytes rsync put on the wire (to an ssh destination: before ssh's encryption).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wire_bytes: Option<u64>,
+    /// For a restic repository: the snapshot holding the files (restic's short id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_snapshot: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +149,8 @@ pub enum TransferMethod {
     RsyncReflink,
     /// rsync with unchanged files hard-linked into the previous backup.
     RsyncLinkDest,
+    /// `restic backup` into a repository, deduplicated against its parent snapshot.
+    Restic,
     /// The backend's native stream, by the name the backend gives it (`btrfs-send`).
     Stream(String),
 }
@@ -156,6 +161,7 @@ impl TransferMethod {
             TransferMethod::Rsync => "rsync",
             TransferMethod::RsyncReflink => "rsync+reflink",
             TransferMethod::RsyncLinkDest => "rsync+link-dest",
+            TransferMethod::Restic => "restic",
             TransferMethod::Stream(name) => name,
         }
     }
@@ -167,6 +173,7 @@ impl From<String> for TransferMethod {
             "rsync" => TransferMethod::Rsync,
             "rsync+reflink" => TransferMethod::RsyncReflink,
             "rsync+link-dest" => TransferMethod::RsyncLinkDest,
+            "restic" => TransferMethod::Restic,
             _ => TransferMethod::Stream(text),
         }
     }

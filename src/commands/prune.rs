@@ -56,11 +56,16 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
         print_decisions(&report);
     }
     if !dry_run {
+        let mut removed = false;
         for (backup, d) in backups.iter().zip(&report.backups) {
             if let (false, Some(dest)) = (d.keep, &dest) {
                 dest.remove(backup, &mut journal, &config.snapshot).await?;
                 tracing::info!("pruned backup {}", backup.path.display());
+                removed = true;
             }
+        }
+        if let (true, Some(dest)) = (removed, &dest) {
+            dest.reclaim(&mut journal, "prune").await?;
         }
         for (k, d) in kept.iter().zip(&report.snapshots) {
             if !d.keep {

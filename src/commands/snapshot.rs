@@ -382,7 +382,9 @@ fn forget(config: &Config, lock: &RunLock, kept: &KeptSnapshot) -> anyhow::Resul
             | Resource::RemotePartial { .. }
             | Resource::Pulled { .. }
             | Resource::Scratch { .. }
-            | Resource::Received { .. } => false,
+            | Resource::Received { .. }
+            | Resource::Fetched { .. }
+            | Resource::ResticRun { .. } => false,
         })
         .map(|e| e.resource.clone())
         .collect();

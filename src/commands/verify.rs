@@ -15,6 +15,27 @@ use crate::verify;
 
 pub async fn run(config: &Config, json: bool, backup: &str, checksums: bool) -> anyhow::Result<()> {
     let dest = crate::destination::open_configured(config)?;
+    if let Some((repo, found)) =
+        crate::destination::resolve_in_repository(dest.as_deref(), backup).await?
+    {
+        if checksums {
+            return Err(fail(
+                Class::Config,
+                "--checksums is for directory and ssh backups; a restic repository's data is \
+                 checked by `dbsnap verify` itself (restic check)",
+            ));
+        }
+        let (_lock, mut journal) = super::start_run(config).await?;
+        let outcome = super::until_signal(crate::readback::verify(
+            &config.state_dir,
+            repo,
+            &found,
+            &mut journal,
+        ))
+        .await;
+        let manifest = super::released_on_error(config, &mut journal, outcome).await?;
+        return report(&manifest, &found.path, json);
+    }
     if let Some((ssh, found)) = crate::destination::resolve_remote(dest.as_deref(), backup).await? {
         return match checksums {
             true => {

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::local::LocalDir;
+use super::restic::ResticRepo;
 use super::ssh::SshDir;
 use super::Destination;
 use crate::config::{BackupConfig, Config};
@@ -20,14 +21,8 @@ pub fn open(backup: &BackupConfig, state_dir: &Path) -> anyhow::Result<Box<dyn D
             .map_err(|e| fail(Class::Config, format!("[backup] dest = {e}")))?;
         return Ok(Box::new(SshDir::new(target, &backup.ssh, state_dir)));
     }
-    if text.starts_with("restic:") {
-        return Err(fail(
-            Class::Config,
-            format!(
-                "[backup] dest = {text:?}: restic: destinations are not supported yet; give a \
-                 local directory or ssh://host/path"
-            ),
-        ));
+    if backup.restic_repository().is_some() {
+        return Ok(Box::new(ResticRepo::open(backup, state_dir)?));
     }
     Ok(Box::new(LocalDir::new(dest)))
 }
@@ -54,17 +49,12 @@ mod tests {
     }
 
     #[test]
-    fn a_path_is_a_local_directory_an_ssh_url_a_remote_one_and_restic_is_refused() {
+    fn a_path_is_a_local_directory_an_ssh_url_a_remote_one() {
         let state = Path::new("/var/lib/dbsnap");
         let local = open(&backup("/srv/backups"), state).unwrap();
         assert_eq!(local.location(), Path::new("/srv/backups"));
         assert!(local.remote().is_none());
         let remote = open(&backup("ssh://b@db2:2222/srv/backups"), state).unwrap();
         assert_eq!(remote.remote().unwrap().target().host, "db2");
-        let mut restic = backup("/x");
-        restic.dest = "restic:/srv/repo".into();
-        let err = open(&restic, state).err().unwrap();
-        assert_eq!(crate::error::class_of(&err), Class::Config);
-        assert!(err.to_string().contains("restic:"), "{err}");
     }
 }

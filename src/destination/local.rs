@@ -78,7 +78,11 @@ pub async fn remove_dir(
 /// A destination on a filesystem that is being snapshotted takes its room from the
 /// live server's filesystem, where the snapshot already pins every block the copy
 /// duplicates: a full filesystem there crashes the server. Refused unless `--force`.
-fn check_filesystem(dest: &Path, canonical: &Path, server: &ServerFiles<'_>) -> anyhow::Result<()> {
+pub fn check_filesystem(
+    dest: &Path,
+    canonical: &Path,
+    server: &ServerFiles<'_>,
+) -> anyhow::Result<()> {
     let table = mounts::read_mount_table().map_err(crate::error::backend_error)?;
     let Some(dest_mount) = mounts::mount_of(&table, canonical) else {
         return Ok(());
@@ -161,10 +165,12 @@ impl Destination for LocalDir {
         check_filesystem(dest, &canonical, server)
     }
 
-    async fn free_bytes(&self) -> anyhow::Result<u64> {
+    async fn free_bytes(&self) -> anyhow::Result<Option<u64>> {
         let stat = nix::sys::statvfs::statvfs(&self.dir)
             .with_context(|| format!("statvfs {}", self.dir.display()))?;
-        Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+        Ok(Some(
+            stat.blocks_available() as u64 * stat.fragment_size() as u64,
+        ))
     }
 
     async fn entries(&self) -> anyhow::Result<Vec<Entry>> {

@@ -113,7 +113,7 @@ pub async fn backup_prepared(
     // Verified before post_backup, so that a hook shipping the backup elsewhere only
     // ever sees one that restores.
     let manifest = match verify {
-        true => publish::verify(journal, manifest).await?,
+        true => publish::verify(&plan.state_dir, dest, journal, manifest).await?,
         false => manifest,
     };
     let published = [
@@ -290,7 +290,16 @@ pub async fn plan_transfer<'a>(
 }
 
 async fn check_room(dest: &dyn Destination, needed: u64, data_bytes: u64) -> anyhow::Result<()> {
-    let free = dest.free_bytes().await?;
+    let Some(free) = dest.free_bytes().await? else {
+        // Failing closed would make every remote repository unusable; a store that
+        // fills up fails the backup cleanly (restic writes no snapshot).
+        tracing::warn!(
+            "{} cannot tell how much room it has; this backup may add up to {}",
+            dest.location().display(),
+            ByteSize::b(needed).display().iec()
+        );
+        return Ok(());
+    };
     if free >= needed {
         return Ok(());
     }

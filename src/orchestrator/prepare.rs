@@ -254,7 +254,9 @@ pub async fn warn_about_unknown_snapshots(
                 | Resource::RemotePartial { .. }
                 | Resource::Pulled { .. }
                 | Resource::Received { .. }
-                | Resource::Scratch { .. } => false,
+                | Resource::Scratch { .. }
+                | Resource::Fetched { .. }
+                | Resource::ResticRun { .. } => false,
             });
         if !known {
             tracing::warn!(

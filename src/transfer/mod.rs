@@ -6,11 +6,15 @@
 //! - [`stream::StreamTransfer`]: the backend's own stream (`btrfs send`, `zfs send`, or
 //!   whatever an exec plugin names), incremental along the parent chain ([`chain`]).
 //!
+//! - [`repository::RepositoryTransfer`]: a destination that reads the frozen files
+//!   itself (`restic backup` into a restic repository).
+//!
 //! [`choose`] is the one place that picks one, before the lock.
 
 pub mod chain;
 pub mod checksums;
 pub mod incremental;
+pub mod repository;
 pub mod rsync;
 pub mod stream;
 pub mod tree;
@@ -139,6 +143,9 @@ pub async fn choose<'a>(
     state_dir: &Path,
     facts: Facts<'_>,
 ) -> anyhow::Result<Box<dyn Transfer + 'a>> {
+    if let Some(ingest) = dest.ingest() {
+        return repository_transfer(settings.method, ingest, dest, facts).await;
+    }
     let stream = match dest.remote() {
         Some(remote) => refuse_stream_over_ssh(settings.method, remote)?,
         None => stream_for(settings.method, backend, dest.location()).await?,
@@ -189,6 +196,46 @@ pub async fn choose<'a>(
         parent,
         full_because,
         bwlimit: settings.bwlimit,
+        needed_bytes,
+    }))
+}
+
+/// `restic backup` into a repository; it needs room for what changed since the
+/// previous snapshot of this datadir (sized like a stream's increment), or for all of
+/// it the first time.
+async fn repository_transfer<'a>(
+    method: &Method,
+    ingest: &'a dyn crate::destination::Ingest,
+    dest: &'a dyn Destination,
+    facts: Facts<'_>,
+) -> anyhow::Result<Box<dyn Transfer + 'a>> {
+    if let Method::Stream(name) = method {
+        return Err(fail(
+            Class::Config,
+            format!(
+                "[backup] method = \"{name}\" cannot write into {}: restic reads the files \
+                 itself. Use method = \"auto\" (or leave it out)",
+                dest.location().display()
+            ),
+        ));
+    }
+    let restic = crate::destination::BaseOf::Stream(TransferMethod::Restic.as_str());
+    let base = dest.newest_base(facts.datadir, restic).await?;
+    let needed_bytes = match &base {
+        Some(_) => {
+            chain::room_for_increment(
+                dest,
+                facts.datadir,
+                TransferMethod::Restic.as_str(),
+                facts.data_bytes,
+            )
+            .await?
+        }
+        None => facts.data_bytes,
+    };
+    Ok(Box::new(repository::RepositoryTransfer {
+        ingest,
+        base: base.map(|b| b.name),
         needed_bytes,
     }))
 }

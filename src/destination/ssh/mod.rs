@@ -224,13 +224,14 @@ impl Destination for SshDir {
         self.check_with(&NEEDED_COMMANDS).await
     }
 
-    async fn free_bytes(&self) -> anyhow::Result<u64> {
+    async fn free_bytes(&self) -> anyhow::Result<Option<u64>> {
         let dir = self.dir().to_string_lossy();
         let out = self
             .session
             .run(&["df", "-P", "-B1", "--", &dir], "df")
             .await?;
-        out.lines()
+        let free = out
+            .lines()
             .nth(1)
             .and_then(|l| l.split_whitespace().nth(3))
             .and_then(|n| n.parse().ok())
@@ -239,7 +240,8 @@ impl Destination for SshDir {
                     "cannot read the free space of {} from df: {out:?}",
                     self.on_host(self.dir())
                 )
-            })
+            });
+        free.map(Some)
     }
 
     async fn entries(&self) -> anyhow::Result<Vec<Entry>> {
