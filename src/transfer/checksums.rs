@@ -222,6 +222,30 @@ pub fn verify_dir(backup_dir: &Path, checksums: &Checksums) -> Vec<Mismatch> {
         .collect()
 }
 
+type Hashed = (BTreeMap<PathBuf, String>, u64);
+
+/// The thread hashing behind the copy. Dropped before it was joined (the copy future
+/// was cancelled: the snapshot was lost, or dbsnap was interrupted), it is stopped and
+/// joined at once: it would otherwise wait for copy progress that never comes, holding
+/// a file of the snapshot open (an LVM snapshot then cannot be removed).
+struct HasherThread {
+    /// The files rsync sends; closed (dropped) when the copy is over.
+    files: Option<std::sync::mpsc::Sender<(usize, PathBuf)>>,
+    shared: Arc<Progress>,
+    thread: Option<std::thread::JoinHandle<Hashed>>,
+}
+
+impl Drop for HasherThread {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.files = None;
+            self.shared.abort.store(true, Ordering::Relaxed);
+            self.shared.done.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Shared between the copy and the hasher thread.
 #[derive(Default)]
 pub struct Progress {
@@ -318,19 +342,23 @@ pub async fn copy_and_hash(
         })
         .collect();
     let (tx, rx) = std::sync::mpsc::channel::<(usize, PathBuf)>();
-    let hasher = {
-        let (shared, roots) = (shared.clone(), roots.clone());
-        std::thread::spawn(move || {
-            let mut reader = Reader::new(Pace::Follow(&shared));
-            let mut hashed = BTreeMap::new();
-            for (i, relative) in rx {
-                let (from, stored) = &roots[i];
-                if let Ok(hash) = reader.hash(&from.join(&relative)) {
-                    hashed.insert(stored.join(&relative), hash);
+    let mut hasher = HasherThread {
+        files: Some(tx),
+        shared: shared.clone(),
+        thread: Some({
+            let (shared, roots) = (shared.clone(), roots.clone());
+            std::thread::spawn(move || {
+                let mut reader = Reader::new(Pace::Follow(&shared));
+                let mut hashed = BTreeMap::new();
+                for (i, relative) in rx {
+                    let (from, stored) = &roots[i];
+                    if let Ok(hash) = reader.hash(&from.join(&relative)) {
+                        hashed.insert(stored.join(&relative), hash);
+                    }
                 }
-            }
-            (hashed, reader.bytes_read())
-        })
+                (hashed, reader.bytes_read())
+            })
+        }),
     };
     let copied = {
         let report = |bytes| {
@@ -338,11 +366,13 @@ pub async fn copy_and_hash(
             progress(bytes)
         };
         let sent = |i, path| {
-            let _ = tx.send((i, path));
+            if let Some(files) = &hasher.files {
+                let _ = files.send((i, path));
+            }
         };
         rsync::copy_with(items, options, &report, &sent).await
     };
-    drop(tx);
+    hasher.files = None;
     let after_rate = match (&copied, options.bwlimit) {
         (_, Some(limit)) => limit.as_u64(),
         (Ok(stats), None) => (stats.bytes * 1000 / stats.duration_ms.max(1)).max(MIN_AFTER_RATE),
@@ -351,7 +381,8 @@ pub async fn copy_and_hash(
     shared.after_rate.store(after_rate, Ordering::Relaxed);
     shared.abort.store(copied.is_err(), Ordering::Relaxed);
     shared.done.store(true, Ordering::Relaxed);
-    let (mut hashed, during_copy) = tokio::task::spawn_blocking(move || hasher.join())
+    let thread = hasher.thread.take().expect("joined only here or on drop");
+    let (mut hashed, during_copy) = tokio::task::spawn_blocking(move || thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the checksum thread panicked"))?;
     let stats = copied?;
@@ -369,6 +400,36 @@ pub async fn copy_and_hash(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_cancelled_copy_leaves_no_file_of_the_snapshot_open() {
+        let (snapshot, partial) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let big = snapshot.path().join("ibdata1");
+        std::fs::write(&big, vec![7u8; 16 << 20]).unwrap();
+        let item = CopyItem {
+            from: snapshot.path().into(),
+            to: partial.path().join("files"),
+            exclude: vec![],
+        };
+        std::fs::create_dir(&item.to).unwrap();
+        let options = rsync::Options {
+            bwlimit: Some(bytesize::ByteSize::mib(2)),
+            ..rsync::Options::default()
+        };
+        let items = [item];
+        let copy = copy_and_hash(&items, options, partial.path(), None, &|_| {});
+        // The copy is cancelled in the middle of the file, as when the snapshot is lost.
+        let cancelled = tokio::time::timeout(Duration::from_millis(1500), copy).await;
+        assert!(
+            cancelled.is_err(),
+            "the copy finished before it was cancelled"
+        );
+        let held_open = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.unwrap().path()).ok())
+            .any(|target| target == big);
+        assert!(!held_open, "the hasher still holds {} open", big.display());
+    }
 
     #[test]
     fn the_file_reads_back_and_matches_b3sum() {
