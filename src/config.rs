@@ -108,13 +108,15 @@ pub struct BackupConfig {
     pub method: Method,
 }
 
-/// `[backup] method`: `rsync`, `auto`, or the name of a backend's native stream.
+/// `[backup] method`: `files`, `rsync`, `auto`, or the name of a backend's native stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(from = "String")]
 pub enum Method {
-    /// rsync from the mounted snapshot: works with every backend and destination; the
-    /// backups are plain directories.
+    /// A plain directory tree copied from the mounted snapshot: by dbsnap's own copy
+    /// engine to a destination on this host, by rsync elsewhere.
     #[default]
+    Files,
+    /// A plain directory tree, always by rsync.
     Rsync,
     /// The backend's native stream when it has one and the destination can receive it;
     /// rsync otherwise.
@@ -128,6 +130,7 @@ pub enum Method {
 impl From<String> for Method {
     fn from(text: String) -> Self {
         match text.as_str() {
+            "files" => Method::Files,
             "rsync" => Method::Rsync,
             "auto" => Method::Auto,
             _ => Method::Stream(text),
@@ -138,6 +141,7 @@ impl From<String> for Method {
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.pad(match self {
+            Method::Files => "files",
             Method::Rsync => "rsync",
             Method::Auto => "auto",
             Method::Stream(name) => name,

@@ -143,6 +143,12 @@ pub trait Destination: Send + Sync {
     /// The destination as configured (`[backup] dest`), for messages and records.
     fn location(&self) -> &Path;
 
+    /// The directory backups are written to, when it is on this host and can be
+    /// written with plain file calls (dbsnap's own copy engine); `None` elsewhere.
+    fn local_dir(&self) -> Option<&Path> {
+        None
+    }
+
     /// That backups can be written here: it exists, is writable and lies outside the
     /// server's directories `server_dirs`. Before the lock.
     async fn check(&self, server_dirs: &[DbPath]) -> anyhow::Result<()>;

@@ -1,6 +1,7 @@
 //! Phase 6, `copy`: the transfer into `NAME.partial`, watched. The orchestrator does
 //! not know which transfer it drives (see `transfer`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -13,6 +14,7 @@ use crate::destination::{Destination, Partial};
 use crate::error::{fail, Class};
 use crate::journal::Journal;
 use crate::progress::Progress;
+use crate::transfer::pace::Throttle;
 use crate::transfer::{Copied, Source, Target, Transfer};
 
 /// The partial backup, filled.
@@ -28,6 +30,7 @@ pub async fn copy(
     dest: &dyn Destination,
     backend: &dyn SnapshotBackend,
     journal: &mut Journal,
+    throttle: &Arc<Throttle>,
 ) -> anyhow::Result<Filled> {
     let frozen = &mounted.frozen;
     let partial = dest.create_partial(&frozen.run, journal).await?;
@@ -42,6 +45,7 @@ pub async fn copy(
         partial: &partial,
         journal,
         progress: &report_progress,
+        throttle,
     };
     let copied = tokio::select! {
         copied = transfer.copy(from, into) => copied?,

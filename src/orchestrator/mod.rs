@@ -72,7 +72,11 @@ pub async fn backup(
     let env = hook_env(Some(("DBSNAP_SNAPSHOT_PATH", frozen_datadir)));
     plan.hooks.run(Phase::PostSnapshot, &env).await?;
 
-    let filled = copy::copy(plan, &mounted, transfer.as_ref(), dest, backend, journal).await?;
+    let throttle = std::sync::Arc::new(transfer::pace::Throttle::new(
+        copy.bwlimit.map_or(0, |b| b.as_u64()),
+    ));
+    let moving = transfer.as_ref();
+    let filled = copy::copy(plan, &mounted, moving, dest, backend, journal, &throttle).await?;
     let manifest = publish::publish(&mounted, filled, started_at, dest, journal).await?;
     let releasing = transfer.as_ref();
     publish::release(plan, &mounted, &manifest, releasing, dest, backend, journal).await?;

@@ -97,6 +97,7 @@ async fn send(
         partial,
         journal,
         progress,
+        ..
     } = into;
     let run = partial.name.as_str();
     let partial = partial.dir.as_path();
