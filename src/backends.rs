@@ -40,16 +40,38 @@ pub fn open_named(name: &str, config: &SnapshotConfig) -> anyhow::Result<Box<dyn
     }
 }
 
+/// Opening any backend by the name a journal entry or record gives (which may differ
+/// from the configured one when cleaning up what an earlier configuration left). The
+/// host opens real backends from the configuration; tests of the flow give fakes.
+pub trait Backends: ReceivedCopies {
+    fn open_named(&self, name: &str) -> anyhow::Result<Box<dyn SnapshotBackend>>;
+}
+
+impl Backends for SnapshotConfig {
+    fn open_named(&self, name: &str) -> anyhow::Result<Box<dyn SnapshotBackend>> {
+        open_named(name, self)
+    }
+}
+
 /// Received copies are deleted by the backend that received them, whichever backend
 /// is configured now.
 #[async_trait]
 impl ReceivedCopies for SnapshotConfig {
     async fn delete_received(&self, backend: &str, id: &str) -> anyhow::Result<()> {
-        let backend = open_named(backend, self)?;
-        let stream = backend
-            .native_stream()
-            .with_context(|| format!("the {} backend cannot delete {id}", backend.name()))?;
-        stream.delete_received(id).await?;
-        Ok(())
+        delete_received(self, backend, id).await
     }
+}
+
+/// Delete a received copy through the backend called `backend`.
+pub async fn delete_received(
+    backends: &dyn Backends,
+    backend: &str,
+    id: &str,
+) -> anyhow::Result<()> {
+    let backend = backends.open_named(backend)?;
+    let stream = backend
+        .native_stream()
+        .with_context(|| format!("the {} backend cannot delete {id}", backend.name()))?;
+    stream.delete_received(id).await?;
+    Ok(())
 }

@@ -140,6 +140,17 @@ impl Journal {
         self.save()
     }
 
+    /// Forget a partial backup that is published now, with the copies received into
+    /// it: they are the backup's, no longer leftovers.
+    pub fn forget_published(&mut self, partial: &Path) -> anyhow::Result<()> {
+        self.entries.retain(|e| match &e.resource {
+            Resource::Partial { dir } => dir != partial,
+            Resource::Received { partial: p, .. } => p != partial,
+            Resource::Snapshot { .. } | Resource::Mount { .. } | Resource::Scratch { .. } => true,
+        });
+        self.save()
+    }
+
     fn save(&self) -> anyhow::Result<()> {
         let tmp = self.path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(&self.entries)?;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::db::version::ServerVersion;
 use crate::db::{Coordinates, DbPath, LockRecord};
 
 pub const MANIFEST_FILE: &str = "manifest.toml";
@@ -41,7 +42,7 @@ pub struct Manifest {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerRecord {
-    pub version: String,
+    pub version: ServerVersion,
     pub hostname: String,
     pub datadir: PathBuf,
     pub binlog_basename: Option<PathBuf>,
@@ -283,13 +284,13 @@ pub(crate) mod tests {
             started_at: now,
             finished_at: now,
             server: ServerRecord {
-                version: "10.11.19-MariaDB".into(),
+                version: ServerVersion::from_text("10.11.19-MariaDB"),
                 hostname: "db1".into(),
                 datadir: "/var/lib/mysql".into(),
                 binlog_basename: Some("/var/lib/mysql/binlog".into()),
             },
             lock: LockRecord {
-                mode: "backup-stage".into(),
+                mode: crate::db::lock_mode::LockMode::BackupStage,
                 reason: "MariaDB 10.11.19 supports BACKUP STAGE".into(),
                 prelude_ms: 3.25,
                 wait_ms: 1.5,

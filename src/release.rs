@@ -8,9 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 use dbsnap_backend_api::{SnapshotBackend, SnapshotSet};
 
-use crate::backends;
-use crate::config::SnapshotConfig;
-use crate::destination::ReceivedCopies;
+use crate::backends::Backends;
 use crate::error::backend_error;
 use crate::journal::{Journal, Resource};
 use crate::kept::KeptSnapshot;
@@ -20,7 +18,7 @@ use crate::kept::KeptSnapshot;
 /// does not pin the others, then reports all failures.
 pub async fn release_all(
     state_dir: &Path,
-    backends: &SnapshotConfig,
+    backends: &dyn Backends,
     journal: &mut Journal,
 ) -> anyhow::Result<Vec<String>> {
     let mut released = Vec::new();
@@ -51,7 +49,7 @@ pub async fn release_all(
 
 async fn release_one(
     state_dir: &Path,
-    backends: &SnapshotConfig,
+    backends: &dyn Backends,
     resource: &Resource,
 ) -> anyhow::Result<()> {
     match resource {
@@ -73,7 +71,7 @@ async fn release_one(
             backends.delete_received(backend, id).await
         }
         Resource::Mount { set, workdir } => {
-            let backend = backends::open_named(&set.backend, backends)?;
+            let backend = backends.open_named(&set.backend)?;
             unmount_from(backend.as_ref(), set, workdir).await
         }
         Resource::Snapshot { set } => {
@@ -82,7 +80,7 @@ async fn release_one(
             if crate::kept::is_kept(state_dir, &set.name) {
                 return Ok(());
             }
-            let backend = backends::open_named(&set.backend, backends)?;
+            let backend = backends.open_named(&set.backend)?;
             backend.release(set).await?;
             Ok(())
         }
@@ -115,10 +113,10 @@ pub fn describe(resource: &Resource) -> String {
 /// is idempotent, so a release that failed half-way can simply be run again.
 pub async fn release_kept(
     state_dir: &Path,
-    backends: &SnapshotConfig,
+    backends: &dyn Backends,
     kept: &KeptSnapshot,
 ) -> anyhow::Result<()> {
-    let backend = backends::open_named(&kept.set.backend, backends)?;
+    let backend = backends.open_named(&kept.set.backend)?;
     if let Some(m) = &kept.mount {
         m.unbind_all()?;
         unmount_from(backend.as_ref(), &kept.set, &m.workdir).await?;
@@ -131,7 +129,7 @@ pub async fn release_kept(
 /// `release`. Returns what was released.
 pub async fn release_expired(
     state_dir: &Path,
-    backends: &SnapshotConfig,
+    backends: &dyn Backends,
 ) -> anyhow::Result<Vec<String>> {
     let now = chrono::Utc::now();
     let mut released = Vec::new();

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::db::version::{Flavor, ServerVersion};
 use crate::db::Coordinates;
 use crate::error::{fail, Class};
 use crate::manifest::Manifest;
@@ -175,7 +176,11 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
         server_options,
         owner: owner.map(|(_, _, name)| name),
         rewritten,
-        replication: replication(&manifest.server.version, &manifest.coordinates, &source),
+        replication: replication(
+            &manifest.server.version.text,
+            &manifest.coordinates,
+            &source,
+        ),
         bytes: stats.bytes,
         duration_ms: stats.duration_ms,
     })
@@ -246,15 +251,9 @@ fn sql_string(s: &str) -> String {
 /// (MySQL 8.0.23 and later), in GTID and binlog file/position forms. The password is
 /// a placeholder: dbsnap never handles the replication password.
 pub fn replication(version: &str, coords: &Coordinates, source: &Source) -> Replication {
-    let mariadb = version.contains("MariaDB");
-    let numbers: Vec<u32> = version
-        .split(['-', '+'])
-        .next()
-        .unwrap_or("")
-        .split('.')
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    let new_mysql = !mariadb && numbers.as_slice() >= [8, 0, 23].as_slice();
+    let version = ServerVersion::from_text(version);
+    let mariadb = version.flavor == Flavor::MariaDb;
+    let new_mysql = version.has_change_replication_source();
     let (change, p, start) = if new_mysql {
         ("CHANGE REPLICATION SOURCE TO", "SOURCE", "START REPLICA;")
     } else {

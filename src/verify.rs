@@ -20,6 +20,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 use tokio::process::{Child, Command};
 
+use crate::db::version::ServerVersion;
 use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
 use crate::manifest::{Manifest, Verdict, Verification};
@@ -489,7 +490,8 @@ fn log_excerpt(log: &Path) -> String {
 /// Find the server binary: `mariadbd`/`mysqld` on PATH or in /usr/sbin, preferring the
 /// version the backup was taken with. A different major.minor is refused: InnoDB's redo
 /// format changes between releases, and recovery is what is being tested.
-async fn find_server(backup_version: &str) -> anyhow::Result<(PathBuf, String)> {
+async fn find_server(backup: &ServerVersion) -> anyhow::Result<(PathBuf, String)> {
+    let backup_version = backup.text.as_str();
     let mut candidates: Vec<PathBuf> = Vec::new();
     for name in ["mariadbd", "mysqld"] {
         if let Ok(found) = which::which_all(name) {
@@ -512,14 +514,17 @@ async fn find_server(backup_version: &str) -> anyhow::Result<(PathBuf, String)> 
             found.push((c, v));
         }
     }
-    let wanted = release(backup_version);
+    let wanted = backup.release();
     if let Some(exact) = found
         .iter()
         .find(|(_, v)| backup_version.starts_with(v.as_str()) || v.starts_with(backup_version))
     {
         return Ok(exact.clone());
     }
-    if let Some(same) = found.iter().find(|(_, v)| release(v) == wanted) {
+    if let Some(same) = found
+        .iter()
+        .find(|(_, v)| ServerVersion::from_text(v).release() == wanted)
+    {
         return Ok(same.clone());
     }
     Err(fail(
@@ -545,23 +550,6 @@ fn parse_version(output: &str) -> Option<String> {
     let mut words = output.split_whitespace();
     words.find(|w| *w == "Ver")?;
     words.next().map(str::to_string)
-}
-
-/// `10.11.6-MariaDB-log` → `10.11 MariaDB` (major.minor and flavour).
-fn release(version: &str) -> String {
-    let number: Vec<&str> = version
-        .split(['-', '+'])
-        .next()
-        .unwrap_or("")
-        .split('.')
-        .take(2)
-        .collect();
-    let flavour = if version.contains("MariaDB") {
-        "MariaDB"
-    } else {
-        "MySQL"
-    };
-    format!("{} {flavour}", number.join("."))
 }
 
 /// Stop a throwaway server left running on the scratch copy and delete the scratch
@@ -608,6 +596,7 @@ mod tests {
             .as_deref(),
             Some("10.11.6-MariaDB-0+deb12u1")
         );
+        let release = |v: &str| ServerVersion::from_text(v).release();
         assert_eq!(release("10.11.6-MariaDB-0+deb12u1-log"), "10.11 MariaDB");
         assert_eq!(release("8.0.36"), "8.0 MySQL");
         assert_ne!(release("10.6.1-MariaDB"), release("10.11.6-MariaDB"));

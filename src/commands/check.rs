@@ -29,7 +29,7 @@ struct Report {
 pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()> {
     let backend = backends::open(&config.snapshot)?;
     let plan = Plan::new(config, force)?;
-    let pre = orchestrator::prepare(&plan, backend.as_ref()).await?;
+    let pre = orchestrator::prepare(&plan, backend.as_ref()).await?.survey;
     let (destination, transfer_method, needed_bytes) = match &config.backup {
         Some(b) => {
             let copy = CopyPlan::new(b)?;

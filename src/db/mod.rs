@@ -2,10 +2,13 @@
 //! choosing the lock mode, and the lock that makes a snapshot consistent.
 
 pub mod coordinates;
+pub mod credentials;
 pub mod layout;
 pub mod lock;
 pub mod lock_mode;
+pub mod probe;
 pub mod server;
+pub mod sessions;
 pub mod stall_guard;
 pub mod version;
 

@@ -6,7 +6,7 @@ use anyhow::Context;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 
-use crate::config::Credentials;
+use crate::db::credentials::Credentials;
 use crate::db::layout::{Layout, ServerPaths};
 use crate::db::lock_mode::LockMode;
 use crate::db::stall_guard::LongQueryPolicy;

@@ -7,8 +7,8 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use serde::{Deserialize, Serialize};
 
-use crate::db::lock::{running_sessions, Session};
 use crate::db::lock_mode::LockMode;
+use crate::db::sessions::{running_sessions, Session};
 use crate::error::{fail, Class};
 
 /// `[mysql] long_queries`.

@@ -44,6 +44,28 @@ impl ServerVersion {
         }
     }
 
+    /// A version recorded without its comment (a manifest's `server.version`): the
+    /// flavour comes from the text alone.
+    pub fn from_text(version: &str) -> ServerVersion {
+        ServerVersion::parse(version, "")
+    }
+
+    /// The release a server binary must match to open this server's files:
+    /// `10.11 MariaDB` (major.minor and flavour).
+    pub fn release(&self) -> String {
+        let Version(major, minor, _) = self.version;
+        let flavour = match self.flavor {
+            Flavor::MariaDb => "MariaDB",
+            Flavor::MySql => "MySQL",
+        };
+        format!("{major}.{minor} {flavour}")
+    }
+
+    /// MySQL 8.0.23 renamed `CHANGE MASTER TO` to `CHANGE REPLICATION SOURCE TO`.
+    pub fn has_change_replication_source(&self) -> bool {
+        self.is(Flavor::MySql, Version(8, 0, 23))
+    }
+
     fn is(&self, flavor: Flavor, at_least: Version) -> bool {
         self.flavor == flavor && self.version >= at_least
     }
@@ -86,6 +108,19 @@ impl ServerVersion {
         } else {
             ("STOP SLAVE SQL_THREAD", "START SLAVE SQL_THREAD")
         }
+    }
+}
+
+/// Stored as the server reported it (`10.11.19-MariaDB-0+deb12u1-log`).
+impl Serialize for ServerVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for ServerVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(ServerVersion::from_text(&String::deserialize(d)?))
     }
 }
 

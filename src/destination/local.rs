@@ -69,7 +69,10 @@ pub fn backup_dir_at(dir: &Path) -> Option<PathBuf> {
 /// Delete a backup directory or a partial one with the received copies its manifest
 /// names. A receive interrupted before the manifest was written has its own journal
 /// entry ([`Resource::Received`]), released before the partial directory.
-pub async fn remove_dir(dir: &Path, received: &dyn ReceivedCopies) -> anyhow::Result<()> {
+pub async fn remove_dir(
+    dir: &Path,
+    received: &(impl ReceivedCopies + ?Sized),
+) -> anyhow::Result<()> {
     if !dir.exists() {
         return Ok(());
     }
@@ -198,18 +201,7 @@ impl Destination for LocalDir {
         sync_tree(&partial.dir)?;
         std::fs::rename(&partial.dir, &path)
             .with_context(|| format!("renaming {} to {}", partial.dir.display(), path.display()))?;
-        // The received copies are the published backup's now, no longer leftovers.
-        let owned: Vec<Resource> = journal
-            .entries()
-            .iter()
-            .map(|e| &e.resource)
-            .filter(|r| matches!(r, Resource::Received { partial: p, .. } if *p == partial.dir))
-            .cloned()
-            .collect();
-        for resource in &owned {
-            journal.forget(resource)?;
-        }
-        journal.forget(&Resource::Partial { dir: partial.dir })?;
+        journal.forget_published(&partial.dir)?;
         Ok(Backup {
             name: partial.name,
             path,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -13,10 +13,11 @@ use crate::db::DbPath;
 use crate::journal::{Journal, Resource};
 use crate::manifest::Manifest;
 
-#[derive(Default)]
+/// Clones share their contents.
+#[derive(Clone, Default)]
 pub struct MemoryDestination {
     /// By name: `None` while partial, the manifest once published.
-    held: Mutex<BTreeMap<String, Option<Manifest>>>,
+    held: Arc<Mutex<BTreeMap<String, Option<Manifest>>>>,
     /// What `free_bytes` reports.
     pub free: u64,
 }
@@ -96,20 +97,7 @@ impl Destination for MemoryDestination {
             .lock()
             .unwrap()
             .insert(partial.name.clone(), Some(manifest.clone()));
-        let owned: Vec<Resource> = journal
-            .entries()
-            .iter()
-            .map(|e| e.resource.clone())
-            .filter(|r| match r {
-                Resource::Received { partial: p, .. } | Resource::Partial { dir: p } => {
-                    *p == partial.dir
-                }
-                _ => false,
-            })
-            .collect();
-        for r in &owned {
-            journal.forget(r)?;
-        }
+        journal.forget_published(&partial.dir)?;
         Ok(Backup {
             path: manifest.path.clone(),
             name: partial.name,

@@ -1,20 +1,20 @@
 //! Phase 6, `copy`: the transfer into `NAME.partial`, watched. The orchestrator does
 //! not know which transfer it drives (see `transfer`).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use dbsnap_backend_api::{Health, SnapshotBackend, SnapshotSet, Volume};
 
 use super::mount::Mounted;
+use super::pace::Pacing;
 use super::plan::Plan;
 use super::prepare::free_space;
 use crate::destination::{Destination, Partial};
 use crate::error::{fail, Class};
 use crate::journal::Journal;
 use crate::progress::Progress;
-use crate::transfer::pace::Throttle;
 use crate::transfer::{Copied, Source, Target, Transfer};
 
 /// The partial backup, filled.
@@ -30,12 +30,20 @@ pub async fn copy(
     dest: &dyn Destination,
     backend: &dyn SnapshotBackend,
     journal: &mut Journal,
-    throttle: &Arc<Throttle>,
+    pacing: &mut Pacing,
 ) -> anyhow::Result<Filled> {
     let frozen = &mounted.frozen;
     let partial = dest.create_partial(&frozen.run, journal).await?;
     let progress = Progress::new(frozen.data_bytes);
-    let report_progress = |bytes| progress.set(bytes);
+    let copied_bytes = AtomicU64::new(0);
+    let report_progress = |bytes| {
+        copied_bytes.store(bytes, Ordering::Relaxed);
+        progress.set(bytes)
+    };
+    let moved = || copied_bytes.load(Ordering::Relaxed);
+    let show_pace = |rate| progress.set_pace(rate);
+    let throttle = pacing.throttle.clone();
+    let paced = transfer.paced();
     let from = Source {
         set: &frozen.set,
         layout: &frozen.layout,
@@ -45,11 +53,12 @@ pub async fn copy(
         partial: &partial,
         journal,
         progress: &report_progress,
-        throttle,
+        throttle: &throttle,
     };
     let copied = tokio::select! {
         copied = transfer.copy(from, into) => copied?,
         failure = watch_snapshot(plan, backend, &frozen.set, &frozen.volumes) => return Err(failure),
+        never = pacing.steer(&moved, &show_pace), if paced => never,
     };
     progress.finish();
     let stats = &copied.stats;

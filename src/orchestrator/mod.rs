@@ -19,9 +19,13 @@
 pub mod copy;
 pub mod freeze;
 pub mod mount;
+pub mod pace;
 pub mod plan;
 pub mod prepare;
 pub mod publish;
+#[cfg(test)]
+mod tests;
+pub mod window;
 
 use std::path::PathBuf;
 
@@ -37,8 +41,9 @@ use crate::journal::{Journal, Resource};
 use crate::kept::KeptSnapshot;
 use crate::manifest::Manifest;
 use crate::transfer::{self, Facts, Transfer};
+pub use pace::Pacing;
 pub use plan::{CopyPlan, Plan};
-pub use prepare::{prepare, FreeSpace, Prepared};
+pub use prepare::{prepare, FreeSpace, Prepared, Survey};
 
 /// The whole backup. On error, what was created is left in the journal for the caller
 /// to release.
@@ -49,11 +54,43 @@ pub async fn backup(
     journal: &mut Journal,
 ) -> anyhow::Result<Manifest> {
     let started_at = Utc::now();
-    let dest = copy.dest.as_ref();
     let prepared = prepare(plan, backend).await?;
-    let transfer = plan_transfer(plan, copy, backend, &prepared).await?;
-    prepare::warn_about_unknown_snapshots(backend, &prepared.volumes, journal, &plan.state_dir)
-        .await;
+    let transfer = plan_transfer(plan, copy, backend, &prepared.survey).await?;
+    let published = Published {
+        dest: copy.dest.as_ref(),
+        transfer: transfer.as_ref(),
+        verify: copy.verify,
+        pacing: Pacing::prepare(plan, copy).await,
+    };
+    backup_prepared(plan, published, prepared, started_at, backend, journal).await
+}
+
+/// Where a backup goes and how: decided before anything is created.
+pub struct Published<'a> {
+    pub dest: &'a dyn Destination,
+    pub transfer: &'a dyn Transfer,
+    pub verify: bool,
+    /// The copy's rate, and what steers it (`[backup] pace`).
+    pub pacing: Pacing,
+}
+
+/// The backup's phases after `prepare`.
+pub async fn backup_prepared(
+    plan: &Plan,
+    to: Published<'_>,
+    prepared: Prepared,
+    started_at: chrono::DateTime<Utc>,
+    backend: &dyn SnapshotBackend,
+    journal: &mut Journal,
+) -> anyhow::Result<Manifest> {
+    let Published {
+        dest,
+        transfer,
+        verify,
+        mut pacing,
+    } = to;
+    let volumes = &prepared.survey.volumes;
+    prepare::warn_about_unknown_snapshots(backend, volumes, journal, &plan.state_dir).await;
     let name = dest.unused_name(started_at).await?;
     let hook_env = |extra: Option<(&'static str, String)>| {
         let mut env = vec![
@@ -72,18 +109,22 @@ pub async fn backup(
     let env = hook_env(Some(("DBSNAP_SNAPSHOT_PATH", frozen_datadir)));
     plan.hooks.run(Phase::PostSnapshot, &env).await?;
 
-    let throttle = std::sync::Arc::new(transfer::pace::Throttle::new(
-        copy.bwlimit.map_or(0, |b| b.as_u64()),
-    ));
-    let moving = transfer.as_ref();
-    let filled = copy::copy(plan, &mounted, moving, dest, backend, journal, &throttle).await?;
+    let filled = copy::copy(
+        plan,
+        &mounted,
+        transfer,
+        dest,
+        backend,
+        journal,
+        &mut pacing,
+    )
+    .await?;
     let manifest = publish::publish(&mounted, filled, started_at, dest, journal).await?;
-    let releasing = transfer.as_ref();
-    publish::release(plan, &mounted, &manifest, releasing, dest, backend, journal).await?;
+    publish::release(plan, &mounted, &manifest, transfer, dest, backend, journal).await?;
 
     // Verified before post_backup, so that a hook shipping the backup elsewhere only
     // ever sees one that restores.
-    let manifest = match copy.verify {
+    let manifest = match verify {
         true => publish::verify(journal, manifest).await?,
         false => manifest,
     };
@@ -118,8 +159,39 @@ pub async fn snapshot_create(
     let created_at = Utc::now();
     let name = kept_name(created_at, label)?;
     let prepared = prepare(plan, backend).await?;
-    prepare::warn_about_unknown_snapshots(backend, &prepared.volumes, journal, &plan.state_dir)
-        .await;
+    let kept = Kept {
+        name,
+        label,
+        created_at,
+        keep_mounted,
+    };
+    snapshot_prepared(plan, kept, prepared, backend, journal).await
+}
+
+/// What `snapshot create` keeps, and how.
+pub struct Kept<'a> {
+    pub name: SnapshotName,
+    pub label: Option<&'a str>,
+    pub created_at: chrono::DateTime<Utc>,
+    pub keep_mounted: Option<&'a KeepMounted>,
+}
+
+/// `snapshot create`'s phases after `prepare`.
+pub async fn snapshot_prepared(
+    plan: &Plan,
+    kept: Kept<'_>,
+    prepared: Prepared,
+    backend: &dyn SnapshotBackend,
+    journal: &mut Journal,
+) -> anyhow::Result<KeptSnapshot> {
+    let Kept {
+        name,
+        label,
+        created_at,
+        keep_mounted,
+    } = kept;
+    let volumes = &prepared.survey.volumes;
+    prepare::warn_about_unknown_snapshots(backend, volumes, journal, &plan.state_dir).await;
     if crate::kept::is_kept(&plan.state_dir, &name) {
         return Err(fail(
             Class::Config,
@@ -185,7 +257,7 @@ pub async fn plan_transfer<'a>(
     plan: &Plan,
     copy: &'a CopyPlan,
     backend: &'a dyn SnapshotBackend,
-    prepared: &Prepared,
+    prepared: &Survey,
 ) -> anyhow::Result<Box<dyn Transfer + 'a>> {
     let dest = copy.dest.as_ref();
     dest.check(&prepared.layout.dirs).await?;

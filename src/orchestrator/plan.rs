@@ -4,12 +4,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{BackupConfig, Config, Credentials, Method, SnapshotConfig};
+use crate::config::{BackupConfig, Config, Method, PaceMode, SnapshotConfig};
+use crate::db::credentials::Credentials;
 use crate::db::lock::LockSettings;
 use crate::db::lock_mode::RequestedMode;
 use crate::db::stall_guard::LongQueryPolicy;
 use crate::destination::Destination;
+use crate::error::{fail, Class};
 use crate::hooks::HooksConfig;
+use crate::transfer::pace::PaceSettings;
 
 /// What every flow needs: how to reach the server, lock it and snapshot it.
 pub struct Plan {
@@ -42,6 +45,8 @@ pub struct CopyPlan {
     pub bwlimit: Option<bytesize::ByteSize>,
     pub incremental: bool,
     pub verify: bool,
+    /// `[backup] pace`: `None` when off.
+    pub pace: Option<PaceSettings>,
 }
 
 impl Plan {
@@ -75,6 +80,7 @@ impl CopyPlan {
             bwlimit: backup.bwlimit,
             incremental: backup.incremental,
             verify: backup.verify,
+            pace: pace_settings(backup)?,
         })
     }
 
@@ -86,4 +92,36 @@ impl CopyPlan {
             incremental: self.incremental,
         }
     }
+}
+
+fn pace_settings(backup: &BackupConfig) -> anyhow::Result<Option<PaceSettings>> {
+    if backup.pace == PaceMode::Off {
+        return Ok(None);
+    }
+    if !(backup.pace_target.is_finite() && backup.pace_target >= 1.0) {
+        return Err(fail(
+            Class::Config,
+            format!(
+                "[backup] pace_target = {} is not a factor of at least 1 (commits may take this many \
+                 times their usual time before the copy slows down); use e.g. 2.0",
+                backup.pace_target
+            ),
+        ));
+    }
+    let cap = backup.bwlimit.map_or(0, |b| b.as_u64());
+    let floor = backup.pace_floor.as_u64().max(1 << 20);
+    if cap != 0 && floor > cap {
+        return Err(fail(
+            Class::Config,
+            format!(
+                "[backup] pace_floor = \"{}\" is above bwlimit = \"{}\": lower pace_floor or raise bwlimit",
+                backup.pace_floor, backup.bwlimit.unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(Some(PaceSettings {
+        target: backup.pace_target,
+        floor,
+        cap,
+    }))
 }

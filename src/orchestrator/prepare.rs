@@ -12,16 +12,22 @@ use mysql_async::Conn;
 use serde::Serialize;
 
 use super::plan::Plan;
+use super::window::{DbLocker, Locker};
 use crate::db::lock_mode::{self, Choice, ModeFacts};
 use crate::db::{coordinates, server, Layout, Server};
 use crate::error::{backend_error, fail, Class};
 use crate::journal::{Journal, Resource};
+use crate::manifest::ServerRecord;
 
-/// Everything learned before the lock, without taking it.
+/// Everything learned before the lock, and the server connection that will take it.
 pub struct Prepared {
-    pub server: Server,
-    /// The preparing connection; during the lock window it is the watchdog.
-    pub conn: Conn,
+    pub survey: Survey,
+    pub locker: Box<dyn Locker>,
+}
+
+/// What preparing learned about the server and its storage.
+pub struct Survey {
+    pub server: ServerRecord,
     pub layout: Layout,
     pub volumes: Vec<Volume>,
     /// Whether the backend snapshots all volumes at one instant.
@@ -68,8 +74,8 @@ pub async fn prepare(plan: &Plan, backend: &dyn SnapshotBackend) -> anyhow::Resu
     })?;
 
     let roots = layout.copy_roots();
-    let volumes = backend.probe(&roots).await.map_err(backend_error)?;
-    let atomic = backend.snapshot_is_atomic(&volumes);
+    let probed = backend.probe(&roots).await.map_err(backend_error)?;
+    let (volumes, atomic) = (probed.volumes, probed.atomic);
     let (lock, is_replica) = choose_lock(plan, &server, &mut conn, atomic).await?;
     check_privileges(plan, &mut conn, &lock, &layout).await?;
     let free_space = free_space(&volumes)?;
@@ -84,9 +90,13 @@ pub async fn prepare(plan: &Plan, backend: &dyn SnapshotBackend) -> anyhow::Resu
         volumes.len(),
         ByteSize::b(data_bytes).display().iec()
     );
-    Ok(Prepared {
-        server,
-        conn,
+    let survey = Survey {
+        server: ServerRecord {
+            version: server.version.clone(),
+            hostname: server.hostname.clone(),
+            datadir: layout.datadir.clone(),
+            binlog_basename: layout.binlog_basename.clone(),
+        },
         layout,
         volumes,
         atomic,
@@ -94,6 +104,10 @@ pub async fn prepare(plan: &Plan, backend: &dyn SnapshotBackend) -> anyhow::Resu
         is_replica,
         free_space,
         data_bytes,
+    };
+    Ok(Prepared {
+        survey,
+        locker: Box::new(DbLocker { server, conn }),
     })
 }
 

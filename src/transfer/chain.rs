@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use dbsnap_backend_api::{NativeStream, SnapshotBackend, SnapshotName, SnapshotSet, Volume};
 use serde::{Deserialize, Serialize};
 
-use crate::config::SnapshotConfig;
+use crate::backends::Backends;
 use crate::destination::{BaseOf, Destination};
 use crate::journal::{Journal, Resource};
 use crate::records::Records;
@@ -217,7 +217,7 @@ pub async fn keep_as_parent(
 /// is a warning: the backup is complete, and the next run tries again.
 pub async fn retire_parents(
     state_dir: &Path,
-    backends: &SnapshotConfig,
+    backends: &dyn Backends,
     dest: &Path,
     datadir: &Path,
     keep: Option<&SnapshotName>,
@@ -234,7 +234,7 @@ pub async fn retire_parents(
             continue;
         }
         let released = async {
-            let backend = crate::backends::open_named(&parent.set.backend, backends)?;
+            let backend = backends.open_named(&parent.set.backend)?;
             backend.release(&parent.set).await?;
             parent.remove(state_dir)
         };

@@ -23,7 +23,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use dbsnap_backend_api::{NativeStream, ReadPath, SnapshotBackend, SnapshotSet, Volume};
 
-use crate::config::{Method, SnapshotConfig};
+use crate::backends::Backends;
+use crate::config::Method;
 use crate::db::Layout;
 use crate::destination::{Destination, Partial};
 use crate::error::{fail, Class};
@@ -71,7 +72,7 @@ pub struct Finish<'a> {
     pub dest: &'a Path,
     pub state_dir: &'a Path,
     /// For releasing snapshots made by another backend than the configured one.
-    pub backends: &'a SnapshotConfig,
+    pub backends: &'a dyn Backends,
 }
 
 impl Finish<'_> {
@@ -101,6 +102,12 @@ pub trait Transfer: Send + Sync {
 
     /// Free space the destination needs for it, in bytes.
     fn needed_bytes(&self) -> u64;
+
+    /// Whether `copy` follows [`Target::throttle`] while it runs (else it takes the
+    /// rate once, at the start, and pacing by the server's latency does not apply).
+    fn paced(&self) -> bool {
+        false
+    }
 
     /// Move the frozen files into the partial.
     async fn copy(&self, from: Source<'_>, into: Target<'_>) -> anyhow::Result<Copied>;

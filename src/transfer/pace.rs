@@ -8,9 +8,12 @@
 //! - [`lower_io_priority`]: the copy's threads (and rsync) at the lowest best-effort I/O
 //!   priority, which the BFQ scheduler honours (mq-deadline and none ignore it).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+pub use crate::db::probe::LatencyProbe;
 
 /// A rate limit in bytes per second; 0 is none.
 #[derive(Debug, Default)]
@@ -126,8 +129,55 @@ impl Pacer {
         (self.rate, step)
     }
 
+    #[cfg(test)]
     pub fn rate(&self) -> u64 {
         self.rate
+    }
+}
+
+/// How often the pacer samples the server's commit latency.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+/// Steer `throttle` by the probe's samples (the median of the last three, so that one
+/// slow commit does not halve the copy), every `every`; `moved` reads the bytes copied
+/// so far, `shown` is told each new rate. Returns only when the probe fails; the copy
+/// then keeps its current rate.
+pub async fn steer(
+    probe: &mut dyn LatencyProbe,
+    pacer: &mut Pacer,
+    throttle: &Throttle,
+    every: Duration,
+    moved: &(dyn Fn() -> u64 + Sync),
+    shown: &(dyn Fn(u64) + Sync),
+) {
+    let mut recent: VecDeque<Duration> = VecDeque::with_capacity(3);
+    let mut last = (Instant::now(), moved());
+    loop {
+        tokio::time::sleep(every).await;
+        let latency = match probe.sample().await {
+            Ok(latency) => latency,
+            Err(e) => {
+                tracing::warn!("pace: the probe failed ({e:#}); the copy keeps its current rate");
+                return;
+            }
+        };
+        if recent.len() == 3 {
+            recent.pop_front();
+        }
+        recent.push_back(latency);
+        let mut sorted: Vec<Duration> = recent.iter().copied().collect();
+        sorted.sort();
+        let now = (Instant::now(), moved());
+        let secs = now.0.duration_since(last.0).as_secs_f64().max(0.001);
+        let measured = (now.1.saturating_sub(last.1) as f64 / secs) as u64;
+        last = now;
+        let before = throttle.rate();
+        let (rate, step) = pacer.observe(sorted[sorted.len() / 2], measured);
+        if rate != before {
+            throttle.set_rate(rate);
+            shown(rate);
+            tracing::debug!(?latency, ?step, rate, "pace");
+        }
     }
 }
 
@@ -136,18 +186,23 @@ impl Pacer {
 /// scheduler honours priorities (BFQ). Not the idle class: under a server that never
 /// stops writing, an idle-class copy could starve, and the pacer already yields.
 pub fn lower_io_priority() {
-    const IOPRIO_WHO_PROCESS: libc::c_int = 1;
-    const IOPRIO_CLASS_BE: libc::c_int = 2;
-    const LOWEST: libc::c_int = 7;
-    let priority = (IOPRIO_CLASS_BE << 13) | LOWEST;
-    // SAFETY: a plain syscall; 0 names the calling thread.
-    let rc = unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, priority) };
-    if rc != 0 {
+    if !set_lowest_io_priority() {
         tracing::debug!(
             "ioprio_set: {}; the copy keeps its I/O priority",
             std::io::Error::last_os_error()
         );
     }
+}
+
+/// [`lower_io_priority`] without logging: async-signal-safe, for a child between fork
+/// and exec (rsync). Whether it took.
+pub fn set_lowest_io_priority() -> bool {
+    const IOPRIO_WHO_PROCESS: libc::c_int = 1;
+    const IOPRIO_CLASS_BE: libc::c_int = 2;
+    const LOWEST: libc::c_int = 7;
+    let priority = (IOPRIO_CLASS_BE << 13) | LOWEST;
+    // SAFETY: a plain syscall; 0 names the calling thread.
+    unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, priority) == 0 }
 }
 
 #[cfg(test)]
@@ -208,6 +263,69 @@ mod tests {
             assert!(rate <= 50 * MB);
         }
         assert_eq!(pacer.rate(), 50 * MB);
+    }
+
+    /// Commit latencies from a script; fails at its end, which ends `steer`.
+    struct Scripted(VecDeque<Duration>);
+
+    #[async_trait::async_trait]
+    impl LatencyProbe for Scripted {
+        async fn sample(&mut self) -> anyhow::Result<Duration> {
+            self.0
+                .pop_front()
+                .ok_or_else(|| anyhow::anyhow!("end of script"))
+        }
+    }
+
+    /// The rates `steer` set for a script of commit latencies (in ms), copying as fast
+    /// as each rate allows.
+    async fn rates_for(script: &[u64], settings: PaceSettings) -> (Vec<u64>, u64) {
+        let mut probe = Scripted(script.iter().map(|ms| Duration::from_millis(*ms)).collect());
+        let mut pacer = Pacer::new(settings, BASELINE);
+        let throttle = Throttle::new(settings.cap);
+        let copied = AtomicU64::new(0);
+        // A disk that moves 400 MB/s when unlimited, else the throttle's rate: per
+        // 10 ms sample, a hundredth of that.
+        let moved = || {
+            let rate = match throttle.rate() {
+                0 => 400 * MB,
+                r => r,
+            };
+            copied.fetch_add(rate / 100, Ordering::Relaxed) + rate / 100
+        };
+        let shown = Mutex::new(Vec::new());
+        let show = |rate| shown.lock().unwrap().push(rate);
+        let every = Duration::from_millis(10);
+        steer(&mut probe, &mut pacer, &throttle, every, &moved, &show).await;
+        (shown.into_inner().unwrap(), throttle.rate())
+    }
+
+    #[tokio::test]
+    async fn injected_slow_commits_slow_the_copy_which_recovers_and_never_falls_below_the_floor() {
+        let script: Vec<u64> = [2, 2, 2]
+            .into_iter()
+            .chain([40; 12])
+            .chain([2; 40])
+            .collect();
+        let (rates, last) = rates_for(&script, settings()).await;
+        let lowest = *rates.iter().min().unwrap();
+        let first = rates[0];
+        assert!(first < 400 * MB, "the first change is a cut: {rates:?}");
+        assert_eq!(
+            lowest,
+            10 * MB,
+            "cut down to the floor, not below: {rates:?}"
+        );
+        assert!(last > lowest + 100 * MB, "recovered: {rates:?}");
+        let fell = rates.windows(2).position(|w| w[1] > w[0]).unwrap();
+        assert!(rates[..=fell].windows(2).all(|w| w[1] < w[0]));
+    }
+
+    #[tokio::test]
+    async fn commits_at_the_baseline_leave_the_copy_unlimited() {
+        let (rates, last) = rates_for(&[2; 20], settings()).await;
+        assert!(rates.is_empty(), "{rates:?}");
+        assert_eq!(last, 0);
     }
 
     #[test]

@@ -113,6 +113,8 @@ async fn run_one(
     // spawned rsync: a tokio worker thread, which lives as long as the runtime.
     unsafe {
         command.pre_exec(|| {
+            // The copy's I/O after the server's, where the scheduler honours it.
+            super::pace::set_lowest_io_priority();
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                 .map_err(std::io::Error::from)
         });

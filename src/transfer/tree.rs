@@ -72,6 +72,10 @@ impl Transfer for TreeTransfer<'_> {
         self.needed_bytes
     }
 
+    fn paced(&self) -> bool {
+        self.engine == Engine::Local
+    }
+
     async fn copy(&self, from: Source<'_>, into: Target<'_>) -> anyhow::Result<Copied> {
         let items = plan_copy(from.layout, from.read_paths, &into.partial.dir)?;
         match self.engine {
@@ -196,20 +200,42 @@ impl TreeTransfer<'_> {
                 .with_context(|| format!("creating {}", item.to.display()))?;
         }
         let link_dest = basis.link_dest(items, partial);
-        let mut stats = rsync::copy(
+        let copying = rsync::copy(
             items,
             basis.writes(),
             link_dest.as_deref(),
             self.bwlimit,
             progress,
-        )
-        .await?;
+        );
+        let mut stats = tokio::select! {
+            stats = copying => stats?,
+            never = write_back_every(partial, RSYNC_WRITEBACK_EVERY) => never,
+        };
         stats.method = basis.method_with(Engine::Rsync);
         stats.base = basis.base();
         Ok(Copied {
             stats,
             stored: Vec::new(),
         })
+    }
+}
+
+/// How often the destination is flushed while rsync writes into it.
+const RSYNC_WRITEBACK_EVERY: Duration = Duration::from_secs(1);
+
+/// rsync writes through the page cache and dbsnap cannot reach into it: flush the
+/// destination filesystem (`syncfs`) every `every` while it runs, so that no more than
+/// that many seconds of the copy are dirty at any time and the flush before publishing
+/// finds little left. Never returns (the copy ends it).
+async fn write_back_every(partial: &Path, every: Duration) -> ! {
+    loop {
+        tokio::time::sleep(every).await;
+        let dir = partial.to_path_buf();
+        let flushed =
+            tokio::task::spawn_blocking(move || crate::destination::local::sync_tree(&dir)).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::debug!("flushing the destination while copying: {e:#}");
+        }
     }
 }
 

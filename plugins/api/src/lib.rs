@@ -10,6 +10,8 @@
 
 pub mod command;
 mod error;
+#[cfg(feature = "memory")]
+pub mod memory;
 pub mod mounts;
 mod name;
 mod stream;
@@ -66,6 +68,17 @@ pub struct ReadPath {
     pub frozen_root: PathBuf,
 }
 
+/// What [`SnapshotBackend::probe`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The volumes holding the paths, each once.
+    pub volumes: Vec<Volume>,
+    /// Whether one `snapshot` call over `volumes` captures them at one instant (one
+    /// volume always is; several only where the backend snapshots them together, e.g.
+    /// datasets of one ZFS pool). When not, dbsnap's lock covers all of them.
+    pub atomic: bool,
+}
+
 /// How full the storage a snapshot depends on is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Health {
@@ -105,12 +118,10 @@ pub trait SnapshotBackend: Send + Sync {
     /// The name used in configuration and in the state journal.
     fn name(&self) -> &str;
 
-    /// Map each path to the volume holding it and check this backend can snapshot it.
-    /// Called before the lock; may be slow. Returns each volume once.
-    async fn probe(&self, paths: &[PathBuf]) -> Result<Vec<Volume>>;
-
-    /// Whether one `snapshot` call over these volumes is atomic (one instant for all).
-    fn snapshot_is_atomic(&self, volumes: &[Volume]) -> bool;
+    /// Map each path to the volume holding it and check this backend can snapshot it,
+    /// and say whether one `snapshot` call over those volumes is atomic. Called before
+    /// the lock; may be slow. Returns each volume once.
+    async fn probe(&self, paths: &[PathBuf]) -> Result<Probe>;
 
     /// Decide the identities of the snapshots `snapshot` will create, without creating
     /// anything. dbsnap journals the plan before calling `snapshot`, so a crash in

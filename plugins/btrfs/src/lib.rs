@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use dbsnap_backend_api::command::Cmd;
 use dbsnap_backend_api::mounts::{mount_of, read_mount_table, MountEntry};
 use dbsnap_backend_api::{
-    BackendError, Health, ReadPath, Result, RollbackOutcome, SnapshotBackend, SnapshotName,
+    BackendError, Health, Probe, ReadPath, Result, RollbackOutcome, SnapshotBackend, SnapshotName,
     SnapshotSet, Volume, VolumeSnapshot, SNAPSHOT_PREFIX,
 };
 use serde::Deserialize;
@@ -179,7 +179,7 @@ impl SnapshotBackend for Btrfs {
         NAME
     }
 
-    async fn probe(&self, paths: &[PathBuf]) -> Result<Vec<Volume>> {
+    async fn probe(&self, paths: &[PathBuf]) -> Result<Probe> {
         let table = read_mount_table()?;
         let mut volumes: Vec<Volume> = Vec::new();
         // A snapshot of a subvolume holds an empty directory where a subvolume nested in
@@ -208,11 +208,11 @@ impl SnapshotBackend for Btrfs {
                 ));
             }
         }
-        Ok(volumes)
-    }
-
-    fn snapshot_is_atomic(&self, volumes: &[Volume]) -> bool {
-        volumes.len() <= 1
+        // Several subvolumes are snapshotted one by one.
+        Ok(Probe {
+            atomic: volumes.len() <= 1,
+            volumes,
+        })
     }
 
     async fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {

@@ -14,13 +14,13 @@ pub mod protocol;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+
 use std::time::Instant;
 
 use async_trait::async_trait;
 use dbsnap_backend_api::command::{Cmd, CommandError, Output};
 use dbsnap_backend_api::{
-    validate_name, BackendError, Health, ReadPath, Result, SnapshotBackend, SnapshotName,
+    validate_name, BackendError, Health, Probe, ReadPath, Result, SnapshotBackend, SnapshotName,
     SnapshotSet, Volume,
 };
 use serde::de::DeserializeOwned;
@@ -39,8 +39,6 @@ pub struct Exec {
     plugin: PathBuf,
     config: ExecConfig,
     version: tokio::sync::OnceCell<u32>,
-    /// The last probe's volumes and whether the plugin said one snapshot of them is atomic.
-    atomic: Mutex<Option<(Vec<Volume>, bool)>>,
 }
 
 impl Exec {
@@ -53,7 +51,6 @@ impl Exec {
             plugin,
             config,
             version: tokio::sync::OnceCell::new(),
-            atomic: Mutex::new(None),
         })
     }
 
@@ -274,7 +271,7 @@ impl SnapshotBackend for Exec {
         &self.name
     }
 
-    async fn probe(&self, paths: &[PathBuf]) -> Result<Vec<Volume>> {
+    async fn probe(&self, paths: &[PathBuf]) -> Result<Probe> {
         let response: protocol::ProbeResponse = self
             .call(Verb::Probe, protocol::ProbeRequest { paths })
             .await?;
@@ -288,17 +285,10 @@ impl SnapshotBackend for Exec {
                 format!("no volume it returned contains {}", path.display()),
             ));
         }
-        let atomic = response.atomic.unwrap_or(volumes.len() <= 1);
-        *self.atomic.lock().expect("not poisoned") = Some((volumes.clone(), atomic));
-        Ok(volumes)
-    }
-
-    fn snapshot_is_atomic(&self, volumes: &[Volume]) -> bool {
-        let probed = self.atomic.lock().expect("not poisoned");
-        match &*probed {
-            Some((probed_volumes, atomic)) if probed_volumes == volumes => *atomic,
-            _ => volumes.len() <= 1,
-        }
+        Ok(Probe {
+            atomic: response.atomic.unwrap_or(volumes.len() <= 1),
+            volumes,
+        })
     }
 
     async fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {

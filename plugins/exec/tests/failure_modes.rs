@@ -104,9 +104,10 @@ async fn a_good_plugin_round_trips_every_verb() {
     let backend = exec_with("good", config);
     assert_eq!(backend.name(), "exec:good");
     let hostile = PathBuf::from("/var/lib/my sql/$(touch pwned)/'\"`x`");
-    let volumes = backend.probe(std::slice::from_ref(&hostile)).await.unwrap();
-    assert_eq!(volumes, vec![volume()]);
-    assert!(backend.snapshot_is_atomic(&volumes));
+    let probed = backend.probe(std::slice::from_ref(&hostile)).await.unwrap();
+    assert_eq!(probed.volumes, vec![volume()]);
+    assert!(probed.atomic);
+    let volumes = probed.volumes;
 
     let request: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fakes().join("last request.probe.json")).unwrap(),

@@ -19,6 +19,8 @@
 //! The probe remembers each volume's LV so that `snapshot`, which runs under the database
 //! lock, runs `lvcreate` and nothing else.
 
+mod device;
+mod health;
 mod lvs;
 mod rollback;
 mod size;
@@ -32,11 +34,13 @@ use async_trait::async_trait;
 use dbsnap_backend_api::command::Cmd;
 use dbsnap_backend_api::mounts::{mount_of, read_mount_table, MountEntry};
 use dbsnap_backend_api::{
-    validate_name, BackendError, Health, ReadPath, Result, RollbackOutcome, SnapshotBackend,
+    validate_name, BackendError, Health, Probe, ReadPath, Result, RollbackOutcome, SnapshotBackend,
     SnapshotName, SnapshotSet, Volume, VolumeSnapshot, SNAPSHOT_PREFIX,
 };
 use serde::Deserialize;
 
+use device::{device_mapper_major, device_path, mount_options, parse_device, split_lv_id};
+use health::assess_health;
 use lvs::{list_lvs, Lv, LvKind};
 pub use size::{Percent, SnapshotSize};
 
@@ -99,55 +103,6 @@ fn unsupported(path: &Path, reason: impl Into<String>, hint: impl Into<String>) 
     }
 }
 
-/// The block-device major number of device-mapper, from `/proc/devices`; `None` when the
-/// kernel has no device-mapper (then nothing can be on LVM).
-fn device_mapper_major() -> Result<Option<u32>> {
-    let text = std::fs::read_to_string("/proc/devices")
-        .map_err(|e| BackendError::io("reading /proc/devices", e))?;
-    Ok(parse_device_mapper_major(&text))
-}
-
-fn parse_device_mapper_major(proc_devices: &str) -> Option<u32> {
-    let block = proc_devices.split("Block devices:").nth(1)?;
-    block.lines().find_map(|line| {
-        let (major, name) = line.trim().split_once(' ')?;
-        (name.trim() == "device-mapper").then(|| major.parse().ok())?
-    })
-}
-
-/// `major:minor` from a mountinfo device field.
-fn parse_device(field: &str) -> Option<(u32, u32)> {
-    let (major, minor) = field.split_once(':')?;
-    Some((major.parse().ok()?, minor.parse().ok()?))
-}
-
-/// Split and check a `vg/lv` id from the state journal before it reaches a command line.
-fn split_lv_id(id: &str) -> Result<(&str, &str)> {
-    let (vg, lv) = id.split_once('/').ok_or_else(|| {
-        BackendError::Invalid(format!("{id:?} is not an LVM volume id of the form vg/lv"))
-    })?;
-    validate_name("volume group name", vg)?;
-    validate_name("logical volume name", lv)?;
-    Ok((vg, lv))
-}
-
-fn device_path(vg: &str, lv: &str) -> PathBuf {
-    Path::new("/dev").join(vg).join(lv)
-}
-
-fn mount_options(fstype: &str) -> Result<&'static str> {
-    match fstype {
-        // The snapshot has the origin's UUID, and its log may need replaying, which a
-        // read-only mount must not do.
-        "xfs" => Ok("ro,nouuid,norecovery"),
-        "ext4" | "ext3" => Ok("ro,noload"),
-        other => Err(BackendError::Invalid(format!(
-            "cannot mount a snapshot of a {other} filesystem; the LVM backend supports xfs, ext4 \
-             and ext3"
-        ))),
-    }
-}
-
 /// The volume groups named in a set's snapshot ids, each once.
 fn volume_groups(set: &SnapshotSet) -> Result<Vec<String>> {
     let mut vgs = Vec::new();
@@ -158,6 +113,11 @@ fn volume_groups(set: &SnapshotSet) -> Result<Vec<String>> {
         }
     }
     Ok(vgs)
+}
+
+/// One `lvcreate` per LV: several snapshots are not one instant.
+fn atomic(volumes: &[Volume]) -> bool {
+    volumes.len() <= 1
 }
 
 /// Whether `lv` is one of dbsnap's snapshots: prefixed name, `dbsnap` tag, an origin.
@@ -365,7 +325,7 @@ impl SnapshotBackend for Lvm {
         NAME
     }
 
-    async fn probe(&self, paths: &[PathBuf]) -> Result<Vec<Volume>> {
+    async fn probe(&self, paths: &[PathBuf]) -> Result<Probe> {
         let table = read_mount_table()?;
         let dm_major = device_mapper_major()?;
         if dm_major.is_none() {
@@ -403,11 +363,11 @@ impl SnapshotBackend for Lvm {
             .lock()
             .expect("probe cache lock poisoned")
             .extend(prepared);
-        Ok(found.into_iter().map(|(volume, _, _)| volume).collect())
-    }
-
-    fn snapshot_is_atomic(&self, volumes: &[Volume]) -> bool {
-        volumes.len() <= 1
+        let volumes: Vec<Volume> = found.into_iter().map(|(volume, _, _)| volume).collect();
+        Ok(Probe {
+            atomic: atomic(&volumes),
+            volumes,
+        })
     }
 
     async fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {
@@ -615,285 +575,5 @@ impl SnapshotBackend for Lvm {
     }
 }
 
-/// The worst state of the set's snapshots given an `lvs` report of their volume groups.
-fn assess_health(set: &SnapshotSet, lvs: &[Lv], warn_percent: f64) -> Health {
-    let mut warnings = Vec::new();
-    for snap in &set.snapshots {
-        let Some(lv) = lvs.iter().find(|lv| lv.full_name() == snap.id) else {
-            return Health::Failed(format!(
-                "snapshot {} no longer exists; the copy cannot be trusted. Check who removed \
-                 it (lvs, the system journal) and run the backup again",
-                snap.id
-            ));
-        };
-        if lv.kind() == LvKind::ClassicSnapshot {
-            let used = lv.snap_percent.unwrap_or(0.0);
-            if lv.is_invalid_snapshot() || used >= 100.0 {
-                return Health::Failed(format!(
-                    "classic snapshot {} overflowed its {} of copy-on-write space and LVM \
-                     invalidated it: its contents are lost and this copy is unusable. Set \
-                     [snapshot.lvm] snapshot_size larger (or free space in the volume group, or \
-                     use a thin LV) and run the backup again",
-                    snap.id,
-                    size::human(lv.size)
-                ));
-            }
-            if used >= warn_percent {
-                warnings.push(format!(
-                    "classic snapshot {} has used {used:.1} % of its {} copy-on-write space; at \
-                     100 % it is lost",
-                    snap.id,
-                    size::human(lv.size)
-                ));
-            }
-            continue;
-        }
-        let Some(pool_name) = &lv.pool else {
-            return Health::Failed(format!(
-                "{} is neither a classic nor a thin snapshot (lv_attr {})",
-                snap.id, lv.attr
-            ));
-        };
-        let Some(pool) = lvs.iter().find(|p| p.vg == lv.vg && &p.name == pool_name) else {
-            return Health::Failed(format!(
-                "the thin pool {}/{pool_name} of snapshot {} is not in the lvs report",
-                lv.vg, snap.id
-            ));
-        };
-        for (what, value) in [
-            ("data", pool.data_percent),
-            ("metadata", pool.metadata_percent),
-        ] {
-            let used = value.unwrap_or(0.0);
-            if used >= 100.0 {
-                return Health::Failed(format!(
-                    "thin pool {} is out of {what} space: writes to its volumes fail, including \
-                     the database's, and snapshot {} cannot be trusted. Extend the pool \
-                     (lvextend) and run the backup again",
-                    pool.full_name(),
-                    snap.id
-                ));
-            }
-            if used >= warn_percent {
-                warnings.push(format!(
-                    "thin pool {} has used {used:.1} % of its {what} space (snapshot {}); at \
-                     100 % writes fail",
-                    pool.full_name(),
-                    snap.id
-                ));
-            }
-        }
-    }
-    if warnings.is_empty() {
-        Health::Ok
-    } else {
-        Health::Warning(warnings.join("; "))
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fixture(name: &str) -> Vec<Lv> {
-        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-        lvs::parse_report(&std::fs::read_to_string(path).unwrap()).unwrap()
-    }
-
-    fn volume(id: &str) -> Volume {
-        Volume {
-            id: id.into(),
-            root: PathBuf::from("/srv").join(id),
-            fstype: "xfs".into(),
-        }
-    }
-
-    fn fixture_set(ids: &[&str]) -> SnapshotSet {
-        SnapshotSet {
-            backend: NAME.into(),
-            name: SnapshotName::new("dbsnap-fixture").unwrap(),
-            snapshots: ids
-                .iter()
-                .map(|id| VolumeSnapshot {
-                    volume: volume("vgfix/data"),
-                    id: id.to_string(),
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn finds_the_device_mapper_major() {
-        let text = "Character devices:\n  1 mem\n 10 misc\n\nBlock devices:\n  7 loop\n  8 sd\n253 device-mapper\n254 mdp\n";
-        assert_eq!(parse_device_mapper_major(text), Some(253));
-        assert_eq!(
-            parse_device_mapper_major("Character devices:\n 10 misc\n\nBlock devices:\n  7 loop\n"),
-            None
-        );
-    }
-
-    #[test]
-    fn mount_options_per_filesystem() {
-        assert_eq!(mount_options("xfs").unwrap(), "ro,nouuid,norecovery");
-        assert_eq!(mount_options("ext4").unwrap(), "ro,noload");
-        assert!(mount_options("btrfs").is_err());
-    }
-
-    #[test]
-    fn lv_ids_are_checked() {
-        assert_eq!(split_lv_id("vg0/data").unwrap(), ("vg0", "data"));
-        for bad in [
-            "vg0",
-            "vg0/",
-            "/data",
-            "vg0/a/b",
-            "vg0/-x",
-            "vg 0/data",
-            "vg0/$(id)",
-            "../x",
-        ] {
-            assert!(split_lv_id(bad).is_err(), "{bad:?} was accepted");
-        }
-    }
-
-    #[tokio::test]
-    async fn plan_names_snapshots_after_the_set() {
-        let lvm = Lvm::new(LvmConfig::default());
-        let name = SnapshotName::new("dbsnap-20261125T000000Z").unwrap();
-        let set = lvm
-            .plan(&[volume("vg0/data"), volume("vg1/logs")], &name)
-            .await
-            .unwrap();
-        let ids: Vec<&str> = set.snapshots.iter().map(|s| s.id.as_str()).collect();
-        assert_eq!(
-            ids,
-            [
-                "vg0/dbsnap-20261125T000000Z.0",
-                "vg1/dbsnap-20261125T000000Z.1"
-            ]
-        );
-        assert!(lvm.plan(&[volume("vg0/a;b")], &name).await.is_err());
-        assert!(lvm.snapshot_is_atomic(&[volume("vg0/a")]));
-        assert!(!lvm.snapshot_is_atomic(&[volume("vg0/a"), volume("vg0/b")]));
-    }
-
-    #[test]
-    fn set_names_come_from_lv_names() {
-        assert_eq!(
-            set_name_of("dbsnap-x.0"),
-            Some(SnapshotName::new("dbsnap-x").unwrap())
-        );
-        assert_eq!(
-            set_name_of("dbsnap-1.2.10"),
-            Some(SnapshotName::new("dbsnap-1.2").unwrap())
-        );
-        assert_eq!(set_name_of("dbsnap-x"), None);
-        assert_eq!(set_name_of("other.0"), None);
-    }
-
-    #[tokio::test]
-    async fn release_refuses_what_is_not_ours() {
-        let lvm = Lvm::new(LvmConfig::default());
-        // The origin itself, another set's snapshot, and a hostile id are never removed,
-        // and nothing runs before the check (lvs is not even called).
-        for id in [
-            "vgfix/data",
-            "vgfix/dbsnap-other.0",
-            "vgfix/dbsnap-fixture.0;rm",
-        ] {
-            let err = lvm.release(&fixture_set(&[id])).await.unwrap_err();
-            let text = err.to_string();
-            assert!(
-                text.contains("refusing") || text.contains("not allowed"),
-                "{id}: {text}"
-            );
-        }
-    }
-
-    #[test]
-    fn only_tagged_prefixed_snapshots_are_ours() {
-        let lvs = fixture("lvs-snapshots.json");
-        let ours: Vec<&str> = lvs
-            .iter()
-            .filter(|lv| is_ours(lv))
-            .map(|lv| lv.name.as_str())
-            .collect();
-        assert_eq!(ours, ["dbsnap-fixture.0", "dbsnap-fixture.1"]);
-    }
-
-    #[test]
-    fn health_of_healthy_snapshots() {
-        let lvs = fixture("lvs-snapshots.json");
-        let set = fixture_set(&["vgfix/dbsnap-fixture.0", "vgfix/dbsnap-fixture.1"]);
-        assert_eq!(assess_health(&set, &lvs, 99.0), Health::Ok);
-    }
-
-    #[test]
-    fn health_warns_past_the_threshold() {
-        let lvs = fixture("lvs-snapshots.json");
-        let classic = lvs.iter().find(|l| l.name == "dbsnap-fixture.0").unwrap();
-        let used = classic.snap_percent.unwrap();
-        let set = fixture_set(&["vgfix/dbsnap-fixture.0"]);
-        match assess_health(&set, &lvs, used / 2.0) {
-            Health::Warning(text) => assert!(text.contains("copy-on-write"), "{text}"),
-            other => panic!("{other:?}"),
-        }
-        // The thin snapshot's pool is watched instead.
-        let set = fixture_set(&["vgfix/dbsnap-fixture.1"]);
-        match assess_health(&set, &lvs, 1.0) {
-            Health::Warning(text) => assert!(text.contains("thin pool vgfix/pool"), "{text}"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn health_fails_on_overflow_and_on_a_missing_snapshot() {
-        let lvs = fixture("lvs-overflowed.json");
-        let set = fixture_set(&["vgfix/dbsnap-fixture.0"]);
-        match assess_health(&set, &lvs, 80.0) {
-            Health::Failed(text) => assert!(text.contains("invalidated"), "{text}"),
-            other => panic!("{other:?}"),
-        }
-        let set = fixture_set(&["vgfix/dbsnap-gone.0"]);
-        match assess_health(&set, &lvs, 80.0) {
-            Health::Failed(text) => assert!(text.contains("no longer exists"), "{text}"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn health_fails_when_the_thin_pool_is_full() {
-        let mut lvs = fixture("lvs-snapshots.json");
-        let pool = lvs.iter_mut().find(|l| l.name == "pool").unwrap();
-        pool.data_percent = Some(100.0);
-        let set = fixture_set(&["vgfix/dbsnap-fixture.1"]);
-        match assess_health(&set, &lvs, 80.0) {
-            Health::Failed(text) => assert!(text.contains("out of data space"), "{text}"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn config_rejects_unknown_keys_and_bad_values() {
-        let ok: LvmConfig =
-            serde_json::from_str(r#"{"snapshot_size":"20%","warn_percent":90}"#).unwrap();
-        assert_eq!(ok.snapshot_size, Some(SnapshotSize::PercentOfOrigin(20.0)));
-        assert!(serde_json::from_str::<LvmConfig>(r#"{"snapshot_sise":"1G"}"#).is_err());
-        assert!(serde_json::from_str::<LvmConfig>(r#"{"snapshot_size":"lots"}"#).is_err());
-    }
-
-    #[tokio::test]
-    async fn probe_refuses_a_path_not_on_lvm() {
-        // On the host (no device-mapper) or a non-LVM path in the guest: a clear refusal.
-        let dir = tempfile::tempdir().unwrap();
-        let err = Lvm::new(LvmConfig::default())
-            .probe(&[dir.path().to_path_buf()])
-            .await
-            .unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.contains("cannot be snapshotted by the lvm backend"),
-            "{text}"
-        );
-    }
-}
+mod tests;

@@ -112,7 +112,8 @@ async fn snapshot_roundtrip(lvm: &Lvm, origin: &Path, label: &str) -> SnapshotSe
         &format!("{label} probe"),
         Instant::now(),
         lvm.probe(std::slice::from_ref(&datadir)).await.unwrap(),
-    );
+    )
+    .volumes;
     assert_eq!(volumes.len(), 1);
     assert_eq!(volumes[0].root, origin);
     let set = lvm
@@ -256,7 +257,11 @@ async fn in_guest_overflowed_classic_snapshot_fails_health() {
         snapshot_size: Some(SnapshotSize::Bytes(8 << 20)),
         warn_percent: Some(10.0.try_into().unwrap()),
     });
-    let volumes = lvm.probe(std::slice::from_ref(&origin)).await.unwrap();
+    let volumes = lvm
+        .probe(std::slice::from_ref(&origin))
+        .await
+        .unwrap()
+        .volumes;
     let set = lvm.plan(&volumes, &name("dbsnap-overflow")).await.unwrap();
     lvm.snapshot(&set).await.unwrap();
     assert_eq!(lvm.health(&set).await.unwrap(), Health::Ok);
@@ -330,7 +335,11 @@ async fn in_guest_list_release_and_refusals() {
         "dbsnap",
         "dbtnames/data",
     ]);
-    let volumes = lvm.probe(std::slice::from_ref(&origin)).await.unwrap();
+    let volumes = lvm
+        .probe(std::slice::from_ref(&origin))
+        .await
+        .unwrap()
+        .volumes;
     let set = lvm.plan(&volumes, &name("dbsnap-ours")).await.unwrap();
     lvm.snapshot(&set).await.unwrap();
     let listed = lvm.list(&volumes).await.unwrap();
@@ -408,8 +417,9 @@ async fn in_guest_mariadb_datadir_and_binlogs_on_two_lvs() {
         .probe(&[options.datadir.clone(), logs.clone()])
         .await
         .unwrap();
+    let (volumes, atomic) = (volumes.volumes, volumes.atomic);
     assert_eq!(volumes.len(), 2);
-    assert!(!lvm.snapshot_is_atomic(&volumes));
+    assert!(!atomic);
     let set = lvm.plan(&volumes, &name("dbsnap-mariadb")).await.unwrap();
     // What dbsnap does: the lock covers both snapshots because they are not atomic.
     let lock = GlobalReadLock::take(&server);
@@ -511,7 +521,7 @@ fn lv_state(id: &str) -> Option<(String, String)> {
 /// add a file: what a rollback has to undo.
 async fn snapshot_then_change(lvm: &Lvm, origin: &Path, label: &str) -> SnapshotSet {
     write_file(&origin.join("f"), b'A', 4 * MIB);
-    let volumes = lvm.probe(&[origin.to_path_buf()]).await.unwrap();
+    let volumes = lvm.probe(&[origin.to_path_buf()]).await.unwrap().volumes;
     let set = lvm
         .plan(&volumes, &name(&format!("dbsnap-{label}")))
         .await

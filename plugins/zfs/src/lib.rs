@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use dbsnap_backend_api::command::{Cmd, CommandError};
 use dbsnap_backend_api::mounts::{mount_of, read_mount_table, MountEntry};
 use dbsnap_backend_api::{
-    BackendError, Health, ReadPath, Result, RollbackOutcome, SnapshotBackend, SnapshotName,
+    BackendError, Health, Probe, ReadPath, Result, RollbackOutcome, SnapshotBackend, SnapshotName,
     SnapshotSet, Volume, VolumeSnapshot, SNAPSHOT_PREFIX,
 };
 use serde::Deserialize;
@@ -102,6 +102,15 @@ impl Zfs {
 
     /// `zfs snapshot` with several arguments: OpenZFS accepts it, zfs-fuse answers "too
     /// many arguments". Both refuse the argument (it has no `@`) before creating anything.
+    /// One `zfs snapshot a@s b@s` is one transaction group: atomic within a pool, where
+    /// the daemon takes several snapshots in one call (OpenZFS; not zfs-fuse).
+    fn atomic(&self, volumes: &[Volume]) -> bool {
+        let one_pool = volumes
+            .windows(2)
+            .all(|w| pool_of(&w[0].id) == pool_of(&w[1].id));
+        volumes.len() <= 1 || (one_pool && self.multi_snapshot.get() == Some(&true))
+    }
+
     async fn detect_multi_snapshot() -> bool {
         let result = Cmd::new("zfs")
             .args(["snapshot", CAPABILITY_PROBE_ARG, CAPABILITY_PROBE_ARG])
@@ -243,7 +252,7 @@ impl SnapshotBackend for Zfs {
         NAME
     }
 
-    async fn probe(&self, paths: &[PathBuf]) -> Result<Vec<Volume>> {
+    async fn probe(&self, paths: &[PathBuf]) -> Result<Probe> {
         let table = read_mount_table()?;
         let mut volumes: Vec<Volume> = Vec::new();
         let mut add = |v: Volume| {
@@ -312,14 +321,10 @@ impl SnapshotBackend for Zfs {
         if self.multi_snapshot.get().is_none() {
             let _ = self.multi_snapshot.set(Self::detect_multi_snapshot().await);
         }
-        Ok(volumes)
-    }
-
-    fn snapshot_is_atomic(&self, volumes: &[Volume]) -> bool {
-        let one_pool = volumes
-            .windows(2)
-            .all(|w| pool_of(&w[0].id) == pool_of(&w[1].id));
-        volumes.len() <= 1 || (one_pool && self.multi_snapshot.get() == Some(&true))
+        Ok(Probe {
+            atomic: self.atomic(&volumes),
+            volumes,
+        })
     }
 
     async fn plan(&self, volumes: &[Volume], name: &SnapshotName) -> Result<SnapshotSet> {
@@ -619,80 +624,4 @@ impl SnapshotBackend for Zfs {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn volume(id: &str) -> Volume {
-        Volume {
-            id: id.into(),
-            root: PathBuf::from("/srv").join(id),
-            fstype: NAME.into(),
-        }
-    }
-
-    fn name() -> SnapshotName {
-        SnapshotName::new("dbsnap-t1").unwrap()
-    }
-
-    #[test]
-    fn config_keys() {
-        let c: ZfsConfig = serde_json::from_str(r#"{"read_via":"clone"}"#).unwrap();
-        assert_eq!(c.read_via, ReadVia::Clone);
-        let c: ZfsConfig = serde_json::from_str("{}").unwrap();
-        assert_eq!(c.read_via, ReadVia::Auto);
-        assert!(serde_json::from_str::<ZfsConfig>(r#"{"read_via":"magic"}"#).is_err());
-        assert!(serde_json::from_str::<ZfsConfig>(r#"{"clone_dir":"/x"}"#).is_err());
-    }
-
-    #[tokio::test]
-    async fn plan_names_one_snapshot_per_dataset_and_refuses_hostile_ids() {
-        let zfs = Zfs::new(ZfsConfig::default());
-        let set = zfs
-            .plan(&[volume("tank/data"), volume("tank/binlog")], &name())
-            .await
-            .unwrap();
-        let ids: Vec<_> = set.snapshots.iter().map(|s| s.id.as_str()).collect();
-        assert_eq!(ids, ["tank/data@dbsnap-t1", "tank/binlog@dbsnap-t1"]);
-        assert!(zfs.plan(&[volume("-R")], &name()).await.is_err());
-        assert!(zfs.plan(&[volume("tank/a@b")], &name()).await.is_err());
-        // Legal, but no room left for `@dbsnap-t1`: refused before any lock, as unsupported.
-        let long = format!("tank/{}", "x".repeat(MAX_NAME_LEN - 8));
-        assert!(validate_dataset(&long).is_ok());
-        let err = zfs.plan(&[volume(&long)], &name()).await.unwrap_err();
-        assert!(matches!(err, BackendError::Unsupported { .. }), "{err}");
-        assert!(err.to_string().contains("too long"), "{err}");
-    }
-
-    #[test]
-    fn atomic_only_within_one_pool_and_with_multi_snapshot_support() {
-        let zfs = Zfs::new(ZfsConfig::default());
-        let one_pool = [volume("tank/data"), volume("tank/binlog")];
-        let two_pools = [volume("tank/data"), volume("fast/binlog")];
-        // Unknown capability (probe not run): not atomic, except for a single dataset.
-        assert!(!zfs.snapshot_is_atomic(&one_pool));
-        assert!(zfs.snapshot_is_atomic(&one_pool[..1]));
-        zfs.multi_snapshot.set(true).unwrap();
-        assert!(zfs.snapshot_is_atomic(&one_pool));
-        assert!(!zfs.snapshot_is_atomic(&two_pools));
-        let fuse = Zfs::new(ZfsConfig::default());
-        fuse.multi_snapshot.set(false).unwrap();
-        assert!(!fuse.snapshot_is_atomic(&one_pool));
-    }
-
-    #[tokio::test]
-    async fn release_refuses_snapshots_dbsnap_did_not_name() {
-        let set = SnapshotSet {
-            backend: NAME.into(),
-            name: name(),
-            snapshots: vec![VolumeSnapshot {
-                volume: volume("tank/data"),
-                id: "tank/data@precious".into(),
-            }],
-        };
-        let err = Zfs::new(ZfsConfig::default())
-            .release(&set)
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("refusing to touch"), "{err}");
-    }
-}
+mod tests;

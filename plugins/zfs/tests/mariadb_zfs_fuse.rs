@@ -63,7 +63,8 @@ fn mariadb_datadir_and_binlog_on_two_datasets() {
         let volumes = backend
             .probe(&[datadir.clone(), binlog_dir.clone()])
             .await
-            .unwrap();
+            .unwrap()
+            .volumes;
         assert_eq!(volumes.len(), 2);
         let set = backend
             .plan(&volumes, &SnapshotName::new("dbsnap-mariadb").unwrap())

@@ -84,6 +84,7 @@ fn in_guest_atomic_snapshot_snapdir_holds_release() {
             .probe(&[datadir.clone(), redo.clone(), legacy.clone()])
             .await
             .unwrap();
+        let (volumes, atomic) = (volumes.volumes, volumes.atomic);
         let ids: Vec<&str> = volumes.iter().map(|v| v.id.as_str()).collect();
         assert_eq!(
             ids,
@@ -96,7 +97,7 @@ fn in_guest_atomic_snapshot_snapdir_holds_release() {
         );
         assert_eq!(volumes[3].root, legacy);
         // OpenZFS snapshots the whole set in one call.
-        assert!(backend.snapshot_is_atomic(&volumes));
+        assert!(atomic);
 
         let set = backend
             .plan(&volumes, &SnapshotName::new("dbsnap-oz1").unwrap())
@@ -265,7 +266,8 @@ fn in_guest_mariadb_on_openzfs() {
             .probe(&[datadir.clone(), binlog.clone()])
             .await
             .unwrap();
-        assert!(backend.snapshot_is_atomic(&volumes));
+        assert!(volumes.atomic);
+        let volumes = volumes.volumes;
         let set = backend
             .plan(&volumes, &SnapshotName::new("dbsnap-ozm").unwrap())
             .await

@@ -34,7 +34,11 @@ fn rollback_restores_every_dataset_and_refuses_to_destroy_newer_snapshots() {
         .unwrap();
     let backend = Zfs::new(ZfsConfig::default());
     runtime.block_on(async {
-        let volumes = backend.probe(&[data.clone(), logs.clone()]).await.unwrap();
+        let volumes = backend
+            .probe(&[data.clone(), logs.clone()])
+            .await
+            .unwrap()
+            .volumes;
         let set = backend
             .plan(&volumes, &SnapshotName::new("dbsnap-safety").unwrap())
             .await

@@ -86,6 +86,7 @@ fn datadir_and_binlog_datasets_snapshot_read_hold_release() {
             .probe(&[l.datadir.clone(), l.redo.clone()])
             .await
             .unwrap();
+        let (volumes, atomic) = (volumes.volumes, volumes.atomic);
         let ids: Vec<&str> = volumes.iter().map(|v| v.id.as_str()).collect();
         let p = &l.pool;
         assert_eq!(
@@ -98,8 +99,12 @@ fn datadir_and_binlog_datasets_snapshot_read_hold_release() {
         );
         assert_eq!(volumes[1].root, l.binlog);
         // zfs-fuse takes one snapshot per call: not atomic across datasets.
-        assert!(!backend.snapshot_is_atomic(&volumes));
-        assert!(backend.snapshot_is_atomic(&volumes[..1]));
+        assert!(!atomic);
+        let one = backend
+            .probe(std::slice::from_ref(&l.datadir))
+            .await
+            .unwrap();
+        assert!(one.atomic && one.volumes[..] == volumes[..1]);
 
         let set = backend.plan(&volumes, &name("dbsnap-t1")).await.unwrap();
         let started = Instant::now();
@@ -193,7 +198,8 @@ fn list_and_cleanup_touch_only_ours() {
         let volumes = Zfs::new(ZfsConfig::default())
             .probe(&[l.datadir.clone(), l.redo.clone()])
             .await
-            .unwrap();
+            .unwrap()
+            .volumes;
 
         // A run that "crashes" after mounting: its backend object is gone.
         {
@@ -201,7 +207,8 @@ fn list_and_cleanup_touch_only_ours() {
             let volumes = crashed
                 .probe(std::slice::from_ref(&l.datadir))
                 .await
-                .unwrap();
+                .unwrap()
+                .volumes;
             let set = crashed
                 .plan(&volumes, &name("dbsnap-crashed"))
                 .await
@@ -305,7 +312,11 @@ fn a_pool_root_dataset_works_too() {
     std::fs::create_dir(&workdir).unwrap();
     let backend = Zfs::new(ZfsConfig::default());
     block_on(async {
-        let volumes = backend.probe(std::slice::from_ref(&root)).await.unwrap();
+        let volumes = backend
+            .probe(std::slice::from_ref(&root))
+            .await
+            .unwrap()
+            .volumes;
         assert_eq!(volumes[0].id, pool);
         let set = backend.plan(&volumes, &name("dbsnap-root")).await.unwrap();
         backend.snapshot(&set).await.unwrap();

@@ -224,7 +224,7 @@ fn beside_a_previous_backup_unchanged_files_are_hard_links_into_it() {
     assert_eq!(moved.bytes_written, 400_000);
     let contents = |t: BTreeMap<PathBuf, String>| -> Vec<String> {
         t.into_values()
-            .map(|l| l.split(' ').last().unwrap().to_string())
+            .map(|l| l.split(' ').next_back().unwrap().to_string())
             .collect()
     };
     assert_eq!(
