@@ -114,9 +114,9 @@ pub struct BackupConfig {
     /// slow the copy down.
     #[serde(default = "default_pace_target")]
     pub pace_target: f64,
-    /// The copy never goes slower than this (per second), so that a backup finishes.
-    #[serde(default = "default_pace_floor")]
-    pub pace_floor: bytesize::ByteSize,
+    /// The copy never goes slower than this (per second), so that a backup finishes;
+    /// by default 16 MiB, or `bwlimit` if that is lower.
+    pub pace_floor: Option<bytesize::ByteSize>,
 }
 
 /// `[backup] pace`.
@@ -130,10 +130,6 @@ pub enum PaceMode {
 
 fn default_pace_target() -> f64 {
     2.0
-}
-
-fn default_pace_floor() -> bytesize::ByteSize {
-    bytesize::ByteSize::mib(16)
 }
 
 /// `[backup] method`: `files`, `rsync`, `auto`, or the name of a backend's native stream.

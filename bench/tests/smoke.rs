@@ -24,6 +24,7 @@ fn a_tiny_run_writes_json_table_and_plot() {
         "dbsnap --lock backup-stage",
         "dbsnap --lock none",
         "dbsnap --lock auto",
+        "dbsnap --lock auto, pace off",
         "mariabackup --backup",
         "classic FTWRL + snapshot",
         "snapshot only + cp -a",

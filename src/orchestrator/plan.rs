@@ -94,6 +94,10 @@ impl CopyPlan {
     }
 }
 
+/// `[backup] pace_floor` unless set: slow enough to matter little to a server's disk,
+/// fast enough to copy 100 GB in under two hours.
+const DEFAULT_PACE_FLOOR: u64 = 16 << 20;
+
 fn pace_settings(backup: &BackupConfig) -> anyhow::Result<Option<PaceSettings>> {
     if backup.pace == PaceMode::Off {
         return Ok(None);
@@ -109,19 +113,59 @@ fn pace_settings(backup: &BackupConfig) -> anyhow::Result<Option<PaceSettings>> 
         ));
     }
     let cap = backup.bwlimit.map_or(0, |b| b.as_u64());
-    let floor = backup.pace_floor.as_u64().max(1 << 20);
-    if cap != 0 && floor > cap {
-        return Err(fail(
-            Class::Config,
-            format!(
-                "[backup] pace_floor = \"{}\" is above bwlimit = \"{}\": lower pace_floor or raise bwlimit",
-                backup.pace_floor, backup.bwlimit.unwrap_or_default()
-            ),
-        ));
-    }
+    let floor = match (backup.pace_floor, backup.bwlimit) {
+        (Some(floor), Some(limit)) if floor > limit => {
+            return Err(fail(
+                Class::Config,
+                format!(
+                    "[backup] pace_floor = \"{floor}\" is above bwlimit = \"{limit}\": lower \
+                     pace_floor or raise bwlimit"
+                ),
+            ))
+        }
+        (Some(floor), _) => floor.as_u64().max(1),
+        (None, _) if cap != 0 => DEFAULT_PACE_FLOOR.min(cap),
+        (None, _) => DEFAULT_PACE_FLOOR,
+    };
     Ok(Some(PaceSettings {
         target: backup.pace_target,
         floor,
         cap,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backup(extra: &str) -> BackupConfig {
+        let text = format!(
+            "[mysql]\nsocket = \"/run/mysqld/mysqld.sock\"\n[snapshot]\nbackend = \"btrfs\"\n\
+             [backup]\ndest = \"/srv/b\"\n{extra}"
+        );
+        Config::parse(&text).unwrap().backup.unwrap()
+    }
+
+    #[test]
+    fn pacing_is_on_by_default_and_its_floor_never_exceeds_bwlimit() {
+        let on = pace_settings(&backup("")).unwrap().unwrap();
+        assert_eq!((on.target, on.floor, on.cap), (2.0, 16 << 20, 0));
+        let capped = pace_settings(&backup("bwlimit = \"4MiB\""))
+            .unwrap()
+            .unwrap();
+        assert_eq!((capped.floor, capped.cap), (4 << 20, 4 << 20));
+        assert_eq!(pace_settings(&backup("pace = \"off\"")).unwrap(), None);
+    }
+
+    #[test]
+    fn impossible_pace_settings_name_their_key() {
+        for (extra, key) in [
+            ("pace_target = 0.5", "pace_target"),
+            ("pace_floor = \"64MiB\"\nbwlimit = \"8MiB\"", "pace_floor"),
+        ] {
+            let e = pace_settings(&backup(extra)).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+            assert_eq!(crate::error::class_of(&e), Class::Config, "{e}");
+        }
+    }
 }
