@@ -157,7 +157,7 @@ fn markdown(machine: &Machine, args: &serde_json::Value, sizes: &[SizeResult]) -
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Each cell: median (min–max) over {} repeats, {} clients committing transfers. \
+        "Each cell: median (min–max) over {} repeats, {} clients committing {} transactions. \
          \"in lock window\" = commits in flight at any time between lock request and release; \
          \"during\" = commits in flight at any time while the backup ran; baseline = the {} s before it; \
          delayed = commits slower than {DELAYED_MS} ms. \
@@ -165,7 +165,7 @@ fn markdown(machine: &Machine, args: &serde_json::Value, sizes: &[SizeResult]) -
          lock_wait_timeout) shows in the commit latencies. Data: GB of filler rows (datadir size). Copy MB/s: dbsnap's copy phase, \
          mariabackup's whole run, `cp -a` of the bare snapshot. dbsnap is paced by the server's commit \
          latency unless the case says \"pace off\".\n",
-        args["repeats"], args["clients"], args["baseline_secs"],
+        args["repeats"], args["clients"], args["workload"].as_str().unwrap_or("bank"), args["baseline_secs"],
     );
     let _ = writeln!(
         md,

@@ -5,9 +5,10 @@
 //! durable before it returns, so publishing finds nothing left to flush.
 //!
 //! Incremental copies come in two shapes (see [`Seed`]): into a reflink copy of the
-//! previous backup, only the blocks that differ are written; beside a previous backup
-//! on a filesystem without reflinks, files unchanged by rsync's quick check (size,
-//! time, mode, owner) become hard links into it.
+//! previous backup, files that pass rsync's quick check (size, time, mode, owner) are
+//! left as they are and of the others only the blocks that differ are written; beside
+//! a previous backup on a filesystem without reflinks, files that pass the quick check
+//! become hard links into it.
 
 mod file;
 mod meta;
@@ -127,6 +128,8 @@ struct Walked {
     links: Vec<(PathBuf, PathBuf)>,
     /// Directories, parents first, with the source's metadata.
     dirs: Vec<(PathBuf, Metadata)>,
+    /// Bytes in files a seeded copy already holds.
+    unchanged: u64,
 }
 
 /// Copy every item. Blocking: run it on a thread of its own.
@@ -143,7 +146,9 @@ pub fn run(request: &Request) -> anyhow::Result<Moved> {
         throttle: &request.throttle,
         counters: &request.counters,
     };
-    let moved = copy_files(&walked.jobs, request.threads, &shared, &*request.durable)?;
+    shared.progress_add(walked.unchanged);
+    let mut moved = copy_files(&walked.jobs, request.threads, &shared, &*request.durable)?;
+    moved.bytes += walked.unchanged;
     for (first, name) in &walked.links {
         std::fs::hard_link(first, name).map_err(|e| at(e, "hard-linking", name))?;
     }
@@ -218,7 +223,16 @@ fn walk(
                 }
                 first_names.insert((meta.dev(), meta.ino()), to.clone());
             }
-            let basis = match (seeded && to.exists(), linked) {
+            let seed = seeded
+                .then(|| std::fs::symlink_metadata(&to).ok())
+                .flatten();
+            if seed.as_ref().is_some_and(|s| meta::unchanged(&meta, s)) {
+                // rsync's quick check: same size, time, mode and owner as the previous
+                // backup's copy, so the same contents; not read again.
+                walked.unchanged += meta.len();
+                continue;
+            }
+            let basis = match (seed.is_some(), linked) {
                 (true, _) => JobBasis::Seeded,
                 (false, Some(base)) => JobBasis::LinkIfUnchanged(base.join(&relative)),
                 (false, None) => JobBasis::New,
