@@ -6,7 +6,7 @@
 #   scripts/sandbox.sh --destroy [DIR]  stop the server, unmount, delete DIR
 #
 # DIR defaults to ./sandbox. Run as root on Debian/Ubuntu. Nothing outside DIR is
-# touched except the packages installed by scripts/install-deps.sh.
+# touched except the packages installed by scripts/install-deps.sh --sandbox.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -34,7 +34,7 @@ fi
 
 if [ "$(id -u)" -ne 0 ]; then echo "run as root (it mounts a loop device)" >&2; exit 1; fi
 
-bash "$repo/scripts/install-deps.sh"
+bash "$repo/scripts/install-deps.sh" --sandbox
 (cd "$repo" && cargo build --release --locked)
 dbsnap="$repo/target/release/dbsnap"
 

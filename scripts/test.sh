@@ -41,6 +41,12 @@ tier "unit tests" cargo test --workspace --locked --lib --bins
 # LVM and OpenZFS inside the emulated guest. Each suite's wall time is in its "finished in" line.
 tier "integration tests (host and guest)" bash -o pipefail -c \
     'cargo test --workspace --locked --no-fail-fast --test "*" 2>&1 | tee target/integration.log'
+# The Debian package (budget: 10 minutes, most of it the release build): build the .deb,
+# install it on this machine, verify its units, run the backup unit's command lines on a
+# real server, remove and purge it. Runs after the integration tests, so none of them
+# could pick up the installed /usr/bin/dbsnap (they run CARGO_BIN_EXE_dbsnap anyway).
+tier "package (.deb)" bash -o pipefail -c \
+    'bash packaging/build-deb.sh && cargo test --locked -p dbsnap --test package -- --ignored 2>&1 | tee target/package.log'
 awk '/^     Running /{name=$2} /^test result:/{printf "  %8s  %-6s %s\n", $NF, $3, name}' target/integration.log \
     > target/suite-times.txt || true
 

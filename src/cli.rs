@@ -154,6 +154,57 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// A freshness check for monitoring (Nagios convention): exit 0 OK, 1 WARNING,
+    /// 2 CRITICAL, 3 UNKNOWN (the check itself failed), with one line saying why.
+    ///
+    /// CRITICAL: no complete backup, the newest complete backup is older than --max-age
+    /// (by the time in its manifest), or it failed verification. WARNING: a kept snapshot
+    /// is past its --ttl or no longer valid, or the journal still holds resources of a
+    /// crashed run (`dbsnap cleanup` releases them). Reads only; takes no lock.
+    Status {
+        /// The oldest the newest complete backup may be, e.g. 26h or 2d.
+        #[arg(long, value_name = "DURATION", default_value = "26h", value_parser = humantime::parse_duration)]
+        max_age: std::time::Duration,
+    },
+    /// Print a shell completion script for SHELL on stdout.
+    ///
+    /// e.g. `dbsnap completions bash > /etc/bash_completion.d/dbsnap`; the Debian
+    /// package installs them for bash, zsh and fish.
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (dbsnap.1 and one per subcommand) into DIR; used when the
+    /// package is built, so the pages are generated from these definitions.
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+impl Command {
+    /// The name hooks (`DBSNAP_COMMAND`) and metrics (`command` label) use for the
+    /// commands that create, publish or release something; `None` for those that only read.
+    pub fn changing_name(&self) -> Option<&'static str> {
+        match self {
+            Command::Backup { .. } => Some("backup"),
+            Command::Cleanup { .. } => Some("cleanup"),
+            Command::Verify { .. } => Some("verify"),
+            Command::Prune { dry_run: false } => Some("prune"),
+            Command::Snapshot(SnapshotCommand::Create { .. }) => Some("snapshot-create"),
+            Command::Snapshot(SnapshotCommand::Release { .. }) => Some("snapshot-release"),
+            Command::Snapshot(SnapshotCommand::Rollback { .. }) => Some("snapshot-rollback"),
+            Command::Check(_)
+            | Command::List
+            | Command::Restore { .. }
+            | Command::Snapshot(SnapshotCommand::List)
+            | Command::Prune { dry_run: true }
+            | Command::Status { .. }
+            | Command::Completions { .. }
+            | Command::Man { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

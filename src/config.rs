@@ -35,6 +35,24 @@ pub struct Config {
     pub hooks: HooksConfig,
     /// `[retention]`: what `dbsnap prune` keeps.
     pub retention: Option<crate::retention::Policy>,
+    /// `[metrics]`: the Prometheus textfile written after every run.
+    pub metrics: Option<MetricsConfig>,
+    /// The file this configuration was read from (not a key).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// `[metrics]`: a Prometheus text-format file for node_exporter's textfile collector,
+/// rewritten atomically after every run of a command that creates, publishes or
+/// releases something, whether it succeeded or failed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// e.g. /var/lib/prometheus/node-exporter/dbsnap.prom (the collector reads `*.prom`).
+    pub textfile: PathBuf,
+    /// The `config` label's value [default: the configuration file's name without
+    /// `.toml`, e.g. `db1` for /etc/dbsnap/db1.toml].
+    pub config_label: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,7 +230,22 @@ impl Config {
                 ),
             )
         })?;
-        Config::parse(&text).map_err(|e| fail(Class::Config, format!("{}: {e}", path.display())))
+        let mut config = Config::parse(&text)
+            .map_err(|e| fail(Class::Config, format!("{}: {e}", path.display())))?;
+        config.source = path.to_path_buf();
+        Ok(config)
+    }
+
+    /// The `config` label of this configuration's metrics.
+    pub fn metrics_label(&self) -> String {
+        self.metrics
+            .as_ref()
+            .and_then(|m| m.config_label.clone())
+            .unwrap_or_else(|| {
+                self.source
+                    .file_stem()
+                    .map_or_else(|| "dbsnap".into(), |s| s.to_string_lossy().into_owned())
+            })
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Config> {
@@ -240,6 +273,22 @@ impl Config {
         }
         for (key, path) in paths {
             check_path(key, path)?;
+        }
+        if let Some(m) = &self.metrics {
+            check_path("metrics.textfile", &m.textfile)?;
+            if m.textfile.extension() != Some(std::ffi::OsStr::new("prom")) {
+                anyhow::bail!(
+                    "metrics.textfile = {:?} must end in .prom: node_exporter's textfile collector reads only *.prom files",
+                    m.textfile
+                );
+            }
+            if let Some(label) = &m.config_label {
+                if label.is_empty() || label.chars().any(char::is_control) {
+                    anyhow::bail!(
+                        "metrics.config_label = {label:?} must be non-empty and printable (it becomes the config=\"...\" label)"
+                    );
+                }
+            }
         }
         self.hooks.validate()?;
         if self.mysql.lock_attempts == 0 {
@@ -388,6 +437,34 @@ dest = "/srv/backups/db 1"
             err.contains("backup.dest") && err.contains("absolute"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_packaged_example_config_is_valid() {
+        let c = Config::parse(include_str!("../packaging/dbsnap.toml")).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/dbsnap"));
+        assert!(c.metrics.is_some() && c.retention.is_some());
+    }
+
+    #[test]
+    fn metrics_section_is_checked_and_labelled() {
+        let with = |section: &str| Config::parse(&format!("{MINIMAL}\n[metrics]\n{section}\n"));
+        let c = with("textfile = \"/var/lib/prometheus/node-exporter/dbsnap.prom\"").unwrap();
+        assert_eq!(c.metrics_label(), "dbsnap");
+        let c = with("textfile = \"/m/db.prom\"\nconfig_label = \"db1\"").unwrap();
+        assert_eq!(c.metrics_label(), "db1");
+        for (section, key) in [
+            ("textfile = \"/m/db.txt\"", "metrics.textfile"),
+            ("textfile = \"m.prom\"", "metrics.textfile"),
+            (
+                "textfile = \"/m/db.prom\"\nconfig_label = \"\"",
+                "metrics.config_label",
+            ),
+            ("textfile = \"/m/db.prom\"\ntextfiel = \"x\"", "textfiel"),
+        ] {
+            let err = with(section).unwrap_err().to_string();
+            assert!(err.contains(key), "{section}: {err}");
+        }
     }
 
     #[test]

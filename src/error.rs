@@ -36,6 +36,9 @@ pub enum Class {
     Verify,
     /// A user hook failed or timed out.
     Hook,
+    /// A kept snapshot became invalid while it was kept (e.g. a classic LVM snapshot
+    /// overflowed): what was read from it is not a consistent copy.
+    SnapshotInvalid,
     /// Interrupted by SIGINT or SIGTERM; everything was cleaned up.
     Interrupted,
 }
@@ -55,6 +58,7 @@ impl Class {
             Class::Transfer => 10,
             Class::Verify => 11,
             Class::Hook => 12,
+            Class::SnapshotInvalid => 13,
             Class::Interrupted => 130,
         }
     }
@@ -75,6 +79,7 @@ Exit codes:
   10   copy failed
   11   verification failed: the backup's copy does not recover or check cleanly
   12   a hook failed
+  13   a kept snapshot became invalid while kept (released; what read it is not consistent)
   130  interrupted (SIGINT/SIGTERM); cleaned up";
 }
 
@@ -191,16 +196,22 @@ mod tests {
             Class::Transfer,
             Class::Verify,
             Class::Hook,
+            Class::SnapshotInvalid,
             Class::Interrupted,
         ];
         let mut codes: Vec<u8> = all.iter().map(|c| c.exit_code()).collect();
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
+        let readme = include_str!("../README.md");
         for code in codes {
             assert!(
                 Class::TABLE.contains(&format!("\n  {code} ")),
                 "{code} missing from TABLE"
+            );
+            assert!(
+                readme.contains(&format!("\n| {code} | ")),
+                "{code} missing from the README's exit-code table"
             );
         }
     }

@@ -2,6 +2,7 @@
 //! an environment describing the run. None ever runs inside the lock window.
 
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use dbsnap_backend_api::command::Cmd;
@@ -25,9 +26,14 @@ pub struct HooksConfig {
     /// exit non-zero but keeps the backup.
     #[serde(default)]
     pub post_backup: Vec<String>,
-    /// After a failed run has been cleaned up (DBSNAP_STATUS=failed, DBSNAP_ERROR).
+    /// After a failed run of any command that takes a snapshot or changes backups
+    /// (DBSNAP_COMMAND), once it has been cleaned up (DBSNAP_STATUS=failed, DBSNAP_ERROR).
     #[serde(default)]
     pub on_failure: Vec<String>,
+    /// After a successful run of any such command (DBSNAP_STATUS=ok), e.g. a
+    /// dead-man's-switch ping; a failure makes the run exit non-zero.
+    #[serde(default)]
+    pub on_success: Vec<String>,
     /// How long a hook may run before it is killed.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -44,6 +50,7 @@ impl Default for HooksConfig {
             post_snapshot: Vec::new(),
             post_backup: Vec::new(),
             on_failure: Vec::new(),
+            on_success: Vec::new(),
             timeout: default_timeout(),
         }
     }
@@ -56,6 +63,15 @@ pub enum Phase {
     PostSnapshot,
     PostBackup,
     OnFailure,
+    OnSuccess,
+}
+
+/// The command this process runs, as `DBSNAP_COMMAND` in every hook's environment.
+static COMMAND: OnceLock<&'static str> = OnceLock::new();
+
+/// Name the command for the hooks (once, in `main`, before any hook runs).
+pub fn set_command(name: &'static str) {
+    let _ = COMMAND.set(name);
 }
 
 impl Phase {
@@ -65,6 +81,7 @@ impl Phase {
             Phase::PostSnapshot => "post_snapshot",
             Phase::PostBackup => "post_backup",
             Phase::OnFailure => "on_failure",
+            Phase::OnSuccess => "on_success",
         }
     }
 }
@@ -81,12 +98,13 @@ impl HooksConfig {
         Ok(())
     }
 
-    fn all(&self) -> [(&'static str, &Vec<String>); 4] {
+    fn all(&self) -> [(&'static str, &Vec<String>); 5] {
         [
             ("pre_lock", &self.pre_lock),
             ("post_snapshot", &self.post_snapshot),
             ("post_backup", &self.post_backup),
             ("on_failure", &self.on_failure),
+            ("on_success", &self.on_success),
         ]
     }
 
@@ -96,6 +114,7 @@ impl HooksConfig {
             Phase::PostSnapshot => &self.post_snapshot,
             Phase::PostBackup => &self.post_backup,
             Phase::OnFailure => &self.on_failure,
+            Phase::OnSuccess => &self.on_success,
         }
     }
 
@@ -111,6 +130,9 @@ impl HooksConfig {
             .args(&argv[1..])
             .timeout(self.timeout)
             .env("DBSNAP_PHASE", phase.name());
+        if let Some(command) = COMMAND.get() {
+            cmd = cmd.env("DBSNAP_COMMAND", *command);
+        }
         for (key, value) in env {
             cmd = cmd.env(key, value);
         }

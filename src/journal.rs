@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -59,20 +60,49 @@ pub struct RunLock {
 impl RunLock {
     /// Take the run lock or fail at once, naming the process that holds it.
     pub fn acquire(state_dir: &Path) -> anyhow::Result<RunLock> {
-        std::fs::create_dir_all(state_dir).map_err(|e| {
-            fail(
-                Class::Config,
-                format!("cannot create the state directory {}: {e}. Set state_dir to a writable directory", state_dir.display()),
-            )
-        })?;
+        // 0700: the journal and records name snapshots, mounts and directories that
+        // cleanup deletes; nobody else may write them.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|e| {
+                fail(
+                    Class::Config,
+                    format!(
+                        "cannot create the state directory {}: {e}. Set state_dir to a writable directory",
+                        state_dir.display()
+                    ),
+                )
+            })?;
+        if let Ok(meta) = std::fs::metadata(state_dir) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o022 != 0 {
+                tracing::warn!(
+                    "the state directory {} is writable by other users: anyone who can write \
+                     its journal can make `dbsnap cleanup` delete things. chmod 700 it",
+                    state_dir.display()
+                );
+            }
+        }
         let path = state_dir.join(LOCK_FILE);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let file = open_state_file(&path, OpenFor::Lock).map_err(|e| {
+            use nix::libc::{EACCES, EPERM, EROFS};
+            match e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.raw_os_error())
+            {
+                Some(EACCES | EPERM | EROFS) => fail(
+                    Class::Config,
+                    format!(
+                        "the state directory {} is not writable ({e:#}): make it writable for the \
+                             user running dbsnap, or set state_dir to a directory that is",
+                        state_dir.display()
+                    ),
+                ),
+                _ => e,
+            }
+        })?;
         let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
@@ -95,6 +125,46 @@ impl RunLock {
     }
 }
 
+/// Whether a dbsnap run holds the run lock of `state_dir` now, found without taking
+/// the lock (so a reader never makes a starting run fail as busy): the kernel lists
+/// every held flock in /proc/locks with its holder's pid and the file's inode, and the
+/// holder wrote its pid into the lock file. (The device in /proc/locks is not compared:
+/// on btrfs it is the filesystem's, while stat() reports the subvolume's.)
+pub fn run_active(state_dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let path = state_dir.join(LOCK_FILE);
+    let (Ok(meta), Ok(holder)) = (std::fs::metadata(&path), std::fs::read_to_string(&path)) else {
+        return false;
+    };
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    holds_flock(&locks, holder.trim(), meta.ino())
+}
+
+/// Whether /proc/locks text lists a flock by process `pid` on inode `ino`. Its lines
+/// read `1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF`.
+fn holds_flock(locks: &str, pid: &str, ino: u64) -> bool {
+    let inode = format!(":{ino}");
+    locks.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&"FLOCK")
+            && fields.get(4) == Some(&pid)
+            && fields.get(5).is_some_and(|f| f.ends_with(&inode))
+    })
+}
+
+/// The journal's entries, read without the run lock (for status and metrics, which
+/// change nothing). While a run is active they are that run's resources.
+pub fn read_entries(state_dir: &Path) -> anyhow::Result<Vec<Entry>> {
+    let path = state_dir.join(JOURNAL_FILE);
+    match read_state_file(&path) {
+        Ok(text) => {
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        }
+        Err(e) if is_not_found(&e) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The journal of one state directory. Only the holder of the [`RunLock`] writes it.
 pub struct Journal {
     path: PathBuf,
@@ -104,7 +174,7 @@ pub struct Journal {
 impl Journal {
     pub fn open(state_dir: &Path, _lock: &RunLock) -> anyhow::Result<Journal> {
         let path = state_dir.join(JOURNAL_FILE);
-        let entries = match std::fs::read_to_string(&path) {
+        let entries = match read_state_file(&path) {
             Ok(text) => serde_json::from_str(&text).map_err(|e| {
                 fail(
                     Class::Internal,
@@ -115,8 +185,8 @@ impl Journal {
                     ),
                 )
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+            Err(e) if is_not_found(&e) => Vec::new(),
+            Err(e) => return Err(e),
         };
         Ok(Journal { path, entries })
     }
@@ -154,7 +224,7 @@ impl Journal {
     fn save(&self) -> anyhow::Result<()> {
         let tmp = self.path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(&self.entries)?;
-        let mut file = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        let mut file = open_state_file(&tmp, OpenFor::Replace)?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&tmp, &self.path)
@@ -164,6 +234,57 @@ impl Journal {
         }
         Ok(())
     }
+}
+
+/// How a state file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenFor {
+    Read,
+    /// The run lock: created if missing, kept.
+    Lock,
+    /// A temporary file that replaces the real one by rename: created or truncated.
+    Replace,
+}
+
+/// Open a file in the state directory, never through a symbolic link (`O_NOFOLLOW`):
+/// a link planted there would make dbsnap write, or read its journal from, a file
+/// of the planter's choice.
+pub fn open_state_file(path: &Path, how: OpenFor) -> anyhow::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.custom_flags(nix::libc::O_NOFOLLOW).mode(0o600);
+    match how {
+        OpenFor::Read => options.read(true),
+        OpenFor::Lock => options.read(true).write(true).create(true).truncate(false),
+        OpenFor::Replace => options.write(true).create(true).truncate(true),
+    };
+    options.open(path).map_err(|e| {
+        if e.raw_os_error() == Some(nix::libc::ELOOP) {
+            fail(
+                Class::Config,
+                format!(
+                    "{} is a symbolic link: dbsnap never follows links in its state directory. \
+                     Remove the link (and check who put it there)",
+                    path.display()
+                ),
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("opening {}", path.display()))
+        }
+    })
+}
+
+/// Read a state file's text (see [`open_state_file`]).
+pub fn read_state_file(path: &Path) -> anyhow::Result<String> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut open_state_file(path, OpenFor::Read)?, &mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(text)
+}
+
+/// Whether an error from [`open_state_file`] means the file does not exist.
+pub fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
 }
 
 #[cfg(test)]
@@ -206,6 +327,20 @@ mod tests {
         .unwrap();
         let j3 = Journal::open(dir.path(), &lock).unwrap();
         assert_eq!(j3.entries().len(), 1);
+    }
+
+    #[test]
+    fn a_held_run_lock_is_seen_in_proc_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!run_active(dir.path()));
+        let lock = RunLock::acquire(dir.path()).unwrap();
+        assert!(run_active(dir.path()));
+        drop(lock);
+        assert!(!run_active(dir.path()));
+        let line = "2: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF\n";
+        assert!(holds_flock(line, "4242", 1234));
+        assert!(!holds_flock(line, "4242", 234));
+        assert!(!holds_flock(line, "424", 1234));
     }
 
     #[test]

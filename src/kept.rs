@@ -51,7 +51,7 @@ impl KeptSnapshot {
     pub fn read(state_dir: &Path, name: &str) -> anyhow::Result<KeptSnapshot> {
         let name = SnapshotName::new(name).map_err(|e| fail(Class::Config, e.to_string()))?;
         let path = RECORDS.path(state_dir, &name);
-        let text = std::fs::read_to_string(&path).map_err(|_| {
+        let text = crate::journal::read_state_file(&path).map_err(|_| {
             fail(
                 Class::Config,
                 format!(

@@ -8,11 +8,16 @@ mod config;
 mod db;
 mod destination;
 mod error;
+mod freshness;
 mod hooks;
+mod inventory;
 mod journal;
 mod kept;
 mod manifest;
+mod manpages;
+mod metrics;
 mod orchestrator;
+mod overlap;
 mod procs;
 mod progress;
 mod records;
@@ -53,6 +58,18 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("starting the async runtime");
+    if let Command::Status { max_age } = &cli.command {
+        return match runtime.block_on(status(&cli, *max_age)) {
+            Ok(code) => ExitCode::from(code),
+            Err(err) => {
+                // One line, as monitoring shows only the first (TOML errors span several).
+                let message = format!("{err:#}");
+                let words: Vec<&str> = message.split_whitespace().collect();
+                println!("DBSNAP UNKNOWN - {}", words.join(" "));
+                ExitCode::from(freshness::UNKNOWN_EXIT_CODE)
+            }
+        };
+    }
     let result = runtime.block_on(run(&cli));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,7 +90,18 @@ fn main() -> ExitCode {
     }
 }
 
+async fn status(cli: &Cli, max_age: std::time::Duration) -> anyhow::Result<u8> {
+    let config = Config::load(&cli.config)?;
+    commands::status::run(&config, cli.json, max_age).await
+}
+
 async fn run(cli: &Cli) -> anyhow::Result<()> {
+    // These two need no configuration.
+    match &cli.command {
+        Command::Completions { shell } => return manpages::print_completions(*shell),
+        Command::Man { dir } => return manpages::write_all(dir).map(|_| ()),
+        _ => {}
+    }
     let mut config = Config::load(&cli.config)?;
     let lock_args = match &cli.command {
         Command::Check(lock)
@@ -84,7 +112,12 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     if let Some(mode) = lock_args.and_then(|l| l.lock) {
         config.mysql.lock = mode;
     }
-    match &cli.command {
+    let changing = cli.command.changing_name();
+    if let Some(name) = changing {
+        hooks::set_command(name);
+    }
+    let started = chrono::Utc::now();
+    let result = match &cli.command {
         Command::Check(lock) => commands::check::run(&config, cli.json, lock.force).await,
         Command::Backup { lock, max_lock_ms } => {
             commands::backup::run(&config, cli.json, lock.force, *max_lock_ms).await
@@ -112,6 +145,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                     port: *source_port,
                     user: source_user.clone(),
                 },
+                protected: Vec::new(),
             };
             commands::restore::run(&config, cli.json, request).await
         }
@@ -141,5 +175,12 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             }
         },
         Command::Prune { dry_run } => commands::prune::run(&config, cli.json, *dry_run).await,
+        Command::Status { .. } | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before the configuration is used")
+        }
+    };
+    match changing {
+        Some(name) => commands::finish(&config, name, started, result).await,
+        None => result,
     }
 }

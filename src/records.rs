@@ -10,6 +10,8 @@ use dbsnap_backend_api::SnapshotName;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::journal::{open_state_file, read_state_file, OpenFor};
+
 /// One kind of record: the directory below the state dir that holds them.
 pub struct Records(pub &'static str);
 
@@ -33,9 +35,10 @@ impl Records {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = self.path(state_dir, name);
         let tmp = path.with_extension("toml.tmp");
-        std::fs::write(&tmp, toml::to_string_pretty(record)?)
+        let mut file = open_state_file(&tmp, OpenFor::Replace)?;
+        std::io::Write::write_all(&mut file, toml::to_string_pretty(record)?.as_bytes())
             .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::File::open(&tmp)?.sync_all()?;
+        file.sync_all()?;
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
         std::fs::File::open(&dir)?.sync_all()?;
         Ok(())
@@ -56,8 +59,7 @@ impl Records {
             if path.extension().map_or(true, |e| e != "toml") {
                 continue;
             }
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
+            let text = read_state_file(&path)?;
             all.push(toml::from_str(&text).with_context(|| {
                 format!(
                     "parsing {}: fix or remove it (the snapshot it names is still on disk)",

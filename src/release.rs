@@ -9,27 +9,68 @@ use anyhow::Context;
 use dbsnap_backend_api::{SnapshotBackend, SnapshotSet};
 
 use crate::backends::Backends;
+use crate::config::Config;
 use crate::error::backend_error;
 use crate::journal::{Journal, Resource};
 use crate::kept::KeptSnapshot;
 
+/// Where releasing may act: the state directory, the configured destination (a
+/// journaled partial must lie in it), and how to open any backend by name.
+pub struct Scope<'a> {
+    pub state_dir: &'a Path,
+    pub dest: Option<&'a Path>,
+    pub backends: &'a dyn Backends,
+}
+
+impl<'a> Scope<'a> {
+    pub fn of(config: &'a Config) -> Scope<'a> {
+        Scope {
+            state_dir: &config.state_dir,
+            dest: config.backup.as_ref().map(|b| b.dest.as_path()),
+            backends: &config.snapshot,
+        }
+    }
+}
+
+/// What [`release_all`] did: resources released, and entries dropped from the journal
+/// with nothing to release (each with why).
+#[derive(Debug, Default)]
+pub struct Cleaned {
+    pub released: Vec<String>,
+    pub nothing_to_release: Vec<String>,
+}
+
+/// What releasing one journal entry came to.
+enum Outcome {
+    Released,
+    /// Nothing to release; the entry is dropped. Why, for the report.
+    NothingToRelease(&'static str),
+}
+
 /// Release every journaled resource, newest first (a partial copy before its mount,
 /// a mount before its snapshot). Keeps going past failures so that one stuck resource
-/// does not pin the others, then reports all failures.
-pub async fn release_all(
-    state_dir: &Path,
-    backends: &dyn Backends,
-    journal: &mut Journal,
-) -> anyhow::Result<Vec<String>> {
-    let mut released = Vec::new();
+/// does not pin the others, then reports all failures. An entry naming something
+/// dbsnap would not have created (a hand-edited or corrupted journal) is a failure
+/// too: it is left alone and stays in the journal.
+pub async fn release_all(scope: &Scope<'_>, journal: &mut Journal) -> anyhow::Result<Cleaned> {
+    let mut cleaned = Cleaned::default();
     let mut failures = Vec::new();
+    stop_orphaned_hooks(journal).await;
     for entry in journal.entries().to_vec().into_iter().rev() {
         let what = describe(&entry.resource);
-        match release_one(state_dir, backends, &entry.resource).await {
-            Ok(()) => {
+        match release_one(scope, &entry.resource).await {
+            Ok(outcome) => {
                 journal.forget(&entry.resource)?;
-                tracing::info!("released {what} (run {})", entry.run);
-                released.push(what);
+                match outcome {
+                    Outcome::Released => {
+                        tracing::info!("released {what} (run {})", entry.run);
+                        cleaned.released.push(what);
+                    }
+                    Outcome::NothingToRelease(why) => {
+                        tracing::info!("forgot {what} (run {}): {why}", entry.run);
+                        cleaned.nothing_to_release.push(format!("{what}: {why}"));
+                    }
+                }
             }
             Err(e) => failures.push(format!("{what} (run {}): {e:#}", entry.run)),
         }
@@ -44,47 +85,165 @@ pub async fn release_all(
             failures.join("\n  ")
         );
     }
-    Ok(released)
+    Ok(cleaned)
 }
 
-async fn release_one(
-    state_dir: &Path,
-    backends: &dyn Backends,
-    resource: &Resource,
-) -> anyhow::Result<()> {
+/// Kill what the hooks of the journal's interrupted runs left running (a hook's own
+/// children survive a `kill -9` of dbsnap): nothing may keep reading a snapshot that is
+/// about to be released.
+async fn stop_orphaned_hooks(journal: &Journal) {
+    let mut runs: Vec<String> = journal.entries().iter().map(|e| e.run.clone()).collect();
+    runs.sort();
+    runs.dedup();
+    if runs.is_empty() {
+        return;
+    }
+    let orphans = crate::procs::orphaned_hook_processes(&runs);
+    for pid in &orphans {
+        tracing::warn!("stopping process {pid}, left running by a hook of an interrupted run");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while orphans.iter().any(|p| crate::procs::is_running(*p))
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Refuse a journaled path that is not where dbsnap creates such things.
+fn untrusted(what: &str, path: &Path, place: String) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} is not {place}, so dbsnap did not create it as {what}: left alone (a hand-edited \
+         or stale journal?)",
+        path.display()
+    )
+}
+
+/// Whether `path` lies directly in `dir` (both compared as real paths).
+fn directly_in(path: &Path, dir: &Path) -> bool {
+    let parent = path.parent().map(crate::overlap::canonical);
+    parent.is_some_and(|p| p == crate::overlap::canonical(dir))
+}
+
+/// A partial backup directory must be `NAME.partial` directly in the configured
+/// destination.
+fn check_partial(scope: &Scope<'_>, dir: &Path) -> anyhow::Result<()> {
+    let dest = scope.dest;
+    let named = dir.extension().is_some_and(|e| e == "partial");
+    match dest {
+        Some(dest) if named && directly_in(dir, dest) => Ok(()),
+        Some(dest) => Err(untrusted(
+            "a partial backup",
+            dir,
+            format!(
+                "a NAME.partial directory in [backup] dest = {}",
+                dest.display()
+            ),
+        )),
+        None => Err(untrusted(
+            "a partial backup",
+            dir,
+            "in a destination: the configuration has no [backup] dest".into(),
+        )),
+    }
+}
+
+/// A verification's scratch copy is `.dbsnap-verify-NAME` beside backup NAME (in the
+/// destination, or beside a backup verified by path), and its server's run directory
+/// is `dbsnap-verify-PID`.
+fn check_scratch(scope: &Scope<'_>, dir: &Path, run_dir: &Path) -> anyhow::Result<()> {
+    let name = dir
+        .file_name()
+        .and_then(|f| f.to_str())
+        .and_then(|f| f.strip_prefix(crate::verify::SCRATCH_PREFIX))
+        .filter(|n| !n.is_empty() && !n.contains('/'));
+    let beside_backup = name.is_some_and(|n| {
+        let in_dest = scope.dest.is_some_and(|dest| directly_in(dir, dest));
+        in_dest
+            || dir
+                .parent()
+                .is_some_and(|p| p.join(n).join(crate::manifest::MANIFEST_FILE).is_file())
+    });
+    if !beside_backup {
+        return Err(untrusted(
+            "a verification's scratch copy",
+            dir,
+            "a .dbsnap-verify-NAME directory beside backup NAME".into(),
+        ));
+    }
+    let run_dir_ok = run_dir
+        .file_name()
+        .and_then(|f| f.to_str())
+        .and_then(|f| f.strip_prefix(crate::verify::RUN_DIR_PREFIX))
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+    if !run_dir_ok {
+        return Err(untrusted(
+            "a verification server's run directory",
+            run_dir,
+            "a dbsnap-verify-PID directory".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn release_one(scope: &Scope<'_>, resource: &Resource) -> anyhow::Result<Outcome> {
     match resource {
         Resource::Partial { dir } => {
-            // Only ever delete a directory dbsnap named `*.partial`.
-            if dir.extension().is_some_and(|e| e == "partial") {
-                crate::destination::local::remove_dir(dir, backends).await?;
+            check_partial(scope, dir)?;
+            if !dir.exists() {
+                return Ok(Outcome::NothingToRelease("it was never created"));
             }
-            Ok(())
+            crate::destination::local::remove_dir(dir, scope.backends).await?;
+            Ok(Outcome::Released)
         }
         Resource::Received {
             backend,
             id,
             partial,
         } => {
+            check_partial(scope, partial)?;
             if !partial.exists() {
-                return Ok(());
+                return Ok(Outcome::NothingToRelease(
+                    "its backup was published or removed, so it is not a leftover",
+                ));
             }
-            backends.delete_received(backend, id).await
+            scope.backends.delete_received(backend, id).await?;
+            Ok(Outcome::Released)
         }
         Resource::Mount { set, workdir } => {
-            let backend = backends.open_named(&set.backend)?;
-            unmount_from(backend.as_ref(), set, workdir).await
+            let runs = scope.state_dir.join("runs");
+            if !directly_in(workdir, &runs) {
+                return Err(untrusted(
+                    "a mount's work directory",
+                    workdir,
+                    format!("in {}", runs.display()),
+                ));
+            }
+            let backend = scope.backends.open_named(&set.backend)?;
+            unmount_from(backend.as_ref(), set, workdir).await?;
+            Ok(Outcome::Released)
         }
         Resource::Snapshot { set } => {
             // A snapshot kept on purpose (`snapshot create`) whose run stopped between
             // writing its record and leaving the journal is not a leftover.
-            if crate::kept::is_kept(state_dir, &set.name) {
-                return Ok(());
+            if crate::kept::is_kept(scope.state_dir, &set.name) {
+                return Ok(Outcome::NothingToRelease(
+                    "it is a kept snapshot (see `dbsnap snapshot list`)",
+                ));
             }
-            let backend = backends.open_named(&set.backend)?;
+            let backend = scope.backends.open_named(&set.backend)?;
             backend.release(set).await?;
-            Ok(())
+            Ok(Outcome::Released)
         }
-        Resource::Scratch { dir, run_dir } => crate::verify::remove_scratch(dir, run_dir).await,
+        Resource::Scratch { dir, run_dir } => {
+            check_scratch(scope, dir, run_dir)?;
+            crate::verify::remove_scratch(dir, run_dir).await?;
+            Ok(Outcome::Released)
+        }
     }
 }
 

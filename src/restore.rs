@@ -26,7 +26,21 @@ pub struct Request {
     /// The server's user; `None`: `mysql` if that user exists.
     pub owner: Option<String>,
     pub source: Source,
+    /// What a restore must never write into or delete: the destination, the state
+    /// directory, snapshot directories (see [`Protected`]).
+    pub protected: Vec<Protected>,
 }
+
+/// A directory a restore target must not be, lie in, or contain.
+#[derive(Debug, Clone)]
+pub struct Protected {
+    pub path: PathBuf,
+    /// What it is, for the refusal: "the backup destination ([backup] dest)".
+    pub what: String,
+}
+
+/// Directory names that hold snapshots: a restore never writes into one.
+const SNAPSHOT_DIR_NAMES: &[&str] = &[".dbsnap-snapshots", ".zfs"];
 
 /// Where a replica built from the restored copy will replicate from.
 #[derive(Debug, Clone, Serialize)]
@@ -95,7 +109,24 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
         })
         .collect();
 
+    // Every check before anything is deleted: --force empties the targets.
+    let mut protected = vec![Protected {
+        path: request.backup.clone(),
+        what: "the backup being restored".into(),
+    }];
+    protected.extend(request.protected.iter().cloned());
+    protected.extend(
+        manifest
+            .stored
+            .iter()
+            .filter(|s| s.path.is_absolute())
+            .map(|s| Protected {
+                path: s.path.clone(),
+                what: "a copy the backup being restored holds".into(),
+            }),
+    );
     for (_, to) in &moves {
+        refuse_protected(to, &protected)?;
         let running = crate::procs::servers_on(to);
         if !running.is_empty() {
             return Err(fail(
@@ -122,12 +153,17 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
     }
     let owner = owner(request.owner.as_deref())?;
 
-    // Copy.
+    // Copy. From here until it is complete, an error or an interruption removes what
+    // this restore wrote (the guard's drop).
+    let mut written = Written(Vec::new());
     let mut items = Vec::new();
     for (from, to) in &moves {
-        if to.exists() && request.force {
+        let existed = to.exists();
+        if existed && request.force {
+            tracing::warn!("--force: deleting the contents of {}", to.display());
             empty_dir(to)?;
         }
+        written.0.push((to.clone(), existed));
         std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
         for (copy, relative) in manifest.copies_of(&request.backup, from) {
             items.push(CopyItem {
@@ -164,6 +200,8 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
             }
         }
     }
+
+    written.0.clear();
 
     let server_options = server_options(&manifest, &moves, target);
     let mut source = request.source.clone();
@@ -229,8 +267,92 @@ fn owner(requested: Option<&str>) -> anyhow::Result<Option<(u32, u32, String)>> 
     }
 }
 
+/// Refuse a target that is, lies in, or contains a protected directory, or that has
+/// a mount point inside it (emptying it would delete through the mount).
+fn refuse_protected(to: &Path, protected: &[Protected]) -> anyhow::Result<()> {
+    use crate::overlap::Overlap;
+    let canonical = crate::overlap::canonical(to);
+    let refuse = |why: String| {
+        fail(
+            Class::Destination,
+            format!(
+                "refusing to restore into {}: {why}. Nothing was deleted. Restore into a new \
+                 directory outside dbsnap's destination, state directory and snapshots",
+                to.display()
+            ),
+        )
+    };
+    for p in protected {
+        let how = match crate::overlap::overlap(to, &p.path) {
+            Some(Overlap::Same) => "it is",
+            Some(Overlap::Inside) => "it is inside",
+            Some(Overlap::Contains) => "it contains",
+            None => continue,
+        };
+        return Err(refuse(format!("{how} {} {}", p.what, p.path.display())));
+    }
+    if let Some(name) = canonical
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .find(|c| SNAPSHOT_DIR_NAMES.contains(&c.as_ref()))
+    {
+        return Err(refuse(format!(
+            "it is inside a snapshot directory ({name})"
+        )));
+    }
+    if let Some(backup) = canonical
+        .ancestors()
+        .find(|a| a.join(crate::manifest::MANIFEST_FILE).is_file())
+    {
+        return Err(refuse(format!("{} is a backup", backup.display())));
+    }
+    let mounts = crate::overlap::mounts_inside(to);
+    if !mounts.is_empty() {
+        return Err(refuse(format!(
+            "filesystems are mounted inside it ({}); unmount them first",
+            mounts
+                .iter()
+                .map(|m| m.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// The target directories a restore in progress has written, and whether each existed
+/// before. Dropped before it is cleared (an error, SIGINT/SIGTERM), it removes them
+/// again: a half-copied datadir must not be mistaken for a restored one.
+struct Written(Vec<(PathBuf, bool)>);
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        for (dir, existed) in &self.0 {
+            let result = match existed {
+                true => empty_dir(dir),
+                false => std::fs::remove_dir_all(dir)
+                    .or_else(|e| match e.kind() {
+                        std::io::ErrorKind::NotFound => Ok(()),
+                        _ => Err(e),
+                    })
+                    .with_context(|| format!("removing {}", dir.display())),
+            };
+            match result {
+                Ok(()) => tracing::warn!(
+                    "the restore did not finish: removed the partly restored files in {}",
+                    dir.display()
+                ),
+                Err(e) => tracing::error!(
+                    "the restore did not finish, and the partly restored files in {} could \
+                     not be removed ({e:#}): remove them before using that directory",
+                    dir.display()
+                ),
+            }
+        }
+    }
+}
+
 fn empty_dir(dir: &Path) -> anyhow::Result<()> {
-    tracing::warn!("--force: deleting the contents of {}", dir.display());
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let result = if path.is_dir() && !path.is_symlink() {

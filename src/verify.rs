@@ -18,7 +18,7 @@ use chrono::Utc;
 use dbsnap_backend_api::command::Cmd;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::db::version::ServerVersion;
 use crate::error::{fail, Class};
@@ -31,8 +31,8 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1800);
 /// A clean shutdown of the throwaway server; past this it is killed (it is discarded anyway).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Prefixes of what verification creates; cleanup deletes nothing else.
-const SCRATCH_PREFIX: &str = ".dbsnap-verify-";
-const RUN_DIR_PREFIX: &str = "dbsnap-verify-";
+pub const SCRATCH_PREFIX: &str = ".dbsnap-verify-";
+pub const RUN_DIR_PREFIX: &str = "dbsnap-verify-";
 /// Lines of the throwaway server's error log kept in the manifest.
 const MAX_LOG_LINES: usize = 10;
 
@@ -187,12 +187,11 @@ async fn run(
     let log = run_dir.join("error.log");
     let socket = run_dir.join("mysqld.sock");
     let started = Instant::now();
-    let mut child = Command::new(binary)
+    let mut child = dbsnap_backend_api::command::dying_with_dbsnap(binary)
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
     let mut conn = match wait_ready(&mut child, &socket).await {
@@ -558,8 +557,7 @@ fn parse_version(output: &str) -> Option<String> {
 pub async fn remove_scratch(scratch: &Path, run_dir: &Path) -> anyhow::Result<()> {
     // Found by its command line rather than its pid file: a run killed early may have
     // left a server that has not written its pid file yet.
-    let datadir_arg = format!("--datadir={}", scratch.display());
-    for pid in crate::procs::with_argument_prefix(&datadir_arg) {
+    for pid in crate::procs::throwaway_servers(scratch, run_dir) {
         let pid = nix::unistd::Pid::from_raw(pid as i32);
         tracing::info!(
             "stopping the throwaway server {pid} left on {}",

@@ -88,10 +88,10 @@ fn in_guest_backup_under_load_is_atomic_and_reads_the_snapdir() {
         sb.datasets.iter().all(|d| calls[0].contains(d.as_str())),
         "{calls:?}"
     );
-    let name = manifest["name"].as_str().unwrap();
+    let name = manifest["snapshot"]["name"].as_str().unwrap();
     assert_eq!(
         last_read_path(&paths),
-        sb.datadir.join(format!(".zfs/snapshot/dbsnap-{name}"))
+        sb.datadir.join(format!(".zfs/snapshot/{name}"))
     );
     drop(sb);
     println!(
@@ -131,11 +131,8 @@ fn in_guest_lock_none_on_an_atomic_snapshot_is_crash_consistent_snapdir_and_clon
         if clone {
             assert!(read.starts_with(sb.state.join("runs")), "{read:?}");
         } else {
-            let name = manifest["name"].as_str().unwrap();
-            assert_eq!(
-                read,
-                sb.datadir.join(format!(".zfs/snapshot/dbsnap-{name}"))
-            );
+            let name = manifest["snapshot"]["name"].as_str().unwrap();
+            assert_eq!(read, sb.datadir.join(format!(".zfs/snapshot/{name}")));
         }
     }
     drop(sb);

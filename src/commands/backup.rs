@@ -1,11 +1,13 @@
 //! `dbsnap backup`: the whole flow, then cleanup of anything a failure left.
 
+use std::path::PathBuf;
+
 use bytesize::ByteSize;
 
 use crate::backends;
 use crate::config::Config;
+use crate::destination::Destination;
 use crate::error::{class_of, fail, Class};
-use crate::hooks::Phase;
 use crate::journal::Journal;
 use crate::manifest::Manifest;
 use crate::orchestrator::{self, CopyPlan, Plan};
@@ -20,6 +22,7 @@ pub async fn run(
     let plan = Plan::new(config, force)?;
     let backend = backends::open(&config.snapshot)?;
     let (_lock, mut journal) = super::start_run(config).await?;
+    let before = published(copy.dest.as_ref()).await;
 
     let outcome = super::until_signal(orchestrator::backup(
         &plan,
@@ -30,6 +33,14 @@ pub async fn run(
     .await;
     let manifest = match outcome {
         Ok(m) => m,
+        Err(e) if class_of(&e) == Class::Interrupted => {
+            let e = failed_run(config, &mut journal, e).await;
+            let after = published(copy.dest.as_ref()).await;
+            return Err(interrupted(
+                e,
+                after.into_iter().find(|b| !before.contains(b)),
+            ));
+        }
         Err(e) => return Err(failed_run(config, &mut journal, e).await),
     };
 
@@ -47,21 +58,13 @@ pub async fn run(
     Ok(())
 }
 
-/// A run failed: release what it left, then run the `on_failure` hook (after cleanup,
-/// so the hook sees what the failure left: nothing). Returns the run's error.
+/// A run failed: release what it left (the `on_failure` hook runs after this, in
+/// `commands::finish`, so it sees what the failure left: nothing). Returns the error.
 async fn failed_run(config: &Config, journal: &mut Journal, e: anyhow::Error) -> anyhow::Error {
     if let Err(cleanup) =
-        crate::release::release_all(&config.state_dir, &config.snapshot, journal).await
+        crate::release::release_all(&crate::release::Scope::of(config), journal).await
     {
         tracing::error!("{cleanup:#}");
-    }
-    let env = [
-        ("DBSNAP_STATUS", "failed".to_string()),
-        ("DBSNAP_ERROR", format!("{e:#}")),
-        ("DBSNAP_EXIT_CODE", class_of(&e).exit_code().to_string()),
-    ];
-    if let Err(hook) = config.hooks.run(Phase::OnFailure, &env).await {
-        tracing::error!("{hook:#}");
     }
     e
 }
@@ -111,4 +114,32 @@ fn print(manifest: &Manifest, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The complete backups at the destination.
+async fn published(dest: &dyn Destination) -> Vec<PathBuf> {
+    let backups = dest.backups().await.unwrap_or_default();
+    backups.into_iter().map(|b| b.path).collect()
+}
+
+/// An interrupted run's error; interrupted after the rename (`new`), the backup is
+/// complete: only releasing the snapshot, verifying or the post_backup hook were cut
+/// short.
+fn interrupted(e: anyhow::Error, new: Option<PathBuf>) -> anyhow::Error {
+    match new {
+        Some(new) => fail(
+            Class::Interrupted,
+            format!(
+                "{e:#}, but the backup had already been published: {} is complete and kept. \
+                 The interruption may have cut its verification short: run `dbsnap verify {}` \
+                 to prove it restores",
+                new.display(),
+                new.display()
+            ),
+        ),
+        None => fail(
+            Class::Interrupted,
+            format!("{e:#}; cleaned up, no backup was published"),
+        ),
+    }
 }

@@ -43,6 +43,18 @@ pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()>
         }
         None => (None, None, None),
     };
+    if let Some(dir) = config
+        .metrics
+        .as_ref()
+        .and_then(|m| m.textfile.parent())
+        .filter(|d| !d.is_dir())
+    {
+        tracing::warn!(
+            "metrics.textfile: {} does not exist, so no metrics can be written; install \
+             prometheus-node-exporter (it creates it) or point textfile elsewhere",
+            dir.display()
+        );
+    }
     let report = Report {
         server_version: pre.server.version.text.clone(),
         backend: backend.name().into(),

@@ -3,21 +3,28 @@
 use crate::config::Config;
 use crate::error::{fail, Class};
 use crate::journal::{Journal, RunLock};
-use crate::release;
+use crate::release::{self, Cleaned, Scope};
 
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
     let lock = RunLock::acquire(&config.state_dir)?;
     let mut journal = Journal::open(&config.state_dir, &lock)?;
-    let mut released =
-        release::release_all(&config.state_dir, &config.snapshot, &mut journal).await?;
+    let Cleaned {
+        mut released,
+        nothing_to_release,
+    } = release::release_all(&Scope::of(config), &mut journal).await?;
     released.extend(release::release_expired(&config.state_dir, &config.snapshot).await?);
     if json {
-        super::print_json(&serde_json::json!({ "released": released }))?;
-    } else if released.is_empty() {
+        super::print_json(
+            &serde_json::json!({ "released": released, "nothing_to_release": nothing_to_release }),
+        )?;
+    } else if released.is_empty() && nothing_to_release.is_empty() {
         println!("nothing to clean up");
     } else {
         for r in &released {
             println!("released {r}");
+        }
+        for k in &nothing_to_release {
+            println!("forgot {k}");
         }
     }
     Ok(())

@@ -8,14 +8,17 @@ pub mod list;
 pub mod prune;
 pub mod restore;
 pub mod snapshot;
+pub mod status;
 pub mod verify;
 
 use std::future::Future;
 
+use chrono::{DateTime, Utc};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
-use crate::error::{fail, Class};
+use crate::error::{class_of, fail, Class};
+use crate::hooks::Phase;
 use crate::journal::{Journal, RunLock};
 use crate::release;
 
@@ -32,7 +35,7 @@ pub async fn until_signal<T>(work: impl Future<Output = anyhow::Result<T>>) -> a
     };
     Err(fail(
         Class::Interrupted,
-        format!("interrupted by {name}; the lock (if held) was released and the run's resources are being cleaned up"),
+        format!("interrupted by {name}; the lock (if held) was released and the run's resources were cleaned up"),
     ))
 }
 
@@ -44,14 +47,75 @@ pub async fn start_run(config: &Config) -> anyhow::Result<(RunLock, Journal)> {
     let mut journal = Journal::open(&config.state_dir, &lock)?;
     if !journal.entries().is_empty() {
         tracing::warn!("an earlier run was interrupted; releasing what it left first");
-        release::release_all(&config.state_dir, &config.snapshot, &mut journal).await?;
+        release::release_all(&release::Scope::of(config), &mut journal).await?;
     }
     release::release_expired(&config.state_dir, &config.snapshot).await?;
     Ok((lock, journal))
+}
+
+/// A run's outcome; when it failed, what it left is released first (a failure of that
+/// is logged: the run's own error is the one to report).
+pub async fn released_on_error<T>(
+    config: &Config,
+    journal: &mut Journal,
+    outcome: anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if outcome.is_err() {
+        if let Err(cleanup) = release::release_all(&release::Scope::of(config), journal).await {
+            tracing::error!("{cleanup:#}");
+        }
+    }
+    outcome
 }
 
 /// Print one JSON document on stdout (the only thing `--json` writes there).
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// How every command that takes a snapshot or changes backups ends (those with a
+/// [`crate::cli::Command::changing_name`]): its `on_success` or `on_failure` hook, then
+/// the metrics file, both fed from the command's result. Returns the result (or the
+/// `on_success` hook's failure).
+pub async fn finish(
+    config: &Config,
+    command: &'static str,
+    started: DateTime<Utc>,
+    result: anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let result = match result {
+        Ok(()) => {
+            config
+                .hooks
+                .run(Phase::OnSuccess, &[("DBSNAP_STATUS", "ok".to_string())])
+                .await
+        }
+        // A cleanup that found another run active did nothing and needs nothing: that
+        // run releases what it finds itself. Not worth paging anyone every 15 minutes.
+        Err(e) if command == "cleanup" && class_of(&e) == Class::Busy => Err(e),
+        Err(e) => {
+            let env = [
+                ("DBSNAP_STATUS", "failed".to_string()),
+                ("DBSNAP_ERROR", format!("{e:#}")),
+                ("DBSNAP_EXIT_CODE", class_of(&e).exit_code().to_string()),
+            ];
+            if let Err(hook) = config.hooks.run(Phase::OnFailure, &env).await {
+                tracing::error!("{hook:#}");
+            }
+            Err(e)
+        }
+    };
+    let run = crate::metrics::Run {
+        command,
+        started,
+        finished: Utc::now(),
+        exit_code: result
+            .as_ref()
+            .map_or_else(|e| class_of(e).exit_code(), |()| 0),
+    };
+    if let Err(e) = crate::metrics::record(config, &run).await {
+        tracing::error!("writing the metrics file: {e:#}");
+    }
+    result
 }

@@ -37,7 +37,7 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
     let mut journal = Journal::open(&config.state_dir, &lock)?;
     if !journal.entries().is_empty() && !dry_run {
         tracing::warn!("an earlier run was interrupted; releasing what it left first");
-        release_all(&config.state_dir, &config.snapshot, &mut journal).await?;
+        release_all(&crate::release::Scope::of(config), &mut journal).await?;
     }
 
     let dest = crate::destination::open_configured(config.backup.as_ref())?;
@@ -45,57 +45,15 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
         Some(d) => own_backups(d.as_ref()).await?,
         None => Vec::new(),
     };
-    let backup_items: Vec<Item> = backups
-        .iter()
-        .map(|Backup { manifest: m, .. }| Item {
-            name: m.name.clone(),
-            time: m.started_at,
-            verified: m
-                .verification
-                .as_ref()
-                .map(|v| v.verdict == Verdict::Passed),
-        })
-        .collect();
     let kept = KeptSnapshot::list(&config.state_dir)?;
-    let snapshot_items: Vec<Item> = kept
-        .iter()
-        .map(|k| Item {
-            name: k.name.to_string(),
-            time: k.created_at,
-            verified: None,
-        })
-        .collect();
-    let mut backup_decisions = retention::decide(&backup_items, policy);
-    if let Some(b) = &config.backup {
-        let bases = crate::transfer::chain::protected_backups(&config.state_dir, &b.dest)?;
-        for d in backup_decisions
-            .iter_mut()
-            .filter(|d| bases.contains(&d.name))
-        {
-            d.keep = true;
-            d.reasons.push("base of the next incremental stream".into());
-        }
-    }
     let report = Report {
         dry_run,
-        backups: backup_decisions,
-        snapshots: retention::decide(&snapshot_items, policy),
+        backups: decide_backups(config, &backups, policy)?,
+        snapshots: decide_snapshots(&kept, policy),
     };
 
     if !json {
-        for (what, decisions) in [("backup", &report.backups), ("snapshot", &report.snapshots)] {
-            for d in decisions {
-                if d.keep {
-                    println!("keep   {what} {:<40} {}", d.name, d.reasons.join(", "));
-                } else {
-                    println!(
-                        "{} {what} {}",
-                        if dry_run { "would prune" } else { "prune " },
-                        d.name
-                    );
-                }
-            }
-        }
+        print_decisions(&report);
     }
     if !dry_run {
         for (backup, d) in backups.iter().zip(&report.backups) {
@@ -115,6 +73,67 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
         super::print_json(&report)?;
     }
     Ok(())
+}
+
+/// What `[retention]` keeps of the backups; the bases of the next incremental streams
+/// are always kept.
+fn decide_backups(
+    config: &Config,
+    backups: &[Backup],
+    policy: &retention::Policy,
+) -> anyhow::Result<Vec<Decision>> {
+    let items: Vec<Item> = backups
+        .iter()
+        .map(|Backup { manifest: m, .. }| Item {
+            name: m.name.clone(),
+            time: m.started_at,
+            verified: m
+                .verification
+                .as_ref()
+                .map(|v| v.verdict == Verdict::Passed),
+        })
+        .collect();
+    let mut decisions = retention::decide(&items, policy);
+    if let Some(b) = &config.backup {
+        let bases = crate::transfer::chain::protected_backups(&config.state_dir, &b.dest)?;
+        for d in decisions.iter_mut().filter(|d| bases.contains(&d.name)) {
+            d.keep = true;
+            d.reasons.push("base of the next incremental stream".into());
+        }
+    }
+    Ok(decisions)
+}
+
+fn decide_snapshots(kept: &[KeptSnapshot], policy: &retention::Policy) -> Vec<Decision> {
+    let items: Vec<Item> = kept
+        .iter()
+        .map(|k| Item {
+            name: k.name.to_string(),
+            time: k.created_at,
+            verified: None,
+        })
+        .collect();
+    retention::decide(&items, policy)
+}
+
+fn print_decisions(report: &Report) {
+    for (what, decisions) in [("backup", &report.backups), ("snapshot", &report.snapshots)] {
+        for d in decisions {
+            if d.keep {
+                println!("keep   {what} {:<40} {}", d.name, d.reasons.join(", "));
+            } else {
+                println!(
+                    "{} {what} {}",
+                    if report.dry_run {
+                        "would prune"
+                    } else {
+                        "prune "
+                    },
+                    d.name
+                );
+            }
+        }
+    }
 }
 
 /// The complete backups; what only looks like one is named and never touched.

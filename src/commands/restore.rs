@@ -4,16 +4,32 @@
 use bytesize::ByteSize;
 
 use crate::config::Config;
-use crate::restore::{self, Request};
+use crate::error::{class_of, fail, Class};
+use crate::kept::KeptSnapshot;
+use crate::restore::{self, Protected, Request};
 
 pub async fn run(config: &Config, json: bool, request: Request) -> anyhow::Result<()> {
     let dest = crate::destination::open_configured(config.backup.as_ref())?;
     let given = request.backup.to_string_lossy().into_owned();
     let request = Request {
         backup: crate::destination::resolve_backup(dest.as_deref(), &given).await?,
+        protected: protected(config),
         ..request
     };
-    let restored = super::until_signal(restore::restore(&request)).await?;
+    let restored = match super::until_signal(restore::restore(&request)).await {
+        Ok(restored) => restored,
+        Err(e) if class_of(&e) == Class::Interrupted => {
+            return Err(fail(
+                Class::Interrupted,
+                format!(
+                    "{e}: the restore into {} did not finish, and the files it had copied \
+                     there were removed (the log says if one could not be)",
+                    request.datadir.display()
+                ),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
     if json {
         return super::print_json(&restored);
     }
@@ -59,4 +75,34 @@ pub async fn run(config: &Config, json: bool, request: Request) -> anyhow::Resul
         println!("(the backup recorded no binlog position: the source had no binary log)");
     }
     Ok(())
+}
+
+/// What a restore must never touch: dbsnap's own directories, and where its snapshots
+/// are read.
+fn protected(config: &Config) -> Vec<Protected> {
+    let mut protected = vec![Protected {
+        path: config.state_dir.clone(),
+        what: "dbsnap's state directory (state_dir)".into(),
+    }];
+    if let Some(backup) = &config.backup {
+        protected.push(Protected {
+            path: backup.dest.clone(),
+            what: "the backup destination ([backup] dest)".into(),
+        });
+    }
+    if let Some(dir) = &config.snapshot.btrfs.snapshot_dir {
+        protected.push(Protected {
+            path: dir.clone(),
+            what: "the snapshot directory ([snapshot.btrfs] snapshot_dir)".into(),
+        });
+    }
+    for kept in KeptSnapshot::list(&config.state_dir).unwrap_or_default() {
+        if let Some(m) = kept.mount {
+            protected.push(Protected {
+                path: m.dir,
+                what: format!("the mount of kept snapshot {}", kept.name),
+            });
+        }
+    }
+    protected
 }

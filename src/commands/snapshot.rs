@@ -3,15 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
+use dbsnap_backend_api::Health;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::backends;
 use crate::config::Config;
 use crate::error::{backend_error, fail, Class};
+use crate::hooks::Phase;
 use crate::journal::{Journal, Resource, RunLock};
 use crate::kept::KeptSnapshot;
 use crate::orchestrator::{self, KeepMounted, Plan};
-use crate::release::{release_all, release_kept};
+use crate::release::release_kept;
 
 pub async fn create(
     config: &Config,
@@ -21,22 +23,18 @@ pub async fn create(
     mount: Option<&Path>,
     ttl: Option<std::time::Duration>,
 ) -> anyhow::Result<()> {
-    let keep_mounted = match mount {
-        Some(dir) => Some(KeepMounted {
-            dir: empty_dir(dir)?,
-            ttl: ttl.map(chrono::Duration::from_std).transpose()?,
-        }),
-        None if ttl.is_some() => {
-            return Err(fail(
-                Class::Config,
-                "--ttl needs --mount DIR: it releases a snapshot a backup tool forgot",
-            ))
-        }
-        None => None,
-    };
+    let keep_mounted = keep_mounted(mount, ttl)?;
     let plan = Plan::new(config, force)?;
     let backend = backends::open(&config.snapshot)?;
     let (_lock, mut journal) = super::start_run(config).await?;
+    let label_env = ("DBSNAP_LABEL", label.unwrap_or_default().to_string());
+    config
+        .hooks
+        .run(
+            Phase::PreLock,
+            &[("DBSNAP_STATUS", "running".to_string()), label_env.clone()],
+        )
+        .await?;
     let outcome = super::until_signal(orchestrator::snapshot_create(
         &plan,
         backend.as_ref(),
@@ -45,17 +43,7 @@ pub async fn create(
         keep_mounted.as_ref(),
     ))
     .await;
-    let kept = match outcome {
-        Ok(k) => k,
-        Err(e) => {
-            if let Err(cleanup) =
-                release_all(&config.state_dir, &config.snapshot, &mut journal).await
-            {
-                tracing::error!("{cleanup:#}");
-            }
-            return Err(e);
-        }
-    };
+    let kept = super::released_on_error(config, &mut journal, outcome).await?;
     if let Some(m) = &kept.mount {
         // The record exists now, so a failed bind is undone by releasing it.
         if let Err(e) = m.bind_all() {
@@ -65,9 +53,46 @@ pub async fn create(
             return Err(e);
         }
     }
+    // Like a backup's: after the lock, with the snapshot readable (hook mode: its
+    // mount directory); a failure aborts the run, so the snapshot is released.
+    let snapshot_path = kept.mount.as_ref().map(|m| m.dir.display().to_string());
+    let env = [
+        ("DBSNAP_NAME", kept.name.to_string()),
+        ("DBSNAP_STATUS", "running".to_string()),
+        label_env,
+        ("DBSNAP_SNAPSHOT_PATH", snapshot_path.unwrap_or_default()),
+    ];
+    if let Err(e) = config.hooks.run(Phase::PostSnapshot, &env).await {
+        if let Err(cleanup) = release_kept(&config.state_dir, &config.snapshot, &kept).await {
+            tracing::error!("{cleanup:#}");
+        }
+        return Err(e);
+    }
     if json {
         return super::print_json(&kept);
     }
+    print_kept(&kept)
+}
+
+/// `--mount DIR [--ttl]`, checked.
+fn keep_mounted(
+    mount: Option<&Path>,
+    ttl: Option<std::time::Duration>,
+) -> anyhow::Result<Option<KeepMounted>> {
+    match mount {
+        Some(dir) => Ok(Some(KeepMounted {
+            dir: empty_dir(dir)?,
+            ttl: ttl.map(chrono::Duration::from_std).transpose()?,
+        })),
+        None if ttl.is_some() => Err(fail(
+            Class::Config,
+            "--ttl needs --mount DIR: it releases a snapshot a backup tool forgot",
+        )),
+        None => Ok(None),
+    }
+}
+
+fn print_kept(kept: &KeptSnapshot) -> anyhow::Result<()> {
     println!("snapshot {} kept", kept.name);
     println!(
         "  lock         {} — waited {:.1} ms, held {:.1} ms",
@@ -137,20 +162,31 @@ fn empty_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 
 pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
     let all = KeptSnapshot::list(&config.state_dir)?;
+    let mut listed = Vec::new();
+    for kept in &all {
+        listed.push(Listed {
+            kept,
+            health: health_of(config, kept).await.into(),
+        });
+    }
     if json {
-        return super::print_json(&all);
+        return super::print_json(&listed);
     }
     if all.is_empty() {
         println!("no kept snapshots");
         return Ok(());
     }
-    println!("{:<48} {:<22} {:<8} VOLUMES", "NAME", "CREATED", "BACKEND");
-    for k in &all {
+    println!(
+        "{:<48} {:<22} {:<8} {:<8} VOLUMES",
+        "NAME", "CREATED", "BACKEND", "HEALTH"
+    );
+    for Listed { kept: k, health } in &listed {
         println!(
-            "{:<48} {:<22} {:<8} {}",
+            "{:<48} {:<22} {:<8} {:<8} {}",
             k.name.as_str(),
             k.created_at.format("%Y-%m-%d %H:%M:%S"),
             k.set.backend,
+            health.status,
             k.set
                 .snapshots
                 .iter()
@@ -158,6 +194,9 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        if let Some(m) = &health.message {
+            println!("  {}: {m}", health.status);
+        }
     }
     Ok(())
 }
@@ -184,12 +223,69 @@ pub async fn release(config: &Config, json: bool, target: &str) -> anyhow::Resul
     } else {
         KeptSnapshot::read(&config.state_dir, target)?
     };
+    // Read before the release: the backend can only tell while the snapshot exists.
+    let health = health_of(config, &kept).await;
     release_kept(&config.state_dir, &config.snapshot, &kept).await?;
+    if let Health::Failed(why) = &health {
+        let reader = match &kept.mount {
+            Some(m) => format!("Whatever read {} (the backup tool's job)", m.dir.display()),
+            None => "Whatever read it".to_string(),
+        };
+        return Err(fail(
+            Class::SnapshotInvalid,
+            format!(
+                "released snapshot {}, but it had become invalid while kept: {why}. {reader} \
+                 did not read a consistent copy: discard that copy and take it again (with more \
+                 snapshot space)",
+                kept.name
+            ),
+        ));
+    }
     if json {
         return super::print_json(&serde_json::json!({ "released": kept.name }));
     }
     println!("released snapshot {}", kept.name);
     Ok(())
+}
+
+/// A kept snapshot's health as its backend reports it; an error reading it is a
+/// warning, not a failure.
+async fn health_of(config: &Config, kept: &KeptSnapshot) -> Health {
+    let backend = match backends::open_named(&kept.set.backend, &config.snapshot) {
+        Ok(b) => b,
+        Err(e) => return Health::Warning(format!("cannot open its backend: {e:#}")),
+    };
+    match backend.health(&kept.set).await {
+        Ok(h) => h,
+        Err(e) => Health::Warning(format!("cannot read its health: {e}")),
+    }
+}
+
+/// One line of `snapshot list --json`: the record and its health now.
+#[derive(serde::Serialize)]
+struct Listed<'a> {
+    #[serde(flatten)]
+    kept: &'a KeptSnapshot,
+    health: HealthReport,
+}
+
+#[derive(serde::Serialize)]
+struct HealthReport {
+    /// `ok`, `warning` or `failed`.
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+impl From<Health> for HealthReport {
+    fn from(h: Health) -> Self {
+        let (status, message) = match h {
+            Health::Ok => ("ok", None),
+            Health::Warning(m) => ("warning", Some(m)),
+            Health::Failed(m) => ("failed", Some(m)),
+        };
+        HealthReport { status, message }
+    }
 }
 
 pub async fn rollback(config: &Config, json: bool, name: &str) -> anyhow::Result<()> {

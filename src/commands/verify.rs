@@ -6,7 +6,6 @@ use std::path::Path;
 use crate::config::Config;
 use crate::manifest::Manifest;
 use crate::manifest::Verdict;
-use crate::release::release_all;
 use crate::verify;
 
 pub async fn run(config: &Config, json: bool, backup: &str) -> anyhow::Result<()> {
@@ -14,17 +13,7 @@ pub async fn run(config: &Config, json: bool, backup: &str) -> anyhow::Result<()
     let dir = crate::destination::resolve_backup(dest.as_deref(), backup).await?;
     let (_lock, mut journal) = super::start_run(config).await?;
     let outcome = super::until_signal(verify::verify(&mut journal, &dir)).await;
-    let manifest = match outcome {
-        Ok(m) => m,
-        Err(e) => {
-            if let Err(cleanup) =
-                release_all(&config.state_dir, &config.snapshot, &mut journal).await
-            {
-                tracing::error!("{cleanup:#}");
-            }
-            return Err(e);
-        }
-    };
+    let manifest = super::released_on_error(config, &mut journal, outcome).await?;
     report(&manifest, &dir, json)
 }
 

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{BaseOf, Destination, Entry, ReceivedCopies};
+use super::{Backup, BaseOf, Destination, Entry, Partial, ReceivedCopies};
 use crate::journal::{Journal, Resource, RunLock};
 use crate::manifest::{Manifest, StoredVolume};
 
@@ -43,58 +43,75 @@ pub async fn check(dest: &dyn Destination) {
     let state = tempfile::tempdir().unwrap();
     let lock = RunLock::acquire(state.path()).unwrap();
     let mut journal = Journal::open(state.path(), &lock).unwrap();
-    let datadir = Path::new("/var/lib/mysql");
-    let at = "2026-11-25T21:45:00Z".parse().unwrap();
-
     assert!(dest.entries().await.unwrap().is_empty(), "starts empty");
     assert_eq!(
-        dest.newest_base(datadir, BaseOf::Files).await.unwrap(),
+        dest.newest_base(Path::new(DATADIR), BaseOf::Files)
+            .await
+            .unwrap(),
         None
     );
+    let (first, other) =
+        a_partial_is_journaled_and_never_a_backup_until_published(dest, &mut journal).await;
+    let second =
+        the_newest_base_follows_the_datadir_and_the_method(dest, &mut journal, &first, other).await;
+    removing_deletes_received_copies_and_is_idempotent(dest, &mut journal, &second).await;
+    assert_eq!(dest.backups().await.unwrap(), vec![first]);
+}
 
-    // A partial is journaled, listed as partial, never as a backup, and its name is taken.
-    let name = dest.unused_name(at).await.unwrap();
+const DATADIR: &str = "/var/lib/mysql";
+
+fn at() -> chrono::DateTime<chrono::Utc> {
+    "2026-11-25T21:45:00Z".parse().unwrap()
+}
+
+fn partials(journal: &Journal) -> Vec<&Resource> {
+    journal.entries().iter().map(|e| &e.resource).collect()
+}
+
+async fn a_partial_is_journaled_and_never_a_backup_until_published(
+    dest: &dyn Destination,
+    journal: &mut Journal,
+) -> (Backup, Partial) {
+    let partial = dest.create_partial(at(), journal).await.unwrap();
+    let name = partial.name.clone();
     assert_eq!(name, "20261125T214500Z");
-    let partial = dest.create_partial(&name, &mut journal).await.unwrap();
+    let journaled = Resource::Partial {
+        dir: partial.dir.clone(),
+    };
     assert_eq!(
-        journal
-            .entries()
-            .iter()
-            .map(|e| &e.resource)
-            .collect::<Vec<_>>(),
-        vec![&Resource::Partial {
-            dir: partial.dir.clone()
-        }],
+        partials(journal),
+        vec![&journaled],
         "the partial is journaled"
     );
-    assert!(
-        matches!(&dest.entries().await.unwrap()[..], [Entry::Partial { name: n, .. }] if *n == name)
-    );
+    let entries = dest.entries().await.unwrap();
+    assert!(matches!(&entries[..], [Entry::Partial { name: n, .. }] if *n == name));
     assert!(
         dest.backups().await.unwrap().is_empty(),
         "a partial is not a backup"
     );
     assert_eq!(dest.resolve(&name).await.unwrap(), None);
-    assert_eq!(dest.unused_name(at).await.unwrap(), "20261125T214500Z.1");
+    // A partial holds its name: the next run in the same second gets another.
+    let other = dest.create_partial(at(), journal).await.unwrap();
+    assert_eq!(other.name, "20261125T214500Z.1");
 
     // Publishing makes it a backup and forgets the partial and what was received into it.
-    journal
-        .record(
-            &name,
-            Resource::Received {
-                backend: "btrfs".into(),
-                id: "r0".into(),
-                partial: partial.dir.clone(),
-            },
-        )
-        .unwrap();
+    let received = Resource::Received {
+        backend: "btrfs".into(),
+        id: "r0".into(),
+        partial: partial.dir.clone(),
+    };
+    journal.record(&name, received).unwrap();
     let first = dest
-        .publish(partial, manifest(&name, "rsync", None), &mut journal)
+        .publish(partial, manifest(&name, "rsync", None), journal)
         .await
         .unwrap();
-    assert!(
-        journal.entries().is_empty(),
-        "published: nothing left to clean up"
+    let still = Resource::Partial {
+        dir: other.dir.clone(),
+    };
+    assert_eq!(
+        partials(journal),
+        vec![&still],
+        "published: only the other partial"
     );
     assert_eq!(first.manifest.path, first.path);
     assert_eq!(dest.backups().await.unwrap(), vec![first.clone()]);
@@ -105,43 +122,41 @@ pub async fn check(dest: &dyn Destination) {
         .expect("resolves by name");
     assert_eq!(resolved.manifest, first.manifest);
     assert_eq!(dest.resolve("20261125T214500Z.7").await.unwrap(), None);
+    (first, other)
+}
 
-    // The newest base follows the datadir and the method.
-    let second_name = dest.unused_name(at).await.unwrap();
-    let partial = dest
-        .create_partial(&second_name, &mut journal)
-        .await
-        .unwrap();
-    let second = dest
-        .publish(
-            partial,
-            manifest(&second_name, "btrfs-send", Some("copy-1")),
-            &mut journal,
-        )
-        .await
-        .unwrap();
-    let base = |of| async move { dest.newest_base(datadir, of).await.unwrap().map(|b| b.name) };
+async fn the_newest_base_follows_the_datadir_and_the_method(
+    dest: &dyn Destination,
+    journal: &mut Journal,
+    first: &Backup,
+    partial: Partial,
+) -> Backup {
+    let name = partial.name.clone();
+    let streamed = manifest(&name, "btrfs-send", Some("copy-1"));
+    let second = dest.publish(partial, streamed, journal).await.unwrap();
+    assert!(journal.entries().is_empty());
+    let base = |of| async move {
+        let base = dest.newest_base(Path::new(DATADIR), of).await.unwrap();
+        base.map(|b| b.name)
+    };
     assert_eq!(base(BaseOf::Files).await, Some(first.name.clone()));
-    assert_eq!(
-        base(BaseOf::Stream("btrfs-send")).await,
-        Some(second_name.clone())
-    );
+    assert_eq!(base(BaseOf::Stream("btrfs-send")).await, Some(name));
     assert_eq!(base(BaseOf::Stream("zfs-send")).await, None);
-    assert_eq!(
-        dest.newest_base(Path::new("/other"), BaseOf::Files)
-            .await
-            .unwrap(),
-        None
-    );
-
-    // Removing deletes the received copies through their backend, and is idempotent.
+    let other = dest.newest_base(Path::new("/other"), BaseOf::Files);
+    assert_eq!(other.await.unwrap(), None);
+    second
+}
+async fn removing_deletes_received_copies_and_is_idempotent(
+    dest: &dyn Destination,
+    journal: &mut Journal,
+    backup: &Backup,
+) {
     let deleted = Deleted::default();
-    dest.remove(&second, &mut journal, &deleted).await.unwrap();
+    dest.remove(backup, journal, &deleted).await.unwrap();
     assert_eq!(
         *deleted.0.lock().unwrap(),
         vec![("btrfs".to_string(), "copy-1".to_string())]
     );
     assert!(journal.entries().is_empty());
-    dest.remove(&second, &mut journal, &deleted).await.unwrap();
-    assert_eq!(dest.backups().await.unwrap(), vec![first]);
+    dest.remove(backup, journal, &deleted).await.unwrap();
 }

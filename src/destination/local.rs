@@ -167,26 +167,22 @@ impl Destination for LocalDir {
         Ok(Some(backup))
     }
 
-    async fn unused_name(&self, at: DateTime<Utc>) -> anyhow::Result<String> {
-        let base = at.format("%Y%m%dT%H%M%SZ").to_string();
-        let taken = |n: &str| self.dir.join(n).exists() || self.partial_dir(n).exists();
-        let mut name = base.clone();
-        let mut n = 0;
-        while taken(&name) {
-            n += 1;
-            name = format!("{base}.{n}");
+    async fn create_partial(
+        &self,
+        at: DateTime<Utc>,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Partial> {
+        for name in super::names_for(at) {
+            if self.dir.join(&name).exists() {
+                continue;
+            }
+            let dir = self.partial_dir(&name);
+            if let Some(partial) = Partial::claim(&name, dir, journal, |d| std::fs::create_dir(d))?
+            {
+                return Ok(partial);
+            }
         }
-        Ok(name)
-    }
-
-    async fn create_partial(&self, name: &str, journal: &mut Journal) -> anyhow::Result<Partial> {
-        let dir = self.partial_dir(name);
-        journal.record(name, Resource::Partial { dir: dir.clone() })?;
-        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Partial {
-            name: name.to_string(),
-            dir,
-        })
+        unreachable!("names_for never ends")
     }
 
     async fn publish(
@@ -244,6 +240,23 @@ mod tests {
         let dest = tempfile::tempdir().unwrap();
         let local = LocalDir::new(dest.path());
         super::super::conformance::check(&local).await;
+    }
+
+    #[tokio::test]
+    async fn a_name_whose_partial_another_run_holds_is_skipped_and_left_alone() {
+        let dest = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let lock = crate::journal::RunLock::acquire(state.path()).unwrap();
+        let mut journal = Journal::open(state.path(), &lock).unwrap();
+        let theirs = dest.path().join("20261125T214500Z.partial");
+        std::fs::create_dir(&theirs).unwrap();
+        let at = "2026-11-25T21:45:00Z".parse().unwrap();
+        let local = LocalDir::new(dest.path());
+        let ours = local.create_partial(at, &mut journal).await.unwrap();
+        assert_eq!(ours.name, "20261125T214500Z.1");
+        let journaled: Vec<_> = journal.entries().iter().map(|e| &e.resource).collect();
+        assert_eq!(journaled, vec![&Resource::Partial { dir: ours.dir }]);
+        assert!(theirs.is_dir());
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! A destination in memory, for tests of everything that uses one: the same contract
 //! as [`super::local::LocalDir`] (it passes the same conformance checks), no disk.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -8,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{Backup, Destination, Entry, Partial, ReceivedCopies};
+use super::{Backup, Destination, Entry as Listed, Partial, ReceivedCopies};
 use crate::db::DbPath;
 use crate::journal::{Journal, Resource};
 use crate::manifest::Manifest;
@@ -46,17 +47,17 @@ impl Destination for MemoryDestination {
         Ok(self.free)
     }
 
-    async fn entries(&self) -> anyhow::Result<Vec<Entry>> {
+    async fn entries(&self) -> anyhow::Result<Vec<Listed>> {
         let held = self.held.lock().unwrap();
         Ok(held
             .iter()
             .map(|(name, manifest)| match manifest {
-                Some(m) => Entry::Backup(Box::new(Backup {
+                Some(m) => Listed::Backup(Box::new(Backup {
                     name: name.clone(),
                     path: path_of(name),
                     manifest: m.clone(),
                 })),
-                None => Entry::Partial {
+                None => Listed::Partial {
                     name: name.clone(),
                     path: partial_of(name),
                 },
@@ -64,26 +65,24 @@ impl Destination for MemoryDestination {
             .collect())
     }
 
-    async fn unused_name(&self, at: DateTime<Utc>) -> anyhow::Result<String> {
-        let base = at.format("%Y%m%dT%H%M%SZ").to_string();
-        let held = self.held.lock().unwrap();
-        let mut name = base.clone();
-        let mut n = 0;
-        while held.contains_key(&name) {
-            n += 1;
-            name = format!("{base}.{n}");
+    async fn create_partial(
+        &self,
+        at: DateTime<Utc>,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Partial> {
+        for name in super::names_for(at) {
+            let create = |_: &Path| match self.held.lock().unwrap().entry(name.clone()) {
+                Entry::Occupied(_) => Err(std::io::ErrorKind::AlreadyExists.into()),
+                Entry::Vacant(v) => {
+                    v.insert(None);
+                    Ok(())
+                }
+            };
+            if let Some(partial) = Partial::claim(&name, partial_of(&name), journal, create)? {
+                return Ok(partial);
+            }
         }
-        Ok(name)
-    }
-
-    async fn create_partial(&self, name: &str, journal: &mut Journal) -> anyhow::Result<Partial> {
-        let dir = partial_of(name);
-        journal.record(name, Resource::Partial { dir: dir.clone() })?;
-        self.held.lock().unwrap().insert(name.to_string(), None);
-        Ok(Partial {
-            name: name.to_string(),
-            dir,
-        })
+        unreachable!("names_for never ends")
     }
 
     async fn publish(

@@ -25,11 +25,12 @@
 //!
 //! The contract, for every implementation:
 //!
-//! - `check`, `free_bytes`, `entries`, `backups`, `resolve`, `newest_base` and
-//!   `unused_name` only read: they run before the database lock (and in `check` and
+//! - `check`, `free_bytes`, `entries`, `backups`, `resolve` and `newest_base` only
+//!   read: they run before the database lock (and in `check` and
 //!   `list`), so they may be slow but must never change anything.
-//! - `create_partial` records the partial in the journal *before* creating it, so that
-//!   `dbsnap cleanup` finds what an interrupted run left.
+//! - `create_partial` claims a name and records the partial in the journal *before*
+//!   creating it, so that `dbsnap cleanup` finds what an interrupted run left; a name
+//!   another run holds is skipped (and forgotten again), never taken over.
 //! - `publish` makes a partial a backup atomically: the manifest is written last
 //!   (durably: fsync), then the partial becomes the backup in one step (a rename). A
 //!   crash at any point leaves either a partial (cleaned up) or a complete backup, never
@@ -111,6 +112,45 @@ pub struct Partial {
     pub dir: PathBuf,
 }
 
+impl Partial {
+    /// Journal the partial `dir` of the backup `name`, then `create` it; when it
+    /// exists already (another run's), forget it again and say so with `None`.
+    pub fn claim(
+        name: &str,
+        dir: PathBuf,
+        journal: &mut Journal,
+        create: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) -> anyhow::Result<Option<Partial>> {
+        let resource = crate::journal::Resource::Partial { dir: dir.clone() };
+        journal.record(name, resource.clone())?;
+        match create(&dir) {
+            Ok(()) => Ok(Some(Partial {
+                name: name.to_string(),
+                dir,
+            })),
+            // Not ours: forget it, so that nothing of this run ever removes it.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                journal.forget(&resource)?;
+                Ok(None)
+            }
+            Err(e) => {
+                journal.forget(&resource)?;
+                Err(anyhow::Error::new(e).context(format!("creating {}", dir.display())))
+            }
+        }
+    }
+}
+
+/// The names a backup started `at` may take, in order: `20261125T214500Z`, then
+/// `20261125T214500Z.1`, `.2` ...
+pub fn names_for(at: DateTime<Utc>) -> impl Iterator<Item = String> {
+    let base = at.format("%Y%m%dT%H%M%SZ").to_string();
+    (0..).map(move |n| match n {
+        0 => base.clone(),
+        n => format!("{base}.{n}"),
+    })
+}
+
 /// Which earlier backups a new one can be built from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BaseOf<'a> {
@@ -160,11 +200,15 @@ pub trait Destination: Send + Sync {
     /// sort by time). Anything else is not dbsnap's and is left out.
     async fn entries(&self) -> anyhow::Result<Vec<Entry>>;
 
-    /// A name for a backup started `at` that no backup or partial uses yet.
-    async fn unused_name(&self, at: DateTime<Utc>) -> anyhow::Result<String>;
-
-    /// Record, then create the partial that will become the backup `name`.
-    async fn create_partial(&self, name: &str, journal: &mut Journal) -> anyhow::Result<Partial>;
+    /// Claim a name for a backup started `at` (`20261125T214500Z`, with `.1`, `.2` ...
+    /// when taken) by creating its partial, journaled first. Creating the partial is
+    /// what claims the name: two runs (of different state directories) writing here in
+    /// the same second get different names, and neither ever releases the other's.
+    async fn create_partial(
+        &self,
+        at: DateTime<Utc>,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Partial>;
 
     /// Publish `partial` with `manifest` (its `path` is set to where the backup is
     /// now), atomically, and forget the partial's journal entries.

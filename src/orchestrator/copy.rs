@@ -1,4 +1,5 @@
-//! Phase 6, `copy`: the transfer into `NAME.partial`, watched. The orchestrator does
+//! Phase 6, `copy`: the transfer into `NAME.partial` (claimed when the run was named),
+//! watched. The orchestrator does
 //! not know which transfer it drives (see `transfer`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +12,7 @@ use super::mount::Mounted;
 use super::pace::Pacing;
 use super::plan::Plan;
 use super::prepare::free_space;
-use crate::destination::{Destination, Partial};
+use crate::destination::Partial;
 use crate::error::{fail, Class};
 use crate::journal::Journal;
 use crate::progress::Progress;
@@ -27,13 +28,12 @@ pub async fn copy(
     plan: &Plan,
     mounted: &Mounted,
     transfer: &dyn Transfer,
-    dest: &dyn Destination,
+    partial: Partial,
     backend: &dyn SnapshotBackend,
     journal: &mut Journal,
     pacing: &mut Pacing,
 ) -> anyhow::Result<Filled> {
     let frozen = &mounted.frozen;
-    let partial = dest.create_partial(&frozen.run, journal).await?;
     let progress = Progress::new(frozen.data_bytes);
     let copied_bytes = AtomicU64::new(0);
     let report_progress = |bytes| {

@@ -35,7 +35,7 @@ use chrono::Utc;
 use dbsnap_backend_api::{SnapshotBackend, SnapshotName};
 
 use crate::destination::Destination;
-use crate::error::{fail, Class};
+use crate::error::{backend_error, fail, Class};
 use crate::hooks::Phase;
 use crate::journal::{Journal, Resource};
 use crate::kept::KeptSnapshot;
@@ -91,7 +91,8 @@ pub async fn backup_prepared(
     } = to;
     let volumes = &prepared.survey.volumes;
     prepare::warn_about_unknown_snapshots(backend, volumes, journal, &plan.state_dir).await;
-    let name = dest.unused_name(started_at).await?;
+    let partial = dest.create_partial(started_at, journal).await?;
+    let name = partial.name.clone();
     let hook_env = |extra: Option<(&'static str, String)>| {
         let mut env = vec![
             ("DBSNAP_NAME", name.clone()),
@@ -102,7 +103,9 @@ pub async fn backup_prepared(
     };
     plan.hooks.run(Phase::PreLock, &hook_env(None)).await?;
 
-    let snapshot_name = SnapshotName::new(format!("dbsnap-{name}"))?;
+    // Unique per run, not only per destination: another state_dir backing up the same
+    // server in the same second must never take (and then release) this run's snapshot.
+    let snapshot_name = SnapshotName::new(format!("dbsnap-{name}-{}", run_id()))?;
     let frozen = freeze::freeze(plan, prepared, backend, journal, &name, &snapshot_name).await?;
     let mounted = mount::mount(plan, frozen, backend, journal).await?;
     let frozen_datadir = mount::frozen_datadir(&mounted)?.display().to_string();
@@ -113,7 +116,7 @@ pub async fn backup_prepared(
         plan,
         &mounted,
         transfer,
-        dest,
+        partial,
         backend,
         journal,
         &mut pacing,
@@ -198,6 +201,18 @@ pub async fn snapshot_prepared(
             format!("a kept snapshot {name} exists already; wait a second or choose another label"),
         ));
     }
+    // Another state_dir may keep a snapshot of this name: taking it would fail, and
+    // releasing the failed run would remove the other's.
+    let existing = backend.list(volumes).await.map_err(backend_error)?;
+    if existing.iter().any(|s| s.name == name) {
+        return Err(fail(
+            Class::Config,
+            format!(
+                "a snapshot {name} exists already (kept through another state_dir?); wait a \
+                 second or choose another label"
+            ),
+        ));
+    }
     let frozen = freeze::freeze(plan, prepared, backend, journal, name.as_str(), &name).await?;
     let (frozen, mount, mount_resource) = match keep_mounted {
         Some(k) => {
@@ -235,6 +250,12 @@ pub struct KeepMounted {
     /// An existing, empty directory.
     pub dir: PathBuf,
     pub ttl: Option<chrono::Duration>,
+}
+
+/// A short random identity for one run, for names that must not collide with another
+/// run's.
+fn run_id() -> String {
+    format!("{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
 /// A kept snapshot's name: `dbsnap-STAMP[-LABEL]`.

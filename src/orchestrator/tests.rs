@@ -141,7 +141,13 @@ impl World {
     async fn cleanup_leaves_nothing(&self) {
         let (_lock, mut journal) = self.journal();
         let backends = TestBackends(self.backend.clone());
-        crate::release::release_all(self.state.path(), &backends, &mut journal)
+        let dest = self.dest.path();
+        let scope = crate::release::Scope {
+            state_dir: self.state.path(),
+            dest: Some(dest),
+            backends: &backends,
+        };
+        crate::release::release_all(&scope, &mut journal)
             .await
             .unwrap();
         assert!(journal.entries().is_empty(), "{:?}", journal.entries());

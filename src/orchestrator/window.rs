@@ -33,20 +33,23 @@ pub async fn window(
     set: &SnapshotSet,
 ) -> anyhow::Result<(LockRecord, Coordinates)> {
     let max_hold = inside.max_hold;
+    // Made outside the window and polled in place (it is boxed), so that on a timeout
+    // it can be dropped after the unlock, not inside the window.
+    let mut taking = backend.snapshot(set);
     // ── writers wait from here ──
     let coordinates = held.coordinates(inside.replica).await;
     let snapshot = match coordinates {
         Ok(_) => Some(
-            tokio::time::timeout(
-                max_hold.saturating_sub(held.held_for()),
-                backend.snapshot(set),
-            )
-            .await,
+            tokio::time::timeout(max_hold.saturating_sub(held.held_for()), taking.as_mut()).await,
         ),
         Err(_) => None,
     };
     let released = held.release(inside.reason).await;
     // ── writers run again ──
+    // A snapshot command still running is killed here, and reaped before this returns
+    // (see `command::ProcessGroup`): whatever it made exists by now, is journaled, and
+    // is released with the run's other resources.
+    drop(taking);
     let record = released?;
     let coordinates = coordinates?;
     match snapshot {

@@ -6,9 +6,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
 
-use dbsnap_backend_api::command::ProcessGroup;
+use dbsnap_backend_api::command::{dying_with_dbsnap, ProcessGroup};
 
 use crate::error::{fail, Class};
 use crate::manifest::TransferStats;
@@ -105,18 +104,16 @@ async fn run_one(
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<TransferStats> {
     tracing::debug!(?args, "rsync");
-    let mut command = Command::new("rsync");
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     // If dbsnap itself is killed (kill -9, OOM), rsync must not read on from the
     // snapshot: it would keep a ZFS clone busy (`dbsnap cleanup` fails) and write into a
-    // partial directory that cleanup has removed. The signal follows the *thread* that
-    // spawned rsync: a tokio worker thread, which lives as long as the runtime.
+    // partial directory that cleanup has removed.
+    let mut command = dying_with_dbsnap("rsync");
+    // SAFETY: ioprio_set is a plain system call, async-signal-safe; nothing else runs
+    // here. The copy's I/O goes after the server's, where the scheduler honours it.
     unsafe {
         command.pre_exec(|| {
-            // The copy's I/O after the server's, where the scheduler honours it.
             super::pace::set_lowest_io_priority();
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
+            Ok(())
         });
     }
     let mut child = command
@@ -125,8 +122,6 @@ async fn run_one(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("LC_ALL", "C")
-        .kill_on_drop(true)
-        .process_group(0)
         .spawn()
         .map_err(|e| {
             fail(

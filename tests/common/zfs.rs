@@ -213,8 +213,13 @@ impl ZfsSandbox {
         let backup = PathBuf::from(manifest["path"].as_str().unwrap());
         assert!(self.backups().contains(&backup));
 
-        // The manifest names both datasets and the snapshot of each.
-        let name = manifest["name"].as_str().unwrap().to_string();
+        // The manifest names both datasets and the snapshot of each (the backup's name
+        // and the run's id).
+        let name = manifest["snapshot"]["name"].as_str().unwrap().to_string();
+        assert!(
+            name.starts_with(&format!("dbsnap-{}-", manifest["name"].as_str().unwrap())),
+            "{name}"
+        );
         let volumes: Vec<&str> = manifest["snapshot"]["volumes"]
             .as_array()
             .unwrap()
@@ -225,7 +230,7 @@ impl ZfsSandbox {
         for v in manifest["snapshot"]["volumes"].as_array().unwrap() {
             assert_eq!(
                 v["snapshot"].as_str().unwrap(),
-                format!("{}@dbsnap-{name}", v["volume"].as_str().unwrap())
+                format!("{}@{name}", v["volume"].as_str().unwrap())
             );
         }
         assert_eq!(manifest["snapshot"]["backend"], "zfs");

@@ -112,35 +112,17 @@ impl Cmd {
         result
     }
 
-    /// The process to spawn: its own process group (so a cancelled command takes its
-    /// children along), killed when dropped, C locale.
+    /// The process to spawn: see [`dying_with_dbsnap`]; C locale.
     fn command(&self, stdin: Stdio, stdout: Stdio) -> Command {
-        let mut command = Command::new(&self.argv[0]);
+        let mut command = dying_with_dbsnap(&self.argv[0]);
         command
             .args(&self.argv[1..])
             .stdin(stdin)
             .stdout(stdout)
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .process_group(0)
             .env("LC_ALL", "C");
         for (k, v) in &self.env {
             command.env(k, v);
-        }
-        command
-    }
-
-    /// [`Cmd::command`], and the process is killed when dbsnap dies.
-    fn command_dying_with_dbsnap(&self, stdin: Stdio, stdout: Stdio) -> Command {
-        let mut command = self.command(stdin, stdout);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        // The signal follows the spawning thread, a tokio worker that lives as long as
-        // the runtime.
-        unsafe {
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
         }
         command
     }
@@ -176,13 +158,16 @@ impl Cmd {
             }
             Ok(Err(e)) => return Err(fail(format!("failed while running ({e})"), String::new())),
             Err(_) => {
+                // Killed and reaped before the error is returned: what the command was
+                // creating (a snapshot) either exists now or never will.
+                drop(group);
                 return Err(fail(
                     format!(
                         "did not finish within {} s and was killed",
                         self.timeout.as_secs()
                     ),
                     String::new(),
-                ))
+                ));
             }
         };
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -213,7 +198,7 @@ pub async fn pipe(
         stderr,
     };
     let mut sender = from
-        .command_dying_with_dbsnap(Stdio::null(), Stdio::piped())
+        .command(Stdio::null(), Stdio::piped())
         .spawn()
         .map_err(|e| {
             fail(
@@ -226,7 +211,7 @@ pub async fn pipe(
         })?;
     let _sender_group = ProcessGroup::of(&sender);
     let mut receiver = to
-        .command_dying_with_dbsnap(Stdio::piped(), Stdio::null())
+        .command(Stdio::piped(), Stdio::null())
         .spawn()
         .map_err(|e| {
             fail(
@@ -300,10 +285,38 @@ async fn collect(mut stream: impl tokio::io::AsyncRead + Unpin) -> String {
     String::from_utf8_lossy(&text).into_owned()
 }
 
+/// The one way dbsnap starts a child process (backend commands, exec plugins, hooks,
+/// rsync): in its own process group (so that a cancelled command takes its children
+/// along, and the terminal's Ctrl-C reaches only dbsnap, which then cleans up in
+/// order), killed when its handle is dropped, and killed when dbsnap dies (kill -9, OOM)
+/// by a parent-death signal, so that nothing keeps reading a snapshot or writing a
+/// directory that `dbsnap cleanup` is removing.
+pub fn dying_with_dbsnap(program: impl AsRef<OsStr>) -> Command {
+    let mut command = Command::new(program);
+    command.kill_on_drop(true).process_group(0);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    // The signal follows the spawning thread: the runtime's main or worker thread,
+    // which live as long as dbsnap.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    command
+}
+
+/// How long a dropped process group may take to die before dbsnap stops waiting for
+/// it. A process inside a system call (`btrfs subvolume snapshot` in its ioctl, an
+/// `lvcreate`) dies only when the call returns.
+const REAP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Kills a child's whole process group when dropped, unless disarmed once the child
-/// has exited: a plugin script's own children (a `sleep`, a `btrfs` it started) must not
-/// outlive a command that timed out or was cancelled. The child must have been started
-/// with `process_group(0)`.
+/// has exited, and waits until every process in the group is gone: a plugin script's
+/// own children (a `sleep`, a `btrfs` it started) must not outlive a command that
+/// timed out or was cancelled, and a snapshot command must have finished dying before
+/// dbsnap releases what it made. The child must have been started with
+/// `process_group(0)` (see [`dying_with_dbsnap`]).
 pub struct ProcessGroup(Option<nix::unistd::Pid>);
 
 impl ProcessGroup {
@@ -319,10 +332,49 @@ impl ProcessGroup {
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let Some(pgid) = self.0 else {
+            return;
+        };
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        // Blocking on purpose: a drop cannot await, and the wait is over as soon as the
+        // killed processes leave their system calls (milliseconds, normally).
+        let started = Instant::now();
+        while group_is_alive(pgid.as_raw()) {
+            if started.elapsed() > REAP_TIMEOUT {
+                tracing::warn!(
+                    "process group {pgid} is still running {} s after SIGKILL; what it creates \
+                     is released by the next `dbsnap cleanup`",
+                    REAP_TIMEOUT.as_secs()
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
+}
+
+/// Whether a process of group `pgid` is still running (zombies have finished).
+fn group_is_alive(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .any(|stat| {
+            // After the command name (in parentheses): state, ppid, pgrp.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().take(3).collect())
+                .unwrap_or_default();
+            matches!(fields.as_slice(), [state, _, group]
+                if *state != "Z" && *state != "X" && group.parse() == Ok(pgid))
+        })
 }
 
 fn quote_for_display(arg: &str) -> String {

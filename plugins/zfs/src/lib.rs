@@ -104,7 +104,7 @@ impl Zfs {
     /// many arguments". Both refuse the argument (it has no `@`) before creating anything.
     /// One `zfs snapshot a@s b@s` is one transaction group: atomic within a pool, where
     /// the daemon takes several snapshots in one call (OpenZFS; not zfs-fuse).
-    fn atomic(&self, volumes: &[Volume]) -> bool {
+    pub fn atomic(&self, volumes: &[Volume]) -> bool {
         let one_pool = volumes
             .windows(2)
             .all(|w| pool_of(&w[0].id) == pool_of(&w[1].id));
