@@ -5,7 +5,8 @@
 //! (every commit's start and latency is recorded). In turns, on the same data and under
 //! the same load, each way of taking a backup runs (see [`cases::Case`]); afterwards
 //! each run's window is laid over the commits. Writes `results.json` (every raw
-//! figure), `results.md` (medians and spread) and `latency-<size>GB.png` into `--out`.
+//! figure), `results.md` (medians and spread), `latency-<size>GB.png` (around the lock)
+//! and `backup-<size>GB.png` (across one whole backup) into `--out`.
 //!
 //! Run as root: `cargo run --release -p dbsnap-bench -- --sizes 1,4 --repeats 5`.
 
@@ -13,6 +14,7 @@ mod cases;
 mod metrics;
 mod oltp;
 mod plot;
+mod plot_backup;
 mod report;
 mod rig;
 
@@ -139,6 +141,7 @@ fn main() -> anyhow::Result<()> {
     report::write(&args.out, &machine, &args_summary(&args), &sizes)?;
     for size in &sizes {
         plot::draw(&args.out, size)?;
+        plot_backup::draw(&args.out, size)?;
     }
     eprintln!("results in {}", args.out.display());
     Ok(())

@@ -37,11 +37,10 @@ fn a_tiny_run_writes_json_table_and_plot() {
     );
     let table = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(table.contains("| dbsnap --lock auto |"), "{table}");
-    let png = std::fs::read(out.path().join("latency-0.05GB.png")).unwrap();
-    assert!(
-        png.starts_with(b"\x89PNG"),
-        "latency-0.05GB.png is not a PNG"
-    );
+    for plot in ["latency-0.05GB.png", "backup-0.05GB.png"] {
+        let png = std::fs::read(out.path().join(plot)).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{plot} is not a PNG");
+    }
 }
 
 #[test]
