@@ -16,6 +16,7 @@ pub mod pace;
 pub mod rsync;
 pub mod stream;
 pub mod tree;
+pub mod writeback;
 
 use std::path::Path;
 use std::sync::Arc;

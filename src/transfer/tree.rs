@@ -13,7 +13,7 @@ use dbsnap_backend_api::ReadPath;
 
 use super::incremental::{self, Basis};
 use super::local::{self, Counters, Seed};
-use super::{chain, rsync, Copied, CopyItem, Finish, Source, Target, Transfer};
+use super::{chain, rsync, writeback, Copied, CopyItem, Finish, Source, Target, Transfer};
 use crate::config::Method;
 use crate::db::Layout;
 use crate::destination::Destination;
@@ -209,7 +209,7 @@ impl TreeTransfer<'_> {
         );
         let mut stats = tokio::select! {
             stats = copying => stats?,
-            never = write_back_every(partial, RSYNC_WRITEBACK_EVERY) => never,
+            never = writeback::flush_every(partial, writeback::EVERY) => never,
         };
         stats.method = basis.method_with(Engine::Rsync);
         stats.base = basis.base();
@@ -217,25 +217,6 @@ impl TreeTransfer<'_> {
             stats,
             stored: Vec::new(),
         })
-    }
-}
-
-/// How often the destination is flushed while rsync writes into it.
-const RSYNC_WRITEBACK_EVERY: Duration = Duration::from_secs(1);
-
-/// rsync writes through the page cache and dbsnap cannot reach into it: flush the
-/// destination filesystem (`syncfs`) every `every` while it runs, so that no more than
-/// that many seconds of the copy are dirty at any time and the flush before publishing
-/// finds little left. Never returns (the copy ends it).
-async fn write_back_every(partial: &Path, every: Duration) -> ! {
-    loop {
-        tokio::time::sleep(every).await;
-        let dir = partial.to_path_buf();
-        let flushed =
-            tokio::task::spawn_blocking(move || crate::destination::local::sync_tree(&dir)).await;
-        if let Ok(Err(e)) = flushed {
-            tracing::debug!("flushing the destination while copying: {e:#}");
-        }
     }
 }
 
