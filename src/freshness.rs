@@ -79,8 +79,6 @@ pub fn evaluate(
     max_age: Duration,
     dest: &str,
 ) -> Report {
-    let mut problems = Vec::new();
-    let mut problem = |state, message: String| problems.push(Problem { state, message });
     let limit = humantime::format_duration(max_age);
     let newest = inv.newest().map(|m| NewestBackup {
         name: m.name.clone(),
@@ -88,65 +86,17 @@ pub fn evaluate(
         age_seconds: (now - m.finished_at).num_seconds(),
         verification: m.verification.as_ref().map(|v| v.verdict),
     });
-    match (&newest, inv.newest()) {
-        (Some(n), Some(m)) => {
-            let age = Duration::from_secs(n.age_seconds.max(0) as u64);
-            if age > max_age {
-                problem(
-                    State::Critical,
-                    format!(
-                        "newest backup {} finished {} ago, older than {limit}",
-                        n.name,
-                        humantime::format_duration(age)
-                    ),
-                );
-            }
-            if n.verification == Some(Verdict::Failed) {
-                let why = m
-                    .verification
-                    .as_ref()
-                    .and_then(|v| v.problems.first())
-                    .map_or(String::new(), |p| format!(": {p}"));
-                problem(
-                    State::Critical,
-                    format!("newest backup {} failed verification{why}", n.name),
-                );
-            }
-        }
-        _ => problem(State::Critical, format!("no complete backup in {dest}")),
-    }
-    match &inv.kept {
-        Ok(kept) => {
-            for k in kept {
-                if let Some(at) = k.expires_at.filter(|at| *at <= now) {
-                    problem(
-                        State::Warning,
-                        format!(
-                            "kept snapshot {} is past its TTL (expired {}); `dbsnap cleanup` releases it",
-                            k.name,
-                            at.format("%Y-%m-%d %H:%M:%S UTC")
-                        ),
-                    );
-                }
-            }
-        }
-        Err(e) => problem(State::Warning, format!("a kept snapshot is invalid: {e}")),
-    }
-    for (name, why) in invalid_kept {
-        problem(
-            State::Warning,
-            format!("kept snapshot {name} is invalid: {why}"),
-        );
-    }
+    let mut problems = backup_problems(inv, newest.as_ref(), max_age, dest);
+    problems.extend(kept_problems(inv, invalid_kept, now));
     if let Some(first) = inv.leftovers.first() {
-        problem(
-            State::Warning,
-            format!(
+        problems.push(Problem {
+            state: State::Warning,
+            message: format!(
                 "a crashed run left {} resource(s) in the journal (run {}); run `dbsnap cleanup`",
                 inv.leftovers.len(),
                 first.run
             ),
-        );
+        });
     }
 
     problems.sort_by_key(|p| std::cmp::Reverse(p.state));
@@ -171,6 +121,75 @@ pub fn evaluate(
         newest_backup: newest,
         max_age_seconds: max_age.as_secs(),
     }
+}
+
+/// No backup, or the newest one too old or failed verification: critical.
+fn backup_problems(
+    inv: &Inventory,
+    newest: Option<&NewestBackup>,
+    max_age: Duration,
+    dest: &str,
+) -> Vec<Problem> {
+    let critical = |message| Problem {
+        state: State::Critical,
+        message,
+    };
+    let (Some(n), Some(m)) = (newest, inv.newest()) else {
+        return vec![critical(format!("no complete backup in {dest}"))];
+    };
+    let mut problems = Vec::new();
+    let age = Duration::from_secs(n.age_seconds.max(0) as u64);
+    if age > max_age {
+        problems.push(critical(format!(
+            "newest backup {} finished {} ago, older than {}",
+            n.name,
+            humantime::format_duration(age),
+            humantime::format_duration(max_age)
+        )));
+    }
+    if n.verification == Some(Verdict::Failed) {
+        let why = m
+            .verification
+            .as_ref()
+            .and_then(|v| v.problems.first())
+            .map_or(String::new(), |p| format!(": {p}"));
+        problems.push(critical(format!(
+            "newest backup {} failed verification{why}",
+            n.name
+        )));
+    }
+    problems
+}
+
+/// Kept snapshots past their TTL, unreadable, or lost: warnings.
+fn kept_problems(
+    inv: &Inventory,
+    invalid_kept: &[(String, String)],
+    now: DateTime<Utc>,
+) -> Vec<Problem> {
+    let warning = |message| Problem {
+        state: State::Warning,
+        message,
+    };
+    let mut problems = Vec::new();
+    match &inv.kept {
+        Ok(kept) => {
+            for k in kept {
+                if let Some(at) = k.expires_at.filter(|at| *at <= now) {
+                    problems.push(warning(format!(
+                        "kept snapshot {} is past its TTL (expired {}); `dbsnap cleanup` releases it",
+                        k.name,
+                        at.format("%Y-%m-%d %H:%M:%S UTC")
+                    )));
+                }
+            }
+        }
+        Err(e) => problems.push(warning(format!("a kept snapshot is invalid: {e}"))),
+    }
+    for (name, why) in invalid_kept {
+        problems.push(warning(format!("kept snapshot {name} is invalid: {why}")));
+    }
+    problems
 }
 
 #[cfg(test)]

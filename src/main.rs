@@ -117,70 +117,86 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         hooks::set_command(name);
     }
     let started = chrono::Utc::now();
-    let result = match &cli.command {
-        Command::Check(lock) => commands::check::run(&config, cli.json, lock.force).await,
-        Command::Backup { lock, max_lock_ms } => {
-            commands::backup::run(&config, cli.json, lock.force, *max_lock_ms).await
-        }
-        Command::List => commands::list::run(&config, cli.json).await,
-        Command::Cleanup { forget: None } => commands::cleanup::run(&config, cli.json).await,
-        Command::Cleanup { forget: Some(run) } => commands::cleanup::forget(&config, cli.json, run),
-        Command::Verify { backup } => commands::verify::run(&config, cli.json, backup).await,
-        Command::Restore {
-            backup,
-            datadir,
-            force,
-            owner,
-            source_host,
-            source_port,
-            source_user,
-        } => {
-            let request = restore::Request {
-                backup: backup.clone(),
-                datadir: datadir.clone(),
-                force: *force,
-                owner: owner.clone(),
-                source: restore::Source {
-                    host: source_host.clone().unwrap_or_default(),
-                    port: *source_port,
-                    user: source_user.clone(),
-                },
-                protected: Vec::new(),
-            };
-            commands::restore::run(&config, cli.json, request).await
-        }
-        Command::Snapshot(s) => match s {
-            SnapshotCommand::Create {
-                label,
-                mount,
-                ttl,
-                lock,
-            } => {
-                commands::snapshot::create(
-                    &config,
-                    cli.json,
-                    label.as_deref(),
-                    lock.force,
-                    mount.as_deref(),
-                    *ttl,
-                )
-                .await
-            }
-            SnapshotCommand::List => commands::snapshot::list(&config, cli.json).await,
-            SnapshotCommand::Release { name } => {
-                commands::snapshot::release(&config, cli.json, name).await
-            }
-            SnapshotCommand::Rollback { name } => {
-                commands::snapshot::rollback(&config, cli.json, name).await
-            }
-        },
-        Command::Prune { dry_run } => commands::prune::run(&config, cli.json, *dry_run).await,
-        Command::Status { .. } | Command::Completions { .. } | Command::Man { .. } => {
-            unreachable!("handled before the configuration is used")
-        }
-    };
+    let result = dispatch(cli, &config).await;
     match changing {
         Some(name) => commands::finish(&config, name, started, result).await,
         None => result,
     }
+}
+
+/// Run the command `cli` names against `config`.
+async fn dispatch(cli: &Cli, config: &Config) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Check(lock) => commands::check::run(config, cli.json, lock.force).await,
+        Command::Backup { lock, max_lock_ms } => {
+            commands::backup::run(config, cli.json, lock.force, *max_lock_ms).await
+        }
+        Command::List => commands::list::run(config, cli.json).await,
+        Command::Cleanup { forget: None } => commands::cleanup::run(config, cli.json).await,
+        Command::Cleanup { forget: Some(run) } => commands::cleanup::forget(config, cli.json, run),
+        Command::Verify { backup } => commands::verify::run(config, cli.json, backup).await,
+        Command::Restore { .. } => {
+            let request = restore_request(&cli.command).expect("a restore command");
+            commands::restore::run(config, cli.json, request).await
+        }
+        Command::Snapshot(s) => snapshot(s, config, cli.json).await,
+        Command::Prune { dry_run } => commands::prune::run(config, cli.json, *dry_run).await,
+        Command::Status { .. } | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before the configuration is used")
+        }
+    }
+}
+
+async fn snapshot(s: &SnapshotCommand, config: &Config, json: bool) -> anyhow::Result<()> {
+    match s {
+        SnapshotCommand::Create {
+            label,
+            mount,
+            ttl,
+            lock,
+        } => {
+            commands::snapshot::create(
+                config,
+                json,
+                label.as_deref(),
+                lock.force,
+                mount.as_deref(),
+                *ttl,
+            )
+            .await
+        }
+        SnapshotCommand::List => commands::snapshot::list(config, json).await,
+        SnapshotCommand::Release { name } => commands::snapshot::release(config, json, name).await,
+        SnapshotCommand::Rollback { name } => {
+            commands::snapshot::rollback(config, json, name).await
+        }
+    }
+}
+
+/// The restore request `dbsnap restore ...` asks for.
+fn restore_request(command: &Command) -> Option<restore::Request> {
+    let Command::Restore {
+        backup,
+        datadir,
+        force,
+        owner,
+        source_host,
+        source_port,
+        source_user,
+    } = command
+    else {
+        return None;
+    };
+    Some(restore::Request {
+        backup: backup.clone(),
+        datadir: datadir.clone(),
+        force: *force,
+        owner: owner.clone(),
+        source: restore::Source {
+            host: source_host.clone().unwrap_or_default(),
+            port: *source_port,
+            user: source_user.clone(),
+        },
+        protected: Vec::new(),
+    })
 }

@@ -197,13 +197,6 @@ fn escape(value: &str) -> String {
 }
 
 fn render(label: &str, runs: &CommandRuns, inv: &Inventory, now: DateTime<Utc>) -> String {
-    let config = || vec![("config", label.to_string())];
-    let per_command = |command: &str| {
-        vec![
-            ("config", label.to_string()),
-            ("command", command.to_string()),
-        ]
-    };
     let mut families = vec![gauge(
         "dbsnap_build_info",
         "The dbsnap version that wrote this file (always 1).",
@@ -215,7 +208,26 @@ fn render(label: &str, runs: &CommandRuns, inv: &Inventory, now: DateTime<Utc>) 
         ],
         1.0,
     )];
+    families.extend(run_families(label, runs));
+    families.extend(backup_families(label, inv));
+    families.extend(kept_families(label, inv, now));
+    families.extend(state_families(label, inv));
+    text_of(&families)
+}
 
+/// The `config` label alone.
+fn config_labels(label: &str) -> Vec<(&'static str, String)> {
+    vec![("config", label.to_string())]
+}
+
+/// Per command: its last run, last success, duration, exit code, and the run counts.
+fn run_families(label: &str, runs: &CommandRuns) -> Vec<Family> {
+    let per_command = |command: &str| {
+        vec![
+            ("config", label.to_string()),
+            ("command", command.to_string()),
+        ]
+    };
     let mut last_run = gauge(
         "dbsnap_last_run_timestamp_seconds",
         "When the command's last run ended (Unix time).",
@@ -260,8 +272,13 @@ fn render(label: &str, runs: &CommandRuns, inv: &Inventory, now: DateTime<Utc>) 
             total = total.sample(labels, count);
         }
     }
-    families.extend([last_run, last_success, duration, exit_code, success, total]);
+    vec![last_run, last_success, duration, exit_code, success, total]
+}
 
+/// The backups at the destination, and the newest one's figures.
+fn backup_families(label: &str, inv: &Inventory) -> Vec<Family> {
+    let config = || config_labels(label);
+    let mut families = Vec::new();
     families.push(
         gauge(
             "dbsnap_backups",
@@ -328,6 +345,13 @@ fn render(label: &str, runs: &CommandRuns, inv: &Inventory, now: DateTime<Utc>) 
         ]);
     }
 
+    families
+}
+
+/// The kept snapshots (unless their records cannot be read).
+fn kept_families(label: &str, inv: &Inventory, now: DateTime<Utc>) -> Vec<Family> {
+    let config = || config_labels(label);
+    let mut families = Vec::new();
     match &inv.kept {
         Ok(kept) => {
             let expired = kept
@@ -382,6 +406,13 @@ fn render(label: &str, runs: &CommandRuns, inv: &Inventory, now: DateTime<Utc>) 
         }
         Err(e) => tracing::warn!("kept snapshots not in the metrics: {e}"),
     }
+    families
+}
+
+/// Whether the records are readable, the journal's leftovers, the destination's room.
+fn state_families(label: &str, inv: &Inventory) -> Vec<Family> {
+    let config = || config_labels(label);
+    let mut families = Vec::new();
     families.push(
         gauge(
             "dbsnap_kept_snapshot_records_readable",
@@ -413,6 +444,10 @@ fn render(label: &str, runs: &CommandRuns, inv: &Inventory, now: DateTime<Utc>) 
         );
     }
 
+    families
+}
+
+fn text_of(families: &[Family]) -> String {
     let mut text = String::new();
     for f in families.iter().filter(|f| !f.samples.is_empty()) {
         let _ = writeln!(text, "# HELP {} {}", f.name, f.help);

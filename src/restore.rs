@@ -90,14 +90,56 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
             format!("--datadir {} must be an absolute path", target.display()),
         ));
     }
+    let moves = moves_of(&manifest, target);
+    // Every check before anything is deleted: --force empties the targets.
+    check_targets(request, &manifest, &moves)?;
+    let owner = owner(request.owner.as_deref())?;
 
-    // Where each copied directory goes: the datadir to DIR, the others beside it.
+    // Copy. From here until it is complete, an error or an interruption removes what
+    // this restore wrote (the guard's drop).
+    let mut written = Written(Vec::new());
+    let stats = copy_into(request, &manifest, &moves, &mut written).await?;
+    let moves = Moves(moves);
+    let rewritten = relocate_copy(&manifest, &moves)?;
+    if let Some((uid, gid, _)) = &owner {
+        for (_, dir) in &moves.0 {
+            for entry in walkdir::WalkDir::new(dir).into_iter().flatten() {
+                std::os::unix::fs::lchown(entry.path(), Some(*uid), Some(*gid))
+                    .with_context(|| format!("changing the owner of {}", entry.path().display()))?;
+            }
+        }
+    }
+    written.0.clear();
+
+    let server_options = server_options(&manifest, &moves, target);
+    let mut source = request.source.clone();
+    if source.host.is_empty() {
+        source.host = manifest.server.hostname.clone();
+    }
+    Ok(Restored {
+        backup: manifest.name.clone(),
+        directories: moves.0.clone(),
+        server_options,
+        owner: owner.map(|(_, _, name)| name),
+        rewritten,
+        replication: replication(
+            &manifest.server.version.text,
+            &manifest.coordinates,
+            &source,
+        ),
+        bytes: stats.bytes,
+        duration_ms: stats.duration_ms,
+    })
+}
+
+/// Where each copied directory goes: the datadir to `target`, the others beside it.
+fn moves_of(manifest: &Manifest, target: &Path) -> Vec<(PathBuf, PathBuf)> {
     let base = target.file_name().map(|f| f.to_string_lossy().into_owned());
-    let moves: Vec<(PathBuf, PathBuf)> = manifest
+    manifest
         .top_level_paths()
         .map(|d| {
             let to = if d.path == manifest.server.datadir {
-                target.clone()
+                target.to_path_buf()
             } else {
                 target.with_file_name(format!(
                     "{}.{}",
@@ -107,9 +149,16 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
             };
             (d.path.clone(), to)
         })
-        .collect();
+        .collect()
+}
 
-    // Every check before anything is deleted: --force empties the targets.
+/// No target may be something to protect, used by a running server, or (without
+/// `--force`) not empty.
+fn check_targets(
+    request: &Request,
+    manifest: &Manifest,
+    moves: &[(PathBuf, PathBuf)],
+) -> anyhow::Result<()> {
     let mut protected = vec![Protected {
         path: request.backup.clone(),
         what: "the backup being restored".into(),
@@ -125,7 +174,7 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
                 what: "a copy the backup being restored holds".into(),
             }),
     );
-    for (_, to) in &moves {
+    for (_, to) in moves {
         refuse_protected(to, &protected)?;
         let running = crate::procs::servers_on(to);
         if !running.is_empty() {
@@ -151,17 +200,22 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
             ));
         }
     }
-    let owner = owner(request.owner.as_deref())?;
+    Ok(())
+}
 
-    // Copy. From here until it is complete, an error or an interruption removes what
-    // this restore wrote (the guard's drop).
-    let mut written = Written(Vec::new());
+/// Copy every directory of the backup to its target, noting each in `written` first.
+async fn copy_into(
+    request: &Request,
+    manifest: &Manifest,
+    moves: &[(PathBuf, PathBuf)],
+    written: &mut Written,
+) -> anyhow::Result<transfer::TransferStats> {
     let mut items = Vec::new();
-    for (from, to) in &moves {
+    for (from, to) in moves {
         let existed = to.exists();
         if existed && request.force {
             tracing::warn!("--force: deleting the contents of {}", to.display());
-            empty_dir(to)?;
+            remove_contents(to)?;
         }
         written.0.push((to.clone(), existed));
         std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
@@ -178,50 +232,20 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
     let stats =
         transfer::rsync::copy(&items, transfer::rsync::Writes::Whole, None, None, &report).await?;
     progress.finish();
+    Ok(stats)
+}
 
-    // Point the copy at itself.
-    let to_dirs: Vec<PathBuf> = moves.iter().map(|(_, to)| to.clone()).collect();
-    let moves = Moves(moves);
-    // Every server directory, also one inside the datadir (binlogs in `datadir/binlog`):
-    // its index names the live server's logs by absolute path.
+/// Point the copy at itself: every server directory, also one inside the datadir
+/// (binlogs in `datadir/binlog`), has files that name the live server's by absolute
+/// path. Returns the files rewritten.
+fn relocate_copy(manifest: &Manifest, moves: &Moves) -> anyhow::Result<Vec<PathBuf>> {
     let path_dirs: Vec<PathBuf> = manifest
         .paths
         .iter()
         .filter_map(|p| moves.relocate(&p.path))
         .filter(|p| p.is_dir())
         .collect();
-    let rewritten = relocate::rewrite_path_files(&path_dirs, &moves)?;
-
-    if let Some((uid, gid, _)) = &owner {
-        for dir in &to_dirs {
-            for entry in walkdir::WalkDir::new(dir).into_iter().flatten() {
-                std::os::unix::fs::lchown(entry.path(), Some(*uid), Some(*gid))
-                    .with_context(|| format!("changing the owner of {}", entry.path().display()))?;
-            }
-        }
-    }
-
-    written.0.clear();
-
-    let server_options = server_options(&manifest, &moves, target);
-    let mut source = request.source.clone();
-    if source.host.is_empty() {
-        source.host = manifest.server.hostname.clone();
-    }
-    Ok(Restored {
-        backup: manifest.name.clone(),
-        directories: moves.0.clone(),
-        server_options,
-        owner: owner.map(|(_, _, name)| name),
-        rewritten,
-        replication: replication(
-            &manifest.server.version.text,
-            &manifest.coordinates,
-            &source,
-        ),
-        bytes: stats.bytes,
-        duration_ms: stats.duration_ms,
-    })
+    relocate::rewrite_path_files(&path_dirs, moves)
 }
 
 /// Options for the restored server's configuration when directories moved apart from
@@ -329,7 +353,7 @@ impl Drop for Written {
     fn drop(&mut self) {
         for (dir, existed) in &self.0 {
             let result = match existed {
-                true => empty_dir(dir),
+                true => remove_contents(dir),
                 false => std::fs::remove_dir_all(dir)
                     .or_else(|e| match e.kind() {
                         std::io::ErrorKind::NotFound => Ok(()),
@@ -352,7 +376,8 @@ impl Drop for Written {
     }
 }
 
-fn empty_dir(dir: &Path) -> anyhow::Result<()> {
+/// Delete everything inside `dir` (`--force`), keeping `dir` itself.
+fn remove_contents(dir: &Path) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let result = if path.is_dir() && !path.is_symlink() {
@@ -373,44 +398,18 @@ fn sql_string(s: &str) -> String {
 /// (MySQL 8.0.23 and later), in GTID and binlog file/position forms. The password is
 /// a placeholder: dbsnap never handles the replication password.
 pub fn replication(version: &str, coords: &Coordinates, source: &Source) -> Replication {
-    let version = ServerVersion::from_text(version);
-    let mariadb = version.flavor == Flavor::MariaDb;
-    let new_mysql = version.has_change_replication_source();
-    let (change, p, start) = if new_mysql {
-        ("CHANGE REPLICATION SOURCE TO", "SOURCE", "START REPLICA;")
-    } else {
-        ("CHANGE MASTER TO", "MASTER", "START SLAVE;")
-    };
-    let connection = |host: &str, port: u16| {
-        format!(
-            "{p}_HOST = {}, {p}_PORT = {port}, {p}_USER = {}, {p}_PASSWORD = '<password>'",
-            sql_string(host),
-            sql_string(&source.user)
-        )
-    };
-    // MariaDB would otherwise keep replicating by GTID and ignore the position.
-    let no_gtid = if mariadb {
-        ", MASTER_USE_GTID = no"
-    } else {
-        ""
-    };
-    let file_pos = |host: &str, port: u16, file: &str, pos: u64| {
-        format!(
-            "{change} {}, {p}_LOG_FILE = {}, {p}_LOG_POS = {pos}{no_gtid};",
-            connection(host, port),
-            sql_string(file)
-        )
-    };
-    let here = connection(&source.host, source.port);
+    let sql = ChangeSource::for_version(version, &source.user);
+    let here = sql.connection(&source.host, source.port);
+    let (change, p) = (sql.change, sql.p);
     // Coordinates read after the snapshot (lock modes that do not block commits) may be
     // ahead of the copy: starting there would skip transactions. Only positions the
     // restored server knows itself are safe then.
     let (file_position, gtid, note) = if coords.exact {
         let file_position = match (&coords.binlog_file, coords.binlog_position) {
-            (Some(file), Some(pos)) => Some(file_pos(&source.host, source.port, file, pos)),
+            (Some(file), Some(pos)) => Some(sql.file_pos(&source.host, source.port, file, pos)),
             _ => None,
         };
-        let gtid = match (mariadb, &coords.gtid_binlog_pos, &coords.gtid_executed) {
+        let gtid = match (sql.mariadb, &coords.gtid_binlog_pos, &coords.gtid_executed) {
             (true, Some(g), _) if !g.is_empty() => Some(format!(
                 "SET GLOBAL gtid_slave_pos = {};\n{change} {here}, MASTER_USE_GTID = slave_pos;",
                 sql_string(g)
@@ -423,7 +422,7 @@ pub fn replication(version: &str, coords: &Coordinates, source: &Source) -> Repl
         };
         (file_position, gtid, None)
     } else {
-        let gtid = if mariadb {
+        let gtid = if sql.mariadb {
             // The restored server's own GTID state, as its crash recovery left it.
             format!("{change} {here}, MASTER_USE_GTID = current_pos;")
         } else {
@@ -434,117 +433,84 @@ pub fn replication(version: &str, coords: &Coordinates, source: &Source) -> Repl
                     recovered to (SHOW MASTER STATUS) before it takes any write";
         (None, Some(gtid), Some(note.to_string()))
     };
-    // A backup of a replica can also become a sibling replica of the same source.
-    let sibling = coords.replica.as_ref().and_then(|r| {
-        let host = r.source_host.as_deref()?;
-        let port = r.source_port.unwrap_or(3306);
-        match (&r.source_log_file, r.source_log_pos, &r.gtid) {
-            (Some(file), Some(pos), _) => Some(file_pos(host, port, file, pos)),
-            (_, _, Some(g)) if mariadb && !g.is_empty() => Some(format!(
-                "SET GLOBAL gtid_slave_pos = {};\n{change} {}, MASTER_USE_GTID = slave_pos;",
-                sql_string(g),
-                connection(host, port)
-            )),
-            _ => None,
-        }
-    });
     Replication {
         gtid,
         file_position,
-        from_source: sibling,
+        from_source: sql.sibling(coords),
         note,
-        start: start.into(),
+        start: sql.start.into(),
+    }
+}
+
+/// How this server's release spells making a replica.
+struct ChangeSource<'a> {
+    mariadb: bool,
+    /// `CHANGE MASTER TO` or `CHANGE REPLICATION SOURCE TO`.
+    change: &'static str,
+    /// The option prefix: `MASTER` or `SOURCE`.
+    p: &'static str,
+    start: &'static str,
+    user: &'a str,
+}
+
+impl<'a> ChangeSource<'a> {
+    fn for_version(version: &str, user: &'a str) -> ChangeSource<'a> {
+        let version = ServerVersion::from_text(version);
+        let (change, p, start) = match version.has_change_replication_source() {
+            true => ("CHANGE REPLICATION SOURCE TO", "SOURCE", "START REPLICA;"),
+            false => ("CHANGE MASTER TO", "MASTER", "START SLAVE;"),
+        };
+        ChangeSource {
+            mariadb: version.flavor == Flavor::MariaDb,
+            change,
+            p,
+            start,
+            user,
+        }
+    }
+
+    fn connection(&self, host: &str, port: u16) -> String {
+        let p = self.p;
+        format!(
+            "{p}_HOST = {}, {p}_PORT = {port}, {p}_USER = {}, {p}_PASSWORD = '<password>'",
+            sql_string(host),
+            sql_string(self.user)
+        )
+    }
+
+    fn file_pos(&self, host: &str, port: u16, file: &str, pos: u64) -> String {
+        let p = self.p;
+        // MariaDB would otherwise keep replicating by GTID and ignore the position.
+        let no_gtid = if self.mariadb {
+            ", MASTER_USE_GTID = no"
+        } else {
+            ""
+        };
+        format!(
+            "{} {}, {p}_LOG_FILE = {}, {p}_LOG_POS = {pos}{no_gtid};",
+            self.change,
+            self.connection(host, port),
+            sql_string(file)
+        )
+    }
+
+    /// A backup of a replica can also become a sibling replica of the same source.
+    fn sibling(&self, coords: &Coordinates) -> Option<String> {
+        let r = coords.replica.as_ref()?;
+        let host = r.source_host.as_deref()?;
+        let port = r.source_port.unwrap_or(3306);
+        match (&r.source_log_file, r.source_log_pos, &r.gtid) {
+            (Some(file), Some(pos), _) => Some(self.file_pos(host, port, file, pos)),
+            (_, _, Some(g)) if self.mariadb && !g.is_empty() => Some(format!(
+                "SET GLOBAL gtid_slave_pos = {};\n{} {}, MASTER_USE_GTID = slave_pos;",
+                sql_string(g),
+                self.change,
+                self.connection(host, port)
+            )),
+            _ => None,
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::db::coordinates::ReplicaCoordinates;
-
-    fn coords() -> Coordinates {
-        Coordinates {
-            exact: true,
-            binlog_file: Some("binlog.000002".into()),
-            binlog_position: Some(1234),
-            gtid_binlog_pos: Some("0-1-42".into()),
-            gtid_executed: Some("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5".into()),
-            ..Default::default()
-        }
-    }
-
-    fn source() -> Source {
-        Source {
-            host: "db1".into(),
-            port: 3306,
-            user: "re'pl".into(),
-        }
-    }
-
-    #[test]
-    fn mariadb_statements() {
-        let r = replication("10.11.6-MariaDB-log", &coords(), &source());
-        assert_eq!(
-            r.gtid.unwrap(),
-            "SET GLOBAL gtid_slave_pos = '0-1-42';\nCHANGE MASTER TO MASTER_HOST = 'db1', \
-             MASTER_PORT = 3306, MASTER_USER = 're\\'pl', MASTER_PASSWORD = '<password>', \
-             MASTER_USE_GTID = slave_pos;"
-        );
-        assert!(r.file_position.unwrap().ends_with(
-            "MASTER_LOG_FILE = 'binlog.000002', MASTER_LOG_POS = 1234, MASTER_USE_GTID = no;"
-        ));
-        assert_eq!(r.start, "START SLAVE;");
-        assert!(r.from_source.is_none() && r.note.is_none());
-    }
-
-    #[test]
-    fn new_mysql_uses_replication_source() {
-        let r = replication("8.0.36", &coords(), &source());
-        let fp = r.file_position.unwrap();
-        assert!(
-            fp.starts_with("CHANGE REPLICATION SOURCE TO SOURCE_HOST = 'db1'"),
-            "{fp}"
-        );
-        assert!(fp.ends_with("SOURCE_LOG_POS = 1234;"), "{fp}");
-        assert!(r.gtid.unwrap().ends_with("SOURCE_AUTO_POSITION = 1;"));
-        assert_eq!(r.start, "START REPLICA;");
-        let old = replication("5.7.44-log", &coords(), &source());
-        assert!(old.file_position.unwrap().starts_with("CHANGE MASTER TO"));
-    }
-
-    #[test]
-    fn inexact_coordinates_give_only_positions_the_copy_knows() {
-        let c = Coordinates {
-            exact: false,
-            ..coords()
-        };
-        let r = replication("10.11.6-MariaDB", &c, &source());
-        assert!(r.file_position.is_none());
-        assert!(r.gtid.unwrap().ends_with("MASTER_USE_GTID = current_pos;"));
-        assert!(r.note.is_some());
-    }
-
-    #[test]
-    fn a_replica_backup_can_join_its_source() {
-        let c = Coordinates {
-            replica: Some(ReplicaCoordinates {
-                source_host: Some("10.0.0.1".into()),
-                source_port: Some(3307),
-                source_log_file: Some("mysql-bin.000007".into()),
-                source_log_pos: Some(99),
-                ..Default::default()
-            }),
-            ..coords()
-        };
-        let r = replication("10.11.6-MariaDB", &c, &source());
-        let s = r.from_source.unwrap();
-        assert!(
-            s.contains("MASTER_HOST = '10.0.0.1', MASTER_PORT = 3307"),
-            "{s}"
-        );
-        assert!(
-            s.contains("MASTER_LOG_FILE = 'mysql-bin.000007', MASTER_LOG_POS = 99"),
-            "{s}"
-        );
-    }
-}
+mod tests;

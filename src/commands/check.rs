@@ -72,6 +72,11 @@ pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()>
     if json {
         return super::print_json(&report);
     }
+    print(&report);
+    Ok(())
+}
+
+fn print(report: &Report) {
     println!("server       {}", report.server_version);
     for p in &report.paths {
         println!("{:<12} {}", p.role, p.path.display());
@@ -105,5 +110,4 @@ pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()>
         println!("transfer     {m}");
     }
     println!("ok: a backup can be taken");
-    Ok(())
 }

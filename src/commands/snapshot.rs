@@ -81,7 +81,7 @@ fn keep_mounted(
 ) -> anyhow::Result<Option<KeepMounted>> {
     match mount {
         Some(dir) => Ok(Some(KeepMounted {
-            dir: empty_dir(dir)?,
+            dir: existing_empty_dir(dir)?,
             ttl: ttl.map(chrono::Duration::from_std).transpose()?,
         })),
         None if ttl.is_some() => Err(fail(
@@ -130,7 +130,7 @@ fn print_kept(kept: &KeptSnapshot) -> anyhow::Result<()> {
 
 /// The absolute form of `dir`, which must be an existing empty directory: mounting over
 /// files would hide them, and a backup tool would archive them as database files.
-fn empty_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+fn existing_empty_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     let abs = std::fs::canonicalize(dir).map_err(|e| {
         fail(
             Class::Config,

@@ -28,6 +28,21 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// `path` is on storage the `backend` cannot snapshot: why, and what to do.
+    pub fn unsupported(
+        backend: &str,
+        path: &std::path::Path,
+        reason: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        BackendError::Unsupported {
+            backend: backend.into(),
+            path: path.to_path_buf(),
+            reason: reason.into(),
+            hint: hint.into(),
+        }
+    }
+
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         BackendError::Io {
             context: context.into(),

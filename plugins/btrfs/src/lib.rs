@@ -56,12 +56,7 @@ impl Btrfs {
         reason: impl Into<String>,
         hint: impl Into<String>,
     ) -> BackendError {
-        BackendError::Unsupported {
-            backend: NAME.into(),
-            path: path.to_path_buf(),
-            reason: reason.into(),
-            hint: hint.into(),
-        }
+        BackendError::unsupported(NAME, path, reason, hint)
     }
 
     fn probe_path(&self, path: &Path, table: &[MountEntry]) -> Result<(Volume, PathBuf)> {

@@ -95,12 +95,7 @@ impl Lvm {
 }
 
 fn unsupported(path: &Path, reason: impl Into<String>, hint: impl Into<String>) -> BackendError {
-    BackendError::Unsupported {
-        backend: NAME.into(),
-        path: path.to_path_buf(),
-        reason: reason.into(),
-        hint: hint.into(),
-    }
+    BackendError::unsupported(NAME, path, reason, hint)
 }
 
 /// The volume groups named in a set's snapshot ids, each once.

@@ -19,6 +19,7 @@
 
 mod names;
 mod output;
+mod rollback;
 mod send;
 
 use std::collections::BTreeMap;
@@ -92,12 +93,7 @@ impl Zfs {
         reason: impl Into<String>,
         hint: impl Into<String>,
     ) -> BackendError {
-        BackendError::Unsupported {
-            backend: NAME.into(),
-            path: path.to_path_buf(),
-            reason: reason.into(),
-            hint: hint.into(),
-        }
+        BackendError::unsupported(NAME, path, reason, hint)
     }
 
     /// `zfs snapshot` with several arguments: OpenZFS accepts it, zfs-fuse answers "too
@@ -487,60 +483,9 @@ impl SnapshotBackend for Zfs {
         Ok(())
     }
 
-    /// `zfs rollback` of every dataset to its snapshot; the snapshots stay. Refused when a
-    /// dataset has newer snapshots: `zfs rollback -r` would destroy them, which dbsnap
-    /// never does on its own.
+    /// See [`rollback`].
     async fn rollback(&self, set: &SnapshotSet) -> Result<RollbackOutcome> {
-        // Clones of the set (a read path left mounted) would keep the datasets busy.
-        self.destroy_clones(set).await?;
-        for snap in &set.snapshots {
-            dataset_of_snapshot(&snap.id, &set.name)?;
-            let props = get_properties(&snap.id, &[RUN_PROPERTY]).await?;
-            if props.and_then(|p| p.get(RUN_PROPERTY).cloned()) != Some(set.name.to_string()) {
-                return Err(BackendError::Invalid(format!(
-                    "cannot roll back to {}: it does not exist or does not carry {RUN_PROPERTY}={}",
-                    snap.id, set.name
-                )));
-            }
-        }
-        // All or nothing: check every dataset before rolling any back.
-        for snap in &set.snapshots {
-            let dataset = dataset_of_snapshot(&snap.id, &set.name)?;
-            let out = Cmd::new("zfs")
-                .args([
-                    "list",
-                    "-H",
-                    "-t",
-                    "snapshot",
-                    "-o",
-                    "name",
-                    "-s",
-                    "createtxg",
-                    "-d",
-                    "1",
-                ])
-                .arg(dataset)
-                .run()
-                .await?;
-            let snapshots: Vec<&str> = out.stdout.lines().collect();
-            let position = snapshots.iter().position(|s| *s == snap.id);
-            let newer = position.map(|p| &snapshots[p + 1..]).unwrap_or_default();
-            if !newer.is_empty() {
-                return Err(BackendError::Invalid(format!(
-                    "cannot roll back to {}: {dataset} has newer snapshots ({}), and rolling back would \
-                     destroy them; nothing was rolled back. Release the newer dbsnap snapshots first \
-                     (dbsnap snapshot release NAME), or run `zfs rollback -r {}` yourself if you \
-                     accept losing them",
-                    snap.id,
-                    newer.join(", "),
-                    snap.id
-                )));
-            }
-        }
-        for snap in &set.snapshots {
-            Cmd::new("zfs").arg("rollback").arg(&snap.id).run().await?;
-        }
-        Ok(RollbackOutcome::complete_and_kept())
+        rollback::rollback(self, set).await
     }
 
     async fn list(&self, volumes: &[Volume]) -> Result<Vec<SnapshotSet>> {

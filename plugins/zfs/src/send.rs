@@ -145,7 +145,7 @@ fn set_of(snapshot: &VolumeSnapshot) -> Result<SnapshotName> {
 }
 
 /// A dataset's snapshots, oldest first.
-async fn snapshots_of(dataset: &str) -> Result<Vec<String>> {
+pub(crate) async fn snapshots_of(dataset: &str) -> Result<Vec<String>> {
     let out = Cmd::new("zfs")
         .args([
             "list",
