@@ -25,7 +25,7 @@ pub fn create(server: &MariaDb, rows: u64) {
         server.sql(&format!(
             "INSERT INTO oltp.t{t} (k, c, pad) SELECT FLOOR(RAND() * {rows}), \
              CONCAT(MD5(seq), MD5(seq + 1), MD5(seq + 2)), CONCAT(MD5(seq), 'pad') \
-             FROM seq_1_to_{rows}"
+             FROM oltp.seq_1_to_{rows}"
         ));
     }
 }
