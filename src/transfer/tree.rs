@@ -63,7 +63,7 @@ pub struct TreeTransfer<'a> {
 impl Transfer for TreeTransfer<'_> {
     fn describe(&self) -> String {
         match self.engine {
-            Engine::Local => "files (local copy)".into(),
+            Engine::Local => "copy".into(),
             Engine::Rsync => "rsync".into(),
         }
     }
