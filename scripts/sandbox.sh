@@ -83,7 +83,7 @@ if [ $fresh -eq 1 ]; then
     # The backup user's password lives only in a 0600 option file, as in production.
     pw=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
     sql "CREATE USER 'dbsnap'@'localhost' IDENTIFIED BY '$pw';
-         GRANT RELOAD, BINLOG MONITOR, SLAVE MONITOR, PROCESS, CONNECTION ADMIN ON *.* TO 'dbsnap'@'localhost';"
+         GRANT RELOAD, BINLOG MONITOR, SLAVE MONITOR, PROCESS, SHOW VIEW, CONNECTION ADMIN ON *.* TO 'dbsnap'@'localhost';"
     umask 077
     printf '[client]\nuser = dbsnap\npassword = %s\n' "$pw" > "$dir/client.cnf"
     umask 022

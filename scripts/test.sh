@@ -37,6 +37,11 @@ tier "build" cargo build --workspace --all-targets --locked
 # The OpenZFS kernel modules for the guest kernel: built once (minutes), then cached.
 tier "OpenZFS modules for the guest" bash tests/guest/zfs-openzfs-build.sh
 tier "unit tests" cargo test --workspace --locked --lib --bins
+# The consistency tier (tests/consistency_under_load.rs) takes this many backups under
+# load and restores each (about 5 s apiece here, so CI's 20 take under 2 minutes); a
+# nightly run leaves it unset for the test's own default of 100.
+export DBSNAP_CONSISTENCY_BACKUPS=${DBSNAP_CONSISTENCY_BACKUPS:-20}
+echo "consistency tier: DBSNAP_CONSISTENCY_BACKUPS=$DBSNAP_CONSISTENCY_BACKUPS backups under load"
 # Integration tests: real MariaDB servers on btrfs (loop devices) and zfs-fuse on the host,
 # LVM and OpenZFS inside the emulated guest. Each suite's wall time is in its "finished in" line.
 tier "integration tests (host and guest)" bash -o pipefail -c \

@@ -86,7 +86,7 @@ pub enum Command {
         lock: LockArgs,
         /// Fail (exit 7, after finishing and keeping the backup) when the lock was held
         /// longer than this many milliseconds, so monitoring can alert.
-        #[arg(long, value_name = "MS")]
+        #[arg(long, value_name = "MS", value_parser = parse_milliseconds)]
         max_lock_ms: Option<f64>,
     },
     /// List the backups at the destination with their lock cost and binlog position.
@@ -248,6 +248,19 @@ pub struct LockArgs {
     /// server (e.g. none with MyISAM tables).
     #[arg(long)]
     pub force: bool,
+}
+
+/// `--max-lock-ms`: a finite, non-negative number of milliseconds.
+fn parse_milliseconds(text: &str) -> Result<f64, String> {
+    let ms: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of milliseconds"))?;
+    if !ms.is_finite() || ms < 0.0 {
+        return Err(format!(
+            "{text:?} is not a number of milliseconds from 0 up"
+        ));
+    }
+    Ok(ms)
 }
 
 #[cfg(test)]

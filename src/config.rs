@@ -12,10 +12,9 @@ use dbsnap_lvm::LvmConfig;
 use dbsnap_zfs::ZfsConfig;
 use serde::Deserialize;
 
-use crate::db::credentials::{
-    parse_option_file_client, read_secret_file, warn_if_readable_by_others, Credentials,
-};
+use crate::db::credentials::{read_secret_file, warn_if_readable_by_others, Credentials};
 use crate::db::lock_mode::RequestedMode;
+use crate::db::option_files::{credentials_from_options, read_option_file, OPTION_GROUPS};
 use crate::db::stall_guard::LongQueryPolicy;
 use crate::error::{fail, Class};
 use crate::hooks::HooksConfig;
@@ -217,6 +216,33 @@ fn default_warn_free_percent() -> f64 {
     15.0
 }
 
+impl MetricsConfig {
+    /// A `.prom` file (the only files node_exporter reads) and a printable label.
+    fn check(&self) -> Result<(), KeyProblem> {
+        check_path("metrics.textfile", &self.textfile)?;
+        if self.textfile.extension() != Some(std::ffi::OsStr::new("prom")) {
+            return Err(KeyProblem::new(
+                "metrics.textfile",
+                format!(
+                    "metrics.textfile = {:?} must end in .prom: node_exporter's textfile collector reads only *.prom files",
+                    self.textfile
+                ),
+            ));
+        }
+        if let Some(label) = &self.config_label {
+            if label.is_empty() || label.chars().any(char::is_control) {
+                return Err(KeyProblem::new(
+                    "metrics.config_label",
+                    format!(
+                        "metrics.config_label = {label:?} must be non-empty and printable (it becomes the config=\"...\" label)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -250,11 +276,37 @@ impl Config {
 
     pub fn parse(text: &str) -> anyhow::Result<Config> {
         let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        config.validate()?;
+        config.validate().map_err(|problem| {
+            let line =
+                line_of_key(text, &problem.key).map_or(String::new(), |n| format!(" (line {n})"));
+            anyhow::anyhow!("{}{line}", problem.message)
+        })?;
         Ok(config)
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    fn validate(&self) -> Result<(), KeyProblem> {
+        self.check_paths()?;
+        if let Some(m) = &self.metrics {
+            m.check()?;
+        }
+        if let Some(b) = &self.backup {
+            self.check_dest(&b.dest)?;
+        }
+        self.hooks.validate().map_err(|e| KeyProblem {
+            key: "hooks".into(),
+            message: e.to_string(),
+        })?;
+        self.check_mysql()?;
+        check_duration(
+            "hooks.timeout",
+            self.hooks.timeout,
+            Duration::from_millis(1),
+        )?;
+        self.check_snapshot()
+    }
+
+    /// Every path in the configuration is absolute.
+    fn check_paths(&self) -> Result<(), KeyProblem> {
         let mut paths: Vec<(&str, &Path)> = vec![("state_dir", &self.state_dir)];
         if let Some(p) = &self.mysql.socket {
             paths.push(("mysql.socket", p));
@@ -274,35 +326,114 @@ impl Config {
         for (key, path) in paths {
             check_path(key, path)?;
         }
-        if let Some(m) = &self.metrics {
-            check_path("metrics.textfile", &m.textfile)?;
-            if m.textfile.extension() != Some(std::ffi::OsStr::new("prom")) {
-                anyhow::bail!(
-                    "metrics.textfile = {:?} must end in .prom: node_exporter's textfile collector reads only *.prom files",
-                    m.textfile
-                );
+        Ok(())
+    }
+
+    fn check_mysql(&self) -> Result<(), KeyProblem> {
+        let mysql = &self.mysql;
+        if mysql.socket.is_some() && mysql.host.is_some() {
+            return Err(KeyProblem::new(
+                "mysql.host",
+                "[mysql] sets both socket and host: the socket would win and host be ignored. \
+                 Keep socket (a local server) or host and port (TCP), not both",
+            ));
+        }
+        if mysql.lock_attempts == 0 {
+            return Err(KeyProblem::new(
+                "mysql.lock_attempts",
+                "mysql.lock_attempts must be at least 1",
+            ));
+        }
+        check_duration(
+            "mysql.lock_wait_timeout",
+            mysql.lock_wait_timeout,
+            Duration::from_millis(100),
+        )?;
+        check_duration(
+            "mysql.max_lock_hold",
+            mysql.max_lock_hold,
+            Duration::from_millis(1),
+        )?;
+        check_duration(
+            "mysql.long_query_threshold",
+            mysql.long_query_threshold,
+            Duration::ZERO,
+        )?;
+        Ok(())
+    }
+
+    fn check_snapshot(&self) -> Result<(), KeyProblem> {
+        let snapshot = &self.snapshot;
+        for (key, value) in [
+            ("snapshot.min_free_percent", snapshot.min_free_percent),
+            ("snapshot.warn_free_percent", snapshot.warn_free_percent),
+        ] {
+            if !(0.0..100.0).contains(&value) {
+                return Err(KeyProblem::new(
+                    key,
+                    format!("{key} = {value} must be a number from 0 to below 100"),
+                ));
             }
-            if let Some(label) = &m.config_label {
-                if label.is_empty() || label.chars().any(char::is_control) {
-                    anyhow::bail!(
-                        "metrics.config_label = {label:?} must be non-empty and printable (it becomes the config=\"...\" label)"
-                    );
-                }
-            }
         }
-        self.hooks.validate()?;
-        if self.mysql.lock_attempts == 0 {
-            anyhow::bail!("mysql.lock_attempts must be at least 1");
+        if snapshot.warn_free_percent < snapshot.min_free_percent {
+            return Err(KeyProblem::new(
+                "snapshot.warn_free_percent",
+                format!(
+                    "snapshot.warn_free_percent = {} must be no smaller than snapshot.min_free_percent = {}",
+                    snapshot.warn_free_percent, snapshot.min_free_percent
+                ),
+            ));
         }
-        if self.mysql.lock_wait_timeout < Duration::from_millis(100) {
-            anyhow::bail!("mysql.lock_wait_timeout must be at least 100ms");
+        Ok(())
+    }
+
+    /// A destination that is the root directory, or inside a snapshot directory, would
+    /// copy the backup into what is being backed up or into a snapshot that is deleted.
+    fn check_dest(&self, dest: &Path) -> Result<(), KeyProblem> {
+        let key = "backup.dest";
+        let normal: Vec<&std::ffi::OsStr> = dest
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        let climbs = dest
+            .components()
+            .any(|c| c == std::path::Component::ParentDir);
+        if normal.is_empty() || climbs {
+            return Err(KeyProblem::new(
+                key,
+                format!(
+                    "backup.dest = {dest:?} must name a directory of its own (not / and without \
+                     \"..\"): e.g. /srv/backups/db1"
+                ),
+            ));
         }
-        if !(0.0..100.0).contains(&self.snapshot.min_free_percent)
-            || self.snapshot.warn_free_percent < self.snapshot.min_free_percent
+        let snapshot_dirs = [SNAPSHOT_DIR_NAME, ".zfs"];
+        if let Some(inside) = normal
+            .iter()
+            .find(|n| snapshot_dirs.iter().any(|s| *n == s))
         {
-            anyhow::bail!(
-                "snapshot.min_free_percent must be in 0..100 and no larger than snapshot.warn_free_percent"
-            );
+            return Err(KeyProblem::new(
+                key,
+                format!(
+                    "backup.dest = {dest:?} is inside a snapshot directory ({}): snapshots there \
+                     are read-only and deleted by dbsnap. Choose a directory outside it",
+                    inside.to_string_lossy()
+                ),
+            ));
+        }
+        if let Some(dir) = &self.snapshot.btrfs.snapshot_dir {
+            if dest.starts_with(dir) {
+                return Err(KeyProblem::new(
+                    key,
+                    format!(
+                        "backup.dest = {dest:?} is inside snapshot.btrfs.snapshot_dir = {dir:?}, \
+                         where dbsnap creates and deletes snapshots. Choose a directory outside it"
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -318,16 +449,80 @@ impl Config {
     }
 }
 
+/// Where btrfs snapshots go by default (at the filesystem's mount point).
+const SNAPSHOT_DIR_NAME: &str = ".dbsnap-snapshots";
+
+/// The longest duration any setting accepts: a year, the server's own maximum for
+/// `lock_wait_timeout` (31536000 s). Larger values overflow in the server or in
+/// deadline arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(31_536_000);
+
+/// A setting that is wrong, with the dotted key that names it (`mysql.max_lock_hold`).
+#[derive(Debug)]
+struct KeyProblem {
+    key: String,
+    message: String,
+}
+
+impl KeyProblem {
+    fn new(key: &str, message: impl Into<String>) -> KeyProblem {
+        KeyProblem {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The line (1-based) where the dotted `key` is set in the TOML `text`: the line of
+/// `name = ...` inside the table `[a.b]` for `a.b.name`.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let (table, name) = key.rsplit_once('.').unwrap_or(("", key));
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            current = header.trim().to_string();
+            if current == key {
+                return Some(i + 1);
+            }
+            continue;
+        }
+        let assigned = line
+            .split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"'));
+        if current == table && assigned == Some(name) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+fn check_duration(key: &str, value: Duration, min: Duration) -> Result<(), KeyProblem> {
+    if value < min || value > MAX_DURATION {
+        let shown = humantime::format_duration(value);
+        let min = humantime::format_duration(min);
+        return Err(KeyProblem::new(
+            key,
+            format!("{key} = \"{shown}\" must be from {min} to 365d"),
+        ));
+    }
+    Ok(())
+}
+
 /// Paths in the configuration must be absolute (they are used from any working
 /// directory and handed to rsync, which would read `host:path` as remote) and printable.
-fn check_path(key: &str, path: &Path) -> anyhow::Result<()> {
+fn check_path(key: &str, path: &Path) -> Result<(), KeyProblem> {
     if !path.is_absolute() {
-        anyhow::bail!("{key} = {path:?} must be an absolute path");
+        return Err(KeyProblem::new(
+            key,
+            format!("{key} = {path:?} must be an absolute path"),
+        ));
     }
     if path.to_string_lossy().chars().any(char::is_control) {
-        anyhow::bail!(
-            "{key} = {path:?} contains control characters (newline, tab, ...); rename it"
-        );
+        return Err(KeyProblem::new(
+            key,
+            format!("{key} = {path:?} contains control characters (newline, tab, ...); rename it"),
+        ));
     }
     Ok(())
 }
@@ -338,12 +533,27 @@ impl MysqlConfig {
     pub fn credentials(&self) -> anyhow::Result<Credentials> {
         let mut creds = Credentials::default();
         if let Some(path) = &self.defaults_file {
-            let text = read_secret_file(path, "mysql.defaults_file")?;
-            let client = parse_option_file_client(&text);
-            if client.password.is_some() {
-                warn_if_readable_by_others(path);
+            let options = read_option_file(path, OPTION_GROUPS).map_err(|e| {
+                fail(
+                    Class::Config,
+                    format!("mysql.defaults_file = {path:?}: {e:#}"),
+                )
+            })?;
+            creds = credentials_from_options(&options).map_err(|e| {
+                fail(
+                    Class::Config,
+                    format!("mysql.defaults_file = {path:?}: {e}"),
+                )
+            })?;
+            if creds.password.is_some() {
+                for file in options
+                    .iter()
+                    .filter(|o| o.name == "password")
+                    .map(|o| &o.file)
+                {
+                    warn_if_readable_by_others(file);
+                }
             }
-            creds = client;
         }
         if let Some(path) = &self.password_file {
             let text = read_secret_file(path, "mysql.password_file")?;
@@ -370,118 +580,39 @@ impl MysqlConfig {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
     use super::*;
 
-    const MINIMAL: &str = r#"
-[mysql]
-socket = "/run/mysqld/mysqld.sock"
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
 
-[snapshot]
-backend = "btrfs"
-
-[backup]
-dest = "/srv/backups/db 1"
-"#;
-
-    #[test]
-    fn minimal_config_gets_safe_defaults() {
-        let c = Config::parse(MINIMAL).unwrap();
-        assert_eq!(c.state_dir, PathBuf::from("/var/lib/dbsnap"));
-        assert_eq!(c.mysql.lock_wait_timeout, Duration::from_secs(5));
-        assert_eq!(c.mysql.lock_attempts, 3);
-        assert_eq!(c.mysql.max_lock_hold, Duration::from_secs(10));
-        assert_eq!(c.mysql.lock, RequestedMode::Auto);
-        assert_eq!(c.mysql.long_queries, LongQueryPolicy::Wait);
-        assert_eq!(c.backup.unwrap().dest, PathBuf::from("/srv/backups/db 1"));
-    }
-
-    #[test]
-    fn unknown_key_names_key_and_line() {
-        let text = MINIMAL.replace("[snapshot]", "[snapshot]\nbakend = \"zfs\"");
-        let err = Config::parse(&text).unwrap_err().to_string();
-        assert!(err.contains("bakend"), "{err}");
-        assert!(err.contains("line 6"), "{err}");
-    }
-
-    #[test]
-    fn durations_are_human() {
-        let text = MINIMAL.replace(
-            "[mysql]",
-            "[mysql]\nlock_wait_timeout = \"1500ms\"\nmax_lock_hold = \"2s\"",
-        );
-        let c = Config::parse(&text).unwrap();
-        assert_eq!(c.mysql.lock_wait_timeout, Duration::from_millis(1500));
-        assert_eq!(c.mysql.max_lock_hold, Duration::from_secs(2));
-    }
-
-    #[test]
-    fn lock_modes_and_policies_by_name() {
-        let text = MINIMAL.replace(
-            "[mysql]",
-            "[mysql]\nlock = \"backup-stage\"\nlong_queries = \"kill\"",
-        );
-        let c = Config::parse(&text).unwrap();
-        assert_eq!(c.mysql.lock, RequestedMode::BackupStage);
-        assert_eq!(c.mysql.long_queries, LongQueryPolicy::Kill);
-        let err =
-            Config::parse(&MINIMAL.replace("[mysql]", "[mysql]\nlock = \"flush\"")).unwrap_err();
-        assert!(err.to_string().contains("unknown variant"), "{err}");
-    }
-
-    #[test]
-    fn relative_paths_are_refused() {
-        let text = MINIMAL.replace("/srv/backups/db 1", "backups");
-        let err = Config::parse(&text).unwrap_err().to_string();
-        assert!(
-            err.contains("backup.dest") && err.contains("absolute"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn the_packaged_example_config_is_valid() {
-        let c = Config::parse(include_str!("../packaging/dbsnap.toml")).unwrap();
-        assert_eq!(c.state_dir, PathBuf::from("/var/lib/dbsnap"));
-        assert!(c.metrics.is_some() && c.retention.is_some());
-    }
-
-    #[test]
-    fn metrics_section_is_checked_and_labelled() {
-        let with = |section: &str| Config::parse(&format!("{MINIMAL}\n[metrics]\n{section}\n"));
-        let c = with("textfile = \"/var/lib/prometheus/node-exporter/dbsnap.prom\"").unwrap();
-        assert_eq!(c.metrics_label(), "dbsnap");
-        let c = with("textfile = \"/m/db.prom\"\nconfig_label = \"db1\"").unwrap();
-        assert_eq!(c.metrics_label(), "db1");
-        for (section, key) in [
-            ("textfile = \"/m/db.txt\"", "metrics.textfile"),
-            ("textfile = \"m.prom\"", "metrics.textfile"),
-            (
-                "textfile = \"/m/db.prom\"\nconfig_label = \"\"",
-                "metrics.config_label",
-            ),
-            ("textfile = \"/m/db.prom\"\ntextfiel = \"x\"", "textfiel"),
-        ] {
-            let err = with(section).unwrap_err().to_string();
-            assert!(err.contains(key), "{section}: {err}");
+        #[test]
+        fn any_config_text_parses_without_panicking(text in "(?s).{0,400}") {
+            let _ = Config::parse(&text);
         }
-    }
 
-    #[test]
-    fn config_overrides_option_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let cnf = dir.path().join("my.cnf");
-        std::fs::write(&cnf, "[client]\nuser=a\npassword=p\nsocket=/x.sock\n").unwrap();
-        let text = format!(
-            "{}\n",
-            MINIMAL.replace(
-                "socket = \"/run/mysqld/mysqld.sock\"",
-                &format!("defaults_file = {:?}\nuser = \"b\"", cnf)
-            )
-        );
-        let c = Config::parse(&text).unwrap().mysql.credentials().unwrap();
-        assert_eq!(c.user.as_deref(), Some("b"));
-        assert_eq!(c.password.as_deref(), Some("p"));
-        assert_eq!(c.socket, Some(PathBuf::from("/x.sock")));
+        #[test]
+        fn any_config_values_parse_without_panicking(
+            key in prop_oneof![
+                Just("lock_wait_timeout"), Just("max_lock_hold"), Just("long_query_threshold"),
+                Just("lock_attempts"), Just("port"), Just("socket"), Just("lock"), Just("host"),
+            ],
+            value in prop_oneof![
+                "\"[0-9]{1,25}(ns|ms|s|m|h|d|y)\"",
+                "-?[0-9]{1,25}(\\.[0-9]{1,5})?",
+                "(nan|inf|-inf|true|false)",
+                "\"(?s).{0,20}\"",
+            ],
+        ) {
+            let text = format!(
+                "[mysql]\n{key} = {value}\n[snapshot]\nbackend = \"btrfs\"\n[backup]\ndest = \"/srv/b\"\n"
+            );
+            let _ = Config::parse(&text);
+        }
     }
 }

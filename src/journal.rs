@@ -352,3 +352,84 @@ mod tests {
         assert!(err.to_string().contains(&std::process::id().to_string()));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use dbsnap_backend_api::{SnapshotName, Volume, VolumeSnapshot};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn resource() -> impl Strategy<Value = Resource> {
+        prop_oneof![
+            "/[^\u{0}]{0,30}".prop_map(|d| Resource::Partial { dir: d.into() }),
+            ("/[^\u{0}]{0,30}", "/[^\u{0}]{0,30}").prop_map(|(d, r)| Resource::Scratch {
+                dir: d.into(),
+                run_dir: r.into(),
+            }),
+            (".{0,10}", ".{0,20}", "/.{0,20}").prop_map(|(b, i, p)| Resource::Received {
+                backend: b,
+                id: i,
+                partial: p.into(),
+            }),
+            (
+                "dbsnap-[a-zA-Z0-9_.-]{1,30}",
+                proptest::collection::vec((".{0,12}", "/.{0,12}", ".{0,12}"), 0..3)
+            )
+                .prop_map(|(name, snaps)| Resource::Snapshot {
+                    set: SnapshotSet {
+                        backend: "btrfs".into(),
+                        name: SnapshotName::new(name).unwrap(),
+                        snapshots: snaps
+                            .into_iter()
+                            .map(|(vid, root, id)| VolumeSnapshot {
+                                volume: Volume {
+                                    id: vid,
+                                    root: root.into(),
+                                    fstype: "btrfs".into()
+                                },
+                                id,
+                            })
+                            .collect(),
+                    },
+                }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_journal_text_is_refused_or_read_without_panicking(text in "(?s).{0,300}") {
+            let dir = tempfile::tempdir().unwrap();
+            let lock = RunLock::acquire(dir.path()).unwrap();
+            std::fs::write(dir.path().join(JOURNAL_FILE), &text).unwrap();
+            if let Err(e) = Journal::open(dir.path(), &lock) {
+                prop_assert!(e.to_string().contains("journal.json"), "{}", e);
+            }
+        }
+    }
+
+    proptest! {
+        // Each case writes and fsyncs real files: fewer cases keep `cargo test --lib` fast.
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn journals_round_trip_through_their_file(
+            entries in proptest::collection::vec((".{0,12}", resource()), 0..6)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let lock = RunLock::acquire(dir.path()).unwrap();
+            let mut journal = Journal::open(dir.path(), &lock).unwrap();
+            for (run, resource) in &entries {
+                journal.record(run, resource.clone()).unwrap();
+            }
+            let back = Journal::open(dir.path(), &lock).unwrap();
+            let expected: Vec<Entry> = entries
+                .into_iter()
+                .map(|(run, resource)| Entry { run, resource })
+                .collect();
+            prop_assert_eq!(back.entries(), expected.as_slice());
+        }
+    }
+}

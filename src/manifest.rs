@@ -120,6 +120,9 @@ pub struct Verification {
     pub tables_checked: u64,
     /// `@@gtid_binlog_pos` after recovery (MariaDB).
     pub recovered_gtid_binlog_pos: Option<String>,
+    /// `@@gtid_executed` after recovery (MySQL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered_gtid_executed: Option<String>,
     /// Why the verdict is `failed` (empty when it passed).
     pub problems: Vec<String>,
     /// Worth knowing, not failing for (e.g. `[ERROR]` lines of a server that recovered).
@@ -203,6 +206,58 @@ impl Manifest {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// The manifest of a backup that restore or verify is about to read, checked first:
+    /// a manifest dbsnap can parse, of a format it knows, whose copies are all inside
+    /// the backup (or, for a native stream's received copy, at an absolute path) and
+    /// present. Anything else is refused before any file is written.
+    pub fn open_backup(backup_dir: &Path) -> anyhow::Result<Manifest> {
+        let path = backup_dir.join(MANIFEST_FILE);
+        let refuse = |why: String| {
+            crate::error::fail(
+                crate::error::Class::Config,
+                format!("{} is not a usable backup: {why}", backup_dir.display()),
+            )
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| refuse(format!("cannot read {}: {e}", path.display())))?;
+        let manifest: Manifest = toml::from_str(&text)
+            .map_err(|e| refuse(format!("{} does not parse: {e}", path.display())))?;
+        if manifest.format != FORMAT {
+            return Err(refuse(format!(
+                "{} has format = {}, this dbsnap reads format {FORMAT}: use the dbsnap release \
+                 that made it",
+                path.display(),
+                manifest.format
+            )));
+        }
+        for stored in &manifest.stored {
+            let climbs = stored
+                .path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir);
+            if climbs {
+                return Err(refuse(format!(
+                    "{} names a stored copy {:?} outside the backup",
+                    path.display(),
+                    stored.path
+                )));
+            }
+        }
+        for dir in manifest.top_level_paths() {
+            for (copy, _) in manifest.copies_of(backup_dir, &dir.path) {
+                if !copy.is_dir() {
+                    return Err(refuse(format!(
+                        "the copy of the server's {} directory {} is missing ({} is not a directory)",
+                        dir.role,
+                        dir.path.display(),
+                        copy.display()
+                    )));
+                }
+            }
+        }
+        Ok(manifest)
     }
 
     /// Where an original server path is stored in an rsync backup (or in a scratch or
@@ -391,5 +446,60 @@ pub(crate) mod tests {
         let json = std::fs::read_to_string(fixtures.join("manifest-0.1.0.json")).unwrap();
         let m: Manifest = serde_json::from_str(&json).unwrap();
         assert_eq!(serde_json::to_string_pretty(&m).unwrap(), json);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_parses_without_panicking(text in "(?s).{0,400}") {
+            let _ = toml::from_str::<Manifest>(&text);
+        }
+    }
+
+    proptest! {
+        // Each case writes and fsyncs real files: fewer cases keep `cargo test --lib` fast.
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn manifests_round_trip_through_their_file(
+            name in ".{0,30}",
+            hostname in ".{0,30}",
+            version in ".{0,30}",
+            datadir in "/[^\u{0}]{0,30}",
+            reason in "(?s).{0,60}",
+            hold_ms in 0.0f64..1e9,
+            position in any::<u64>(),
+            gtid in proptest::option::of("[0-9,:-]{0,30}"),
+            binlog in proptest::option::of(".{0,20}"),
+            exact in any::<bool>(),
+            seconds in 0i64..4_000_000_000,
+        ) {
+            let at = DateTime::from_timestamp(seconds, 123_456_789).unwrap();
+            let mut m = tests::sample();
+            m.name = name;
+            m.server.hostname = hostname;
+            m.server.version = ServerVersion::from_text(&version);
+            m.server.datadir = PathBuf::from(&datadir);
+            m.paths[0].path = PathBuf::from(datadir);
+            m.lock.reason = reason;
+            m.lock.hold_ms = hold_ms;
+            m.lock.acquired_at = at;
+            m.started_at = at;
+            m.coordinates.exact = exact;
+            m.coordinates.binlog_position = Some(position);
+            m.coordinates.binlog_file = binlog;
+            m.coordinates.gtid_binlog_pos = gtid;
+            let dir = tempfile::tempdir().unwrap();
+            m.write(dir.path()).unwrap();
+            prop_assert_eq!(Manifest::read(dir.path()).unwrap(), m);
+        }
     }
 }

@@ -101,6 +101,15 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
     let stats = copy_into(request, &manifest, &moves, &mut written).await?;
     let moves = Moves(moves);
     let rewritten = relocate_copy(&manifest, &moves)?;
+    // The redo log names tablespaces outside the datadir by their original path: crash
+    // recovery, run once here where those paths show the restored copy, keeps the
+    // first real start away from the live files.
+    if manifest.paths.iter().any(|p| p.role == "tablespace") {
+        let ms = crate::verify::recover_restored(&manifest, &moves, target).await?;
+        tracing::info!(
+            "crash recovery of the restored copy (tablespaces outside the datadir) took {ms} ms"
+        );
+    }
     if let Some((uid, gid, _)) = &owner {
         for (_, dir) in &moves.0 {
             for entry in walkdir::WalkDir::new(dir).into_iter().flatten() {

@@ -29,8 +29,15 @@ pub struct Policy {
 impl Policy {
     /// A policy that keeps nothing would delete everything: refused by `prune`.
     pub fn keeps_nothing(&self) -> bool {
-        self.keep_last + self.keep_hourly + self.keep_daily + self.keep_weekly + self.keep_monthly
-            == 0
+        [
+            self.keep_last,
+            self.keep_hourly,
+            self.keep_daily,
+            self.keep_weekly,
+            self.keep_monthly,
+        ]
+        .iter()
+        .all(|k| *k == 0)
     }
 }
 

@@ -90,7 +90,8 @@ fn chain(sb: &Sandbox, n: usize) -> Vec<serde_json::Value> {
     for _ in 0..n {
         let writers = Writers::start(&sb.server.socket, 4);
         std::thread::sleep(Duration::from_millis(300));
-        let out = sb.dbsnap(&["backup", "--json"]);
+        // --force: the reflink chain's destination is on the snapshotted btrfs.
+        let out = sb.dbsnap(&["backup", "--json", "--force"]);
         let commits = writers.stop();
         assert!(out.status.success(), "{}", stderr(&out));
         let manifest = stdout_json(&out);

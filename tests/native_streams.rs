@@ -52,7 +52,8 @@ trait Streams {
 fn backup_under_load(sb: &impl Streams) -> (serde_json::Value, Vec<Commit>) {
     let writers = Writers::start_with_audit(sb.socket(), 4);
     std::thread::sleep(Duration::from_millis(300));
-    let out = sb.dbsnap(&["backup", "--json"]);
+    // --force: some destinations here are on the snapshotted btrfs itself.
+    let out = sb.dbsnap(&["backup", "--json", "--force"]);
     let commits = writers.stop();
     assert!(out.status.success(), "{}", stderr(&out));
     // Backups are named by the second.
@@ -416,7 +417,7 @@ fn btrfs_send_sigkill_while_receiving_then_cleanup_leaves_only_the_base() {
     let mut child = std::process::Command::new(common::DBSNAP)
         .arg("--config")
         .arg(&sb.config)
-        .arg("backup")
+        .args(["backup", "--force"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -205,7 +205,17 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
 pub async fn release(config: &Config, json: bool, target: &str) -> anyhow::Result<()> {
     let _lock = RunLock::acquire(&config.state_dir)?;
     let kept = if target.contains('/') || Path::new(target).is_dir() {
-        let dir = std::fs::canonicalize(target).unwrap_or_else(|_| PathBuf::from(target));
+        // A released DIR stays (empty), so releasing it again succeeds; a DIR that does
+        // not exist is a typo that would leave the snapshot kept.
+        let dir = std::fs::canonicalize(target).map_err(|e| {
+            fail(
+                Class::Config,
+                format!(
+                    "{target} cannot be released: {e}. Give the directory given to \
+                     `snapshot create --mount`, or a name from `dbsnap snapshot list`"
+                ),
+            )
+        })?;
         let found = KeptSnapshot::list(&config.state_dir)?
             .into_iter()
             .find(|k| k.mount.as_ref().is_some_and(|m| m.dir == dir));

@@ -70,8 +70,13 @@ impl fmt::Display for LockMode {
 #[derive(Debug, Clone)]
 pub struct ModeFacts {
     pub version: ServerVersion,
-    /// User tables in engines without crash recovery (`schema.table (ENGINE)`).
+    /// User tables in engines without crash recovery (`schema.table (ENGINE)`), as far
+    /// as the user can see them.
     pub non_transactional: Vec<String>,
+    /// Whether the user can see every table's engine (see
+    /// `sees_every_table` in `db::server`). When not, no table may be assumed to be
+    /// InnoDB.
+    pub all_tables_visible: bool,
     /// Whether the backend snapshots every volume at one instant.
     pub atomic_snapshot: bool,
     /// Whether the server replicates from a source.
@@ -89,41 +94,34 @@ pub struct Choice {
     pub exact_coordinates: bool,
 }
 
+/// Why a requested mode is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub message: String,
+    /// The refusal is lifted by a privilege (the user cannot see what it must check).
+    pub needs_grant: bool,
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Refusal {
+        Refusal {
+            message,
+            needs_grant: false,
+        }
+    }
+}
+
+/// What dbsnap says when it cannot see every table's engine.
+pub const BLIND_TO_ENGINES: &str = "dbsnap cannot see every table's engine: \
+    information_schema.TABLES lists only the tables the backup user holds a privilege on. \
+    Grant SHOW VIEW ON *.* (it shows view definitions, no data) so that it can";
+
 /// Choose the mode, or say why the requested one cannot give a consistent copy of
 /// this server. `force` accepts a mode that cannot be consistent, with a warning.
-pub fn choose(requested: RequestedMode, facts: &ModeFacts, force: bool) -> Result<Choice, String> {
-    let choice = |mode, reason: String| {
-        let exact_coordinates = matches!(
-            mode,
-            LockMode::Ftwrl | LockMode::BackupStage | LockMode::Replica
-        );
-        Choice {
-            mode,
-            reason,
-            exact_coordinates,
-        }
-    };
-    let innodb_only_problem = || -> Option<String> {
-        if !facts.non_transactional.is_empty() {
-            return Some(format!(
-                "these tables have no crash recovery and could be copied half-written: {}",
-                list(&facts.non_transactional)
-            ));
-        }
-        if !facts.atomic_snapshot {
-            return Some("the database's volumes are not snapshotted at one instant".into());
-        }
-        None
-    };
+pub fn choose(requested: RequestedMode, facts: &ModeFacts, force: bool) -> Result<Choice, Refusal> {
     let refuse_unless_forced =
-        |mode: LockMode, problem: Option<String>, ok_reason: &str| match (problem, force) {
-            (None, _) => Ok(choice(mode, ok_reason.to_string())),
-            (Some(p), true) => Ok(choice(mode, format!("forced although {p}"))),
-            (Some(p), false) => Err(format!(
-                "lock mode {mode} cannot give a consistent copy of this server: {p}. Use another \
-                 mode (or auto), or --force if you accept the risk"
-            )),
-        };
+        |mode: LockMode, problem: Option<String>| refuse_unless_forced(mode, problem, force);
+    let innodb_only_problem = || innodb_only_problem(facts);
     match requested {
         RequestedMode::Ftwrl => Ok(choice(LockMode::Ftwrl, "requested".into())),
         RequestedMode::BackupStage => {
@@ -136,7 +134,8 @@ pub fn choose(requested: RequestedMode, facts: &ModeFacts, force: bool) -> Resul
             if let Some(p) = problem {
                 return Err(format!(
                     "lock mode backup-stage is not available: {p}. Use ftwrl or auto"
-                ));
+                )
+                .into());
             }
             Ok(choice(LockMode::BackupStage, "requested".into()))
         }
@@ -146,9 +145,10 @@ pub fn choose(requested: RequestedMode, facts: &ModeFacts, force: bool) -> Resul
                     "lock mode instance is not available: LOCK INSTANCE FOR BACKUP needs MySQL 8.0 or later, \
                      this is {}. Use ftwrl or auto",
                     facts.version
-                ));
+                )
+                .into());
             }
-            refuse_unless_forced(LockMode::Instance, innodb_only_problem(), "requested")
+            refuse_unless_forced(LockMode::Instance, innodb_only_problem())
         }
         RequestedMode::Replica => {
             let problem = if !facts.is_replica {
@@ -158,12 +158,58 @@ pub fn choose(requested: RequestedMode, facts: &ModeFacts, force: bool) -> Resul
             } else {
                 None
             };
-            refuse_unless_forced(LockMode::Replica, problem, "requested")
+            refuse_unless_forced(LockMode::Replica, problem)
         }
-        RequestedMode::None => {
-            refuse_unless_forced(LockMode::None, innodb_only_problem(), "requested")
-        }
+        RequestedMode::None => refuse_unless_forced(LockMode::None, innodb_only_problem()),
         RequestedMode::Auto => Ok(auto(facts)),
+    }
+}
+
+fn choice(mode: LockMode, reason: String) -> Choice {
+    let exact_coordinates = matches!(
+        mode,
+        LockMode::Ftwrl | LockMode::BackupStage | LockMode::Replica
+    );
+    Choice {
+        mode,
+        reason,
+        exact_coordinates,
+    }
+}
+
+/// Why an InnoDB-only, one-instant mode (`instance`, `none`) would not be consistent here.
+fn innodb_only_problem(facts: &ModeFacts) -> Option<String> {
+    if !facts.all_tables_visible {
+        return Some(BLIND_TO_ENGINES.to_string());
+    }
+    if !facts.non_transactional.is_empty() {
+        return Some(format!(
+            "these tables have no crash recovery and could be copied half-written: {}",
+            list(&facts.non_transactional)
+        ));
+    }
+    if !facts.atomic_snapshot {
+        return Some("the database's volumes are not snapshotted at one instant".into());
+    }
+    None
+}
+
+/// The requested `mode`, unless `problem` makes it inconsistent and it is not forced.
+fn refuse_unless_forced(
+    mode: LockMode,
+    problem: Option<String>,
+    force: bool,
+) -> Result<Choice, Refusal> {
+    match (problem, force) {
+        (None, _) => Ok(choice(mode, "requested".to_string())),
+        (Some(p), true) => Ok(choice(mode, format!("forced although {p}"))),
+        (Some(p), false) => Err(Refusal {
+            needs_grant: p == BLIND_TO_ENGINES,
+            message: format!(
+                "lock mode {mode} cannot give a consistent copy of this server: {p}. Use another \
+                 mode (or auto), or --force if you accept the risk"
+            ),
+        }),
     }
 }
 
@@ -180,6 +226,12 @@ fn auto(facts: &ModeFacts) -> Choice {
                 list(&facts.non_transactional)
             ));
         }
+        if !facts.all_tables_visible {
+            reason.push_str(
+                "; the tables' engines are not visible to the backup user (grant SHOW VIEW ON *.*), \
+                 so writes to any non-transactional ones wait from BACKUP STAGE FLUSH to the end",
+            );
+        }
         return Choice {
             mode: LockMode::BackupStage,
             reason,
@@ -187,6 +239,7 @@ fn auto(facts: &ModeFacts) -> Choice {
         };
     }
     if facts.version.has_lock_instance()
+        && facts.all_tables_visible
         && facts.non_transactional.is_empty()
         && facts.atomic_snapshot
     {
@@ -200,7 +253,12 @@ fn auto(facts: &ModeFacts) -> Choice {
             exact_coordinates: false,
         };
     }
-    let why = if !facts.non_transactional.is_empty() {
+    let why = if !facts.all_tables_visible && facts.version.has_lock_instance() {
+        format!(
+            "LOCK INSTANCE FOR BACKUP is consistent only for InnoDB, and {}",
+            BLIND_TO_ENGINES.replace("so that it can", "so that auto can choose it")
+        )
+    } else if !facts.non_transactional.is_empty() {
         format!(
             "non-transactional tables ({}) need a global read lock",
             list(&facts.non_transactional)
@@ -239,6 +297,7 @@ mod tests {
         ModeFacts {
             version: ServerVersion::parse(version, ""),
             non_transactional: non_transactional.iter().map(|s| s.to_string()).collect(),
+            all_tables_visible: true,
             atomic_snapshot: atomic,
             is_replica: false,
             read_only: false,
@@ -304,7 +363,9 @@ mod tests {
     #[test]
     fn inconsistent_requests_are_refused_unless_forced() {
         let myisam = facts("10.11.19-MariaDB", &["shop.audit (MyISAM)"], true);
-        let err = choose(RequestedMode::None, &myisam, false).unwrap_err();
+        let err = choose(RequestedMode::None, &myisam, false)
+            .unwrap_err()
+            .message;
         assert!(
             err.contains("shop.audit") && err.contains("--force"),
             "{err}"
@@ -316,7 +377,8 @@ mod tests {
             &facts("10.11.19-MariaDB", &[], false),
             false,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .message;
         assert!(err.contains("one instant"), "{err}");
         assert!(choose(
             RequestedMode::Instance,
@@ -335,7 +397,8 @@ mod tests {
             &facts("10.11.19-MariaDB", &[], true),
             false,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .message;
         assert!(err.contains("not a replica"), "{err}");
     }
 
@@ -345,6 +408,7 @@ mod tests {
         f.is_replica = true;
         assert!(choose(RequestedMode::Replica, &f, false)
             .unwrap_err()
+            .message
             .contains("read_only"));
         f.read_only = true;
         assert_eq!(
@@ -369,5 +433,40 @@ mod tests {
             .parse::<RequestedMode>()
             .unwrap_err()
             .contains("choose auto"));
+    }
+
+    /// The README's grants without SHOW VIEW: information_schema.TABLES shows nothing, so
+    /// no table is known to be InnoDB (measured on MariaDB 10.11; the MySQL paths are
+    /// the same facts as the server would give them).
+    #[test]
+    fn a_user_blind_to_table_engines_gets_no_innodb_only_mode() {
+        let blind = |version: &str| ModeFacts {
+            all_tables_visible: false,
+            ..facts(version, &[], true)
+        };
+        for (version, requested) in [
+            ("10.11.19-MariaDB", RequestedMode::None),
+            ("8.0.36", RequestedMode::None),
+            ("8.0.36", RequestedMode::Instance),
+            ("8.4.3", RequestedMode::Instance),
+        ] {
+            let err = choose(requested, &blind(version), false).unwrap_err();
+            assert!(err.needs_grant, "{version} {requested:?}");
+            assert!(err.message.contains("SHOW VIEW ON *.*"), "{}", err.message);
+            assert!(choose(requested, &blind(version), true)
+                .unwrap()
+                .reason
+                .starts_with("forced"));
+        }
+        // auto never picks LOCK INSTANCE FOR BACKUP blind; on MariaDB BACKUP STAGE is
+        // consistent for every engine, and says what it could not see.
+        for version in ["8.0.36", "8.4.3"] {
+            let c = choose(RequestedMode::Auto, &blind(version), false).unwrap();
+            assert_eq!(c.mode, LockMode::Ftwrl, "{version}");
+            assert!(c.reason.contains("SHOW VIEW"), "{}", c.reason);
+        }
+        let c = choose(RequestedMode::Auto, &blind("10.11.19-MariaDB"), false).unwrap();
+        assert_eq!(c.mode, LockMode::BackupStage);
+        assert!(c.reason.contains("SHOW VIEW"), "{}", c.reason);
     }
 }

@@ -6,6 +6,7 @@ pub mod credentials;
 pub mod layout;
 pub mod lock;
 pub mod lock_mode;
+pub mod option_files;
 pub mod probe;
 pub mod server;
 pub mod sessions;

@@ -10,7 +10,7 @@ use crate::db::credentials::Credentials;
 use crate::db::layout::{Layout, ServerPaths};
 use crate::db::lock_mode::LockMode;
 use crate::db::stall_guard::LongQueryPolicy;
-use crate::db::version::ServerVersion;
+use crate::db::version::{Flavor, ServerVersion, Version};
 use crate::error::{fail, Class};
 
 /// What dbsnap knows about the server it backs up.
@@ -137,7 +137,8 @@ pub fn missing_privileges(
     policy: LongQueryPolicy,
 ) -> Vec<&'static str> {
     let has_any = |names: &[&str]| names.iter().any(|n| granted.iter().any(|g| g == n));
-    let mut needed: Vec<&[&'static str]> = Vec::new();
+    // Listing InnoDB's tablespace files (some may live outside the datadir).
+    let mut needed: Vec<&[&'static str]> = vec![&["PROCESS"]];
     match mode {
         LockMode::Ftwrl | LockMode::BackupStage => needed.push(&["RELOAD"]),
         LockMode::Instance => needed.push(&["BACKUP_ADMIN"]),
@@ -161,6 +162,35 @@ pub fn missing_privileges(
         .collect()
 }
 
+/// Global privileges any one of which makes every table visible in
+/// `information_schema.TABLES`: the server lists only tables on which the user holds
+/// some privilege. `SHOW VIEW` is the narrowest (it shows view definitions, no data);
+/// measured on MariaDB 10.11: with RELOAD and BINLOG MONITOR alone the user sees no
+/// table at all, with `SHOW VIEW ON *.*` (or SELECT, or REFERENCES) every one.
+pub const TABLE_VISIBILITY: &[&str] = &[
+    "SHOW VIEW",
+    "SELECT",
+    "REFERENCES",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "CREATE",
+    "DROP",
+    "INDEX",
+    "ALTER",
+    "CREATE VIEW",
+    "TRIGGER",
+];
+
+/// Whether `granted` (global privileges) lets the user see every table's engine.
+/// Privileges on single databases or through roles do not count: they cannot show
+/// tables in databases created later, so dbsnap would not know what it cannot see.
+pub fn sees_every_table(granted: &[String]) -> bool {
+    TABLE_VISIBILITY
+        .iter()
+        .any(|p| granted.iter().any(|g| g == p))
+}
+
 /// User tables whose engine has no crash recovery, as `schema.table (ENGINE)`. MEMORY and
 /// BLACKHOLE keep nothing on disk; Aria is listed because only its transactional tables
 /// recover.
@@ -181,11 +211,52 @@ pub async fn read_only(conn: &mut Conn) -> anyhow::Result<bool> {
         .query_first("SELECT @@global.read_only")
         .await
         .context("reading @@read_only")?;
-    Ok(v.unwrap_or(0) != 0)
+    Ok(v.context("the server returned no @@read_only")? != 0)
 }
 
-/// Read the server's file layout (outside the lock).
-pub async fn layout(conn: &mut Conn) -> anyhow::Result<Layout> {
+/// The statement that lists InnoDB's tablespace files on this server: MariaDB names
+/// them in `INNODB_SYS_TABLESPACES.FILENAME`, MySQL 8 in `INNODB_DATAFILES.PATH`,
+/// MySQL 5.7 in `INNODB_SYS_DATAFILES.PATH`. All need PROCESS.
+pub fn tablespace_query(version: &ServerVersion) -> &'static str {
+    match version.flavor {
+        Flavor::MariaDb => {
+            "SELECT FILENAME FROM information_schema.INNODB_SYS_TABLESPACES \
+             WHERE FILENAME IS NOT NULL"
+        }
+        Flavor::MySql if version.version >= Version(8, 0, 0) => {
+            "SELECT PATH FROM information_schema.INNODB_DATAFILES WHERE PATH IS NOT NULL"
+        }
+        Flavor::MySql => {
+            "SELECT PATH FROM information_schema.INNODB_SYS_DATAFILES WHERE PATH IS NOT NULL"
+        }
+    }
+}
+
+/// The tablespace files from the answer to [`tablespace_query`]. InnoDB always has
+/// some (the system tablespace, the `mysql` schema's tables), so an empty answer
+/// means the query could not see them: an error, never "no files outside the datadir".
+pub fn tablespace_files(rows: Vec<Option<String>>, query: &str) -> anyhow::Result<Vec<String>> {
+    let files: Vec<String> = rows
+        .into_iter()
+        .flatten()
+        .filter(|f| !f.is_empty())
+        .collect();
+    if files.is_empty() {
+        return Err(fail(
+            Class::Privileges,
+            format!(
+                "the server listed no InnoDB tablespace files ({query}), though it always has \
+                 some: dbsnap cannot tell which files outside the datadir to copy. Check that \
+                 the backup user has PROCESS (GRANT PROCESS ON *.* TO <user>)"
+            ),
+        ));
+    }
+    Ok(files)
+}
+
+/// Read the server's file layout (outside the lock). Every query here must succeed and
+/// see what must exist: a directory it misses would be silently left out of the backup.
+pub async fn layout(conn: &mut Conn, version: &ServerVersion) -> anyhow::Result<Layout> {
     type Row = (
         String,
         Option<String>,
@@ -207,20 +278,31 @@ pub async fn layout(conn: &mut Conn) -> anyhow::Result<Layout> {
         .context("the server returned no paths")?;
     let (datadir, log_bin_basename, redo, data_home, undo, relay, socket, pid_file) = row;
     // MariaDB only; MySQL has no Aria engine.
-    let aria_log_dir: Option<String> = conn
-        .query_first::<Option<String>, _>("SELECT @@aria_log_dir_path")
-        .await
-        .ok()
-        .flatten()
-        .flatten();
-    // MariaDB's view of InnoDB tablespaces; on servers without it, none are listed.
-    let tablespace_files: Vec<String> = conn
-        .query(
-            "SELECT FILENAME FROM information_schema.INNODB_SYS_TABLESPACES \
-             WHERE FILENAME IS NOT NULL",
-        )
-        .await
-        .unwrap_or_default();
+    let aria_log_dir: Option<String> = match version.flavor {
+        Flavor::MariaDb => conn
+            .query_first::<Option<String>, _>("SELECT @@aria_log_dir_path")
+            .await
+            .context("reading @@aria_log_dir_path")?
+            .flatten(),
+        Flavor::MySql => None,
+    };
+    let query = tablespace_query(version);
+    let rows: Vec<Option<String>> = conn.query(query).await.map_err(|e| {
+        let denied =
+            matches!(&e, mysql_async::Error::Server(s) if s.code == 1227 || s.code == 1142);
+        let what = format!(
+            "cannot list InnoDB's tablespace files ({query}): {e}. dbsnap must know every file \
+             outside the datadir to copy it"
+        );
+        match denied {
+            true => fail(
+                Class::Privileges,
+                format!("{what}. Grant PROCESS ON *.* to the backup user"),
+            ),
+            false => anyhow::anyhow!(what),
+        }
+    })?;
+    let tablespace_files = tablespace_files(rows, query)?;
     Ok(Layout::from_server(
         PathBuf::from(datadir),
         ServerPaths {
@@ -235,4 +317,97 @@ pub async fn layout(conn: &mut Conn) -> anyhow::Result<Layout> {
             tablespace_files,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn version(text: &str) -> ServerVersion {
+        ServerVersion::parse(text, "")
+    }
+
+    #[test]
+    fn tablespaces_are_read_from_each_flavours_own_table() {
+        assert!(tablespace_query(&version("10.11.19-MariaDB")).contains("INNODB_SYS_TABLESPACES"));
+        assert!(tablespace_query(&version("8.0.36")).contains("INNODB_DATAFILES"));
+        assert!(tablespace_query(&version("8.4.3")).contains("INNODB_DATAFILES"));
+        assert!(tablespace_query(&version("5.7.44")).contains("INNODB_SYS_DATAFILES"));
+    }
+
+    /// `SELECT PATH FROM information_schema.INNODB_DATAFILES` on MySQL 8.0.36 with a
+    /// table created `DATA DIRECTORY = '/srv/fast'` (recorded response).
+    #[test]
+    fn mysql_8_tablespaces_outside_the_datadir_are_copied() {
+        let rows = [
+            "./ibdata1",
+            "./sys/sys_config.ibd",
+            "./mysql.ibd",
+            "./undo_001",
+            "./undo_002",
+            "./shop/orders.ibd",
+            "/srv/fast/shop/events.ibd",
+        ]
+        .map(|p| Some(p.to_string()))
+        .to_vec();
+        let query = tablespace_query(&version("8.0.36"));
+        let files = tablespace_files(rows, query).unwrap();
+        let layout = Layout::from_server(
+            PathBuf::from("/var/lib/mysql"),
+            ServerPaths {
+                tablespace_files: files,
+                ..ServerPaths::default()
+            },
+        );
+        assert!(
+            layout
+                .dirs
+                .iter()
+                .any(|d| d.role == "tablespace" && d.path == Path::new("/srv/fast/shop")),
+            "{layout:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_tablespace_list_is_an_error() {
+        let query = tablespace_query(&version("8.0.36"));
+        let err = tablespace_files(vec![], query).unwrap_err();
+        assert!(err.to_string().contains("PROCESS"), "{err}");
+        let err = tablespace_files(vec![None, Some(String::new())], query).unwrap_err();
+        assert_eq!(crate::error::class_of(&err), Class::Privileges);
+    }
+
+    #[test]
+    fn missing_privileges_include_process_for_the_tablespace_list() {
+        let granted = vec!["RELOAD".to_string(), "BINLOG MONITOR".to_string()];
+        let missing =
+            missing_privileges(&granted, LockMode::BackupStage, true, LongQueryPolicy::Wait);
+        assert_eq!(missing, vec!["PROCESS"]);
+    }
+
+    /// `SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES` for the README's
+    /// grants, on MariaDB 10.11 and MySQL 8.0 (recorded responses).
+    #[test]
+    fn table_engines_are_visible_only_with_a_global_table_privilege() {
+        let granted = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(!sees_every_table(&granted(&[
+            "RELOAD",
+            "BINLOG MONITOR",
+            "PROCESS"
+        ])));
+        assert!(!sees_every_table(&granted(&[
+            "RELOAD",
+            "PROCESS",
+            "REPLICATION CLIENT",
+            "BACKUP_ADMIN"
+        ])));
+        assert!(sees_every_table(&granted(&[
+            "RELOAD",
+            "PROCESS",
+            "SHOW VIEW"
+        ])));
+        assert!(sees_every_table(&granted(&["SELECT", "RELOAD"])));
+    }
 }

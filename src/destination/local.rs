@@ -7,8 +7,9 @@ use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{Backup, Destination, Entry, Partial, ReceivedCopies};
-use crate::db::DbPath;
+use dbsnap_backend_api::mounts;
+
+use super::{Backup, Destination, Entry, Partial, ReceivedCopies, ServerFiles};
 use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
 use crate::manifest::{Manifest, MANIFEST_FILE};
@@ -58,12 +59,19 @@ impl LocalDir {
     }
 }
 
-/// `dir` if it is a backup directory (it holds a manifest), in canonical form.
-pub fn backup_dir_at(dir: &Path) -> Option<PathBuf> {
-    dir.join(MANIFEST_FILE)
-        .is_file()
-        .then(|| dir.canonicalize().ok())
-        .flatten()
+/// `dir` if it is a backup directory (it holds a manifest), in canonical form. A
+/// partial copy is never one, even one that has its manifest (a run stopped between
+/// writing it and publishing).
+pub fn backup_dir_at(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let partial = dir
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().ends_with(PARTIAL));
+    if partial || !dir.join(MANIFEST_FILE).is_file() {
+        return Ok(None);
+    }
+    let dir = dir.canonicalize()?;
+    Manifest::open_backup(&dir)?;
+    Ok(Some(dir))
 }
 
 /// Delete a backup directory or a partial one with the received copies its manifest
@@ -86,6 +94,41 @@ pub async fn remove_dir(
     std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
 }
 
+/// A destination on a filesystem that is being snapshotted takes its room from the
+/// live server's filesystem, where the snapshot already pins every block the copy
+/// duplicates: a full filesystem there crashes the server. Refused unless `--force`.
+fn check_filesystem(dest: &Path, canonical: &Path, server: &ServerFiles<'_>) -> anyhow::Result<()> {
+    let table = mounts::read_mount_table().map_err(crate::error::backend_error)?;
+    let Some(dest_mount) = mounts::mount_of(&table, canonical) else {
+        return Ok(());
+    };
+    let shared = server
+        .volumes
+        .iter()
+        .find(|v| mounts::mount_of(&table, &v.root).is_some_and(|m| m.device == dest_mount.device));
+    let Some(volume) = shared else {
+        return Ok(());
+    };
+    let what = format!(
+        "the destination {} is on the filesystem being snapshotted ({}, which holds the server's \
+         files at {}): every backup there uses the live filesystem's space, and while the copy \
+         runs the snapshot pins the blocks it duplicates; a full filesystem crashes the server",
+        dest.display(),
+        dest_mount.source,
+        volume.root.display()
+    );
+    if !server.force {
+        return Err(fail(
+            Class::Destination,
+            format!(
+                "{what}. Choose a [backup] dest on another filesystem, or pass --force to accept it"
+            ),
+        ));
+    }
+    tracing::warn!("{what} (accepted with --force)");
+    Ok(())
+}
+
 /// Make the files under `dir` durable (before a rename publishes them).
 pub fn sync_tree(dir: &Path) -> anyhow::Result<()> {
     let file = std::fs::File::open(dir)?;
@@ -103,7 +146,7 @@ impl Destination for LocalDir {
         Some(&self.dir)
     }
 
-    async fn check(&self, server_dirs: &[DbPath]) -> anyhow::Result<()> {
+    async fn check(&self, server: &ServerFiles<'_>) -> anyhow::Result<()> {
         let dest = &self.dir;
         let meta = std::fs::metadata(dest).map_err(|e| {
             fail(
@@ -121,7 +164,7 @@ impl Destination for LocalDir {
             ));
         }
         let canonical = dest.canonicalize()?;
-        if let Some(d) = server_dirs.iter().find(|d| canonical.starts_with(&d.path)) {
+        if let Some(d) = server.dirs.iter().find(|d| canonical.starts_with(&d.path)) {
             return Err(fail(
                 Class::Destination,
                 format!(
@@ -138,7 +181,7 @@ impl Destination for LocalDir {
                 format!("the destination {} is not writable: {e}", dest.display()),
             )
         })?;
-        Ok(())
+        check_filesystem(dest, &canonical, server)
     }
 
     async fn free_bytes(&self) -> anyhow::Result<u64> {
@@ -159,8 +202,14 @@ impl Destination for LocalDir {
     }
 
     async fn resolve(&self, name: &str) -> anyhow::Result<Option<Backup>> {
-        let Some(Entry::Backup(backup)) = Self::entry(self.dir.join(name), name.to_string()) else {
-            return Ok(None);
+        let backup = match Self::entry(self.dir.join(name), name.to_string()) {
+            Some(Entry::Backup(backup)) => backup,
+            // Say what is wrong with its manifest, not that it is not there.
+            Some(Entry::Invalid { path, .. }) => {
+                Manifest::open_backup(&path)?;
+                return Ok(None);
+            }
+            _ => return Ok(None),
         };
         let mut backup = *backup;
         backup.path = backup.path.canonicalize()?;
@@ -172,17 +221,13 @@ impl Destination for LocalDir {
         at: DateTime<Utc>,
         journal: &mut Journal,
     ) -> anyhow::Result<Partial> {
-        for name in super::names_for(at) {
-            if self.dir.join(&name).exists() {
-                continue;
+        super::claim_first(at, journal, |name, journal| {
+            if self.dir.join(name).exists() {
+                return Ok(None);
             }
-            let dir = self.partial_dir(&name);
-            if let Some(partial) = Partial::claim(&name, dir, journal, |d| std::fs::create_dir(d))?
-            {
-                return Ok(partial);
-            }
-        }
-        unreachable!("names_for never ends")
+            let dir = self.partial_dir(name);
+            Partial::claim(name, dir, journal, |d| std::fs::create_dir(d))
+        })
     }
 
     async fn publish(

@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{Backup, Destination, Entry as Listed, Partial, ReceivedCopies};
-use crate::db::DbPath;
+use super::{Backup, Destination, Entry as Listed, Partial, ReceivedCopies, ServerFiles};
 use crate::journal::{Journal, Resource};
 use crate::manifest::Manifest;
 
@@ -39,7 +38,7 @@ impl Destination for MemoryDestination {
         Path::new(ROOT)
     }
 
-    async fn check(&self, _server_dirs: &[DbPath]) -> anyhow::Result<()> {
+    async fn check(&self, _server: &ServerFiles<'_>) -> anyhow::Result<()> {
         Ok(())
     }
 
@@ -70,19 +69,16 @@ impl Destination for MemoryDestination {
         at: DateTime<Utc>,
         journal: &mut Journal,
     ) -> anyhow::Result<Partial> {
-        for name in super::names_for(at) {
-            let create = |_: &Path| match self.held.lock().unwrap().entry(name.clone()) {
+        super::claim_first(at, journal, |name, journal| {
+            let create = |_: &Path| match self.held.lock().unwrap().entry(name.to_string()) {
                 Entry::Occupied(_) => Err(std::io::ErrorKind::AlreadyExists.into()),
                 Entry::Vacant(v) => {
                     v.insert(None);
                     Ok(())
                 }
             };
-            if let Some(partial) = Partial::claim(&name, partial_of(&name), journal, create)? {
-                return Ok(partial);
-            }
-        }
-        unreachable!("names_for never ends")
+            Partial::claim(name, partial_of(name), journal, create)
+        })
     }
 
     async fn publish(

@@ -59,6 +59,16 @@ use crate::manifest::Manifest;
 
 pub use choose::{open, open_configured};
 
+/// What a destination must stay clear of: the server's directories and the volumes
+/// that hold them (a destination on one takes its room from the live server while the
+/// snapshot pins the blocks the copy duplicates).
+pub struct ServerFiles<'a> {
+    pub dirs: &'a [DbPath],
+    pub volumes: &'a [dbsnap_backend_api::Volume],
+    /// `--force`: accept a destination on a snapshotted volume (with a warning).
+    pub force: bool,
+}
+
 /// A complete backup at a destination.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backup {
@@ -141,6 +151,21 @@ impl Partial {
     }
 }
 
+/// The first name for a backup started `at` whose partial `claim` creates (`None`:
+/// taken, try the next).
+pub fn claim_first(
+    at: DateTime<Utc>,
+    journal: &mut Journal,
+    mut claim: impl FnMut(&str, &mut Journal) -> anyhow::Result<Option<Partial>>,
+) -> anyhow::Result<Partial> {
+    for name in names_for(at) {
+        if let Some(partial) = claim(&name, journal)? {
+            return Ok(partial);
+        }
+    }
+    unreachable!("names_for never ends")
+}
+
 /// The names a backup started `at` may take, in order: `20261125T214500Z`, then
 /// `20261125T214500Z.1`, `.2` ...
 pub fn names_for(at: DateTime<Utc>) -> impl Iterator<Item = String> {
@@ -189,9 +214,10 @@ pub trait Destination: Send + Sync {
         None
     }
 
-    /// That backups can be written here: it exists, is writable and lies outside the
-    /// server's directories `server_dirs`. Before the lock.
-    async fn check(&self, server_dirs: &[DbPath]) -> anyhow::Result<()>;
+    /// That backups can be written here: it exists, is writable, lies outside the
+    /// server's directories and (unless forced) takes no room from the volumes being
+    /// snapshotted. Before the lock.
+    async fn check(&self, server: &ServerFiles<'_>) -> anyhow::Result<()>;
 
     /// Free space for new backups, in bytes.
     async fn free_bytes(&self) -> anyhow::Result<u64>;
@@ -262,11 +288,12 @@ pub async fn resolve_backup(
     dest: Option<&dyn Destination>,
     given: &str,
 ) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = local::backup_dir_at(Path::new(given)) {
+    if let Some(dir) = local::backup_dir_at(Path::new(given))? {
         return Ok(dir);
     }
     if let Some(dest) = dest.filter(|_| !given.contains('/')) {
         if let Some(backup) = dest.resolve(given).await? {
+            crate::manifest::Manifest::open_backup(&backup.path)?;
             return Ok(backup.path);
         }
     }

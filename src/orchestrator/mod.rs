@@ -281,7 +281,12 @@ pub async fn plan_transfer<'a>(
     prepared: &Survey,
 ) -> anyhow::Result<Box<dyn Transfer + 'a>> {
     let dest = copy.dest.as_ref();
-    dest.check(&prepared.layout.dirs).await?;
+    let server = crate::destination::ServerFiles {
+        dirs: &prepared.layout.dirs,
+        volumes: &prepared.volumes,
+        force: plan.force,
+    };
+    dest.check(&server).await?;
     let facts = Facts {
         datadir: &prepared.layout.datadir,
         volumes: &prepared.volumes,

@@ -65,7 +65,7 @@ pub async fn prepare(plan: &Plan, backend: &dyn SnapshotBackend) -> anyhow::Resu
         server.version,
         server.target()
     );
-    let mut layout = server::layout(&mut conn).await?;
+    let mut layout = server::layout(&mut conn, &server.version).await?;
     layout.canonicalize().map_err(|e| {
         fail(
             Class::Layout,
@@ -76,8 +76,9 @@ pub async fn prepare(plan: &Plan, backend: &dyn SnapshotBackend) -> anyhow::Resu
     let roots = layout.copy_roots();
     let probed = backend.probe(&roots).await.map_err(backend_error)?;
     let (volumes, atomic) = (probed.volumes, probed.atomic);
-    let (lock, is_replica) = choose_lock(plan, &server, &mut conn, atomic).await?;
-    check_privileges(plan, &mut conn, &lock, &layout).await?;
+    let granted = server::privileges(&mut conn).await?;
+    let (lock, is_replica) = choose_lock(plan, &server, &mut conn, &granted, atomic).await?;
+    check_privileges(plan, &mut conn, &granted, &lock, &layout).await?;
     let free_space = free_space(&volumes)?;
     check_free_space(plan, &free_space)?;
 
@@ -117,17 +118,24 @@ async fn choose_lock(
     plan: &Plan,
     server: &Server,
     conn: &mut Conn,
+    granted: &[String],
     atomic: bool,
 ) -> anyhow::Result<(Choice, bool)> {
     let facts = ModeFacts {
         version: server.version.clone(),
         non_transactional: server::non_transactional_tables(conn).await?,
+        all_tables_visible: server::sees_every_table(granted),
         atomic_snapshot: atomic,
         is_replica: coordinates::is_replica(conn, &server.version).await?,
         read_only: server::read_only(conn).await?,
     };
-    let lock = lock_mode::choose(plan.lock.requested, &facts, plan.force)
-        .map_err(|e| fail(Class::Config, e))?;
+    let lock = lock_mode::choose(plan.lock.requested, &facts, plan.force).map_err(|e| {
+        let class = match e.needs_grant {
+            true => Class::Privileges,
+            false => Class::Config,
+        };
+        fail(class, e.message)
+    })?;
     tracing::info!("lock mode {}: {}", lock.mode, lock.reason);
     Ok((lock, facts.is_replica))
 }
@@ -135,12 +143,12 @@ async fn choose_lock(
 async fn check_privileges(
     plan: &Plan,
     conn: &mut Conn,
+    granted: &[String],
     lock: &Choice,
     layout: &Layout,
 ) -> anyhow::Result<()> {
-    let granted = server::privileges(conn).await?;
     let missing = server::missing_privileges(
-        &granted,
+        granted,
         lock.mode,
         layout.binlog_basename.is_some(),
         plan.lock.long_queries,

@@ -22,7 +22,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use error::{BackendError, Result};
-pub use name::{validate_name, SnapshotName, SNAPSHOT_PREFIX};
+pub use name::{
+    validate_name, validate_name_up_to, SnapshotName, MAX_NAME_LEN, MAX_SNAPSHOT_NAME_LEN,
+    SNAPSHOT_PREFIX,
+};
 pub use stream::{NativeStream, Received, StreamParent};
 
 /// A filesystem volume that holds one or more database paths.

@@ -127,3 +127,52 @@ mod tests {
         assert_eq!(mount_of(&t, Path::new("/a/b")).unwrap().fstype, "btrfs");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// How the kernel writes a path into mountinfo: space, tab, newline and backslash
+    /// as `\ooo`.
+    fn escape(path: &str) -> String {
+        path.chars()
+            .map(|c| match c {
+                ' ' | '\t' | '\n' | '\\' => format!("\\{:03o}", c as u32),
+                c => c.to_string(),
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_parses_without_panicking(text in "(?s).{0,400}") {
+            let _ = parse_mountinfo(&text);
+        }
+
+        #[test]
+        fn mount_points_with_any_characters_round_trip(
+            mount_point in "/[^\u{0}]{0,40}",
+            fs_root in "/[^\u{0}]{0,20}",
+            source in "[^\u{0} ]{1,20}",
+            fstype in "[a-z0-9]{1,8}",
+        ) {
+            let line = format!(
+                "36 35 98:0 {} {} rw,noatime master:1 - {fstype} {} rw,errors=continue\n",
+                escape(&fs_root),
+                escape(&mount_point),
+                escape(&source)
+            );
+            let table = parse_mountinfo(&line);
+            prop_assert_eq!(table.len(), 1);
+            prop_assert_eq!(&table[0].mount_point, &PathBuf::from(&mount_point));
+            prop_assert_eq!(&table[0].fs_root, &PathBuf::from(&fs_root));
+            prop_assert_eq!(&table[0].source, &source);
+            prop_assert_eq!(&table[0].fstype, &fstype);
+            prop_assert_eq!(&table[0].device, "98:0");
+        }
+    }
+}

@@ -325,3 +325,101 @@ mod tests {
         assert!(serde_json::from_str::<WireSet>(text).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What the adapter does with a plugin's stdout: JSON, then the verb's response.
+    fn parse_all(text: &str) {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+            return;
+        };
+        let _ = serde_json::from_value::<ErrorResponse>(value.clone());
+        let _ = serde_json::from_value::<VersionResponse>(value.clone());
+        let _ = serde_json::from_value::<ProbeResponse>(value.clone());
+        let _ = serde_json::from_value::<PlanResponse>(value.clone());
+        let _ = serde_json::from_value::<MountResponse>(value.clone());
+        let _ = serde_json::from_value::<ListResponse>(value.clone());
+        let _ = serde_json::from_value::<Empty>(value.clone());
+        if let Ok(health) = serde_json::from_value::<HealthResponse>(value) {
+            let _ = dbsnap_backend_api::Health::from(health);
+        }
+    }
+
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            ".{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("error".to_string()),
+                        Just("snapshots".to_string()),
+                        Just("sets".to_string()),
+                        Just("name".to_string()),
+                        Just("status".to_string()),
+                        Just("used_percent".to_string()),
+                        Just("protocol_version".to_string()),
+                        Just("volumes".to_string()),
+                        Just("read_paths".to_string()),
+                        "[a-z_]{1,10}",
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_parses_without_panicking(text in "(?s).{0,300}") {
+            parse_all(&text);
+        }
+
+        #[test]
+        fn any_json_response_parses_without_panicking(value in json()) {
+            parse_all(&value.to_string());
+        }
+
+        #[test]
+        fn version_negotiation_never_panics(versions in proptest::collection::vec(any::<u32>(), 0..8)) {
+            if let Some(v) = negotiate(&versions) {
+                prop_assert!(versions.contains(&v));
+            }
+        }
+
+        #[test]
+        fn snapshot_sets_round_trip(
+            name in "dbsnap-[a-zA-Z0-9_.-]{1,40}",
+            snapshots in proptest::collection::vec((".{0,20}", "/.{0,20}", "[a-z0-9]{1,8}", ".{0,20}"), 0..4),
+        ) {
+            let set = SnapshotSet {
+                backend: "exec:x".into(),
+                name: SnapshotName::new(name).unwrap(),
+                snapshots: snapshots
+                    .into_iter()
+                    .map(|(vid, root, fstype, id)| VolumeSnapshot {
+                        volume: Volume { id: vid, root: root.into(), fstype },
+                        id,
+                    })
+                    .collect(),
+            };
+            let text = serde_json::to_string(&WireSet::from(&set)).unwrap();
+            let back: WireSet = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(back.into_set("exec:x"), set);
+        }
+    }
+}

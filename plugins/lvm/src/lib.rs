@@ -34,8 +34,9 @@ use async_trait::async_trait;
 use dbsnap_backend_api::command::Cmd;
 use dbsnap_backend_api::mounts::{mount_of, read_mount_table, MountEntry};
 use dbsnap_backend_api::{
-    validate_name, BackendError, Health, Probe, ReadPath, Result, RollbackOutcome, SnapshotBackend,
-    SnapshotName, SnapshotSet, Volume, VolumeSnapshot, SNAPSHOT_PREFIX,
+    validate_name, validate_name_up_to, BackendError, Health, Probe, ReadPath, Result,
+    RollbackOutcome, SnapshotBackend, SnapshotName, SnapshotSet, Volume, VolumeSnapshot,
+    SNAPSHOT_PREFIX,
 };
 use serde::Deserialize;
 
@@ -96,6 +97,28 @@ impl Lvm {
 
 fn unsupported(path: &Path, reason: impl Into<String>, hint: impl Into<String>) -> BackendError {
     BackendError::unsupported(NAME, path, reason, hint)
+}
+
+/// LVM allows 127 characters in an LV name, and device-mapper 127 in the device's
+/// name, `VG-LV` with every `-` inside VG and LV doubled. A longer name would make
+/// `lvcreate` fail inside the lock window: refused here, in `plan`.
+const MAX_LVM_NAME_LEN: usize = 127;
+
+fn check_snapshot_lv_name(vg: &str, lv_name: &str, root: &Path) -> Result<()> {
+    validate_name_up_to("snapshot LV name", lv_name, MAX_LVM_NAME_LEN)?;
+    let dm_name_len = |s: &str| s.len() + s.matches('-').count();
+    let dm_len = dm_name_len(vg) + 1 + dm_name_len(lv_name);
+    if dm_len > MAX_LVM_NAME_LEN {
+        return Err(unsupported(
+            root,
+            format!(
+                "the snapshot {vg}/{lv_name} would need a {dm_len}-character device-mapper name \
+                 (every '-' doubled), over the limit of {MAX_LVM_NAME_LEN}"
+            ),
+            "Use a shorter label, with fewer '-'",
+        ));
+    }
+    Ok(())
 }
 
 /// The volume groups named in a set's snapshot ids, each once.
@@ -370,7 +393,7 @@ impl SnapshotBackend for Lvm {
         for (index, volume) in volumes.iter().enumerate() {
             let (vg, _) = split_lv_id(&volume.id)?;
             let lv_name = format!("{name}.{index}");
-            validate_name("snapshot LV name", &lv_name)?;
+            check_snapshot_lv_name(vg, &lv_name, &volume.root)?;
             snapshots.push(VolumeSnapshot {
                 volume: volume.clone(),
                 id: format!("{vg}/{lv_name}"),

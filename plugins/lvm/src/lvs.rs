@@ -264,3 +264,49 @@ mod tests {
         assert!(err.contains("lv_size of v/a"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Field values as lvs prints them, and some it never should.
+    fn field() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9]{1,20}",
+            "[0-9]{1,3}\\.[0-9]{2}",
+            "[-a-zA-Z0-9_.,]{0,16}",
+            ".{0,8}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_parses_without_panicking(text in "(?s).{0,400}") {
+            let _ = parse_report(&text);
+        }
+
+        #[test]
+        fn any_field_values_parse_without_panicking(values in proptest::collection::vec(field(), 14)) {
+            let names = [
+                "lv_name", "vg_name", "lv_attr", "lv_size", "origin", "pool_lv", "lv_tags",
+                "lv_kernel_major", "lv_kernel_minor", "data_percent", "snap_percent",
+                "metadata_percent", "vg_extent_size", "vg_free_count",
+            ];
+            let lv: serde_json::Map<String, serde_json::Value> = names
+                .iter()
+                .zip(&values)
+                .map(|(n, v)| (n.to_string(), serde_json::Value::String(v.clone())))
+                .collect();
+            let report = serde_json::json!({"report": [{"lv": [lv]}]});
+            if let Ok(lvs) = parse_report(&report.to_string()) {
+                for lv in &lvs {
+                    let _ = (lv.kind(), lv.is_invalid_snapshot(), lv.is_open(), lv.full_name());
+                }
+            }
+        }
+    }
+}

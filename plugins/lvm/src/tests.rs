@@ -81,6 +81,15 @@ async fn plan_names_snapshots_after_the_set() {
         ]
     );
     assert!(lvm.plan(&[volume("vg0/a;b")], &name).await.is_err());
+    // A label of the documented 64 characters fits LVM's and device-mapper's limits.
+    let labelled =
+        SnapshotName::new(format!("dbsnap-20261125T000000Z-{}", "L".repeat(64))).unwrap();
+    let set = lvm.plan(&[volume("vg0/data")], &labelled).await.unwrap();
+    assert_eq!(set.snapshots[0].id.len(), "vg0/".len() + 88 + 2);
+    // One whose doubled '-' overflow the device-mapper name is refused before the lock.
+    let dashes = SnapshotName::new(format!("dbsnap-20261125T000000Z-L{}", "-".repeat(63))).unwrap();
+    let err = lvm.plan(&[volume("vg0/data")], &dashes).await.unwrap_err();
+    assert!(err.to_string().contains("device-mapper"), "{err}");
     assert!(atomic(&[volume("vg0/a")]));
     assert!(!atomic(&[volume("vg0/a"), volume("vg0/b")]));
 }

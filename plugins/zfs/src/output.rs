@@ -164,3 +164,69 @@ mod tests {
         assert!(parse_snapshot_list("tank/a\t-\n").is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_parses_without_panicking(text in "(?s).{0,400}") {
+            let _ = parse_get(&text);
+            let _ = parse_snapshot_list(&text);
+        }
+
+        #[test]
+        fn zfs_get_output_round_trips(
+            rows in proptest::collection::vec(
+                ("[a-z][a-z0-9/_.-]{0,20}", "[a-z:]{1,12}", "[^\t\n\r]{0,20}"),
+                0..12,
+            )
+        ) {
+            let text: String = rows
+                .iter()
+                .map(|(name, property, value)| format!("{name}\t{property}\t{value}\n"))
+                .collect();
+            let parsed = parse_get(&text).unwrap();
+            // Consecutive rows of one name are one entry; within it the last value of a
+            // property wins.
+            let mut expected: Vec<(String, Properties)> = Vec::new();
+            for (name, property, value) in &rows {
+                match expected.last_mut() {
+                    Some((last, props)) if last == name => {
+                        props.insert(property.clone(), value.clone());
+                    }
+                    _ => expected.push((
+                        name.clone(),
+                        BTreeMap::from([(property.clone(), value.clone())]),
+                    )),
+                }
+            }
+            prop_assert_eq!(parsed, expected);
+        }
+
+        #[test]
+        fn zfs_snapshot_lists_round_trip(
+            rows in proptest::collection::vec(
+                ("[a-z][a-z0-9/_.-]{0,20}", "[a-zA-Z0-9_.:-]{1,20}", "[^\t\n\r]{0,20}"),
+                0..12,
+            )
+        ) {
+            let text: String = rows
+                .iter()
+                .map(|(dataset, snapshot, value)| format!("{dataset}@{snapshot}\t{value}\n"))
+                .collect();
+            let parsed = parse_snapshot_list(&text).unwrap();
+            prop_assert_eq!(parsed.len(), rows.len());
+            for (line, (dataset, snapshot, value)) in parsed.iter().zip(&rows) {
+                prop_assert_eq!(&line.dataset, dataset);
+                prop_assert_eq!(&line.snapshot, snapshot);
+                prop_assert_eq!(&line.value, value);
+            }
+        }
+    }
+}
