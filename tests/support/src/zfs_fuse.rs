@@ -130,7 +130,24 @@ impl ZfsFuse {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let pools = zfs.zpool(&["list", "-H", "-o", "name"]);
+        // The socket exists a moment before the daemon accepts on it (seen under load:
+        // "connect: Connection refused"): ask until it answers, within the same deadline.
+        let pools = loop {
+            let out = Command::new("zpool")
+                .args(["list", "-H", "-o", "name"])
+                .output()
+                .expect("running zpool; is zfs-fuse installed?");
+            if out.status.success() {
+                break String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "zfs-fuse did not answer within 20 s: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                zfs.daemon_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
         assert!(
             pools.trim().is_empty(),
             "the private zfs-fuse daemon imported pools it must not see: {pools}"
