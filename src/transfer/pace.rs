@@ -6,7 +6,8 @@
 //!   latency sample at a time and compared with the baseline measured before the lock.
 //!   Never below the floor (a backup always finishes), never above `bwlimit`.
 //! - [`lower_io_priority`]: the copy's threads (and rsync) at the lowest best-effort I/O
-//!   priority, which the BFQ scheduler honours (mq-deadline and none ignore it).
+//!   priority, which the BFQ scheduler honours (mq-deadline orders by class only, none
+//!   ignores priorities).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
