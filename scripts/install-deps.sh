@@ -31,11 +31,17 @@ test_packages=(
     zfs-fuse
     qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static kmod cpio
     borgbackup restic
+    # the restic destination's REST server (`rclone serve restic`)
+    rclone
+    # real sshd for the ssh destination and sftp repository tests
+    openssh-server openssh-client b3sum
     psmisc fonts-dejavu-core jq
     # the package tier: systemd-analyze verify, man -w, cargo-deb's strip
     systemd man-db binutils
     # the metrics tests scrape a real node_exporter
     prometheus-node-exporter
+    # ssh destinations: the tests start their own sshd; b3sum checks checksums there
+    openssh-server openssh-client b3sum
 )
 # The version of cargo-deb that builds the .deb (packaging/build-deb.sh).
 cargo_deb_version=3.8.0

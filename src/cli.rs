@@ -114,6 +114,10 @@ pub enum Command {
     Verify {
         /// A backup directory, or a backup's name at the destination.
         backup: String,
+        /// Only check every stored file against the backup's `checksums` (no server is
+        /// started; on an ssh destination the check runs on the backup host).
+        #[arg(long)]
+        checksums: bool,
     },
     /// Copy a backup into a new datadir and print how to make it a replica.
     ///

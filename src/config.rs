@@ -19,6 +19,9 @@ use crate::db::stall_guard::LongQueryPolicy;
 use crate::error::{fail, Class};
 use crate::hooks::HooksConfig;
 
+mod ssh;
+pub use ssh::{Compress, SshConfig};
+
 pub const DEFAULT_CONFIG: &str = "/etc/dbsnap/dbsnap.toml";
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +137,14 @@ pub struct BackupConfig {
     /// The copy never goes slower than this (per second), so that a backup finishes;
     /// by default 16 MiB, or `bwlimit` if that is lower.
     pub pace_floor: Option<bytesize::ByteSize>,
+    /// Compression on the wire for an ssh destination: `true` (rsync's default level)
+    /// or a level 1-9. Off by default.
+    pub compress: Option<Compress>,
+    /// `[backup.ssh]`: how an `ssh://` destination is reached.
+    #[serde(default)]
+    pub ssh: SshConfig,
+    /// `[backup.restic]`: how to open the repository when `dest = "restic:<repository>"`.
+    pub restic: Option<ResticConfig>,
 }
 
 /// `[backup] pace`.
@@ -318,7 +329,10 @@ impl Config {
             paths.push(("mysql.password_file", p));
         }
         if let Some(b) = &self.backup {
-            paths.push(("backup.dest", &b.dest));
+            // A restic repository is no path; anything else is the ssh side's to sort.
+            if restic::check(b)?.is_some() {
+                ssh::check(b, &mut paths)?;
+            }
         }
         if let Some(p) = &self.snapshot.btrfs.snapshot_dir {
             paths.push(("snapshot.btrfs.snapshot_dir", p));
@@ -390,6 +404,9 @@ impl Config {
     /// A destination that is the root directory, or inside a snapshot directory, would
     /// copy the backup into what is being backed up or into a snapshot that is deleted.
     fn check_dest(&self, dest: &Path) -> Result<(), KeyProblem> {
+        if dest.to_string_lossy().starts_with(RESTIC_SCHEME) {
+            return Ok(()); // a repository: see `restic::check`
+        }
         let key = "backup.dest";
         let normal: Vec<&std::ffi::OsStr> = dest
             .components()
@@ -578,6 +595,9 @@ impl MysqlConfig {
         Ok(creds)
     }
 }
+
+mod restic;
+pub use restic::{ResticConfig, RESTIC_SCHEME};
 
 #[cfg(test)]
 mod tests;

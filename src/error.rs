@@ -39,6 +39,11 @@ pub enum Class {
     /// A kept snapshot became invalid while it was kept (e.g. a classic LVM snapshot
     /// overflowed): what was read from it is not a consistent copy.
     SnapshotInvalid,
+    /// The backup host cannot be reached, refused dbsnap's key, or its host key is
+    /// unknown or changed; or the ssh connection was lost.
+    Remote,
+    /// The restic repository is missing, unreachable, locked, or refused the password.
+    Repository,
     /// Interrupted by SIGINT or SIGTERM; everything was cleaned up.
     Interrupted,
 }
@@ -59,6 +64,8 @@ impl Class {
             Class::Verify => 11,
             Class::Hook => 12,
             Class::SnapshotInvalid => 13,
+            Class::Remote => 14,
+            Class::Repository => 15,
             Class::Interrupted => 130,
         }
     }
@@ -80,6 +87,8 @@ Exit codes:
   11   verification failed: the backup's copy does not recover or check cleanly
   12   a hook failed
   13   a kept snapshot became invalid while kept (released; what read it is not consistent)
+  14   backup host unreachable, key refused, host key unknown or changed, or connection lost
+  15   restic repository missing, unreachable, locked, or wrong password
   130  interrupted (SIGINT/SIGTERM); cleaned up";
 }
 
@@ -197,6 +206,8 @@ mod tests {
             Class::Verify,
             Class::Hook,
             Class::SnapshotInvalid,
+            Class::Remote,
+            Class::Repository,
             Class::Interrupted,
         ];
         let mut codes: Vec<u8> = all.iter().map(|c| c.exit_code()).collect();

@@ -30,14 +30,19 @@ pub struct DiskSpace {
 impl Inventory {
     pub async fn read(config: &Config) -> anyhow::Result<Inventory> {
         let dest = config.backup.as_ref().map(|b| b.dest.as_path());
-        let backups = match dest {
-            Some(dest) if dest.exists() => crate::destination::open(dest)?
+        // An ssh destination is listed over ssh, a restic repository through restic; a
+        // missing local one holds nothing.
+        let listed = config.backup.as_ref().filter(|b| {
+            crate::ssh::is_ssh(&b.dest) || b.restic_repository().is_some() || b.dest.exists()
+        });
+        let backups = match listed {
+            Some(backup) => crate::destination::open(backup, &config.state_dir)?
                 .backups()
                 .await?
                 .into_iter()
                 .map(|b| b.manifest)
                 .collect(),
-            _ => Vec::new(),
+            None => Vec::new(),
         };
         let kept = KeptSnapshot::list(&config.state_dir).map_err(|e| format!("{e:#}"));
         let leftovers = if crate::journal::run_active(&config.state_dir) {

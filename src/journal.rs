@@ -40,9 +40,36 @@ pub enum Resource {
         id: String,
         partial: PathBuf,
     },
+    /// A backup directory on another host (`dir` inside the ssh destination `dest`,
+    /// reached with `ssh`). A `resumable` one is being filled: released, it stays
+    /// there as `NAME.partial` for the next run to resume from. One that is not is a
+    /// backup being removed: released, it is deleted.
+    RemotePartial {
+        dest: String,
+        ssh: crate::config::SshConfig,
+        dir: PathBuf,
+        resumable: bool,
+    },
+    /// A backup of an ssh destination pulled into `state_dir/pulled/NAME` to be
+    /// verified here.
+    Pulled { dir: PathBuf },
     /// A verification's scratch copy of a backup (`.dbsnap-verify-NAME`) and the run
     /// directory (socket, pid file) of the throwaway server started on it.
     Scratch { dir: PathBuf, run_dir: PathBuf },
+    /// A backup fetched from a repository into `state_dir/staging/NAME` (for a
+    /// restore or a verification), removed once used.
+    Fetched { dir: PathBuf },
+    /// restic working on a repository for this run (`restic backup` of the backup being
+    /// written, or forgetting, pruning, checking). Recorded before restic starts;
+    /// `pid` once it runs. An interrupted one may leave a stale lock (on this host,
+    /// of a dead process, taken after `started_at`) and a backup's files without its
+    /// manifest snapshot: `dbsnap cleanup` removes both.
+    ResticRun {
+        /// `[backup] dest`, with any password in it masked.
+        repository: String,
+        pid: Option<u32>,
+        started_at: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,9 +241,14 @@ impl Journal {
     /// it: they are the backup's, no longer leftovers.
     pub fn forget_published(&mut self, partial: &Path) -> anyhow::Result<()> {
         self.entries.retain(|e| match &e.resource {
-            Resource::Partial { dir } => dir != partial,
+            Resource::Partial { dir } | Resource::RemotePartial { dir, .. } => dir != partial,
+            Resource::Pulled { .. } => true,
             Resource::Received { partial: p, .. } => p != partial,
-            Resource::Snapshot { .. } | Resource::Mount { .. } | Resource::Scratch { .. } => true,
+            Resource::Snapshot { .. }
+            | Resource::Mount { .. }
+            | Resource::Scratch { .. }
+            | Resource::Fetched { .. }
+            | Resource::ResticRun { .. } => true,
         });
         self.save()
     }

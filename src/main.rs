@@ -20,11 +20,14 @@ mod orchestrator;
 mod overlap;
 mod procs;
 mod progress;
+mod readback;
 mod records;
 mod release;
 mod relocate;
+mod restic;
 mod restore;
 mod retention;
+mod ssh;
 mod transfer;
 mod verify;
 
@@ -134,7 +137,9 @@ async fn dispatch(cli: &Cli, config: &Config) -> anyhow::Result<()> {
         Command::List => commands::list::run(config, cli.json).await,
         Command::Cleanup { forget: None } => commands::cleanup::run(config, cli.json).await,
         Command::Cleanup { forget: Some(run) } => commands::cleanup::forget(config, cli.json, run),
-        Command::Verify { backup } => commands::verify::run(config, cli.json, backup).await,
+        Command::Verify { backup, checksums } => {
+            commands::verify::run(config, cli.json, backup, *checksums).await
+        }
         Command::Restore { .. } => {
             let request = restore_request(&cli.command).expect("a restore command");
             commands::restore::run(config, cli.json, request).await

@@ -95,6 +95,15 @@ pub struct TransferStats {
     pub bytes_written: u64,
     pub files: u64,
     pub duration_ms: u64,
+    /// The partial an interrupted run left, which this backup continued from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
+    /// Bytes rsync put on the wire (to an ssh destination: before ssh's encryption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire_bytes: Option<u64>,
+    /// For a restic repository: the snapshot holding the files (restic's short id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_snapshot: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +155,8 @@ pub enum TransferMethod {
     CopyReflink,
     /// The local copy engine with unchanged files hard-linked into the previous backup.
     CopyLinkDest,
+    /// `restic backup` into a repository, deduplicated against its parent snapshot.
+    Restic,
     /// The backend's native stream, by the name the backend gives it (`btrfs-send`).
     Stream(String),
 }
@@ -159,6 +170,7 @@ impl TransferMethod {
             TransferMethod::Copy => "copy",
             TransferMethod::CopyReflink => "copy+reflink",
             TransferMethod::CopyLinkDest => "copy+link-dest",
+            TransferMethod::Restic => "restic",
             TransferMethod::Stream(name) => name,
         }
     }
@@ -173,6 +185,7 @@ impl From<String> for TransferMethod {
             "copy" => TransferMethod::Copy,
             "copy+reflink" => TransferMethod::CopyReflink,
             "copy+link-dest" => TransferMethod::CopyLinkDest,
+            "restic" => TransferMethod::Restic,
             _ => TransferMethod::Stream(text),
         }
     }

@@ -9,17 +9,20 @@ use anyhow::Context;
 use dbsnap_backend_api::{SnapshotBackend, SnapshotSet};
 
 use crate::backends::Backends;
-use crate::config::Config;
+use crate::config::{BackupConfig, Config};
 use crate::error::backend_error;
 use crate::journal::{Journal, Resource};
 use crate::kept::KeptSnapshot;
 
 /// Where releasing may act: the state directory, the configured destination (a
-/// journaled partial must lie in it), and how to open any backend by name.
+/// journaled partial must lie in it; a journaled restic run must be on it), and how to
+/// open any backend by name.
 pub struct Scope<'a> {
     pub state_dir: &'a Path,
     pub dest: Option<&'a Path>,
     pub backends: &'a dyn Backends,
+    /// `[backup]`, to open the restic repository a journaled restic run worked on.
+    pub backup: Option<&'a BackupConfig>,
 }
 
 impl<'a> Scope<'a> {
@@ -28,6 +31,7 @@ impl<'a> Scope<'a> {
             state_dir: &config.state_dir,
             dest: config.backup.as_ref().map(|b| b.dest.as_path()),
             backends: &config.snapshot,
+            backup: config.backup.as_ref(),
         }
     }
 }
@@ -58,7 +62,7 @@ pub async fn release_all(scope: &Scope<'_>, journal: &mut Journal) -> anyhow::Re
     stop_orphaned_hooks(journal).await;
     for entry in journal.entries().to_vec().into_iter().rev() {
         let what = describe(&entry.resource);
-        match release_one(scope, &entry.resource).await {
+        match release_one(scope, &entry.run, &entry.resource).await {
             Ok(outcome) => {
                 journal.forget(&entry.resource)?;
                 match outcome {
@@ -190,8 +194,51 @@ fn check_scratch(scope: &Scope<'_>, dir: &Path, run_dir: &Path) -> anyhow::Resul
     Ok(())
 }
 
-async fn release_one(scope: &Scope<'_>, resource: &Resource) -> anyhow::Result<Outcome> {
+/// A backup fetched from a repository is `NAME` directly in `state_dir/staging`,
+/// holding nothing but what a fetch writes (`files/`, the manifest).
+fn check_fetched(scope: &Scope<'_>, dir: &Path) -> anyhow::Result<()> {
+    let staging = crate::destination::staging_dir(scope.state_dir);
+    let own = |e: &std::fs::DirEntry| {
+        let name = e.file_name();
+        name == crate::manifest::FILES_DIR || name == crate::manifest::MANIFEST_FILE
+    };
+    let only_own =
+        std::fs::read_dir(dir).map_or(true, |entries| entries.flatten().all(|e| own(&e)));
+    if !directly_in(dir, &staging) || !only_own {
+        return Err(untrusted(
+            "a backup fetched from a repository",
+            dir,
+            format!(
+                "a directory in {} holding only {}/ and {}",
+                staging.display(),
+                crate::manifest::FILES_DIR,
+                crate::manifest::MANIFEST_FILE
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn release_one(scope: &Scope<'_>, run: &str, resource: &Resource) -> anyhow::Result<Outcome> {
     match resource {
+        Resource::ResticRun {
+            repository,
+            pid,
+            started_at,
+        } => {
+            crate::destination::restic::configured(scope.state_dir, scope.backup, repository)?
+                .release_run(run, *pid, *started_at)
+                .await?;
+            Ok(Outcome::Released)
+        }
+        Resource::Fetched { dir } => {
+            check_fetched(scope, dir)?;
+            if !dir.exists() {
+                return Ok(Outcome::NothingToRelease("it was never created"));
+            }
+            std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+            Ok(Outcome::Released)
+        }
         Resource::Partial { dir } => {
             check_partial(scope, dir)?;
             if !dir.exists() {
@@ -244,6 +291,30 @@ async fn release_one(scope: &Scope<'_>, resource: &Resource) -> anyhow::Result<O
             crate::verify::remove_scratch(dir, run_dir).await?;
             Ok(Outcome::Released)
         }
+        Resource::RemotePartial {
+            dest,
+            ssh,
+            dir,
+            resumable,
+        } => {
+            crate::destination::ssh::release(dest, ssh, dir, *resumable, scope.state_dir).await?;
+            Ok(Outcome::Released)
+        }
+        Resource::Pulled { dir } => {
+            let pulled = scope.state_dir.join(crate::commands::verify::PULLED_DIR);
+            if !directly_in(dir, &pulled) {
+                return Err(untrusted(
+                    "a backup pulled for verification",
+                    dir,
+                    format!("in {}", pulled.display()),
+                ));
+            }
+            if dir.exists() {
+                std::fs::remove_dir_all(dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+            Ok(Outcome::Released)
+        }
     }
 }
 
@@ -252,6 +323,16 @@ pub fn describe(resource: &Resource) -> String {
         Resource::Partial { dir } => format!("partial backup {}", dir.display()),
         Resource::Received { backend, id, .. } => format!("{backend} received copy {id}"),
         Resource::Scratch { dir, .. } => format!("verification scratch copy {}", dir.display()),
+        Resource::ResticRun { repository, .. } => {
+            format!("restic run on {repository} (its stale locks and unpublished snapshots)")
+        }
+        Resource::Fetched { dir } => {
+            format!("backup fetched from a repository into {}", dir.display())
+        }
+        Resource::Pulled { dir } => format!("pulled copy {}", dir.display()),
+        Resource::RemotePartial { dest, dir, .. } => {
+            format!("partial backup {} on {dest}", dir.display())
+        }
         Resource::Mount { set, workdir } => {
             format!("mount of {} under {}", set.name, workdir.display())
         }

@@ -12,11 +12,13 @@ use serde::Serialize;
 
 use crate::db::version::{Flavor, ServerVersion};
 use crate::db::Coordinates;
+use crate::destination::ssh::SshDir;
 use crate::error::{fail, Class};
 use crate::manifest::Manifest;
 use crate::progress::Progress;
 use crate::relocate::{self, Moves};
-use crate::transfer::{self, CopyItem};
+use crate::transfer::rsync;
+use crate::transfer::CopyItem;
 
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -81,8 +83,22 @@ pub struct Replication {
     pub start: String,
 }
 
-pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
-    let manifest = Manifest::read(&request.backup)?;
+/// A backup on another host: `Request::backup` is its path there.
+pub struct RemoteBackup<'a> {
+    pub dest: &'a SshDir,
+    pub manifest: &'a Manifest,
+}
+
+/// Restore `request.backup`: a local backup directory, or (with `remote`) a backup on
+/// an ssh destination's host, pulled over ssh straight into the new directories.
+pub async fn restore(
+    request: &Request,
+    remote: Option<RemoteBackup<'_>>,
+) -> anyhow::Result<Restored> {
+    let manifest = match &remote {
+        Some(r) => r.manifest.clone(),
+        None => Manifest::read(&request.backup)?,
+    };
     let target = &request.datadir;
     if !target.is_absolute() {
         return Err(fail(
@@ -98,7 +114,7 @@ pub async fn restore(request: &Request) -> anyhow::Result<Restored> {
     // Copy. From here until it is complete, an error or an interruption removes what
     // this restore wrote (the guard's drop).
     let mut written = Written(Vec::new());
-    let stats = copy_into(request, &manifest, &moves, &mut written).await?;
+    let stats = copy_into(request, remote.as_ref(), &manifest, &moves, &mut written).await?;
     let moves = Moves(moves);
     let rewritten = relocate_copy(&manifest, &moves)?;
     // The redo log names tablespaces outside the datadir by their original path: crash
@@ -215,10 +231,11 @@ fn check_targets(
 /// Copy every directory of the backup to its target, noting each in `written` first.
 async fn copy_into(
     request: &Request,
+    remote: Option<&RemoteBackup<'_>>,
     manifest: &Manifest,
     moves: &[(PathBuf, PathBuf)],
     written: &mut Written,
-) -> anyhow::Result<transfer::TransferStats> {
+) -> anyhow::Result<crate::manifest::TransferStats> {
     let mut items = Vec::new();
     for (from, to) in moves {
         let existed = to.exists();
@@ -236,10 +253,20 @@ async fn copy_into(
             });
         }
     }
-    let progress = Progress::new(crate::verify::stored_bytes(&request.backup));
+    let (total, pull) = match remote {
+        Some(r) => (
+            r.dest.stored_bytes(&request.backup).await,
+            Some(r.dest.rsync_remote(rsync::Side::Source, None).await?),
+        ),
+        None => (crate::verify::stored_bytes(&request.backup), None),
+    };
+    let progress = Progress::new(total);
     let report = |bytes| progress.set(bytes);
-    let stats =
-        transfer::rsync::copy(&items, transfer::rsync::Writes::Whole, None, None, &report).await?;
+    let options = rsync::Options {
+        remote: pull.as_ref(),
+        ..rsync::Options::default()
+    };
+    let stats = rsync::copy_with(&items, options, &report, &|_, _| {}).await?;
     progress.finish();
     Ok(stats)
 }

@@ -37,6 +37,8 @@ fn a_tiny_run_measures_every_method() {
         ("rsync + reflink (btrfs destination)", 1, "rsync+reflink"),
         ("btrfs-send", 0, "btrfs-send"),
         ("btrfs-send", 1, "btrfs-send"),
+        ("restic (local repository on the backup disk)", 0, "restic"),
+        ("restic (local repository on the backup disk)", 1, "restic"),
     ] {
         assert!(
             methods.contains(&expected),

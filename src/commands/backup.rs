@@ -18,7 +18,7 @@ pub async fn run(
     force: bool,
     max_lock_ms: Option<f64>,
 ) -> anyhow::Result<()> {
-    let copy = CopyPlan::new(config.backup()?)?;
+    let copy = CopyPlan::new(config.backup()?, &config.state_dir)?;
     let plan = Plan::new(config, force)?;
     let backend = backends::open(&config.snapshot)?;
     let (_lock, mut journal) = super::start_run(config).await?;

@@ -24,24 +24,28 @@ struct Report {
     transfer_method: Option<String>,
     /// Free space the next backup needs at the destination.
     needed_bytes: Option<u64>,
+    /// Whether the destination can tell its free space (a remote restic repository
+    /// cannot).
+    room_known: Option<bool>,
 }
 
 pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()> {
     let backend = backends::open(&config.snapshot)?;
     let plan = Plan::new(config, force)?;
     let pre = orchestrator::prepare(&plan, backend.as_ref()).await?.survey;
-    let (destination, transfer_method, needed_bytes) = match &config.backup {
+    let (destination, transfer_method, needed_bytes, room_known) = match &config.backup {
         Some(b) => {
-            let copy = CopyPlan::new(b)?;
+            let copy = CopyPlan::new(b, &config.state_dir)?;
             let transfer =
                 orchestrator::plan_transfer(&plan, &copy, backend.as_ref(), &pre).await?;
             (
-                Some(b.dest.display().to_string()),
+                Some(copy.dest.location().display().to_string()),
                 Some(transfer.describe()),
                 Some(transfer.needed_bytes()),
+                Some(copy.dest.free_bytes().await?.is_some()),
             )
         }
-        None => (None, None, None),
+        None => (None, None, None, None),
     };
     if let Some(dir) = config
         .metrics
@@ -68,6 +72,7 @@ pub async fn run(config: &Config, json: bool, force: bool) -> anyhow::Result<()>
         destination,
         transfer_method,
         needed_bytes,
+        room_known,
     };
     if json {
         return super::print_json(&report);
@@ -101,10 +106,13 @@ fn print(report: &Report) {
         ByteSize::b(report.data_bytes).display().iec()
     );
     if let (Some(d), Some(needed)) = (&report.destination, report.needed_bytes) {
-        println!(
-            "destination  {d} (writable, room for the {} this backup needs)",
-            ByteSize::b(needed).display().iec()
-        );
+        let needed = ByteSize::b(needed).display().iec();
+        match report.room_known {
+            Some(false) => println!(
+                "destination  {d} (reachable; its free space cannot be known: this backup may need up to {needed})"
+            ),
+            _ => println!("destination  {d} (writable, room for the {needed} this backup needs)"),
+        }
     }
     if let Some(m) = &report.transfer_method {
         println!("transfer     {m}");

@@ -8,6 +8,7 @@ use crate::release::{self, Cleaned, Scope};
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
     let lock = RunLock::acquire(&config.state_dir)?;
     let mut journal = Journal::open(&config.state_dir, &lock)?;
+    crate::ssh::session::remove_stale_sockets(&config.state_dir);
     let Cleaned {
         mut released,
         nothing_to_release,

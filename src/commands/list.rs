@@ -20,7 +20,7 @@ struct Entry {
 }
 
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
-    let destination = crate::destination::open(&config.backup()?.dest)?;
+    let destination = crate::destination::open(config.backup()?, &config.state_dir)?;
     let dest = destination.location();
     let mut entries: Vec<Entry> = destination
         .entries()

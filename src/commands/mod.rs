@@ -45,6 +45,7 @@ pub async fn until_signal<T>(work: impl Future<Output = anyhow::Result<T>>) -> a
 pub async fn start_run(config: &Config) -> anyhow::Result<(RunLock, Journal)> {
     let lock = RunLock::acquire(&config.state_dir)?;
     let mut journal = Journal::open(&config.state_dir, &lock)?;
+    crate::ssh::session::remove_stale_sockets(&config.state_dir);
     if !journal.entries().is_empty() {
         tracing::warn!("an earlier run was interrupted; releasing what it left first");
         release::release_all(&release::Scope::of(config), &mut journal).await?;

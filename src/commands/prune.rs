@@ -40,7 +40,7 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
         release_all(&crate::release::Scope::of(config), &mut journal).await?;
     }
 
-    let dest = crate::destination::open_configured(config.backup.as_ref())?;
+    let dest = crate::destination::open_configured(config)?;
     let backups = match &dest {
         Some(d) => own_backups(d.as_ref()).await?,
         None => Vec::new(),
@@ -56,11 +56,16 @@ pub async fn run(config: &Config, json: bool, dry_run: bool) -> anyhow::Result<(
         print_decisions(&report);
     }
     if !dry_run {
+        let mut removed = false;
         for (backup, d) in backups.iter().zip(&report.backups) {
             if let (false, Some(dest)) = (d.keep, &dest) {
                 dest.remove(backup, &mut journal, &config.snapshot).await?;
                 tracing::info!("pruned backup {}", backup.path.display());
+                removed = true;
             }
+        }
+        if let (true, Some(dest)) = (removed, &dest) {
+            dest.reclaim(&mut journal, "prune").await?;
         }
         for (k, d) in kept.iter().zip(&report.snapshots) {
             if !d.keep {

@@ -9,26 +9,57 @@ use crate::kept::KeptSnapshot;
 use crate::restore::{self, Protected, Request};
 
 pub async fn run(config: &Config, json: bool, request: Request) -> anyhow::Result<()> {
-    let dest = crate::destination::open_configured(config.backup.as_ref())?;
+    let dest = crate::destination::open_configured(config)?;
     let given = request.backup.to_string_lossy().into_owned();
-    let request = Request {
-        backup: crate::destination::resolve_backup(dest.as_deref(), &given).await?,
-        protected: protected(config),
-        ..request
-    };
-    let restored = match super::until_signal(restore::restore(&request)).await {
-        Ok(restored) => restored,
-        Err(e) if class_of(&e) == Class::Interrupted => {
-            return Err(fail(
-                Class::Interrupted,
-                format!(
-                    "{e}: the restore into {} did not finish, and the files it had copied \
-                     there were removed (the log says if one could not be)",
-                    request.datadir.display()
-                ),
+    let restored = match crate::destination::resolve_in_repository(dest.as_deref(), &given).await? {
+        // Fetched from a repository: staged (journaled) in state_dir/staging first.
+        Some((repo, found)) => {
+            let (_lock, mut journal) = super::start_run(config).await?;
+            let request = Request {
+                protected: protected(config),
+                ..request
+            };
+            let outcome = super::until_signal(crate::readback::restore(
+                repo,
+                &found,
+                &config.state_dir,
+                request,
+                &mut journal,
             ))
+            .await;
+            super::released_on_error(config, &mut journal, outcome).await?
         }
-        Err(e) => return Err(e),
+        None => {
+            let remote = crate::destination::resolve_remote(dest.as_deref(), &given).await?;
+            let backup = match &remote {
+                Some((_, backup)) => backup.path.clone(),
+                None => crate::destination::resolve_backup(dest.as_deref(), &given).await?,
+            };
+            let request = Request {
+                backup,
+                protected: protected(config),
+                ..request
+            };
+            let from = remote.as_ref().map(|(ssh, backup)| restore::RemoteBackup {
+                dest: ssh,
+                manifest: &backup.manifest,
+            });
+            let restored = match super::until_signal(restore::restore(&request, from)).await {
+                Ok(restored) => restored,
+                Err(e) if class_of(&e) == Class::Interrupted => {
+                    return Err(fail(
+                        Class::Interrupted,
+                        format!(
+                            "{e}: the restore into {} did not finish, and the files it had copied \
+                             there were removed (the log says if one could not be)",
+                            request.datadir.display()
+                        ),
+                    ))
+                }
+                Err(e) => return Err(e),
+            };
+            restored
+        }
     };
     if json {
         return super::print_json(&restored);

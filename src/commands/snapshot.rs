@@ -378,9 +378,13 @@ fn forget(config: &Config, lock: &RunLock, kept: &KeptSnapshot) -> anyhow::Resul
         .iter()
         .filter(|e| match &e.resource {
             Resource::Snapshot { set } | Resource::Mount { set, .. } => set.name == kept.name,
-            Resource::Partial { .. } | Resource::Scratch { .. } | Resource::Received { .. } => {
-                false
-            }
+            Resource::Partial { .. }
+            | Resource::RemotePartial { .. }
+            | Resource::Pulled { .. }
+            | Resource::Scratch { .. }
+            | Resource::Received { .. }
+            | Resource::Fetched { .. }
+            | Resource::ResticRun { .. } => false,
         })
         .map(|e| e.resource.clone())
         .collect();

@@ -232,3 +232,34 @@ fn durations_at_the_bounds_are_accepted() {
     let c = Config::parse(&text).unwrap();
     assert_eq!(c.mysql.lock_wait_timeout, MAX_DURATION);
 }
+
+#[test]
+fn a_restic_destination_needs_its_section_and_accepts_any_repository_string() {
+    let restic = MINIMAL.replace("/srv/backups/db 1", "restic:sftp:db2:/srv/restic; rm -rf /");
+    let err = Config::parse(&restic).unwrap_err().to_string();
+    assert!(err.contains("[backup.restic]"), "{err}");
+    let c = Config::parse(&format!(
+        "{restic}\n[backup.restic]\npassword_file = \"/etc/dbsnap/pw\"\ntags = [\"nightly\"]\n"
+    ))
+    .unwrap();
+    let b = c.backup.unwrap();
+    assert_eq!(
+        b.restic_repository().as_deref(),
+        Some("sftp:db2:/srv/restic; rm -rf /")
+    );
+    assert_eq!(b.restic.unwrap().tags, vec!["nightly".to_string()]);
+    for (key, bad) in [
+        ("tags", "tags = [\"a,b\"]"),
+        ("tags", "tags = [\"dbsnap-name=x\"]"),
+        (
+            "check_read_data_subset",
+            "check_read_data_subset = \"lots\"",
+        ),
+        ("options", "options = [\"--no-lock\"]"),
+    ] {
+        let text =
+            format!("{restic}\n[backup.restic]\npassword_file = \"/etc/dbsnap/pw\"\n{bad}\n");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains(key), "{err}");
+    }
+}

@@ -3,45 +3,58 @@
 use std::path::Path;
 
 use super::local::LocalDir;
+use super::restic::ResticRepo;
+use super::ssh::SshDir;
 use super::Destination;
+use crate::config::{BackupConfig, Config};
 use crate::error::{fail, Class};
+use crate::ssh::SshTarget;
 
-/// Open the destination `dest` names. Nothing is touched yet: [`Destination::check`]
+/// Open the destination `backup.dest` names (`state_dir` holds what a remote one needs
+/// locally: the ssh control socket). Nothing is touched yet: [`Destination::check`]
 /// says whether it can be used.
-pub fn open(dest: &Path) -> anyhow::Result<Box<dyn Destination>> {
+pub fn open(backup: &BackupConfig, state_dir: &Path) -> anyhow::Result<Box<dyn Destination>> {
+    let dest = &backup.dest;
     let text = dest.to_string_lossy();
-    let scheme = ["ssh://", "restic:"]
-        .into_iter()
-        .find(|s| text.starts_with(s));
-    match scheme {
-        Some(scheme) => Err(fail(
-            Class::Config,
-            format!(
-                "[backup] dest = {text:?}: {scheme} destinations are not supported yet; give a \
-                 local directory"
-            ),
-        )),
-        None => Ok(Box::new(LocalDir::new(dest))),
+    if text.starts_with(crate::ssh::url::SCHEME) {
+        let target = SshTarget::parse(&text)
+            .map_err(|e| fail(Class::Config, format!("[backup] dest = {e}")))?;
+        return Ok(Box::new(SshDir::new(target, &backup.ssh, state_dir)));
     }
+    if backup.restic_repository().is_some() {
+        return Ok(Box::new(ResticRepo::open(backup, state_dir)?));
+    }
+    Ok(Box::new(LocalDir::new(dest)))
 }
 
 /// The configured destination, if there is a `[backup]` section.
-pub fn open_configured(
-    backup: Option<&crate::config::BackupConfig>,
-) -> anyhow::Result<Option<Box<dyn Destination>>> {
-    backup.map(|b| open(&b.dest)).transpose()
+pub fn open_configured(config: &Config) -> anyhow::Result<Option<Box<dyn Destination>>> {
+    config
+        .backup
+        .as_ref()
+        .map(|b| open(b, &config.state_dir))
+        .transpose()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn backup(dest: &str) -> BackupConfig {
+        let config = crate::config::Config::parse(&format!(
+            "[mysql]\n[snapshot]\nbackend = \"btrfs\"\n[backup]\ndest = {dest:?}\n"
+        ))
+        .unwrap();
+        config.backup.unwrap()
+    }
+
     #[test]
-    fn a_path_is_a_local_directory_and_other_schemes_are_refused_by_name() {
-        let local = open(Path::new("/srv/backups")).unwrap();
+    fn a_path_is_a_local_directory_an_ssh_url_a_remote_one() {
+        let state = Path::new("/var/lib/dbsnap");
+        let local = open(&backup("/srv/backups"), state).unwrap();
         assert_eq!(local.location(), Path::new("/srv/backups"));
-        let err = open(Path::new("ssh://db2/srv/backups")).err().unwrap();
-        assert_eq!(crate::error::class_of(&err), Class::Config);
-        assert!(err.to_string().contains("ssh://"), "{err}");
+        assert!(local.remote().is_none());
+        let remote = open(&backup("ssh://b@db2:2222/srv/backups"), state).unwrap();
+        assert_eq!(remote.remote().unwrap().target().host, "db2");
     }
 }

@@ -14,8 +14,6 @@ use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
 use crate::manifest::{Manifest, MANIFEST_FILE};
 
-const PARTIAL: &str = ".partial";
-
 pub struct LocalDir {
     dir: PathBuf,
 }
@@ -26,7 +24,7 @@ impl LocalDir {
     }
 
     fn partial_dir(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}{PARTIAL}"))
+        self.dir.join(format!("{name}{}", super::PARTIAL_SUFFIX))
     }
 
     /// One directory entry, by the rule of the module documentation.
@@ -34,28 +32,11 @@ impl LocalDir {
         if !path.is_dir() {
             return None;
         }
-        if let Some(backup) = name.strip_suffix(PARTIAL) {
-            return Some(Entry::Partial {
-                name: backup.to_string(),
-                path,
-            });
-        }
-        if !path.join(MANIFEST_FILE).is_file() {
-            return None;
-        }
-        match Manifest::read(&path) {
-            Ok(manifest) if manifest.name == name => Some(Entry::Backup(Box::new(Backup {
-                name,
-                path,
-                manifest,
-            }))),
-            Ok(manifest) => Some(Entry::Renamed {
-                name,
-                path,
-                manifest: Box::new(manifest),
-            }),
-            Err(_) => Some(Entry::Invalid { name, path }),
-        }
+        let manifest = path
+            .join(MANIFEST_FILE)
+            .is_file()
+            .then(|| Manifest::read(&path));
+        super::classify(name, path, manifest)
     }
 }
 
@@ -65,7 +46,7 @@ impl LocalDir {
 pub fn backup_dir_at(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     let partial = dir
         .file_name()
-        .is_some_and(|n| n.to_string_lossy().ends_with(PARTIAL));
+        .is_some_and(|n| n.to_string_lossy().ends_with(super::PARTIAL_SUFFIX));
     if partial || !dir.join(MANIFEST_FILE).is_file() {
         return Ok(None);
     }
@@ -97,7 +78,11 @@ pub async fn remove_dir(
 /// A destination on a filesystem that is being snapshotted takes its room from the
 /// live server's filesystem, where the snapshot already pins every block the copy
 /// duplicates: a full filesystem there crashes the server. Refused unless `--force`.
-fn check_filesystem(dest: &Path, canonical: &Path, server: &ServerFiles<'_>) -> anyhow::Result<()> {
+pub fn check_filesystem(
+    dest: &Path,
+    canonical: &Path,
+    server: &ServerFiles<'_>,
+) -> anyhow::Result<()> {
     let table = mounts::read_mount_table().map_err(crate::error::backend_error)?;
     let Some(dest_mount) = mounts::mount_of(&table, canonical) else {
         return Ok(());
@@ -184,10 +169,12 @@ impl Destination for LocalDir {
         check_filesystem(dest, &canonical, server)
     }
 
-    async fn free_bytes(&self) -> anyhow::Result<u64> {
+    async fn free_bytes(&self) -> anyhow::Result<Option<u64>> {
         let stat = nix::sys::statvfs::statvfs(&self.dir)
             .with_context(|| format!("statvfs {}", self.dir.display()))?;
-        Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+        Ok(Some(
+            stat.blocks_available() as u64 * stat.fragment_size() as u64,
+        ))
     }
 
     async fn entries(&self) -> anyhow::Result<Vec<Entry>> {

@@ -42,8 +42,8 @@ impl Destination for MemoryDestination {
         Ok(())
     }
 
-    async fn free_bytes(&self) -> anyhow::Result<u64> {
-        Ok(self.free)
+    async fn free_bytes(&self) -> anyhow::Result<Option<u64>> {
+        Ok(Some(self.free))
     }
 
     async fn entries(&self) -> anyhow::Result<Vec<Listed>> {

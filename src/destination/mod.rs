@@ -11,17 +11,20 @@
 //! to one of them:
 //!
 //! - [`local::LocalDir`]: a directory on this host (`/srv/backups/db1`).
-//! - an ssh destination (`ssh://host/path`, later): the same layout on another host. The
+//! - [`ssh::SshDir`] (`ssh://[user@]host[:port]/path`): the same layout on another host. The
 //!   partial is a remote directory (`mkdir` over ssh, journaled like a local one),
 //!   rsync and stream receives run against `host:partial`, publishing writes the
 //!   manifest, syncs and renames remotely. Nothing in the contract below assumes the
 //!   partial is readable from this host except [`Partial::dir`], which such an
 //!   implementation documents as a path on its host.
-//! - a restic repository (`restic:...`, later): no directories at all. A backup is a
-//!   restic snapshot tagged with its name whose manifest is stored with it; the partial
-//!   is a local staging area (or a stream into `restic backup --stdin`), publishing is
-//!   the snapshot's creation (restic writes it atomically), removing is `restic forget`
-//!   plus prune. [`Destination::entries`] then lists snapshots, not directories.
+//! - [`restic::ResticRepo`]: a restic repository (`restic:...`), no directories at all.
+//!   A backup is a restic snapshot of its files plus one of its manifest, tagged with
+//!   its name; the destination reads the frozen files itself ([`Ingest`]: `restic
+//!   backup` is the transfer), the partial is only a journal entry, publishing is the
+//!   manifest snapshot's creation (restic writes it atomically), removing is `restic
+//!   forget` ([`Destination::reclaim`] prunes). [`Destination::entries`] lists
+//!   snapshots, and a backup is read through [`Destination::fetch`] (`restic restore`
+//!   into a staging directory). See that module for the layout.
 //!
 //! The contract, for every implementation:
 //!
@@ -47,6 +50,8 @@ pub mod conformance;
 pub mod local;
 #[cfg(test)]
 pub mod memory;
+pub mod restic;
+pub mod ssh;
 
 use std::path::{Path, PathBuf};
 
@@ -111,6 +116,37 @@ impl Entry {
         }
     }
 }
+
+/// The rule of the module documentation, for a directory `name` at `path` whose
+/// manifest file, if it has one, read as `manifest`.
+pub fn classify(
+    name: String,
+    path: PathBuf,
+    manifest: Option<anyhow::Result<Manifest>>,
+) -> Option<Entry> {
+    if let Some(backup) = name.strip_suffix(PARTIAL_SUFFIX) {
+        return Some(Entry::Partial {
+            name: backup.to_string(),
+            path,
+        });
+    }
+    match manifest? {
+        Ok(manifest) if manifest.name == name => Some(Entry::Backup(Box::new(Backup {
+            name,
+            path,
+            manifest,
+        }))),
+        Ok(manifest) => Some(Entry::Renamed {
+            name,
+            path,
+            manifest: Box::new(manifest),
+        }),
+        Err(_) => Some(Entry::Invalid { name, path }),
+    }
+}
+
+/// What a partial directory's name ends with.
+pub const PARTIAL_SUFFIX: &str = ".partial";
 
 /// A backup being written: created by [`Destination::create_partial`], published by
 /// [`Destination::publish`].
@@ -188,7 +224,10 @@ pub enum BaseOf<'a> {
 impl BaseOf<'_> {
     pub fn fits(self, manifest: &Manifest) -> bool {
         match self {
-            BaseOf::Files => manifest.stored.is_empty(),
+            BaseOf::Files => {
+                manifest.stored.is_empty()
+                    && manifest.transfer.method != crate::manifest::TransferMethod::Restic
+            }
             BaseOf::Stream(method) => manifest.transfer.method.as_str() == method,
         }
     }
@@ -214,13 +253,20 @@ pub trait Destination: Send + Sync {
         None
     }
 
+    /// The ssh destination, when this is one: its transfers run over its connection
+    /// and its paths are on the remote host.
+    fn remote(&self) -> Option<&ssh::SshDir> {
+        None
+    }
+
     /// That backups can be written here: it exists, is writable, lies outside the
     /// server's directories and (unless forced) takes no room from the volumes being
     /// snapshotted. Before the lock.
     async fn check(&self, server: &ServerFiles<'_>) -> anyhow::Result<()>;
 
-    /// Free space for new backups, in bytes.
-    async fn free_bytes(&self) -> anyhow::Result<u64>;
+    /// Free space for new backups, in bytes; `None` when this destination cannot
+    /// tell (a remote restic repository).
+    async fn free_bytes(&self) -> anyhow::Result<Option<u64>>;
 
     /// Everything here that is or looks like a backup, by name (oldest first: names
     /// sort by time). Anything else is not dbsnap's and is left out.
@@ -235,6 +281,19 @@ pub trait Destination: Send + Sync {
         at: DateTime<Utc>,
         journal: &mut Journal,
     ) -> anyhow::Result<Partial>;
+
+    /// Fill the freshly claimed `partial` with the newest partial an interrupted run
+    /// left here (so that the transfer continues it), and say which run it was. Only
+    /// destinations that keep a cut-off partial for resuming have one (ssh: a transfer
+    /// over the network is the one worth resuming); a local partial is removed by
+    /// cleanup.
+    async fn resume_partial(
+        &self,
+        _partial: &Partial,
+        _journal: &mut Journal,
+    ) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
 
     /// Publish `partial` with `manifest` (its `path` is set to where the backup is
     /// now), atomically, and forget the partial's journal entries.
@@ -252,6 +311,50 @@ pub trait Destination: Send + Sync {
         journal: &mut Journal,
         received: &dyn ReceivedCopies,
     ) -> anyhow::Result<()>;
+
+    /// A destination that reads the frozen files itself (a restic repository), instead
+    /// of being written by rsync or a native stream. `None` for directories.
+    fn ingest(&self) -> Option<&dyn Ingest> {
+        None
+    }
+
+    /// `backup` as a local backup directory (manifest and `files/`): the backup itself
+    /// where it is one; otherwise a copy fetched into `staging` (journaled as a partial;
+    /// give it back with [`Fetched::release`]).
+    async fn fetch(
+        &self,
+        backup: &Backup,
+        _staging: &Path,
+        _journal: &mut Journal,
+    ) -> anyhow::Result<Fetched> {
+        Ok(Fetched {
+            dir: backup.path.clone(),
+            staged: false,
+        })
+    }
+
+    /// Store a verification's verdict (`verified`, read back from the fetched copy)
+    /// with `backup`. A directory's manifest already holds it.
+    async fn record_verification(
+        &self,
+        _backup: &Backup,
+        _verified: &Manifest,
+        _journal: &mut Journal,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Check the storage's own integrity (`restic check`) before a verification, for
+    /// run `run`. Directories have none of their own.
+    async fn check_storage(&self, _journal: &mut Journal, _run: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// After removals: free the space removed backups held (`restic prune`), for run
+    /// `run`. Removing a directory frees it at once.
+    async fn reclaim(&self, _journal: &mut Journal, _run: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
 
     /// The complete backups, oldest first.
     async fn backups(&self) -> anyhow::Result<Vec<Backup>> {
@@ -282,6 +385,50 @@ pub trait Destination: Send + Sync {
     }
 }
 
+/// A destination that stores the frozen files by reading them itself.
+#[async_trait]
+pub trait Ingest: Send + Sync {
+    /// Store `items` (each frozen directory `from` with the original path `to` it
+    /// shows, and what to leave out) as the files of `partial`, a backup of `datadir`;
+    /// what restic runs is journaled in `journal`. Reports bytes read to `progress`.
+    async fn ingest(
+        &self,
+        partial: &Partial,
+        datadir: &Path,
+        items: &[crate::transfer::CopyItem],
+        journal: &mut Journal,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> anyhow::Result<crate::transfer::TransferStats>;
+}
+
+/// Where backups fetched from a repository are staged: `state_dir/staging/NAME`.
+pub fn staging_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("staging")
+}
+
+/// A backup readable as a local directory, from [`Destination::fetch`].
+#[derive(Debug)]
+pub struct Fetched {
+    pub dir: PathBuf,
+    /// A copy made for this run (removed by [`Fetched::release`]), not the backup.
+    pub staged: bool,
+}
+
+impl Fetched {
+    /// Remove a staged copy and forget it.
+    pub fn release(self, journal: &mut Journal) -> anyhow::Result<()> {
+        if self.staged {
+            if self.dir.exists() {
+                std::fs::remove_dir_all(&self.dir).map_err(|e| {
+                    anyhow::anyhow!("removing the staged copy {}: {e}", self.dir.display())
+                })?;
+            }
+            journal.forget(&crate::journal::Resource::Fetched { dir: self.dir })?;
+        }
+        Ok(())
+    }
+}
+
 /// The backup named on the command line: a backup directory anywhere, or the name of
 /// a backup at the destination (when one is configured).
 pub async fn resolve_backup(
@@ -305,6 +452,61 @@ pub async fn resolve_backup(
             crate::manifest::MANIFEST_FILE
         ),
     ))
+}
+
+/// The backup named on the command line when it must be fetched from the destination
+/// (a repository's backup, given by name); `None` when it can be read where it is.
+pub async fn resolve_in_repository<'a>(
+    dest: Option<&'a dyn Destination>,
+    given: &str,
+) -> anyhow::Result<Option<(&'a dyn Destination, Backup)>> {
+    let Some(dest) = dest.filter(|d| d.ingest().is_some()) else {
+        return Ok(None);
+    };
+    if local::backup_dir_at(Path::new(given))?.is_some() {
+        return Ok(None);
+    }
+    match dest.resolve(given).await? {
+        Some(backup) => Ok(Some((dest, backup))),
+        None => Err(crate::error::fail(
+            crate::error::Class::Config,
+            format!(
+                "{given} is not a backup in {} nor a backup directory: give a name from `dbsnap list`",
+                dest.location().display()
+            ),
+        )),
+    }
+}
+
+/// The backup named on the command line when it is one on an ssh destination (a name
+/// from `dbsnap list`, or its path there), with that destination.
+pub async fn resolve_remote<'a>(
+    dest: Option<&'a dyn Destination>,
+    given: &str,
+) -> anyhow::Result<Option<(&'a ssh::SshDir, Backup)>> {
+    let Some(remote) = dest.and_then(|d| d.remote()) else {
+        return Ok(None);
+    };
+    let name = match Path::new(given).parent() {
+        Some(parent) if parent == remote.target().path => Path::new(given)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned()),
+        _ if !given.contains('/') => Some(given.to_string()),
+        _ => None,
+    };
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    match remote.resolve(&name).await? {
+        Some(backup) => Ok(Some((remote, backup))),
+        None => Err(crate::error::fail(
+            crate::error::Class::Config,
+            format!(
+                "{given} is not a backup at {}: give a name from `dbsnap list`",
+                remote.location().display()
+            ),
+        )),
+    }
 }
 
 /// Apparent size of all regular files under `roots` (metadata only). With

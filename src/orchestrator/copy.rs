@@ -12,7 +12,7 @@ use super::mount::Mounted;
 use super::pace::Pacing;
 use super::plan::Plan;
 use super::prepare::free_space;
-use crate::destination::Partial;
+use crate::destination::{Destination, Partial};
 use crate::error::{fail, Class};
 use crate::journal::Journal;
 use crate::progress::Progress;
@@ -24,16 +24,33 @@ pub struct Filled {
     pub copied: Copied,
 }
 
+/// The transfer and what sets its rate.
+pub struct Moving<'a> {
+    pub transfer: &'a dyn Transfer,
+    pub pacing: &'a mut Pacing,
+}
+
 pub async fn copy(
     plan: &Plan,
     mounted: &Mounted,
-    transfer: &dyn Transfer,
+    moving: Moving<'_>,
+    dest: &dyn Destination,
     partial: Partial,
     backend: &dyn SnapshotBackend,
     journal: &mut Journal,
-    pacing: &mut Pacing,
 ) -> anyhow::Result<Filled> {
+    let Moving { transfer, pacing } = moving;
     let frozen = &mounted.frozen;
+    let resumed_from = match transfer.resumes() {
+        true => dest.resume_partial(&partial, journal).await?,
+        false => None,
+    };
+    if let Some(from) = &resumed_from {
+        tracing::info!(
+            "resuming the partial backup {from} that an interrupted run left at {}",
+            dest.location().display()
+        );
+    }
     let progress = Progress::new(frozen.data_bytes);
     let copied_bytes = AtomicU64::new(0);
     let report_progress = |bytes| {
@@ -54,6 +71,7 @@ pub async fn copy(
         journal,
         progress: &report_progress,
         throttle: &throttle,
+        resumed_from,
     };
     let copied = tokio::select! {
         copied = transfer.copy(from, into) => copied?,

@@ -112,23 +112,18 @@ pub async fn backup_prepared(
     let env = hook_env(Some(("DBSNAP_SNAPSHOT_PATH", frozen_datadir)));
     plan.hooks.run(Phase::PostSnapshot, &env).await?;
 
-    let filled = copy::copy(
-        plan,
-        &mounted,
+    let moving = copy::Moving {
         transfer,
-        partial,
-        backend,
-        journal,
-        &mut pacing,
-    )
-    .await?;
+        pacing: &mut pacing,
+    };
+    let filled = copy::copy(plan, &mounted, moving, dest, partial, backend, journal).await?;
     let manifest = publish::publish(&mounted, filled, started_at, dest, journal).await?;
     publish::release(plan, &mounted, &manifest, transfer, dest, backend, journal).await?;
 
     // Verified before post_backup, so that a hook shipping the backup elsewhere only
     // ever sees one that restores.
     let manifest = match verify {
-        true => publish::verify(journal, manifest).await?,
+        true => publish::verify(&plan.state_dir, dest, journal, manifest).await?,
         false => manifest,
     };
     let published = [
@@ -305,7 +300,16 @@ pub async fn plan_transfer<'a>(
 }
 
 async fn check_room(dest: &dyn Destination, needed: u64, data_bytes: u64) -> anyhow::Result<()> {
-    let free = dest.free_bytes().await?;
+    let Some(free) = dest.free_bytes().await? else {
+        // Failing closed would make every remote repository unusable; a store that
+        // fills up fails the backup cleanly (restic writes no snapshot).
+        tracing::warn!(
+            "{} cannot tell how much room it has; this backup may add up to {}",
+            dest.location().display(),
+            ByteSize::b(needed).display().iec()
+        );
+        return Ok(());
+    };
     if free >= needed {
         return Ok(());
     }

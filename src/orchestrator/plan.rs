@@ -1,7 +1,7 @@
 //! The plan: everything a run needs from the configuration, resolved once before any
 //! phase starts. Phases get the plan, never the configuration.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{BackupConfig, Config, Method, PaceMode, SnapshotConfig};
@@ -43,6 +43,8 @@ pub struct CopyPlan {
     pub dest: Box<dyn Destination>,
     pub method: Method,
     pub bwlimit: Option<bytesize::ByteSize>,
+    /// Compression on the wire (ssh destinations).
+    pub compress: Option<crate::config::Compress>,
     pub incremental: bool,
     pub verify: bool,
     /// `[backup] pace`: `None` when off.
@@ -73,9 +75,10 @@ impl Plan {
 }
 
 impl CopyPlan {
-    pub fn new(backup: &BackupConfig) -> anyhow::Result<CopyPlan> {
+    pub fn new(backup: &BackupConfig, state_dir: &Path) -> anyhow::Result<CopyPlan> {
         Ok(CopyPlan {
-            dest: crate::destination::open(&backup.dest)?,
+            dest: crate::destination::open(backup, state_dir)?,
+            compress: backup.compress,
             method: backup.method.clone(),
             bwlimit: backup.bwlimit,
             incremental: backup.incremental,
@@ -89,6 +92,7 @@ impl CopyPlan {
         crate::transfer::Settings {
             method: &self.method,
             bwlimit: self.bwlimit,
+            compress: self.compress,
             incremental: self.incremental,
         }
     }

@@ -250,9 +250,13 @@ pub async fn warn_about_unknown_snapshots(
                 Resource::Snapshot { set: s } | Resource::Mount { set: s, .. } => {
                     s.name == set.name
                 }
-                Resource::Partial { .. } | Resource::Received { .. } | Resource::Scratch { .. } => {
-                    false
-                }
+                Resource::Partial { .. }
+                | Resource::RemotePartial { .. }
+                | Resource::Pulled { .. }
+                | Resource::Received { .. }
+                | Resource::Scratch { .. }
+                | Resource::Fetched { .. }
+                | Resource::ResticRun { .. } => false,
             });
         if !known {
             tracing::warn!(

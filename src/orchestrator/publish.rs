@@ -85,8 +85,18 @@ pub async fn release(
 
 /// Prove the published backup restores (`dbsnap verify`, its own journaled step). A
 /// failed verification is an error; the backup stays, marked failed.
-pub async fn verify(journal: &mut Journal, manifest: Manifest) -> anyhow::Result<Manifest> {
-    let verified = crate::verify::verify(journal, &manifest.path)
+pub async fn verify(
+    state_dir: &std::path::Path,
+    dest: &dyn Destination,
+    journal: &mut Journal,
+    manifest: Manifest,
+) -> anyhow::Result<Manifest> {
+    let backup = crate::destination::Backup {
+        name: manifest.name.clone(),
+        path: manifest.path.clone(),
+        manifest: manifest.clone(),
+    };
+    let verified = crate::readback::verify(state_dir, dest, &backup, journal)
         .await
         .with_context(|| {
             format!(

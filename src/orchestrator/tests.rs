@@ -146,6 +146,7 @@ impl World {
             state_dir: self.state.path(),
             dest: Some(dest),
             backends: &backends,
+            backup: None,
         };
         crate::release::release_all(&scope, &mut journal)
             .await

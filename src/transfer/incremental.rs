@@ -8,10 +8,12 @@
 //!   (`rsync --link-dest`) and changed files are written whole, never in place.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use dbsnap_backend_api::command::Cmd;
 
+use crate::destination::ssh::SshDir;
 use crate::destination::{Backup, BaseOf, Destination};
 use crate::manifest::{TransferMethod, FILES_DIR};
 use crate::transfer::rsync::{CopyItem, Writes};
@@ -22,8 +24,9 @@ use crate::transfer::tree::Engine;
 pub enum Basis {
     /// No usable previous backup, or incremental copies are off.
     Full,
-    /// Seeded with a reflink copy of the backup `base`; rsync updates blocks in place.
-    Reflinked { base: String },
+    /// Seeded with a reflink copy of the backup `base` (at `path`); rsync updates
+    /// blocks in place.
+    Reflinked { base: String, path: PathBuf },
     /// Unchanged files are hard links into the backup at `base`.
     Linked { base: String, path: PathBuf },
 }
@@ -75,9 +78,39 @@ impl Basis {
     pub fn base(&self) -> Option<String> {
         match self {
             Basis::Full => None,
-            Basis::Reflinked { base } | Basis::Linked { base, .. } => Some(base.clone()),
+            Basis::Reflinked { base, .. } | Basis::Linked { base, .. } => Some(base.clone()),
         }
     }
+
+    /// Where the base backup is (on the destination's host).
+    pub fn base_path(&self) -> Option<&Path> {
+        match self {
+            Basis::Full => None,
+            Basis::Reflinked { path, .. } | Basis::Linked { path, .. } => Some(path),
+        }
+    }
+}
+
+/// From when the copy must compare files by content rather than trust rsync's quick
+/// check (see [`crate::transfer::rsync::Options::recheck_since`]): two seconds before the
+/// earliest start of the base and of the resumed partial, whose names are their UTC start
+/// times to the second (rsync compares whole seconds; the snapshot came after the start).
+/// `None` for a fresh full copy: there is nothing to compare with. A name that is not a
+/// time compares every file.
+pub fn recheck_since(basis: &Basis, resumed_from: Option<&str>) -> Option<SystemTime> {
+    let started = |name: &str| {
+        name.get(..16)
+            .and_then(|stamp| chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").ok())
+            .map(|t| SystemTime::from(t.and_utc()) - Duration::from_secs(2))
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    };
+    basis
+        .base()
+        .as_deref()
+        .into_iter()
+        .chain(resumed_from)
+        .map(started)
+        .min()
 }
 
 /// Decide the basis for a new backup in `partial` and, for a reflink basis, seed it.
@@ -105,7 +138,12 @@ pub async fn prepare(
             .run()
             .await;
         match seeded {
-            Ok(_) => return Ok(Basis::Reflinked { base }),
+            Ok(_) => {
+                return Ok(Basis::Reflinked {
+                    base,
+                    path: previous,
+                })
+            }
             Err(e) => {
                 tracing::warn!("seeding from {base} with reflinks failed ({e}); hard-linking unchanged files instead");
                 let files = partial.join(FILES_DIR);
@@ -121,6 +159,81 @@ pub async fn prepare(
              unchanged files are hard-linked, changed files are copied whole"
         );
     }
+    Ok(Basis::Linked {
+        base,
+        path: previous,
+    })
+}
+
+/// [`prepare`] for a destination on another host: the seed is made there (`cp
+/// --reflink=always` where its filesystem can, else `--link-dest` to the base). A
+/// partial taken over from an interrupted run is its own seed: rsync sends only what
+/// it lacks, and unchanged files missing from it are hard-linked from the base.
+pub async fn prepare_remote(
+    dest: &SshDir,
+    partial: &Path,
+    datadir: &Path,
+    resumed: bool,
+) -> anyhow::Result<Basis> {
+    let Some(Backup {
+        name: base,
+        path: previous,
+        ..
+    }) = dest.newest_base(datadir, BaseOf::Files).await?
+    else {
+        return Ok(Basis::Full);
+    };
+    if resumed {
+        return Ok(Basis::Linked {
+            base,
+            path: previous,
+        });
+    }
+    let (from, to) = (previous.join(FILES_DIR), partial.join(FILES_DIR));
+    let (from, to) = (from.to_string_lossy(), to.to_string_lossy());
+    // One file first: `cp -a` would try (and fail) every file of the tree.
+    let (probe_from, probe_to) = (
+        previous.join(crate::manifest::MANIFEST_FILE),
+        partial.join(".reflink-probe"),
+    );
+    let (probe_from, probe_to) = (probe_from.to_string_lossy(), probe_to.to_string_lossy());
+    let probe = dest
+        .session()
+        .output(
+            &["cp", "--reflink=always", "--", &probe_from, &probe_to],
+            None,
+        )
+        .await?;
+    let _ = dest
+        .session()
+        .output(&["rm", "-f", "--", &probe_to], None)
+        .await?;
+    let seeded = match probe.status.success() {
+        true => {
+            dest.session()
+                .output(&["cp", "-a", "--reflink=always", "--", &from, &to], None)
+                .await?
+        }
+        false => probe,
+    };
+    if seeded.status.success() {
+        return Ok(Basis::Reflinked {
+            base,
+            path: previous,
+        });
+    }
+    tracing::info!(
+        "the destination on {} cannot reflink ({}): unchanged files are hard-linked, changed \
+         files are sent as deltas and written whole",
+        dest.target().display_host(),
+        String::from_utf8_lossy(&seeded.stderr)
+            .lines()
+            .next()
+            .unwrap_or_default()
+    );
+    dest.session()
+        .run(&["rm", "-rf", "--", &to], "removing a failed reflink seed")
+        .await?;
     Ok(Basis::Linked {
         base,
         path: previous,
@@ -152,6 +265,7 @@ mod tests {
         assert_eq!(Basis::Full.base(), None);
         let r = Basis::Reflinked {
             base: "20261125T000000Z".into(),
+            path: "/b/20261125T000000Z".into(),
         };
         assert_eq!(
             (r.method().as_str(), r.base().as_deref()),
@@ -174,8 +288,41 @@ mod tests {
         assert_eq!(dests, vec![PathBuf::from("/b/a/files/var/lib/mysql")]);
         assert_eq!(basis.writes(), Writes::Whole);
         assert_eq!(
-            Basis::Reflinked { base: "a".into() }.writes(),
+            Basis::Reflinked {
+                base: "a".into(),
+                path: "/b/a".into()
+            }
+            .writes(),
             Writes::InPlace
+        );
+    }
+
+    #[test]
+    fn files_are_rechecked_from_two_seconds_before_the_earliest_start() {
+        let at = |stamp: &str| {
+            SystemTime::from(
+                chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+                    .unwrap()
+                    .and_utc(),
+            ) - Duration::from_secs(2)
+        };
+        let linked = Basis::Linked {
+            base: "20261125T000010Z".into(),
+            path: "/b/20261125T000010Z".into(),
+        };
+        assert_eq!(recheck_since(&Basis::Full, None), None);
+        assert_eq!(recheck_since(&linked, None), Some(at("20261125T000010Z")));
+        assert_eq!(
+            recheck_since(&linked, Some("20261126T000000Z.1")),
+            Some(at("20261125T000010Z"))
+        );
+        assert_eq!(
+            recheck_since(&Basis::Full, Some("20261126T000000Z")),
+            Some(at("20261126T000000Z"))
+        );
+        assert_eq!(
+            recheck_since(&Basis::Full, Some("not-a-time")),
+            Some(SystemTime::UNIX_EPOCH)
         );
     }
 }

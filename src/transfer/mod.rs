@@ -7,12 +7,17 @@
 //! - [`stream::StreamTransfer`]: the backend's own stream (`btrfs send`, `zfs send`, or
 //!   whatever an exec plugin names), incremental along the parent chain ([`chain`]).
 //!
+//! - [`repository::RepositoryTransfer`]: a destination that reads the frozen files
+//!   itself (`restic backup` into a restic repository).
+//!
 //! [`choose`] is the one place that picks one, before the lock.
 
 pub mod chain;
+pub mod checksums;
 pub mod incremental;
 pub mod local;
 pub mod pace;
+pub mod repository;
 pub mod rsync;
 pub mod stream;
 pub mod tree;
@@ -51,6 +56,9 @@ pub struct Target<'a> {
     /// The rate the copy may move at, changed while it runs (see [`pace`]); transfers
     /// that cannot change their rate once started take it at the start.
     pub throttle: &'a Arc<pace::Throttle>,
+    /// The interrupted run whose partial this one continues (see
+    /// [`Transfer::resumes`]).
+    pub resumed_from: Option<String>,
 }
 
 /// What a transfer moved, for the manifest.
@@ -110,6 +118,12 @@ pub trait Transfer: Send + Sync {
         false
     }
 
+    /// Whether it can continue a partial an interrupted run left (rsync can: it sends
+    /// only what the partial lacks).
+    fn resumes(&self) -> bool {
+        false
+    }
+
     /// Move the frozen files into the partial.
     async fn copy(&self, from: Source<'_>, into: Target<'_>) -> anyhow::Result<Copied>;
 
@@ -129,6 +143,7 @@ pub struct Facts<'a> {
 pub struct Settings<'a> {
     pub method: &'a Method,
     pub bwlimit: Option<bytesize::ByteSize>,
+    pub compress: Option<crate::config::Compress>,
     pub incremental: bool,
 }
 
@@ -142,7 +157,14 @@ pub async fn choose<'a>(
     state_dir: &Path,
     facts: Facts<'_>,
 ) -> anyhow::Result<Box<dyn Transfer + 'a>> {
-    let Some(stream) = stream_for(settings.method, backend, dest.location()).await? else {
+    if let Some(ingest) = dest.ingest() {
+        return repository_transfer(settings.method, ingest, dest, facts).await;
+    }
+    let stream = match dest.remote() {
+        Some(remote) => refuse_stream_over_ssh(settings.method, remote)?,
+        None => stream_for(settings.method, backend, dest.location()).await?,
+    };
+    let Some(stream) = stream else {
         let engine = tree::Engine::choose(settings.method, dest);
         tracing::info!("copying a file tree with {}", engine.describe());
         return Ok(Box::new(tree::TreeTransfer {
@@ -150,6 +172,7 @@ pub async fn choose<'a>(
             engine,
             incremental: settings.incremental,
             bwlimit: settings.bwlimit,
+            compress: settings.compress,
             needed_bytes: facts.data_bytes,
         }));
     };
@@ -192,6 +215,72 @@ pub async fn choose<'a>(
         bwlimit: settings.bwlimit,
         needed_bytes,
     }))
+}
+
+/// `restic backup` into a repository; it needs room for what changed since the
+/// previous snapshot of this datadir (sized like a stream's increment), or for all of
+/// it the first time.
+async fn repository_transfer<'a>(
+    method: &Method,
+    ingest: &'a dyn crate::destination::Ingest,
+    dest: &'a dyn Destination,
+    facts: Facts<'_>,
+) -> anyhow::Result<Box<dyn Transfer + 'a>> {
+    if let Method::Stream(name) = method {
+        return Err(fail(
+            Class::Config,
+            format!(
+                "[backup] method = \"{name}\" cannot write into {}: restic reads the files \
+                 itself. Use method = \"auto\" (or leave it out)",
+                dest.location().display()
+            ),
+        ));
+    }
+    let restic = crate::destination::BaseOf::Stream(TransferMethod::Restic.as_str());
+    let base = dest.newest_base(facts.datadir, restic).await?;
+    let needed_bytes = match &base {
+        Some(_) => {
+            chain::room_for_increment(
+                dest,
+                facts.datadir,
+                TransferMethod::Restic.as_str(),
+                facts.data_bytes,
+            )
+            .await?
+        }
+        None => facts.data_bytes,
+    };
+    Ok(Box::new(repository::RepositoryTransfer {
+        ingest,
+        base: base.map(|b| b.name),
+        needed_bytes,
+    }))
+}
+
+/// Native streams are not received over ssh (yet): an ssh destination takes rsync.
+fn refuse_stream_over_ssh<'a>(
+    method: &Method,
+    remote: &crate::destination::ssh::SshDir,
+) -> anyhow::Result<Option<&'a dyn NativeStream>> {
+    match method {
+        Method::Files | Method::Rsync => Ok(None),
+        Method::Auto => {
+            tracing::info!(
+                "method auto: copying with rsync over ssh to {}",
+                remote.target().display_host()
+            );
+            Ok(None)
+        }
+        Method::Stream(name) => Err(fail(
+            Class::Config,
+            format!(
+                "[backup] method = \"{name}\" cannot stream to the ssh destination {}: native \
+                 streams over ssh are not supported yet. Use method = \"rsync\" (or \"auto\") \
+                 for an ssh destination",
+                remote.target().url()
+            ),
+        )),
+    }
 }
 
 /// The backend's stream, if `method` asks for it and the destination can receive it.

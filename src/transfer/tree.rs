@@ -11,6 +11,9 @@ use anyhow::Context;
 use async_trait::async_trait;
 use dbsnap_backend_api::ReadPath;
 
+use bytesize::ByteSize;
+
+use super::checksums::{self, Checksums};
 use super::incremental::{self, Basis};
 use super::local::{self, Counters, Seed};
 use super::{chain, rsync, writeback, Copied, CopyItem, Finish, Source, Target, Transfer};
@@ -56,6 +59,7 @@ pub struct TreeTransfer<'a> {
     pub engine: Engine,
     pub incremental: bool,
     pub bwlimit: Option<bytesize::ByteSize>,
+    pub compress: Option<crate::config::Compress>,
     pub needed_bytes: u64,
 }
 
@@ -76,6 +80,11 @@ impl Transfer for TreeTransfer<'_> {
         self.engine == Engine::Local
     }
 
+    /// rsync continues an interrupted run's partial; the local engine starts afresh.
+    fn resumes(&self) -> bool {
+        self.engine == Engine::Rsync
+    }
+
     async fn copy(&self, from: Source<'_>, into: Target<'_>) -> anyhow::Result<Copied> {
         let items = plan_copy(from.layout, from.read_paths, &into.partial.dir)?;
         match self.engine {
@@ -85,6 +94,7 @@ impl Transfer for TreeTransfer<'_> {
                     &from.layout.datadir,
                     &items,
                     &into.partial.dir,
+                    into.resumed_from,
                     into.progress,
                 )
                 .await
@@ -146,6 +156,7 @@ impl TreeTransfer<'_> {
         let request = local::Request {
             items,
             partial: partial.clone(),
+            recheck_since: incremental::recheck_since(&basis, None),
             seed,
             threads: COPY_THREADS,
             throttle: into.throttle.clone(),
@@ -180,42 +191,92 @@ impl TreeTransfer<'_> {
     }
 
     /// From the mounted snapshot into `partial/files/...`, built from the previous backup
-    /// when `[backup] incremental` allows.
+    /// when `[backup] incremental` allows, with a checksum of every stored file (checked
+    /// on the destination's host before publishing, when that is another host).
     async fn copy_with_rsync(
         &self,
         datadir: &Path,
         items: &[CopyItem],
         partial: &Path,
+        resumed_from: Option<String>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> anyhow::Result<Copied> {
-        let basis = match self.incremental {
-            true => incremental::prepare(self.dest, partial, datadir).await?,
-            false => Basis::Full,
+        let remote = self.dest.remote();
+        let basis = match (self.incremental, remote) {
+            (false, _) => Basis::Full,
+            (true, None) => incremental::prepare(self.dest, partial, datadir).await?,
+            (true, Some(r)) => {
+                incremental::prepare_remote(r, partial, datadir, resumed_from.is_some()).await?
+            }
         };
         if let Some(base) = basis.base() {
             tracing::info!("incremental copy from backup {base} ({})", basis.method());
         }
-        for item in items {
-            std::fs::create_dir_all(&item.to)
-                .with_context(|| format!("creating {}", item.to.display()))?;
-        }
+        let rsync_remote = match remote {
+            Some(r) => Some(
+                r.rsync_remote(
+                    rsync::Side::Dest,
+                    crate::config::Compress::level(self.compress),
+                )
+                .await?,
+            ),
+            None => {
+                for item in items {
+                    std::fs::create_dir_all(&item.to)
+                        .with_context(|| format!("creating {}", item.to.display()))?;
+                }
+                None
+            }
+        };
+        // A resumed partial holds what the interrupted run sent, not the base's files.
+        let base_checksums = match (basis.base_path(), &resumed_from) {
+            (Some(base), None) => self.base_checksums(base).await,
+            _ => None,
+        };
         let link_dest = basis.link_dest(items, partial);
-        let copying = rsync::copy(
-            items,
-            basis.writes(),
-            link_dest.as_deref(),
-            self.bwlimit,
-            progress,
-        );
-        let mut stats = tokio::select! {
-            stats = copying => stats?,
+        let options = rsync::Options {
+            writes: basis.writes(),
+            link_dest: link_dest.as_deref(),
+            bwlimit: self.bwlimit,
+            remote: rsync_remote.as_ref(),
+            recheck_since: incremental::recheck_since(&basis, resumed_from.as_deref()),
+        };
+        let copying = checksums::copy_and_hash(items, options, partial, base_checksums, progress);
+        let (mut stats, checksums, hashing) = tokio::select! {
+            copied = copying => copied?,
             never = writeback::flush_every(partial, writeback::EVERY) => never,
         };
+        tracing::info!(
+            "checksums of {} files: {} read behind the copy, {} after it, {} kept from the base",
+            checksums.0.len(),
+            ByteSize::b(hashing.during_copy).display().iec(),
+            ByteSize::b(hashing.after_copy).display().iec(),
+            hashing.reused
+        );
+        match remote {
+            Some(r) => r.check_checksums(partial, &checksums).await?,
+            None => checksums.write(partial)?,
+        }
         stats.method = basis.method_with(Engine::Rsync);
         stats.base = basis.base();
+        stats.resumed_from = resumed_from;
         Ok(Copied {
             stats,
             stored: Vec::new(),
+        })
+    }
+
+    /// The base backup's checksums, if it has them (older backups do not).
+    async fn base_checksums(&self, base: &Path) -> Option<Checksums> {
+        let found = match self.dest.remote() {
+            Some(r) => r.read_checksums(base).await,
+            None => Checksums::read(base),
+        };
+        found.unwrap_or_else(|e| {
+            tracing::warn!(
+                "the base backup's checksums cannot be read ({e:#}); every file is hashed"
+            );
+            None
         })
     }
 }

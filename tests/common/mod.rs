@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod restic;
+pub mod ssh;
 pub mod zfs;
 
 use std::path::{Path, PathBuf};

@@ -8,7 +8,10 @@
 //! writers for a few seconds plus 2 % of the filler rows rewritten). For each backup it
 //! records the wall time, what dbsnap says it transferred, and how much space the
 //! destination gained. A plain `cp -a` of a snapshot to the backup disk is the reference
-//! for a full copy. Writes `incremental.json` and `incremental.md` into `--out`.
+//! for a full copy. A restic repository on the backup disk is one more method: the
+//! first snapshot, then deduplicated ones (transferred: what restic scanned; written:
+//! what it added to the repository). Writes `incremental.json` and `incremental.md`
+//! into `--out`.
 //!
 //! Run as root: `cargo run --release -p dbsnap-bench --bin dbsnap-bench-incremental -- --sizes 1,4`.
 
@@ -60,6 +63,8 @@ struct Method {
     keys: &'static str,
     /// On the backup disk (btrfs), or on the work directory's filesystem.
     on_backup_disk: bool,
+    /// A local restic repository (on the backup disk) instead of a directory.
+    restic: bool,
 }
 
 const METHODS: &[Method] = &[
@@ -67,21 +72,31 @@ const METHODS: &[Method] = &[
         name: "rsync, full copies",
         keys: "incremental = false\n",
         on_backup_disk: true,
+        restic: false,
     },
     Method {
         name: "rsync + reflink (btrfs destination)",
         keys: "incremental = true\n",
         on_backup_disk: true,
+        restic: false,
     },
     Method {
         name: "rsync + link-dest (ext4 destination)",
         keys: "incremental = true\n",
         on_backup_disk: false,
+        restic: false,
     },
     Method {
         name: "btrfs-send",
         keys: "method = \"btrfs-send\"\n",
         on_backup_disk: true,
+        restic: false,
+    },
+    Method {
+        name: "restic (local repository on the backup disk)",
+        keys: "",
+        on_backup_disk: true,
+        restic: true,
     },
 ];
 
@@ -166,11 +181,15 @@ fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<Vec<Backup>> 
         };
         std::fs::create_dir_all(&dest)?;
         let state = rig.dir.path().join(format!("state {}", method.name));
+        let (dest_key, restic_section) = match method.restic {
+            true => init_restic(&rig, &dest)?,
+            false => (dest.display().to_string(), String::new()),
+        };
         std::fs::write(
             &rig.config,
             format!(
                 "state_dir = {state:?}\n\n[mysql]\nsocket = {socket:?}\nuser = \"root\"\n\n\
-                 [snapshot]\nbackend = \"btrfs\"\n\n[backup]\ndest = {dest:?}\n{keys}",
+                 [snapshot]\nbackend = \"btrfs\"\n\n[backup]\ndest = {dest_key:?}\n{keys}{restic_section}",
                 socket = rig.server.socket,
                 keys = method.keys,
             ),
@@ -212,15 +231,48 @@ fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<Vec<Backup>> 
                 method.name, backup.wall_s, backup.transferred_mib, backup.stored_mib
             );
             results.push(backup);
+            if method.restic {
+                // A repository keeps what later snapshots share; the disk has room.
+                std::thread::sleep(Duration::from_millis(1100));
+                continue;
+            }
             // Only the newest backup is needed for the next one: keep the disk's peak
             // use at two copies (a 4 GB run would otherwise fill the machine's disk).
             remove_backups(&dest, manifest["name"].as_str())?;
             // Backups are named by the second.
             std::thread::sleep(Duration::from_millis(1100));
         }
-        remove_backups(&dest, None)?;
+        match method.restic {
+            true => std::fs::remove_dir_all(&dest)?,
+            false => remove_backups(&dest, None)?,
+        }
     }
     Ok(results)
+}
+
+/// A restic repository in `dir` (password in the rig's directory): the `dest` value
+/// and the `[backup.restic]` section that use it.
+fn init_restic(rig: &Rig, dir: &Path) -> anyhow::Result<(String, String)> {
+    let password = rig.dir.path().join("restic-password");
+    std::fs::write(&password, "benchmark\n")?;
+    std::fs::set_permissions(
+        &password,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    let out = Command::new("restic")
+        .arg("init")
+        .env("RESTIC_REPOSITORY", dir)
+        .env("RESTIC_PASSWORD_FILE", &password)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "restic init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((
+        format!("restic:{}", dir.display()),
+        format!("\n[backup.restic]\npassword_file = {password:?}\n"),
+    ))
 }
 
 /// Delete the backups in `dest` except `keep` (received copies are read-only
@@ -346,8 +398,9 @@ fn table(all: &[Backup]) -> String {
         "Per size and method: the first backup of a chain (full), then the median of the \
          incremental ones (each after the same churn: bank writes plus 2 % of the filler rows \
          rewritten). s: the whole `dbsnap backup` run (copy or stream alone in brackets). \
-         Transferred: changed files (rsync) or stream bytes (btrfs-send). Stored: space the \
-         destination gained.\n\n\
+         Transferred: changed files (rsync), stream bytes (btrfs-send) or what restic scanned \
+         (it reads only files whose size, mtime or inode changed). Stored: space the \
+         destination gained (restic: added to the repository, compressed).\n\n\
          | data | method | full: s | full: MiB transferred | full: MiB stored | incremental: s | incremental: MiB transferred | incremental: MiB stored |\n\
          |---|---|---|---|---|---|---|---|\n",
     );

@@ -68,6 +68,11 @@ pub struct Request {
     /// The partial backup: its directories down to each item are made durable too.
     pub partial: PathBuf,
     pub seed: Seed,
+    /// Files modified at or after this time are compared by content, never trusted on
+    /// the quick check: the base was copied from a snapshot taken within that second,
+    /// and a write after the snapshot in the same clock tick leaves size and time as
+    /// they were (see `incremental::recheck_since`).
+    pub recheck_since: Option<std::time::SystemTime>,
     /// Files in flight.
     pub threads: usize,
     pub throttle: Arc<Throttle>,
@@ -140,7 +145,8 @@ pub fn run(request: &Request) -> anyhow::Result<Moved> {
             Seed::Linked(bases) => Some(bases[i].as_path()),
             _ => None,
         };
-        walk(item, request.seed == Seed::Reflinked, linked, &mut walked)?;
+        let seeded = request.seed == Seed::Reflinked;
+        walk(item, seeded, linked, request.recheck_since, &mut walked)?;
     }
     let shared = Shared {
         throttle: &request.throttle,
@@ -182,6 +188,7 @@ fn walk(
     item: &CopyItem,
     seeded: bool,
     linked: Option<&Path>,
+    recheck_since: Option<std::time::SystemTime>,
     walked: &mut Walked,
 ) -> anyhow::Result<()> {
     let mut first_names: HashMap<(u64, u64), PathBuf> = HashMap::new();
@@ -223,10 +230,14 @@ fn walk(
                 }
                 first_names.insert((meta.dev(), meta.ino()), to.clone());
             }
+            let trusted = match recheck_since {
+                None => true,
+                Some(t) => meta.modified().is_ok_and(|m| m < t),
+            };
             let seed = seeded
                 .then(|| std::fs::symlink_metadata(&to).ok())
                 .flatten();
-            if seed.as_ref().is_some_and(|s| meta::unchanged(&meta, s)) {
+            if trusted && seed.as_ref().is_some_and(|s| meta::unchanged(&meta, s)) {
                 // rsync's quick check: same size, time, mode and owner as the previous
                 // backup's copy, so the same contents; not read again.
                 walked.unchanged += meta.len();
@@ -234,8 +245,8 @@ fn walk(
             }
             let basis = match (seed.is_some(), linked) {
                 (true, _) => JobBasis::Seeded,
-                (false, Some(base)) => JobBasis::LinkIfUnchanged(base.join(&relative)),
-                (false, None) => JobBasis::New,
+                (false, Some(base)) if trusted => JobBasis::LinkIfUnchanged(base.join(&relative)),
+                (false, _) => JobBasis::New,
             };
             walked.jobs.push(Job {
                 from: entry.path().to_path_buf(),

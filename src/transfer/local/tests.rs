@@ -104,6 +104,7 @@ fn request(from: &Path, to: &Path, seed: Seed, durable: Arc<dyn Durable>) -> Req
         }],
         partial: to.parent().unwrap().into(),
         seed,
+        recheck_since: None,
         threads: 3,
         throttle: Arc::new(Throttle::new(0)),
         counters: Arc::default(),

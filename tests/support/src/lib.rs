@@ -6,6 +6,7 @@ pub mod guest;
 pub mod lvm;
 pub mod mariadb;
 pub mod openzfs;
+pub mod sshd;
 pub mod zfs_fuse;
 
 use std::process::Command;

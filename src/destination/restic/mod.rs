@@ -1,0 +1,552 @@
+//! A restic repository as a destination (`dest = "restic:<repository>"`).
+//!
+//! A backup is two restic snapshots, both tagged `dbsnap`, `dbsnap-name=NAME` and
+//! `dbsnap-datadir=DATADIR` (restic tags cannot hold commas: `%` and `,` in the
+//! datadir are percent-encoded), written by the configured host:
+//!
+//! - its files (tag `dbsnap-data`): the server's directories at their original paths,
+//!   saved by `restic backup` (see `crate::restic` for how restic sees the frozen
+//!   files there). This is the transfer ([`Ingest`]).
+//! - its manifest (tag `dbsnap-manifest`): `/manifest.toml`, saved last. Its transfer
+//!   record names the files' snapshot and carries restic's summary, which is only
+//!   known once that snapshot exists — so the manifest cannot be inside it.
+//!
+//! Writing the manifest snapshot publishes the backup (restic writes a snapshot
+//! atomically). Files without a manifest are a partial backup: never listed as a
+//! backup, never a parent, and forgotten by `dbsnap cleanup` through the run's
+//! [`Resource::ResticRun`]. Removing forgets the manifest first (from then on it is no
+//! backup), then the files. A verification's verdict is a new manifest snapshot that
+//! replaces the old one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+mod locks;
+
+use super::{
+    Backup, BaseOf, Destination, Entry, Fetched, Ingest, Partial, ReceivedCopies, ServerFiles,
+};
+use crate::config::{BackupConfig, RESTIC_SCHEME};
+use crate::error::{fail, Class};
+use crate::journal::{Journal, Resource};
+use crate::manifest::{Manifest, TransferMethod, MANIFEST_FILE};
+use crate::restic::{BackupRequest, Bind, Restic, Snapshot};
+use crate::transfer::{CopyItem, TransferStats};
+
+const TAG: &str = "dbsnap";
+const DATA_TAG: &str = "dbsnap-data";
+const MANIFEST_TAG: &str = "dbsnap-manifest";
+const NAME_TAG: &str = "dbsnap-name=";
+const DATADIR_TAG: &str = "dbsnap-datadir=";
+
+pub struct ResticRepo {
+    restic: Restic,
+    location: PathBuf,
+    host: String,
+    tags: Vec<String>,
+    /// `restic check --read-data-subset` for verification.
+    check_subset: Option<String>,
+    /// `[backup] bwlimit`, as restic's `--limit-upload` (KiB/s).
+    limit_upload_kib: Option<u64>,
+}
+
+/// This machine's name, as restic records it in its locks.
+fn this_host() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn datadir_tag(datadir: &Path) -> String {
+    let text = datadir.to_string_lossy();
+    format!(
+        "{DATADIR_TAG}{}",
+        text.replace('%', "%25").replace(',', "%2C")
+    )
+}
+
+impl ResticRepo {
+    pub fn open(backup: &BackupConfig, state_dir: &Path) -> anyhow::Result<ResticRepo> {
+        let repository = backup
+            .restic_repository()
+            .expect("open is called for restic: destinations");
+        let config = backup.restic.as_ref().ok_or_else(|| {
+            fail(
+                Class::Config,
+                "backup.dest names a restic repository but there is no [backup.restic] section",
+            )
+        })?;
+        let restic = Restic::open(&repository, config, state_dir)?;
+        Ok(ResticRepo {
+            location: PathBuf::from(format!("{RESTIC_SCHEME}{}", restic.shown())),
+            restic,
+            host: config.host.clone().unwrap_or_else(this_host),
+            tags: config.tags.clone(),
+            check_subset: config.check_read_data_subset.clone(),
+            limit_upload_kib: backup.bwlimit.map(|b| (b.as_u64() / 1024).max(1)),
+        })
+    }
+
+    fn tags(&self, kind: &str, name: &str, datadir: &Path) -> Vec<String> {
+        let mut tags = vec![
+            TAG.to_string(),
+            kind.to_string(),
+            format!("{NAME_TAG}{name}"),
+            datadir_tag(datadir),
+        ];
+        tags.extend(self.tags.iter().cloned());
+        tags
+    }
+
+    /// dbsnap's snapshots of this host, by backup name: (files, manifests), oldest first.
+    async fn by_name(&self) -> anyhow::Result<BTreeMap<String, (Vec<Snapshot>, Vec<Snapshot>)>> {
+        let mut found: BTreeMap<String, (Vec<Snapshot>, Vec<Snapshot>)> = BTreeMap::new();
+        for snapshot in self.restic.snapshots(&[TAG], &self.host).await? {
+            let Some(name) = snapshot
+                .tags
+                .iter()
+                .find_map(|t| t.strip_prefix(NAME_TAG))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let slot = found.entry(name).or_default();
+            if snapshot.tags.iter().any(|t| t == MANIFEST_TAG) {
+                slot.1.push(snapshot);
+            } else if snapshot.tags.iter().any(|t| t == DATA_TAG) {
+                slot.0.push(snapshot);
+            }
+        }
+        for (files, manifests) in found.values_mut() {
+            files.sort_by_key(|s| s.time);
+            manifests.sort_by_key(|s| s.time);
+        }
+        Ok(found)
+    }
+
+    fn path_of(&self, name: &str) -> PathBuf {
+        self.location.join(name)
+    }
+
+    /// One backup name's snapshots, by the rule of the module documentation.
+    async fn entry(&self, name: String, files: &[Snapshot], manifests: &[Snapshot]) -> Entry {
+        let Some(newest) = manifests.last() else {
+            return Entry::Partial {
+                path: self.location.join(format!("{name}.partial")),
+                name,
+            };
+        };
+        let path = self.path_of(&name);
+        let manifest = match self
+            .restic
+            .dump(&newest.id, &format!("/{MANIFEST_FILE}"))
+            .await
+        {
+            Ok(text) => toml::from_str::<Manifest>(&text).ok(),
+            Err(e) => {
+                tracing::warn!("{name}: {e:#}");
+                None
+            }
+        };
+        match manifest {
+            Some(manifest)
+                if manifest.name == name
+                    && files.iter().any(|f| {
+                        manifest.transfer.repository_snapshot.as_deref() == Some(&f.short_id)
+                    }) =>
+            {
+                Entry::Backup(Box::new(Backup {
+                    name,
+                    path,
+                    manifest,
+                }))
+            }
+            _ => Entry::Invalid { name, path },
+        }
+    }
+
+    /// The run's journal entries for restic (one, or two while its pid is recorded).
+    fn run_entries(journal: &Journal, run: &str) -> Vec<Resource> {
+        journal
+            .entries()
+            .iter()
+            .filter(|e| e.run == run && matches!(e.resource, Resource::ResticRun { .. }))
+            .map(|e| e.resource.clone())
+            .collect()
+    }
+
+    fn run_resource(&self, pid: Option<u32>, started_at: DateTime<Utc>) -> Resource {
+        Resource::ResticRun {
+            repository: self.location.display().to_string(),
+            pid,
+            started_at,
+        }
+    }
+
+    /// Forget the snapshots of backup `name`: manifests first (from then on it is not
+    /// a backup), then its files.
+    async fn forget_backup(&self, name: &str, only_without_manifest: bool) -> anyhow::Result<()> {
+        let found = self.by_name().await?;
+        let Some((files, manifests)) = found.get(name) else {
+            return Ok(());
+        };
+        if only_without_manifest && !manifests.is_empty() {
+            return Ok(());
+        }
+        let ids = |s: &[Snapshot]| s.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+        for group in [ids(manifests), ids(files)] {
+            let refs: Vec<&str> = group.iter().map(String::as_str).collect();
+            self.restic.forget(&refs).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Destination for ResticRepo {
+    fn location(&self) -> &Path {
+        &self.location
+    }
+
+    /// restic recent enough; the repository there, reachable, opening with the
+    /// password; no stale lock and no exclusive one (a non-exclusive lock is another
+    /// host's backup: restic backups run side by side).
+    async fn check(&self, server: &ServerFiles<'_>) -> anyhow::Result<()> {
+        let version = self.restic.check_version().await?;
+        if let Some(dir) = self.restic.local_dir() {
+            let canonical = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+            if let Some(d) = server.dirs.iter().find(|d| canonical.starts_with(&d.path)) {
+                return Err(fail(
+                    Class::Destination,
+                    format!(
+                        "the restic repository {} is inside the server's {} directory {}: choose \
+                         one outside it",
+                        dir.display(),
+                        d.role,
+                        d.path.display()
+                    ),
+                ));
+            }
+            if canonical.exists() {
+                super::local::check_filesystem(&dir, &canonical, server)?;
+            }
+        }
+        self.restic.check_access().await?;
+        let locks = self.restic.locks().await?;
+        let stale = locks::stale(&locks, &this_host());
+        if !stale.is_empty() {
+            return Err(fail(
+                Class::Repository,
+                format!(
+                    "the restic repository {} has a stale lock left by a restic that was killed: {}. \
+                     `dbsnap cleanup` removes it when dbsnap's journal records that run; otherwise, \
+                     once no restic runs against the repository, remove it with `{}`",
+                    self.location.display(),
+                    locks::describe(&stale),
+                    self.restic.by_hand("unlock")
+                ),
+            ));
+        }
+        let exclusive: Vec<_> = locks.iter().filter(|l| l.exclusive).collect();
+        if !exclusive.is_empty() {
+            return Err(fail(
+                Class::Repository,
+                format!(
+                    "the restic repository {} is locked exclusively (a prune or check is running): \
+                     {}. Try again when it has finished",
+                    self.location.display(),
+                    locks::describe(&exclusive)
+                ),
+            ));
+        }
+        tracing::info!(
+            "restic {version}, repository {} opens with the password",
+            self.location.display()
+        );
+        Ok(())
+    }
+
+    /// For a local repository its filesystem's free space; restic cannot tell for
+    /// any other store.
+    async fn free_bytes(&self) -> anyhow::Result<Option<u64>> {
+        let Some(dir) = self.restic.local_dir() else {
+            return Ok(None);
+        };
+        let stat = nix::sys::statvfs::statvfs(&dir).map_err(|e| {
+            fail(
+                Class::Repository,
+                format!("the restic repository {}: {e}", dir.display()),
+            )
+        })?;
+        Ok(Some(
+            stat.blocks_available() as u64 * stat.fragment_size() as u64,
+        ))
+    }
+
+    async fn entries(&self) -> anyhow::Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        for (name, (files, manifests)) in self.by_name().await? {
+            entries.push(self.entry(name, &files, &manifests).await);
+        }
+        Ok(entries)
+    }
+
+    /// The first free name (`20261125T214500Z`, `.1`, ...) among this host's
+    /// snapshots. Nothing is created: the journal records that restic is about to work
+    /// for the run. A repository has no atomic claim; two runs of this host writing in
+    /// the same second from different state directories could pick one name (their
+    /// snapshots would then be told apart by time only).
+    async fn create_partial(
+        &self,
+        at: DateTime<Utc>,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Partial> {
+        let taken = self.by_name().await?;
+        let name = super::names_for(at)
+            .find(|n| !taken.contains_key(n))
+            .expect("names_for never ends");
+        journal.record(&name, self.run_resource(None, Utc::now()))?;
+        Ok(Partial {
+            dir: self.location.join(format!("{name}.partial")),
+            name,
+        })
+    }
+
+    async fn publish(
+        &self,
+        partial: Partial,
+        mut manifest: Manifest,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Backup> {
+        let path = self.path_of(&partial.name);
+        manifest.path = path.clone();
+        let text = toml::to_string_pretty(&manifest)?;
+        let tags = self.tags(MANIFEST_TAG, &partial.name, &manifest.server.datadir);
+        self.restic
+            .save_file(MANIFEST_FILE, &text, &self.host, &tags)
+            .await?;
+        for resource in Self::run_entries(journal, &partial.name) {
+            journal.forget(&resource)?;
+        }
+        Ok(Backup {
+            name: partial.name,
+            path,
+            manifest,
+        })
+    }
+
+    async fn remove(
+        &self,
+        backup: &Backup,
+        journal: &mut Journal,
+        _received: &dyn ReceivedCopies,
+    ) -> anyhow::Result<()> {
+        let resource = self.run_resource(None, Utc::now());
+        journal.record(&backup.name, resource.clone())?;
+        self.forget_backup(&backup.name, false).await?;
+        journal.forget(&resource)
+    }
+
+    fn ingest(&self) -> Option<&dyn Ingest> {
+        Some(self)
+    }
+
+    async fn fetch(
+        &self,
+        backup: &Backup,
+        staging: &Path,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Fetched> {
+        let id = backup
+            .manifest
+            .transfer
+            .repository_snapshot
+            .clone()
+            .expect("listed backups name their files' snapshot");
+        let dir = staging.join(&backup.name);
+        if dir.exists() {
+            return Err(fail(
+                Class::Destination,
+                format!(
+                    "{} exists, left by an earlier run: run `dbsnap cleanup`, or remove it",
+                    dir.display()
+                ),
+            ));
+        }
+        journal.record(&backup.name, Resource::Fetched { dir: dir.clone() })?;
+        std::fs::create_dir_all(dir.join(crate::manifest::FILES_DIR)).map_err(|e| {
+            fail(
+                Class::Destination,
+                format!("creating {}: {e}", dir.display()),
+            )
+        })?;
+        tracing::info!(
+            "restoring backup {} (restic snapshot {id}) into {}",
+            backup.name,
+            dir.display()
+        );
+        self.restic
+            .restore(&id, &dir.join(crate::manifest::FILES_DIR))
+            .await?;
+        backup.manifest.write(&dir)?;
+        Ok(Fetched { dir, staged: true })
+    }
+
+    async fn record_verification(
+        &self,
+        backup: &Backup,
+        verified: &Manifest,
+        journal: &mut Journal,
+    ) -> anyhow::Result<()> {
+        let resource = self.run_resource(None, Utc::now());
+        journal.record(&backup.name, resource.clone())?;
+        let old: Vec<String> = self
+            .by_name()
+            .await?
+            .remove(&backup.name)
+            .map(|(_, manifests)| manifests.into_iter().map(|s| s.id).collect())
+            .unwrap_or_default();
+        let mut manifest = verified.clone();
+        manifest.path = backup.path.clone();
+        let text = toml::to_string_pretty(&manifest)?;
+        let tags = self.tags(MANIFEST_TAG, &backup.name, &manifest.server.datadir);
+        self.restic
+            .save_file(MANIFEST_FILE, &text, &self.host, &tags)
+            .await?;
+        let refs: Vec<&str> = old.iter().map(String::as_str).collect();
+        self.restic.forget(&refs).await?;
+        journal.forget(&resource)
+    }
+
+    async fn check_storage(&self, journal: &mut Journal, run: &str) -> anyhow::Result<()> {
+        let resource = self.run_resource(None, Utc::now());
+        journal.record(run, resource.clone())?;
+        let subset = self.check_subset.as_deref();
+        let report = self.restic.check(subset).await?;
+        tracing::info!(
+            "restic check{}: {}",
+            subset
+                .map(|s| format!(" (reading {s} of the data)"))
+                .unwrap_or_default(),
+            report.lines().last().unwrap_or("no errors")
+        );
+        journal.forget(&resource)
+    }
+
+    async fn reclaim(&self, journal: &mut Journal, run: &str) -> anyhow::Result<()> {
+        let resource = self.run_resource(None, Utc::now());
+        journal.record(run, resource.clone())?;
+        self.restic.prune().await?;
+        journal.forget(&resource)
+    }
+}
+
+#[async_trait]
+impl Ingest for ResticRepo {
+    async fn ingest(
+        &self,
+        partial: &Partial,
+        datadir: &Path,
+        items: &[CopyItem],
+        journal: &mut Journal,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> anyhow::Result<TransferStats> {
+        let base = self
+            .newest_base(datadir, BaseOf::Stream(TransferMethod::Restic.as_str()))
+            .await?;
+        let parent = base
+            .as_ref()
+            .and_then(|b| b.manifest.transfer.repository_snapshot.clone());
+        if let (Some(b), Some(p)) = (&base, &parent) {
+            tracing::info!("restic backup with parent snapshot {p} (backup {})", b.name);
+        }
+        let binds: Vec<Bind> = items
+            .iter()
+            .map(|item| Bind {
+                frozen: item.from.clone(),
+                original: item.to.clone(),
+                top_level: !items
+                    .iter()
+                    .any(|o| o.to != item.to && item.to.starts_with(&o.to)),
+            })
+            .collect();
+        let excludes: Vec<PathBuf> = items
+            .iter()
+            .flat_map(|i| i.exclude.iter().map(|e| i.to.join(e)))
+            .collect();
+        let tags = self.tags(DATA_TAG, &partial.name, datadir);
+        let request = BackupRequest {
+            binds: &binds,
+            excludes: &excludes,
+            host: &self.host,
+            tags: &tags,
+            parent: parent.as_deref(),
+            limit_upload_kib: self.limit_upload_kib,
+        };
+        let recorded = Self::run_entries(journal, &partial.name);
+        let mut started = |pid: u32| -> anyhow::Result<()> {
+            let started_at = match recorded.first() {
+                Some(Resource::ResticRun { started_at, .. }) => *started_at,
+                _ => Utc::now(),
+            };
+            journal.record(&partial.name, self.run_resource(Some(pid), started_at))?;
+            for old in &recorded {
+                journal.forget(old)?;
+            }
+            Ok(())
+        };
+        let summary = self.restic.backup(&request, progress, &mut started).await?;
+        Ok(TransferStats {
+            method: TransferMethod::Restic,
+            base: base.map(|b| b.name),
+            parent_snapshot: parent,
+            full_because: None,
+            bytes: summary.total_bytes_processed,
+            bytes_written: summary.data_added,
+            files: summary.total_files_processed,
+            duration_ms: (summary.total_duration * 1000.0) as u64,
+            repository_snapshot: Some(summary.snapshot_id),
+            resumed_from: None,
+            wire_bytes: None,
+        })
+    }
+}
+
+/// The configured restic repository, for `dbsnap cleanup` releasing a journaled run.
+pub fn configured(
+    state_dir: &Path,
+    backup: Option<&BackupConfig>,
+    journaled: &str,
+) -> anyhow::Result<ResticRepo> {
+    let repo = backup
+        .filter(|b| b.restic_repository().is_some())
+        .map(|b| ResticRepo::open(b, state_dir))
+        .transpose()?;
+    match repo {
+        Some(repo) if repo.location.display().to_string() == journaled => Ok(repo),
+        _ => Err(fail(
+            Class::Config,
+            format!(
+                "the journal records restic working on {journaled}, which [backup] dest no longer \
+                 names: point dest at it again to clean up, or check it by hand and drop the run \
+                 with `dbsnap cleanup --forget RUN`"
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datadir_tags_hold_no_comma() {
+        assert_eq!(
+            datadir_tag(Path::new("/srv/db,1/100%")),
+            "dbsnap-datadir=/srv/db%2C1/100%25"
+        );
+    }
+}

@@ -1,0 +1,404 @@
+//! A destination directory on another host, reached over ssh: the same layout as
+//! [`super::local::LocalDir`] (`DEST/NAME/` with its manifest, `DEST/NAME.partial/`
+//! while written or removed), every step one remote command over the run's shared
+//! connection ([`crate::ssh::Session`]).
+//!
+//! Paths in [`Partial::dir`] and [`Backup::path`] are paths *on the remote host*.
+//! Each remote command is a fixed POSIX `sh` script whose variable parts are passed as
+//! positional arguments (`sh -c SCRIPT sh ARG...`), the whole argv quoted by
+//! [`crate::ssh::command_line`]: nothing from a path or a name is ever part of a script.
+//!
+//! Remote commands used: `sh`, `cat`, `mkdir`, `mktemp`, `mv`, `rm`, `sync`, `df`
+//! (coreutils), plus `rsync` and `b3sum` for the copy and its checksums. The fixed
+//! scripts are in [`scripts`]; what is done to a stored copy's files (checksums, pulls)
+//! in `stored.rs`.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{Backup, Destination, Entry, Partial, ReceivedCopies, ServerFiles, PARTIAL_SUFFIX};
+use crate::config::SshConfig;
+use crate::error::{fail, Class};
+use crate::journal::{Journal, Resource};
+use crate::manifest::Manifest;
+use crate::ssh::{Session, SshTarget};
+
+/// The commands a backup over ssh needs on the remote host (besides `sh` and coreutils).
+pub const NEEDED_COMMANDS: [&str; 2] = ["rsync", "b3sum"];
+
+mod scripts;
+mod stored;
+#[cfg(test)]
+mod tests;
+
+use scripts::*;
+
+pub struct SshDir {
+    target: SshTarget,
+    /// `[backup] dest` as configured (the URL), for messages and records.
+    location: PathBuf,
+    ssh: SshConfig,
+    session: Session,
+}
+
+impl SshDir {
+    pub fn new(target: SshTarget, ssh: &SshConfig, state_dir: &Path) -> SshDir {
+        SshDir {
+            location: PathBuf::from(target.url()),
+            session: Session::new(target.clone(), ssh, state_dir),
+            ssh: ssh.clone(),
+            target,
+        }
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    pub fn target(&self) -> &SshTarget {
+        &self.target
+    }
+
+    fn dir(&self) -> &Path {
+        &self.target.path
+    }
+
+    fn partial_dir(&self, name: &str) -> PathBuf {
+        self.dir().join(format!("{name}{PARTIAL_SUFFIX}"))
+    }
+
+    fn resource(&self, dir: PathBuf, resumable: bool) -> Resource {
+        Resource::RemotePartial {
+            dest: self.target.url(),
+            ssh: self.ssh.clone(),
+            dir,
+            resumable,
+        }
+    }
+
+    /// Run the fixed `script` with `args` as `$1...` on the remote host.
+    async fn script(
+        &self,
+        script: &str,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> anyhow::Result<std::process::Output> {
+        let mut argv = vec!["sh", "-c", script, "sh"];
+        argv.extend_from_slice(args);
+        self.session.output(&argv, stdin).await
+    }
+
+    fn on_host(&self, path: &Path) -> String {
+        format!("{}:{}", self.target.display_host(), path.display())
+    }
+
+    /// That the remote directory exists, is writable, and has `commands`.
+    pub async fn check_with(&self, commands: &[&str]) -> anyhow::Result<()> {
+        let dir = self.dir().to_string_lossy().into_owned();
+        let mut args = vec![dir.as_str()];
+        args.extend_from_slice(commands);
+        let out = self.script(CHECK, &args, None).await?;
+        let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let at = self.on_host(self.dir());
+        let problem = match out.status.code() {
+            Some(0) => return Ok(()),
+            Some(3) => format!(
+                "the destination {at} does not exist: create it there (mkdir -p) or fix [backup] dest"
+            ),
+            Some(4) => format!("the destination {at} is not a directory: fix [backup] dest"),
+            Some(5) => format!(
+                "the destination {at} is not writable by the ssh user ({said}): fix its permissions \
+                 or mount it read-write"
+            ),
+            Some(6) => format!(
+                "the backup host {} lacks{said}, which a backup there needs: install it there \
+                 (apt-get install rsync b3sum)",
+                self.target.display_host()
+            ),
+            _ => format!(
+                "checking the destination {at} failed ({}): {said}. If dbsnap's key there has a \
+                 forced command (command=\"rrsync ...\" in authorized_keys), it cannot work: \
+                 dbsnap runs sh, coreutils, rsync and b3sum there (README: \"Backing up to \
+                 another host\")",
+                out.status
+            ),
+        };
+        Err(fail(Class::Destination, problem))
+    }
+
+    /// Move the newest partial an interrupted run left into the freshly claimed (empty)
+    /// `partial`, in one rename over it; older leftover partials are removed. Returns
+    /// the name of the run it continues.
+    async fn take_partial(
+        &self,
+        partial: &Partial,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Option<String>> {
+        let mut partials: Vec<String> = self
+            .entries()
+            .await?
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Partial { name: n, .. }
+                    if n != partial.name && looks_like_a_backup_name(&n) =>
+                {
+                    Some(n)
+                }
+                _ => None,
+            })
+            .collect();
+        let Some(newest) = partials.pop() else {
+            return Ok(None);
+        };
+        for older in partials {
+            self.delete_partial(&older, journal).await?;
+        }
+        let from = self.partial_dir(&newest);
+        let (from_s, dir_s) = (from.to_string_lossy(), partial.dir.to_string_lossy());
+        // rename(2) replaces an empty directory: the claimed partial stays claimed.
+        self.session
+            .run(
+                &["mv", "-T", "--", &from_s, &dir_s],
+                &format!("taking over the partial {newest}"),
+            )
+            .await?;
+        // The old run's entry (if this state directory made it) names a dir gone now.
+        let old = self.resource(from, true);
+        if journal.entries().iter().any(|e| e.resource == old) {
+            journal.forget(&old)?;
+        }
+        Ok(Some(newest))
+    }
+
+    async fn delete_partial(&self, name: &str, journal: &mut Journal) -> anyhow::Result<()> {
+        let dir = self.partial_dir(name);
+        let resource = self.resource(dir.clone(), false);
+        journal.record(name, resource.clone())?;
+        let dir_s = dir.to_string_lossy();
+        self.script(REMOVE, &[&dir_s, &dir_s], None).await?;
+        journal.forget(&resource)
+    }
+}
+
+/// What [`Destination::unused_name`] makes: `YYYYMMDDTHHMMSSZ` or `...Z.N`.
+fn looks_like_a_backup_name(name: &str) -> bool {
+    let (stamp, n) = name.split_once('.').unwrap_or((name, "0"));
+    stamp.len() == 16
+        && stamp.ends_with('Z')
+        && stamp.as_bytes()[8] == b'T'
+        && n.chars().all(|c| c.is_ascii_digit())
+}
+
+/// Parse [`LIST`]'s output into entries.
+fn parse_listing(dir: &Path, out: &[u8]) -> Vec<Entry> {
+    let mut fields = out.split(|b| *b == 0);
+    let mut entries = Vec::new();
+    while let (Some(name), Some(kind), Some(text)) = (fields.next(), fields.next(), fields.next()) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let manifest = (kind == b"m").then(|| {
+            let text = String::from_utf8_lossy(text);
+            toml::from_str::<Manifest>(&text).map_err(anyhow::Error::from)
+        });
+        if let Some(entry) = super::classify(name.clone(), dir.join(&name), manifest) {
+            entries.push(entry);
+        }
+    }
+    entries.sort_by(|a, b| a.name().cmp(b.name()));
+    entries
+}
+
+#[async_trait]
+impl Destination for SshDir {
+    fn location(&self) -> &Path {
+        &self.location
+    }
+
+    fn remote(&self) -> Option<&SshDir> {
+        Some(self)
+    }
+
+    /// On another host the server's directories cannot contain the destination.
+    async fn check(&self, _server: &ServerFiles<'_>) -> anyhow::Result<()> {
+        self.check_with(&NEEDED_COMMANDS).await
+    }
+
+    async fn free_bytes(&self) -> anyhow::Result<Option<u64>> {
+        let dir = self.dir().to_string_lossy();
+        let out = self
+            .session
+            .run(&["df", "-P", "-B1", "--", &dir], "df")
+            .await?;
+        let free = out
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "cannot read the free space of {} from df: {out:?}",
+                    self.on_host(self.dir())
+                )
+            });
+        free.map(Some)
+    }
+
+    async fn entries(&self) -> anyhow::Result<Vec<Entry>> {
+        let dir = self.dir().to_string_lossy();
+        let out = self.script(LIST, &[&dir], None).await?;
+        if !out.status.success() {
+            return Err(fail(
+                Class::Destination,
+                format!(
+                    "cannot read the destination {}: {}",
+                    self.on_host(self.dir()),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        Ok(parse_listing(self.dir(), &out.stdout))
+    }
+
+    async fn resume_partial(
+        &self,
+        partial: &Partial,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Option<String>> {
+        self.take_partial(partial, journal).await
+    }
+
+    async fn create_partial(
+        &self,
+        at: DateTime<Utc>,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Partial> {
+        let taken: Vec<String> = self
+            .entries()
+            .await?
+            .iter()
+            .map(|e| e.name().to_string())
+            .collect();
+        for name in super::names_for(at).filter(|n| !taken.contains(n)) {
+            let dir = self.partial_dir(&name);
+            let resource = self.resource(dir.clone(), true);
+            journal.record(&name, resource.clone())?;
+            let dir_s = dir.to_string_lossy();
+            // `mkdir` fails on an existing directory: that is what claims the name.
+            let out = self.script(MAKE_PARTIAL, &[&dir_s], None).await?;
+            match out.status.code() {
+                Some(0) => return Ok(Partial { name, dir }),
+                Some(3) => journal.forget(&resource)?,
+                _ => {
+                    journal.forget(&resource)?;
+                    return Err(fail(
+                        Class::Destination,
+                        format!(
+                            "creating the partial directory {} failed: {}",
+                            self.on_host(&dir),
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ),
+                    ));
+                }
+            }
+        }
+        unreachable!("names_for never ends")
+    }
+
+    async fn publish(
+        &self,
+        partial: Partial,
+        mut manifest: Manifest,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Backup> {
+        let path = self.dir().join(&partial.name);
+        manifest.path = path.clone();
+        let text = toml::to_string_pretty(&manifest)?;
+        let (from, to, parent) = (
+            partial.dir.to_string_lossy(),
+            path.to_string_lossy(),
+            self.dir().to_string_lossy(),
+        );
+        let out = self
+            .script(PUBLISH, &[&from, &to, &parent], Some(text.as_bytes()))
+            .await?;
+        if !out.status.success() {
+            return Err(fail(
+                Class::Destination,
+                format!(
+                    "publishing the backup {} failed: {}",
+                    self.on_host(&path),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        journal.forget_published(&partial.dir)?;
+        Ok(Backup {
+            name: partial.name,
+            path,
+            manifest,
+        })
+    }
+
+    async fn remove(
+        &self,
+        backup: &Backup,
+        journal: &mut Journal,
+        received: &dyn ReceivedCopies,
+    ) -> anyhow::Result<()> {
+        let partial = self.partial_dir(&backup.name);
+        let resource = self.resource(partial.clone(), false);
+        journal.record(&backup.name, resource.clone())?;
+        for stored in &backup.manifest.stored {
+            received
+                .delete_received(&backup.manifest.snapshot.backend, &stored.id)
+                .await?;
+        }
+        let (path, partial_s) = (backup.path.to_string_lossy(), partial.to_string_lossy());
+        let out = self.script(REMOVE, &[&path, &partial_s], None).await?;
+        if !out.status.success() {
+            return Err(fail(
+                Class::Destination,
+                format!(
+                    "removing the backup {} failed: {}",
+                    self.on_host(&backup.path),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        journal.forget(&resource)
+    }
+}
+
+/// Release a journaled remote partial (`dbsnap cleanup`, or a failed run): one being
+/// filled stays for the next run to resume; one being removed is deleted.
+pub async fn release(
+    dest: &str,
+    ssh: &SshConfig,
+    dir: &Path,
+    resumable: bool,
+    state_dir: &Path,
+) -> anyhow::Result<()> {
+    if resumable {
+        tracing::info!(
+            "kept the partial backup {dir:?} on {dest}: the next backup resumes from it",
+        );
+        return Ok(());
+    }
+    // Only ever delete a directory dbsnap named `*.partial`.
+    if !dir.to_string_lossy().ends_with(PARTIAL_SUFFIX) {
+        return Ok(());
+    }
+    let target = SshTarget::parse(dest).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dest = SshDir::new(target, ssh, state_dir);
+    let dir_s = dir.to_string_lossy();
+    let out = dest.script(REMOVE, &[&dir_s, &dir_s], None).await?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "removing {} failed: {}",
+            dest.on_host(dir),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,390 @@
+//! A real OpenSSH server for one test: `/usr/sbin/sshd` on 127.0.0.1 at a free port,
+//! with a throwaway host key, a throwaway user key, its own `sshd_config`,
+//! `authorized_keys` and a `known_hosts` file for the client. Stopped on drop.
+//!
+//! What makes sshd run as root in a container without a service manager:
+//! - `UsePAM no` (no PAM stack or login session needed), key authentication only;
+//! - `StrictModes no`: the keys live in a temporary directory under the world-writable
+//!   `/tmp`, which strict modes refuse;
+//! - the privilege-separation directory `/run/sshd` must exist (the Debian service
+//!   creates it at start; this harness does the same);
+//! - sshd must be started by its absolute path (it re-executes itself per connection).
+//!
+//! The client side is plain `ssh` with `-i`, `-o UserKnownHostsFile=`,
+//! `-o StrictHostKeyChecking=yes` and `-o IdentitiesOnly=yes`, so nothing of the
+//! machine's own `~/.ssh` is used.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// What an sshd serves; [`SshdOptions::default`] is a plain login for `root` with the
+/// user key.
+#[derive(Debug, Clone, Default)]
+pub struct SshdOptions {
+    /// Prefixed to the key's line in `authorized_keys` (e.g.
+    /// `command="rrsync /srv/b",no-pty,no-port-forwarding`).
+    pub key_options: Option<String>,
+}
+
+pub struct Sshd {
+    /// Holds the keys, the configuration and the log.
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// The client's private key.
+    pub identity: PathBuf,
+    /// A known_hosts file that holds this server's host key (as `[127.0.0.1]:PORT`).
+    pub known_hosts: PathBuf,
+    pub authorized_keys: PathBuf,
+    /// The server's public host key line (`ssh-ed25519 AAAA...`).
+    pub host_key_pub: String,
+    /// sshd's own log (`-E`).
+    pub log: PathBuf,
+    child: Child,
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn keygen(path: &Path, comment: &str) -> String {
+    run(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            comment,
+            "-f",
+            path.to_str().unwrap(),
+        ],
+    );
+    std::fs::read_to_string(path.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Sshd {
+    pub fn start() -> Sshd {
+        Sshd::start_with(SshdOptions::default())
+    }
+
+    pub fn start_with(options: SshdOptions) -> Sshd {
+        assert!(
+            Path::new("/usr/sbin/sshd").exists(),
+            "sshd is not installed: apt-get install openssh-server (scripts/install-deps.sh)"
+        );
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("dbsnap-sshd")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
+        let host_key = dir.join("host_key");
+        let host_key_pub = keygen(&host_key, "dbsnap-test-host");
+        let identity = dir.join("user_key");
+        let user_pub = keygen(&identity, "dbsnap-test-user");
+        let authorized_keys = dir.join("authorized_keys");
+        let line = match &options.key_options {
+            Some(o) => format!("{o} {user_pub}\n"),
+            None => format!("{user_pub}\n"),
+        };
+        std::fs::write(&authorized_keys, line).unwrap();
+        let log = dir.join("sshd.log");
+        let config = dir.join("sshd_config");
+        let mut last_err = String::new();
+        // A free port can be taken between the probe and sshd's bind: try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            std::fs::write(
+                &config,
+                sshd_config(&dir, port, &host_key, &authorized_keys),
+            )
+            .unwrap();
+            let mut child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(&config)
+                .arg("-E")
+                .arg(&log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting sshd");
+            if wait_listening(port, &mut child, &log) {
+                let known_hosts = dir.join("known_hosts");
+                std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_key_pub}\n"))
+                    .unwrap();
+                return Sshd {
+                    dir,
+                    _tmp: tmp,
+                    host: "127.0.0.1".into(),
+                    port,
+                    user: "root".into(),
+                    identity,
+                    known_hosts,
+                    authorized_keys,
+                    host_key_pub,
+                    log,
+                    child,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            last_err = std::fs::read_to_string(&log).unwrap_or_default();
+        }
+        panic!("sshd did not start: {last_err}");
+    }
+
+    /// `ssh://root@127.0.0.1:PORT/path` for a destination `path` on this server.
+    pub fn url(&self, path: &Path) -> String {
+        format!(
+            "ssh://{}@{}:{}{}",
+            self.user,
+            self.host,
+            self.port,
+            path.display()
+        )
+    }
+
+    /// The client options that reach this server with the test key and known_hosts,
+    /// without the destination (`-p PORT -i KEY -o ...`).
+    pub fn client_args(&self) -> Vec<String> {
+        vec![
+            "-p".into(),
+            self.port.to_string(),
+            "-i".into(),
+            self.identity.display().to_string(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+        ]
+    }
+
+    /// Run `remote_command` (one shell line) on the server as the test user.
+    pub fn ssh(&self, remote_command: &str) -> Output {
+        Command::new("ssh")
+            .args(self.client_args())
+            .arg(format!("{}@{}", self.user, self.host))
+            .arg("--")
+            .arg(remote_command)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running ssh")
+    }
+
+    /// Replace the authorized key's options (e.g. a forced command) for new connections.
+    pub fn set_key_options(&self, options: Option<&str>) {
+        let key = std::fs::read_to_string(self.identity.with_extension("pub")).unwrap();
+        let line = match options {
+            Some(o) => format!("{o} {}", key.trim()),
+            None => key.trim().to_string(),
+        };
+        std::fs::write(&self.authorized_keys, format!("{line}\n")).unwrap();
+    }
+
+    /// The process ids of the sshd processes serving connections (the listener's
+    /// children): killing them cuts every session off, as a network drop would.
+    pub fn session_pids(&self) -> Vec<i32> {
+        let listener = self.child.id();
+        let children = format!("/proc/{listener}/task/{listener}/children");
+        std::fs::read_to_string(children)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    /// Kill every session (SIGKILL to the per-connection sshd processes); the listener
+    /// keeps accepting new connections. Returns how many were killed.
+    pub fn kill_sessions(&self) -> usize {
+        let pids = self.session_pids();
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        pids.len()
+    }
+
+    /// Wait until at least one session is open (a client connected), up to `timeout`.
+    pub fn wait_for_session(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.session_pids().is_empty() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// A known_hosts file holding a *different* key for this server's address (a
+    /// changed host key, as after a reinstall or in an attack).
+    pub fn wrong_known_hosts(&self) -> PathBuf {
+        let other = self.dir.join("other_host_key");
+        let other_pub = keygen(&other, "dbsnap-test-other-host");
+        let path = self.dir.join("known_hosts.wrong");
+        std::fs::write(&path, format!("[127.0.0.1]:{} {other_pub}\n", self.port)).unwrap();
+        path
+    }
+
+    /// An empty known_hosts file (the server's key is unknown).
+    pub fn empty_known_hosts(&self) -> PathBuf {
+        let path = self.dir.join("known_hosts.empty");
+        std::fs::write(&path, "").unwrap();
+        path
+    }
+
+    /// sshd's log so far, for assertion messages.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.kill_sessions();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sshd_config(dir: &Path, port: u16, host_key: &Path, authorized_keys: &Path) -> String {
+    format!(
+        "ListenAddress 127.0.0.1:{port}\n\
+         HostKey {host_key}\n\
+         PidFile {pid}\n\
+         AuthorizedKeysFile {authorized_keys}\n\
+         UsePAM no\n\
+         StrictModes no\n\
+         PermitRootLogin prohibit-password\n\
+         PubkeyAuthentication yes\n\
+         PasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\n\
+         PrintMotd no\n\
+         PrintLastLog no\n\
+         PermitUserEnvironment no\n\
+         MaxSessions 32\n\
+         MaxStartups 32:50:64\n\
+         LogLevel VERBOSE\n\
+         Subsystem sftp /usr/lib/openssh/sftp-server\n",
+        host_key = host_key.display(),
+        pid = dir.join("sshd.pid").display(),
+        authorized_keys = authorized_keys.display(),
+    )
+}
+
+/// Whether sshd accepts connections on `port` (it logs "Server listening" once bound).
+fn wait_listening(port: u16, child: &mut Child, log: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        let listening = std::fs::File::open(log)
+            .map(|f| {
+                BufReader::new(f)
+                    .lines()
+                    .map_while(Result::ok)
+                    .any(|l| l.contains("Server listening") && l.contains(&port.to_string()))
+            })
+            .unwrap_or(false);
+        if listening {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_runs_over_ssh_with_the_throwaway_keys() {
+        let sshd = Sshd::start();
+        let out = sshd.ssh("echo hello-from-$((40+2))");
+        assert!(
+            out.status.success(),
+            "{} / {}",
+            String::from_utf8_lossy(&out.stderr),
+            sshd.log_text()
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello-from-42");
+    }
+
+    #[test]
+    fn killing_the_sessions_cuts_a_running_command_off() {
+        let sshd = Sshd::start();
+        let mut client = Command::new("ssh")
+            .args(sshd.client_args())
+            .arg(format!("{}@{}", sshd.user, sshd.host))
+            .arg("sleep 30")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(sshd.wait_for_session(Duration::from_secs(10)));
+        assert!(sshd.kill_sessions() >= 1);
+        let status = client.wait().unwrap();
+        assert!(!status.success());
+        // The listener still serves new connections.
+        assert!(sshd.ssh("true").status.success());
+    }
+
+    #[test]
+    fn a_changed_host_key_is_refused() {
+        let sshd = Sshd::start();
+        let wrong = sshd.wrong_known_hosts();
+        // ssh keeps the first value given for an option: the override goes first.
+        let out = Command::new("ssh")
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", wrong.display()))
+            .args(sshd.client_args())
+            .arg(format!("{}@{}", sshd.user, sshd.host))
+            .arg("true")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("HOST IDENTIFICATION HAS CHANGED"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
