@@ -127,6 +127,16 @@ pub struct BackupConfig {
     /// How the frozen files reach the destination (see [`Method`]).
     #[serde(default)]
     pub method: Method,
+    /// Pace the copy by the server's commit latency (`auto`) or not (`off`).
+    #[serde(default)]
+    pub pace: PaceMode,
+    /// Commits slower than this many times the baseline (measured before the lock)
+    /// slow the copy down.
+    #[serde(default = "default_pace_target")]
+    pub pace_target: f64,
+    /// The copy never goes slower than this (per second), so that a backup finishes;
+    /// by default 16 MiB, or `bwlimit` if that is lower.
+    pub pace_floor: Option<bytesize::ByteSize>,
     /// Compression on the wire for an ssh destination: `true` (rsync's default level)
     /// or a level 1-9. Off by default.
     pub compress: Option<Compress>,
@@ -137,13 +147,28 @@ pub struct BackupConfig {
     pub restic: Option<ResticConfig>,
 }
 
-/// `[backup] method`: `rsync`, `auto`, or the name of a backend's native stream.
+/// `[backup] pace`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaceMode {
+    #[default]
+    Auto,
+    Off,
+}
+
+fn default_pace_target() -> f64 {
+    2.0
+}
+
+/// `[backup] method`: `files`, `rsync`, `auto`, or the name of a backend's native stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(from = "String")]
 pub enum Method {
-    /// rsync from the mounted snapshot: works with every backend and destination; the
-    /// backups are plain directories.
+    /// A plain directory tree copied from the mounted snapshot: by dbsnap's own copy
+    /// engine to a destination on this host, by rsync elsewhere.
     #[default]
+    Files,
+    /// A plain directory tree, always by rsync.
     Rsync,
     /// The backend's native stream when it has one and the destination can receive it;
     /// rsync otherwise.
@@ -157,6 +182,7 @@ pub enum Method {
 impl From<String> for Method {
     fn from(text: String) -> Self {
         match text.as_str() {
+            "files" => Method::Files,
             "rsync" => Method::Rsync,
             "auto" => Method::Auto,
             _ => Method::Stream(text),
@@ -167,6 +193,7 @@ impl From<String> for Method {
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.pad(match self {
+            Method::Files => "files",
             Method::Rsync => "rsync",
             Method::Auto => "auto",
             Method::Stream(name) => name,

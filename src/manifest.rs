@@ -149,6 +149,12 @@ pub enum TransferMethod {
     RsyncReflink,
     /// rsync with unchanged files hard-linked into the previous backup.
     RsyncLinkDest,
+    /// dbsnap's local copy engine into a fresh tree.
+    Copy,
+    /// The local copy engine into a reflink copy of the previous backup (changed blocks).
+    CopyReflink,
+    /// The local copy engine with unchanged files hard-linked into the previous backup.
+    CopyLinkDest,
     /// `restic backup` into a repository, deduplicated against its parent snapshot.
     Restic,
     /// The backend's native stream, by the name the backend gives it (`btrfs-send`).
@@ -161,6 +167,9 @@ impl TransferMethod {
             TransferMethod::Rsync => "rsync",
             TransferMethod::RsyncReflink => "rsync+reflink",
             TransferMethod::RsyncLinkDest => "rsync+link-dest",
+            TransferMethod::Copy => "copy",
+            TransferMethod::CopyReflink => "copy+reflink",
+            TransferMethod::CopyLinkDest => "copy+link-dest",
             TransferMethod::Restic => "restic",
             TransferMethod::Stream(name) => name,
         }
@@ -173,6 +182,9 @@ impl From<String> for TransferMethod {
             "rsync" => TransferMethod::Rsync,
             "rsync+reflink" => TransferMethod::RsyncReflink,
             "rsync+link-dest" => TransferMethod::RsyncLinkDest,
+            "copy" => TransferMethod::Copy,
+            "copy+reflink" => TransferMethod::CopyReflink,
+            "copy+link-dest" => TransferMethod::CopyLinkDest,
             "restic" => TransferMethod::Restic,
             _ => TransferMethod::Stream(text),
         }

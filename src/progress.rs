@@ -20,7 +20,7 @@ impl Progress {
         let bar = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
         bar.set_style(
             ProgressStyle::with_template(
-                "copying {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+                "copying {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
             )
             .expect("valid template"),
         );
@@ -46,6 +46,18 @@ impl Progress {
                 );
             }
         }
+    }
+
+    /// The rate the pacer set (0: unlimited).
+    pub fn set_pace(&self, rate: u64) {
+        let pace = match rate {
+            0 => "unpaced".to_string(),
+            r => format!("paced to {}/s", ByteSize::b(r).display().iec()),
+        };
+        if self.bar.is_hidden() {
+            tracing::info!("copy {pace}");
+        }
+        self.bar.set_message(pace);
     }
 
     pub fn finish(&self) {

@@ -583,6 +583,19 @@ fn config_cases(c: &mut Corpus) {
         2,
         &["method", "ftp"],
     );
+    let cfg = c.config_with(&root, "", "pace = \"fast\"");
+    c.add(S, "unknown pace", cfg, backup, 2, &["pace", "fast"]);
+    let cfg = c.config_with(&root, "", "pace_target = 0.5");
+    c.add(S, "pace target below 1", cfg, backup, 2, &["pace_target"]);
+    let cfg = c.config_with(&root, "", "pace_floor = \"64MiB\"\nbwlimit = \"8MiB\"");
+    c.add(
+        S,
+        "pace floor above bwlimit",
+        cfg,
+        backup,
+        2,
+        &["pace_floor", "bwlimit"],
+    );
     let cfg = c.config_with(&root, "", "verify = \"yes\"");
     c.add(S, "verify not a boolean", cfg, backup, 2, &["verify"]);
     let cfg = c.config_with(&root, "", "[retention]\nkeep_last = -1");

@@ -1,5 +1,7 @@
 //! Incremental backups: each backup is built from the previous one and only what changed
-//! is written, the previous backup is never modified, and every backup restores on its own.
+//! is written, the previous backup is never modified, every backup holds exactly the
+//! snapshot's bytes (checksums of every file, taken from the snapshot itself by a
+//! `post_snapshot` hook), and every backup restores on its own.
 
 mod common;
 
@@ -27,14 +29,57 @@ fn checksums(dir: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Checksums of every regular file below the current directory but pid files, by
+/// relative path: run in the snapshot (by the hook) and in the backup.
+const CHECKSUMS: &str = "find . -type f ! -name '*.pid' -print0 | sort -z | xargs -0 -r sha256sum";
+
 fn use_dest(sb: &Sandbox, dest: &Path, extra_backup: &str) {
     std::fs::create_dir_all(dest).unwrap();
     let config = std::fs::read_to_string(&sb.config).unwrap();
     let start = config.find("[backup]").unwrap();
+    let hook = sb.dir.path().join("snapshot-checksums.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nset -e\ncd \"$DBSNAP_SNAPSHOT_PATH\"\n{CHECKSUMS} > \"{}/$DBSNAP_NAME.sums\"\n",
+            sb.dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     sb.write_raw_config(&format!(
-        "{}[backup]\ndest = {dest:?}\n{extra_backup}",
+        "{}[backup]\ndest = {dest:?}\n{extra_backup}\n[hooks]\npost_snapshot = [{hook:?}]\n",
         &config[..start]
     ));
+}
+
+/// The backup holds exactly the bytes of the snapshot it was copied from.
+fn assert_identical_to_its_snapshot(sb: &Sandbox, manifest: &serde_json::Value) {
+    let name = manifest["name"].as_str().unwrap();
+    let snapshot = std::fs::read_to_string(sb.dir.path().join(format!("{name}.sums"))).unwrap();
+    let datadir = Path::new(manifest["server"]["datadir"].as_str().unwrap());
+    let copy = Path::new(manifest["path"].as_str().unwrap())
+        .join("files")
+        .join(datadir.strip_prefix("/").unwrap());
+    let out = std::process::Command::new("sh")
+        .args(["-c", CHECKSUMS])
+        .current_dir(&copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let backup = String::from_utf8(out.stdout).unwrap();
+    assert!(snapshot.lines().count() > 5, "{snapshot}");
+    assert!(
+        backup == snapshot,
+        "backup {name} differs from its snapshot:\n{}",
+        snapshot
+            .lines()
+            .zip(backup.lines())
+            .filter(|(a, b)| a != b)
+            .map(|(a, b)| format!("snapshot {a}\nbackup   {b}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 /// Take `n` backups under write load; after each, check that the earlier ones are
@@ -50,6 +95,7 @@ fn chain(sb: &Sandbox, n: usize) -> Vec<serde_json::Value> {
         let commits = writers.stop();
         assert!(out.status.success(), "{}", stderr(&out));
         let manifest = stdout_json(&out);
+        assert_identical_to_its_snapshot(sb, &manifest);
         for (m, before) in manifests.iter().zip(&sums) {
             assert_eq!(
                 &checksums(Path::new(m["path"].as_str().unwrap())),
@@ -96,13 +142,15 @@ fn reflink_chain_writes_only_changed_blocks() {
     // The destination on the same btrfs (outside the datadir) can reflink.
     use_dest(&sb, &sb.fs.mountpoint.join("backups"), "");
     let manifests = chain(&sb, 3);
-    assert_eq!(manifests[0]["transfer"]["method"], "rsync");
+    assert_eq!(manifests[0]["transfer"]["method"], "copy");
     for pair in manifests.windows(2) {
         let (previous, m) = (&pair[0], &pair[1]);
-        assert_eq!(m["transfer"]["method"], "rsync+reflink");
+        assert_eq!(m["transfer"]["method"], "copy+reflink");
         assert_eq!(m["transfer"]["base"], previous["name"]);
         let written = m["transfer"]["bytes_written"].as_u64().unwrap();
-        let full = manifests[0]["transfer"]["bytes_written"].as_u64().unwrap();
+        // The full copy on the same filesystem is itself a clone of the snapshot (it
+        // writes nothing); compare with the data's size.
+        let full = manifests[0]["transfer"]["bytes"].as_u64().unwrap();
         eprintln!(
             "incremental {} wrote {written} bytes; the full copy wrote {full}",
             m["name"]
@@ -120,10 +168,12 @@ fn link_dest_chain_without_reflinks_and_a_deleted_base() {
     let sb = Sandbox::new();
     bank::create(&sb.server);
     bank::add_filler(&sb.server, 16);
+    let dest = sb.dest.clone();
+    use_dest(&sb, &dest, "");
     let manifests = chain(&sb, 3);
     for pair in manifests.windows(2) {
         assert_eq!(
-            pair[1]["transfer"]["method"], "rsync+link-dest",
+            pair[1]["transfer"]["method"], "copy+link-dest",
             "{}",
             pair[1]["transfer"]
         );
@@ -134,6 +184,7 @@ fn link_dest_chain_without_reflinks_and_a_deleted_base() {
     let out = sb.dbsnap(&["backup", "--json"]);
     assert!(out.status.success());
     let next = stdout_json(&out);
+    assert_identical_to_its_snapshot(&sb, &next);
     assert_eq!(next["transfer"]["base"], manifests[1]["name"]);
     restore_and_check(&sb, &next);
 }
@@ -145,6 +196,22 @@ fn incremental_off_copies_everything() {
     let dest = sb.dest.clone();
     use_dest(&sb, &dest, "incremental = false\n");
     let manifests = chain(&sb, 2);
-    assert_eq!(manifests[1]["transfer"]["method"], "rsync");
+    assert_eq!(manifests[1]["transfer"]["method"], "copy");
     assert!(manifests[1]["transfer"]["base"].is_null());
+}
+
+#[test]
+fn rsync_stays_available_for_local_destinations_and_chains_with_reflinks() {
+    let sb = Sandbox::with_fs_size(1024);
+    bank::create(&sb.server);
+    bank::add_filler(&sb.server, 16);
+    use_dest(
+        &sb,
+        &sb.fs.mountpoint.join("backups"),
+        "method = \"rsync\"\n",
+    );
+    let manifests = chain(&sb, 2);
+    assert_eq!(manifests[0]["transfer"]["method"], "rsync");
+    assert_eq!(manifests[1]["transfer"]["method"], "rsync+reflink");
+    restore_and_check(&sb, &manifests[1]);
 }

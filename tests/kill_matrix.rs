@@ -161,7 +161,14 @@ impl Rig {
             Seam::LockWait => self.sb.write_config(
                 "lock_wait_timeout = \"60s\"\nlock_attempts = 1\nlong_queries = \"wait\"\nlong_query_threshold = \"60s\"",
             ),
-            Seam::SlowCopy | Seam::CopiedNotPublished | Seam::Restore => {
+            // These seams slow or hold rsync: the copy must run through it (dbsnap's
+            // own engine is interrupted mid-copy in backup_btrfs.rs).
+            Seam::SlowCopy | Seam::CopiedNotPublished => {
+                let config = std::fs::read_to_string(&self.sb.config).unwrap();
+                self.sb
+                    .write_raw_config(&(config + "incremental = false\nmethod = \"rsync\"\n"));
+            }
+            Seam::Restore => {
                 let config = std::fs::read_to_string(&self.sb.config).unwrap();
                 self.sb.write_raw_config(&(config + "incremental = false\n"));
             }

@@ -380,18 +380,18 @@ fn btrfs_send_a_destination_that_cannot_receive_is_refused_before_the_lock() {
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
     assert!(sb.backups().is_empty());
 
-    // `auto` copies with rsync there instead.
+    // `auto` copies files there instead (dbsnap's local copy engine).
     use_method(&sb, &dest, "method = \"auto\"\n");
     let out = sb.dbsnap(&["check", "--json"]);
     assert_eq!(
         stdout_json(&out)["transfer_method"],
-        "rsync",
+        "copy",
         "{}",
         stderr(&out)
     );
     let out = sb.dbsnap(&["backup", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout_json(&out)["transfer"]["method"], "rsync");
+    assert_eq!(stdout_json(&out)["transfer"]["method"], "copy");
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
 }
 
@@ -802,11 +802,11 @@ fn zfs_send_a_destination_not_on_zfs_is_refused_before_the_lock() {
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
     assert!(sb.backups().is_empty());
 
-    // `auto` copies with rsync there instead.
+    // `auto` copies files there instead (dbsnap's local copy engine).
     sb.write_config("", "method = \"auto\"");
     let out = sb.dbsnap(&["backup", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout_json(&out)["transfer"]["method"], "rsync");
+    assert_eq!(stdout_json(&out)["transfer"]["method"], "copy");
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
 }
 

@@ -16,7 +16,10 @@ use crate::rig::{self, Rig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Case {
+    /// `dbsnap backup --lock MODE`, paced by the server's commit latency (the default).
     Dbsnap(&'static str),
+    /// `dbsnap backup --lock auto` with `[backup] pace = "off"`: the copy at full speed.
+    DbsnapUnpaced,
     /// `mariabackup --backup`: copies while the server runs, then takes BACKUP STAGE
     /// BLOCK_COMMIT at the end to copy the redo log tail and the binlog position.
     Mariabackup,
@@ -30,11 +33,12 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 7] = [
+    pub const ALL: [Case; 8] = [
         Case::Dbsnap("ftwrl"),
         Case::Dbsnap("backup-stage"),
         Case::Dbsnap("none"),
         Case::Dbsnap("auto"),
+        Case::DbsnapUnpaced,
         Case::Mariabackup,
         Case::Classic,
         Case::SnapshotOnly,
@@ -43,6 +47,7 @@ impl Case {
     pub fn name(self) -> String {
         match self {
             Case::Dbsnap(mode) => format!("dbsnap --lock {mode}"),
+            Case::DbsnapUnpaced => "dbsnap --lock auto, pace off".into(),
             Case::Mariabackup => "mariabackup --backup".into(),
             Case::Classic => "classic FTWRL + snapshot".into(),
             Case::SnapshotOnly => "snapshot only + cp -a".into(),
@@ -112,7 +117,8 @@ pub fn run(case: Case, repeat: usize, rig: &Rig, t0: SystemTime) -> anyhow::Resu
     let load1 = load1();
     let start = SystemTime::now();
     let w = match case {
-        Case::Dbsnap(mode) => dbsnap(rig, mode),
+        Case::Dbsnap(mode) => dbsnap(rig, mode, &rig.config),
+        Case::DbsnapUnpaced => dbsnap(rig, "auto", &rig.config_unpaced),
         Case::Mariabackup => mariabackup(rig),
         Case::Classic => classic(rig),
         Case::SnapshotOnly => snapshot_only(rig),
@@ -138,11 +144,11 @@ pub fn run(case: Case, repeat: usize, rig: &Rig, t0: SystemTime) -> anyhow::Resu
     })
 }
 
-/// `dbsnap backup --json --lock MODE`; the figures come from its manifest.
-fn dbsnap(rig: &Rig, mode: &str) -> anyhow::Result<Window> {
+/// `dbsnap backup --json --lock MODE` with `config`; the figures come from its manifest.
+fn dbsnap(rig: &Rig, mode: &str, config: &std::path::Path) -> anyhow::Result<Window> {
     let out = Command::new(&rig.dbsnap)
         .arg("--config")
-        .arg(&rig.config)
+        .arg(config)
         .args(["backup", "--json", "--lock", mode])
         .output()
         .context("running dbsnap")?;

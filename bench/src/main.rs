@@ -5,13 +5,16 @@
 //! (every commit's start and latency is recorded). In turns, on the same data and under
 //! the same load, each way of taking a backup runs (see [`cases::Case`]); afterwards
 //! each run's window is laid over the commits. Writes `results.json` (every raw
-//! figure), `results.md` (medians and spread) and `latency-<size>GB.png` into `--out`.
+//! figure), `results.md` (medians and spread), `latency-<size>GB.png` (around the lock)
+//! and `backup-<size>GB.png` (across one whole backup) into `--out`.
 //!
 //! Run as root: `cargo run --release -p dbsnap-bench -- --sizes 1,4 --repeats 5`.
 
 mod cases;
 mod metrics;
+mod oltp;
 mod plot;
+mod plot_backup;
 mod report;
 mod rig;
 
@@ -53,6 +56,39 @@ struct Args {
     /// The dbsnap binary; by default it is built with cargo in this bench's profile.
     #[arg(long)]
     dbsnap: Option<PathBuf>,
+    /// What the clients commit: the bank's small transfers, or the heavier
+    /// index-rich OLTP transactions (see `oltp.rs`).
+    #[arg(long, value_enum, default_value_t = Workload::Bank)]
+    workload: Workload,
+    /// Rows in each of the OLTP workload's four tables.
+    #[arg(long, default_value_t = 400_000)]
+    oltp_rows: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Workload {
+    Bank,
+    Oltp,
+}
+
+/// The clients committing during a whole size's run.
+enum Load {
+    Bank(Writers),
+    Oltp(oltp::OltpWriters),
+}
+
+impl Load {
+    /// Every acknowledged commit: (began, latency) in ms since `t0`.
+    fn stop(self, t0: SystemTime) -> Vec<(f64, f64)> {
+        let all: Vec<(SystemTime, Duration)> = match self {
+            Load::Bank(w) => w.stop().iter().map(|c| (c.began, c.latency())).collect(),
+            Load::Oltp(w) => w.stop(),
+        };
+        all.into_iter()
+            .map(|(began, latency)| (cases::ms_since(t0, began), latency.as_secs_f64() * 1e3))
+            .collect()
+    }
 }
 
 /// Everything measured at one data size.
@@ -105,6 +141,7 @@ fn main() -> anyhow::Result<()> {
     report::write(&args.out, &machine, &args_summary(&args), &sizes)?;
     for size in &sizes {
         plot::draw(&args.out, size)?;
+        plot_backup::draw(&args.out, size)?;
     }
     eprintln!("results in {}", args.out.display());
     Ok(())
@@ -116,6 +153,8 @@ fn args_summary(args: &Args) -> serde_json::Value {
         "repeats": args.repeats,
         "clients": args.clients,
         "baseline_secs": args.baseline_secs,
+        "workload": args.workload,
+        "oltp_rows": args.oltp_rows,
         "work_dir": args.work_dir,
     })
 }
@@ -124,6 +163,9 @@ fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<SizeResult> {
     eprintln!("== {gb} GB: creating the filesystem and loading data");
     let loading = std::time::Instant::now();
     let rig = Rig::new(&args.work_dir, gb, dbsnap)?;
+    if args.workload == Workload::Oltp {
+        oltp::create(&rig.server, args.oltp_rows);
+    }
     let data_bytes = rig::dir_bytes(&rig.datadir);
     eprintln!(
         "== {gb} GB: {} MiB in the datadir after {:.0?}; {} writers start",
@@ -131,7 +173,14 @@ fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<SizeResult> {
         loading.elapsed(),
         args.clients
     );
-    let writers = Writers::start(&rig.server.socket, args.clients);
+    let writers = match args.workload {
+        Workload::Bank => Load::Bank(Writers::start(&rig.server.socket, args.clients)),
+        Workload::Oltp => Load::Oltp(oltp::OltpWriters::start(
+            &rig.server.socket,
+            args.clients,
+            args.oltp_rows,
+        )),
+    };
     // Writers::start waited for every client to connect; times are relative to this.
     let t0 = SystemTime::now();
     let baseline = Duration::from_secs_f64(args.baseline_secs);
@@ -156,16 +205,7 @@ fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<SizeResult> {
         }
     }
     std::thread::sleep(baseline);
-    let commits: Vec<(f64, f64)> = writers
-        .stop()
-        .iter()
-        .map(|c| {
-            (
-                cases::ms_since(t0, c.began),
-                c.latency().as_secs_f64() * 1e3,
-            )
-        })
-        .collect();
+    let commits = writers.stop(t0);
     let runs = measured
         .into_iter()
         .map(|m| metrics::Run::new(m, &commits, args.baseline_secs * 1e3))

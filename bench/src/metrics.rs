@@ -26,6 +26,9 @@ pub struct Run {
     /// lock cost, as opposed to the I/O of syncing and copying around it.
     pub worst_in_lock_ms: Option<f64>,
     pub delayed_during: usize,
+    /// The fewest commits acknowledged in any whole second of the run, as a share of
+    /// the baseline's commits per second (1.0: as many as before the backup).
+    pub lowest_second_vs_baseline: Option<f64>,
     /// Every delayed commit during the run: (began in ms since the writers started, latency ms).
     pub delayed: Vec<(f64, f64)>,
 }
@@ -59,6 +62,8 @@ impl Run {
             worst_during_ms: during.iter().copied().reduce(f64::max),
             worst_in_lock_ms,
             delayed_during: during.iter().filter(|l| **l > DELAYED_MS).count(),
+            lowest_second_vs_baseline: lowest_second(commits, start, end)
+                .map(|fewest| fewest / (baseline.len() as f64 / (baseline_ms / 1e3)).max(1e-9)),
             delayed: in_flight
                 .into_iter()
                 .filter(|(_, l)| *l > DELAYED_MS)
@@ -66,6 +71,24 @@ impl Run {
             measured,
         }
     }
+}
+
+/// The fewest commits acknowledged in any whole second between `start` and `end` (ms).
+fn lowest_second(commits: &[(f64, f64)], start: f64, end: f64) -> Option<f64> {
+    let seconds = ((end - start) / 1e3).floor() as usize;
+    if seconds == 0 {
+        return None;
+    }
+    let mut per_second = vec![0usize; seconds];
+    for (began, latency) in commits {
+        let at = began + latency;
+        if at >= start {
+            if let Some(n) = per_second.get_mut(((at - start) / 1e3) as usize) {
+                *n += 1;
+            }
+        }
+    }
+    per_second.into_iter().min().map(|n| n as f64)
 }
 
 fn p99(values: &[f64]) -> Option<f64> {

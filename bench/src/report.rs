@@ -83,6 +83,7 @@ struct Summary {
     p99_during_ms: Option<Spread>,
     baseline_p99_ms: Option<Spread>,
     delayed_during: Option<Spread>,
+    lowest_second_pct: Option<Spread>,
     wall_s: Option<Spread>,
     copied_mib: Option<Spread>,
     copy_mb_per_s: Option<Spread>,
@@ -101,6 +102,7 @@ fn summarize(case: String, runs: &[&Run]) -> Summary {
         p99_during_ms: of(&|r| r.p99_during_ms),
         baseline_p99_ms: of(&|r| r.baseline_p99_ms),
         delayed_during: of(&|r| Some(r.delayed_during as f64)),
+        lowest_second_pct: of(&|r| r.lowest_second_vs_baseline.map(|x| x * 100.0)),
         wall_s: of(&|r| Some((r.measured.end_ms - r.measured.start_ms) / 1e3)),
         copied_mib: of(&|r| r.measured.bytes.map(|b| b as f64 / (1 << 20) as f64)),
         // MB = 10^6 bytes.
@@ -155,25 +157,26 @@ fn markdown(machine: &Machine, args: &serde_json::Value, sizes: &[SizeResult]) -
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Each cell: median (min–max) over {} repeats, {} clients committing transfers. \
+        "Each cell: median (min–max) over {} repeats, {} clients committing {} transactions. \
          \"in lock window\" = commits in flight at any time between lock request and release; \
          \"during\" = commits in flight at any time while the backup ran; baseline = the {} s before it; \
          delayed = commits slower than {DELAYED_MS} ms. \
          Lock wait and hold are the successful attempt's; a cancelled dbsnap attempt (after \
-         lock_wait_timeout) shows in the commit latencies. Data: GB of filler rows (datadir size). Copy MB/s: dbsnap's rsync phase, \
-         mariabackup's whole run, `cp -a` of the bare snapshot.\n",
-        args["repeats"], args["clients"], args["baseline_secs"],
+         lock_wait_timeout) shows in the commit latencies. Data: GB of filler rows (datadir size). Copy MB/s: dbsnap's copy phase, \
+         mariabackup's whole run, `cp -a` of the bare snapshot. dbsnap is paced by the server's commit \
+         latency unless the case says \"pace off\".\n",
+        args["repeats"], args["clients"], args["workload"].as_str().unwrap_or("bank"), args["baseline_secs"],
     );
     let _ = writeln!(
         md,
-        "| data | case | lock attempts | lock wait ms | lock hold ms | snapshot cmd ms | worst commit in lock window ms | worst commit during backup ms | p99 during ms | p99 baseline ms | commits > 100 ms | wall s | copied MiB | copy MB/s |"
+        "| data | case | lock attempts | lock wait ms | lock hold ms | snapshot cmd ms | worst commit in lock window ms | worst commit during backup ms | p99 during ms | p99 baseline ms | commits > 100 ms | lowest tx/s in a second, % of baseline | wall s | copied MiB | copy MB/s |"
     );
-    let _ = writeln!(md, "|{}", "---|".repeat(14));
+    let _ = writeln!(md, "|{}", "---|".repeat(15));
     for size in sizes {
         for s in summaries(size) {
             let _ = writeln!(
                 md,
-                "| {} GB ({} MiB) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} GB ({} MiB) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 size.size_gb,
                 size.data_bytes >> 20,
                 s.case,
@@ -186,6 +189,7 @@ fn markdown(machine: &Machine, args: &serde_json::Value, sizes: &[SizeResult]) -
                 cell(s.p99_during_ms),
                 cell(s.baseline_p99_ms),
                 cell(s.delayed_during),
+                cell(s.lowest_second_pct),
                 cell(s.wall_s),
                 cell(s.copied_mib),
                 cell(s.copy_mb_per_s),

@@ -35,6 +35,9 @@ pub struct Rig {
     pub datadir: PathBuf,
     pub dbsnap: PathBuf,
     pub config: PathBuf,
+    /// The same with `[backup] pace = "off"`.
+    #[allow(dead_code)] // read by dbsnap-bench's cases, not by dbsnap-bench-incremental
+    pub config_unpaced: PathBuf,
 }
 
 impl Rig {
@@ -75,15 +78,15 @@ impl Rig {
         std::fs::create_dir(&dest)?;
         let config = dir.path().join("dbsnap.toml");
         // Full copies every time (incremental = false): each run copies the same data.
-        std::fs::write(
-            &config,
-            format!(
-                "state_dir = {state:?}\n\n[mysql]\nsocket = {socket:?}\nuser = \"root\"\n\n\
-                 [snapshot]\nbackend = \"btrfs\"\n\n[backup]\ndest = {dest:?}\nincremental = false\n",
-                state = dir.path().join("state"),
-                socket = server.socket,
-            ),
-        )?;
+        let text = format!(
+            "state_dir = {state:?}\n\n[mysql]\nsocket = {socket:?}\nuser = \"root\"\n\n\
+             [snapshot]\nbackend = \"btrfs\"\n\n[backup]\ndest = {dest:?}\nincremental = false\n",
+            state = dir.path().join("state"),
+            socket = server.socket,
+        );
+        std::fs::write(&config, &text)?;
+        let config_unpaced = dir.path().join("dbsnap-unpaced.toml");
+        std::fs::write(&config_unpaced, text + "pace = \"off\"\n")?;
         Ok(Rig {
             server,
             fs,
@@ -91,6 +94,7 @@ impl Rig {
             datadir,
             dbsnap: dbsnap.to_path_buf(),
             config,
+            config_unpaced,
         })
     }
 }

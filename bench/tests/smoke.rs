@@ -24,6 +24,7 @@ fn a_tiny_run_writes_json_table_and_plot() {
         "dbsnap --lock backup-stage",
         "dbsnap --lock none",
         "dbsnap --lock auto",
+        "dbsnap --lock auto, pace off",
         "mariabackup --backup",
         "classic FTWRL + snapshot",
         "snapshot only + cp -a",
@@ -36,9 +37,31 @@ fn a_tiny_run_writes_json_table_and_plot() {
     );
     let table = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(table.contains("| dbsnap --lock auto |"), "{table}");
-    let png = std::fs::read(out.path().join("latency-0.05GB.png")).unwrap();
+    for plot in ["latency-0.05GB.png", "backup-0.05GB.png"] {
+        let png = std::fs::read(out.path().join(plot)).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{plot} is not a PNG");
+    }
+}
+
+#[test]
+fn the_oltp_workload_runs_every_case_too() {
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_dbsnap-bench"))
+        .args(["--sizes", "0.05", "--repeats", "1", "--baseline-secs", "1"])
+        .args(["--workload", "oltp", "--oltp-rows", "2000"])
+        .arg("--out")
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "dbsnap-bench exited with {status}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["args"]["workload"], "oltp");
+    assert_eq!(json["sizes"][0]["runs"].as_array().unwrap().len(), 8);
+    assert!(json["sizes"][0]["commits"].as_u64().unwrap() > 0);
+    let table = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(
-        png.starts_with(b"\x89PNG"),
-        "latency-0.05GB.png is not a PNG"
+        table.contains("| dbsnap --lock auto, pace off |"),
+        "{table}"
     );
 }

@@ -7,6 +7,7 @@ pub mod layout;
 pub mod lock;
 pub mod lock_mode;
 pub mod option_files;
+pub mod probe;
 pub mod server;
 pub mod sessions;
 pub mod stall_guard;

@@ -127,6 +127,10 @@ impl Destination for LocalDir {
         &self.dir
     }
 
+    fn local_dir(&self) -> Option<&Path> {
+        Some(&self.dir)
+    }
+
     async fn check(&self, server: &ServerFiles<'_>) -> anyhow::Result<()> {
         let dest = &self.dir;
         let meta = std::fs::metadata(dest).map_err(|e| {

@@ -247,6 +247,12 @@ pub trait Destination: Send + Sync {
     /// The destination as configured (`[backup] dest`), for messages and records.
     fn location(&self) -> &Path;
 
+    /// The directory backups are written to, when it is on this host and can be
+    /// written with plain file calls (dbsnap's own copy engine); `None` elsewhere.
+    fn local_dir(&self) -> Option<&Path> {
+        None
+    }
+
     /// The ssh destination, when this is one: its transfers run over its connection
     /// and its paths are on the remote host.
     fn remote(&self) -> Option<&ssh::SshDir> {

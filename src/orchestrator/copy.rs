@@ -2,12 +2,14 @@
 //! watched. The orchestrator does
 //! not know which transfer it drives (see `transfer`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use dbsnap_backend_api::{Health, SnapshotBackend, SnapshotSet, Volume};
 
 use super::mount::Mounted;
+use super::pace::Pacing;
 use super::plan::Plan;
 use super::prepare::free_space;
 use crate::destination::{Destination, Partial};
@@ -22,15 +24,22 @@ pub struct Filled {
     pub copied: Copied,
 }
 
+/// The transfer and what sets its rate.
+pub struct Moving<'a> {
+    pub transfer: &'a dyn Transfer,
+    pub pacing: &'a mut Pacing,
+}
+
 pub async fn copy(
     plan: &Plan,
     mounted: &Mounted,
-    transfer: &dyn Transfer,
+    moving: Moving<'_>,
     dest: &dyn Destination,
     partial: Partial,
     backend: &dyn SnapshotBackend,
     journal: &mut Journal,
 ) -> anyhow::Result<Filled> {
+    let Moving { transfer, pacing } = moving;
     let frozen = &mounted.frozen;
     let resumed_from = match transfer.resumes() {
         true => dest.resume_partial(&partial, journal).await?,
@@ -43,7 +52,15 @@ pub async fn copy(
         );
     }
     let progress = Progress::new(frozen.data_bytes);
-    let report_progress = |bytes| progress.set(bytes);
+    let copied_bytes = AtomicU64::new(0);
+    let report_progress = |bytes| {
+        copied_bytes.store(bytes, Ordering::Relaxed);
+        progress.set(bytes)
+    };
+    let moved = || copied_bytes.load(Ordering::Relaxed);
+    let show_pace = |rate| progress.set_pace(rate);
+    let throttle = pacing.throttle.clone();
+    let paced = transfer.paced();
     let from = Source {
         set: &frozen.set,
         layout: &frozen.layout,
@@ -53,11 +70,13 @@ pub async fn copy(
         partial: &partial,
         journal,
         progress: &report_progress,
+        throttle: &throttle,
         resumed_from,
     };
     let copied = tokio::select! {
         copied = transfer.copy(from, into) => copied?,
         failure = watch_snapshot(plan, backend, &frozen.set, &frozen.volumes) => return Err(failure),
+        never = pacing.steer(&moved, &show_pace), if paced => never,
     };
     progress.finish();
     let stats = &copied.stats;

@@ -19,6 +19,7 @@
 pub mod copy;
 pub mod freeze;
 pub mod mount;
+pub mod pace;
 pub mod plan;
 pub mod prepare;
 pub mod publish;
@@ -40,6 +41,7 @@ use crate::journal::{Journal, Resource};
 use crate::kept::KeptSnapshot;
 use crate::manifest::Manifest;
 use crate::transfer::{self, Facts, Transfer};
+pub use pace::Pacing;
 pub use plan::{CopyPlan, Plan};
 pub use prepare::{prepare, FreeSpace, Prepared, Survey};
 
@@ -58,6 +60,7 @@ pub async fn backup(
         dest: copy.dest.as_ref(),
         transfer: transfer.as_ref(),
         verify: copy.verify,
+        pacing: Pacing::prepare(plan, copy).await,
     };
     backup_prepared(plan, published, prepared, started_at, backend, journal).await
 }
@@ -67,6 +70,8 @@ pub struct Published<'a> {
     pub dest: &'a dyn Destination,
     pub transfer: &'a dyn Transfer,
     pub verify: bool,
+    /// The copy's rate, and what steers it (`[backup] pace`).
+    pub pacing: Pacing,
 }
 
 /// The backup's phases after `prepare`.
@@ -82,6 +87,7 @@ pub async fn backup_prepared(
         dest,
         transfer,
         verify,
+        mut pacing,
     } = to;
     let volumes = &prepared.survey.volumes;
     prepare::warn_about_unknown_snapshots(backend, volumes, journal, &plan.state_dir).await;
@@ -106,7 +112,11 @@ pub async fn backup_prepared(
     let env = hook_env(Some(("DBSNAP_SNAPSHOT_PATH", frozen_datadir)));
     plan.hooks.run(Phase::PostSnapshot, &env).await?;
 
-    let filled = copy::copy(plan, &mounted, transfer, dest, partial, backend, journal).await?;
+    let moving = copy::Moving {
+        transfer,
+        pacing: &mut pacing,
+    };
+    let filled = copy::copy(plan, &mounted, moving, dest, partial, backend, journal).await?;
     let manifest = publish::publish(&mounted, filled, started_at, dest, journal).await?;
     publish::release(plan, &mounted, &manifest, transfer, dest, backend, journal).await?;
 

@@ -4,13 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{BackupConfig, Config, Method, SnapshotConfig};
+use crate::config::{BackupConfig, Config, Method, PaceMode, SnapshotConfig};
 use crate::db::credentials::Credentials;
 use crate::db::lock::LockSettings;
 use crate::db::lock_mode::RequestedMode;
 use crate::db::stall_guard::LongQueryPolicy;
 use crate::destination::Destination;
+use crate::error::{fail, Class};
 use crate::hooks::HooksConfig;
+use crate::transfer::pace::PaceSettings;
 
 /// What every flow needs: how to reach the server, lock it and snapshot it.
 pub struct Plan {
@@ -45,6 +47,8 @@ pub struct CopyPlan {
     pub compress: Option<crate::config::Compress>,
     pub incremental: bool,
     pub verify: bool,
+    /// `[backup] pace`: `None` when off.
+    pub pace: Option<PaceSettings>,
 }
 
 impl Plan {
@@ -79,6 +83,7 @@ impl CopyPlan {
             bwlimit: backup.bwlimit,
             incremental: backup.incremental,
             verify: backup.verify,
+            pace: pace_settings(backup)?,
         })
     }
 
@@ -89,6 +94,82 @@ impl CopyPlan {
             bwlimit: self.bwlimit,
             compress: self.compress,
             incremental: self.incremental,
+        }
+    }
+}
+
+/// `[backup] pace_floor` unless set: slow enough to matter little to a server's disk,
+/// fast enough to copy 100 GB in under two hours.
+const DEFAULT_PACE_FLOOR: u64 = 16 << 20;
+
+fn pace_settings(backup: &BackupConfig) -> anyhow::Result<Option<PaceSettings>> {
+    if backup.pace == PaceMode::Off {
+        return Ok(None);
+    }
+    if !(backup.pace_target.is_finite() && backup.pace_target >= 1.0) {
+        return Err(fail(
+            Class::Config,
+            format!(
+                "[backup] pace_target = {} is not a factor of at least 1 (commits may take this many \
+                 times their usual time before the copy slows down); use e.g. 2.0",
+                backup.pace_target
+            ),
+        ));
+    }
+    let cap = backup.bwlimit.map_or(0, |b| b.as_u64());
+    let floor = match (backup.pace_floor, backup.bwlimit) {
+        (Some(floor), Some(limit)) if floor > limit => {
+            return Err(fail(
+                Class::Config,
+                format!(
+                    "[backup] pace_floor = \"{floor}\" is above bwlimit = \"{limit}\": lower \
+                     pace_floor or raise bwlimit"
+                ),
+            ))
+        }
+        (Some(floor), _) => floor.as_u64().max(1),
+        (None, _) if cap != 0 => DEFAULT_PACE_FLOOR.min(cap),
+        (None, _) => DEFAULT_PACE_FLOOR,
+    };
+    Ok(Some(PaceSettings {
+        target: backup.pace_target,
+        floor,
+        cap,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backup(extra: &str) -> BackupConfig {
+        let text = format!(
+            "[mysql]\nsocket = \"/run/mysqld/mysqld.sock\"\n[snapshot]\nbackend = \"btrfs\"\n\
+             [backup]\ndest = \"/srv/b\"\n{extra}"
+        );
+        Config::parse(&text).unwrap().backup.unwrap()
+    }
+
+    #[test]
+    fn pacing_is_on_by_default_and_its_floor_never_exceeds_bwlimit() {
+        let on = pace_settings(&backup("")).unwrap().unwrap();
+        assert_eq!((on.target, on.floor, on.cap), (2.0, 16 << 20, 0));
+        let capped = pace_settings(&backup("bwlimit = \"4MiB\""))
+            .unwrap()
+            .unwrap();
+        assert_eq!((capped.floor, capped.cap), (4 << 20, 4 << 20));
+        assert_eq!(pace_settings(&backup("pace = \"off\"")).unwrap(), None);
+    }
+
+    #[test]
+    fn impossible_pace_settings_name_their_key() {
+        for (extra, key) in [
+            ("pace_target = 0.5", "pace_target"),
+            ("pace_floor = \"64MiB\"\nbwlimit = \"8MiB\"", "pace_floor"),
+        ] {
+            let e = pace_settings(&backup(extra)).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+            assert_eq!(crate::error::class_of(&e), Class::Config, "{e}");
         }
     }
 }

@@ -12,7 +12,7 @@ use dbsnap_backend_api::{SnapshotBackend, Volume};
 use super::plan::{LockPlan, Plan};
 use super::prepare::{Prepared, Survey};
 use super::window::{Locker, Window};
-use super::{backup_prepared, snapshot_prepared, KeepMounted, Kept, Published};
+use super::{backup_prepared, snapshot_prepared, KeepMounted, Kept, Pacing, Published};
 use crate::backends::Backends;
 use crate::config::Config;
 use crate::db::layout::ServerPaths;
@@ -129,6 +129,7 @@ impl World {
             dest: &dest,
             transfer,
             verify: false,
+            pacing: Pacing::unpaced(0),
         };
         let at = chrono::Utc::now();
         let outcome =

@@ -17,6 +17,7 @@ use crate::destination::ssh::SshDir;
 use crate::destination::{Backup, BaseOf, Destination};
 use crate::manifest::{TransferMethod, FILES_DIR};
 use crate::transfer::rsync::{CopyItem, Writes};
+use crate::transfer::tree::Engine;
 
 /// How the new copy relates to the previous backup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,12 +32,20 @@ pub enum Basis {
 }
 
 impl Basis {
-    /// The transfer method recorded in the manifest.
+    /// The transfer method recorded in the manifest, for rsync.
     pub fn method(&self) -> TransferMethod {
-        match self {
-            Basis::Full => TransferMethod::Rsync,
-            Basis::Reflinked { .. } => TransferMethod::RsyncReflink,
-            Basis::Linked { .. } => TransferMethod::RsyncLinkDest,
+        self.method_with(Engine::Rsync)
+    }
+
+    /// The transfer method recorded in the manifest, for the engine that copies.
+    pub fn method_with(&self, engine: Engine) -> TransferMethod {
+        match (engine, self) {
+            (Engine::Rsync, Basis::Full) => TransferMethod::Rsync,
+            (Engine::Rsync, Basis::Reflinked { .. }) => TransferMethod::RsyncReflink,
+            (Engine::Rsync, Basis::Linked { .. }) => TransferMethod::RsyncLinkDest,
+            (Engine::Local, Basis::Full) => TransferMethod::Copy,
+            (Engine::Local, Basis::Reflinked { .. }) => TransferMethod::CopyReflink,
+            (Engine::Local, Basis::Linked { .. }) => TransferMethod::CopyLinkDest,
         }
     }
 

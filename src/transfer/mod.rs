@@ -1,8 +1,9 @@
 //! How the frozen files reach the destination: one interface, [`Transfer`], for every
 //! method, so the backup flow never knows which it drives.
 //!
-//! - [`tree::TreeTransfer`]: rsync from the mounted snapshot into a plain file tree,
-//!   incremental from the previous backup ([`incremental`]).
+//! - [`tree::TreeTransfer`]: a plain file tree copied from the mounted snapshot, by
+//!   dbsnap's own engine ([`local`]) to a destination on this host or by rsync
+//!   ([`rsync`]), incremental from the previous backup ([`incremental`]).
 //! - [`stream::StreamTransfer`]: the backend's own stream (`btrfs send`, `zfs send`, or
 //!   whatever an exec plugin names), incremental along the parent chain ([`chain`]).
 //!
@@ -14,12 +15,16 @@
 pub mod chain;
 pub mod checksums;
 pub mod incremental;
+pub mod local;
+pub mod pace;
 pub mod repository;
 pub mod rsync;
 pub mod stream;
 pub mod tree;
+pub mod writeback;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use dbsnap_backend_api::{NativeStream, ReadPath, SnapshotBackend, SnapshotSet, Volume};
@@ -48,6 +53,9 @@ pub struct Target<'a> {
     pub journal: &'a mut Journal,
     /// Called with the bytes moved so far.
     pub progress: &'a (dyn Fn(u64) + Sync),
+    /// The rate the copy may move at, changed while it runs (see [`pace`]); transfers
+    /// that cannot change their rate once started take it at the start.
+    pub throttle: &'a Arc<pace::Throttle>,
     /// The interrupted run whose partial this one continues (see
     /// [`Transfer::resumes`]).
     pub resumed_from: Option<String>,
@@ -104,6 +112,12 @@ pub trait Transfer: Send + Sync {
     /// Free space the destination needs for it, in bytes.
     fn needed_bytes(&self) -> u64;
 
+    /// Whether `copy` follows [`Target::throttle`] while it runs (else it takes the
+    /// rate once, at the start, and pacing by the server's latency does not apply).
+    fn paced(&self) -> bool {
+        false
+    }
+
     /// Whether it can continue a partial an interrupted run left (rsync can: it sends
     /// only what the partial lacks).
     fn resumes(&self) -> bool {
@@ -151,8 +165,11 @@ pub async fn choose<'a>(
         None => stream_for(settings.method, backend, dest.location()).await?,
     };
     let Some(stream) = stream else {
+        let engine = tree::Engine::choose(settings.method, dest);
+        tracing::info!("copying a file tree with {}", engine.describe());
         return Ok(Box::new(tree::TreeTransfer {
             dest,
+            engine,
             incremental: settings.incremental,
             bwlimit: settings.bwlimit,
             compress: settings.compress,
@@ -246,7 +263,7 @@ fn refuse_stream_over_ssh<'a>(
     remote: &crate::destination::ssh::SshDir,
 ) -> anyhow::Result<Option<&'a dyn NativeStream>> {
     match method {
-        Method::Rsync => Ok(None),
+        Method::Files | Method::Rsync => Ok(None),
         Method::Auto => {
             tracing::info!(
                 "method auto: copying with rsync over ssh to {}",
@@ -273,7 +290,7 @@ async fn stream_for<'a>(
     dest: &Path,
 ) -> anyhow::Result<Option<&'a dyn NativeStream>> {
     let wanted = match method {
-        Method::Rsync => return Ok(None),
+        Method::Files | Method::Rsync => return Ok(None),
         Method::Stream(name) => Some(name.as_str()),
         Method::Auto => None,
     };
@@ -296,7 +313,7 @@ async fn stream_for<'a>(
         (Some(stream), None) => stream,
         (None, None) => {
             tracing::info!(
-                "method auto: the {} backend has no native stream; copying with rsync",
+                "method auto: the {} backend has no native stream; copying files",
                 backend.name()
             );
             return Ok(None);
@@ -308,10 +325,7 @@ async fn stream_for<'a>(
             Ok(Some(stream))
         }
         Err(why) if *method == Method::Auto => {
-            tracing::info!(
-                "method auto: copying with rsync, not {}: {why}",
-                stream.method()
-            );
+            tracing::info!("method auto: copying files, not {}: {why}", stream.method());
             Ok(None)
         }
         Err(why) => Err(fail(Class::Destination, why.to_string())),

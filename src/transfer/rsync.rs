@@ -306,6 +306,14 @@ async fn run_one(
     // snapshot: it would keep a ZFS clone busy (`dbsnap cleanup` fails) and write into a
     // partial directory that cleanup has removed.
     let mut command = dying_with_dbsnap("rsync");
+    // SAFETY: ioprio_set is a plain system call, async-signal-safe; nothing else runs
+    // here. The copy's I/O goes after the server's, where the scheduler honours it.
+    unsafe {
+        command.pre_exec(|| {
+            super::pace::set_lowest_io_priority();
+            Ok(())
+        });
+    }
     let mut child = command
         .args(&args)
         .stdin(Stdio::null())

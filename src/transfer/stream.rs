@@ -121,17 +121,19 @@ async fn send(
                 partial: partial.to_path_buf(),
             },
         )?;
-        let received = stream
-            .send(
-                snapshot,
-                from,
-                partial,
-                &id,
-                bwlimit.map(|b| b.as_u64()),
-                &|n| progress(so_far + n),
-            )
-            .await
-            .map_err(|e| fail(Class::Transfer, e.to_string()))?;
+        let report = |n| progress(so_far + n);
+        let sending = stream.send(
+            snapshot,
+            from,
+            partial,
+            &id,
+            bwlimit.map(|b| b.as_u64()),
+            &report,
+        );
+        let received = tokio::select! {
+            received = sending => received.map_err(|e| fail(Class::Transfer, e.to_string()))?,
+            never = super::writeback::flush_every(partial, super::writeback::EVERY) => never,
+        };
         sent += received.stream_bytes;
         stored.push(StoredVolume {
             root: snapshot.volume.root.clone(),

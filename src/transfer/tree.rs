@@ -1,8 +1,11 @@
-//! A backup as a plain file tree: rsync from the mounted snapshot into
+//! A backup as a plain file tree: the mounted snapshot copied into
 //! `NAME.partial/files/<absolute path>`, incremental from the previous backup (see
-//! [`super::incremental`]).
+//! [`super::incremental`]), by one of two engines ([`Engine`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -12,14 +15,48 @@ use bytesize::ByteSize;
 
 use super::checksums::{self, Checksums};
 use super::incremental::{self, Basis};
-use super::{chain, rsync, Copied, CopyItem, Finish, Source, Target, Transfer};
+use super::local::{self, Counters, Seed};
+use super::{chain, rsync, writeback, Copied, CopyItem, Finish, Source, Target, Transfer};
+use crate::config::Method;
 use crate::db::Layout;
 use crate::destination::Destination;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, TransferStats};
 
-/// A backup by rsync.
+/// Who copies the files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// dbsnap's own ([`local`]): a destination on this host.
+    Local,
+    /// rsync: any destination rsync reaches, or `[backup] method = "rsync"`.
+    Rsync,
+}
+
+/// Files in flight in the local engine: enough to keep a disk's queue busy while one
+/// file waits for its writeback, few enough not to thrash a spinning disk.
+const COPY_THREADS: usize = 3;
+
+impl Engine {
+    /// The one rule: the local engine wherever the destination is a directory on this
+    /// host, unless rsync is asked for.
+    pub fn choose(method: &Method, dest: &dyn Destination) -> Engine {
+        match (method, dest.local_dir()) {
+            (Method::Rsync, _) | (_, None) => Engine::Rsync,
+            (_, Some(_)) => Engine::Local,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Engine::Local => "dbsnap's local copy engine",
+            Engine::Rsync => "rsync",
+        }
+    }
+}
+
+/// A backup as a file tree.
 pub struct TreeTransfer<'a> {
     pub dest: &'a dyn Destination,
+    pub engine: Engine,
     pub incremental: bool,
     pub bwlimit: Option<bytesize::ByteSize>,
     pub compress: Option<crate::config::Compress>,
@@ -29,27 +66,40 @@ pub struct TreeTransfer<'a> {
 #[async_trait]
 impl Transfer for TreeTransfer<'_> {
     fn describe(&self) -> String {
-        "rsync".into()
+        match self.engine {
+            Engine::Local => "copy".into(),
+            Engine::Rsync => "rsync".into(),
+        }
     }
 
     fn needed_bytes(&self) -> u64 {
         self.needed_bytes
     }
 
+    fn paced(&self) -> bool {
+        self.engine == Engine::Local
+    }
+
+    /// rsync continues an interrupted run's partial; the local engine starts afresh.
     fn resumes(&self) -> bool {
-        true
+        self.engine == Engine::Rsync
     }
 
     async fn copy(&self, from: Source<'_>, into: Target<'_>) -> anyhow::Result<Copied> {
         let items = plan_copy(from.layout, from.read_paths, &into.partial.dir)?;
-        self.copy_with_rsync(
-            &from.layout.datadir,
-            &items,
-            &into.partial.dir,
-            into.resumed_from,
-            into.progress,
-        )
-        .await
+        match self.engine {
+            Engine::Local => self.copy_locally(&from.layout.datadir, items, &into).await,
+            Engine::Rsync => {
+                self.copy_with_rsync(
+                    &from.layout.datadir,
+                    &items,
+                    &into.partial.dir,
+                    into.resumed_from,
+                    into.progress,
+                )
+                .await
+            }
+        }
     }
 
     /// The snapshot is released; so are the parents a stream method left (switching
@@ -71,6 +121,75 @@ impl Transfer for TreeTransfer<'_> {
 }
 
 impl TreeTransfer<'_> {
+    /// By the local engine, on threads of its own; progress reported from here, the
+    /// rate set through `into.throttle` while it runs.
+    async fn copy_locally(
+        &self,
+        datadir: &Path,
+        items: Vec<CopyItem>,
+        into: &Target<'_>,
+    ) -> anyhow::Result<Copied> {
+        let started = Instant::now();
+        let partial = &into.partial.dir;
+        let basis = match self.incremental {
+            true => incremental::prepare(self.dest, partial, datadir).await?,
+            false => Basis::Full,
+        };
+        if let Some(base) = basis.base() {
+            let method = basis.method_with(Engine::Local);
+            tracing::info!("incremental copy from backup {base} ({method})");
+        }
+        for item in &items {
+            std::fs::create_dir_all(&item.to)
+                .with_context(|| format!("creating {}", item.to.display()))?;
+        }
+        let seed = match &basis {
+            Basis::Full => Seed::None,
+            Basis::Reflinked { .. } => Seed::Reflinked,
+            Basis::Linked { .. } => Seed::Linked(
+                basis
+                    .link_dest(&items, partial)
+                    .expect("a linked basis has link destinations"),
+            ),
+        };
+        let counters = Arc::new(Counters::default());
+        let request = local::Request {
+            items,
+            partial: partial.clone(),
+            recheck_since: incremental::recheck_since(&basis, None),
+            seed,
+            threads: COPY_THREADS,
+            throttle: into.throttle.clone(),
+            counters: counters.clone(),
+            durable: Arc::new(local::Fsync),
+        };
+        // Dropped with this future (the copy was stopped): the threads stop too.
+        let _stop = StopOnDrop(counters.clone());
+        let mut copying = tokio::task::spawn_blocking(move || local::run(&request));
+        let moved = loop {
+            tokio::select! {
+                done = &mut copying => break done.context("the copy thread failed")??,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    (into.progress)(counters.done.load(Ordering::Relaxed));
+                }
+            }
+        };
+        (into.progress)(counters.done.load(Ordering::Relaxed));
+        let stats = TransferStats {
+            method: basis.method_with(Engine::Local),
+            base: basis.base(),
+            bytes: moved.bytes,
+            bytes_written: moved.bytes_written,
+            files: moved.files,
+            duration_ms: started.elapsed().as_millis() as u64,
+            ..Default::default()
+        };
+        Ok(Copied {
+            stats,
+            stored: Vec::new(),
+        })
+    }
+
     /// From the mounted snapshot into `partial/files/...`, built from the previous backup
     /// when `[backup] incremental` allows, with a checksum of every stored file (checked
     /// on the destination's host before publishing, when that is another host).
@@ -122,8 +241,11 @@ impl TreeTransfer<'_> {
             remote: rsync_remote.as_ref(),
             recheck_since: incremental::recheck_since(&basis, resumed_from.as_deref()),
         };
-        let (mut stats, checksums, hashing) =
-            checksums::copy_and_hash(items, options, partial, base_checksums, progress).await?;
+        let copying = checksums::copy_and_hash(items, options, partial, base_checksums, progress);
+        let (mut stats, checksums, hashing) = tokio::select! {
+            copied = copying => copied?,
+            never = writeback::flush_every(partial, writeback::EVERY) => never,
+        };
         tracing::info!(
             "checksums of {} files: {} read behind the copy, {} after it, {} kept from the base",
             checksums.0.len(),
@@ -135,7 +257,7 @@ impl TreeTransfer<'_> {
             Some(r) => r.check_checksums(partial, &checksums).await?,
             None => checksums.write(partial)?,
         }
-        stats.method = basis.method();
+        stats.method = basis.method_with(Engine::Rsync);
         stats.base = basis.base();
         stats.resumed_from = resumed_from;
         Ok(Copied {
@@ -156,6 +278,15 @@ impl TreeTransfer<'_> {
             );
             None
         })
+    }
+}
+
+/// Stops the local engine's threads when the copy is abandoned.
+struct StopOnDrop(Arc<Counters>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancelled.store(true, Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,89 @@
+//! `[backup] pace`: the baseline commit latency, measured in `prepare` (before the
+//! lock), and the steering of the copy's rate while it runs (see `transfer::pace`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::plan::{CopyPlan, Plan};
+use crate::db::probe::{CommitProbe, LatencyProbe};
+use crate::db::Server;
+use crate::transfer::pace::{self, PaceSettings, Pacer, Throttle};
+
+/// The copy's rate and, when paced, what steers it.
+pub struct Pacing {
+    pub throttle: Arc<Throttle>,
+    steering: Option<(Box<dyn LatencyProbe>, Pacer)>,
+}
+
+/// Samples for the baseline (their median).
+const BASELINE_SAMPLES: usize = 9;
+
+impl Pacing {
+    /// At `cap` bytes per second (0: unlimited), whatever the server does.
+    pub fn unpaced(cap: u64) -> Pacing {
+        Pacing {
+            throttle: Arc::new(Throttle::new(cap)),
+            steering: None,
+        }
+    }
+
+    /// Steered by `probe` against `baseline`.
+    pub fn steered(
+        settings: PaceSettings,
+        baseline: Duration,
+        probe: Box<dyn LatencyProbe>,
+    ) -> Pacing {
+        Pacing {
+            throttle: Arc::new(Throttle::new(settings.cap)),
+            steering: Some((probe, Pacer::new(settings, baseline))),
+        }
+    }
+
+    /// Before the lock: open the probe and measure the baseline. Without a probe (see
+    /// `db::probe` for why there may be none), the copy runs unpaced and the log says why.
+    pub async fn prepare(plan: &Plan, copy: &CopyPlan) -> Pacing {
+        let cap = copy.bwlimit.map_or(0, |b| b.as_u64());
+        let Some(settings) = copy.pace else {
+            return Pacing::unpaced(cap);
+        };
+        let probed = async {
+            let (_, conn) = Server::connect(&plan.credentials).await?;
+            let mut probe = CommitProbe::open(conn).await?;
+            let baseline = probe.baseline(BASELINE_SAMPLES).await?;
+            anyhow::Ok((probe, baseline))
+        };
+        match probed.await {
+            Ok((probe, baseline)) => {
+                tracing::info!(
+                    "pace auto: baseline commit {:.1} ms; the copy slows down above {:.1} ms, \
+                     never below {}/s",
+                    baseline.as_secs_f64() * 1000.0,
+                    baseline.as_secs_f64() * 1000.0 * settings.target,
+                    bytesize::ByteSize::b(settings.floor).display().iec()
+                );
+                Pacing::steered(settings, baseline, Box::new(probe))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "pace auto: cannot probe commit latency ({e:#}); the copy runs unpaced. Grant \
+                     CREATE, INSERT, UPDATE on dbsnap.* and BINLOG ADMIN (or SUPER), or set \
+                     [backup] pace = \"off\""
+                );
+                Pacing::unpaced(cap)
+            }
+        }
+    }
+
+    /// Beside the copy: steer its rate. Never returns (the copy ends it).
+    pub async fn steer(
+        &mut self,
+        moved: &(dyn Fn() -> u64 + Sync),
+        shown: &(dyn Fn(u64) + Sync),
+    ) -> ! {
+        if let Some((probe, pacer)) = &mut self.steering {
+            let every = pace::SAMPLE_EVERY;
+            pace::steer(probe.as_mut(), pacer, &self.throttle, every, moved, shown).await;
+        }
+        std::future::pending().await
+    }
+}

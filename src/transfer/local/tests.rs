@@ -1,0 +1,247 @@
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::sync::Mutex;
+
+use super::*;
+
+/// Every entry under `root`: kind, mode, owner, mtime, size, link target, inode group
+/// and content, by relative path; what `rsync -a` would keep.
+fn describe(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut inodes: HashMap<u64, PathBuf> = HashMap::new();
+    walkdir::WalkDir::new(root)
+        .sort_by_file_name()
+        .into_iter()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            let m = e.path().symlink_metadata().unwrap();
+            let relative = e.path().strip_prefix(root).unwrap().to_path_buf();
+            let content = match m.file_type() {
+                t if t.is_file() => {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    std::fs::read(e.path()).unwrap().hash(&mut h);
+                    format!("{:016x}", h.finish())
+                }
+                t if t.is_symlink() => std::fs::read_link(e.path()).unwrap().display().to_string(),
+                _ => String::new(),
+            };
+            let group = match m.is_file() && m.nlink() > 1 {
+                true => inodes
+                    .entry(m.ino())
+                    .or_insert(relative.clone())
+                    .display()
+                    .to_string(),
+                false => String::new(),
+            };
+            let mtime = match m.is_dir() && relative.as_os_str().is_empty() {
+                // The root's time belongs to the caller (created before the copy).
+                true => 0,
+                false => m.mtime_nsec() + m.mtime() * 1_000_000_000,
+            };
+            let line = format!(
+                "{:o} {}:{} {mtime} {} link-group={group} {content}",
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                if m.is_dir() { 0 } else { m.len() }
+            );
+            (relative, line)
+        })
+        .collect()
+}
+
+/// A datadir-like tree: big and small files, a sparse file, an empty one, a hard link,
+/// a symlink, odd modes, owners and old times, a nested directory, a pid file to leave
+/// out.
+fn sample_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("bank")).unwrap();
+    let big: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(root.join("ibdata1"), &big).unwrap();
+    std::fs::write(root.join("bank/accounts.ibd"), &big[..300_000]).unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    let sparse = File::create(root.join("sparse")).unwrap();
+    sparse.set_len(30 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"middle", 10 << 20).unwrap();
+    std::fs::hard_link(root.join("bank/accounts.ibd"), root.join("bank/linked.ibd")).unwrap();
+    std::os::unix::fs::symlink("bank/accounts.ibd", root.join("alias")).unwrap();
+    std::fs::write(root.join("db.pid"), b"42").unwrap();
+    std::fs::set_permissions(
+        root.join("bank/accounts.ibd"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    std::os::unix::fs::lchown(root.join("alias"), Some(12), Some(34)).unwrap();
+    std::os::unix::fs::chown(root.join("ibdata1"), Some(999), Some(998)).unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123);
+    File::open(root.join("empty"))
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_modified(old))
+        .unwrap();
+    std::fs::set_permissions(root.join("bank"), std::fs::Permissions::from_mode(0o750)).unwrap();
+}
+
+#[derive(Default)]
+struct Recorded(Mutex<Vec<PathBuf>>);
+
+impl Durable for Recorded {
+    fn file(&self, file: &File, path: &Path) -> io::Result<()> {
+        file.sync_all()?;
+        self.0.lock().unwrap().push(path.to_path_buf());
+        Ok(())
+    }
+    fn dir(&self, path: &Path) -> io::Result<()> {
+        self.0.lock().unwrap().push(path.to_path_buf());
+        Ok(())
+    }
+}
+
+fn request(from: &Path, to: &Path, seed: Seed, durable: Arc<dyn Durable>) -> Request {
+    Request {
+        items: vec![CopyItem {
+            from: from.into(),
+            to: to.into(),
+            exclude: vec!["db.pid".into()],
+        }],
+        partial: to.parent().unwrap().into(),
+        seed,
+        recheck_since: None,
+        threads: 3,
+        throttle: Arc::new(Throttle::new(0)),
+        counters: Arc::default(),
+        durable,
+    }
+}
+
+fn without_pid(mut tree: BTreeMap<PathBuf, String>) -> BTreeMap<PathBuf, String> {
+    tree.remove(Path::new("db.pid"));
+    tree
+}
+
+#[test]
+fn a_copy_is_identical_in_content_and_metadata_and_every_entry_is_made_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (from, to) = (dir.path().join("src"), dir.path().join("partial/files"));
+    sample_tree(&from);
+    std::fs::create_dir_all(&to).unwrap();
+    let recorded = Arc::new(Recorded::default());
+    let r = request(&from, &to, Seed::None, recorded.clone());
+    let moved = run(&r).unwrap();
+
+    assert_eq!(describe(&to), without_pid(describe(&from)));
+    let sparse = std::fs::metadata(to.join("sparse")).unwrap();
+    assert!(
+        sparse.blocks() * 512 < 1 << 20,
+        "holes are kept: {} blocks",
+        sparse.blocks()
+    );
+    let data = (20 << 20) + 300_000 + (30 << 20);
+    assert_eq!(moved.bytes, data);
+    assert_eq!(moved.files, 4, "the hard link's second name is a link");
+    assert_eq!(r.counters.done.load(Ordering::Relaxed), data);
+
+    // Durability before publish: every file and directory of the copy, and the
+    // partial's directories down to it, were synced by the engine.
+    // (By inode: a hard-linked file is synced under whichever name was copied.)
+    let synced: Vec<PathBuf> = recorded.0.lock().unwrap().clone();
+    let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    let synced_inodes: HashSet<u64> = synced.iter().map(|p| inode(p)).collect();
+    let missing: Vec<PathBuf> = walkdir::WalkDir::new(&to)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_dir() || e.file_type().is_file())
+        .map(|e| e.path().to_path_buf())
+        .filter(|p| !synced_inodes.contains(&inode(p)))
+        .collect();
+    assert!(missing.is_empty(), "not synced: {missing:?}");
+    assert!(synced.contains(&dir.path().join("partial")));
+}
+
+#[test]
+fn into_a_seeded_copy_only_changed_blocks_are_written_and_removed_files_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let (from, to) = (dir.path().join("src"), dir.path().join("partial/files"));
+    sample_tree(&from);
+    std::fs::create_dir_all(&to).unwrap();
+    run(&request(&from, &to, Seed::None, Arc::new(Fsync))).unwrap();
+    // The source moves on: one block changes, a file grows, one shrinks, one goes, one
+    // comes, a file becomes a directory.
+    let ibdata = OpenOptions::new()
+        .write(true)
+        .open(from.join("ibdata1"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&ibdata, &[1u8; 100], 5 << 20).unwrap();
+    std::fs::write(from.join("bank/accounts.ibd"), vec![3u8; 400_000]).unwrap();
+    std::fs::remove_file(from.join("bank/linked.ibd")).unwrap();
+    std::fs::write(from.join("new.frm"), b"new").unwrap();
+    std::fs::remove_file(from.join("empty")).unwrap();
+    std::fs::create_dir(from.join("empty")).unwrap();
+    std::fs::write(to.join("stale"), b"gone from the source").unwrap();
+
+    let moved = run(&request(&from, &to, Seed::Reflinked, Arc::new(Fsync))).unwrap();
+    assert_eq!(describe(&to), without_pid(describe(&from)));
+    assert!(
+        moved.bytes_written < 1 << 20,
+        "wrote {} bytes for a 100-byte change, a rewritten 400 kB file and a new file",
+        moved.bytes_written
+    );
+    assert!(moved.bytes_written >= 400_000 + 3);
+}
+
+#[test]
+fn beside_a_previous_backup_unchanged_files_are_hard_links_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = dir.path().join("src");
+    let (first, second) = (dir.path().join("a/files"), dir.path().join("b/files"));
+    sample_tree(&from);
+    for d in [&first, &second] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    run(&request(&from, &first, Seed::None, Arc::new(Fsync))).unwrap();
+    let before = describe(&first);
+    std::fs::write(from.join("bank/accounts.ibd"), vec![3u8; 400_000]).unwrap();
+
+    let linked = Seed::Linked(vec![first.clone()]);
+    let moved = run(&request(&from, &second, linked, Arc::new(Fsync))).unwrap();
+    let unlinked = |t: BTreeMap<PathBuf, String>| -> Vec<String> {
+        t.into_values()
+            .map(|l| {
+                l.split(' ')
+                    .filter(|w| !w.starts_with("link-group="))
+                    .collect()
+            })
+            .collect()
+    };
+    assert_eq!(
+        unlinked(describe(&first)),
+        unlinked(before),
+        "the previous backup is untouched"
+    );
+    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(ino(&first.join("ibdata1")), ino(&second.join("ibdata1")));
+    assert_ne!(
+        ino(&first.join("bank/accounts.ibd")),
+        ino(&second.join("bank/accounts.ibd"))
+    );
+    assert_eq!(moved.bytes_written, 400_000);
+    let contents = |t: BTreeMap<PathBuf, String>| -> Vec<String> {
+        t.into_values()
+            .map(|l| l.split(' ').next_back().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        contents(describe(&second)),
+        contents(without_pid(describe(&from)))
+    );
+}
+
+#[test]
+fn a_cancelled_copy_stops_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (from, to) = (dir.path().join("src"), dir.path().join("partial/files"));
+    sample_tree(&from);
+    std::fs::create_dir_all(&to).unwrap();
+    let r = request(&from, &to, Seed::None, Arc::new(Fsync));
+    r.counters.cancelled.store(true, Ordering::Relaxed);
+    let e = run(&r).unwrap_err();
+    assert!(e.to_string().contains("cancelled"), "{e:#}");
+}
