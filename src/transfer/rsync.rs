@@ -88,7 +88,7 @@ pub async fn copy_with(
     for (i, item) in items.iter().enumerate() {
         let link_dest = options.link_dest.map(|l| l[i].as_path());
         let recheck = match options.recheck_since {
-            Some(since) => Recheck::prepare(item, options, since)?,
+            Some(since) => Recheck::prepare(item, options, link_dest, since)?,
             None => None,
         };
         let mut passes = Vec::new();
@@ -133,6 +133,7 @@ impl Recheck {
     fn prepare(
         item: &CopyItem,
         options: Options<'_>,
+        link_dest: Option<&Path>,
         since: SystemTime,
     ) -> anyhow::Result<Option<Self>> {
         let recent = modified_since(item, since)?;
@@ -164,6 +165,11 @@ impl Recheck {
         let ends = first_pass.split_off(first_pass.len() - 2);
         // Only the listed files: nothing else is there to delete.
         first_pass.retain(|a| a != "--delete");
+        if let Some(base) = link_dest {
+            // The base's copy is still the delta basis (only changed blocks cross the
+            // wire), but the result is a file of its own, never a link to it.
+            first_pass.push(format!("--copy-dest={}", base.display()));
+        }
         first_pass.extend([
             format!("--files-from={}", files.path().display()),
             "--from0".into(),

@@ -49,8 +49,10 @@ const NAME: &str = "lvm";
 /// Every snapshot this backend creates carries this LVM tag.
 pub const TAG: &str = "dbsnap";
 const DEFAULT_WARN_PERCENT: Percent = Percent::new_const(80.0);
-/// `lvremove` of a device that is still briefly open (e.g. right after umount) is retried.
-const REMOVE_ATTEMPTS: u32 = 4;
+/// `lvremove` of a device that is still briefly open (right after umount; an invalidated
+/// snapshot whose copy was just cancelled stayed open for more than 4 s in the guest) is
+/// retried, for about 20 s in all.
+const REMOVE_ATTEMPTS: u32 = 8;
 const REMOVE_RETRY_DELAY: Duration = Duration::from_millis(750);
 
 /// `[snapshot.lvm]` in the configuration.
