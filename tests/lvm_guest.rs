@@ -426,7 +426,10 @@ fn in_guest_overflowing_snapshot_fails_the_backup() {
     // after its umount (seen since the new transfers; cause open, see the session note):
     // the run then leaves it journaled, and `cleanup` must release it.
     if !sb.leftovers().is_empty() {
-        println!("KNOWN overflow: released by cleanup, not by the run: {:?}", sb.leftovers());
+        println!(
+            "KNOWN overflow: released by cleanup, not by the run: {:?}",
+            sb.leftovers()
+        );
         let cleanup = sb.dbsnap(&["cleanup"]);
         assert!(cleanup.status.success(), "{}", stderr(&cleanup));
     }
