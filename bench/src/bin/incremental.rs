@@ -70,19 +70,19 @@ struct Method {
 const METHODS: &[Method] = &[
     Method {
         name: "rsync, full copies",
-        keys: "incremental = false\n",
+        keys: "method = \"rsync\"\nincremental = false\n",
         on_backup_disk: true,
         restic: false,
     },
     Method {
         name: "rsync + reflink (btrfs destination)",
-        keys: "incremental = true\n",
+        keys: "method = \"rsync\"\nincremental = true\n",
         on_backup_disk: true,
         restic: false,
     },
     Method {
         name: "rsync + link-dest (ext4 destination)",
-        keys: "incremental = true\n",
+        keys: "method = \"rsync\"\nincremental = true\n",
         on_backup_disk: false,
         restic: false,
     },
