@@ -121,8 +121,10 @@ fn summaries(size: &SizeResult) -> Vec<Summary> {
                 .iter()
                 .filter(|r| r.measured.case == case.name())
                 .collect();
-            summarize(case.name(), &runs)
+            (case, runs)
         })
+        .filter(|(_, runs)| !runs.is_empty())
+        .map(|(case, runs)| summarize(case.name(), &runs))
         .collect()
 }
 
@@ -163,7 +165,7 @@ fn markdown(machine: &Machine, args: &serde_json::Value, sizes: &[SizeResult]) -
          delayed = commits slower than {DELAYED_MS} ms. \
          Lock wait and hold are the successful attempt's; a cancelled dbsnap attempt (after \
          lock_wait_timeout) shows in the commit latencies. Data: GB of filler rows (datadir size). Copy MB/s: dbsnap's copy phase, \
-         mariabackup's whole run, `cp -a` of the bare snapshot. dbsnap is paced by the server's commit \
+         mariabackup's whole run, `cp -a` of the bare snapshot followed by `sync -f` of the copy. dbsnap is paced by the server's commit \
          latency unless the case says \"pace off\".\n",
         args["repeats"], args["clients"], args["workload"].as_str().unwrap_or("bank"), args["baseline_secs"],
     );
