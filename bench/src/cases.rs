@@ -92,6 +92,8 @@ pub struct Measured {
     /// What was copied, and how long the copy took.
     pub bytes: Option<u64>,
     pub copy_ms: Option<f64>,
+    /// For dbsnap: when it logged "backup complete" (ms since the writers started).
+    pub published_ms: Option<f64>,
     /// Case-specific raw facts (dbsnap's lock record, mariabackup's stage lines, ...).
     pub detail: serde_json::Value,
 }
@@ -123,6 +125,7 @@ struct Window {
     bytes: Option<u64>,
     copy_ms: Option<f64>,
     detail: serde_json::Value,
+    published: Option<SystemTime>,
 }
 
 pub fn run(case: Case, repeat: usize, rig: &Rig, t0: SystemTime) -> anyhow::Result<Measured> {
@@ -150,6 +153,7 @@ pub fn run(case: Case, repeat: usize, rig: &Rig, t0: SystemTime) -> anyhow::Resu
         lock_wait_ms: w.lock_wait_ms,
         lock_hold_ms: w.lock_hold_ms,
         snapshot_ms: w.snapshot_ms,
+        published_ms: w.published.map(|t| ms_since(t0, t)),
         bytes: w.bytes,
         copy_ms: w.copy_ms,
         detail: w.detail,
@@ -172,6 +176,7 @@ fn dbsnap(rig: &Rig, mode: &str, config: &std::path::Path) -> anyhow::Result<Win
     );
     let manifest: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("dbsnap --json printed no JSON")?;
+    let published_at = logged_at(&String::from_utf8_lossy(&out.stderr), "backup complete:");
     let lock = &manifest["lock"];
     let number = |key: &str| {
         lock[key]
@@ -202,8 +207,42 @@ fn dbsnap(rig: &Rig, mode: &str, config: &std::path::Path) -> anyhow::Result<Win
         snapshot_ms: None,
         bytes: transfer["bytes"].as_u64(),
         copy_ms: transfer["duration_ms"].as_f64(),
-        detail: json!({ "lock": lock, "transfer": transfer }),
+        detail: json!({
+            "lock": lock,
+            "transfer": transfer,
+        }),
+        published: published_at.map(SystemTime::from),
     })
+}
+
+/// When dbsnap logged the first line containing `message` (its log lines start with an
+/// RFC 3339 time; colour codes, if any, are dropped first).
+fn logged_at(log: &str, message: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    let line = log.lines().find(|l| l.contains(message))?;
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                chars.by_ref().find(|c| *c == 'm');
+            }
+            c => plain.push(c),
+        }
+    }
+    chrono::DateTime::parse_from_rfc3339(plain.split_whitespace().next()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_log_lines_time_is_read_with_or_without_colour() {
+        let plain = "2026-12-01T11:28:02.679089Z  INFO backup complete: /b/x";
+        let coloured = "\u{1b}[2m2026-12-01T11:28:02.679089Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m backup complete: /b/x";
+        for log in [plain, coloured] {
+            let at = super::logged_at(&format!("other\n{log}\n"), "backup complete:").unwrap();
+            assert_eq!(at.to_rfc3339(), "2026-12-01T11:28:02.679089+00:00");
+        }
+    }
 }
 
 /// `mariabackup --backup`. Its log has one-second timestamps, so each line is stamped
@@ -269,6 +308,7 @@ fn mariabackup(rig: &Rig) -> anyhow::Result<Window> {
                 .map(|(t, l)| json!([ms_since(started, *t), l]))
                 .collect::<Vec<_>>(),
         }),
+        published: None,
     })
 }
 
@@ -312,6 +352,7 @@ fn classic(rig: &Rig) -> anyhow::Result<Window> {
         bytes: None,
         copy_ms: None,
         detail: json!({}),
+        published: None,
     })
 }
 
@@ -353,6 +394,7 @@ fn snapshot_only(rig: &Rig) -> anyhow::Result<Window> {
         bytes: Some(bytes),
         copy_ms: Some(copy_ms),
         detail: json!({ "sync_ms": ms_since(synced, from), "cp_ms": cp_ms }),
+        published: None,
     })
 }
 

@@ -198,6 +198,37 @@ fn markdown(machine: &Machine, args: &serde_json::Value, sizes: &[SizeResult]) -
             );
         }
     }
+    let _ = writeln!(
+        md,
+        "\nWhere dbsnap's writers waited after the unlock: the slowest commit in flight during \
+         each phase, ms (copy: to the end of the transfer; publish: fsync of the copy, \
+         manifest, rename, to \"backup complete\"; release: unmount and the snapshot's \
+         deletion, to the end of the run).\n\n| data | case | copy | publish | release |\n|---|---|---|---|---|"
+    );
+    for size in sizes {
+        for case in Case::ALL {
+            let runs: Vec<&Run> = size
+                .runs
+                .iter()
+                .filter(|r| r.measured.case == case.name() && r.phases.is_some())
+                .collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let phase = |f: &dyn Fn(&crate::metrics::Phases) -> Option<f64>| {
+                cell(spread(runs.iter().map(|r| r.phases.as_ref().and_then(f))))
+            };
+            let _ = writeln!(
+                md,
+                "| {} GB | {} | {} | {} | {} |",
+                size.size_gb,
+                case.name(),
+                phase(&|p| p.copy_ms),
+                phase(&|p| p.publish_ms),
+                phase(&|p| p.release_ms),
+            );
+        }
+    }
     let loads: Vec<f64> = sizes
         .iter()
         .flat_map(|s| s.runs.iter().map(|r| r.measured.load1))
