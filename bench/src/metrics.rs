@@ -17,6 +17,8 @@ pub struct Run {
     /// Commits acknowledged in the quiet time before the run.
     pub baseline_commits: usize,
     pub baseline_p99_ms: Option<f64>,
+    /// The slowest commit of the quiet time before the run: what "no backup" looks like.
+    pub baseline_worst_ms: Option<f64>,
     /// Commits in flight at any time during the run (began before its end, acknowledged
     /// after its start).
     pub commits_during: usize,
@@ -90,6 +92,7 @@ impl Run {
         Run {
             baseline_commits: baseline.len(),
             baseline_p99_ms: p99(&baseline),
+            baseline_worst_ms: baseline.iter().copied().reduce(f64::max),
             commits_during: during.len(),
             p99_during_ms: p99(&during),
             worst_during_ms: during.iter().copied().reduce(f64::max),

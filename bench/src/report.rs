@@ -82,6 +82,7 @@ struct Summary {
     worst_in_lock_ms: Option<Spread>,
     p99_during_ms: Option<Spread>,
     baseline_p99_ms: Option<Spread>,
+    baseline_worst_ms: Option<Spread>,
     delayed_during: Option<Spread>,
     lowest_second_pct: Option<Spread>,
     wall_s: Option<Spread>,
@@ -101,6 +102,7 @@ fn summarize(case: String, runs: &[&Run]) -> Summary {
         worst_in_lock_ms: of(&|r| r.worst_in_lock_ms),
         p99_during_ms: of(&|r| r.p99_during_ms),
         baseline_p99_ms: of(&|r| r.baseline_p99_ms),
+        baseline_worst_ms: of(&|r| r.baseline_worst_ms),
         delayed_during: of(&|r| Some(r.delayed_during as f64)),
         lowest_second_pct: of(&|r| r.lowest_second_vs_baseline.map(|x| x * 100.0)),
         wall_s: of(&|r| Some((r.measured.end_ms - r.measured.start_ms) / 1e3)),
@@ -171,14 +173,14 @@ fn markdown(machine: &Machine, args: &serde_json::Value, sizes: &[SizeResult]) -
     );
     let _ = writeln!(
         md,
-        "| data | case | lock attempts | lock wait ms | lock hold ms | snapshot cmd ms | worst commit in lock window ms | worst commit during backup ms | p99 during ms | p99 baseline ms | commits > 100 ms | lowest tx/s in a second, % of baseline | wall s | copied MiB | copy MB/s |"
+        "| data | case | lock attempts | lock wait ms | lock hold ms | snapshot cmd ms | worst commit in lock window ms | worst commit during backup ms | worst commit baseline ms | p99 during ms | p99 baseline ms | commits > 100 ms | lowest tx/s in a second, % of baseline | wall s | copied MiB | copy MB/s |"
     );
-    let _ = writeln!(md, "|{}", "---|".repeat(15));
+    let _ = writeln!(md, "|{}", "---|".repeat(16));
     for size in sizes {
         for s in summaries(size) {
             let _ = writeln!(
                 md,
-                "| {} GB ({} MiB) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} GB ({} MiB) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 size.size_gb,
                 size.data_bytes >> 20,
                 s.case,
@@ -188,6 +190,7 @@ fn markdown(machine: &Machine, args: &serde_json::Value, sizes: &[SizeResult]) -
                 cell(s.snapshot_ms),
                 cell(s.worst_in_lock_ms),
                 cell(s.worst_during_ms),
+                cell(s.baseline_worst_ms),
                 cell(s.p99_during_ms),
                 cell(s.baseline_p99_ms),
                 cell(s.delayed_during),

@@ -240,7 +240,11 @@ mod tests {
     #[test]
     fn the_copy_starts_slow_and_grows_until_slow_commits_cut_it_then_recovers_linearly() {
         let mut pacer = Pacer::new(settings(), BASELINE);
-        assert_eq!(pacer.rate(), START, "not at full speed before the first sample");
+        assert_eq!(
+            pacer.rate(),
+            START,
+            "not at full speed before the first sample"
+        );
         let (rate, step) = pacer.observe(Duration::from_millis(3), START);
         assert_eq!((rate, step), (START * 3 / 2, Step::Faster), "slow start");
         let (rate, step) = pacer.observe(Duration::from_millis(20), rate);
@@ -250,7 +254,11 @@ mod tests {
         let mut last = rate;
         for _ in 0..5 {
             let (rate, step) = pacer.observe(Duration::from_millis(3), last);
-            assert_eq!((rate, step), (last + INCREASE, Step::Faster), "additive now");
+            assert_eq!(
+                (rate, step),
+                (last + INCREASE, Step::Faster),
+                "additive now"
+            );
             last = rate;
         }
     }
@@ -334,7 +342,10 @@ mod tests {
         let peak = rates.windows(2).position(|w| w[1] < w[0]).unwrap();
         let bottom = rates.iter().position(|r| *r == lowest).unwrap();
         assert!(rates[..=peak].windows(2).all(|w| w[1] > w[0]), "{rates:?}");
-        assert!(rates[peak..=bottom].windows(2).all(|w| w[1] < w[0]), "{rates:?}");
+        assert!(
+            rates[peak..=bottom].windows(2).all(|w| w[1] < w[0]),
+            "{rates:?}"
+        );
         assert!(rates[bottom..].windows(2).all(|w| w[1] > w[0]), "{rates:?}");
     }
 
