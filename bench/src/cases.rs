@@ -232,19 +232,6 @@ fn logged_at(log: &str, message: &str) -> Option<chrono::DateTime<chrono::FixedO
     chrono::DateTime::parse_from_rfc3339(plain.split_whitespace().next()?).ok()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_log_lines_time_is_read_with_or_without_colour() {
-        let plain = "2026-12-01T11:28:02.679089Z  INFO backup complete: /b/x";
-        let coloured = "\u{1b}[2m2026-12-01T11:28:02.679089Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m backup complete: /b/x";
-        for log in [plain, coloured] {
-            let at = super::logged_at(&format!("other\n{log}\n"), "backup complete:").unwrap();
-            assert_eq!(at.to_rfc3339(), "2026-12-01T11:28:02.679089+00:00");
-        }
-    }
-}
-
 /// `mariabackup --backup`. Its log has one-second timestamps, so each line is stamped
 /// when it arrives on the pipe instead; the BLOCK_COMMIT window runs from "Starting
 /// BACKUP STAGE BLOCK_COMMIT" over "Acquired locks for BACKUP STAGE BLOCK_COMMIT" to
@@ -414,4 +401,17 @@ fn snapshot_command(rig: &Rig, at: &std::path::Path) -> anyhow::Result<f64> {
         );
     }
     Ok(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_log_lines_time_is_read_with_or_without_colour() {
+        let plain = "2026-12-01T11:28:02.679089Z  INFO backup complete: /b/x";
+        let coloured = "\u{1b}[2m2026-12-01T11:28:02.679089Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m backup complete: /b/x";
+        for log in [plain, coloured] {
+            let at = super::logged_at(&format!("other\n{log}\n"), "backup complete:").unwrap();
+            assert_eq!(at.to_rfc3339(), "2026-12-01T11:28:02.679089+00:00");
+        }
+    }
 }
