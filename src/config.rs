@@ -156,8 +156,10 @@ pub enum PaceMode {
     Off,
 }
 
+/// 8 clients committing one after another move at about baseline / latency: 1.5 ×
+/// the baseline's latency keeps about two thirds of their throughput.
 fn default_pace_target() -> f64 {
-    2.0
+    1.5
 }
 
 /// `[backup] method`: `files`, `rsync`, `auto`, or the name of a backend's native stream.

@@ -13,6 +13,9 @@ pub struct Progress {
     bar: ProgressBar,
     started: Instant,
     last_log: Mutex<Instant>,
+    /// What the pacer last set, for the log line (it changes every sample: logging
+    /// each change would drown the log).
+    pace: Mutex<Option<String>>,
 }
 
 impl Progress {
@@ -28,6 +31,7 @@ impl Progress {
             bar,
             started: Instant::now(),
             last_log: Mutex::new(Instant::now()),
+            pace: Mutex::new(None),
         }
     }
 
@@ -38,11 +42,13 @@ impl Progress {
             if last.elapsed() >= LOG_EVERY {
                 *last = Instant::now();
                 let secs = self.started.elapsed().as_secs_f64().max(0.001);
+                let pace = self.pace.lock().expect("not poisoned");
                 tracing::info!(
-                    "copied {} of {} ({}/s)",
+                    "copied {} of {} ({}/s){}",
                     ByteSize::b(bytes).display().iec(),
                     ByteSize::b(self.bar.length().unwrap_or(0)).display().iec(),
-                    ByteSize::b((bytes as f64 / secs) as u64).display().iec()
+                    ByteSize::b((bytes as f64 / secs) as u64).display().iec(),
+                    pace.as_ref().map(|p| format!(", {p}")).unwrap_or_default()
                 );
             }
         }
@@ -54,10 +60,8 @@ impl Progress {
             0 => "unpaced".to_string(),
             r => format!("paced to {}/s", ByteSize::b(r).display().iec()),
         };
-        if self.bar.is_hidden() {
-            tracing::info!("copy {pace}");
-        }
-        self.bar.set_message(pace);
+        self.bar.set_message(pace.clone());
+        *self.pace.lock().expect("not poisoned") = Some(pace);
     }
 
     pub fn finish(&self) {

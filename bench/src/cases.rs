@@ -28,7 +28,8 @@ pub enum Case {
     Classic,
     /// The snapshot command with no lock at all (after a `sync -f`, as dbsnap does
     /// before locking): the physical floor of any lock window. Then a plain `cp -a` of
-    /// the snapshot, the floor for the copy.
+    /// the snapshot and a `sync -f` of the copy, the floor for a durable copy (a copy
+    /// left in the page cache is not a backup yet; `cp -a` alone is in the detail).
     SnapshotOnly,
 }
 
@@ -50,7 +51,18 @@ impl Case {
             Case::DbsnapUnpaced => "dbsnap --lock auto, pace off".into(),
             Case::Mariabackup => "mariabackup --backup".into(),
             Case::Classic => "classic FTWRL + snapshot".into(),
-            Case::SnapshotOnly => "snapshot only + cp -a".into(),
+            Case::SnapshotOnly => "snapshot only + cp -a + sync".into(),
+        }
+    }
+
+    /// What `--cases` calls it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Case::Dbsnap(mode) => mode,
+            Case::DbsnapUnpaced => "unpaced",
+            Case::Mariabackup => "mariabackup",
+            Case::Classic => "classic",
+            Case::SnapshotOnly => "snapshot",
         }
     }
 }
@@ -80,6 +92,8 @@ pub struct Measured {
     /// What was copied, and how long the copy took.
     pub bytes: Option<u64>,
     pub copy_ms: Option<f64>,
+    /// For dbsnap: when it logged "backup complete" (ms since the writers started).
+    pub published_ms: Option<f64>,
     /// Case-specific raw facts (dbsnap's lock record, mariabackup's stage lines, ...).
     pub detail: serde_json::Value,
 }
@@ -111,6 +125,7 @@ struct Window {
     bytes: Option<u64>,
     copy_ms: Option<f64>,
     detail: serde_json::Value,
+    published: Option<SystemTime>,
 }
 
 pub fn run(case: Case, repeat: usize, rig: &Rig, t0: SystemTime) -> anyhow::Result<Measured> {
@@ -138,6 +153,7 @@ pub fn run(case: Case, repeat: usize, rig: &Rig, t0: SystemTime) -> anyhow::Resu
         lock_wait_ms: w.lock_wait_ms,
         lock_hold_ms: w.lock_hold_ms,
         snapshot_ms: w.snapshot_ms,
+        published_ms: w.published.map(|t| ms_since(t0, t)),
         bytes: w.bytes,
         copy_ms: w.copy_ms,
         detail: w.detail,
@@ -160,6 +176,7 @@ fn dbsnap(rig: &Rig, mode: &str, config: &std::path::Path) -> anyhow::Result<Win
     );
     let manifest: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("dbsnap --json printed no JSON")?;
+    let published_at = logged_at(&String::from_utf8_lossy(&out.stderr), "backup complete:");
     let lock = &manifest["lock"];
     let number = |key: &str| {
         lock[key]
@@ -190,8 +207,29 @@ fn dbsnap(rig: &Rig, mode: &str, config: &std::path::Path) -> anyhow::Result<Win
         snapshot_ms: None,
         bytes: transfer["bytes"].as_u64(),
         copy_ms: transfer["duration_ms"].as_f64(),
-        detail: json!({ "lock": lock, "transfer": transfer }),
+        detail: json!({
+            "lock": lock,
+            "transfer": transfer,
+        }),
+        published: published_at.map(SystemTime::from),
     })
+}
+
+/// When dbsnap logged the first line containing `message` (its log lines start with an
+/// RFC 3339 time; colour codes, if any, are dropped first).
+fn logged_at(log: &str, message: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    let line = log.lines().find(|l| l.contains(message))?;
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                chars.by_ref().find(|c| *c == 'm');
+            }
+            c => plain.push(c),
+        }
+    }
+    chrono::DateTime::parse_from_rfc3339(plain.split_whitespace().next()?).ok()
 }
 
 /// `mariabackup --backup`. Its log has one-second timestamps, so each line is stamped
@@ -257,6 +295,7 @@ fn mariabackup(rig: &Rig) -> anyhow::Result<Window> {
                 .map(|(t, l)| json!([ms_since(started, *t), l]))
                 .collect::<Vec<_>>(),
         }),
+        published: None,
     })
 }
 
@@ -300,6 +339,7 @@ fn classic(rig: &Rig) -> anyhow::Result<Window> {
         bytes: None,
         copy_ms: None,
         detail: json!({}),
+        published: None,
     })
 }
 
@@ -317,6 +357,8 @@ fn snapshot_only(rig: &Rig) -> anyhow::Result<Window> {
         "cp",
         &["-a".as_ref(), snapshot.as_os_str(), copy.as_os_str()],
     )?;
+    let cp_ms = ms_since(copy_started, SystemTime::now());
+    rig::run("sync", &["-f".as_ref(), copy.as_os_str()])?;
     let copy_ms = ms_since(copy_started, SystemTime::now());
     let bytes = rig::dir_bytes(&copy);
     std::fs::remove_dir_all(&copy)?;
@@ -338,7 +380,8 @@ fn snapshot_only(rig: &Rig) -> anyhow::Result<Window> {
         snapshot_ms: Some(snapshot_ms),
         bytes: Some(bytes),
         copy_ms: Some(copy_ms),
-        detail: json!({ "sync_ms": ms_since(synced, from) }),
+        detail: json!({ "sync_ms": ms_since(synced, from), "cp_ms": cp_ms }),
+        published: None,
     })
 }
 
@@ -358,4 +401,17 @@ fn snapshot_command(rig: &Rig, at: &std::path::Path) -> anyhow::Result<f64> {
         );
     }
     Ok(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_log_lines_time_is_read_with_or_without_colour() {
+        let plain = "2026-12-01T11:28:02.679089Z  INFO backup complete: /b/x";
+        let coloured = "\u{1b}[2m2026-12-01T11:28:02.679089Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m backup complete: /b/x";
+        for log in [plain, coloured] {
+            let at = super::logged_at(&format!("other\n{log}\n"), "backup complete:").unwrap();
+            assert_eq!(at.to_rfc3339(), "2026-12-01T11:28:02.679089+00:00");
+        }
+    }
 }

@@ -60,6 +60,10 @@ struct Args {
     /// index-rich OLTP transactions (see `oltp.rs`).
     #[arg(long, value_enum, default_value_t = Workload::Bank)]
     workload: Workload,
+    /// Only these cases (ftwrl, backup-stage, none, auto, unpaced, mariabackup, classic,
+    /// snapshot); all by default.
+    #[arg(long, value_delimiter = ',', value_parser = parse_case)]
+    cases: Vec<Case>,
     /// Rows in each of the OLTP workload's four tables.
     #[arg(long, default_value_t = 400_000)]
     oltp_rows: u64,
@@ -147,6 +151,16 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn parse_case(key: &str) -> Result<Case, String> {
+    Case::ALL
+        .into_iter()
+        .find(|c| c.key() == key)
+        .ok_or_else(|| {
+            let keys: Vec<&str> = Case::ALL.iter().map(|c| c.key()).collect();
+            format!("no case {key:?}; one of {}", keys.join(", "))
+        })
+}
+
 fn args_summary(args: &Args) -> serde_json::Value {
     serde_json::json!({
         "sizes_gb": args.sizes,
@@ -155,6 +169,7 @@ fn args_summary(args: &Args) -> serde_json::Value {
         "baseline_secs": args.baseline_secs,
         "workload": args.workload,
         "oltp_rows": args.oltp_rows,
+        "cases": args.cases.iter().map(|c| c.key()).collect::<Vec<_>>(),
         "work_dir": args.work_dir,
     })
 }
@@ -188,8 +203,12 @@ fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<SizeResult> {
     for repeat in 0..args.repeats {
         // Rotate the order so that no case always follows the same neighbour (whose
         // snapshot deletion or page-cache churn could still be running).
-        let mut order = Case::ALL.to_vec();
-        order.rotate_left(repeat % Case::ALL.len());
+        let mut order: Vec<Case> = match args.cases.is_empty() {
+            true => Case::ALL.to_vec(),
+            false => args.cases.clone(),
+        };
+        let turns = order.len();
+        order.rotate_left(repeat % turns);
         for case in order {
             std::thread::sleep(baseline);
             if INTERRUPTED.load(Ordering::SeqCst) {

@@ -17,6 +17,8 @@ pub struct Run {
     /// Commits acknowledged in the quiet time before the run.
     pub baseline_commits: usize,
     pub baseline_p99_ms: Option<f64>,
+    /// The slowest commit of the quiet time before the run: what "no backup" looks like.
+    pub baseline_worst_ms: Option<f64>,
     /// Commits in flight at any time during the run (began before its end, acknowledged
     /// after its start).
     pub commits_during: usize,
@@ -31,6 +33,39 @@ pub struct Run {
     pub lowest_second_vs_baseline: Option<f64>,
     /// Every delayed commit during the run: (began in ms since the writers started, latency ms).
     pub delayed: Vec<(f64, f64)>,
+    /// For dbsnap: the slowest commit in flight during each phase after the lock.
+    pub phases: Option<Phases>,
+}
+
+/// The slowest commit in flight during each of dbsnap's phases after the unlock (ms).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Phases {
+    /// From the unlock to the end of the copy (the manifest's transfer duration).
+    pub copy_ms: Option<f64>,
+    /// From the end of the copy to "backup complete" (fsync of what the copy wrote,
+    /// the manifest, the rename).
+    pub publish_ms: Option<f64>,
+    /// From "backup complete" to the end of the run (unmount, the snapshot's deletion).
+    pub release_ms: Option<f64>,
+}
+
+impl Phases {
+    fn of(measured: &Measured, commits: &[(f64, f64)]) -> Option<Phases> {
+        let copy_end = measured.lock_to_ms + measured.detail["transfer"]["duration_ms"].as_f64()?;
+        let published = measured.published_ms?;
+        let worst = |from: f64, to: f64| {
+            commits
+                .iter()
+                .filter(|(b, l)| *b < to && b + l > from)
+                .map(|(_, l)| *l)
+                .reduce(f64::max)
+        };
+        Some(Phases {
+            copy_ms: worst(measured.lock_to_ms, copy_end),
+            publish_ms: worst(copy_end, published),
+            release_ms: worst(published, measured.end_ms),
+        })
+    }
 }
 
 impl Run {
@@ -57,6 +92,7 @@ impl Run {
         Run {
             baseline_commits: baseline.len(),
             baseline_p99_ms: p99(&baseline),
+            baseline_worst_ms: baseline.iter().copied().reduce(f64::max),
             commits_during: during.len(),
             p99_during_ms: p99(&during),
             worst_during_ms: during.iter().copied().reduce(f64::max),
@@ -68,6 +104,7 @@ impl Run {
                 .into_iter()
                 .filter(|(_, l)| *l > DELAYED_MS)
                 .collect(),
+            phases: Phases::of(&measured, commits),
             measured,
         }
     }

@@ -82,6 +82,7 @@ struct Summary {
     worst_in_lock_ms: Option<Spread>,
     p99_during_ms: Option<Spread>,
     baseline_p99_ms: Option<Spread>,
+    baseline_worst_ms: Option<Spread>,
     delayed_during: Option<Spread>,
     lowest_second_pct: Option<Spread>,
     wall_s: Option<Spread>,
@@ -101,6 +102,7 @@ fn summarize(case: String, runs: &[&Run]) -> Summary {
         worst_in_lock_ms: of(&|r| r.worst_in_lock_ms),
         p99_during_ms: of(&|r| r.p99_during_ms),
         baseline_p99_ms: of(&|r| r.baseline_p99_ms),
+        baseline_worst_ms: of(&|r| r.baseline_worst_ms),
         delayed_during: of(&|r| Some(r.delayed_during as f64)),
         lowest_second_pct: of(&|r| r.lowest_second_vs_baseline.map(|x| x * 100.0)),
         wall_s: of(&|r| Some((r.measured.end_ms - r.measured.start_ms) / 1e3)),
@@ -121,8 +123,10 @@ fn summaries(size: &SizeResult) -> Vec<Summary> {
                 .iter()
                 .filter(|r| r.measured.case == case.name())
                 .collect();
-            summarize(case.name(), &runs)
+            (case, runs)
         })
+        .filter(|(_, runs)| !runs.is_empty())
+        .map(|(case, runs)| summarize(case.name(), &runs))
         .collect()
 }
 
@@ -163,20 +167,20 @@ fn markdown(machine: &Machine, args: &serde_json::Value, sizes: &[SizeResult]) -
          delayed = commits slower than {DELAYED_MS} ms. \
          Lock wait and hold are the successful attempt's; a cancelled dbsnap attempt (after \
          lock_wait_timeout) shows in the commit latencies. Data: GB of filler rows (datadir size). Copy MB/s: dbsnap's copy phase, \
-         mariabackup's whole run, `cp -a` of the bare snapshot. dbsnap is paced by the server's commit \
+         mariabackup's whole run, `cp -a` of the bare snapshot followed by `sync -f` of the copy. dbsnap is paced by the server's commit \
          latency unless the case says \"pace off\".\n",
         args["repeats"], args["clients"], args["workload"].as_str().unwrap_or("bank"), args["baseline_secs"],
     );
     let _ = writeln!(
         md,
-        "| data | case | lock attempts | lock wait ms | lock hold ms | snapshot cmd ms | worst commit in lock window ms | worst commit during backup ms | p99 during ms | p99 baseline ms | commits > 100 ms | lowest tx/s in a second, % of baseline | wall s | copied MiB | copy MB/s |"
+        "| data | case | lock attempts | lock wait ms | lock hold ms | snapshot cmd ms | worst commit in lock window ms | worst commit during backup ms | worst commit baseline ms | p99 during ms | p99 baseline ms | commits > 100 ms | lowest tx/s in a second, % of baseline | wall s | copied MiB | copy MB/s |"
     );
-    let _ = writeln!(md, "|{}", "---|".repeat(15));
+    let _ = writeln!(md, "|{}", "---|".repeat(16));
     for size in sizes {
         for s in summaries(size) {
             let _ = writeln!(
                 md,
-                "| {} GB ({} MiB) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} GB ({} MiB) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 size.size_gb,
                 size.data_bytes >> 20,
                 s.case,
@@ -186,6 +190,7 @@ fn markdown(machine: &Machine, args: &serde_json::Value, sizes: &[SizeResult]) -
                 cell(s.snapshot_ms),
                 cell(s.worst_in_lock_ms),
                 cell(s.worst_during_ms),
+                cell(s.baseline_worst_ms),
                 cell(s.p99_during_ms),
                 cell(s.baseline_p99_ms),
                 cell(s.delayed_during),
@@ -193,6 +198,37 @@ fn markdown(machine: &Machine, args: &serde_json::Value, sizes: &[SizeResult]) -
                 cell(s.wall_s),
                 cell(s.copied_mib),
                 cell(s.copy_mb_per_s),
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nWhere dbsnap's writers waited after the unlock: the slowest commit in flight during \
+         each phase, ms (copy: to the end of the transfer; publish: fsync of the copy, \
+         manifest, rename, to \"backup complete\"; release: unmount and the snapshot's \
+         deletion, to the end of the run).\n\n| data | case | copy | publish | release |\n|---|---|---|---|---|"
+    );
+    for size in sizes {
+        for case in Case::ALL {
+            let runs: Vec<&Run> = size
+                .runs
+                .iter()
+                .filter(|r| r.measured.case == case.name() && r.phases.is_some())
+                .collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let phase = |f: &dyn Fn(&crate::metrics::Phases) -> Option<f64>| {
+                cell(spread(runs.iter().map(|r| r.phases.as_ref().and_then(f))))
+            };
+            let _ = writeln!(
+                md,
+                "| {} GB | {} | {} | {} | {} |",
+                size.size_gb,
+                case.name(),
+                phase(&|p| p.copy_ms),
+                phase(&|p| p.publish_ms),
+                phase(&|p| p.release_ms),
             );
         }
     }

@@ -27,7 +27,7 @@ fn a_tiny_run_writes_json_table_and_plot() {
         "dbsnap --lock auto, pace off",
         "mariabackup --backup",
         "classic FTWRL + snapshot",
-        "snapshot only + cp -a",
+        "snapshot only + cp -a + sync",
     ] {
         assert!(cases.contains(&case), "{case} missing from {cases:?}");
     }

@@ -33,9 +33,10 @@ impl Pacing {
         baseline: Duration,
         probe: Box<dyn LatencyProbe>,
     ) -> Pacing {
+        let pacer = Pacer::new(settings, baseline);
         Pacing {
-            throttle: Arc::new(Throttle::new(settings.cap)),
-            steering: Some((probe, Pacer::new(settings, baseline))),
+            throttle: Arc::new(Throttle::new(pacer.rate())),
+            steering: Some((probe, pacer)),
         }
     }
 

@@ -51,6 +51,9 @@ struct Args {
     /// The dbsnap binary (default: `dbsnap` next to this benchmark's executable).
     #[arg(long)]
     dbsnap: Option<PathBuf>,
+    /// Only the methods whose name contains one of these (e.g. `engine,btrfs-send`).
+    #[arg(long, value_delimiter = ',')]
+    methods: Vec<String>,
     /// Measure nothing: rewrite incremental.md from the incremental.json in --out.
     #[arg(long)]
     table_only: bool,
@@ -68,6 +71,24 @@ struct Method {
 }
 
 const METHODS: &[Method] = &[
+    Method {
+        name: "copy engine, full copies",
+        keys: "method = \"files\"\npace = \"off\"\nincremental = false\n",
+        on_backup_disk: true,
+        restic: false,
+    },
+    Method {
+        name: "copy engine + reflink, block compare (btrfs destination)",
+        keys: "method = \"files\"\npace = \"off\"\nincremental = true\n",
+        on_backup_disk: true,
+        restic: false,
+    },
+    Method {
+        name: "copy engine + link-dest (ext4 destination)",
+        keys: "method = \"files\"\npace = \"off\"\nincremental = true\n",
+        on_backup_disk: false,
+        restic: false,
+    },
     Method {
         name: "rsync, full copies",
         keys: "method = \"rsync\"\nincremental = false\n",
@@ -173,7 +194,14 @@ fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<Vec<Backup>> 
     std::fs::create_dir(&plain)?;
 
     let mut results = vec![reference_copy(gb, data_mib, &rig, &disk)?];
-    for method in METHODS {
+    let chosen = METHODS.iter().filter(|m| {
+        args.methods.is_empty()
+            || args
+                .methods
+                .iter()
+                .any(|part| m.name.contains(part.as_str()))
+    });
+    for method in chosen {
         let dest = if method.on_backup_disk {
             disk.mountpoint.join(method.name.replace(' ', "-"))
         } else {
@@ -399,10 +427,12 @@ fn table(all: &[Backup]) -> String {
          incremental ones (each after the same churn: bank writes plus 2 % of the filler rows \
          rewritten). s: the whole `dbsnap backup` run (copy or stream alone in brackets). \
          Transferred: changed files (rsync), stream bytes (btrfs-send) or what restic scanned \
-         (it reads only files whose size, mtime or inode changed). Stored: space the \
-         destination gained (restic: added to the repository, compressed).\n\n\
-         | data | method | full: s | full: MiB transferred | full: MiB stored | incremental: s | incremental: MiB transferred | incremental: MiB stored |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         (it reads only files whose size, mtime or inode changed). Written: bytes dbsnap's \
+         copy engine wrote (a block compare writes only the blocks that differ; – where the \
+         tool does not say). Stored: space the destination gained (restic: added to the \
+         repository, compressed).\n\n\
+         | data | method | full: s | full: MiB transferred | full: MiB written | full: MiB stored | incremental: s | incremental: MiB transferred | incremental: MiB written | incremental: MiB stored |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut keys: Vec<(f64, &str)> = Vec::new();
     for b in all {
@@ -425,16 +455,27 @@ fn table(all: &[Backup]) -> String {
                 n => format!("{:.1}", v[n / 2]),
             }
         };
+        // Only the copy engine counts what it wrote; elsewhere the field is 0.
+        let written = |backups: &[&Backup]| {
+            let mut v: Vec<f64> = backups.iter().map(|b| b.written_mib).collect();
+            v.sort_by(f64::total_cmp);
+            match (method.starts_with("copy engine"), v.len()) {
+                (true, n) if n > 0 => format!("{:.1}", v[n / 2]),
+                _ => "–".to_string(),
+            }
+        };
         md.push_str(&format!(
-            "| {gb} GB ({} MiB) | {method} | {:.1} ({:.1}) | {:.0} | {:.0} | {} ({}) | {} | {} |\n",
+            "| {gb} GB ({} MiB) | {method} | {:.1} ({:.1}) | {:.0} | {} | {:.0} | {} ({}) | {} | {} | {} |\n",
             full.data_mib,
             full.wall_s,
             full.transfer_s,
             full.transferred_mib,
+            written(&[full]),
             full.stored_mib,
             median(|b| b.wall_s),
             median(|b| b.transfer_s),
             median(|b| b.transferred_mib),
+            written(rest),
             median(|b| b.stored_mib),
         ));
     }
