@@ -38,11 +38,13 @@ impl Root {
     /// created by the command, below what does).
     pub fn check(&self, path: &Path, depth: Depth) -> Result<(), String> {
         let real = resolve(path)?;
-        let inside = match depth {
-            Depth::RootOrBelow => real.starts_with(&self.0),
-            Depth::Below => real.starts_with(&self.0) && real != self.0,
-        };
-        match inside {
+        if depth == Depth::Below && real == self.0 {
+            return Err(format!(
+                "{} is the confined directory itself: only what is below it may change",
+                path.display()
+            ));
+        }
+        match real.starts_with(&self.0) {
             true => Ok(()),
             false => Err(format!(
                 "{} is outside {}{}",
@@ -115,7 +117,10 @@ mod tests {
         let root = Root::new(&root_dir).unwrap();
 
         assert!(root.check(&root_dir, Depth::RootOrBelow).is_ok());
-        assert!(root.check(&root_dir, Depth::Below).is_err());
+        assert!(root
+            .check(&root_dir, Depth::Below)
+            .unwrap_err()
+            .contains("itself"));
         assert!(root.check(&root_dir.join("a"), Depth::Below).is_ok());
         assert!(root.check(&root_dir.join("new/deeper"), Depth::Below).is_ok());
         assert!(root.check(&root_dir.join("in/x"), Depth::Below).is_ok());
