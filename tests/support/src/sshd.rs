@@ -474,6 +474,33 @@ mod tests {
     }
 
     #[test]
+    fn a_separate_host_is_reached_over_its_link_only_and_its_directory_is_invisible_here() {
+        let sshd = Sshd::start_separate_host();
+        let remote = sshd.remote_dir().unwrap().to_path_buf();
+        let before = sshd.link_bytes();
+        let out = sshd.ssh(&format!("echo there > {}/file && hostname -I", remote.display()));
+        assert!(out.status.success(), "{out:?} / {}", sshd.log_text());
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&sshd.host));
+        assert!(sshd.link_bytes() > before, "the session crossed the link");
+        assert!(!remote.join("file").exists(), "the file is on the other host only");
+        let there = sshd.on_host(&["cat", remote.join("file").to_str().unwrap()]);
+        assert_eq!(String::from_utf8_lossy(&there.stdout), "there\n");
+
+        sshd.set_link(false);
+        let cut = Command::new("ssh")
+            .args(["-o", "ConnectTimeout=2"])
+            .args(sshd.client_args())
+            .arg(format!("{}@{}", sshd.user, sshd.host))
+            .arg("true")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!cut.status.success(), "no way there with the link down");
+        sshd.set_link(true);
+        assert!(sshd.ssh("true").status.success());
+    }
+
+    #[test]
     fn a_changed_host_key_is_refused() {
         let sshd = Sshd::start();
         let wrong = sshd.wrong_known_hosts();

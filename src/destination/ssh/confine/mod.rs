@@ -54,9 +54,11 @@ pub fn run(root: &Path) -> ExitCode {
 
 fn confine(root: &Path) -> Result<ExitCode, String> {
     let root = Root::new(root)?;
-    let line = std::env::var("SSH_ORIGINAL_COMMAND").map_err(|_| {
-        "no command was given: this key runs only the commands dbsnap sends (it has no shell)"
-            .to_string()
+    let line = std::env::var("SSH_ORIGINAL_COMMAND").map_err(|e| match e {
+        std::env::VarError::NotPresent => {
+            "no command was given: this key runs only what dbsnap sends (it has no shell)".into()
+        }
+        std::env::VarError::NotUnicode(_) => "the command line is not UTF-8".to_string(),
     })?;
     let words = shlex::split(&line)
         .ok_or_else(|| "the command line does not parse (an unclosed quote)".to_string())?;
