@@ -62,7 +62,8 @@ fn through_the_confined_key_backups_list_verify_restore_and_prune_work_as_with_a
     no_refusal(&verified);
 
     let restored = r.sb.dir.path().join("restored");
-    let out = r.sb.dbsnap(&["restore", name, "--datadir", restored.to_str().unwrap()]);
+    let out =
+        r.sb.dbsnap(&["restore", name, "--datadir", restored.to_str().unwrap()]);
     no_refusal(&out);
     let copy = MariaDb::start_existing(ServerOptions {
         server_id: 2,
@@ -167,9 +168,21 @@ fn through_the_confined_key_other_commands_paths_outside_and_rsync_options_writi
     let pulled = r.sb.dir.path().join("pulled");
     let log_file = format!("--remote-option=--log-file={out_s}/log");
     for (args, from, to) in [
-        (vec!["--secluded-args"], src.clone(), format!("{host}:{out_s}/")),
-        (vec!["--secluded-args"], src.clone(), format!("{host}:{dest}/escape/")),
-        (vec!["--secluded-args"], src.clone(), format!("{host}:{dest}/../outside/")),
+        (
+            vec!["--secluded-args"],
+            src.clone(),
+            format!("{host}:{out_s}/"),
+        ),
+        (
+            vec!["--secluded-args"],
+            src.clone(),
+            format!("{host}:{dest}/escape/"),
+        ),
+        (
+            vec!["--secluded-args"],
+            src.clone(),
+            format!("{host}:{dest}/../outside/"),
+        ),
         (
             vec!["--secluded-args", &log_file],
             src.clone(),
@@ -181,7 +194,11 @@ fn through_the_confined_key_other_commands_paths_outside_and_rsync_options_writi
             format!("{host}:{dest}/backup/"),
         ),
         (
-            vec!["--secluded-args", "--backup", &format!("--backup-dir={out_s}")],
+            vec![
+                "--secluded-args",
+                "--backup",
+                &format!("--backup-dir={out_s}"),
+            ],
             src.clone(),
             format!("{host}:{dest}/backup/"),
         ),
@@ -210,7 +227,12 @@ fn through_the_confined_key_other_commands_paths_outside_and_rsync_options_writi
     assert_eq!((tree(&outside), tree(&r.dir)), before, "something changed");
 
     // The same key still does what dbsnap asks of it.
-    let ok = rsync(&r, &["--secluded-args"], &src, &format!("{host}:{dest}/backup/"));
+    let ok = rsync(
+        &r,
+        &["--secluded-args"],
+        &src,
+        &format!("{host}:{dest}/backup/"),
+    );
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert!(r.dir.join("backup/file").exists());
 }

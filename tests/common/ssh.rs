@@ -49,7 +49,9 @@ impl Remote {
 
     /// The destination's entries, read on the backup host.
     fn entries(&self) -> Vec<PathBuf> {
-        let out = self.sshd.on_host(&["ls", "-1", "-A", self.dir.to_str().unwrap()]);
+        let out = self
+            .sshd
+            .on_host(&["ls", "-1", "-A", self.dir.to_str().unwrap()]);
         assert!(out.status.success(), "{out:?}");
         let mut v: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
             .lines()

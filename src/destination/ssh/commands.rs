@@ -59,7 +59,11 @@ impl RemoteCommand {
             values.len(),
             self.args.len()
         );
-        self.words.iter().copied().chain(values.iter().copied()).collect()
+        self.words
+            .iter()
+            .copied()
+            .chain(values.iter().copied())
+            .collect()
     }
 }
 
@@ -202,7 +206,7 @@ pub const REMOVE_TREE: RemoteCommand = remote(
 );
 
 /// Every command above: what `dbsnap ssh-confine` allows (with rsync's server).
-pub const ALL: [&RemoteCommand; 17] = [
+pub static ALL: [&RemoteCommand; 17] = [
     &LIST,
     &CHECK,
     &PUBLISH,

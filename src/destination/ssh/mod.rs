@@ -228,10 +228,7 @@ impl Destination for SshDir {
 
     async fn free_bytes(&self) -> anyhow::Result<Option<u64>> {
         let dir = self.dir().to_string_lossy();
-        let out = self
-            .session
-            .run(&FREE_SPACE.argv(&[&dir]), "df")
-            .await?;
+        let out = self.session.run(&FREE_SPACE.argv(&[&dir]), "df").await?;
         let free = out
             .lines()
             .nth(1)

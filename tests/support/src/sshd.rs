@@ -379,8 +379,7 @@ impl Drop for Sshd {
 
 /// How a separate host starts, inside its namespaces: its private directory mounted,
 /// then sshd in place of the shell (so that the child's pid is sshd's).
-const SEPARATE_HOST_START: &str =
-    r#"mount -t tmpfs -o size=2g,mode=0755 dbsnap-backup-host "$1" && exec /usr/sbin/sshd -D -e -f "$2" -E "$3""#;
+const SEPARATE_HOST_START: &str = r#"mount -t tmpfs -o size=2g,mode=0755 dbsnap-backup-host "$1" && exec /usr/sbin/sshd -D -e -f "$2" -E "$3""#;
 
 fn sshd_config(
     dir: &Path,
@@ -478,11 +477,17 @@ mod tests {
         let sshd = Sshd::start_separate_host();
         let remote = sshd.remote_dir().unwrap().to_path_buf();
         let before = sshd.link_bytes();
-        let out = sshd.ssh(&format!("echo there > {}/file && hostname -I", remote.display()));
+        let out = sshd.ssh(&format!(
+            "echo there > {}/file && ip -o -4 addr show",
+            remote.display()
+        ));
         assert!(out.status.success(), "{out:?} / {}", sshd.log_text());
         assert!(String::from_utf8_lossy(&out.stdout).contains(&sshd.host));
         assert!(sshd.link_bytes() > before, "the session crossed the link");
-        assert!(!remote.join("file").exists(), "the file is on the other host only");
+        assert!(
+            !remote.join("file").exists(),
+            "the file is on the other host only"
+        );
         let there = sshd.on_host(&["cat", remote.join("file").to_str().unwrap()]);
         assert_eq!(String::from_utf8_lossy(&there.stdout), "there\n");
 

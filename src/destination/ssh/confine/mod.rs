@@ -183,7 +183,9 @@ fn run_with_input(words: &[String], input: &[u8]) -> Result<ExitCode, String> {
     let status = child
         .wait()
         .map_err(|e| format!("waiting for {}: {e}", words[0]))?;
-    Ok(ExitCode::from(status.code().unwrap_or(128).clamp(0, 255) as u8))
+    Ok(ExitCode::from(
+        status.code().unwrap_or(128).clamp(0, 255) as u8
+    ))
 }
 
 #[cfg(test)]

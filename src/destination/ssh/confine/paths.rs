@@ -18,8 +18,12 @@ pub enum Depth {
 
 impl Root {
     pub fn new(dir: &Path) -> Result<Root, String> {
-        let real = std::fs::canonicalize(dir)
-            .map_err(|e| format!("the confined directory {} cannot be used: {e}", dir.display()))?;
+        let real = std::fs::canonicalize(dir).map_err(|e| {
+            format!(
+                "the confined directory {} cannot be used: {e}",
+                dir.display()
+            )
+        })?;
         if !real.is_dir() {
             return Err(format!(
                 "the confined directory {} is not a directory",
@@ -112,8 +116,7 @@ mod tests {
         std::fs::create_dir(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, root_dir.join("out")).unwrap();
         std::os::unix::fs::symlink(root_dir.join("a"), root_dir.join("in")).unwrap();
-        std::os::unix::fs::symlink(tmp.path().join("nothing"), root_dir.join("dangling"))
-            .unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("nothing"), root_dir.join("dangling")).unwrap();
         let root = Root::new(&root_dir).unwrap();
 
         assert!(root.check(&root_dir, Depth::RootOrBelow).is_ok());
@@ -122,7 +125,9 @@ mod tests {
             .unwrap_err()
             .contains("itself"));
         assert!(root.check(&root_dir.join("a"), Depth::Below).is_ok());
-        assert!(root.check(&root_dir.join("new/deeper"), Depth::Below).is_ok());
+        assert!(root
+            .check(&root_dir.join("new/deeper"), Depth::Below)
+            .is_ok());
         assert!(root.check(&root_dir.join("in/x"), Depth::Below).is_ok());
 
         let refused = |path: PathBuf| root.check(&path, Depth::Below).unwrap_err();
@@ -134,7 +139,9 @@ mod tests {
         assert!(refused(root_dir.join("dangling/x")).contains("leads nowhere"));
         assert!(refused(PathBuf::from("relative/x")).contains("not an absolute"));
         assert!(root.check_relative(&root_dir.join("a"), "f/g").is_ok());
-        assert!(root.check_relative(&root_dir.join("a"), "/etc/passwd").is_err());
+        assert!(root
+            .check_relative(&root_dir.join("a"), "/etc/passwd")
+            .is_err());
         assert!(root.check_relative(&root_dir.join("a"), "../../x").is_err());
         assert!(root.check_relative(&root_dir, "out/shadow").is_err());
     }

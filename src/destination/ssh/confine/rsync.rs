@@ -189,7 +189,9 @@ fn read_secluded(stdin: &mut impl Read) -> Result<Vec<String>, String> {
             (b, _) => current.push(b),
         }
     }
-    Err(format!("rsync's secluded arguments exceed {ARGS_LIMIT} bytes"))
+    Err(format!(
+        "rsync's secluded arguments exceed {ARGS_LIMIT} bytes"
+    ))
 }
 
 #[cfg(test)]
@@ -262,7 +264,12 @@ mod tests {
         assert!(argv.contains(&format!("--confine-root={}", f.dir)));
         assert_eq!(argv[argv.len() - 2..], [".".to_string(), dest]);
 
-        stdin = secluded(&["rsync", "--numeric-ids", ".", &format!("{}/A/files/", f.dir)]);
+        stdin = secluded(&[
+            "rsync",
+            "--numeric-ids",
+            ".",
+            &format!("{}/A/files/", f.dir),
+        ]);
         let argv = check(
             &words("rsync --server --sender -slHogDtprxSe.iLsfxCIvu"),
             &mut stdin.as_slice(),
@@ -284,12 +291,24 @@ mod tests {
         for (args, why) in [
             (vec!["rsync", ".", "/tmp/elsewhere/"], "outside"),
             (vec!["rsync", ".", &format!("{}/../x/", f.dir)], "`..`"),
-            (vec!["rsync", ".", &format!("{}/etc/cron.d/", f.dir)], "leads to"),
+            (
+                vec!["rsync", ".", &format!("{}/etc/cron.d/", f.dir)],
+                "leads to",
+            ),
             (vec!["rsync", "--temp-dir=/tmp", ".", &inside], "--temp-dir"),
-            (vec!["rsync", "--log-file=/tmp/x", ".", &inside], "--log-file"),
-            (vec!["rsync", "--backup-dir", "/tmp", ".", &inside], "--backup-dir"),
+            (
+                vec!["rsync", "--log-file=/tmp/x", ".", &inside],
+                "--log-file",
+            ),
+            (
+                vec!["rsync", "--backup-dir", "/tmp", ".", &inside],
+                "--backup-dir",
+            ),
             (vec!["rsync", "--link-dest=/etc", ".", &inside], "outside"),
-            (vec!["rsync", "--copy-dest", "/etc", ".", &inside], "outside"),
+            (
+                vec!["rsync", "--copy-dest", "/etc", ".", &inside],
+                "outside",
+            ),
             (vec!["rsync", "-L", ".", &inside], "-L"),
             (vec!["rsync", ".", &inside, &inside], "one destination"),
             (vec!["rsync", "--delete"], "lack"),

@@ -75,7 +75,10 @@ fn other_programs_other_scripts_and_paths_outside_are_refused() {
             as_received(&["sh", "-c", &format!("{LIST_SH}; touch x"), "sh"]),
             "not one of dbsnap's",
         ),
-        (as_received(&["df", "-h", "--", &f.dir]), "with these options"),
+        (
+            as_received(&["df", "-h", "--", &f.dir]),
+            "with these options",
+        ),
         (as_received(&["rm", "-rf", "--", &f.dir]), "itself"),
         (as_received(&["rm", "-rf", "--", "/"]), "is outside"),
         (
@@ -114,7 +117,10 @@ fn other_programs_other_scripts_and_paths_outside_are_refused() {
             as_received(&["sh", "-c", MAKE_PARTIAL_SH, "sh", &inside, "extra"]),
             "arguments",
         ),
-        (as_received(&["sh", "-c", REMOVE_SH, "sh", &inside]), "arguments"),
+        (
+            as_received(&["sh", "-c", REMOVE_SH, "sh", &inside]),
+            "arguments",
+        ),
     ];
     for (words, why) in hostile {
         let err = allowed(&words, &f.root).map(|c| c.what).unwrap_err();
