@@ -19,8 +19,9 @@ const REFUSED: &str = "dbsnap ssh-confine refused";
 /// The README's line: only from this host, no pty or forwarding, the forced command.
 fn confine(r: &Remote) {
     r.sshd.set_key_options(Some(&format!(
-        "restrict,from=\"127.0.0.1\",command=\"{DBSNAP} ssh-confine --root {}\"",
-        r.dir.display()
+        "restrict,from=\"127.0.0.1\",command=\"{} ssh-confine --root {}\"",
+        quoted(DBSNAP),
+        quoted(&r.dir.display().to_string())
     )));
 }
 

@@ -16,9 +16,11 @@ use std::path::Path;
 use super::paths::{Depth, Root};
 
 /// The short options allowed in the server's option cluster (before its `e` part):
-/// `s` (secluded args), and what `--archive --hard-links --one-file-system --sparse`,
-/// `--ignore-times` and `--compress` set.
-const SHORT: &str = "slHogDtprxSIz";
+/// `s` (secluded args), what `--archive --hard-links --one-file-system --sparse`,
+/// `--ignore-times` and `--compress` set, and `R` (relative names, which a
+/// `--files-from` list implies: the receiver still refuses names with `..` or a
+/// leading `/`, and every name lands below the checked destination).
+const SHORT: &str = "slHogDtprxSIzR";
 
 /// What the value of a long option is.
 #[derive(Clone, Copy, PartialEq, Eq)]
