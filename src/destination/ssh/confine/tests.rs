@@ -152,3 +152,30 @@ fn a_checksums_list_passes_only_with_every_path_inside() {
     let through_symlink = format!("{hash}  etc/passwd\n");
     assert!(checked_checksums(&through_symlink, Path::new(&f.dir), &f.root).is_err());
 }
+
+#[test]
+fn the_readme_table_names_every_program_the_confined_key_allows() {
+    let readme = include_str!("../../../../README.md");
+    for command in ALL.iter().filter(|c| c.words[0] != "sh") {
+        let words = command.words.join(" ");
+        assert!(readme.contains(&words), "README lacks `{words}`");
+    }
+    let scripts = [
+        "LIST",
+        "CHECK",
+        "MAKE_PARTIAL",
+        "PUBLISH",
+        "STORE_CHECKSUMS",
+        "CHECK_CHECKSUMS",
+        "DELETE_FILES",
+        "READ_IF_THERE",
+        "REWRITE_MANIFEST",
+        "REMOVE",
+    ];
+    // A new script must be named here and in the README's table.
+    let sh = ALL.iter().filter(|c| c.words[0] == "sh").count();
+    assert_eq!(scripts.len(), sh);
+    for script in scripts {
+        assert!(readme.contains(&format!("`sh -c {script}`")), "{script}");
+    }
+}
