@@ -178,6 +178,19 @@ pub enum Command {
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
+    /// The forced command of dbsnap's key on a backup host: runs only what dbsnap sends.
+    ///
+    /// Put it in the key's line in authorized_keys there:
+    /// `restrict,command="/usr/bin/dbsnap ssh-confine --root /srv/backups/db1" ssh-ed25519 ...`.
+    /// It reads the command ssh received (SSH_ORIGINAL_COMMAND), allows only dbsnap's
+    /// own commands (its fixed scripts, coreutils, b3sum, rsync's server) with every path
+    /// inside DIR once symlinks are resolved, and runs it without a shell; anything else
+    /// is refused (exit 126) and nothing runs. Needs no configuration file.
+    SshConfine {
+        /// The directory the key may use (the ssh destination's path, or one above it).
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+    },
     /// Write the man pages (dbsnap.1 and one per subcommand) into DIR; used when the
     /// package is built, so the pages are generated from these definitions.
     #[command(hide = true)]
@@ -206,6 +219,7 @@ impl Command {
             | Command::Prune { dry_run: true }
             | Command::Status { .. }
             | Command::Completions { .. }
+            | Command::SshConfine { .. }
             | Command::Man { .. } => None,
         }
     }

@@ -42,6 +42,10 @@ use crate::error::class_of;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A forced command on a backup host: no configuration, no logging, nothing but it.
+    if let Command::SshConfine { root } = &cli.command {
+        return destination::ssh::confine::run(root);
+    }
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
@@ -146,7 +150,10 @@ async fn dispatch(cli: &Cli, config: &Config) -> anyhow::Result<()> {
         }
         Command::Snapshot(s) => snapshot(s, config, cli.json).await,
         Command::Prune { dry_run } => commands::prune::run(config, cli.json, *dry_run).await,
-        Command::Status { .. } | Command::Completions { .. } | Command::Man { .. } => {
+        Command::Status { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::SshConfine { .. } => {
             unreachable!("handled before the configuration is used")
         }
     }

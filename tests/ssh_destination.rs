@@ -151,3 +151,66 @@ fn with_the_restricted_key_an_incremental_sends_what_changed_a_corrupted_file_is
     assert!(r.partials().is_empty());
     assert!(r.sb.leftovers().is_empty(), "{:?}", r.sb.leftovers());
 }
+
+#[test]
+fn a_backup_host_in_its_own_network_and_mount_namespace_gets_full_and_incremental_backups_over_the_link_and_restores_from_there(
+) {
+    let r = Remote::on_separate_host("dest");
+    let seen_here = r.sshd.remote_dir().unwrap().to_path_buf();
+    bank::create(&r.sb.server);
+    let before = r.sshd.link_bytes();
+    let out = r.sb.dbsnap(&["backup", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first = stdout_json(&out);
+    let crossed = r.sshd.link_bytes() - before;
+    let wire = first["transfer"]["wire_bytes"].as_u64().unwrap();
+    assert!(
+        wire > 1 << 20 && crossed >= wire,
+        "what rsync sent ({wire} bytes) crossed the link ({crossed} bytes)"
+    );
+    let backups = r.backups();
+    assert_eq!(backups.len(), 1);
+    assert!(r.b3sum_check_there(&backups[0]));
+
+    let writers = Writers::start(&r.sb.server.socket, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = r.sb.dbsnap(&["backup", "--json"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let commits = writers.stop();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let second = stdout_json(&out);
+    assert_eq!(second["transfer"]["base"], first["name"]);
+    assert_eq!(second["transfer"]["method"], "rsync+link-dest");
+    let wire2 = second["transfer"]["wire_bytes"].as_u64().unwrap();
+    assert!(
+        wire2 < wire,
+        "the incremental sent {wire2} bytes, the full {wire}"
+    );
+    let backups = r.backups();
+    assert_eq!(backups.len(), 2);
+    assert!(r.b3sum_check_there(&backups[1]));
+    let list = stdout_json(&r.sb.dbsnap(&["list", "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+
+    let name = second["name"].as_str().unwrap();
+    let restored = r.sb.dir.path().join("restored");
+    let out =
+        r.sb.dbsnap(&["restore", name, "--datadir", restored.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let copy = MariaDb::start_existing(ServerOptions {
+        server_id: 2,
+        ..ServerOptions::new(&restored, &r.sb.dir.path().join("run2"))
+    });
+    bank::assert_consistent(
+        &copy,
+        &commits,
+        common::time(&second["lock"]["acquired_at"]),
+        common::time(&second["lock"]["released_at"]),
+    );
+    let here: Vec<_> = std::fs::read_dir(&seen_here).unwrap().flatten().collect();
+    assert!(
+        here.is_empty(),
+        "the backups are on the other host only, not on this one's filesystem: {here:?}"
+    );
+    assert!(r.sb.leftovers().is_empty(), "{:?}", r.sb.leftovers());
+}

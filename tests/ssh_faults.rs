@@ -313,6 +313,47 @@ fn a_connection_killed_mid_copy_fails_with_exit_14_and_the_next_run_resumes_its_
 }
 
 #[test]
+fn the_link_to_a_separate_backup_host_taken_down_mid_copy_fails_with_exit_14_and_the_next_run_resumes_once_it_is_back(
+) {
+    let r = Remote::on_separate_host("dest");
+    dbsnap_test_support::bank::create(&r.sb.server);
+    r.write_config("bwlimit = \"8MiB\"");
+    let child = Command::new(DBSNAP)
+        .arg("--config")
+        .arg(&r.sb.config)
+        .arg("backup")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    r.wait_until_copying();
+    // A pulled cable: no reset reaches either side, ssh's keepalives notice.
+    r.sshd.set_link(false);
+    let out = child.wait_with_output().unwrap();
+    r.sshd.set_link(true);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(14), "{err}");
+    assert!(err.contains(&r.sshd.host), "{err}");
+    assert!(r.sb.leftovers().is_empty(), "{:?}", r.sb.leftovers());
+    let partials = r.partials();
+    assert_eq!(partials.len(), 1, "the cut-off copy stays for the next run");
+    let cut_off = partials[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_end_matches(".partial")
+        .to_string();
+
+    r.write_config("");
+    let out = r.sb.dbsnap(&["backup", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest = stdout_json(&out);
+    assert_eq!(manifest["transfer"]["resumed_from"], cut_off.as_str());
+    assert!(r.partials().is_empty());
+    assert!(r.b3sum_check_there(&r.backups()[0]));
+}
+
+#[test]
 fn dbsnap_killed_mid_copy_leaves_nothing_cleanup_cannot_release_and_the_next_run_resumes() {
     let r = Remote::new("dest");
     dbsnap_test_support::bank::create(&r.sb.server);

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use dbsnap_backend_api::command::Cmd;
 
+use crate::destination::ssh::commands::{REFLINK_FILE, REFLINK_TREE, REMOVE_FILE, REMOVE_TREE};
 use crate::destination::ssh::SshDir;
 use crate::destination::{Backup, BaseOf, Destination};
 use crate::manifest::{TransferMethod, FILES_DIR};
@@ -199,19 +200,16 @@ pub async fn prepare_remote(
     let (probe_from, probe_to) = (probe_from.to_string_lossy(), probe_to.to_string_lossy());
     let probe = dest
         .session()
-        .output(
-            &["cp", "--reflink=always", "--", &probe_from, &probe_to],
-            None,
-        )
+        .output(&REFLINK_FILE.argv(&[&probe_from, &probe_to]), None)
         .await?;
     let _ = dest
         .session()
-        .output(&["rm", "-f", "--", &probe_to], None)
+        .output(&REMOVE_FILE.argv(&[&probe_to]), None)
         .await?;
     let seeded = match probe.status.success() {
         true => {
             dest.session()
-                .output(&["cp", "-a", "--reflink=always", "--", &from, &to], None)
+                .output(&REFLINK_TREE.argv(&[&from, &to]), None)
                 .await?
         }
         false => probe,
@@ -232,7 +230,7 @@ pub async fn prepare_remote(
             .unwrap_or_default()
     );
     dest.session()
-        .run(&["rm", "-rf", "--", &to], "removing a failed reflink seed")
+        .run(&REMOVE_TREE.argv(&[&to]), "removing a failed reflink seed")
         .await?;
     Ok(Basis::Linked {
         base,

@@ -352,7 +352,13 @@ async fn run_one(
         let lost = matches!(status.code(), Some(255 | 12 | 30 | 35))
             || err.contains("connection unexpectedly closed")
             || err.contains("Broken pipe");
+        let refused = err.contains(crate::destination::ssh::confine::REFUSED);
         let (class, what) = match (full, lost && args.iter().any(|a| a == "-e")) {
+            _ if refused => (
+                Class::Destination,
+                "the backup host's forced command refused the copy: its --root must hold the \
+                 destination",
+            ),
             (true, _) => (
                 Class::Destination,
                 "the destination is full: free space there or point [backup] dest elsewhere",

@@ -1,4 +1,5 @@
-//! A sandbox whose destination is another host over ssh (a test sshd on 127.0.0.1).
+//! A sandbox whose destination is another host over ssh: a test sshd on 127.0.0.1, or
+//! one that is a separate host (its own network and mount namespaces).
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +10,8 @@ use dbsnap_test_support::sshd::Sshd;
 pub struct Remote {
     pub sb: Sandbox,
     pub sshd: Sshd,
-    /// The destination directory, as the remote host sees it (the same machine here).
+    /// The destination directory, as the remote host sees it (on 127.0.0.1 the same
+    /// machine; a separate host's is invisible here).
     pub dir: PathBuf,
 }
 
@@ -22,6 +24,41 @@ impl Remote {
         let remote = Remote { sb, sshd, dir };
         remote.write_config("");
         remote
+    }
+
+    /// The destination on a separate host: an sshd in its own network namespace,
+    /// reached over a veth link, storing into a tmpfs only its mount namespace sees.
+    pub fn on_separate_host(dir_name: &str) -> Remote {
+        let sb = Sandbox::new();
+        let sshd = Sshd::start_separate_host();
+        let dir = sshd.remote_dir().unwrap().join(dir_name);
+        let made = sshd.on_host(&["mkdir", "--", dir.to_str().unwrap()]);
+        assert!(made.status.success(), "{made:?}");
+        let remote = Remote { sb, sshd, dir };
+        remote.write_config("");
+        remote
+    }
+
+    /// Whether `path` (on the backup host) is a regular file / a directory there.
+    pub fn is_there(&self, test: &str, path: &Path) -> bool {
+        self.sshd
+            .on_host(&["test", test, path.to_str().unwrap()])
+            .status
+            .success()
+    }
+
+    /// The destination's entries, read on the backup host.
+    fn entries(&self) -> Vec<PathBuf> {
+        let out = self
+            .sshd
+            .on_host(&["ls", "-1", "-A", self.dir.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+        let mut v: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|name| self.dir.join(name))
+            .collect();
+        v.sort();
+        v
     }
 
     pub fn write_config(&self, extra_backup: &str) {
@@ -46,22 +83,26 @@ impl Remote {
     }
 
     pub fn backups(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.join("manifest.toml").exists())
-            .collect();
-        v.sort();
-        v
+        self.entries()
+            .into_iter()
+            .filter(|p| self.is_there("-f", &p.join("manifest.toml")))
+            .collect()
     }
 
     /// Whether a backup is sending files: the remote partial holds one.
     pub fn is_copying(&self) -> bool {
         self.partials().iter().any(|p| {
-            walkdir::WalkDir::new(p).into_iter().flatten().any(|f| {
-                f.file_type().is_file() && f.metadata().map(|m| m.len() > 0).unwrap_or(false)
-            })
+            let found = self.sshd.on_host(&[
+                "find",
+                p.to_str().unwrap(),
+                "-type",
+                "f",
+                "-size",
+                "+0c",
+                "-print",
+                "-quit",
+            ]);
+            !found.stdout.is_empty()
         })
     }
 
@@ -78,12 +119,19 @@ impl Remote {
     }
 
     pub fn partials(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(&self.dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
+        self.entries()
+            .into_iter()
             .filter(|p| p.to_string_lossy().ends_with(".partial"))
             .collect()
+    }
+
+    /// [`b3sum_check`] on the backup host.
+    pub fn b3sum_check_there(&self, backup: &Path) -> bool {
+        let script = r#"cd -- "$1" && b3sum --check --quiet checksums"#;
+        self.sshd
+            .on_host(&["sh", "-c", script, "sh", backup.to_str().unwrap()])
+            .status
+            .success()
     }
 }
 

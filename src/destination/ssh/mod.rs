@@ -8,10 +8,12 @@
 //! positional arguments (`sh -c SCRIPT sh ARG...`), the whole argv quoted by
 //! [`crate::ssh::command_line`]: nothing from a path or a name is ever part of a script.
 //!
-//! Remote commands used: `sh`, `cat`, `mkdir`, `mktemp`, `mv`, `rm`, `sync`, `df`
-//! (coreutils), plus `rsync` and `b3sum` for the copy and its checksums. The fixed
-//! scripts are in [`scripts`]; what is done to a stored copy's files (checksums, pulls)
-//! in `stored.rs`.
+//! Remote commands used: `sh`, `cat`, `mkdir`, `mktemp`, `mv`, `rm`, `sync`, `df`,
+//! `du`, `cp` (coreutils), plus `rsync` and `b3sum` for the copy and its checksums.
+//! Every one of them is a [`commands::RemoteCommand`] (the fixed scripts are in
+//! [`scripts`]), which is also what a key confined by [`confine`] (`dbsnap
+//! ssh-confine` as its forced command) allows; what is done to a stored copy's files
+//! (checksums, pulls) is in `stored.rs`.
 
 use std::path::{Path, PathBuf};
 
@@ -28,12 +30,14 @@ use crate::ssh::{Session, SshTarget};
 /// The commands a backup over ssh needs on the remote host (besides `sh` and coreutils).
 pub const NEEDED_COMMANDS: [&str; 2] = ["rsync", "b3sum"];
 
+pub mod commands;
+pub mod confine;
 mod scripts;
 mod stored;
 #[cfg(test)]
 mod tests;
 
-use scripts::*;
+use commands::*;
 
 pub struct SshDir {
     target: SshTarget,
@@ -78,16 +82,14 @@ impl SshDir {
         }
     }
 
-    /// Run the fixed `script` with `args` as `$1...` on the remote host.
-    async fn script(
+    /// Run `command` with `args` on the remote host.
+    async fn call(
         &self,
-        script: &str,
+        command: &RemoteCommand,
         args: &[&str],
         stdin: Option<&[u8]>,
     ) -> anyhow::Result<std::process::Output> {
-        let mut argv = vec!["sh", "-c", script, "sh"];
-        argv.extend_from_slice(args);
-        self.session.output(&argv, stdin).await
+        self.session.output(&command.argv(args), stdin).await
     }
 
     fn on_host(&self, path: &Path) -> String {
@@ -99,7 +101,7 @@ impl SshDir {
         let dir = self.dir().to_string_lossy().into_owned();
         let mut args = vec![dir.as_str()];
         args.extend_from_slice(commands);
-        let out = self.script(CHECK, &args, None).await?;
+        let out = self.call(&CHECK, &args, None).await?;
         let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
         let at = self.on_host(self.dir());
         let problem = match out.status.code() {
@@ -119,9 +121,9 @@ impl SshDir {
             ),
             _ => format!(
                 "checking the destination {at} failed ({}): {said}. If dbsnap's key there has a \
-                 forced command (command=\"rrsync ...\" in authorized_keys), it cannot work: \
-                 dbsnap runs sh, coreutils, rsync and b3sum there (README: \"Backing up to \
-                 another host\")",
+                 forced command in authorized_keys, it must be `dbsnap ssh-confine --root DIR` \
+                 with DIR holding the destination (rrsync cannot work: dbsnap runs sh, \
+                 coreutils, rsync and b3sum there; README: \"Backing up to another host\")",
                 out.status
             ),
         };
@@ -160,7 +162,7 @@ impl SshDir {
         // rename(2) replaces an empty directory: the claimed partial stays claimed.
         self.session
             .run(
-                &["mv", "-T", "--", &from_s, &dir_s],
+                &RENAME.argv(&[&from_s, &dir_s]),
                 &format!("taking over the partial {newest}"),
             )
             .await?;
@@ -177,7 +179,7 @@ impl SshDir {
         let resource = self.resource(dir.clone(), false);
         journal.record(name, resource.clone())?;
         let dir_s = dir.to_string_lossy();
-        self.script(REMOVE, &[&dir_s, &dir_s], None).await?;
+        self.call(&REMOVE, &[&dir_s, &dir_s], None).await?;
         journal.forget(&resource)
     }
 }
@@ -226,10 +228,7 @@ impl Destination for SshDir {
 
     async fn free_bytes(&self) -> anyhow::Result<Option<u64>> {
         let dir = self.dir().to_string_lossy();
-        let out = self
-            .session
-            .run(&["df", "-P", "-B1", "--", &dir], "df")
-            .await?;
+        let out = self.session.run(&FREE_SPACE.argv(&[&dir]), "df").await?;
         let free = out
             .lines()
             .nth(1)
@@ -246,7 +245,7 @@ impl Destination for SshDir {
 
     async fn entries(&self) -> anyhow::Result<Vec<Entry>> {
         let dir = self.dir().to_string_lossy();
-        let out = self.script(LIST, &[&dir], None).await?;
+        let out = self.call(&LIST, &[&dir], None).await?;
         if !out.status.success() {
             return Err(fail(
                 Class::Destination,
@@ -285,7 +284,7 @@ impl Destination for SshDir {
             journal.record(&name, resource.clone())?;
             let dir_s = dir.to_string_lossy();
             // `mkdir` fails on an existing directory: that is what claims the name.
-            let out = self.script(MAKE_PARTIAL, &[&dir_s], None).await?;
+            let out = self.call(&MAKE_PARTIAL, &[&dir_s], None).await?;
             match out.status.code() {
                 Some(0) => return Ok(Partial { name, dir }),
                 Some(3) => journal.forget(&resource)?,
@@ -320,7 +319,7 @@ impl Destination for SshDir {
             self.dir().to_string_lossy(),
         );
         let out = self
-            .script(PUBLISH, &[&from, &to, &parent], Some(text.as_bytes()))
+            .call(&PUBLISH, &[&from, &to, &parent], Some(text.as_bytes()))
             .await?;
         if !out.status.success() {
             return Err(fail(
@@ -355,7 +354,7 @@ impl Destination for SshDir {
                 .await?;
         }
         let (path, partial_s) = (backup.path.to_string_lossy(), partial.to_string_lossy());
-        let out = self.script(REMOVE, &[&path, &partial_s], None).await?;
+        let out = self.call(&REMOVE, &[&path, &partial_s], None).await?;
         if !out.status.success() {
             return Err(fail(
                 Class::Destination,
@@ -392,7 +391,7 @@ pub async fn release(
     let target = SshTarget::parse(dest).map_err(|e| anyhow::anyhow!("{e}"))?;
     let dest = SshDir::new(target, ssh, state_dir);
     let dir_s = dir.to_string_lossy();
-    let out = dest.script(REMOVE, &[&dir_s, &dir_s], None).await?;
+    let out = dest.call(&REMOVE, &[&dir_s, &dir_s], None).await?;
     if !out.status.success() {
         anyhow::bail!(
             "removing {} failed: {}",

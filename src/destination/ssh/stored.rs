@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use super::scripts::{CHECKSUMS, CHECK_STORED, DELETE_FILES, READ_IF_THERE, REWRITE_MANIFEST};
+use super::commands::{
+    CHECK_CHECKSUMS, DELETE_FILES, READ_IF_THERE, REWRITE_MANIFEST, STORED_BYTES, STORE_CHECKSUMS,
+};
 use super::SshDir;
 use crate::error::{fail, Class};
 use crate::manifest::{Manifest, TransferStats};
@@ -12,8 +14,8 @@ use crate::transfer::rsync::{self, CopyItem};
 
 impl SshDir {
     /// Store `checksums` in the partial and have the remote host recompute them from
-    /// what it stored (`b3sum --check`, one command). Files that differ are deleted
-    /// from the partial, so that the next run, resuming it, sends them again.
+    /// what it stored (`b3sum --check`). Files that differ are deleted from the
+    /// partial, so that the next run, resuming it, sends them again.
     pub async fn check_checksums(
         &self,
         partial: &Path,
@@ -21,8 +23,22 @@ impl SshDir {
     ) -> anyhow::Result<()> {
         let dir = partial.to_string_lossy();
         let text = checksums.render();
+        let stored = self
+            .call(&STORE_CHECKSUMS, &[&dir], Some(text.as_bytes()))
+            .await?;
+        if !stored.status.success() {
+            return Err(fail(
+                Class::Destination,
+                format!(
+                    "storing the checksums in {} failed ({}): {}",
+                    self.on_host(partial),
+                    stored.status,
+                    String::from_utf8_lossy(&stored.stderr).trim()
+                ),
+            ));
+        }
         let out = self
-            .script(CHECKSUMS, &[&dir], Some(text.as_bytes()))
+            .call(&CHECK_CHECKSUMS, &[&dir], Some(text.as_bytes()))
             .await?;
         if out.status.success() {
             return Ok(());
@@ -48,7 +64,7 @@ impl SshDir {
         }
         let mut argv: Vec<&str> = vec![&dir];
         argv.extend(failed.iter().map(String::as_str));
-        let _ = self.script(DELETE_FILES, &argv, None).await;
+        let _ = self.call(&DELETE_FILES, &argv, None).await;
         Err(fail(
             Class::Verify,
             format!(
@@ -83,7 +99,7 @@ impl SshDir {
     /// Apparent size of the files under `path` there (`du`, for progress).
     pub async fn stored_bytes(&self, path: &Path) -> u64 {
         let p = path.to_string_lossy();
-        let out = self.session.run(&["du", "-s", "-b", "--", &p], "du").await;
+        let out = self.session.run(&STORED_BYTES.argv(&[&p]), "du").await;
         out.ok()
             .and_then(|o| o.split_whitespace().next().and_then(|n| n.parse().ok()))
             .unwrap_or(0)
@@ -123,7 +139,10 @@ impl SshDir {
             )
         })?;
         let dir = backup.to_string_lossy();
-        let out = self.script(CHECK_STORED, &[&dir], None).await?;
+        let text = sums.render();
+        let out = self
+            .call(&CHECK_CHECKSUMS, &[&dir], Some(text.as_bytes()))
+            .await?;
         if out.status.success() {
             return Ok(sums.0.len());
         }
@@ -145,7 +164,7 @@ impl SshDir {
         let text = toml::to_string_pretty(manifest)?;
         let dir = backup.to_string_lossy();
         let out = self
-            .script(REWRITE_MANIFEST, &[&dir], Some(text.as_bytes()))
+            .call(&REWRITE_MANIFEST, &[&dir], Some(text.as_bytes()))
             .await?;
         if !out.status.success() {
             anyhow::bail!(
@@ -161,7 +180,7 @@ impl SshDir {
     pub async fn read_checksums(&self, backup: &Path) -> anyhow::Result<Option<Checksums>> {
         let path = backup.join(CHECKSUMS_FILE);
         let path = path.to_string_lossy();
-        let out = self.script(READ_IF_THERE, &[&path], None).await?;
+        let out = self.call(&READ_IF_THERE, &[&path], None).await?;
         match out.status.code() {
             Some(0) => Checksums::parse(&String::from_utf8_lossy(&out.stdout)).map(Some),
             Some(3) => Ok(None),

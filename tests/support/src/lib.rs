@@ -5,6 +5,7 @@ pub mod btrfs;
 pub mod guest;
 pub mod lvm;
 pub mod mariadb;
+pub mod netns;
 pub mod openzfs;
 pub mod sshd;
 pub mod zfs_fuse;

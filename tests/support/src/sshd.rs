@@ -13,6 +13,12 @@
 //! The client side is plain `ssh` with `-i`, `-o UserKnownHostsFile=`,
 //! `-o StrictHostKeyChecking=yes` and `-o IdentitiesOnly=yes`, so nothing of the
 //! machine's own `~/.ssh` is used.
+//!
+//! [`Sshd::start_separate_host`] makes it another host: sshd runs in a network
+//! namespace of its own ([`crate::netns`], reached over a veth link) and in a private
+//! mount namespace in which [`Sshd::remote_dir`] is a tmpfs. The test's namespace sees
+//! that directory empty: whatever a backup stores there crossed the link, and nothing
+//! on the test's (the database host's) filesystem is the destination.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -23,6 +29,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::netns::Netns;
+
 /// What an sshd serves; [`SshdOptions::default`] is a plain login for `root` with the
 /// user key.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +38,9 @@ pub struct SshdOptions {
     /// Prefixed to the key's line in `authorized_keys` (e.g.
     /// `command="rrsync /srv/b",no-pty,no-port-forwarding`).
     pub key_options: Option<String>,
+    /// Run as another host: in its own network and mount namespaces (see the module
+    /// documentation).
+    pub separate_host: bool,
 }
 
 pub struct Sshd {
@@ -49,6 +60,10 @@ pub struct Sshd {
     /// sshd's own log (`-E`).
     pub log: PathBuf,
     child: Child,
+    /// A separate host's private directory (a tmpfs only sshd's namespace sees).
+    remote_dir: Option<PathBuf>,
+    /// A separate host's network namespace; deleted after sshd is stopped.
+    netns: Option<Netns>,
 }
 
 fn run(program: &str, args: &[&str]) {
@@ -97,6 +112,14 @@ impl Sshd {
         Sshd::start_with(SshdOptions::default())
     }
 
+    /// An sshd that is another host (see the module documentation).
+    pub fn start_separate_host() -> Sshd {
+        Sshd::start_with(SshdOptions {
+            separate_host: true,
+            ..SshdOptions::default()
+        })
+    }
+
     pub fn start_with(options: SshdOptions) -> Sshd {
         assert!(
             Path::new("/usr/sbin/sshd").exists(),
@@ -120,20 +143,42 @@ impl Sshd {
         std::fs::write(&authorized_keys, line).unwrap();
         let log = dir.join("sshd.log");
         let config = dir.join("sshd_config");
+        let netns = options.separate_host.then(Netns::create);
+        let remote_dir = netns.as_ref().map(|_| dir.join("remote"));
+        let host = match &netns {
+            Some(n) => n.addr.clone(),
+            None => "127.0.0.1".into(),
+        };
         let mut last_err = String::new();
         // A free port can be taken between the probe and sshd's bind: try a few.
         for _ in 0..5 {
-            let port = free_port();
-            std::fs::write(
-                &config,
-                sshd_config(&dir, port, &host_key, &authorized_keys),
-            )
-            .unwrap();
-            let mut child = Command::new("/usr/sbin/sshd")
-                .args(["-D", "-e", "-f"])
-                .arg(&config)
-                .arg("-E")
-                .arg(&log)
+            // A namespace of its own has every port free.
+            let port = if netns.is_some() { 22 } else { free_port() };
+            let mut config_text = sshd_config(&dir, &host, port, &host_key, &authorized_keys);
+            if netns.is_some() {
+                // A session whose link is cut ends within seconds, so that its rsync
+                // stops before the next run takes over the partial it wrote into.
+                config_text.push_str("ClientAliveInterval 2\nClientAliveCountMax 2\n");
+            }
+            std::fs::write(&config, config_text).unwrap();
+            let mut command = match (&netns, &remote_dir) {
+                (Some(netns), Some(remote)) => {
+                    std::fs::create_dir_all(remote).unwrap();
+                    let mut c = Command::new("ip");
+                    // The tmpfs is mounted in sshd's own mount namespace only.
+                    c.args(&netns.exec_prefix()[1..])
+                        .args(["unshare", "--mount", "--propagation", "private", "--"])
+                        .args(["sh", "-c", SEPARATE_HOST_START, "sh"])
+                        .args([remote, &config, &log]);
+                    c
+                }
+                _ => {
+                    let mut c = Command::new("/usr/sbin/sshd");
+                    c.args(["-D", "-e", "-f"]).arg(&config).arg("-E").arg(&log);
+                    c
+                }
+            };
+            let mut child = command
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -141,12 +186,15 @@ impl Sshd {
                 .expect("starting sshd");
             if wait_listening(port, &mut child, &log) {
                 let known_hosts = dir.join("known_hosts");
-                std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_key_pub}\n"))
-                    .unwrap();
+                let name = match port {
+                    22 => host.clone(),
+                    _ => format!("[{host}]:{port}"),
+                };
+                std::fs::write(&known_hosts, format!("{name} {host_key_pub}\n")).unwrap();
                 return Sshd {
                     dir,
                     _tmp: tmp,
-                    host: "127.0.0.1".into(),
+                    host,
                     port,
                     user: "root".into(),
                     identity,
@@ -155,6 +203,8 @@ impl Sshd {
                     host_key_pub,
                     log,
                     child,
+                    remote_dir,
+                    netns,
                 };
             }
             let _ = child.kill();
@@ -162,6 +212,52 @@ impl Sshd {
             last_err = std::fs::read_to_string(&log).unwrap_or_default();
         }
         panic!("sshd did not start: {last_err}");
+    }
+
+    /// A separate host's private directory (as its own namespace sees it; empty from
+    /// the test's).
+    pub fn remote_dir(&self) -> Option<&Path> {
+        self.remote_dir.as_deref()
+    }
+
+    /// Run `argv` on the host itself: in sshd's network and mount namespaces for a
+    /// separate host (for a test to look at what it holds), else here.
+    pub fn on_host(&self, argv: &[&str]) -> Output {
+        let mut command = match &self.netns {
+            Some(_) => {
+                let mut c = Command::new("nsenter");
+                c.arg("--target")
+                    .arg(self.child.id().to_string())
+                    .args(["--mount", "--net", "--"]);
+                c.args(argv);
+                c
+            }
+            None => {
+                let mut c = Command::new(argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+        };
+        command
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {argv:?} on the backup host: {e}"))
+    }
+
+    /// A separate host's link: down (a pulled cable) or up again.
+    pub fn set_link(&self, up: bool) {
+        self.netns
+            .as_ref()
+            .expect("a separate host (start_separate_host)")
+            .set_link(up);
+    }
+
+    /// The bytes that crossed a separate host's link so far (both directions).
+    pub fn link_bytes(&self) -> u64 {
+        self.netns
+            .as_ref()
+            .expect("a separate host (start_separate_host)")
+            .link_bytes()
     }
 
     /// `ssh://root@127.0.0.1:PORT/path` for a destination `path` on this server.
@@ -281,9 +377,19 @@ impl Drop for Sshd {
     }
 }
 
-fn sshd_config(dir: &Path, port: u16, host_key: &Path, authorized_keys: &Path) -> String {
+/// How a separate host starts, inside its namespaces: its private directory mounted,
+/// then sshd in place of the shell (so that the child's pid is sshd's).
+const SEPARATE_HOST_START: &str = r#"mount -t tmpfs -o size=2g,mode=0755 dbsnap-backup-host "$1" && exec /usr/sbin/sshd -D -e -f "$2" -E "$3""#;
+
+fn sshd_config(
+    dir: &Path,
+    host: &str,
+    port: u16,
+    host_key: &Path,
+    authorized_keys: &Path,
+) -> String {
     format!(
-        "ListenAddress 127.0.0.1:{port}\n\
+        "ListenAddress {host}:{port}\n\
          HostKey {host_key}\n\
          PidFile {pid}\n\
          AuthorizedKeysFile {authorized_keys}\n\
@@ -363,6 +469,39 @@ mod tests {
         let status = client.wait().unwrap();
         assert!(!status.success());
         // The listener still serves new connections.
+        assert!(sshd.ssh("true").status.success());
+    }
+
+    #[test]
+    fn a_separate_host_is_reached_over_its_link_only_and_its_directory_is_invisible_here() {
+        let sshd = Sshd::start_separate_host();
+        let remote = sshd.remote_dir().unwrap().to_path_buf();
+        let before = sshd.link_bytes();
+        let out = sshd.ssh(&format!(
+            "echo there > {}/file && ip -o -4 addr show",
+            remote.display()
+        ));
+        assert!(out.status.success(), "{out:?} / {}", sshd.log_text());
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&sshd.host));
+        assert!(sshd.link_bytes() > before, "the session crossed the link");
+        assert!(
+            !remote.join("file").exists(),
+            "the file is on the other host only"
+        );
+        let there = sshd.on_host(&["cat", remote.join("file").to_str().unwrap()]);
+        assert_eq!(String::from_utf8_lossy(&there.stdout), "there\n");
+
+        sshd.set_link(false);
+        let cut = Command::new("ssh")
+            .args(["-o", "ConnectTimeout=2"])
+            .args(sshd.client_args())
+            .arg(format!("{}@{}", sshd.user, sshd.host))
+            .arg("true")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!cut.status.success(), "no way there with the link down");
+        sshd.set_link(true);
         assert!(sshd.ssh("true").status.success());
     }
 
