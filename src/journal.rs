@@ -56,8 +56,8 @@ pub enum Resource {
     /// A verification's scratch copy of a backup (`.dbsnap-verify-NAME`) and the run
     /// directory (socket, pid file) of the throwaway server started on it.
     Scratch { dir: PathBuf, run_dir: PathBuf },
-    /// A backup fetched from a repository into `state_dir/staging/NAME` (for a
-    /// restore or a verification), removed once used.
+    /// A backup fetched from a repository into `state_dir/staging/NAME` to be
+    /// verified, removed once used.
     Fetched { dir: PathBuf },
     /// restic working on a repository for this run (`restic backup` of the backup being
     /// written, or forgetting, pruning, checking). Recorded before restic starts;

@@ -24,7 +24,10 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+mod cache;
 mod locks;
+
+use cache::ManifestCache;
 
 use super::{
     Backup, BaseOf, Destination, Entry, Fetched, Ingest, Partial, ReceivedCopies, ServerFiles,
@@ -51,6 +54,7 @@ pub struct ResticRepo {
     check_subset: Option<String>,
     /// `[backup] bwlimit`, as restic's `--limit-upload` (KiB/s).
     limit_upload_kib: Option<u64>,
+    manifests: ManifestCache,
 }
 
 /// This machine's name, as restic records it in its locks.
@@ -58,6 +62,16 @@ fn this_host() -> String {
     nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// The id of the snapshot holding a listed backup's files.
+fn files_snapshot(backup: &Backup) -> &str {
+    backup
+        .manifest
+        .transfer
+        .repository_snapshot
+        .as_deref()
+        .expect("listed backups name their files' snapshot")
 }
 
 fn datadir_tag(datadir: &Path) -> String {
@@ -87,7 +101,91 @@ impl ResticRepo {
             tags: config.tags.clone(),
             check_subset: config.check_read_data_subset.clone(),
             limit_upload_kib: backup.bwlimit.map(|b| (b.as_u64() / 1024).max(1)),
+            manifests: ManifestCache::new(state_dir),
         })
+    }
+
+    /// `dbsnap init-repo`: restic recent enough, then a new repository (refused where
+    /// one exists). Returns the repository's id.
+    pub async fn init(&self) -> anyhow::Result<String> {
+        self.restic.check_version().await?;
+        self.restic.init().await
+    }
+
+    /// Restore the directory `original` of `backup`'s files into `target` (which must
+    /// not exist yet); returns where it is inside `target` (`target/<original>`).
+    pub async fn restore_files(
+        &self,
+        backup: &Backup,
+        original: &Path,
+        target: &Path,
+    ) -> anyhow::Result<PathBuf> {
+        let id = files_snapshot(backup);
+        tracing::info!(
+            "restoring {} of backup {} (restic snapshot {id}) into {}",
+            original.display(),
+            backup.name,
+            target.display()
+        );
+        self.restic.restore(id, target, Some(original)).await?;
+        let restored = target.join(original.strip_prefix("/").unwrap_or(original));
+        if !restored.is_dir() {
+            return Err(fail(
+                Class::Destination,
+                format!(
+                    "restic snapshot {id} of backup {} holds no {}: the backup is damaged \
+                     (`dbsnap verify {}` says more)",
+                    backup.name,
+                    original.display(),
+                    backup.name
+                ),
+            ));
+        }
+        Ok(restored)
+    }
+
+    /// The manifest of manifest snapshot `snapshot` (from the cache, or `restic dump`).
+    async fn manifest_of(&self, name: &str, snapshot: &Snapshot) -> Option<Manifest> {
+        let text = match self.manifests.get(&snapshot.id) {
+            Some(text) => text,
+            None => match self
+                .restic
+                .dump(&snapshot.id, &format!("/{MANIFEST_FILE}"))
+                .await
+            {
+                Ok(text) => {
+                    self.manifests.put(&snapshot.id, &text);
+                    text
+                }
+                Err(e) => {
+                    tracing::warn!("{name}: {e:#}");
+                    return None;
+                }
+            },
+        };
+        toml::from_str::<Manifest>(&text).ok()
+    }
+
+    /// Forget snapshots `ids` (and the manifests cached for them).
+    async fn forget(&self, ids: &[&str]) -> anyhow::Result<()> {
+        self.restic.forget(ids).await?;
+        self.manifests.forget(ids.iter().copied());
+        Ok(())
+    }
+
+    /// The backup names this state directory's journal holds for this repository: an
+    /// interrupted run's until `dbsnap cleanup` has released it, and those this run has
+    /// claimed.
+    fn journaled_names(&self, journal: &Journal) -> Vec<String> {
+        let location = self.location.display().to_string();
+        journal
+            .entries()
+            .iter()
+            .filter(|e| {
+                matches!(&e.resource, Resource::ResticRun { repository, .. } if *repository == location)
+            })
+            .map(|e| e.run.clone())
+            .collect()
     }
 
     fn tags(&self, kind: &str, name: &str, datadir: &Path) -> Vec<String> {
@@ -140,18 +238,7 @@ impl ResticRepo {
             };
         };
         let path = self.path_of(&name);
-        let manifest = match self
-            .restic
-            .dump(&newest.id, &format!("/{MANIFEST_FILE}"))
-            .await
-        {
-            Ok(text) => toml::from_str::<Manifest>(&text).ok(),
-            Err(e) => {
-                tracing::warn!("{name}: {e:#}");
-                None
-            }
-        };
-        match manifest {
+        match self.manifest_of(&name, newest).await {
             Some(manifest)
                 if manifest.name == name
                     && files.iter().any(|f| {
@@ -199,7 +286,7 @@ impl ResticRepo {
         let ids = |s: &[Snapshot]| s.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
         for group in [ids(manifests), ids(files)] {
             let refs: Vec<&str> = group.iter().map(String::as_str).collect();
-            self.restic.forget(&refs).await?;
+            self.forget(&refs).await?;
         }
         Ok(())
     }
@@ -295,18 +382,20 @@ impl Destination for ResticRepo {
     }
 
     /// The first free name (`20261125T214500Z`, `.1`, ...) among this host's
-    /// snapshots. Nothing is created: the journal records that restic is about to work
-    /// for the run. A repository has no atomic claim; two runs of this host writing in
-    /// the same second from different state directories could pick one name (their
-    /// snapshots would then be told apart by time only).
+    /// snapshots and the names this state directory's journal holds for the repository.
+    /// Nothing is created: the journal records that restic is about to work for the
+    /// run. A repository has no atomic claim; two runs of this host writing in the same
+    /// second from different state directories could pick one name (their snapshots
+    /// would then be told apart by time only).
     async fn create_partial(
         &self,
         at: DateTime<Utc>,
         journal: &mut Journal,
     ) -> anyhow::Result<Partial> {
         let taken = self.by_name().await?;
+        let journaled = self.journaled_names(journal);
         let name = super::names_for(at)
-            .find(|n| !taken.contains_key(n))
+            .find(|n| !taken.contains_key(n) && !journaled.contains(n))
             .expect("names_for never ends");
         journal.record(&name, self.run_resource(None, Utc::now()))?;
         Ok(Partial {
@@ -354,18 +443,17 @@ impl Destination for ResticRepo {
         Some(self)
     }
 
+    fn repository(&self) -> Option<&ResticRepo> {
+        Some(self)
+    }
+
     async fn fetch(
         &self,
         backup: &Backup,
         staging: &Path,
         journal: &mut Journal,
     ) -> anyhow::Result<Fetched> {
-        let id = backup
-            .manifest
-            .transfer
-            .repository_snapshot
-            .clone()
-            .expect("listed backups name their files' snapshot");
+        let id = files_snapshot(backup);
         let dir = staging.join(&backup.name);
         if dir.exists() {
             return Err(fail(
@@ -389,7 +477,7 @@ impl Destination for ResticRepo {
             dir.display()
         );
         self.restic
-            .restore(&id, &dir.join(crate::manifest::FILES_DIR))
+            .restore(id, &dir.join(crate::manifest::FILES_DIR), None)
             .await?;
         backup.manifest.write(&dir)?;
         Ok(Fetched { dir, staged: true })
@@ -417,7 +505,7 @@ impl Destination for ResticRepo {
             .save_file(MANIFEST_FILE, &text, &self.host, &tags)
             .await?;
         let refs: Vec<&str> = old.iter().map(String::as_str).collect();
-        self.restic.forget(&refs).await?;
+        self.forget(&refs).await?;
         journal.forget(&resource)
     }
 
@@ -541,6 +629,32 @@ pub fn configured(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A repository at `repo` (not created), its password and restic's cache in `dir`.
+    fn open(dir: &Path, repo: &Path) -> ResticRepo {
+        let password = dir.join("password");
+        std::fs::write(&password, "conformance\n").unwrap();
+        std::fs::set_permissions(
+            &password,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let config = crate::config::Config::parse(&format!(
+            "[mysql]\n[snapshot]\nbackend = \"btrfs\"\n[backup]\ndest = {dest:?}\n\
+             [backup.restic]\npassword_file = {password:?}\n",
+            dest = format!("{RESTIC_SCHEME}{}", repo.display()),
+        ))
+        .unwrap();
+        ResticRepo::open(config.backup.as_ref().unwrap(), &dir.join("state")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_local_repository_passes_the_destination_conformance_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = open(dir.path(), &dir.path().join("repo"));
+        repo.init().await.unwrap();
+        crate::destination::conformance::check(&repo).await;
+    }
 
     #[test]
     fn datadir_tags_hold_no_comma() {
