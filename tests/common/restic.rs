@@ -173,3 +173,74 @@ impl Drop for RestServer {
         self.stop();
     }
 }
+
+/// Wrappers first on PATH that log every call of some programs (one line: the program
+/// and its arguments) and then run the real one, with extra arguments if given.
+pub struct Wrappers {
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Wrappers {
+    /// Wrap each `(program, extra arguments)` in a new directory under `dir`.
+    pub fn new(dir: &Path, programs: &[(&str, &str)]) -> Wrappers {
+        let wrappers = Wrappers {
+            dir: dir.join("wrapped bin"),
+            log: dir.join("wrapped calls.log"),
+        };
+        std::fs::create_dir_all(&wrappers.dir).unwrap();
+        for (program, extra) in programs {
+            let real = which::which(program).unwrap();
+            let script = wrappers.dir.join(program);
+            std::fs::write(
+                &script,
+                format!(
+                    "#!/bin/sh\nprintf '%s\\n' \"{program} $*\" >> '{log}'\nexec '{real}' {extra} \"$@\"\n",
+                    log = wrappers.log.display(),
+                    real = real.display(),
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        wrappers
+    }
+
+    /// PATH with the wrappers first.
+    pub fn path(&self) -> String {
+        format!("{}:{}", self.dir.display(), std::env::var("PATH").unwrap())
+    }
+
+    /// The logged calls of `program` (its arguments), oldest first.
+    pub fn calls(&self, program: &str) -> Vec<String> {
+        let prefix = format!("{program} ");
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .collect()
+    }
+
+    pub fn clear(&self) {
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// `dbsnap ARGS` with the sandbox's configuration and `path` as PATH.
+pub fn dbsnap_on_path(sb: &Sandbox, path: &str, args: &[&str]) -> Output {
+    let out = Command::new(super::DBSNAP)
+        .arg("--config")
+        .arg(&sb.config)
+        .args(args)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    eprintln!(
+        "$ dbsnap {}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
