@@ -243,6 +243,65 @@ fn a_second_list_reads_no_manifest_from_the_repository_again() {
     assert_eq!(list("after prune").as_array().unwrap().len(), 1);
 }
 
+/// Two servers on one host, each with its own state_dir, back up into one repository
+/// at the same moment: each backup claims a name of its own, even in the same second.
+#[test]
+fn two_runs_starting_in_the_same_second_into_one_repository_take_two_names() {
+    let (one, two) = (Sandbox::new(), Sandbox::new());
+    let repo = Repo::new(one.dir.path(), one.dir.path().join("repo").to_str().unwrap());
+    repo.init();
+    for sb in [&one, &two] {
+        bank::create(&sb.server);
+        use_repository(sb, &repo, "", "");
+    }
+    let mut same_second = false;
+    for _ in 0..3 {
+        let started: Vec<_> = [&one, &two]
+            .map(|sb| {
+                std::process::Command::new(common::DBSNAP)
+                    .arg("--config")
+                    .arg(&sb.config)
+                    .args(["backup", "--json"])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .into_iter()
+            .collect();
+        let manifests: Vec<serde_json::Value> = started
+            .into_iter()
+            .map(|child| {
+                let out = child.wait_with_output().unwrap();
+                assert!(out.status.success(), "{}", stderr(&out));
+                stdout_json(&out)
+            })
+            .collect();
+        let names: Vec<&str> = manifests.iter().map(|m| m["name"].as_str().unwrap()).collect();
+        eprintln!("names {names:?}");
+        assert_ne!(names[0], names[1]);
+        same_second |= names[0].get(..16) == names[1].get(..16);
+        for sb in [&one, &two] {
+            assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+        }
+        if same_second {
+            break;
+        }
+    }
+    assert!(same_second, "the runs never started in the same second");
+    // Each backup is its own: listed complete, of its own datadir.
+    let list = stdout_json(&one.dbsnap(&["list", "--json"]));
+    let entries = list.as_array().unwrap();
+    assert!(entries.iter().all(|e| e["status"] == "complete"), "{list}");
+    let datadirs: BTreeSet<&str> = entries
+        .iter()
+        .map(|e| e["manifest"]["server"]["datadir"].as_str().unwrap())
+        .collect();
+    assert_eq!(datadirs.len(), 2, "{list}");
+    repo.assert_checks_clean();
+    assert!(repo.locks().is_empty());
+}
+
 #[test]
 fn a_backup_through_a_rest_server_restores_consistently_and_a_server_that_is_down_is_named() {
     let sb = Sandbox::new();

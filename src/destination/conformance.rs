@@ -4,16 +4,15 @@
 //!
 //! A repository (a destination with an [`Ingest`]: restic) keeps the same contract,
 //! with its backups' files stored by its own transfer before they are published, and
-//! with two items that cannot apply, each checked the other way round:
+//! with what cannot apply to it checked the other way round:
 //!
-//! - *A claimed partial is listed as a partial.* A repository's partial is only a
-//!   journal entry until `restic backup` has stored its files: there is nothing in a
-//!   repository to create before that (restic writes nothing but whole snapshots).
-//!   Checked instead: the name is journaled, and nothing is listed under it. (Its files
-//!   without their manifest are then listed as a partial: the restic tests show that.)
+//! - *The partial is journaled as a directory.* A repository's partial is no
+//!   directory: the journal holds the run (`Resource::ResticRun`) under the name.
 //! - *Copies received into a partial belong to the backup and are deleted through
 //!   their backend on removal.* Nothing is received into a repository (no native
-//!   stream ends in one); its backups are bases for restic backups only.
+//!   stream ends in one), so removing deletes no received copy.
+//! - *The newest base follows the method.* A repository's backups are bases for the
+//!   repository's own transfer only (never for rsync or a stream).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -149,22 +148,16 @@ async fn a_partial_is_journaled_and_never_a_backup_until_published(
     let partial = dest.create_partial(at(), journal).await.unwrap();
     let name = partial.name.clone();
     assert_eq!(name, "20261125T214500Z");
-    let entries = dest.entries().await.unwrap();
     match files.ingest {
-        None => {
-            assert_eq!(
-                partials(journal),
-                vec![partial.dir.as_path()],
-                "the partial is journaled"
-            );
-            assert!(matches!(&entries[..], [Entry::Partial { name: n, .. }] if *n == name));
-        }
-        // See the module documentation: nothing of it is in the repository yet.
-        Some(_) => {
-            assert_eq!(runs(journal), vec![name.as_str()], "the partial is journaled");
-            assert!(entries.is_empty(), "{entries:?}");
-        }
+        None => assert_eq!(
+            partials(journal),
+            vec![partial.dir.as_path()],
+            "the partial is journaled"
+        ),
+        Some(_) => assert_eq!(runs(journal), vec![name.as_str()], "the run is journaled"),
     }
+    let entries = dest.entries().await.unwrap();
+    assert!(matches!(&entries[..], [Entry::Partial { name: n, .. }] if *n == name));
     assert!(
         dest.backups().await.unwrap().is_empty(),
         "a partial is not a backup"

@@ -20,7 +20,9 @@
 //! - [`restic::ResticRepo`]: a restic repository (`restic:...`), no directories at all.
 //!   A backup is a restic snapshot of its files plus one of its manifest, tagged with
 //!   its name; the destination reads the frozen files itself ([`Ingest`]: `restic
-//!   backup` is the transfer), the partial is only a journal entry, publishing is the
+//!   backup` is the transfer), the partial is a claim snapshot (journaled first: a
+//!   repository has no atomic create, so a name is a run's when its claim is the
+//!   first there), publishing is the
 //!   manifest snapshot's creation (restic writes it atomically), removing is `restic
 //!   forget` ([`Destination::reclaim`] prunes). [`Destination::entries`] lists
 //!   snapshots; a restore reads a backup with `restic restore` straight into the new
