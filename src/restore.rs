@@ -128,7 +128,7 @@ pub async fn restore(request: &Request, origin: Origin<'_>) -> anyhow::Result<Re
     prepare_targets(request, &moves, &mut written)?;
     let stats = match &origin {
         Origin::Local => copy_into(request, None, &manifest, &moves).await?,
-        Origin::Remote { dest, .. } => copy_into(request, Some(dest), &manifest, &moves).await?,
+        Origin::Remote { dest, .. } => copy_into(request, Some(*dest), &manifest, &moves).await?,
         Origin::Repository { repo, backup } => {
             restore_from_repository(repo, backup, &manifest, &moves).await?
         }
@@ -204,16 +204,16 @@ fn check_targets(
     moves: &[(PathBuf, PathBuf)],
 ) -> anyhow::Result<()> {
     let being_restored = match origin {
-        Origin::Local | Origin::Remote { .. } => Some(request.backup.clone()),
-        Origin::Repository { repo, .. } => repo.local_dir(),
-    };
-    let mut protected: Vec<Protected> = being_restored
-        .map(|path| Protected {
-            path,
+        Origin::Local | Origin::Remote { .. } => Some(Protected {
+            path: request.backup.clone(),
             what: "the backup being restored".into(),
-        })
-        .into_iter()
-        .collect();
+        }),
+        Origin::Repository { repo, .. } => repo.repository_dir().map(|path| Protected {
+            path,
+            what: "the restic repository being restored from".into(),
+        }),
+    };
+    let mut protected: Vec<Protected> = being_restored.into_iter().collect();
     protected.extend(request.protected.iter().cloned());
     protected.extend(
         manifest

@@ -212,7 +212,7 @@ fn a_repository_string_with_shell_metacharacters_reaches_restic_verbatim() {
     let list = stdout_json(&sb.dbsnap(&["list", "--json"]));
     assert_eq!(list[0]["status"], "complete");
     assert!(!canary.exists(), "a shell ran the repository string");
-    assert_eq!(repo.snapshots().len(), 2);
+    assert_eq!(repo.snapshots().len(), 3, "claim, files, manifest");
     assert_nothing_left(&sb, &repo);
 }
 
@@ -277,8 +277,8 @@ fn a_repository_that_fills_up_mid_backup_fails_as_full_and_still_checks_clean() 
     );
     let list = stdout_json(&sb.dbsnap(&["list", "--json"]));
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    // Only the first backup's two snapshots: no half one.
-    assert_eq!(repo.snapshots().len(), 2);
+    // Only the first backup's three snapshots (claim, files, manifest): no half one.
+    assert_eq!(repo.snapshots().len(), 3);
     assert_nothing_left(&sb, &repo);
 }
 
@@ -371,7 +371,7 @@ fn dbsnap_killed_during_restic_backup_leaves_no_half_snapshot_and_the_next_backu
     sb.write_raw_config(&config);
     let out = sb.dbsnap(&["backup", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(repo.snapshots().len(), 2);
+    assert_eq!(repo.snapshots().len(), 3, "claim, files, manifest");
     assert_nothing_left(&sb, &repo);
 }
 

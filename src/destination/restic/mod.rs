@@ -143,6 +143,11 @@ impl ResticRepo {
         })
     }
 
+    /// A local repository's directory (`None` for any other store).
+    pub fn repository_dir(&self) -> Option<PathBuf> {
+        self.restic.local_dir()
+    }
+
     /// `dbsnap init-repo`: restic recent enough, then a new repository (refused where
     /// one exists). Returns the repository's id.
     pub async fn init(&self) -> anyhow::Result<String> {
