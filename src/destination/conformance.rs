@@ -107,7 +107,7 @@ impl<'a> Files<'a> {
             exclude: Vec::new(),
         }];
         m.transfer = ingest
-            .ingest(partial, Path::new(DATADIR), &items, journal, &|_| {})
+            .ingest(partial, Path::new(DATADIR), &items, journal, &|_: u64| {})
             .await
             .unwrap();
         m
@@ -223,8 +223,8 @@ async fn the_newest_base_follows_the_datadir_and_the_method(
         // A repository's backups are bases for the repository's own transfer only.
         Some(_) => {
             assert_eq!(base(BaseOf::Files).await, None);
-            let restic = TransferMethod::Restic.as_str();
-            assert_eq!(base(BaseOf::Stream(restic)).await, Some(name));
+            let restic = TransferMethod::Restic;
+            assert_eq!(base(BaseOf::Stream(restic.as_str())).await, Some(name));
             assert_eq!(
                 second.manifest.transfer.parent_snapshot,
                 first.manifest.transfer.repository_snapshot,
