@@ -353,8 +353,8 @@ async fn restore_from_repository(
 /// restored directory's mode and owner.
 fn move_contents(restored: &Path, to: &Path, staging_name: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    for entry in std::fs::read_dir(restored)
-        .with_context(|| format!("reading {}", restored.display()))?
+    for entry in
+        std::fs::read_dir(restored).with_context(|| format!("reading {}", restored.display()))?
     {
         let entry = entry?;
         if entry.file_name() == staging_name {

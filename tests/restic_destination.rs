@@ -40,7 +40,10 @@ fn entries_of(dir: &Path) -> BTreeSet<String> {
 fn assert_restores_consistently(sb: &Sandbox, manifest: &serde_json::Value, commits: &[Commit]) {
     let name = manifest["name"].as_str().unwrap();
     let restored = sb.dir.path().join(format!("restored {name}"));
-    let wrappers = Wrappers::new(&sb.dir.path().join("counting"), &[("restic", ""), ("rsync", "")]);
+    let wrappers = Wrappers::new(
+        &sb.dir.path().join("counting"),
+        &[("restic", ""), ("rsync", "")],
+    );
     let before = entries_of(sb.dir.path());
     let out = dbsnap_on_path(
         sb,
@@ -48,7 +51,11 @@ fn assert_restores_consistently(sb: &Sandbox, manifest: &serde_json::Value, comm
         &["restore", name, "--datadir", restored.to_str().unwrap()],
     );
     assert!(out.status.success(), "restore failed: {}", stderr(&out));
-    assert_eq!(wrappers.calls("rsync"), Vec::<String>::new(), "a second copy");
+    assert_eq!(
+        wrappers.calls("rsync"),
+        Vec::<String>::new(),
+        "a second copy"
+    );
     let restores: Vec<String> = wrappers
         .calls("restic")
         .into_iter()
@@ -60,14 +67,19 @@ fn assert_restores_consistently(sb: &Sandbox, manifest: &serde_json::Value, comm
     );
     // Beside the target only the directories restored beside it (DIR.<role>).
     let target = restored.file_name().unwrap().to_string_lossy().into_owned();
-    let added: Vec<String> = entries_of(sb.dir.path()).difference(&before).cloned().collect();
+    let added: Vec<String> = entries_of(sb.dir.path())
+        .difference(&before)
+        .cloned()
+        .collect();
     assert!(added.contains(&target), "{added:?}");
     assert!(
         added.iter().all(|a| a.starts_with(&target)),
         "left beside the target: {added:?}"
     );
     assert!(
-        !entries_of(&restored).iter().any(|e| e.starts_with(".dbsnap")),
+        !entries_of(&restored)
+            .iter()
+            .any(|e| e.starts_with(".dbsnap")),
         "staging left in the target: {:?}",
         entries_of(&restored)
     );
@@ -238,7 +250,9 @@ fn a_second_list_reads_no_manifest_from_the_repository_again() {
     let config = std::fs::read_to_string(&sb.config).unwrap() + "\n[retention]\nkeep_last = 1\n";
     sb.write_raw_config(&config);
     assert!(sb.dbsnap(&["prune"]).status.success());
-    let cached = std::fs::read_dir(sb.state.join("restic-manifests")).unwrap().count();
+    let cached = std::fs::read_dir(sb.state.join("restic-manifests"))
+        .unwrap()
+        .count();
     assert_eq!(cached, 1);
     assert_eq!(list("after prune").as_array().unwrap().len(), 1);
 }
@@ -248,7 +262,10 @@ fn a_second_list_reads_no_manifest_from_the_repository_again() {
 #[test]
 fn two_runs_starting_in_the_same_second_into_one_repository_take_two_names() {
     let (one, two) = (Sandbox::new(), Sandbox::new());
-    let repo = Repo::new(one.dir.path(), one.dir.path().join("repo").to_str().unwrap());
+    let repo = Repo::new(
+        one.dir.path(),
+        one.dir.path().join("repo").to_str().unwrap(),
+    );
     repo.init();
     for sb in [&one, &two] {
         bank::create(&sb.server);
@@ -277,7 +294,10 @@ fn two_runs_starting_in_the_same_second_into_one_repository_take_two_names() {
                 stdout_json(&out)
             })
             .collect();
-        let names: Vec<&str> = manifests.iter().map(|m| m["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = manifests
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
         eprintln!("names {names:?}");
         assert_ne!(names[0], names[1]);
         same_second |= names[0].get(..16) == names[1].get(..16);
@@ -318,7 +338,11 @@ fn a_backup_through_a_rest_server_restores_consistently_and_a_server_that_is_dow
     // Once only: a second init-repo changes nothing.
     let out = sb.dbsnap(&["init-repo"]);
     assert_eq!(out.status.code(), Some(15));
-    assert!(stderr(&out).contains("already a restic repository"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already a restic repository"),
+        "{}",
+        stderr(&out)
+    );
     let config = String::from_utf8_lossy(&repo.restic(&["cat", "config"]).stdout).into_owned();
     assert!(config.contains(&id), "{config}");
 

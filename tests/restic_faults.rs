@@ -89,7 +89,8 @@ fn a_missing_repository_is_named_with_init_repo_which_creates_it_once() {
     let out = sb.dbsnap(&["init-repo"]);
     assert_eq!(out.status.code(), Some(15));
     assert!(
-        stderr(&out).contains("already a restic repository") && stderr(&out).contains("nothing was changed"),
+        stderr(&out).contains("already a restic repository")
+            && stderr(&out).contains("nothing was changed"),
         "{}",
         stderr(&out)
     );
@@ -441,7 +442,10 @@ fn a_restore_from_a_repository_stopped_by_sigterm_removes_what_it_wrote() {
         .next()
         .is_none()
     {
-        assert!(Instant::now() < deadline, "the restore never wrote anything");
+        assert!(
+            Instant::now() < deadline,
+            "the restore never wrote anything"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(500));

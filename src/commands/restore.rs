@@ -11,8 +11,7 @@ use crate::restore::{self, Protected, Request};
 pub async fn run(config: &Config, json: bool, request: Request) -> anyhow::Result<()> {
     let dest = crate::destination::open_configured(config)?;
     let given = request.backup.to_string_lossy().into_owned();
-    let in_repository =
-        crate::destination::resolve_in_repository(dest.as_deref(), &given).await?;
+    let in_repository = crate::destination::resolve_in_repository(dest.as_deref(), &given).await?;
     let remote = match in_repository {
         Some(_) => None,
         None => crate::destination::resolve_remote(dest.as_deref(), &given).await?,

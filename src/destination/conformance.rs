@@ -65,11 +65,15 @@ pub async fn check(dest: &dyn Destination) {
         None
     );
     let (first, other) =
-        a_partial_is_journaled_and_never_a_backup_until_published(dest, &files, &mut journal)
-            .await;
-    let second =
-        the_newest_base_follows_the_datadir_and_the_method(dest, &files, &mut journal, &first, other)
-            .await;
+        a_partial_is_journaled_and_never_a_backup_until_published(dest, &files, &mut journal).await;
+    let second = the_newest_base_follows_the_datadir_and_the_method(
+        dest,
+        &files,
+        &mut journal,
+        &first,
+        other,
+    )
+    .await;
     removing_deletes_received_copies_and_is_idempotent(dest, &files, &mut journal, &second).await;
     assert_eq!(dest.backups().await.unwrap(), vec![first]);
 }
@@ -211,6 +215,7 @@ async fn the_newest_base_follows_the_datadir_and_the_method(
         .await;
     let second = dest.publish(partial, streamed, journal).await.unwrap();
     assert!(journal.entries().is_empty());
+    let restic = TransferMethod::Restic;
     let base = |of| async move {
         let base = dest.newest_base(Path::new(DATADIR), of).await.unwrap();
         base.map(|b| b.name)
@@ -223,7 +228,6 @@ async fn the_newest_base_follows_the_datadir_and_the_method(
         // A repository's backups are bases for the repository's own transfer only.
         Some(_) => {
             assert_eq!(base(BaseOf::Files).await, None);
-            let restic = TransferMethod::Restic;
             assert_eq!(base(BaseOf::Stream(restic.as_str())).await, Some(name));
             assert_eq!(
                 second.manifest.transfer.parent_snapshot,

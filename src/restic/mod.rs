@@ -441,7 +441,12 @@ impl Restic {
 
     /// Restore snapshot `id` into `target` (its paths appear below it); with `only`,
     /// just that path of the snapshot and what is below it.
-    pub async fn restore(&self, id: &str, target: &Path, only: Option<&Path>) -> anyhow::Result<()> {
+    pub async fn restore(
+        &self,
+        id: &str,
+        target: &Path,
+        only: Option<&Path>,
+    ) -> anyhow::Result<()> {
         let target = target.to_string_lossy();
         let mut args = vec!["restore", "--no-lock", id, "--target", &target];
         let include = only.map(|p| format!("--include={}", literal_pattern(p)));
@@ -601,7 +606,10 @@ mod tests {
             literal_pattern(Path::new(r"/srv/db[1]/*x?\")),
             r"/srv/db\[1]/\*x\?\\"
         );
-        assert_eq!(literal_pattern(Path::new("/var/lib/mysql")), "/var/lib/mysql");
+        assert_eq!(
+            literal_pattern(Path::new("/var/lib/mysql")),
+            "/var/lib/mysql"
+        );
     }
 
     #[test]

@@ -63,10 +63,7 @@ struct Named {
 
 impl Named {
     fn all(&self) -> impl Iterator<Item = &Snapshot> {
-        self.manifests
-            .iter()
-            .chain(&self.files)
-            .chain(&self.claims)
+        self.manifests.iter().chain(&self.files).chain(&self.claims)
     }
 }
 
