@@ -238,7 +238,7 @@ impl Restic {
         // restic may quote the repository string: never with a password in it.
         let stderr = &stderr.replace(&self.repository, &repo);
         let said = last_lines(stderr, 4);
-        let lower = stderr.to_lowercase();
+        let lower = self.complaint(stderr);
         let (class, message) = if lower.contains("wrong password") {
             (
                 Class::Repository,
@@ -261,18 +261,7 @@ impl Restic {
             || lower.contains("already initialized")
         {
             (Class::Repository, already_there(&repo))
-        } else if [
-            "connection refused",
-            "dial tcp",
-            "no such host",
-            "unable to start the sftp session",
-            "i/o timeout",
-            "network is unreachable",
-            "could not resolve",
-        ]
-        .iter()
-        .any(|s| lower.contains(s))
-        {
+        } else if says_unreachable(&lower) {
             (
                 Class::Repository,
                 format!("the restic repository {repo} cannot be reached: {said}"),
@@ -303,6 +292,16 @@ impl Restic {
             )
         };
         fail(class, format!("{what}: {message}"))
+    }
+
+    /// restic's complaint, lower case, without the repository string it echoes: what
+    /// it says is classified by words, and a repository's own text (the port 40425 of
+    /// a REST server, a path holding "not found") must not count as one.
+    fn complaint(&self, stderr: &str) -> String {
+        stderr
+            .replace(&self.repository, "")
+            .replace(&self.shown(), "")
+            .to_lowercase()
     }
 
     /// restic's version, refused when older than [`MIN_VERSION`].
@@ -464,7 +463,7 @@ impl Restic {
             return Ok(true);
         }
         let stderr = outputs.stderr()?;
-        if says_missing(&stderr.to_lowercase()) {
+        if says_missing(&self.complaint(&stderr)) {
             return Ok(false);
         }
         Err(self.failure(&stderr, "opening the repository", Class::Repository, status))
@@ -556,13 +555,30 @@ pub fn local_dir(repository: &str) -> Option<PathBuf> {
     path.starts_with('/').then(|| PathBuf::from(path))
 }
 
-/// Whether restic's complaint (lower case) says there is no repository at all.
+/// Whether restic's complaint (lower case) says there is no repository at all (and
+/// not that it could not reach the place to look).
 fn says_missing(lower: &str) -> bool {
     lower.contains("is there a repository at the following location")
         && (lower.contains("no such file")
             || lower.contains("404")
             || lower.contains("not found")
             || lower.contains("does not exist"))
+        && !says_unreachable(lower)
+}
+
+/// Whether restic's complaint (lower case) says the repository's store cannot be reached.
+fn says_unreachable(lower: &str) -> bool {
+    [
+        "connection refused",
+        "dial tcp",
+        "no such host",
+        "unable to start the sftp session",
+        "i/o timeout",
+        "network is unreachable",
+        "could not resolve",
+    ]
+    .iter()
+    .any(|s| lower.contains(s))
 }
 
 fn already_there(repo: &str) -> String {
@@ -599,6 +615,18 @@ fn last_lines(text: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_that_cannot_be_reached_is_no_missing_repository() {
+        // As restic 0.14 says it, for a REST server whose port holds "404".
+        let refused = "fatal: unable to open config file: client.head: head \
+                       \"http://127.0.0.1:40425/config\": dial tcp 127.0.0.1:40425: connect: \
+                       connection refused\nis there a repository at the following location?\n";
+        assert!(says_unreachable(refused) && !says_missing(refused));
+        let missing = "fatal: unable to open config file: <config/> does not exist\n\
+                       is there a repository at the following location?\n";
+        assert!(says_missing(missing) && !says_unreachable(missing));
+    }
 
     #[test]
     fn include_patterns_match_their_path_literally() {
