@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::restic::{dbsnap_on_path, use_repository, Repo, RestServer, Wrappers};
-use common::{stderr, stdout_json, time, Sandbox};
+use common::restic::{use_repository, Repo, RestServer, Wrappers};
+use common::{dbsnap_on_path, stderr, stdout_json, time, Sandbox};
 use dbsnap_test_support::bank::{self, Commit, Writers};
 use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
 use dbsnap_test_support::sshd::Sshd;

@@ -589,8 +589,8 @@ fn already_there(repo: &str) -> String {
     )
 }
 
-/// `path` as a restic `--include` pattern matching exactly it (and what is below it):
-/// restic reads `*`, `?`, `[` and `\` in patterns as wildcards and escapes.
+/// `path` as a restic `--include`/`--exclude` pattern matching exactly it (and what is
+/// below it): restic reads `*`, `?`, `[` and `\` in patterns as wildcards and escapes.
 fn literal_pattern(path: &Path) -> String {
     let mut pattern = String::new();
     for c in path.to_string_lossy().chars() {
@@ -633,6 +633,10 @@ mod tests {
         assert_eq!(
             literal_pattern(Path::new(r"/srv/db[1]/*x?\")),
             r"/srv/db\[1]/\*x\?\\"
+        );
+        assert_eq!(
+            literal_pattern(Path::new("/db [1]/x*.pid")),
+            r"/db \[1]/x\*.pid"
         );
         assert_eq!(
             literal_pattern(Path::new("/var/lib/mysql")),

@@ -1,6 +1,6 @@
 //! Real restic repositories for the restic destination's tests: a local one, a REST
 //! one served by `rclone serve restic` on 127.0.0.1, and the test's own view of them
-//! through the `restic` command.
+//! through the `restic` command; wrappers that log what dbsnap runs.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -224,23 +224,4 @@ impl Wrappers {
     pub fn clear(&self) {
         let _ = std::fs::remove_file(&self.log);
     }
-}
-
-/// `dbsnap ARGS` with the sandbox's configuration and `path` as PATH.
-pub fn dbsnap_on_path(sb: &Sandbox, path: &str, args: &[&str]) -> Output {
-    let out = Command::new(super::DBSNAP)
-        .arg("--config")
-        .arg(&sb.config)
-        .args(args)
-        .env("PATH", path)
-        .output()
-        .unwrap();
-    eprintln!(
-        "$ dbsnap {}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
