@@ -439,6 +439,7 @@ fn a_restore_from_a_repository_stopped_by_sigterm_removes_what_it_wrote() {
     while walkdir::WalkDir::new(&target)
         .min_depth(2)
         .into_iter()
+        .flatten()
         .next()
         .is_none()
     {
