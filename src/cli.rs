@@ -67,6 +67,13 @@ pub enum Command {
     /// Connects to the server, reads where it keeps its files, checks privileges, maps
     /// every directory to the volume that holds it, checks free space and the destination.
     Check(LockArgs),
+    /// Create the restic repository [backup] dest names, once, before the first backup.
+    ///
+    /// Runs `restic init` with backup.restic.password_file (handed to restic in its
+    /// environment, never on a command line) and env_file. Refuses where a repository
+    /// exists already. Only for `dest = "restic:<repository>"`: a backup never creates a
+    /// repository, and a directory destination needs none.
+    InitRepo,
     /// Take a backup: lock, snapshot, unlock, copy from the snapshot, publish, release.
     ///
     /// The backup appears as DEST/NAME (NAME is a UTC timestamp such as
@@ -212,6 +219,8 @@ impl Command {
             Command::Snapshot(SnapshotCommand::Create { .. }) => Some("snapshot-create"),
             Command::Snapshot(SnapshotCommand::Release { .. }) => Some("snapshot-release"),
             Command::Snapshot(SnapshotCommand::Rollback { .. }) => Some("snapshot-rollback"),
+            // Creates a repository, but as set-up run once by hand: no hooks, no metrics.
+            Command::InitRepo => None,
             Command::Check(_)
             | Command::List
             | Command::Restore { .. }

@@ -56,19 +56,23 @@ pub enum Resource {
     /// A verification's scratch copy of a backup (`.dbsnap-verify-NAME`) and the run
     /// directory (socket, pid file) of the throwaway server started on it.
     Scratch { dir: PathBuf, run_dir: PathBuf },
-    /// A backup fetched from a repository into `state_dir/staging/NAME` (for a
-    /// restore or a verification), removed once used.
+    /// A backup fetched from a repository into `state_dir/staging/NAME` to be
+    /// verified, removed once used.
     Fetched { dir: PathBuf },
     /// restic working on a repository for this run (`restic backup` of the backup being
     /// written, or forgetting, pruning, checking). Recorded before restic starts;
     /// `pid` once it runs. An interrupted one may leave a stale lock (on this host,
-    /// of a dead process, taken after `started_at`) and a backup's files without its
-    /// manifest snapshot: `dbsnap cleanup` removes both.
+    /// of a dead process, taken after `started_at`) and a backup's claim and files
+    /// without its manifest snapshot: `dbsnap cleanup` removes them.
     ResticRun {
         /// `[backup] dest`, with any password in it masked.
         repository: String,
         pid: Option<u32>,
         started_at: chrono::DateTime<chrono::Utc>,
+        /// For a backup being written: the token its snapshots are tagged with
+        /// (`dbsnap-run=TOKEN`), which tells them from another run's under that name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        claim: Option<String>,
     },
 }
 

@@ -138,6 +138,7 @@ async fn dispatch(cli: &Cli, config: &Config) -> anyhow::Result<()> {
         Command::Backup { lock, max_lock_ms } => {
             commands::backup::run(config, cli.json, lock.force, *max_lock_ms).await
         }
+        Command::InitRepo => commands::init_repo::run(config, cli.json).await,
         Command::List => commands::list::run(config, cli.json).await,
         Command::Cleanup { forget: None } => commands::cleanup::run(config, cli.json).await,
         Command::Cleanup { forget: Some(run) } => commands::cleanup::forget(config, cli.json, run),

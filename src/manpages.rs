@@ -85,6 +85,7 @@ mod tests {
             "dbsnap-status",
             "dbsnap-snapshot-create",
             "dbsnap-completions",
+            "dbsnap-init-repo",
         ] {
             assert!(expected.iter().any(|e| e == name), "{name}");
         }

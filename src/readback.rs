@@ -1,13 +1,14 @@
-//! A backup read back from its destination, wherever that is: verified (`dbsnap
-//! verify`, `[backup] verify`) or restored. A directory backup is read where it is; a
-//! repository's is fetched into a staging directory first (journaled, removed after).
+//! A backup read back from its destination to be verified (`dbsnap verify`, `[backup]
+//! verify`), wherever it is. A directory backup is read where it is; a repository's is
+//! fetched into a staging directory first (journaled, removed after). A restore needs
+//! none of this: restic restores straight into the new directories
+//! (`restore::Origin::Repository`).
 
 use std::path::Path;
 
 use crate::destination::{Backup, Destination};
 use crate::journal::Journal;
 use crate::manifest::Manifest;
-use crate::restore::{Request, Restored};
 
 /// Where a fetched copy is staged (a verification's scratch copy goes beside it).
 fn staging_dir(state_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
@@ -36,26 +37,4 @@ pub async fn verify(
     verified.path = backup.path.clone();
     dest.record_verification(backup, &verified, journal).await?;
     Ok(verified)
-}
-
-/// Restore `backup` as `request` says; a fetched copy is staged in `state_dir` first.
-pub async fn restore(
-    dest: &dyn Destination,
-    backup: &Backup,
-    state_dir: &Path,
-    request: Request,
-    journal: &mut Journal,
-) -> anyhow::Result<Restored> {
-    let fetched = dest
-        .fetch(backup, &staging_dir(state_dir)?, journal)
-        .await?;
-    let request = Request {
-        backup: fetched.dir.clone(),
-        ..request
-    };
-    let outcome = crate::restore::restore(&request, None).await;
-    let released = fetched.release(journal);
-    let restored = outcome?;
-    released?;
-    Ok(restored)
 }

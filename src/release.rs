@@ -225,9 +225,10 @@ async fn release_one(scope: &Scope<'_>, run: &str, resource: &Resource) -> anyho
             repository,
             pid,
             started_at,
+            claim,
         } => {
             crate::destination::restic::configured(scope.state_dir, scope.backup, repository)?
-                .release_run(run, *pid, *started_at)
+                .release_run(run, *pid, *started_at, claim.as_deref())
                 .await?;
             Ok(Outcome::Released)
         }

@@ -12,7 +12,9 @@ use serde::Serialize;
 
 use crate::db::version::{Flavor, ServerVersion};
 use crate::db::Coordinates;
+use crate::destination::restic::ResticRepo;
 use crate::destination::ssh::SshDir;
+use crate::destination::{tree_bytes, Backup};
 use crate::error::{fail, Class};
 use crate::manifest::Manifest;
 use crate::progress::Progress;
@@ -83,21 +85,30 @@ pub struct Replication {
     pub start: String,
 }
 
-/// A backup on another host: `Request::backup` is its path there.
-pub struct RemoteBackup<'a> {
-    pub dest: &'a SshDir,
-    pub manifest: &'a Manifest,
+/// Where the backup being restored is.
+pub enum Origin<'a> {
+    /// A backup directory on this host: `Request::backup`.
+    Local,
+    /// A backup on an ssh destination's host: `Request::backup` is its path there.
+    Remote {
+        dest: &'a SshDir,
+        manifest: &'a Manifest,
+    },
+    /// A backup in a restic repository (`Request::backup` is only its name).
+    Repository {
+        repo: &'a ResticRepo,
+        backup: &'a Backup,
+    },
 }
 
-/// Restore `request.backup`: a local backup directory, or (with `remote`) a backup on
-/// an ssh destination's host, pulled over ssh straight into the new directories.
-pub async fn restore(
-    request: &Request,
-    remote: Option<RemoteBackup<'_>>,
-) -> anyhow::Result<Restored> {
-    let manifest = match &remote {
-        Some(r) => r.manifest.clone(),
-        None => Manifest::read(&request.backup)?,
+/// Restore `request.backup` from `origin`: a local backup directory is copied, a
+/// backup on an ssh destination's host pulled over ssh, a repository's restored by
+/// restic, each straight into the new directories.
+pub async fn restore(request: &Request, origin: Origin<'_>) -> anyhow::Result<Restored> {
+    let manifest = match &origin {
+        Origin::Local => Manifest::read(&request.backup)?,
+        Origin::Remote { manifest, .. } => (*manifest).clone(),
+        Origin::Repository { backup, .. } => backup.manifest.clone(),
     };
     let target = &request.datadir;
     if !target.is_absolute() {
@@ -108,13 +119,20 @@ pub async fn restore(
     }
     let moves = moves_of(&manifest, target);
     // Every check before anything is deleted: --force empties the targets.
-    check_targets(request, &manifest, &moves)?;
+    check_targets(request, &origin, &manifest, &moves)?;
     let owner = owner(request.owner.as_deref())?;
 
     // Copy. From here until it is complete, an error or an interruption removes what
     // this restore wrote (the guard's drop).
     let mut written = Written(Vec::new());
-    let stats = copy_into(request, remote.as_ref(), &manifest, &moves, &mut written).await?;
+    prepare_targets(request, &moves, &mut written)?;
+    let stats = match &origin {
+        Origin::Local => copy_into(request, None, &manifest, &moves).await?,
+        Origin::Remote { dest, .. } => copy_into(request, Some(*dest), &manifest, &moves).await?,
+        Origin::Repository { repo, backup } => {
+            restore_from_repository(repo, backup, &manifest, &moves).await?
+        }
+    };
     let moves = Moves(moves);
     let rewritten = relocate_copy(&manifest, &moves)?;
     // The redo log names tablespaces outside the datadir by their original path: crash
@@ -181,13 +199,21 @@ fn moves_of(manifest: &Manifest, target: &Path) -> Vec<(PathBuf, PathBuf)> {
 /// `--force`) not empty.
 fn check_targets(
     request: &Request,
+    origin: &Origin<'_>,
     manifest: &Manifest,
     moves: &[(PathBuf, PathBuf)],
 ) -> anyhow::Result<()> {
-    let mut protected = vec![Protected {
-        path: request.backup.clone(),
-        what: "the backup being restored".into(),
-    }];
+    let being_restored = match origin {
+        Origin::Local | Origin::Remote { .. } => Some(Protected {
+            path: request.backup.clone(),
+            what: "the backup being restored".into(),
+        }),
+        Origin::Repository { repo, .. } => repo.repository_dir().map(|path| Protected {
+            path,
+            what: "the restic repository being restored from".into(),
+        }),
+    };
+    let mut protected: Vec<Protected> = being_restored.into_iter().collect();
     protected.extend(request.protected.iter().cloned());
     protected.extend(
         manifest
@@ -228,16 +254,14 @@ fn check_targets(
     Ok(())
 }
 
-/// Copy every directory of the backup to its target, noting each in `written` first.
-async fn copy_into(
+/// Make every target an empty directory (`--force` empties one), noting each in
+/// `written` first.
+fn prepare_targets(
     request: &Request,
-    remote: Option<&RemoteBackup<'_>>,
-    manifest: &Manifest,
     moves: &[(PathBuf, PathBuf)],
     written: &mut Written,
-) -> anyhow::Result<crate::manifest::TransferStats> {
-    let mut items = Vec::new();
-    for (from, to) in moves {
+) -> anyhow::Result<()> {
+    for (_, to) in moves {
         let existed = to.exists();
         if existed && request.force {
             tracing::warn!("--force: deleting the contents of {}", to.display());
@@ -245,6 +269,19 @@ async fn copy_into(
         }
         written.0.push((to.clone(), existed));
         std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    }
+    Ok(())
+}
+
+/// Copy every directory of the backup to its (empty) target.
+async fn copy_into(
+    request: &Request,
+    remote: Option<&SshDir>,
+    manifest: &Manifest,
+    moves: &[(PathBuf, PathBuf)],
+) -> anyhow::Result<crate::manifest::TransferStats> {
+    let mut items = Vec::new();
+    for (from, to) in moves {
         for (copy, relative) in manifest.copies_of(&request.backup, from) {
             items.push(CopyItem {
                 from: copy,
@@ -254,9 +291,9 @@ async fn copy_into(
         }
     }
     let (total, pull) = match remote {
-        Some(r) => (
-            r.dest.stored_bytes(&request.backup).await,
-            Some(r.dest.rsync_remote(rsync::Side::Source, None).await?),
+        Some(dest) => (
+            dest.stored_bytes(&request.backup).await,
+            Some(dest.rsync_remote(rsync::Side::Source, None).await?),
         ),
         None => (crate::verify::stored_bytes(&request.backup), None),
     };
@@ -269,6 +306,75 @@ async fn copy_into(
     let stats = rsync::copy_with(&items, options, &report, &|_, _| {}).await?;
     progress.finish();
     Ok(stats)
+}
+
+/// Let restic write every directory of the backup into its (empty) target, once: into
+/// a staging directory inside the target itself (on the target's filesystem, even when
+/// the target is a mount point; removed with the target's contents if the restore does
+/// not finish), whose contents are then renamed into place.
+async fn restore_from_repository(
+    repo: &ResticRepo,
+    backup: &Backup,
+    manifest: &Manifest,
+    moves: &[(PathBuf, PathBuf)],
+) -> anyhow::Result<crate::manifest::TransferStats> {
+    let started = std::time::Instant::now();
+    let progress = Progress::new(manifest.transfer.bytes);
+    let staging_name = format!(".dbsnap-restore-{}", backup.name);
+    let mut done = 0;
+    for (from, to) in moves {
+        let staging = to.join(&staging_name);
+        let restoring = repo.restore_files(backup, from, &staging);
+        tokio::pin!(restoring);
+        // restic 0.14 reports no progress while it restores: what it has written is.
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let restored = loop {
+            tokio::select! {
+                restored = &mut restoring => break restored?,
+                _ = tick.tick() => progress.set(done + tree_bytes([staging.as_path()], true)),
+            }
+        };
+        move_contents(&restored, to, &staging_name)?;
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("removing {}", staging.display()))?;
+        done += tree_bytes([to.as_path()], true);
+        progress.set(done);
+    }
+    progress.finish();
+    Ok(crate::manifest::TransferStats {
+        bytes: done,
+        bytes_written: done,
+        duration_ms: started.elapsed().as_millis() as u64,
+        ..Default::default()
+    })
+}
+
+/// Rename everything in `restored` into `to` (same filesystem), and give `to` the
+/// restored directory's mode and owner.
+fn move_contents(restored: &Path, to: &Path, staging_name: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for entry in
+        std::fs::read_dir(restored).with_context(|| format!("reading {}", restored.display()))?
+    {
+        let entry = entry?;
+        if entry.file_name() == staging_name {
+            return Err(fail(
+                Class::Destination,
+                format!(
+                    "the backup holds a file named {staging_name}, the name the restore \
+                     stages in: restore it by hand with `restic restore`"
+                ),
+            ));
+        }
+        let into = to.join(entry.file_name());
+        std::fs::rename(entry.path(), &into)
+            .with_context(|| format!("moving {} to {}", entry.path().display(), into.display()))?;
+    }
+    let meta = std::fs::metadata(restored)?;
+    std::fs::set_permissions(to, meta.permissions())
+        .with_context(|| format!("setting the mode of {}", to.display()))?;
+    std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))
+        .with_context(|| format!("changing the owner of {}", to.display()))
 }
 
 /// Point the copy at itself: every server directory, also one inside the datadir

@@ -5,11 +5,12 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::restic::{use_repository, Repo, RestServer};
-use common::{restore, stderr, stdout_json, time, Sandbox};
+use common::restic::{use_repository, Repo, RestServer, Wrappers};
+use common::{dbsnap_on_path, stderr, stdout_json, time, Sandbox};
 use dbsnap_test_support::bank::{self, Commit, Writers};
 use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
 use dbsnap_test_support::sshd::Sshd;
@@ -25,12 +26,64 @@ fn backup_under_load(sb: &Sandbox) -> (serde_json::Value, Vec<Commit>) {
     (stdout_json(&out), commits)
 }
 
+fn entries_of(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// Restore backup `name` from the repository into a new datadir and start a server on
 /// it: it holds exactly what was committed before the lock, at the recorded GTID.
+/// restic wrote the files once, where they stay: no rsync, no staged copy.
 fn assert_restores_consistently(sb: &Sandbox, manifest: &serde_json::Value, commits: &[Commit]) {
     let name = manifest["name"].as_str().unwrap();
     let restored = sb.dir.path().join(format!("restored {name}"));
-    restore(sb, Path::new(name), &restored, &[]);
+    let wrappers = Wrappers::new(
+        &sb.dir.path().join("counting"),
+        &[("restic", ""), ("rsync", "")],
+    );
+    let before = entries_of(sb.dir.path());
+    let out = dbsnap_on_path(
+        sb,
+        &wrappers.path(),
+        &["restore", name, "--datadir", restored.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "restore failed: {}", stderr(&out));
+    assert_eq!(
+        wrappers.calls("rsync"),
+        Vec::<String>::new(),
+        "a second copy"
+    );
+    let restores: Vec<String> = wrappers
+        .calls("restic")
+        .into_iter()
+        .filter(|c| c.contains("restore"))
+        .collect();
+    assert!(
+        !restores.is_empty() && restores.iter().all(|c| c.contains("--include=")),
+        "{restores:?}"
+    );
+    // Beside the target only the directories restored beside it (DIR.<role>).
+    let target = restored.file_name().unwrap().to_string_lossy().into_owned();
+    let added: Vec<String> = entries_of(sb.dir.path())
+        .difference(&before)
+        .cloned()
+        .collect();
+    assert!(added.contains(&target), "{added:?}");
+    assert!(
+        added.iter().all(|a| a.starts_with(&target)),
+        "left beside the target: {added:?}"
+    );
+    assert!(
+        !entries_of(&restored)
+            .iter()
+            .any(|e| e.starts_with(".dbsnap")),
+        "staging left in the target: {:?}",
+        entries_of(&restored)
+    );
+    assert!(!sb.state.join("staging").exists(), "staged in state_dir");
     let copy = MariaDb::start_existing(ServerOptions {
         server_id: 2,
         ..ServerOptions::new(&restored, &sb.dir.path().join(format!("run {name}")))
@@ -46,12 +99,6 @@ fn assert_restores_consistently(sb: &Sandbox, manifest: &serde_json::Value, comm
         copy.sql("SELECT @@gtid_binlog_pos"),
         manifest["coordinates"]["gtid_binlog_pos"].as_str().unwrap()
     );
-    // The staged copy restic restored into is gone again.
-    let staging = sb.state.join("staging");
-    let staged: Vec<_> = std::fs::read_dir(&staging)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(staged.is_empty(), "{staged:?}");
 }
 
 fn tags(snapshot: &serde_json::Value) -> Vec<String> {
@@ -159,14 +206,141 @@ fn backups_into_a_local_repository_restore_consistently_and_are_listed_verified_
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
 }
 
+/// Each manifest is read from the repository once (`restic dump`), then from the
+/// cache in state_dir, kept by snapshot id (which never stands for other contents).
+#[test]
+fn a_second_list_reads_no_manifest_from_the_repository_again() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    let repo = Repo::new(sb.dir.path(), sb.dir.path().join("repo").to_str().unwrap());
+    repo.init();
+    use_repository(&sb, &repo, "", "");
+    for _ in 0..2 {
+        assert!(sb.dbsnap(&["backup"]).status.success());
+    }
+    // As another host (or a fresh state_dir) would start: nothing cached.
+    std::fs::remove_dir_all(sb.state.join("restic-manifests")).unwrap();
+    let wrappers = Wrappers::new(sb.dir.path(), &[("restic", "")]);
+    let dumps = || {
+        wrappers
+            .calls("restic")
+            .into_iter()
+            .filter(|c| c.split_whitespace().any(|word| word == "dump"))
+            .count()
+    };
+    let list = |what: &str| {
+        let out = dbsnap_on_path(&sb, &wrappers.path(), &["list", "--json"]);
+        assert!(out.status.success(), "{what}: {}", stderr(&out));
+        stdout_json(&out)
+    };
+    let first = list("first list");
+    assert_eq!(dumps(), 2, "{:?}", wrappers.calls("restic"));
+    let statuses: Vec<&str> = first
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["complete", "complete"], "{first}");
+    wrappers.clear();
+    let second = list("second list");
+    assert_eq!(dumps(), 0, "{:?}", wrappers.calls("restic"));
+    assert_eq!(second, first);
+    // A manifest forgotten with its backup leaves the cache too.
+    let config = std::fs::read_to_string(&sb.config).unwrap() + "\n[retention]\nkeep_last = 1\n";
+    sb.write_raw_config(&config);
+    assert!(sb.dbsnap(&["prune"]).status.success());
+    let cached = std::fs::read_dir(sb.state.join("restic-manifests"))
+        .unwrap()
+        .count();
+    assert_eq!(cached, 1);
+    assert_eq!(list("after prune").as_array().unwrap().len(), 1);
+}
+
+/// Two servers on one host, each with its own state_dir, back up into one repository
+/// at the same moment: each backup claims a name of its own and stays apart from the
+/// other. (Whether they start in the same second is up to the machine; the claim
+/// between two runs that do is `destination::restic::tests::of_two_runs_claiming_one_name_*`.)
+#[test]
+fn two_servers_backing_up_into_one_repository_at_once_keep_their_backups_apart() {
+    let (one, two) = (Sandbox::new(), Sandbox::new());
+    let repo = Repo::new(
+        one.dir.path(),
+        one.dir.path().join("repo").to_str().unwrap(),
+    );
+    repo.init();
+    for sb in [&one, &two] {
+        bank::create(&sb.server);
+        use_repository(sb, &repo, "", "");
+    }
+    let started = [&one, &two].map(|sb| {
+        std::process::Command::new(common::DBSNAP)
+            .arg("--config")
+            .arg(&sb.config)
+            .args(["backup", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    });
+    let manifests = started.map(|child| {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout_json(&out)
+    });
+    let names = manifests.each_ref().map(|m| m["name"].as_str().unwrap());
+    eprintln!("names {names:?}");
+    assert_ne!(names[0], names[1]);
+    for sb in [&one, &two] {
+        assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+    }
+    // Each backup is its own: listed complete, of its own datadir, by either server.
+    for sb in [&one, &two] {
+        let list = stdout_json(&sb.dbsnap(&["list", "--json"]));
+        let entries = list.as_array().unwrap();
+        assert_eq!(entries.len(), 2, "{list}");
+        for (entry, manifest) in entries.iter().zip(sorted(&manifests)) {
+            assert_eq!(entry["status"], "complete", "{list}");
+            assert_eq!(
+                entry["manifest"]["server"]["datadir"],
+                manifest["server"]["datadir"]
+            );
+        }
+    }
+    repo.assert_checks_clean();
+    assert!(repo.locks().is_empty());
+}
+
+/// Manifests in the order `list` shows them: by name.
+fn sorted(manifests: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    let mut sorted: Vec<&serde_json::Value> = manifests.iter().collect();
+    sorted.sort_by_key(|m| m["name"].as_str().unwrap().to_string());
+    sorted
+}
+
 #[test]
 fn a_backup_through_a_rest_server_restores_consistently_and_a_server_that_is_down_is_named() {
     let sb = Sandbox::new();
     bank::create(&sb.server);
     let mut server = RestServer::start(&sb.dir.path().join("rest server"));
     let repo = Repo::new(sb.dir.path(), &server.repository());
-    repo.init();
     use_repository(&sb, &repo, "", "");
+    let out = sb.dbsnap(&["init-repo", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let created = stdout_json(&out);
+    assert_eq!(created["repository"], format!("restic:{}", repo.repository));
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(repo.restic(&["cat", "config"]).status.success());
+    // Once only: a second init-repo changes nothing.
+    let out = sb.dbsnap(&["init-repo"]);
+    assert_eq!(out.status.code(), Some(15));
+    assert!(
+        stderr(&out).contains("already a restic repository"),
+        "{}",
+        stderr(&out)
+    );
+    let config = String::from_utf8_lossy(&repo.restic(&["cat", "config"]).stdout).into_owned();
+    assert!(config.contains(&id), "{config}");
 
     let (manifest, commits) = backup_under_load(&sb);
     assert_eq!(manifest["transfer"]["method"], "restic");

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::restic::{use_repository, Repo, PASSWORD};
+use common::restic::{use_repository, Repo, Wrappers, PASSWORD};
 use common::{stderr, stdout_json, Sandbox, DBSNAP};
 use dbsnap_test_support::bank;
 use nix::sys::signal::{kill, Signal};
@@ -34,9 +34,30 @@ fn assert_nothing_left(sb: &Sandbox, repo: &Repo) {
     repo.assert_checks_clean();
 }
 
+/// Every file of a local repository, with its contents.
+fn repository_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<(PathBuf, Vec<u8>)> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| (e.path().to_path_buf(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
 #[test]
-fn a_missing_repository_is_named_with_the_command_that_creates_it() {
+fn a_missing_repository_is_named_with_init_repo_which_creates_it_once() {
     let sb = Sandbox::new();
+    // Not a restic destination: nothing to initialise.
+    let out = sb.dbsnap(&["init-repo"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("only for restic destinations"),
+        "{}",
+        stderr(&out)
+    );
+
     let missing = sb.dir.path().join("no repository here");
     let repo = Repo::new(sb.dir.path(), missing.to_str().unwrap());
     use_repository(&sb, &repo, "", "");
@@ -46,6 +67,7 @@ fn a_missing_repository_is_named_with_the_command_that_creates_it() {
         let err = stderr(&out);
         assert!(
             err.contains("no restic repository")
+                && err.contains("`dbsnap init-repo`")
                 && err.contains("restic -r")
                 && err.contains(" init"),
             "{err}"
@@ -53,6 +75,28 @@ fn a_missing_repository_is_named_with_the_command_that_creates_it() {
     }
     assert!(!missing.exists(), "dbsnap created the repository");
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+
+    let out = sb.dbsnap(&["init-repo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &stderr(&out);
+    assert!(said.contains("created the restic repository"), "{said}");
+    assert!(!said.contains(PASSWORD), "the password was printed: {said}");
+    assert!(missing.join("config").is_file());
+    assert!(sb.dbsnap(&["check"]).status.success());
+
+    // An existing repository is refused, and left exactly as it was.
+    let files = repository_files(&missing);
+    let out = sb.dbsnap(&["init-repo"]);
+    assert_eq!(out.status.code(), Some(15));
+    assert!(
+        stderr(&out).contains("already a restic repository")
+            && stderr(&out).contains("nothing was changed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(repository_files(&missing), files);
+    assert!(sb.dbsnap(&["backup"]).status.success());
+    assert_nothing_left(&sb, &repo);
 }
 
 #[test]
@@ -169,7 +213,7 @@ fn a_repository_string_with_shell_metacharacters_reaches_restic_verbatim() {
     let list = stdout_json(&sb.dbsnap(&["list", "--json"]));
     assert_eq!(list[0]["status"], "complete");
     assert!(!canary.exists(), "a shell ran the repository string");
-    assert_eq!(repo.snapshots().len(), 2);
+    assert_eq!(repo.snapshots().len(), 3, "claim, files, manifest");
     assert_nothing_left(&sb, &repo);
 }
 
@@ -234,8 +278,8 @@ fn a_repository_that_fills_up_mid_backup_fails_as_full_and_still_checks_clean() 
     );
     let list = stdout_json(&sb.dbsnap(&["list", "--json"]));
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    // Only the first backup's two snapshots: no half one.
-    assert_eq!(repo.snapshots().len(), 2);
+    // Only the first backup's three snapshots (claim, files, manifest): no half one.
+    assert_eq!(repo.snapshots().len(), 3);
     assert_nothing_left(&sb, &repo);
 }
 
@@ -328,7 +372,7 @@ fn dbsnap_killed_during_restic_backup_leaves_no_half_snapshot_and_the_next_backu
     sb.write_raw_config(&config);
     let out = sb.dbsnap(&["backup", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(repo.snapshots().len(), 2);
+    assert_eq!(repo.snapshots().len(), 3, "claim, files, manifest");
     assert_nothing_left(&sb, &repo);
 }
 
@@ -365,5 +409,53 @@ fn a_stale_restic_lock_is_reported_with_the_command_that_removes_it() {
     assert!(sb.dbsnap(&["cleanup"]).status.success());
     assert_eq!(repo.locks().len(), 1);
     assert!(repo.restic(&["unlock"]).status.success());
+    assert_nothing_left(&sb, &repo);
+}
+
+#[test]
+fn a_restore_from_a_repository_stopped_by_sigterm_removes_what_it_wrote() {
+    let (sb, repo) = with_local_repository("", "");
+    bank::add_filler(&sb.server, 16);
+    let out = sb.dbsnap(&["backup", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let name = stdout_json(&out)["name"].as_str().unwrap().to_string();
+
+    // The real restic, reading the repository slowly enough to be stopped mid-restore.
+    let wrappers = Wrappers::new(sb.dir.path(), &[("restic", "--limit-download=256")]);
+    let parent = sb.dir.path().join("restores");
+    std::fs::create_dir(&parent).unwrap();
+    let target = parent.join("restored");
+    let child = Command::new(DBSNAP)
+        .arg("--config")
+        .arg(&sb.config)
+        .args(["restore", &name, "--datadir", target.to_str().unwrap()])
+        .env("PATH", wrappers.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // restic makes the tree first, then fills the files as their data arrives.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while walkdir::WalkDir::new(&target)
+        .min_depth(2)
+        .into_iter()
+        .flatten()
+        .next()
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restore never wrote anything"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("were removed"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&parent).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
     assert_nothing_left(&sb, &repo);
 }

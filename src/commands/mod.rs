@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod check;
 pub mod cleanup;
+pub mod init_repo;
 pub mod list;
 pub mod prune;
 pub mod restore;

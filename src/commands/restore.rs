@@ -11,55 +11,42 @@ use crate::restore::{self, Protected, Request};
 pub async fn run(config: &Config, json: bool, request: Request) -> anyhow::Result<()> {
     let dest = crate::destination::open_configured(config)?;
     let given = request.backup.to_string_lossy().into_owned();
-    let restored = match crate::destination::resolve_in_repository(dest.as_deref(), &given).await? {
-        // Fetched from a repository: staged (journaled) in state_dir/staging first.
-        Some((repo, found)) => {
-            let (_lock, mut journal) = super::start_run(config).await?;
-            let request = Request {
-                protected: protected(config),
-                ..request
-            };
-            let outcome = super::until_signal(crate::readback::restore(
-                repo,
-                &found,
-                &config.state_dir,
-                request,
-                &mut journal,
+    let in_repository = crate::destination::resolve_in_repository(dest.as_deref(), &given).await?;
+    let remote = match in_repository {
+        Some(_) => None,
+        None => crate::destination::resolve_remote(dest.as_deref(), &given).await?,
+    };
+    let (backup, origin) = if let Some((repo, backup)) = &in_repository {
+        let origin = restore::Origin::Repository { repo, backup };
+        (request.backup.clone(), origin)
+    } else if let Some((ssh, backup)) = &remote {
+        let origin = restore::Origin::Remote {
+            dest: ssh,
+            manifest: &backup.manifest,
+        };
+        (backup.path.clone(), origin)
+    } else {
+        let dir = crate::destination::resolve_backup(dest.as_deref(), &given).await?;
+        (dir, restore::Origin::Local)
+    };
+    let request = Request {
+        backup,
+        protected: protected(config),
+        ..request
+    };
+    let restored = match super::until_signal(restore::restore(&request, origin)).await {
+        Ok(restored) => restored,
+        Err(e) if class_of(&e) == Class::Interrupted => {
+            return Err(fail(
+                Class::Interrupted,
+                format!(
+                    "{e}: the restore into {} did not finish, and the files it had copied \
+                     there were removed (the log says if one could not be)",
+                    request.datadir.display()
+                ),
             ))
-            .await;
-            super::released_on_error(config, &mut journal, outcome).await?
         }
-        None => {
-            let remote = crate::destination::resolve_remote(dest.as_deref(), &given).await?;
-            let backup = match &remote {
-                Some((_, backup)) => backup.path.clone(),
-                None => crate::destination::resolve_backup(dest.as_deref(), &given).await?,
-            };
-            let request = Request {
-                backup,
-                protected: protected(config),
-                ..request
-            };
-            let from = remote.as_ref().map(|(ssh, backup)| restore::RemoteBackup {
-                dest: ssh,
-                manifest: &backup.manifest,
-            });
-            let restored = match super::until_signal(restore::restore(&request, from)).await {
-                Ok(restored) => restored,
-                Err(e) if class_of(&e) == Class::Interrupted => {
-                    return Err(fail(
-                        Class::Interrupted,
-                        format!(
-                            "{e}: the restore into {} did not finish, and the files it had copied \
-                             there were removed (the log says if one could not be)",
-                            request.datadir.display()
-                        ),
-                    ))
-                }
-                Err(e) => return Err(e),
-            };
-            restored
-        }
+        Err(e) => return Err(e),
     };
     if json {
         return super::print_json(&restored);
@@ -116,10 +103,14 @@ fn protected(config: &Config) -> Vec<Protected> {
         what: "dbsnap's state directory (state_dir)".into(),
     }];
     if let Some(backup) = &config.backup {
-        protected.push(Protected {
-            path: backup.dest.clone(),
+        let dest = match backup.restic_repository() {
+            Some(repository) => crate::restic::local_dir(&repository),
+            None => Some(backup.dest.clone()),
+        };
+        protected.extend(dest.map(|path| Protected {
+            path,
             what: "the backup destination ([backup] dest)".into(),
-        });
+        }));
     }
     if let Some(dir) = &config.snapshot.btrfs.snapshot_dir {
         protected.push(Protected {

@@ -20,11 +20,15 @@
 //! - [`restic::ResticRepo`]: a restic repository (`restic:...`), no directories at all.
 //!   A backup is a restic snapshot of its files plus one of its manifest, tagged with
 //!   its name; the destination reads the frozen files itself ([`Ingest`]: `restic
-//!   backup` is the transfer), the partial is only a journal entry, publishing is the
+//!   backup` is the transfer), the partial is a claim snapshot (journaled first: a
+//!   repository has no atomic create, so a name is a run's when its claim is the
+//!   first there), publishing is the
 //!   manifest snapshot's creation (restic writes it atomically), removing is `restic
 //!   forget` ([`Destination::reclaim`] prunes). [`Destination::entries`] lists
-//!   snapshots, and a backup is read through [`Destination::fetch`] (`restic restore`
-//!   into a staging directory). See that module for the layout.
+//!   snapshots; a restore reads a backup with `restic restore` straight into the new
+//!   directories ([`Destination::repository`]), a verification through
+//!   [`Destination::fetch`] (`restic restore` into a staging directory). See that
+//!   module for the layout.
 //!
 //! The contract, for every implementation:
 //!
@@ -259,6 +263,12 @@ pub trait Destination: Send + Sync {
         None
     }
 
+    /// The restic repository, when this is one: a restore reads it with `restic
+    /// restore` straight into the new directories.
+    fn repository(&self) -> Option<&restic::ResticRepo> {
+        None
+    }
+
     /// That backups can be written here: it exists, is writable, lies outside the
     /// server's directories and (unless forced) takes no room from the volumes being
     /// snapshotted. Before the lock.
@@ -454,13 +464,14 @@ pub async fn resolve_backup(
     ))
 }
 
-/// The backup named on the command line when it must be fetched from the destination
-/// (a repository's backup, given by name); `None` when it can be read where it is.
+/// The backup named on the command line when it is one in the destination's
+/// repository (given by name), with that repository; `None` when it can be read where
+/// it is.
 pub async fn resolve_in_repository<'a>(
     dest: Option<&'a dyn Destination>,
     given: &str,
-) -> anyhow::Result<Option<(&'a dyn Destination, Backup)>> {
-    let Some(dest) = dest.filter(|d| d.ingest().is_some()) else {
+) -> anyhow::Result<Option<(&'a restic::ResticRepo, Backup)>> {
+    let Some(dest) = dest.and_then(|d| d.repository()) else {
         return Ok(None);
     };
     if local::backup_dir_at(Path::new(given))?.is_some() {

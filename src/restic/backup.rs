@@ -40,7 +40,7 @@ impl Restic {
             args.push(format!("--limit-upload={kib}"));
         }
         for exclude in request.excludes {
-            args.push(format!("--exclude={}", json::exclude_pattern(exclude)));
+            args.push(format!("--exclude={}", super::literal_pattern(exclude)));
         }
         args.push("--".into());
         args.extend(

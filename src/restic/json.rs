@@ -1,6 +1,6 @@
 //! What restic prints: `--json` messages of `backup`, snapshots, locks, its version.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -106,19 +106,6 @@ pub fn parse_version(out: &str) -> Option<(u32, u32, u32)> {
     ))
 }
 
-/// An absolute path as a restic exclude pattern matching only itself: restic's
-/// patterns treat `*`, `?`, `[` and `\` specially.
-pub fn exclude_pattern(path: &Path) -> String {
-    let mut pattern = String::new();
-    for c in path.to_string_lossy().chars() {
-        if matches!(c, '*' | '?' | '[' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,16 +145,12 @@ mod tests {
     }
 
     #[test]
-    fn versions_and_exclude_patterns() {
+    fn versions() {
         assert_eq!(
             parse_version("restic 0.14.0 compiled with go1.19.8 on linux/amd64"),
             Some((0, 14, 0))
         );
         assert_eq!(parse_version("restic 0.16.4"), Some((0, 16, 4)));
         assert_eq!(parse_version("garbage"), None);
-        assert_eq!(
-            exclude_pattern(Path::new("/db [1]/x*.pid")),
-            r"/db \[1]/x\*.pid"
-        );
     }
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::Context;
+use dbsnap_backend_api::command::ProcessGroup;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -121,11 +122,7 @@ impl Restic {
 
     /// A local repository's directory (a plain path, or `local:PATH`).
     pub fn local_dir(&self) -> Option<PathBuf> {
-        let path = self
-            .repository
-            .strip_prefix("local:")
-            .unwrap_or(&self.repository);
-        path.starts_with('/').then(|| PathBuf::from(path))
+        local_dir(&self.repository)
     }
 
     /// The restic command line, with its environment, that the user can run by hand
@@ -188,6 +185,19 @@ impl Restic {
         what: &str,
         class: Class,
     ) -> anyhow::Result<String> {
+        let (status, outputs) = self.output(args, input).await?;
+        match status.success() {
+            true => outputs.stdout(),
+            false => Err(self.failure(&outputs.stderr()?, what, class, status)),
+        }
+    }
+
+    /// Run restic to completion, whatever its exit status.
+    async fn output(
+        &self,
+        args: &[&str],
+        input: Option<&[u8]>,
+    ) -> anyhow::Result<(std::process::ExitStatus, Outputs)> {
         tracing::debug!(?args, "restic");
         let mut command = self.command(args);
         let outputs = Outputs::attach(&mut command)?;
@@ -195,14 +205,15 @@ impl Restic {
             command.stdin(Stdio::piped());
         }
         let mut child = command.spawn().map_err(|e| self.not_started(e))?;
+        // Dropped (the run interrupted): restic and the ssh or rclone it started are
+        // killed and gone before anything removes what they were writing.
+        let mut group = ProcessGroup::of(&child);
         if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
             stdin.write_all(input).await.context("writing to restic")?;
         }
         let status = child.wait().await?;
-        match status.success() {
-            true => outputs.stdout(),
-            false => Err(self.failure(&outputs.stderr()?, what, class, status)),
-        }
+        group.disarm();
+        Ok((status, outputs))
     }
 
     fn not_started(&self, e: std::io::Error) -> anyhow::Error {
@@ -227,7 +238,7 @@ impl Restic {
         // restic may quote the repository string: never with a password in it.
         let stderr = &stderr.replace(&self.repository, &repo);
         let said = last_lines(stderr, 4);
-        let lower = stderr.to_lowercase();
+        let lower = self.complaint(stderr);
         let (class, message) = if lower.contains("wrong password") {
             (
                 Class::Repository,
@@ -237,32 +248,20 @@ impl Restic {
                     self.password_file.display()
                 ),
             )
-        } else if lower.contains("is there a repository at the following location")
-            && (lower.contains("no such file")
-                || lower.contains("404")
-                || lower.contains("not found")
-                || lower.contains("does not exist"))
-        {
+        } else if says_missing(&lower) {
             (
                 Class::Repository,
                 format!(
-                    "there is no restic repository at {repo}: create it once with `{}` (dbsnap \
-                     never creates one by itself)",
+                    "there is no restic repository at {repo}: create it once with `dbsnap \
+                     init-repo` (or by hand: `{}`); a backup never creates one",
                     self.by_hand("init")
                 ),
             )
-        } else if [
-            "connection refused",
-            "dial tcp",
-            "no such host",
-            "unable to start the sftp session",
-            "i/o timeout",
-            "network is unreachable",
-            "could not resolve",
-        ]
-        .iter()
-        .any(|s| lower.contains(s))
+        } else if lower.contains("config file already exists")
+            || lower.contains("already initialized")
         {
+            (Class::Repository, already_there(&repo))
+        } else if says_unreachable(&lower) {
             (
                 Class::Repository,
                 format!("the restic repository {repo} cannot be reached: {said}"),
@@ -295,6 +294,16 @@ impl Restic {
         fail(class, format!("{what}: {message}"))
     }
 
+    /// restic's complaint, lower case, without the repository string it echoes: what
+    /// it says is classified by words, and a repository's own text (the port 40425 of
+    /// a REST server, a path holding "not found") must not count as one.
+    fn complaint(&self, stderr: &str) -> String {
+        stderr
+            .replace(&self.repository, "")
+            .replace(&self.shown(), "")
+            .to_lowercase()
+    }
+
     /// restic's version, refused when older than [`MIN_VERSION`].
     pub async fn check_version(&self) -> anyhow::Result<String> {
         let out = self
@@ -319,15 +328,18 @@ impl Restic {
         Ok(format!("{}.{}.{}", version.0, version.1, version.2))
     }
 
-    /// That the repository exists, can be reached and opens with the password.
-    pub async fn check_access(&self) -> anyhow::Result<()> {
-        self.run(
-            &["cat", "config", "--no-lock"],
-            "opening the repository",
-            Class::Repository,
-        )
-        .await
-        .map(drop)
+    /// That the repository exists, can be reached and opens with the password; its id.
+    pub async fn check_access(&self) -> anyhow::Result<String> {
+        let config = self
+            .run(
+                &["cat", "config", "--no-lock"],
+                "opening the repository",
+                Class::Repository,
+            )
+            .await?;
+        let config: serde_json::Value = serde_json::from_str(&config)
+            .with_context(|| format!("reading `restic cat config`: {}", last_lines(&config, 2)))?;
+        Ok(config["id"].as_str().unwrap_or_default().to_string())
     }
 
     /// The snapshots carrying every tag in `tags` written by `host`.
@@ -426,16 +438,47 @@ impl Restic {
         Ok(summary.snapshot_id)
     }
 
-    /// Restore snapshot `id` into `target` (its paths appear below it).
-    pub async fn restore(&self, id: &str, target: &Path) -> anyhow::Result<()> {
+    /// Restore snapshot `id` into `target` (its paths appear below it); with `only`,
+    /// just that path of the snapshot and what is below it.
+    pub async fn restore(
+        &self,
+        id: &str,
+        target: &Path,
+        only: Option<&Path>,
+    ) -> anyhow::Result<()> {
         let target = target.to_string_lossy();
-        self.run(
-            &["restore", "--no-lock", id, "--target", &target],
-            &format!("restoring snapshot {id}"),
-            Class::Transfer,
-        )
-        .await
-        .map(drop)
+        let mut args = vec!["restore", "--no-lock", id, "--target", &target];
+        let include = only.map(|p| format!("--include={}", literal_pattern(p)));
+        args.extend(include.as_deref());
+        self.run(&args, &format!("restoring snapshot {id}"), Class::Transfer)
+            .await
+            .map(drop)
+    }
+
+    /// Whether there is a repository at all: `false` when restic says there is none,
+    /// an error when it cannot tell (unreachable, a wrong password: a repository then).
+    pub async fn exists(&self) -> anyhow::Result<bool> {
+        let (status, outputs) = self.output(&["cat", "config", "--no-lock"], None).await?;
+        if status.success() {
+            return Ok(true);
+        }
+        let stderr = outputs.stderr()?;
+        if says_missing(&self.complaint(&stderr)) {
+            return Ok(false);
+        }
+        Err(self.failure(&stderr, "opening the repository", Class::Repository, status))
+    }
+
+    /// `restic init`: a new repository, encrypted with the password file's password.
+    /// Refuses (before restic writes anything) where a repository exists. Returns the
+    /// new repository's id.
+    pub async fn init(&self) -> anyhow::Result<String> {
+        if self.exists().await? {
+            return Err(fail(Class::Repository, already_there(&self.shown())));
+        }
+        self.run(&["init"], "creating the repository", Class::Repository)
+            .await?;
+        self.check_access().await
     }
 
     /// Forget snapshots by id (their data stays until [`Restic::prune`]).
@@ -506,6 +549,59 @@ impl Outputs {
     }
 }
 
+/// The directory of a local repository string (a plain path, or `local:PATH`).
+pub fn local_dir(repository: &str) -> Option<PathBuf> {
+    let path = repository.strip_prefix("local:").unwrap_or(repository);
+    path.starts_with('/').then(|| PathBuf::from(path))
+}
+
+/// Whether restic's complaint (lower case) says there is no repository at all (and
+/// not that it could not reach the place to look).
+fn says_missing(lower: &str) -> bool {
+    lower.contains("is there a repository at the following location")
+        && (lower.contains("no such file")
+            || lower.contains("404")
+            || lower.contains("not found")
+            || lower.contains("does not exist"))
+        && !says_unreachable(lower)
+}
+
+/// Whether restic's complaint (lower case) says the repository's store cannot be reached.
+fn says_unreachable(lower: &str) -> bool {
+    [
+        "connection refused",
+        "dial tcp",
+        "no such host",
+        "unable to start the sftp session",
+        "i/o timeout",
+        "network is unreachable",
+        "could not resolve",
+    ]
+    .iter()
+    .any(|s| lower.contains(s))
+}
+
+fn already_there(repo: &str) -> String {
+    format!(
+        "there is already a restic repository at {repo}: nothing was changed (dbsnap never \
+         initialises a repository twice). `dbsnap check` says whether it opens with \
+         backup.restic.password_file"
+    )
+}
+
+/// `path` as a restic `--include`/`--exclude` pattern matching exactly it (and what is
+/// below it): restic reads `*`, `?`, `[` and `\` in patterns as wildcards and escapes.
+fn literal_pattern(path: &Path) -> String {
+    let mut pattern = String::new();
+    for c in path.to_string_lossy().chars() {
+        if matches!(c, '*' | '?' | '[' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern
+}
+
 /// Single-quoted for a POSIX shell, for commands printed for the user to run.
 fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
@@ -519,6 +615,34 @@ fn last_lines(text: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_that_cannot_be_reached_is_no_missing_repository() {
+        // As restic 0.14 says it, for a REST server whose port holds "404".
+        let refused = "fatal: unable to open config file: client.head: head \
+                       \"http://127.0.0.1:40425/config\": dial tcp 127.0.0.1:40425: connect: \
+                       connection refused\nis there a repository at the following location?\n";
+        assert!(says_unreachable(refused) && !says_missing(refused));
+        let missing = "fatal: unable to open config file: <config/> does not exist\n\
+                       is there a repository at the following location?\n";
+        assert!(says_missing(missing) && !says_unreachable(missing));
+    }
+
+    #[test]
+    fn include_patterns_match_their_path_literally() {
+        assert_eq!(
+            literal_pattern(Path::new(r"/srv/db[1]/*x?\")),
+            r"/srv/db\[1]/\*x\?\\"
+        );
+        assert_eq!(
+            literal_pattern(Path::new("/db [1]/x*.pid")),
+            r"/db \[1]/x\*.pid"
+        );
+        assert_eq!(
+            literal_pattern(Path::new("/var/lib/mysql")),
+            "/var/lib/mysql"
+        );
+    }
 
     #[test]
     fn commands_for_the_user_are_quoted_and_hold_no_secret() {

@@ -129,12 +129,23 @@ impl Sandbox {
 }
 
 pub fn dbsnap_with(config: &Path, args: &[&str]) -> Output {
-    let out = Command::new(DBSNAP)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
+    logged(Command::new(DBSNAP).arg("--config").arg(config), args)
+}
+
+/// `dbsnap ARGS` with the sandbox's configuration and `path` as PATH.
+pub fn dbsnap_on_path(sb: &Sandbox, path: &str, args: &[&str]) -> Output {
+    logged(
+        Command::new(DBSNAP)
+            .arg("--config")
+            .arg(&sb.config)
+            .env("PATH", path),
+        args,
+    )
+}
+
+/// Run `command` with `args`, its outputs shown in the test's log.
+fn logged(command: &mut Command, args: &[&str]) -> Output {
+    let out = command.args(args).output().unwrap();
     eprintln!(
         "$ dbsnap {}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
         args.join(" "),

@@ -1,6 +1,6 @@
 //! Real restic repositories for the restic destination's tests: a local one, a REST
 //! one served by `rclone serve restic` on 127.0.0.1, and the test's own view of them
-//! through the `restic` command.
+//! through the `restic` command; wrappers that log what dbsnap runs.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -171,5 +171,57 @@ impl RestServer {
 impl Drop for RestServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Wrappers first on PATH that log every call of some programs (one line: the program
+/// and its arguments) and then run the real one, with extra arguments if given.
+pub struct Wrappers {
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Wrappers {
+    /// Wrap each `(program, extra arguments)` in a new directory under `dir`.
+    pub fn new(dir: &Path, programs: &[(&str, &str)]) -> Wrappers {
+        let wrappers = Wrappers {
+            dir: dir.join("wrapped bin"),
+            log: dir.join("wrapped calls.log"),
+        };
+        std::fs::create_dir_all(&wrappers.dir).unwrap();
+        for (program, extra) in programs {
+            let real = which::which(program).unwrap();
+            let script = wrappers.dir.join(program);
+            std::fs::write(
+                &script,
+                format!(
+                    "#!/bin/sh\nprintf '%s\\n' \"{program} $*\" >> '{log}'\nexec '{real}' {extra} \"$@\"\n",
+                    log = wrappers.log.display(),
+                    real = real.display(),
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        wrappers
+    }
+
+    /// PATH with the wrappers first.
+    pub fn path(&self) -> String {
+        format!("{}:{}", self.dir.display(), std::env::var("PATH").unwrap())
+    }
+
+    /// The logged calls of `program` (its arguments), oldest first.
+    pub fn calls(&self, program: &str) -> Vec<String> {
+        let prefix = format!("{program} ");
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .collect()
+    }
+
+    pub fn clear(&self) {
+        let _ = std::fs::remove_file(&self.log);
     }
 }

@@ -24,12 +24,14 @@ pub fn stale<'a>(locks: &'a [Lock], host: &str) -> Vec<&'a Lock> {
 impl ResticRepo {
     /// Release what an interrupted restic left for run `run` (see
     /// [`Resource::ResticRun`]): stop restic if it still runs, remove the stale locks
-    /// it left, forget a backup's files that never got their manifest.
+    /// it left, forget the claim and files of a backup (of the run holding `claim`)
+    /// that never got its manifest.
     pub async fn release_run(
         &self,
         run: &str,
         pid: Option<u32>,
         started_at: DateTime<Utc>,
+        claim: Option<&str>,
     ) -> anyhow::Result<()> {
         if let Some(pid) = pid.filter(|p| is_restic(*p)) {
             stop(pid).await;
@@ -78,7 +80,7 @@ impl ResticRepo {
                 ));
             }
         }
-        self.forget_backup(run, true).await
+        self.forget_unpublished(run, claim).await
     }
 }
 
