@@ -12,7 +12,7 @@ use dbsnap_backend_api::mounts;
 use super::{Backup, Destination, Entry, Partial, ReceivedCopies, ServerFiles};
 use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
-use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::manifest::{Manifest, FILES_DIR, MANIFEST_FILE};
 
 pub struct LocalDir {
     dir: PathBuf,
@@ -215,6 +215,65 @@ impl Destination for LocalDir {
             let dir = self.partial_dir(name);
             Partial::claim(name, dir, journal, |d| std::fs::create_dir(d))
         })
+    }
+
+    /// Only a partial this state directory's journal still records is continued: an
+    /// interrupted run of ours left it (the run lock rules out a live one), while a
+    /// partial here that another state directory's run is filling is never touched.
+    /// Of it, only the server's files are kept (a manifest or checksums written before
+    /// the run was killed are not this backup's).
+    async fn resume_partial(
+        &self,
+        partial: &Partial,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Option<String>> {
+        let left: Vec<String> = journal
+            .entries()
+            .iter()
+            .filter_map(|e| match &e.resource {
+                Resource::Partial { dir }
+                    if dir.parent() == Some(self.dir.as_path()) && dir.is_dir() =>
+                {
+                    let name = dir.file_name()?.to_str()?;
+                    Some(name.strip_suffix(super::PARTIAL_SUFFIX)?.to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        let (Some(newest), older) = super::partial_to_resume(left, &partial.name) else {
+            return Ok(None);
+        };
+        for name in older {
+            let dir = self.partial_dir(&name);
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing {}", dir.display()))?;
+            journal.forget(&Resource::Partial { dir })?;
+        }
+        let from = self.partial_dir(&newest);
+        // rename(2) replaces an empty directory: the claimed partial stays claimed.
+        std::fs::rename(&from, &partial.dir).with_context(|| {
+            format!(
+                "taking over {} as {}",
+                from.display(),
+                partial.dir.display()
+            )
+        })?;
+        journal.forget(&Resource::Partial { dir: from })?;
+        for entry in std::fs::read_dir(&partial.dir)
+            .with_context(|| format!("reading {}", partial.dir.display()))?
+        {
+            let entry = entry?;
+            if entry.file_name() == FILES_DIR {
+                continue;
+            }
+            let path = entry.path();
+            match entry.file_type()?.is_dir() {
+                true => std::fs::remove_dir_all(&path),
+                false => std::fs::remove_file(&path),
+            }
+            .with_context(|| format!("removing {}", path.display()))?;
+        }
+        Ok(Some(newest))
     }
 
     async fn publish(

@@ -104,9 +104,17 @@ impl Checksums {
         }
     }
 
+    /// Write the checksums file into `backup_dir`, durably (file and directory
+    /// synced), like everything else published with it.
     pub fn write(&self, backup_dir: &Path) -> anyhow::Result<()> {
+        use std::io::Write;
         let path = backup_dir.join(CHECKSUMS_FILE);
-        std::fs::write(&path, self.render()).with_context(|| format!("writing {}", path.display()))
+        let written = std::fs::File::create(&path).and_then(|mut file| {
+            file.write_all(self.render().as_bytes())?;
+            file.sync_all()?;
+            std::fs::File::open(backup_dir)?.sync_all()
+        });
+        written.with_context(|| format!("writing {}", path.display()))
     }
 }
 

@@ -114,12 +114,15 @@ pub fn recheck_since(basis: &Basis, resumed_from: Option<&str>) -> Option<System
 }
 
 /// Decide the basis for a new backup in `partial` and, for a reflink basis, seed it.
-/// The base is the newest complete rsync backup of the same datadir (a backup
-/// received from a native stream has no `files/` to build on).
+/// The base is the newest complete file-tree backup of the same datadir (a backup
+/// received from a native stream has no `files/` to build on). A partial taken over
+/// from an interrupted run (`resumed`) is its own seed: what it lacks and is unchanged
+/// is hard-linked from the base (the same rule as [`prepare_remote`]).
 pub async fn prepare(
     dest: &dyn Destination,
     partial: &Path,
     datadir: &Path,
+    resumed: bool,
 ) -> anyhow::Result<Basis> {
     let Some(Backup {
         name: base,
@@ -129,6 +132,12 @@ pub async fn prepare(
     else {
         return Ok(Basis::Full);
     };
+    if resumed {
+        return Ok(Basis::Linked {
+            base,
+            path: previous,
+        });
+    }
     if reflinks_work(&previous, partial).await {
         let seeded = Cmd::new("cp")
             .args(["-a", "--reflink=always"])
