@@ -82,19 +82,15 @@ pub async fn release_all(scope: &Scope<'_>, journal: &mut Journal) -> anyhow::Re
             Ok(Outcome::Kept) => {
                 tracing::info!("kept {what} (run {}) for this backup to continue", entry.run)
             }
-            Ok(outcome) => {
+            Ok(Outcome::Released) => {
                 journal.forget(&entry.resource)?;
-                match outcome {
-                    Outcome::Released => {
-                        tracing::info!("released {what} (run {})", entry.run);
-                        cleaned.released.push(what);
-                    }
-                    Outcome::NothingToRelease(why) => {
-                        tracing::info!("forgot {what} (run {}): {why}", entry.run);
-                        cleaned.nothing_to_release.push(format!("{what}: {why}"));
-                    }
-                    Outcome::Kept => unreachable!("matched above"),
-                }
+                tracing::info!("released {what} (run {})", entry.run);
+                cleaned.released.push(what);
+            }
+            Ok(Outcome::NothingToRelease(why)) => {
+                journal.forget(&entry.resource)?;
+                tracing::info!("forgot {what} (run {}): {why}", entry.run);
+                cleaned.nothing_to_release.push(format!("{what}: {why}"));
             }
             Err(e) => failures.push(format!("{what} (run {}): {e:#}", entry.run)),
         }

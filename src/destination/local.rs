@@ -351,6 +351,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_newest_partial_a_killed_run_left_is_taken_over_with_only_its_files() {
+        let dest = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let lock = crate::journal::RunLock::acquire(state.path()).unwrap();
+        let mut journal = Journal::open(state.path(), &lock).unwrap();
+        let local = LocalDir::new(dest.path());
+        // Two killed runs of this state directory, and another's partial being filled.
+        let mut left = Vec::new();
+        for name in ["20261124T000000Z", "20261125T000000Z"] {
+            let dir = local.partial_dir(name);
+            journal
+                .record(name, Resource::Partial { dir: dir.clone() })
+                .unwrap();
+            std::fs::create_dir_all(dir.join("files/var/lib/mysql")).unwrap();
+            std::fs::write(dir.join("files/var/lib/mysql/ibdata1"), name).unwrap();
+            std::fs::write(dir.join(MANIFEST_FILE), "written before the kill").unwrap();
+            left.push(dir);
+        }
+        let theirs = local.partial_dir("20261125T120000Z");
+        std::fs::create_dir(&theirs).unwrap();
+        let at = "2026-11-26T00:00:00Z".parse().unwrap();
+        let ours = local.create_partial(at, &mut journal).await.unwrap();
+
+        let resumed = local.resume_partial(&ours, &mut journal).await.unwrap();
+        assert_eq!(resumed.as_deref(), Some("20261125T000000Z"));
+        assert_eq!(
+            std::fs::read_to_string(ours.dir.join("files/var/lib/mysql/ibdata1")).unwrap(),
+            "20261125T000000Z"
+        );
+        assert!(!ours.dir.join(MANIFEST_FILE).exists());
+        assert!(!left[0].exists() && !left[1].exists());
+        assert!(theirs.is_dir(), "a partial the journal does not record is not ours");
+        let journaled: Vec<_> = journal.entries().iter().map(|e| &e.resource).collect();
+        assert_eq!(journaled, vec![&Resource::Partial { dir: ours.dir.clone() }]);
+        assert_eq!(local.resume_partial(&ours, &mut journal).await.unwrap(), None);
+    }
+
+    #[tokio::test]
     async fn only_a_directory_whose_manifest_names_it_is_a_backup() {
         let dest = tempfile::tempdir().unwrap();
         std::fs::create_dir(dest.path().join("lost+found")).unwrap();

@@ -5,8 +5,9 @@
 //! line starts with `\`), so the host holding a backup can check it with
 //! `b3sum --check checksums` alone, and `dbsnap verify --checksums` checks it anywhere.
 //!
-//! The checksums are computed while rsync copies, from the frozen snapshot, without a
-//! second unpaced read of it:
+//! dbsnap's own copy engine hashes what it reads as it copies (see
+//! `transfer::local`). With rsync, the checksums are computed while it copies, from
+//! the frozen snapshot, without a second unpaced read of it:
 //! - every file rsync sends is hashed as soon as rsync names it (`--out-format`), while
 //!   its pages are in the cache rsync just filled; the hasher never reads more than
 //!   rsync has reported copied (plus one chunk), so it runs at the copy's pace;
