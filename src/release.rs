@@ -80,7 +80,10 @@ pub async fn release_all(scope: &Scope<'_>, journal: &mut Journal) -> anyhow::Re
         let what = describe(&entry.resource);
         match release_one(scope, &entry.run, &entry.resource).await {
             Ok(Outcome::Kept) => {
-                tracing::info!("kept {what} (run {}) for this backup to continue", entry.run)
+                tracing::info!(
+                    "kept {what} (run {}) for this backup to continue",
+                    entry.run
+                )
             }
             Ok(Outcome::Released) => {
                 journal.forget(&entry.resource)?;

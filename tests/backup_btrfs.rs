@@ -246,7 +246,10 @@ fn a_backup_killed_mid_copy_is_continued_by_the_next_run_from_its_partial() {
     let out = sb.dbsnap(&["backup", "--json"]);
     let log = common::stderr(&out);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains(&format!("resuming the partial backup {killed}")), "{log}");
+    assert!(
+        log.contains(&format!("resuming the partial backup {killed}")),
+        "{log}"
+    );
     let manifest = stdout_json(&out);
     let transfer = &manifest["transfer"];
     assert_eq!(transfer["resumed_from"], killed.as_str(), "{transfer}");

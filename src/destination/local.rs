@@ -245,8 +245,7 @@ impl Destination for LocalDir {
         };
         for name in older {
             let dir = self.partial_dir(&name);
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("removing {}", dir.display()))?;
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
             journal.forget(&Resource::Partial { dir })?;
         }
         let from = self.partial_dir(&newest);
@@ -382,10 +381,21 @@ mod tests {
         );
         assert!(!ours.dir.join(MANIFEST_FILE).exists());
         assert!(!left[0].exists() && !left[1].exists());
-        assert!(theirs.is_dir(), "a partial the journal does not record is not ours");
+        assert!(
+            theirs.is_dir(),
+            "a partial the journal does not record is not ours"
+        );
         let journaled: Vec<_> = journal.entries().iter().map(|e| &e.resource).collect();
-        assert_eq!(journaled, vec![&Resource::Partial { dir: ours.dir.clone() }]);
-        assert_eq!(local.resume_partial(&ours, &mut journal).await.unwrap(), None);
+        assert_eq!(
+            journaled,
+            vec![&Resource::Partial {
+                dir: ours.dir.clone()
+            }]
+        );
+        assert_eq!(
+            local.resume_partial(&ours, &mut journal).await.unwrap(),
+            None
+        );
     }
 
     #[tokio::test]

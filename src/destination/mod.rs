@@ -558,9 +558,14 @@ mod tests {
 
     #[test]
     fn the_newest_partial_named_like_a_backup_is_resumed_and_older_ones_go() {
-        let left = ["20261125T000000Z", "mine", "20261126T000000Z", "20261127T000000Z"]
-            .map(String::from)
-            .to_vec();
+        let left = [
+            "20261125T000000Z",
+            "mine",
+            "20261126T000000Z",
+            "20261127T000000Z",
+        ]
+        .map(String::from)
+        .to_vec();
         let (newest, older) = partial_to_resume(left, "20261127T000000Z");
         assert_eq!(newest.as_deref(), Some("20261126T000000Z"));
         assert_eq!(older, vec!["20261125T000000Z".to_string()]);

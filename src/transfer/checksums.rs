@@ -289,7 +289,9 @@ pub struct HashStats {
 const MIN_AFTER_RATE: u64 = 32 << 20;
 
 /// After the copy: every stored file under `roots` (snapshot side, stored path) that
-/// the hasher did not see keeps the base's checksum, or is hashed at `rate`.
+/// the hasher did not see takes the checksum of another name of the same file that it
+/// did see (rsync links a hard-linked file's further names instead of sending them),
+/// else keeps the base's checksum, else is hashed at `rate`.
 fn hash_the_rest(
     roots: &[(PathBuf, PathBuf)],
     excludes: &[Vec<PathBuf>],
@@ -297,8 +299,8 @@ fn hash_the_rest(
     base: Option<&Checksums>,
     rate: u64,
 ) -> anyhow::Result<HashStats> {
-    let mut reader = Reader::new(Pace::Rate(rate));
-    let mut reused = 0;
+    use std::os::unix::fs::MetadataExt;
+    let mut files = Vec::new();
     for ((from, stored), exclude) in roots.iter().zip(excludes) {
         for entry in walkdir::WalkDir::new(from).same_file_system(true) {
             let entry = entry.with_context(|| format!("walking {}", from.display()))?;
@@ -309,19 +311,37 @@ fn hash_the_rest(
             if exclude.iter().any(|x| relative.starts_with(x)) {
                 continue;
             }
+            let meta = entry
+                .metadata()
+                .with_context(|| format!("reading {}", entry.path().display()))?;
+            let inode = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
             let path = stored.join(relative);
-            if hashed.contains_key(&path) {
-                continue;
-            }
-            let hash = match base.and_then(|b| b.0.get(&path)) {
-                Some(hash) => {
-                    reused += 1;
-                    hash.clone()
-                }
-                None => reader.hash(entry.path())?,
-            };
-            hashed.insert(path, hash);
+            files.push((entry.into_path(), path, inode));
         }
+    }
+    let mut by_inode: std::collections::HashMap<(u64, u64), String> = files
+        .iter()
+        .filter_map(|(_, path, inode)| Some(((*inode)?, hashed.get(path)?.clone())))
+        .collect();
+    let mut reader = Reader::new(Pace::Rate(rate));
+    let mut reused = 0;
+    for (source, path, inode) in files {
+        if hashed.contains_key(&path) {
+            continue;
+        }
+        let seen = inode.and_then(|i| by_inode.get(&i)).cloned();
+        let hash = match (seen, base.and_then(|b| b.0.get(&path))) {
+            (Some(hash), _) => hash,
+            (None, Some(hash)) => {
+                reused += 1;
+                hash.clone()
+            }
+            (None, None) => reader.hash(&source)?,
+        };
+        if let Some(i) = inode {
+            by_inode.insert(i, hash.clone());
+        }
+        hashed.insert(path, hash);
     }
     Ok(HashStats {
         during_copy: 0,

@@ -149,9 +149,7 @@ async fn copy(
         exclude: vec!["db.pid".into()],
     };
     std::fs::create_dir_all(&item.to).unwrap();
-    let base_checksums = basis
-        .base_path()
-        .and_then(|b| Checksums::read(b).unwrap());
+    let base_checksums = basis.base_path().and_then(|b| Checksums::read(b).unwrap());
     let throttle = Arc::new(Throttle::new(0));
     let job = TreeJob {
         items: vec![item],
@@ -191,6 +189,18 @@ async fn both_engines_make_the_same_tree_and_checksums_full_incremental_and_resu
             compress: None,
         }),
     ];
+    // The next snapshot: one file rewritten, one new, one gone.
+    let moved = dir.path().join("snapshot-2");
+    assert!(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&snapshot)
+        .arg(&moved)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::write(moved.join("bank/accounts.ibd"), vec![3u8; 400_000]).unwrap();
+    std::fs::write(moved.join("new.frm"), b"new").unwrap();
+    std::fs::remove_file(moved.join("empty")).unwrap();
     // The base of each engine's incremental is named as if it started an hour after
     // the snapshot's files were written: they are trusted on the quick check.
     let base_name = started(SystemTime::now() + Duration::from_secs(3600));
@@ -210,18 +220,6 @@ async fn both_engines_make_the_same_tree_and_checksums_full_incremental_and_resu
             full_copy.stats.bytes_written,
         )];
 
-        // The snapshot moves on (in a copy of it: the other engine needs the first).
-        let moved = root.join("snapshot-2");
-        assert!(std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&snapshot)
-            .arg(&moved)
-            .status()
-            .unwrap()
-            .success());
-        std::fs::write(moved.join("bank/accounts.ibd"), vec![3u8; 400_000]).unwrap();
-        std::fs::write(moved.join("new.frm"), b"new").unwrap();
-        std::fs::remove_file(moved.join("empty")).unwrap();
         let linked = Basis::Linked {
             base: base_name.clone(),
             path: full.clone(),
@@ -272,13 +270,20 @@ async fn both_engines_make_the_same_tree_and_checksums_full_incremental_and_resu
         )
         .await;
         assert_eq!(resumed.checksums, snapshot_checksums(&snapshot), "{name}");
-        steps.push((describe(&files), resumed.checksums, resumed.stats.bytes_written));
+        steps.push((
+            describe(&files),
+            resumed.checksums,
+            resumed.stats.bytes_written,
+        ));
         results.push(steps);
     }
     let source = without_pid(describe(&snapshot));
     let (local, rsync) = (&results[0], &results[1]);
     assert_eq!(local[0].0, source, "the engine's full copy is the snapshot");
-    assert_eq!(local[2].0, source, "the engine's resumed copy is the snapshot");
+    assert_eq!(
+        local[2].0, source,
+        "the engine's resumed copy is the snapshot"
+    );
     for (step, (ours, theirs)) in ["full", "incremental", "resumed"]
         .iter()
         .zip(local.iter().zip(rsync))

@@ -32,11 +32,6 @@ pub enum Basis {
 }
 
 impl Basis {
-    /// The transfer method recorded in the manifest, for rsync.
-    pub fn method(&self) -> TransferMethod {
-        self.method_with(Engine::Rsync)
-    }
-
     /// The transfer method recorded in the manifest, for the engine that copies.
     pub fn method_with(&self, engine: Engine) -> TransferMethod {
         match (engine, self) {
@@ -270,14 +265,14 @@ mod tests {
 
     #[test]
     fn methods_and_bases() {
-        assert_eq!(Basis::Full.method().as_str(), "rsync");
+        assert_eq!(Basis::Full.method_with(Engine::Rsync).as_str(), "rsync");
         assert_eq!(Basis::Full.base(), None);
         let r = Basis::Reflinked {
             base: "20261125T000000Z".into(),
             path: "/b/20261125T000000Z".into(),
         };
         assert_eq!(
-            (r.method().as_str(), r.base().as_deref()),
+            (r.method_with(Engine::Rsync).as_str(), r.base().as_deref()),
             ("rsync+reflink", Some("20261125T000000Z"))
         );
     }

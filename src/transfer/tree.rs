@@ -354,8 +354,13 @@ impl TreeCopy for RsyncEngine<'_> {
             remote: rsync_remote.as_ref(),
             recheck_since: job.recheck_since,
         };
-        let copying =
-            checksums::copy_and_hash(&job.items, options, job.partial, base_checksums, job.progress);
+        let copying = checksums::copy_and_hash(
+            &job.items,
+            options,
+            job.partial,
+            base_checksums,
+            job.progress,
+        );
         let (stats, checksums, hashing) = tokio::select! {
             copied = copying => copied?,
             never = writeback::flush_every(job.partial, writeback::EVERY), if rsync_remote.is_none() => never,

@@ -1,5 +1,5 @@
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 
 use super::*;
