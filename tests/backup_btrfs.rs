@@ -224,10 +224,11 @@ fn a_backup_killed_mid_copy_is_continued_by_the_next_run_from_its_partial() {
             "{text}{extra}\n[hooks]\npost_snapshot = [{hook:?}]\n"
         ));
     };
-    config("bwlimit = \"4MiB\"\n");
+    // Killed with about 40 % of the ~160 MiB copied.
+    config("bwlimit = \"8MiB\"\n");
     let mut child = start_slow_backup(&sb);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while bytes_in_partials(&sb) < 24 << 20 && std::time::Instant::now() < deadline {
+    while bytes_in_partials(&sb) < 64 << 20 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     child.kill().unwrap();
