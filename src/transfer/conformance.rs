@@ -174,6 +174,9 @@ fn started(at: SystemTime) -> String {
         .to_string()
 }
 
+/// What one backup of the test made: its tree, its checksums, the bytes it wrote.
+type Step = (BTreeMap<PathBuf, String>, Checksums, u64);
+
 /// Each engine's result for the same three backups, checked against the snapshot.
 #[tokio::test]
 async fn both_engines_make_the_same_tree_and_checksums_full_incremental_and_resumed() {
@@ -204,7 +207,7 @@ async fn both_engines_make_the_same_tree_and_checksums_full_incremental_and_resu
     // The base of each engine's incremental is named as if it started an hour after
     // the snapshot's files were written: they are trusted on the quick check.
     let base_name = started(SystemTime::now() + Duration::from_secs(3600));
-    let mut results: Vec<Vec<(BTreeMap<PathBuf, String>, Checksums, u64)>> = Vec::new();
+    let mut results: Vec<Vec<Step>> = Vec::new();
     for engine in &engines {
         let name = match engine.engine() {
             Engine::Local => "local",

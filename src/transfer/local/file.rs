@@ -108,7 +108,7 @@ fn read_hashed(
 
 /// Hash `n` zero bytes (a hole), counted as progress.
 fn hash_zeros(hasher: &mut blake3::Hasher, n: u64, shared: &Shared) {
-    const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
     let mut left = n;
     while left > 0 {
         let step = left.min(ZEROS.len() as u64);
