@@ -171,3 +171,55 @@ fn a_cancelled_copy_stops_with_an_error() {
     let e = run(&r).unwrap_err();
     assert!(e.to_string().contains("cancelled"), "{e:#}");
 }
+
+#[test]
+fn a_file_changed_within_the_bases_second_is_compared_and_gets_the_snapshots_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let (from, to) = (dir.path().join("src"), dir.path().join("partial/files"));
+    std::fs::create_dir_all(&from).unwrap();
+    std::fs::create_dir_all(&to).unwrap();
+    let base_started = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    let write = |path: PathBuf, bytes: &[u8], at: std::time::SystemTime| {
+        std::fs::write(&path, bytes).unwrap();
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+    };
+    // Rewritten after the base's snapshot within the same second: size and time as the
+    // seed's copy, other bytes. `old.ibd` was last written long before.
+    let tick = base_started + std::time::Duration::from_millis(300);
+    let long_ago = base_started - std::time::Duration::from_secs(3600);
+    let (stale, fresh) = (
+        b"page written before the base",
+        b"PAGE WRITTEN AFTER THE BASE!",
+    );
+    write(to.join("changed.ibd"), stale, tick);
+    write(from.join("changed.ibd"), fresh, tick);
+    write(to.join("old.ibd"), b"unchanged", long_ago);
+    write(from.join("old.ibd"), b"unchanged", long_ago);
+    let hash = |b: &[u8]| blake3::hash(b).to_hex().to_string();
+    let mut r = request(&from, &to, Seed::Reflinked, Arc::new(Fsync));
+    r.recheck_since = Some(base_started - std::time::Duration::from_secs(2));
+    r.base_checksums = Some(Checksums(BTreeMap::from([
+        (PathBuf::from("files/changed.ibd"), hash(stale)),
+        (PathBuf::from("files/old.ibd"), hash(b"unchanged")),
+    ])));
+
+    let moved = run(&r).unwrap();
+    assert_eq!(std::fs::read(to.join("changed.ibd")).unwrap(), fresh);
+    assert_eq!(
+        moved.checksums,
+        BTreeMap::from([
+            (PathBuf::from("files/changed.ibd"), hash(fresh)),
+            (PathBuf::from("files/old.ibd"), hash(b"unchanged")),
+        ]),
+        "the rechecked file has the snapshot's checksum, never the base's"
+    );
+    assert_eq!(
+        moved.checksums_kept, 1,
+        "only old.ibd kept the base's checksum"
+    );
+}
