@@ -23,6 +23,10 @@ pub struct Scope<'a> {
     pub backends: &'a dyn Backends,
     /// `[backup]`, to open the restic repository a journaled restic run worked on.
     pub backup: Option<&'a BackupConfig>,
+    /// Leave journaled local partial backups as they are (and in the journal): at the
+    /// start of a backup, which continues the newest (see
+    /// [`crate::destination::Destination::resume_partial`]).
+    pub keep_partials: bool,
 }
 
 impl<'a> Scope<'a> {
@@ -32,6 +36,16 @@ impl<'a> Scope<'a> {
             dest: config.backup.as_ref().map(|b| b.dest.as_path()),
             backends: &config.snapshot,
             backup: config.backup.as_ref(),
+            keep_partials: false,
+        }
+    }
+
+    /// [`Scope::of`] for the start of a backup: a partial backup a killed run left
+    /// stays for this backup to continue.
+    pub fn keeping_partials(config: &'a Config) -> Scope<'a> {
+        Scope {
+            keep_partials: true,
+            ..Scope::of(config)
         }
     }
 }
@@ -49,6 +63,8 @@ enum Outcome {
     Released,
     /// Nothing to release; the entry is dropped. Why, for the report.
     NothingToRelease(&'static str),
+    /// Left as it is, and in the journal ([`Scope::keep_partials`]).
+    Kept,
 }
 
 /// Release every journaled resource, newest first (a partial copy before its mount,
@@ -63,18 +79,21 @@ pub async fn release_all(scope: &Scope<'_>, journal: &mut Journal) -> anyhow::Re
     for entry in journal.entries().to_vec().into_iter().rev() {
         let what = describe(&entry.resource);
         match release_one(scope, &entry.run, &entry.resource).await {
-            Ok(outcome) => {
+            Ok(Outcome::Kept) => {
+                tracing::info!(
+                    "kept {what} (run {}) for this backup to continue",
+                    entry.run
+                )
+            }
+            Ok(Outcome::Released) => {
                 journal.forget(&entry.resource)?;
-                match outcome {
-                    Outcome::Released => {
-                        tracing::info!("released {what} (run {})", entry.run);
-                        cleaned.released.push(what);
-                    }
-                    Outcome::NothingToRelease(why) => {
-                        tracing::info!("forgot {what} (run {}): {why}", entry.run);
-                        cleaned.nothing_to_release.push(format!("{what}: {why}"));
-                    }
-                }
+                tracing::info!("released {what} (run {})", entry.run);
+                cleaned.released.push(what);
+            }
+            Ok(Outcome::NothingToRelease(why)) => {
+                journal.forget(&entry.resource)?;
+                tracing::info!("forgot {what} (run {}): {why}", entry.run);
+                cleaned.nothing_to_release.push(format!("{what}: {why}"));
             }
             Err(e) => failures.push(format!("{what} (run {}): {e:#}", entry.run)),
         }
@@ -244,6 +263,9 @@ async fn release_one(scope: &Scope<'_>, run: &str, resource: &Resource) -> anyho
             check_partial(scope, dir)?;
             if !dir.exists() {
                 return Ok(Outcome::NothingToRelease("it was never created"));
+            }
+            if scope.keep_partials {
+                return Ok(Outcome::Kept);
             }
             crate::destination::local::remove_dir(dir, scope.backends).await?;
             Ok(Outcome::Released)

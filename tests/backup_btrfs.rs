@@ -188,6 +188,114 @@ fn sigkill_while_copying_then_cleanup_releases_everything() {
     assert_eq!(sb.backups().len(), 2);
 }
 
+/// Bytes of the files in the destination's partial directories.
+fn bytes_in_partials(sb: &Sandbox) -> u64 {
+    std::fs::read_dir(&sb.dest)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .flat_map(|e| walkdir::WalkDir::new(e.path()).into_iter().flatten())
+        .filter(|f| f.file_type().is_file())
+        .map(|f| f.metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn a_backup_killed_mid_copy_is_continued_by_the_next_run_from_its_partial() {
+    let sb = Sandbox::new();
+    bank::create(&sb.server);
+    bank::add_filler(&sb.server, 48);
+    // The snapshot's BLAKE3 sums, taken by a hook, for the resumed backup's checksums.
+    let hook = sb.dir.path().join("snapshot-b3sums.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nset -e\ncd \"$DBSNAP_SNAPSHOT_PATH\"\nfind . -type f ! -name '*.pid' -print0 \
+             | xargs -0 -r b3sum > \"{}/$DBSNAP_NAME.b3sums\"\n",
+            sb.dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = |extra: &str| {
+        sb.write_config("");
+        let text = std::fs::read_to_string(&sb.config).unwrap();
+        sb.write_raw_config(&format!(
+            "{text}{extra}\n[hooks]\npost_snapshot = [{hook:?}]\n"
+        ));
+    };
+    // Killed with about 40 % of the ~160 MiB copied.
+    config("bwlimit = \"8MiB\"\n");
+    let mut child = start_slow_backup(&sb);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while bytes_in_partials(&sb) < 64 << 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let copied_before = bytes_in_partials(&sb);
+    let killed: Vec<String> = std::fs::read_dir(&sb.dest)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(killed.len(), 1, "{killed:?}");
+    let killed = killed[0].strip_suffix(".partial").unwrap().to_string();
+    assert!(sb.backups().is_empty(), "a partial is never published");
+
+    config("");
+    let out = sb.dbsnap(&["backup", "--json"]);
+    let log = common::stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains(&format!("resuming the partial backup {killed}")),
+        "{log}"
+    );
+    let manifest = stdout_json(&out);
+    let transfer = &manifest["transfer"];
+    assert_eq!(transfer["resumed_from"], killed.as_str(), "{transfer}");
+    let (bytes, written) = (
+        transfer["bytes"].as_u64().unwrap(),
+        transfer["bytes_written"].as_u64().unwrap(),
+    );
+    eprintln!(
+        "killed after {copied_before} bytes; the resumed run wrote {written} of {bytes} bytes"
+    );
+    assert!(
+        written + copied_before / 2 < bytes,
+        "the resumed run wrote {written} of {bytes} bytes although the partial held {copied_before}"
+    );
+
+    // Byte-identical to its own snapshot: the checksums file is b3sum of the snapshot,
+    // and the stored files match it.
+    let name = manifest["name"].as_str().unwrap();
+    let datadir = std::path::Path::new(manifest["server"]["datadir"].as_str().unwrap());
+    let prefix = std::path::Path::new("files").join(datadir.strip_prefix("/").unwrap());
+    let by_path = |text: &str, prefix: &std::path::Path| -> Vec<(std::path::PathBuf, String)> {
+        let mut lines: Vec<_> = text
+            .lines()
+            .filter_map(|l| {
+                let (hash, path) = l.split_once("  ").unwrap();
+                let path = std::path::Path::new(path).strip_prefix(prefix).ok()?;
+                Some((path.to_path_buf(), hash.to_string()))
+            })
+            .collect();
+        lines.sort();
+        lines
+    };
+    let backup = std::path::PathBuf::from(manifest["path"].as_str().unwrap());
+    let recorded = std::fs::read_to_string(backup.join("checksums")).unwrap();
+    let snapshot = std::fs::read_to_string(sb.dir.path().join(format!("{name}.b3sums"))).unwrap();
+    assert_eq!(
+        by_path(&recorded, &prefix),
+        by_path(&snapshot, std::path::Path::new("."))
+    );
+    let verified = sb.dbsnap(&["verify", "--checksums", name]);
+    assert!(verified.status.success(), "{}", common::stderr(&verified));
+    assert_eq!(sb.backups(), vec![backup]);
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+}
+
 #[test]
 fn sigterm_while_copying_cleans_up_and_exits_130() {
     let sb = Sandbox::new();

@@ -1,10 +1,13 @@
 //! Incremental backups: each backup is built from the previous one and only what changed
 //! is written, the previous backup is never modified, every backup holds exactly the
 //! snapshot's bytes (checksums of every file, taken from the snapshot itself by a
-//! `post_snapshot` hook), and every backup restores on its own.
+//! `post_snapshot` hook), its `checksums` file records exactly the snapshot's BLAKE3
+//! sums (`b3sum` of the snapshot, by the same hook), and every backup restores on its
+//! own.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,6 +35,8 @@ fn checksums(dir: &Path) -> String {
 /// Checksums of every regular file below the current directory but pid files, by
 /// relative path: run in the snapshot (by the hook) and in the backup.
 const CHECKSUMS: &str = "find . -type f ! -name '*.pid' -print0 | sort -z | xargs -0 -r sha256sum";
+/// The same files' BLAKE3 sums, as the backup's `checksums` file records them.
+const B3SUMS: &str = "find . -type f ! -name '*.pid' -print0 | sort -z | xargs -0 -r b3sum";
 
 fn use_dest(sb: &Sandbox, dest: &Path, extra_backup: &str) {
     std::fs::create_dir_all(dest).unwrap();
@@ -41,8 +46,9 @@ fn use_dest(sb: &Sandbox, dest: &Path, extra_backup: &str) {
     std::fs::write(
         &hook,
         format!(
-            "#!/bin/sh\nset -e\ncd \"$DBSNAP_SNAPSHOT_PATH\"\n{CHECKSUMS} > \"{}/$DBSNAP_NAME.sums\"\n",
-            sb.dir.path().display()
+            "#!/bin/sh\nset -e\ncd \"$DBSNAP_SNAPSHOT_PATH\"\n{CHECKSUMS} > \"{dir}/$DBSNAP_NAME.sums\"\n\
+             {B3SUMS} > \"{dir}/$DBSNAP_NAME.b3sums\"\n",
+            dir = sb.dir.path().display()
         ),
     )
     .unwrap();
@@ -53,7 +59,34 @@ fn use_dest(sb: &Sandbox, dest: &Path, extra_backup: &str) {
     ));
 }
 
-/// The backup holds exactly the bytes of the snapshot it was copied from.
+/// `HASH  PATH` lines (b3sum's output, or a `checksums` file) by path.
+fn by_path(text: &str) -> BTreeMap<PathBuf, String> {
+    text.lines()
+        .map(|l| {
+            let (hash, path) = l.split_once("  ").unwrap();
+            (PathBuf::from(path), hash.to_string())
+        })
+        .collect()
+}
+
+/// The backup's `checksums` file, for the datadir's files, by path relative to the
+/// datadir (as `b3sum` run there names them).
+fn recorded_datadir_checksums(manifest: &serde_json::Value) -> BTreeMap<PathBuf, String> {
+    let datadir = Path::new(manifest["server"]["datadir"].as_str().unwrap());
+    let prefix = Path::new("files").join(datadir.strip_prefix("/").unwrap());
+    let backup = Path::new(manifest["path"].as_str().unwrap());
+    let text = std::fs::read_to_string(backup.join("checksums")).unwrap();
+    by_path(&text)
+        .into_iter()
+        .filter_map(|(path, hash)| {
+            let relative = path.strip_prefix(&prefix).ok()?;
+            Some((Path::new(".").join(relative), hash))
+        })
+        .collect()
+}
+
+/// The backup holds exactly the bytes of the snapshot it was copied from, and its
+/// `checksums` file says so.
 fn assert_identical_to_its_snapshot(sb: &Sandbox, manifest: &serde_json::Value) {
     let name = manifest["name"].as_str().unwrap();
     let snapshot = std::fs::read_to_string(sb.dir.path().join(format!("{name}.sums"))).unwrap();
@@ -80,6 +113,39 @@ fn assert_identical_to_its_snapshot(sb: &Sandbox, manifest: &serde_json::Value) 
             .collect::<Vec<_>>()
             .join("\n")
     );
+    let b3sum = std::fs::read_to_string(sb.dir.path().join(format!("{name}.b3sums"))).unwrap();
+    assert_eq!(
+        recorded_datadir_checksums(manifest),
+        by_path(&b3sum),
+        "backup {name}'s checksums file differs from b3sum of its snapshot"
+    );
+}
+
+/// A flipped byte in a stored file of the newest backup: `verify --checksums` names
+/// it and exits 11, while the backup before it still verifies.
+fn assert_a_flipped_byte_is_found(sb: &Sandbox, manifests: &[serde_json::Value]) {
+    let (older, newest) = (&manifests[0], manifests.last().unwrap());
+    for m in [older, newest] {
+        let out = sb.dbsnap(&["verify", "--checksums", m["name"].as_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let victim = walkdir::WalkDir::new(Path::new(newest["path"].as_str().unwrap()).join("files"))
+        .into_iter()
+        .flatten()
+        .find(|e| e.file_name() == "ibdata1")
+        .unwrap()
+        .into_path();
+    let mut data = std::fs::read(&victim).unwrap();
+    data[100] ^= 0xff;
+    // Not in place: the file may share its inode (a hard link) or extents with the
+    // backup before it.
+    std::fs::remove_file(&victim).unwrap();
+    std::fs::write(&victim, data).unwrap();
+    let out = sb.dbsnap(&["verify", "--checksums", newest["name"].as_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(11), "{}", stderr(&out));
+    assert!(stderr(&out).contains("ibdata1"), "{}", stderr(&out));
+    let out = sb.dbsnap(&["verify", "--checksums", older["name"].as_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 /// Take `n` backups under write load; after each, check that the earlier ones are
@@ -161,6 +227,7 @@ fn reflink_chain_writes_only_changed_blocks() {
         );
     }
     restore_and_check(&sb, manifests.last().unwrap());
+    assert_a_flipped_byte_is_found(&sb, &manifests);
 }
 
 #[test]
@@ -187,6 +254,7 @@ fn link_dest_chain_without_reflinks_and_a_deleted_base() {
     assert_identical_to_its_snapshot(&sb, &next);
     assert_eq!(next["transfer"]["base"], manifests[1]["name"]);
     restore_and_check(&sb, &next);
+    assert_a_flipped_byte_is_found(&sb, &[manifests[0].clone(), next]);
 }
 
 #[test]

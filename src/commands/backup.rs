@@ -21,7 +21,7 @@ pub async fn run(
     let copy = CopyPlan::new(config.backup()?, &config.state_dir)?;
     let plan = Plan::new(config, force)?;
     let backend = backends::open(&config.snapshot)?;
-    let (_lock, mut journal) = super::start_run(config).await?;
+    let (_lock, mut journal) = super::start_backup_run(config).await?;
     let before = published(copy.dest.as_ref()).await;
 
     let outcome = super::until_signal(orchestrator::backup(

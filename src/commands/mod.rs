@@ -44,12 +44,26 @@ pub async fn until_signal<T>(work: impl Future<Output = anyhow::Result<T>>) -> a
 /// released first: how every command that creates resources starts. Keep the lock
 /// for as long as the journal is used.
 pub async fn start_run(config: &Config) -> anyhow::Result<(RunLock, Journal)> {
+    start_with(config, release::Scope::of(config)).await
+}
+
+/// [`start_run`] for a backup: a partial backup that a killed run left in the
+/// destination stays (journaled) for this backup to continue; `dbsnap cleanup`, or a
+/// run that fails, removes it.
+pub async fn start_backup_run(config: &Config) -> anyhow::Result<(RunLock, Journal)> {
+    start_with(config, release::Scope::keeping_partials(config)).await
+}
+
+async fn start_with(
+    config: &Config,
+    scope: release::Scope<'_>,
+) -> anyhow::Result<(RunLock, Journal)> {
     let lock = RunLock::acquire(&config.state_dir)?;
     let mut journal = Journal::open(&config.state_dir, &lock)?;
     crate::ssh::session::remove_stale_sockets(&config.state_dir);
     if !journal.entries().is_empty() {
         tracing::warn!("an earlier run was interrupted; releasing what it left first");
-        release::release_all(&release::Scope::of(config), &mut journal).await?;
+        release::release_all(&scope, &mut journal).await?;
     }
     release::release_expired(&config.state_dir, &config.snapshot).await?;
     Ok((lock, journal))

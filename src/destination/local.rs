@@ -12,7 +12,7 @@ use dbsnap_backend_api::mounts;
 use super::{Backup, Destination, Entry, Partial, ReceivedCopies, ServerFiles};
 use crate::error::{fail, Class};
 use crate::journal::{Journal, Resource};
-use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::manifest::{Manifest, FILES_DIR, MANIFEST_FILE};
 
 pub struct LocalDir {
     dir: PathBuf,
@@ -217,6 +217,64 @@ impl Destination for LocalDir {
         })
     }
 
+    /// Only a partial this state directory's journal still records is continued: an
+    /// interrupted run of ours left it (the run lock rules out a live one), while a
+    /// partial here that another state directory's run is filling is never touched.
+    /// Of it, only the server's files are kept (a manifest or checksums written before
+    /// the run was killed are not this backup's).
+    async fn resume_partial(
+        &self,
+        partial: &Partial,
+        journal: &mut Journal,
+    ) -> anyhow::Result<Option<String>> {
+        let left: Vec<String> = journal
+            .entries()
+            .iter()
+            .filter_map(|e| match &e.resource {
+                Resource::Partial { dir }
+                    if dir.parent() == Some(self.dir.as_path()) && dir.is_dir() =>
+                {
+                    let name = dir.file_name()?.to_str()?;
+                    Some(name.strip_suffix(super::PARTIAL_SUFFIX)?.to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        let (Some(newest), older) = super::partial_to_resume(left, &partial.name) else {
+            return Ok(None);
+        };
+        for name in older {
+            let dir = self.partial_dir(&name);
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            journal.forget(&Resource::Partial { dir })?;
+        }
+        let from = self.partial_dir(&newest);
+        // rename(2) replaces an empty directory: the claimed partial stays claimed.
+        std::fs::rename(&from, &partial.dir).with_context(|| {
+            format!(
+                "taking over {} as {}",
+                from.display(),
+                partial.dir.display()
+            )
+        })?;
+        journal.forget(&Resource::Partial { dir: from })?;
+        for entry in std::fs::read_dir(&partial.dir)
+            .with_context(|| format!("reading {}", partial.dir.display()))?
+        {
+            let entry = entry?;
+            if entry.file_name() == FILES_DIR {
+                continue;
+            }
+            let path = entry.path();
+            match entry.file_type()?.is_dir() {
+                true => std::fs::remove_dir_all(&path),
+                false => std::fs::remove_file(&path),
+            }
+            .with_context(|| format!("removing {}", path.display()))?;
+        }
+        Ok(Some(newest))
+    }
+
     async fn publish(
         &self,
         partial: Partial,
@@ -289,6 +347,55 @@ mod tests {
         let journaled: Vec<_> = journal.entries().iter().map(|e| &e.resource).collect();
         assert_eq!(journaled, vec![&Resource::Partial { dir: ours.dir }]);
         assert!(theirs.is_dir());
+    }
+
+    #[tokio::test]
+    async fn the_newest_partial_a_killed_run_left_is_taken_over_with_only_its_files() {
+        let dest = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let lock = crate::journal::RunLock::acquire(state.path()).unwrap();
+        let mut journal = Journal::open(state.path(), &lock).unwrap();
+        let local = LocalDir::new(dest.path());
+        // Two killed runs of this state directory, and another's partial being filled.
+        let mut left = Vec::new();
+        for name in ["20261124T000000Z", "20261125T000000Z"] {
+            let dir = local.partial_dir(name);
+            journal
+                .record(name, Resource::Partial { dir: dir.clone() })
+                .unwrap();
+            std::fs::create_dir_all(dir.join("files/var/lib/mysql")).unwrap();
+            std::fs::write(dir.join("files/var/lib/mysql/ibdata1"), name).unwrap();
+            std::fs::write(dir.join(MANIFEST_FILE), "written before the kill").unwrap();
+            left.push(dir);
+        }
+        let theirs = local.partial_dir("20261125T120000Z");
+        std::fs::create_dir(&theirs).unwrap();
+        let at = "2026-11-26T00:00:00Z".parse().unwrap();
+        let ours = local.create_partial(at, &mut journal).await.unwrap();
+
+        let resumed = local.resume_partial(&ours, &mut journal).await.unwrap();
+        assert_eq!(resumed.as_deref(), Some("20261125T000000Z"));
+        assert_eq!(
+            std::fs::read_to_string(ours.dir.join("files/var/lib/mysql/ibdata1")).unwrap(),
+            "20261125T000000Z"
+        );
+        assert!(!ours.dir.join(MANIFEST_FILE).exists());
+        assert!(!left[0].exists() && !left[1].exists());
+        assert!(
+            theirs.is_dir(),
+            "a partial the journal does not record is not ours"
+        );
+        let journaled: Vec<_> = journal.entries().iter().map(|e| &e.resource).collect();
+        assert_eq!(
+            journaled,
+            vec![&Resource::Partial {
+                dir: ours.dir.clone()
+            }]
+        );
+        assert_eq!(
+            local.resume_partial(&ours, &mut journal).await.unwrap(),
+            None
+        );
     }
 
     #[tokio::test]

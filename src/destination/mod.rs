@@ -152,6 +152,27 @@ pub fn classify(
 /// What a partial directory's name ends with.
 pub const PARTIAL_SUFFIX: &str = ".partial";
 
+/// What [`names_for`] makes: `YYYYMMDDTHHMMSSZ` or `...Z.N`.
+pub fn looks_like_a_backup_name(name: &str) -> bool {
+    let (stamp, n) = name.split_once('.').unwrap_or((name, "0"));
+    stamp.len() == 16
+        && stamp.ends_with('Z')
+        && stamp.as_bytes()[8] == b'T'
+        && n.chars().all(|c| c.is_ascii_digit())
+}
+
+/// The one rule for which partial an interrupted run left a new backup (`ours`)
+/// continues, for every destination and both tree engines: of the partials `left`
+/// (their backup names), the newest named as dbsnap names backups. Returns it and the
+/// older ones, which the destination deletes (the newest holds at least what they
+/// hold of the server's files, as of a later snapshot).
+pub fn partial_to_resume(mut left: Vec<String>, ours: &str) -> (Option<String>, Vec<String>) {
+    left.retain(|n| n != ours && looks_like_a_backup_name(n));
+    left.sort();
+    let newest = left.pop();
+    (newest, left)
+}
+
 /// A backup being written: created by [`Destination::create_partial`], published by
 /// [`Destination::publish`].
 #[derive(Debug, Clone, PartialEq)]
@@ -293,10 +314,11 @@ pub trait Destination: Send + Sync {
     ) -> anyhow::Result<Partial>;
 
     /// Fill the freshly claimed `partial` with the newest partial an interrupted run
-    /// left here (so that the transfer continues it), and say which run it was. Only
-    /// destinations that keep a cut-off partial for resuming have one (ssh: a transfer
-    /// over the network is the one worth resuming); a local partial is removed by
-    /// cleanup.
+    /// left here (chosen by [`partial_to_resume`], so that the transfer continues it),
+    /// and say which run it was. Only destinations that keep a cut-off partial have
+    /// one: ssh keeps what a failed or killed run sent; a local directory keeps what a
+    /// killed run left (the start of the next backup keeps it, `dbsnap cleanup` and a
+    /// failing run remove it).
     async fn resume_partial(
         &self,
         _partial: &Partial,
@@ -531,4 +553,33 @@ pub fn tree_bytes<'a>(roots: impl IntoIterator<Item = &'a Path>, one_filesystem:
         .filter(|m| m.is_file())
         .map(|m| m.len())
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_dbsnap_makes_are_resumed() {
+        assert!(looks_like_a_backup_name("20261125T214500Z"));
+        assert!(looks_like_a_backup_name("20261125T214500Z.3"));
+        assert!(!looks_like_a_backup_name("mine"));
+        assert!(!looks_like_a_backup_name("20261125T214500Z.x"));
+    }
+
+    #[test]
+    fn the_newest_partial_named_like_a_backup_is_resumed_and_older_ones_go() {
+        let left = [
+            "20261125T000000Z",
+            "mine",
+            "20261126T000000Z",
+            "20261127T000000Z",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (newest, older) = partial_to_resume(left, "20261127T000000Z");
+        assert_eq!(newest.as_deref(), Some("20261126T000000Z"));
+        assert_eq!(older, vec!["20261125T000000Z".to_string()]);
+        assert_eq!(partial_to_resume(vec![], "x"), (None, vec![]));
+    }
 }

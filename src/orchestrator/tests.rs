@@ -147,6 +147,7 @@ impl World {
             dest: Some(dest),
             backends: &backends,
             backup: None,
+            keep_partials: false,
         };
         crate::release::release_all(&scope, &mut journal)
             .await

@@ -5,8 +5,9 @@
 //! line starts with `\`), so the host holding a backup can check it with
 //! `b3sum --check checksums` alone, and `dbsnap verify --checksums` checks it anywhere.
 //!
-//! The checksums are computed while rsync copies, from the frozen snapshot, without a
-//! second unpaced read of it:
+//! dbsnap's own copy engine hashes what it reads as it copies (see
+//! `transfer::local`). With rsync, the checksums are computed while it copies, from
+//! the frozen snapshot, without a second unpaced read of it:
 //! - every file rsync sends is hashed as soon as rsync names it (`--out-format`), while
 //!   its pages are in the cache rsync just filled; the hasher never reads more than
 //!   rsync has reported copied (plus one chunk), so it runs at the copy's pace;
@@ -104,9 +105,17 @@ impl Checksums {
         }
     }
 
+    /// Write the checksums file into `backup_dir`, durably (file and directory
+    /// synced), like everything else published with it.
     pub fn write(&self, backup_dir: &Path) -> anyhow::Result<()> {
+        use std::io::Write;
         let path = backup_dir.join(CHECKSUMS_FILE);
-        std::fs::write(&path, self.render()).with_context(|| format!("writing {}", path.display()))
+        let written = std::fs::File::create(&path).and_then(|mut file| {
+            file.write_all(self.render().as_bytes())?;
+            file.sync_all()?;
+            std::fs::File::open(backup_dir)?.sync_all()
+        });
+        written.with_context(|| format!("writing {}", path.display()))
     }
 }
 
@@ -280,7 +289,9 @@ pub struct HashStats {
 const MIN_AFTER_RATE: u64 = 32 << 20;
 
 /// After the copy: every stored file under `roots` (snapshot side, stored path) that
-/// the hasher did not see keeps the base's checksum, or is hashed at `rate`.
+/// the hasher did not see takes the checksum of another name of the same file that it
+/// did see (rsync links a hard-linked file's further names instead of sending them),
+/// else keeps the base's checksum, else is hashed at `rate`.
 fn hash_the_rest(
     roots: &[(PathBuf, PathBuf)],
     excludes: &[Vec<PathBuf>],
@@ -288,8 +299,8 @@ fn hash_the_rest(
     base: Option<&Checksums>,
     rate: u64,
 ) -> anyhow::Result<HashStats> {
-    let mut reader = Reader::new(Pace::Rate(rate));
-    let mut reused = 0;
+    use std::os::unix::fs::MetadataExt;
+    let mut files = Vec::new();
     for ((from, stored), exclude) in roots.iter().zip(excludes) {
         for entry in walkdir::WalkDir::new(from).same_file_system(true) {
             let entry = entry.with_context(|| format!("walking {}", from.display()))?;
@@ -300,19 +311,37 @@ fn hash_the_rest(
             if exclude.iter().any(|x| relative.starts_with(x)) {
                 continue;
             }
+            let meta = entry
+                .metadata()
+                .with_context(|| format!("reading {}", entry.path().display()))?;
+            let inode = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
             let path = stored.join(relative);
-            if hashed.contains_key(&path) {
-                continue;
-            }
-            let hash = match base.and_then(|b| b.0.get(&path)) {
-                Some(hash) => {
-                    reused += 1;
-                    hash.clone()
-                }
-                None => reader.hash(entry.path())?,
-            };
-            hashed.insert(path, hash);
+            files.push((entry.into_path(), path, inode));
         }
+    }
+    let mut by_inode: std::collections::HashMap<(u64, u64), String> = files
+        .iter()
+        .filter_map(|(_, path, inode)| Some(((*inode)?, hashed.get(path)?.clone())))
+        .collect();
+    let mut reader = Reader::new(Pace::Rate(rate));
+    let mut reused = 0;
+    for (source, path, inode) in files {
+        if hashed.contains_key(&path) {
+            continue;
+        }
+        let seen = inode.and_then(|i| by_inode.get(&i)).cloned();
+        let hash = match (seen, base.and_then(|b| b.0.get(&path))) {
+            (Some(hash), _) => hash,
+            (None, Some(hash)) => {
+                reused += 1;
+                hash.clone()
+            }
+            (None, None) => reader.hash(&source)?,
+        };
+        if let Some(i) = inode {
+            by_inode.insert(i, hash.clone());
+        }
+        hashed.insert(path, hash);
     }
     Ok(HashStats {
         during_copy: 0,

@@ -33,11 +33,6 @@ pub enum Basis {
 }
 
 impl Basis {
-    /// The transfer method recorded in the manifest, for rsync.
-    pub fn method(&self) -> TransferMethod {
-        self.method_with(Engine::Rsync)
-    }
-
     /// The transfer method recorded in the manifest, for the engine that copies.
     pub fn method_with(&self, engine: Engine) -> TransferMethod {
         match (engine, self) {
@@ -115,12 +110,15 @@ pub fn recheck_since(basis: &Basis, resumed_from: Option<&str>) -> Option<System
 }
 
 /// Decide the basis for a new backup in `partial` and, for a reflink basis, seed it.
-/// The base is the newest complete rsync backup of the same datadir (a backup
-/// received from a native stream has no `files/` to build on).
+/// The base is the newest complete file-tree backup of the same datadir (a backup
+/// received from a native stream has no `files/` to build on). A partial taken over
+/// from an interrupted run (`resumed`) is its own seed: what it lacks and is unchanged
+/// is hard-linked from the base (the same rule as [`prepare_remote`]).
 pub async fn prepare(
     dest: &dyn Destination,
     partial: &Path,
     datadir: &Path,
+    resumed: bool,
 ) -> anyhow::Result<Basis> {
     let Some(Backup {
         name: base,
@@ -130,6 +128,12 @@ pub async fn prepare(
     else {
         return Ok(Basis::Full);
     };
+    if resumed {
+        return Ok(Basis::Linked {
+            base,
+            path: previous,
+        });
+    }
     if reflinks_work(&previous, partial).await {
         let seeded = Cmd::new("cp")
             .args(["-a", "--reflink=always"])
@@ -259,14 +263,14 @@ mod tests {
 
     #[test]
     fn methods_and_bases() {
-        assert_eq!(Basis::Full.method().as_str(), "rsync");
+        assert_eq!(Basis::Full.method_with(Engine::Rsync).as_str(), "rsync");
         assert_eq!(Basis::Full.base(), None);
         let r = Basis::Reflinked {
             base: "20261125T000000Z".into(),
             path: "/b/20261125T000000Z".into(),
         };
         assert_eq!(
-            (r.method().as_str(), r.base().as_deref()),
+            (r.method_with(Engine::Rsync).as_str(), r.base().as_deref()),
             ("rsync+reflink", Some("20261125T000000Z"))
         );
     }

@@ -3,7 +3,9 @@
 //!
 //! - [`tree::TreeTransfer`]: a plain file tree copied from the mounted snapshot, by
 //!   dbsnap's own engine ([`local`]) to a destination on this host or by rsync
-//!   ([`rsync`]), incremental from the previous backup ([`incremental`]).
+//!   ([`rsync`]), both behind [`tree::TreeCopy`], incremental from the previous backup
+//!   ([`incremental`]), with a checksum of every file ([`checksums`]), continuing an
+//!   interrupted run's partial.
 //! - [`stream::StreamTransfer`]: the backend's own stream (`btrfs send`, `zfs send`, or
 //!   whatever an exec plugin names), incremental along the parent chain ([`chain`]).
 //!
@@ -14,6 +16,8 @@
 
 pub mod chain;
 pub mod checksums;
+#[cfg(test)]
+pub mod conformance;
 pub mod incremental;
 pub mod local;
 pub mod pace;
@@ -118,8 +122,8 @@ pub trait Transfer: Send + Sync {
         false
     }
 
-    /// Whether it can continue a partial an interrupted run left (rsync can: it sends
-    /// only what the partial lacks).
+    /// Whether it can continue a partial an interrupted run left (a file tree can:
+    /// either engine writes only what the partial lacks or holds wrong).
     fn resumes(&self) -> bool {
         false
     }
@@ -165,14 +169,12 @@ pub async fn choose<'a>(
         None => stream_for(settings.method, backend, dest.location()).await?,
     };
     let Some(stream) = stream else {
-        let engine = tree::Engine::choose(settings.method, dest);
-        tracing::info!("copying a file tree with {}", engine.describe());
+        let engine = tree::engine_for(settings.method, dest, settings.bwlimit, settings.compress);
+        tracing::info!("copying a file tree with {}", engine.engine().describe());
         return Ok(Box::new(tree::TreeTransfer {
             dest,
             engine,
             incremental: settings.incremental,
-            bwlimit: settings.bwlimit,
-            compress: settings.compress,
             needed_bytes: facts.data_bytes,
         }));
     };

@@ -1,11 +1,18 @@
 //! A backup as a plain file tree: the mounted snapshot copied into
 //! `NAME.partial/files/<absolute path>`, incremental from the previous backup (see
-//! [`super::incremental`]), by one of two engines ([`Engine`]).
+//! [`super::incremental`]), by one of two engines behind one interface ([`TreeCopy`]):
+//! dbsnap's own ([`LocalEngine`]) or rsync ([`RsyncEngine`]).
+//!
+//! The rules both engines follow are applied here, once: which backup seeds the copy
+//! and how, that a partial an interrupted run left is continued, which files are
+//! compared by content (the stale-page rule, [`incremental::recheck_since`]), that
+//! every stored file has its checksum in the `checksums` file (checked on the
+//! destination's host when that is another host), and what the manifest records.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -16,6 +23,7 @@ use bytesize::ByteSize;
 use super::checksums::{self, Checksums};
 use super::incremental::{self, Basis};
 use super::local::{self, Counters, Seed};
+use super::pace::Throttle;
 use super::{chain, rsync, writeback, Copied, CopyItem, Finish, Source, Target, Transfer};
 use crate::config::Method;
 use crate::db::Layout;
@@ -53,20 +61,80 @@ impl Engine {
     }
 }
 
+/// One copy of file trees into a partial backup, with the shared rules applied (see
+/// the module documentation): what an engine is given.
+pub struct TreeJob<'a> {
+    /// From the snapshot into the partial, in order (parents first).
+    pub items: Vec<CopyItem>,
+    /// The partial backup the items' destinations lie in.
+    pub partial: &'a Path,
+    /// How the copy relates to the previous backup; a reflink seed is already made.
+    pub basis: Basis,
+    /// The interrupted run whose partial this one continues (the partial holds its
+    /// files, never trusted on their size and time alone).
+    pub resumed_from: Option<String>,
+    /// Files modified at or after this are compared by content.
+    pub recheck_since: Option<SystemTime>,
+    /// The base's checksums, for files left as the base holds them.
+    pub base_checksums: Option<Checksums>,
+    pub progress: &'a (dyn Fn(u64) + Sync),
+    pub throttle: &'a Arc<Throttle>,
+}
+
+/// What an engine did: its byte counts and a checksum of every stored file.
+pub struct TreeCopied {
+    pub stats: TransferStats,
+    pub checksums: Checksums,
+}
+
+/// A way of copying file trees: the same result (contents, owners, modes, times,
+/// hard links, holes, symlinks, special files, as `rsync --archive --hard-links
+/// --numeric-ids --sparse --one-file-system --delete` makes them) and the same
+/// checksums for the same job, whichever engine runs it (`conformance` proves it).
+///
+/// - `copy` writes only below the items' destinations; it never modifies the base.
+/// - It removes from a seeded or resumed destination what the source does not have.
+/// - A file it does not read (unchanged against the base) keeps the base's checksum
+///   only if the base recorded one; otherwise it is hashed from the snapshot, paced.
+#[async_trait]
+pub trait TreeCopy: Send + Sync {
+    fn engine(&self) -> Engine;
+
+    /// Whether the copy follows [`TreeJob::throttle`] while it runs.
+    fn paced(&self) -> bool;
+
+    async fn copy(&self, job: TreeJob<'_>) -> anyhow::Result<TreeCopied>;
+}
+
+/// The engine that copies to `dest` for `method`.
+pub fn engine_for<'a>(
+    method: &Method,
+    dest: &'a dyn Destination,
+    bwlimit: Option<ByteSize>,
+    compress: Option<crate::config::Compress>,
+) -> Box<dyn TreeCopy + 'a> {
+    match Engine::choose(method, dest) {
+        Engine::Local => Box::new(LocalEngine),
+        Engine::Rsync => Box::new(RsyncEngine {
+            dest,
+            bwlimit,
+            compress,
+        }),
+    }
+}
+
 /// A backup as a file tree.
 pub struct TreeTransfer<'a> {
     pub dest: &'a dyn Destination,
-    pub engine: Engine,
+    pub engine: Box<dyn TreeCopy + 'a>,
     pub incremental: bool,
-    pub bwlimit: Option<bytesize::ByteSize>,
-    pub compress: Option<crate::config::Compress>,
     pub needed_bytes: u64,
 }
 
 #[async_trait]
 impl Transfer for TreeTransfer<'_> {
     fn describe(&self) -> String {
-        match self.engine {
+        match self.engine.engine() {
             Engine::Local => "copy".into(),
             Engine::Rsync => "rsync".into(),
         }
@@ -77,29 +145,66 @@ impl Transfer for TreeTransfer<'_> {
     }
 
     fn paced(&self) -> bool {
-        self.engine == Engine::Local
+        self.engine.paced()
     }
 
-    /// rsync continues an interrupted run's partial; the local engine starts afresh.
+    /// Both engines continue an interrupted run's partial (the destination decides
+    /// which partial that is, see [`Destination::resume_partial`]).
     fn resumes(&self) -> bool {
-        self.engine == Engine::Rsync
+        true
     }
 
     async fn copy(&self, from: Source<'_>, into: Target<'_>) -> anyhow::Result<Copied> {
-        let items = plan_copy(from.layout, from.read_paths, &into.partial.dir)?;
-        match self.engine {
-            Engine::Local => self.copy_locally(&from.layout.datadir, items, &into).await,
-            Engine::Rsync => {
-                self.copy_with_rsync(
-                    &from.layout.datadir,
-                    &items,
-                    &into.partial.dir,
-                    into.resumed_from,
-                    into.progress,
-                )
-                .await
+        let partial = &into.partial.dir;
+        let datadir = &from.layout.datadir;
+        let items = plan_copy(from.layout, from.read_paths, partial)?;
+        let resumed = into.resumed_from.is_some();
+        let remote = self.dest.remote();
+        let basis = match (self.incremental, remote) {
+            (false, _) => Basis::Full,
+            (true, None) => incremental::prepare(self.dest, partial, datadir, resumed).await?,
+            (true, Some(r)) => incremental::prepare_remote(r, partial, datadir, resumed).await?,
+        };
+        let engine = self.engine.engine();
+        if let Some(base) = basis.base() {
+            let method = basis.method_with(engine);
+            tracing::info!("incremental copy from backup {base} ({method})");
+        }
+        if remote.is_none() {
+            for item in &items {
+                std::fs::create_dir_all(&item.to)
+                    .with_context(|| format!("creating {}", item.to.display()))?;
             }
         }
+        let base_checksums = match basis.base_path() {
+            Some(base) => self.base_checksums(base).await,
+            None => None,
+        };
+        let job = TreeJob {
+            items,
+            partial,
+            recheck_since: incremental::recheck_since(&basis, into.resumed_from.as_deref()),
+            basis: basis.clone(),
+            resumed_from: into.resumed_from.clone(),
+            base_checksums,
+            progress: into.progress,
+            throttle: into.throttle,
+        };
+        let TreeCopied {
+            mut stats,
+            checksums,
+        } = self.engine.copy(job).await?;
+        match remote {
+            Some(r) => r.check_checksums(partial, &checksums).await?,
+            None => checksums.write(partial)?,
+        }
+        stats.method = basis.method_with(engine);
+        stats.base = basis.base();
+        stats.resumed_from = into.resumed_from;
+        Ok(Copied {
+            stats,
+            stored: Vec::new(),
+        })
     }
 
     /// The snapshot is released; so are the parents a stream method left (switching
@@ -121,151 +226,6 @@ impl Transfer for TreeTransfer<'_> {
 }
 
 impl TreeTransfer<'_> {
-    /// By the local engine, on threads of its own; progress reported from here, the
-    /// rate set through `into.throttle` while it runs.
-    async fn copy_locally(
-        &self,
-        datadir: &Path,
-        items: Vec<CopyItem>,
-        into: &Target<'_>,
-    ) -> anyhow::Result<Copied> {
-        let started = Instant::now();
-        let partial = &into.partial.dir;
-        let basis = match self.incremental {
-            true => incremental::prepare(self.dest, partial, datadir).await?,
-            false => Basis::Full,
-        };
-        if let Some(base) = basis.base() {
-            let method = basis.method_with(Engine::Local);
-            tracing::info!("incremental copy from backup {base} ({method})");
-        }
-        for item in &items {
-            std::fs::create_dir_all(&item.to)
-                .with_context(|| format!("creating {}", item.to.display()))?;
-        }
-        let seed = match &basis {
-            Basis::Full => Seed::None,
-            Basis::Reflinked { .. } => Seed::Reflinked,
-            Basis::Linked { .. } => Seed::Linked(
-                basis
-                    .link_dest(&items, partial)
-                    .expect("a linked basis has link destinations"),
-            ),
-        };
-        let counters = Arc::new(Counters::default());
-        let request = local::Request {
-            items,
-            partial: partial.clone(),
-            recheck_since: incremental::recheck_since(&basis, None),
-            seed,
-            threads: COPY_THREADS,
-            throttle: into.throttle.clone(),
-            counters: counters.clone(),
-            durable: Arc::new(local::Fsync),
-        };
-        // Dropped with this future (the copy was stopped): the threads stop too.
-        let _stop = StopOnDrop(counters.clone());
-        let mut copying = tokio::task::spawn_blocking(move || local::run(&request));
-        let moved = loop {
-            tokio::select! {
-                done = &mut copying => break done.context("the copy thread failed")??,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                    (into.progress)(counters.done.load(Ordering::Relaxed));
-                }
-            }
-        };
-        (into.progress)(counters.done.load(Ordering::Relaxed));
-        let stats = TransferStats {
-            method: basis.method_with(Engine::Local),
-            base: basis.base(),
-            bytes: moved.bytes,
-            bytes_written: moved.bytes_written,
-            files: moved.files,
-            duration_ms: started.elapsed().as_millis() as u64,
-            ..Default::default()
-        };
-        Ok(Copied {
-            stats,
-            stored: Vec::new(),
-        })
-    }
-
-    /// From the mounted snapshot into `partial/files/...`, built from the previous backup
-    /// when `[backup] incremental` allows, with a checksum of every stored file (checked
-    /// on the destination's host before publishing, when that is another host).
-    async fn copy_with_rsync(
-        &self,
-        datadir: &Path,
-        items: &[CopyItem],
-        partial: &Path,
-        resumed_from: Option<String>,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> anyhow::Result<Copied> {
-        let remote = self.dest.remote();
-        let basis = match (self.incremental, remote) {
-            (false, _) => Basis::Full,
-            (true, None) => incremental::prepare(self.dest, partial, datadir).await?,
-            (true, Some(r)) => {
-                incremental::prepare_remote(r, partial, datadir, resumed_from.is_some()).await?
-            }
-        };
-        if let Some(base) = basis.base() {
-            tracing::info!("incremental copy from backup {base} ({})", basis.method());
-        }
-        let rsync_remote = match remote {
-            Some(r) => Some(
-                r.rsync_remote(
-                    rsync::Side::Dest,
-                    crate::config::Compress::level(self.compress),
-                )
-                .await?,
-            ),
-            None => {
-                for item in items {
-                    std::fs::create_dir_all(&item.to)
-                        .with_context(|| format!("creating {}", item.to.display()))?;
-                }
-                None
-            }
-        };
-        // A resumed partial holds what the interrupted run sent, not the base's files.
-        let base_checksums = match (basis.base_path(), &resumed_from) {
-            (Some(base), None) => self.base_checksums(base).await,
-            _ => None,
-        };
-        let link_dest = basis.link_dest(items, partial);
-        let options = rsync::Options {
-            writes: basis.writes(),
-            link_dest: link_dest.as_deref(),
-            bwlimit: self.bwlimit,
-            remote: rsync_remote.as_ref(),
-            recheck_since: incremental::recheck_since(&basis, resumed_from.as_deref()),
-        };
-        let copying = checksums::copy_and_hash(items, options, partial, base_checksums, progress);
-        let (mut stats, checksums, hashing) = tokio::select! {
-            copied = copying => copied?,
-            never = writeback::flush_every(partial, writeback::EVERY) => never,
-        };
-        tracing::info!(
-            "checksums of {} files: {} read behind the copy, {} after it, {} kept from the base",
-            checksums.0.len(),
-            ByteSize::b(hashing.during_copy).display().iec(),
-            ByteSize::b(hashing.after_copy).display().iec(),
-            hashing.reused
-        );
-        match remote {
-            Some(r) => r.check_checksums(partial, &checksums).await?,
-            None => checksums.write(partial)?,
-        }
-        stats.method = basis.method_with(Engine::Rsync);
-        stats.base = basis.base();
-        stats.resumed_from = resumed_from;
-        Ok(Copied {
-            stats,
-            stored: Vec::new(),
-        })
-    }
-
     /// The base backup's checksums, if it has them (older backups do not).
     async fn base_checksums(&self, base: &Path) -> Option<Checksums> {
         let found = match self.dest.remote() {
@@ -278,6 +238,141 @@ impl TreeTransfer<'_> {
             );
             None
         })
+    }
+}
+
+/// dbsnap's own engine ([`local`]), on threads of its own; progress reported from
+/// here, the rate set through the throttle while it runs.
+pub struct LocalEngine;
+
+#[async_trait]
+impl TreeCopy for LocalEngine {
+    fn engine(&self) -> Engine {
+        Engine::Local
+    }
+
+    fn paced(&self) -> bool {
+        true
+    }
+
+    async fn copy(&self, job: TreeJob<'_>) -> anyhow::Result<TreeCopied> {
+        let started = Instant::now();
+        let links = job.basis.link_dest(&job.items, job.partial);
+        let seed = match (&job.resumed_from, &job.basis) {
+            (Some(_), _) => Seed::Resumed(links),
+            (None, Basis::Full) => Seed::None,
+            (None, Basis::Reflinked { .. }) => Seed::Reflinked,
+            (None, Basis::Linked { .. }) => {
+                Seed::Linked(links.expect("a linked basis has link destinations"))
+            }
+        };
+        let counters = Arc::new(Counters::default());
+        let request = local::Request {
+            items: job.items,
+            partial: job.partial.to_path_buf(),
+            recheck_since: job.recheck_since,
+            base_checksums: job.base_checksums,
+            seed,
+            threads: COPY_THREADS,
+            throttle: job.throttle.clone(),
+            counters: counters.clone(),
+            durable: Arc::new(local::Fsync),
+        };
+        // Dropped with this future (the copy was stopped): the threads stop too.
+        let _stop = StopOnDrop(counters.clone());
+        let mut copying = tokio::task::spawn_blocking(move || local::run(&request));
+        let moved = loop {
+            tokio::select! {
+                done = &mut copying => break done.context("the copy thread failed")??,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    (job.progress)(counters.done.load(Ordering::Relaxed));
+                }
+            }
+        };
+        (job.progress)(counters.done.load(Ordering::Relaxed));
+        tracing::info!(
+            "checksums of {} files: {} hashed as copied, {} read only to hash (clones, \
+             unchanged files without a base checksum), {} kept from the base",
+            moved.checksums.len(),
+            moved.checksums.len() as u64 - moved.checksums_kept,
+            ByteSize::b(moved.hashed_only).display().iec(),
+            moved.checksums_kept
+        );
+        Ok(TreeCopied {
+            stats: TransferStats {
+                bytes: moved.bytes,
+                bytes_written: moved.bytes_written,
+                files: moved.files,
+                duration_ms: started.elapsed().as_millis() as u64,
+                ..Default::default()
+            },
+            checksums: Checksums(moved.checksums),
+        })
+    }
+}
+
+/// rsync, to a directory here or over ssh, hashing behind it (see [`checksums`]).
+pub struct RsyncEngine<'a> {
+    pub dest: &'a dyn Destination,
+    pub bwlimit: Option<ByteSize>,
+    pub compress: Option<crate::config::Compress>,
+}
+
+#[async_trait]
+impl TreeCopy for RsyncEngine<'_> {
+    fn engine(&self) -> Engine {
+        Engine::Rsync
+    }
+
+    /// rsync takes its rate (`bwlimit`) once, at the start.
+    fn paced(&self) -> bool {
+        false
+    }
+
+    async fn copy(&self, job: TreeJob<'_>) -> anyhow::Result<TreeCopied> {
+        let rsync_remote = match self.dest.remote() {
+            Some(r) => Some(
+                r.rsync_remote(
+                    rsync::Side::Dest,
+                    crate::config::Compress::level(self.compress),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        // rsync leaves a resumed partial's files it finds up to date unnamed: they may
+        // be the interrupted run's, not the base's, so none keeps the base's checksum.
+        let base_checksums = match job.resumed_from {
+            Some(_) => None,
+            None => job.base_checksums,
+        };
+        let link_dest = job.basis.link_dest(&job.items, job.partial);
+        let options = rsync::Options {
+            writes: job.basis.writes(),
+            link_dest: link_dest.as_deref(),
+            bwlimit: self.bwlimit,
+            remote: rsync_remote.as_ref(),
+            recheck_since: job.recheck_since,
+        };
+        let copying = checksums::copy_and_hash(
+            &job.items,
+            options,
+            job.partial,
+            base_checksums,
+            job.progress,
+        );
+        let (stats, checksums, hashing) = tokio::select! {
+            copied = copying => copied?,
+            never = writeback::flush_every(job.partial, writeback::EVERY), if rsync_remote.is_none() => never,
+        };
+        tracing::info!(
+            "checksums of {} files: {} read behind the copy, {} after it, {} kept from the base",
+            checksums.0.len(),
+            ByteSize::b(hashing.during_copy).display().iec(),
+            ByteSize::b(hashing.after_copy).display().iec(),
+            hashing.reused
+        );
+        Ok(TreeCopied { stats, checksums })
     }
 }
 

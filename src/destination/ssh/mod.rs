@@ -138,23 +138,19 @@ impl SshDir {
         partial: &Partial,
         journal: &mut Journal,
     ) -> anyhow::Result<Option<String>> {
-        let mut partials: Vec<String> = self
+        let left: Vec<String> = self
             .entries()
             .await?
             .into_iter()
             .filter_map(|e| match e {
-                Entry::Partial { name: n, .. }
-                    if n != partial.name && looks_like_a_backup_name(&n) =>
-                {
-                    Some(n)
-                }
+                Entry::Partial { name: n, .. } => Some(n),
                 _ => None,
             })
             .collect();
-        let Some(newest) = partials.pop() else {
+        let (Some(newest), older) = super::partial_to_resume(left, &partial.name) else {
             return Ok(None);
         };
-        for older in partials {
+        for older in older {
             self.delete_partial(&older, journal).await?;
         }
         let from = self.partial_dir(&newest);
@@ -182,15 +178,6 @@ impl SshDir {
         self.call(&REMOVE, &[&dir_s, &dir_s], None).await?;
         journal.forget(&resource)
     }
-}
-
-/// What [`Destination::unused_name`] makes: `YYYYMMDDTHHMMSSZ` or `...Z.N`.
-fn looks_like_a_backup_name(name: &str) -> bool {
-    let (stamp, n) = name.split_once('.').unwrap_or((name, "0"));
-    stamp.len() == 16
-        && stamp.ends_with('Z')
-        && stamp.as_bytes()[8] == b'T'
-        && n.chars().all(|c| c.is_ascii_digit())
 }
 
 /// Parse [`LIST`]'s output into entries.

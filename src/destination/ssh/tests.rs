@@ -33,14 +33,6 @@ mod unit {
         assert!(matches!(&entries[1], Entry::Partial { .. }));
         assert!(matches!(&entries[2], Entry::Invalid { .. }));
     }
-
-    #[test]
-    fn only_names_dbsnap_makes_are_resumed() {
-        assert!(looks_like_a_backup_name("20261125T214500Z"));
-        assert!(looks_like_a_backup_name("20261125T214500Z.3"));
-        assert!(!looks_like_a_backup_name("mine"));
-        assert!(!looks_like_a_backup_name("20261125T214500Z.x"));
-    }
 }
 
 #[cfg(test)]

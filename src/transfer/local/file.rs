@@ -1,9 +1,12 @@
 //! One regular file: cloned (FICLONE) where source and destination share a
-//! filesystem, else copied in large chunks with `copy_file_range`, holes kept; or, into a
-//! reflink-seeded copy of the previous backup, compared block by block and only the
-//! differing blocks written. Writeback starts as each chunk is written and is waited
-//! for a few chunks behind, so the file's dirty data stays bounded and the final
-//! `fsync` (and the publish step's flush) finds little to do.
+//! filesystem, else read in large chunks and written, holes kept; or, into a seeded
+//! copy (of the previous backup, or of an interrupted run), compared block by block and
+//! only the differing blocks written. Every byte the copy reads is hashed (BLAKE3, one
+//! thread) as it passes, so each stored file has its checksum without a second read; a
+//! clone, which reads nothing, is hashed by reading the source at the copy's pace.
+//! Writeback starts as each chunk is written and is waited for a few chunks behind, so
+//! the file's dirty data stays bounded and the final `fsync` (and the publish step's
+//! flush) finds little to do.
 
 use std::fs::File;
 use std::io;
@@ -12,7 +15,7 @@ use std::os::unix::fs::FileExt;
 
 use super::Shared;
 
-/// Bytes per `copy_file_range` call and per writeback window.
+/// Bytes per read and per writeback window.
 pub const CHUNK: u64 = 8 << 20;
 /// How many chunks may be in writeback before the oldest is waited for.
 const WRITEBACK_DEPTH: usize = 4;
@@ -20,103 +23,104 @@ const WRITEBACK_DEPTH: usize = 4;
 const BLOCK: usize = 64 << 10;
 
 /// What copying one file did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileCopied {
     /// Bytes written to the destination (not counting clones and unchanged blocks).
     pub written: u64,
     /// Whether the file was cloned whole (shares its extents with the source).
     pub cloned: bool,
+    /// The BLAKE3 digest of the source's contents, in hex.
+    pub hash: String,
 }
 
 /// Copy the contents of `from` (of `len` bytes) into the new, empty file `to`.
 pub fn copy_new(from: &File, to: &File, len: u64, shared: &Shared) -> io::Result<FileCopied> {
     if clone(from, to).is_ok() {
-        shared.progress_add(len);
         return Ok(FileCopied {
             written: 0,
             cloned: true,
+            hash: hash_source(from, len, shared)?,
         });
     }
     let mut writeback = Writeback::new(to);
-    let mut kernel_copy = true;
-    let mut buffer = Vec::new();
     let mut written = 0;
-    let mut pos = 0u64;
-    while let Some((start, end)) = next_data(from, pos, len)? {
-        let mut at = start;
-        while at < end {
-            shared.check_cancelled()?;
-            let want = CHUNK.min(end - at);
-            shared.throttle.take(want);
-            let n = match kernel_copy {
-                true => match copy_range(from, to, at, want) {
-                    Err(e) if in_kernel_copy_unsupported(&e) => {
-                        kernel_copy = false;
-                        continue;
-                    }
-                    other => other?,
-                },
-                false => {
-                    buffer.resize(CHUNK as usize, 0);
-                    let n = from.read_at(&mut buffer[..want as usize], at)?;
-                    to.write_all_at(&buffer[..n], at)?;
-                    n as u64
-                }
-            };
-            if n == 0 {
-                break;
-            }
-            writeback.written(at, n)?;
-            written += n;
-            at += n;
-            shared.progress_add(n);
-        }
-        pos = end;
-    }
-    // Holes count as copied.
-    shared.progress_add(len.saturating_sub(written));
+    let hash = read_hashed(from, len, shared, |at, data| {
+        to.write_all_at(data, at)?;
+        writeback.written(at, data.len() as u64)?;
+        written += data.len() as u64;
+        Ok(())
+    })?;
     // Trailing holes, and files that are one hole.
     to.set_len(len)?;
     writeback.finish()?;
     Ok(FileCopied {
         written,
         cloned: false,
+        hash,
     })
 }
 
-/// `copy_file_range` of `len` bytes at `at`, in the kernel (no copy through user space).
-fn copy_range(from: &File, to: &File, at: u64, len: u64) -> io::Result<u64> {
-    let mut off_in = at as libc::loff_t;
-    let mut off_out = at as libc::loff_t;
-    // SAFETY: both descriptors are open; the offsets are ours for the call.
-    let n = unsafe {
-        libc::copy_file_range(
-            from.as_raw_fd(),
-            &mut off_in,
-            to.as_raw_fd(),
-            &mut off_out,
-            len as usize,
-            0,
-        )
-    };
-    match n {
-        n if n >= 0 => Ok(n as u64),
-        _ => Err(io::Error::last_os_error()),
-    }
+/// The BLAKE3 digest of `from` (`len` bytes), read at the copy's pace: for a file the
+/// copy did not read (a clone, or a hard link to a previous backup without a checksum).
+pub fn hash_source(from: &File, len: u64, shared: &Shared) -> io::Result<String> {
+    read_hashed(from, len, shared, |_, _| Ok(()))
 }
 
-/// Errors that mean "this pair of filesystems cannot copy in the kernel" (since Linux
-/// 5.19 most copies across filesystems are refused with EXDEV): read and write instead.
-fn in_kernel_copy_unsupported(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS)
-    )
+/// Read `from`'s data (`len` bytes) in chunks at the copy's pace, skipping holes, hand
+/// each chunk to `each` with its offset, and return the digest of the whole contents
+/// (holes hashed as the zeros they read as). Progress counts holes as read.
+fn read_hashed(
+    from: &File,
+    len: u64,
+    shared: &Shared,
+    mut each: impl FnMut(u64, &[u8]) -> io::Result<()>,
+) -> io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buffer = vec![0u8; CHUNK as usize];
+    let mut hashed = 0u64;
+    let mut pos = 0u64;
+    while let Some((start, end)) = next_data(from, pos, len)? {
+        hash_zeros(&mut hasher, start - hashed, shared);
+        hashed = start;
+        let mut at = start;
+        while at < end {
+            shared.check_cancelled()?;
+            let want = CHUNK.min(end - at) as usize;
+            shared.throttle.take(want as u64);
+            let n = from.read_at(&mut buffer[..want], at)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            each(at, &buffer[..n])?;
+            at += n as u64;
+            hashed = at;
+            shared.progress_add(n as u64);
+        }
+        pos = end.max(at);
+        if at < end {
+            break;
+        }
+    }
+    hash_zeros(&mut hasher, len.saturating_sub(hashed), shared);
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// Hash `n` zero bytes (a hole), counted as progress.
+fn hash_zeros(hasher: &mut blake3::Hasher, n: u64, shared: &Shared) {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut left = n;
+    while left > 0 {
+        let step = left.min(ZEROS.len() as u64);
+        hasher.update(&ZEROS[..step as usize]);
+        left -= step;
+    }
+    shared.progress_add(n);
 }
 
 /// Bring `seeded` (a reflink copy of the previous backup's file, so writing it never
-/// touches that backup) to the contents of `from` (`len` bytes): read both, write only
-/// the blocks that differ.
+/// touches that backup, or what an interrupted run wrote) to the contents of `from`
+/// (`len` bytes): read both, write only the blocks that differ, hash what was read.
 pub fn update_seeded(
     from: &File,
     seeded: &File,
@@ -128,6 +132,7 @@ pub fn update_seeded(
         seeded.set_len(len)?;
     }
     let mut writeback = Writeback::new(seeded);
+    let mut hasher = blake3::Hasher::new();
     let mut ours = vec![0u8; CHUNK as usize];
     let mut theirs = vec![0u8; CHUNK as usize];
     let mut written = 0;
@@ -137,6 +142,7 @@ pub fn update_seeded(
         let n = CHUNK.min(len - pos) as usize;
         shared.throttle.take(n as u64);
         from.read_exact_at(&mut ours[..n], pos)?;
+        hasher.update(&ours[..n]);
         let have = old_len.saturating_sub(pos).min(n as u64) as usize;
         seeded.read_exact_at(&mut theirs[..have], pos)?;
         for start in (0..n).step_by(BLOCK) {
@@ -155,6 +161,7 @@ pub fn update_seeded(
     Ok(FileCopied {
         written,
         cloned: false,
+        hash: hasher.finalize().to_hex().to_string(),
     })
 }
 

@@ -8,12 +8,18 @@
 //! previous backup, files that pass rsync's quick check (size, time, mode, owner) are
 //! left as they are and of the others only the blocks that differ are written; beside
 //! a previous backup on a filesystem without reflinks, files that pass the quick check
-//! become hard links into it.
+//! become hard links into it. A partial that an interrupted run left is continued: its
+//! files are compared block by block (never trusted on their size and time), so only
+//! what it lacks or holds wrong is written.
+//!
+//! Every stored file gets its BLAKE3 checksum ([`Moved::checksums`]), from the data the
+//! copy reads (see [`file`]); a file left as the previous backup holds it keeps that
+//! backup's checksum, or is hashed from the snapshot if that backup has none.
 
 mod file;
 mod meta;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -21,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::checksums::Checksums;
 use super::pace::Throttle;
 use super::rsync::CopyItem;
 
@@ -33,6 +40,25 @@ pub enum Seed {
     Reflinked,
     /// The previous backup's copy of each item (same order as the items).
     Linked(Vec<PathBuf>),
+    /// Each item's destination holds what an interrupted run copied; what it lacks is
+    /// linked to the previous backup's copy of each item, if there is one, as with
+    /// [`Seed::Linked`].
+    Resumed(Option<Vec<PathBuf>>),
+}
+
+impl Seed {
+    /// Whether the destination may already hold files, updated in place.
+    fn in_place(&self) -> bool {
+        matches!(self, Seed::Reflinked | Seed::Resumed(_))
+    }
+
+    /// The previous backup's copy of item `i`, for hard links.
+    fn link_to(&self, i: usize) -> Option<&Path> {
+        match self {
+            Seed::Linked(bases) | Seed::Resumed(Some(bases)) => Some(bases[i].as_path()),
+            Seed::None | Seed::Reflinked | Seed::Resumed(None) => None,
+        }
+    }
 }
 
 /// Makes what the engine wrote durable. The real one calls `fsync`; tests record.
@@ -73,6 +99,9 @@ pub struct Request {
     /// and a write after the snapshot in the same clock tick leaves size and time as
     /// they were (see `incremental::recheck_since`).
     pub recheck_since: Option<std::time::SystemTime>,
+    /// The checksums of the previous backup the seed comes from (by stored path), for
+    /// the files left as it holds them.
+    pub base_checksums: Option<Checksums>,
     /// Files in flight.
     pub threads: usize,
     pub throttle: Arc<Throttle>,
@@ -81,7 +110,7 @@ pub struct Request {
 }
 
 /// What it moved.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Moved {
     /// Bytes in the copied files.
     pub bytes: u64,
@@ -89,6 +118,24 @@ pub struct Moved {
     pub bytes_written: u64,
     /// Regular files copied, cloned or updated (not hard-linked to a previous backup).
     pub files: u64,
+    /// Bytes the copy read to hash files it did not otherwise read (clones, and files
+    /// left as a previous backup without checksums holds them).
+    pub hashed_only: u64,
+    /// Files whose checksum is the previous backup's.
+    pub checksums_kept: u64,
+    /// Every stored regular file (path relative to the partial) → BLAKE3 hex digest.
+    pub checksums: BTreeMap<PathBuf, String>,
+}
+
+impl Moved {
+    fn add(&mut self, other: Moved) {
+        self.bytes += other.bytes;
+        self.bytes_written += other.bytes_written;
+        self.files += other.files;
+        self.hashed_only += other.hashed_only;
+        self.checksums_kept += other.checksums_kept;
+        self.checksums.extend(other.checksums);
+    }
 }
 
 /// What the worker threads share.
@@ -114,9 +161,13 @@ impl Shared<'_> {
 struct Job {
     from: PathBuf,
     to: PathBuf,
+    /// `to` relative to the partial, as the checksums name it.
+    stored: PathBuf,
     meta: Metadata,
     /// Into an existing reflink copy, or beside a previous backup's copy.
     basis: JobBasis,
+    /// The previous backup's checksum of this file, if it recorded one.
+    base_hash: Option<String>,
 }
 
 enum JobBasis {
@@ -135,18 +186,15 @@ struct Walked {
     dirs: Vec<(PathBuf, Metadata)>,
     /// Bytes in files a seeded copy already holds.
     unchanged: u64,
+    /// Those files (stored path) with the previous backup's checksum.
+    kept: Vec<(PathBuf, String)>,
 }
 
 /// Copy every item. Blocking: run it on a thread of its own.
 pub fn run(request: &Request) -> anyhow::Result<Moved> {
     let mut walked = Walked::default();
     for (i, item) in request.items.iter().enumerate() {
-        let linked = match &request.seed {
-            Seed::Linked(bases) => Some(bases[i].as_path()),
-            _ => None,
-        };
-        let seeded = request.seed == Seed::Reflinked;
-        walk(item, seeded, linked, request.recheck_since, &mut walked)?;
+        walk(request, item, request.seed.link_to(i), &mut walked)?;
     }
     let shared = Shared {
         throttle: &request.throttle,
@@ -155,8 +203,13 @@ pub fn run(request: &Request) -> anyhow::Result<Moved> {
     shared.progress_add(walked.unchanged);
     let mut moved = copy_files(&walked.jobs, request.threads, &shared, &*request.durable)?;
     moved.bytes += walked.unchanged;
+    moved.checksums_kept += walked.kept.len() as u64;
+    moved.checksums.extend(walked.kept);
     for (first, name) in &walked.links {
         std::fs::hard_link(first, name).map_err(|e| at(e, "hard-linking", name))?;
+        let hash = moved.checksums.get(&stored(request, first)).cloned();
+        let hash = hash.expect("the first name of a hard-linked file was copied");
+        moved.checksums.insert(stored(request, name), hash);
     }
     // Children before parents: a directory's time is set after its entries changed it.
     for (dir, meta) in walked.dirs.iter().rev() {
@@ -181,16 +234,26 @@ pub fn run(request: &Request) -> anyhow::Result<Moved> {
     Ok(moved)
 }
 
+/// `to` (inside the partial) as the checksums name it.
+fn stored(request: &Request, to: &Path) -> PathBuf {
+    to.strip_prefix(&request.partial)
+        .expect("items are inside the partial")
+        .to_path_buf()
+}
+
 /// Walk one item's source: make its directories, symlinks and special files at once,
 /// queue its regular files. Into a seeded destination, whatever the source no longer
 /// has (or has as another kind of file) is removed first.
 fn walk(
+    request: &Request,
     item: &CopyItem,
-    seeded: bool,
     linked: Option<&Path>,
-    recheck_since: Option<std::time::SystemTime>,
     walked: &mut Walked,
 ) -> anyhow::Result<()> {
+    let seeded = request.seed.in_place();
+    // Only a reflink copy of the previous backup is trusted on the quick check; what an
+    // interrupted run left is compared.
+    let seed_trusted = request.seed == Seed::Reflinked;
     let mut first_names: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut present: HashSet<PathBuf> = HashSet::new();
     let entries = walkdir::WalkDir::new(&item.from)
@@ -230,17 +293,25 @@ fn walk(
                 }
                 first_names.insert((meta.dev(), meta.ino()), to.clone());
             }
-            let trusted = match recheck_since {
+            let trusted = match request.recheck_since {
                 None => true,
                 Some(t) => meta.modified().is_ok_and(|m| m < t),
             };
             let seed = seeded
                 .then(|| std::fs::symlink_metadata(&to).ok())
                 .flatten();
-            if trusted && seed.as_ref().is_some_and(|s| meta::unchanged(&meta, s)) {
+            let stored = stored(request, &to);
+            let base_hash = request
+                .base_checksums
+                .as_ref()
+                .and_then(|b| b.0.get(&stored))
+                .cloned();
+            let quick_check = seed.as_ref().is_some_and(|s| meta::unchanged(&meta, s));
+            if let (true, true, Some(hash)) = (seed_trusted && trusted, quick_check, &base_hash) {
                 // rsync's quick check: same size, time, mode and owner as the previous
-                // backup's copy, so the same contents; not read again.
+                // backup's copy, so the same contents (and checksum); not read again.
                 walked.unchanged += meta.len();
+                walked.kept.push((stored, hash.clone()));
                 continue;
             }
             let basis = match (seed.is_some(), linked) {
@@ -251,8 +322,10 @@ fn walk(
             walked.jobs.push(Job {
                 from: entry.path().to_path_buf(),
                 to,
+                stored,
                 meta,
                 basis,
+                base_hash,
             });
         } else {
             meta::make_special(&to, &meta).map_err(|e| at(e, "creating", &to))?;
@@ -265,14 +338,15 @@ fn walk(
 }
 
 /// Into a seeded destination: what stands at `to` must go unless it is what the
-/// source's entry will update in place (a directory, or a regular file with one name,
-/// since writing into a file with more names would change the others too).
+/// source's entry will update in place: a directory, or a regular file with one name
+/// on both sides (writing into a file with more names would change the others too, and
+/// a source file with more names is copied once and linked again).
 fn clear_for(to: &Path, meta: &Metadata) -> anyhow::Result<()> {
     let Ok(existing) = std::fs::symlink_metadata(to) else {
         return Ok(());
     };
     let keep = (meta.is_dir() && existing.is_dir())
-        || (meta.is_file() && existing.is_file() && existing.nlink() == 1);
+        || (meta.is_file() && meta.nlink() == 1 && existing.is_file() && existing.nlink() == 1);
     if keep {
         return Ok(());
     }
@@ -328,9 +402,7 @@ fn copy_files(
                             // The others stop at their next chunk.
                             shared.counters.cancelled.store(true, Ordering::Relaxed);
                         })?;
-                        moved.bytes += one.bytes;
-                        moved.bytes_written += one.bytes_written;
-                        moved.files += one.files;
+                        moved.add(one);
                     }
                 })
             })
@@ -344,11 +416,7 @@ fn copy_files(
     let mut first_error = None;
     for result in results {
         match result {
-            Ok(m) => {
-                total.bytes += m.bytes;
-                total.bytes_written += m.bytes_written;
-                total.files += m.files;
-            }
+            Ok(m) => total.add(m),
             // The cancellation that one failure caused is not the story.
             Err(e) if first_error.is_none() || is_cancelled(first_error.as_ref()) => {
                 first_error = Some(e)
@@ -369,20 +437,34 @@ fn is_cancelled(e: Option<&anyhow::Error>) -> bool {
 
 fn copy_one(job: &Job, shared: &Shared, durable: &dyn Durable) -> anyhow::Result<Moved> {
     let len = job.meta.len();
+    let from = File::open(&job.from).map_err(|e| at(e, "opening", &job.from))?;
     if let JobBasis::LinkIfUnchanged(previous) = &job.basis {
         if let Ok(before) = std::fs::metadata(previous) {
             if meta::unchanged(&job.meta, &before) {
                 std::fs::hard_link(previous, &job.to)
                     .map_err(|e| at(e, "hard-linking", &job.to))?;
-                shared.progress_add(len);
+                let (hash, hashed_only, checksums_kept) = match &job.base_hash {
+                    Some(hash) => {
+                        shared.progress_add(len);
+                        (hash.clone(), 0, 1)
+                    }
+                    None => (
+                        file::hash_source(&from, len, shared)
+                            .map_err(|e| at(e, "reading", &job.from))?,
+                        len,
+                        0,
+                    ),
+                };
                 return Ok(Moved {
                     bytes: len,
+                    hashed_only,
+                    checksums_kept,
+                    checksums: BTreeMap::from([(job.stored.clone(), hash)]),
                     ..Default::default()
                 });
             }
         }
     }
-    let from = File::open(&job.from).map_err(|e| at(e, "opening", &job.from))?;
     let to = match job.basis {
         JobBasis::Seeded => OpenOptions::new().read(true).write(true).open(&job.to),
         _ => OpenOptions::new()
@@ -405,6 +487,9 @@ fn copy_one(job: &Job, shared: &Shared, durable: &dyn Durable) -> anyhow::Result
         bytes: len,
         bytes_written: copied.written,
         files: 1,
+        hashed_only: if copied.cloned { len } else { 0 },
+        checksums: BTreeMap::from([(job.stored.clone(), copied.hash)]),
+        ..Default::default()
     })
 }
 

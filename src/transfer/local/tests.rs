@@ -1,84 +1,9 @@
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 
 use super::*;
-
-/// Every entry under `root`: kind, mode, owner, mtime, size, link target, inode group
-/// and content, by relative path; what `rsync -a` would keep.
-fn describe(root: &Path) -> BTreeMap<PathBuf, String> {
-    let mut inodes: HashMap<u64, PathBuf> = HashMap::new();
-    walkdir::WalkDir::new(root)
-        .sort_by_file_name()
-        .into_iter()
-        .map(|e| e.unwrap())
-        .map(|e| {
-            let m = e.path().symlink_metadata().unwrap();
-            let relative = e.path().strip_prefix(root).unwrap().to_path_buf();
-            let content = match m.file_type() {
-                t if t.is_file() => {
-                    use std::hash::{Hash, Hasher};
-                    let mut h = std::collections::hash_map::DefaultHasher::new();
-                    std::fs::read(e.path()).unwrap().hash(&mut h);
-                    format!("{:016x}", h.finish())
-                }
-                t if t.is_symlink() => std::fs::read_link(e.path()).unwrap().display().to_string(),
-                _ => String::new(),
-            };
-            let group = match m.is_file() && m.nlink() > 1 {
-                true => inodes
-                    .entry(m.ino())
-                    .or_insert(relative.clone())
-                    .display()
-                    .to_string(),
-                false => String::new(),
-            };
-            let mtime = match m.is_dir() && relative.as_os_str().is_empty() {
-                // The root's time belongs to the caller (created before the copy).
-                true => 0,
-                false => m.mtime_nsec() + m.mtime() * 1_000_000_000,
-            };
-            let line = format!(
-                "{:o} {}:{} {mtime} {} link-group={group} {content}",
-                m.mode(),
-                m.uid(),
-                m.gid(),
-                if m.is_dir() { 0 } else { m.len() }
-            );
-            (relative, line)
-        })
-        .collect()
-}
-
-/// A datadir-like tree: big and small files, a sparse file, an empty one, a hard link,
-/// a symlink, odd modes, owners and old times, a nested directory, a pid file to leave
-/// out.
-fn sample_tree(root: &Path) {
-    std::fs::create_dir_all(root.join("bank")).unwrap();
-    let big: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 251) as u8).collect();
-    std::fs::write(root.join("ibdata1"), &big).unwrap();
-    std::fs::write(root.join("bank/accounts.ibd"), &big[..300_000]).unwrap();
-    std::fs::write(root.join("empty"), b"").unwrap();
-    let sparse = File::create(root.join("sparse")).unwrap();
-    sparse.set_len(30 << 20).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&sparse, b"middle", 10 << 20).unwrap();
-    std::fs::hard_link(root.join("bank/accounts.ibd"), root.join("bank/linked.ibd")).unwrap();
-    std::os::unix::fs::symlink("bank/accounts.ibd", root.join("alias")).unwrap();
-    std::fs::write(root.join("db.pid"), b"42").unwrap();
-    std::fs::set_permissions(
-        root.join("bank/accounts.ibd"),
-        std::fs::Permissions::from_mode(0o640),
-    )
-    .unwrap();
-    std::os::unix::fs::lchown(root.join("alias"), Some(12), Some(34)).unwrap();
-    std::os::unix::fs::chown(root.join("ibdata1"), Some(999), Some(998)).unwrap();
-    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123);
-    File::open(root.join("empty"))
-        .unwrap()
-        .set_times(std::fs::FileTimes::new().set_modified(old))
-        .unwrap();
-    std::fs::set_permissions(root.join("bank"), std::fs::Permissions::from_mode(0o750)).unwrap();
-}
+use crate::transfer::conformance::{describe, sample_tree};
 
 #[derive(Default)]
 struct Recorded(Mutex<Vec<PathBuf>>);
@@ -105,6 +30,7 @@ fn request(from: &Path, to: &Path, seed: Seed, durable: Arc<dyn Durable>) -> Req
         partial: to.parent().unwrap().into(),
         seed,
         recheck_since: None,
+        base_checksums: None,
         threads: 3,
         throttle: Arc::new(Throttle::new(0)),
         counters: Arc::default(),
@@ -244,4 +170,56 @@ fn a_cancelled_copy_stops_with_an_error() {
     r.counters.cancelled.store(true, Ordering::Relaxed);
     let e = run(&r).unwrap_err();
     assert!(e.to_string().contains("cancelled"), "{e:#}");
+}
+
+#[test]
+fn a_file_changed_within_the_bases_second_is_compared_and_gets_the_snapshots_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let (from, to) = (dir.path().join("src"), dir.path().join("partial/files"));
+    std::fs::create_dir_all(&from).unwrap();
+    std::fs::create_dir_all(&to).unwrap();
+    let base_started = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    let write = |path: PathBuf, bytes: &[u8], at: std::time::SystemTime| {
+        std::fs::write(&path, bytes).unwrap();
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+    };
+    // Rewritten after the base's snapshot within the same second: size and time as the
+    // seed's copy, other bytes. `old.ibd` was last written long before.
+    let tick = base_started + std::time::Duration::from_millis(300);
+    let long_ago = base_started - std::time::Duration::from_secs(3600);
+    let (stale, fresh) = (
+        b"page written before the base",
+        b"PAGE WRITTEN AFTER THE BASE!",
+    );
+    write(to.join("changed.ibd"), stale, tick);
+    write(from.join("changed.ibd"), fresh, tick);
+    write(to.join("old.ibd"), b"unchanged", long_ago);
+    write(from.join("old.ibd"), b"unchanged", long_ago);
+    let hash = |b: &[u8]| blake3::hash(b).to_hex().to_string();
+    let mut r = request(&from, &to, Seed::Reflinked, Arc::new(Fsync));
+    r.recheck_since = Some(base_started - std::time::Duration::from_secs(2));
+    r.base_checksums = Some(Checksums(BTreeMap::from([
+        (PathBuf::from("files/changed.ibd"), hash(stale)),
+        (PathBuf::from("files/old.ibd"), hash(b"unchanged")),
+    ])));
+
+    let moved = run(&r).unwrap();
+    assert_eq!(std::fs::read(to.join("changed.ibd")).unwrap(), fresh);
+    assert_eq!(
+        moved.checksums,
+        BTreeMap::from([
+            (PathBuf::from("files/changed.ibd"), hash(fresh)),
+            (PathBuf::from("files/old.ibd"), hash(b"unchanged")),
+        ]),
+        "the rechecked file has the snapshot's checksum, never the base's"
+    );
+    assert_eq!(
+        moved.checksums_kept, 1,
+        "only old.ibd kept the base's checksum"
+    );
 }
