@@ -165,7 +165,11 @@ impl TreeTransfer<'_> {
         };
         // Dropped with this future (the copy was stopped): the threads stop too.
         let _stop = StopOnDrop(counters.clone());
-        let mut copying = tokio::task::spawn_blocking(move || local::run(&request));
+        let mut copying = tokio::task::spawn_blocking(move || {
+            let r = local::run(&request);
+            tracing::warn!("EVIDENCE local copy thread returned: {:?}", r.as_ref().err());
+            r
+        });
         let moved = loop {
             tokio::select! {
                 done = &mut copying => break done.context("the copy thread failed")??,
@@ -287,6 +291,7 @@ struct StopOnDrop(Arc<Counters>);
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.cancelled.store(true, Ordering::Relaxed);
+        tracing::warn!("EVIDENCE local copy cancelled (future dropped)");
     }
 }
 

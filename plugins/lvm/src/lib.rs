@@ -19,7 +19,9 @@
 //! The probe remembers each volume's LV so that `snapshot`, which runs under the database
 //! lock, runs `lvcreate` and nothing else.
 
+mod busy;
 mod device;
+mod evidence;
 mod health;
 mod lvs;
 mod rollback;
@@ -277,6 +279,9 @@ impl Lvm {
                 }
                 Err(e) => {
                     tracing::warn!(snapshot = %full_name, attempt, error = %e, "lvremove failed; retrying");
+                    if let Some((ma, mi)) = lv.device {
+                        evidence::dump(&format!("lvremove attempt {attempt} failed"), ma, mi);
+                    }
                     tokio::time::sleep(REMOVE_RETRY_DELAY * attempt).await;
                     attempt += 1;
                 }
@@ -285,57 +290,12 @@ impl Lvm {
     }
 }
 
-/// Who keeps a device open: mounts, device-mapper holders, processes with it open.
+/// Who keeps the LV's device open (see [`busy`]).
 fn diagnose_busy(lv: &Lv) -> String {
-    let Some((major, minor)) = lv.device else {
-        return "The LV is not active, so nothing holds it open; see the lvremove error above."
-            .into();
-    };
-    let mut found = Vec::new();
-    if let Ok(table) = read_mount_table() {
-        for m in table
-            .iter()
-            .filter(|m| m.device == format!("{major}:{minor}"))
-        {
-            found.push(format!("mounted at {}", m.mount_point.display()));
-        }
-    }
-    let holders = format!("/sys/dev/block/{major}:{minor}/holders");
-    if let Ok(entries) = std::fs::read_dir(&holders) {
-        for entry in entries.flatten() {
-            found.push(format!(
-                "used by device {}",
-                entry.file_name().to_string_lossy()
-            ));
-        }
-    }
-    let dm_node = PathBuf::from(format!("/dev/dm-{minor}"));
-    if let Ok(procs) = std::fs::read_dir("/proc") {
-        for process in procs.flatten() {
-            let pid = process.file_name().to_string_lossy().into_owned();
-            if !pid.bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
-                continue;
-            };
-            if fds
-                .flatten()
-                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == dm_node))
-            {
-                let comm = std::fs::read_to_string(process.path().join("comm")).unwrap_or_default();
-                found.push(format!("open in process {pid} ({})", comm.trim()));
-            }
-        }
-    }
-    if found.is_empty() {
-        "Nothing visible holds it (another mount namespace may); retry `dbsnap cleanup` later."
-            .into()
-    } else {
-        format!(
-            "It is {}; stop that, then run `dbsnap cleanup`.",
-            found.join(", ")
-        )
+    match lv.device {
+        Some((major, minor)) => busy::diagnose(major, minor),
+        None => "The LV is not active, so nothing holds it open; see the lvremove error above."
+            .into(),
     }
 }
 
@@ -487,8 +447,20 @@ impl SnapshotBackend for Lvm {
     async fn unmount(&self, set: &SnapshotSet, workdir: &Path) -> Result<()> {
         for index in 0..set.snapshots.len() {
             let dir = workdir.join(index.to_string());
+            let dev = read_mount_table()?
+                .iter()
+                .find(|m| m.mount_point == dir)
+                .and_then(|m| parse_device(&m.device));
+            if let Some((ma, mi)) = dev {
+                evidence::dump("before umount", ma, mi);
+            }
             while read_mount_table()?.iter().any(|m| m.mount_point == dir) {
-                Cmd::new("umount").arg(&dir).run().await?;
+                let r = Cmd::new("umount").arg(&dir).run().await;
+                tracing::warn!("EVIDENCE umount {}: {r:?}", dir.display());
+                r?;
+            }
+            if let Some((ma, mi)) = dev {
+                evidence::dump("after umount", ma, mi);
             }
             match std::fs::remove_dir(&dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
