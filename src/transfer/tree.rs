@@ -163,13 +163,15 @@ impl TreeTransfer<'_> {
             counters: counters.clone(),
             durable: Arc::new(local::Fsync),
         };
-        // Dropped with this future (the copy was stopped): the threads stop too.
-        let _stop = StopOnDrop(counters.clone());
-        let mut copying = tokio::task::spawn_blocking(move || {
-            let r = local::run(&request);
-            tracing::warn!("EVIDENCE local copy thread returned: {:?}", r.as_ref().err());
-            r
-        });
+        let (done, mut copying) = tokio::sync::oneshot::channel();
+        // Dropped with this future (the copy was stopped), it stops the threads and
+        // waits for them.
+        let _thread = CopyThread {
+            counters: counters.clone(),
+            thread: Some(std::thread::spawn(move || {
+                let _ = done.send(local::run(&request));
+            })),
+        };
         let moved = loop {
             tokio::select! {
                 done = &mut copying => break done.context("the copy thread failed")??,
@@ -285,13 +287,25 @@ impl TreeTransfer<'_> {
     }
 }
 
-/// Stops the local engine's threads when the copy is abandoned.
-struct StopOnDrop(Arc<Counters>);
+/// The local engine's thread. Dropped before it finished (the copy was stopped: the
+/// snapshot was lost, or dbsnap was interrupted), it is told to stop and joined at once:
+/// until its threads return they hold files of the snapshot open, and the snapshot is
+/// released right after (LVM refuses to remove a snapshot whose filesystem is in use).
+/// A stopped copy returns within one chunk's I/O: the throttle's waits end on the
+/// cancellation too.
+struct CopyThread {
+    counters: Arc<Counters>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
 
-impl Drop for StopOnDrop {
+impl Drop for CopyThread {
     fn drop(&mut self) {
-        self.0.cancelled.store(true, Ordering::Relaxed);
-        tracing::warn!("EVIDENCE local copy cancelled (future dropped)");
+        self.counters.cancelled.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            // Blocking on purpose: a drop cannot await, and nothing may read the
+            // snapshot once the copy is given up.
+            let _ = thread.join();
+        }
     }
 }
 

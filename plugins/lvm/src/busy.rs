@@ -37,8 +37,17 @@ pub fn diagnose(major: u32, minor: u32) -> String {
             None => "Nothing visible holds it; retry `dbsnap cleanup` later.".into(),
         };
     }
+    // Open files but no mount: the mount was detached (`umount -l`), as dmeventd does
+    // with an invalidated snapshot, and the filesystem lives until the files close.
+    let detached = match found.iter().any(|f| f.starts_with("mounted at")) {
+        true => "",
+        false => {
+            " (no mount of it is left: it was unmounted lazily, as dmeventd does with an \
+             invalidated snapshot, and its filesystem lives on until those files are closed)"
+        }
+    };
     format!(
-        "It is {}; stop that, then run `dbsnap cleanup`.",
+        "It is {}{detached}; stop that, then run `dbsnap cleanup`.",
         found.join(", ")
     )
 }
@@ -88,8 +97,9 @@ fn processes_holding(major: u32, minor: u32) -> Vec<String> {
             }
         }
         let is_ours = |path: &Path| {
-            std::fs::metadata(path)
-                .is_ok_and(|m| m.dev() == dev || (m.file_type().is_block_device() && m.rdev() == dev))
+            std::fs::metadata(path).is_ok_and(|m| {
+                m.dev() == dev || (m.file_type().is_block_device() && m.rdev() == dev)
+            })
         };
         if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
             for fd in fds.flatten().filter(|fd| is_ours(&fd.path())) {

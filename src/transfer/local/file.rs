@@ -45,9 +45,8 @@ pub fn copy_new(from: &File, to: &File, len: u64, shared: &Shared) -> io::Result
     while let Some((start, end)) = next_data(from, pos, len)? {
         let mut at = start;
         while at < end {
-            shared.check_cancelled()?;
             let want = CHUNK.min(end - at);
-            shared.throttle.take(want);
+            shared.take(want)?;
             let n = match kernel_copy {
                 true => match copy_range(from, to, at, want) {
                     Err(e) if in_kernel_copy_unsupported(&e) => {
@@ -133,9 +132,8 @@ pub fn update_seeded(
     let mut written = 0;
     let mut pos = 0u64;
     while pos < len {
-        shared.check_cancelled()?;
         let n = CHUNK.min(len - pos) as usize;
-        shared.throttle.take(n as u64);
+        shared.take(n as u64)?;
         from.read_exact_at(&mut ours[..n], pos)?;
         let have = old_len.saturating_sub(pos).min(n as u64) as usize;
         seeded.read_exact_at(&mut theirs[..have], pos)?;

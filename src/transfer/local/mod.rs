@@ -102,12 +102,25 @@ impl Shared<'_> {
         self.counters.done.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    pub fn check_cancelled(&self) -> io::Result<()> {
-        match self.counters.cancelled.load(Ordering::Relaxed) {
-            true => Err(io::Error::new(io::ErrorKind::Interrupted, "copy cancelled")),
-            false => Ok(()),
+    /// Wait until `bytes` may be moved at the throttle's rate; an error as soon as the
+    /// copy is cancelled, even in the middle of a long wait.
+    pub fn take(&self, bytes: u64) -> io::Result<()> {
+        match self.throttle.take(bytes, &self.counters.cancelled) {
+            true => Ok(()),
+            false => Err(cancelled()),
         }
     }
+}
+
+fn check_cancelled(counters: &Counters) -> io::Result<()> {
+    match counters.cancelled.load(Ordering::Relaxed) {
+        true => Err(cancelled()),
+        false => Ok(()),
+    }
+}
+
+fn cancelled() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "copy cancelled")
 }
 
 /// A regular file to copy.
@@ -146,7 +159,13 @@ pub fn run(request: &Request) -> anyhow::Result<Moved> {
             _ => None,
         };
         let seeded = request.seed == Seed::Reflinked;
-        walk(item, seeded, linked, request.recheck_since, &mut walked)?;
+        let how = WalkAs {
+            seeded,
+            linked,
+            recheck_since: request.recheck_since,
+            counters: &request.counters,
+        };
+        walk(item, &how, &mut walked)?;
     }
     let shared = Shared {
         throttle: &request.throttle,
@@ -181,16 +200,27 @@ pub fn run(request: &Request) -> anyhow::Result<Moved> {
     Ok(moved)
 }
 
+/// How to walk one item (see [`walk`]).
+struct WalkAs<'a> {
+    /// Into a reflink copy of the previous backup.
+    seeded: bool,
+    /// Beside the previous backup's copy of the item.
+    linked: Option<&'a Path>,
+    recheck_since: Option<std::time::SystemTime>,
+    /// Looked at for every entry: a cancelled copy stops walking too.
+    counters: &'a Counters,
+}
+
 /// Walk one item's source: make its directories, symlinks and special files at once,
 /// queue its regular files. Into a seeded destination, whatever the source no longer
 /// has (or has as another kind of file) is removed first.
-fn walk(
-    item: &CopyItem,
-    seeded: bool,
-    linked: Option<&Path>,
-    recheck_since: Option<std::time::SystemTime>,
-    walked: &mut Walked,
-) -> anyhow::Result<()> {
+fn walk(item: &CopyItem, how: &WalkAs, walked: &mut Walked) -> anyhow::Result<()> {
+    let WalkAs {
+        seeded,
+        linked,
+        recheck_since,
+        counters,
+    } = *how;
     let mut first_names: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut present: HashSet<PathBuf> = HashSet::new();
     let entries = walkdir::WalkDir::new(&item.from)
@@ -201,6 +231,7 @@ fn walk(
             !item.exclude.iter().any(|x| x == relative)
         });
     for entry in entries {
+        check_cancelled(counters)?;
         let entry = entry.map_err(|e| anyhow::anyhow!("reading {}: {e}", item.from.display()))?;
         let relative = entry.path().strip_prefix(&item.from)?.to_path_buf();
         let to = item.to.join(&relative);
