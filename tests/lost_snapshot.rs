@@ -49,7 +49,8 @@ release)
         echo '{{"error": {{"code": "failed", "message": "a file of the snapshot is open", "hint": "stop what reads it"}}}}'
         exit 0
     fi
-    printf '%s' "$request" | exec '{reference}' "$@" ;;
+    printf '%s' "$request" | '{reference}' "$@"
+    exit ;;
 esac
 exec '{reference}' "$@"
 "#,
