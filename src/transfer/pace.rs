@@ -10,7 +10,7 @@
 //!   ignores priorities).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -42,24 +42,39 @@ impl Throttle {
         self.rate.load(Ordering::Relaxed)
     }
 
-    /// Wait until `bytes` may be moved at the current rate.
-    pub fn take(&self, bytes: u64) {
+    /// Wait until `bytes` may be moved at the current rate, or until `cancelled` is set
+    /// (looked at every [`CANCEL_CHECK`]): a slow rate makes long waits, and a cancelled
+    /// copy must let go of the snapshot's files at once. Whether the wait ran out.
+    pub fn take(&self, bytes: u64, cancelled: &AtomicBool) -> bool {
         let rate = self.rate();
         let mut paid = self.paid_until.lock().expect("not poisoned");
         let now = Instant::now();
         if rate == 0 {
             *paid = None;
-            return;
+            return !cancelled.load(Ordering::Relaxed);
         }
         let start = paid.filter(|p| *p > now).unwrap_or(now);
         let until = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
         *paid = Some(until);
         drop(paid);
-        if let Some(wait) = until.checked_duration_since(now + BURST) {
-            std::thread::sleep(wait);
+        let wake = until.checked_sub(BURST).unwrap_or(now);
+        loop {
+            if cancelled.load(Ordering::Relaxed) {
+                return false;
+            }
+            let Some(left) = wake.checked_duration_since(Instant::now()) else {
+                return true;
+            };
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::sleep(left.min(CANCEL_CHECK));
         }
     }
 }
+
+/// How often a wait in [`Throttle::take`] looks whether the copy was cancelled.
+const CANCEL_CHECK: Duration = Duration::from_millis(20);
 
 /// `[backup] pace` and its bounds, in bytes per second.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -224,6 +239,8 @@ pub fn set_lowest_io_priority() -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     const MB: u64 = 1 << 20;
@@ -360,10 +377,37 @@ mod tests {
     fn the_throttle_holds_a_copy_to_its_rate() {
         let throttle = Throttle::new(100 * MB);
         let started = Instant::now();
+        let go_on = AtomicBool::new(false);
         for _ in 0..30 {
-            throttle.take(MB);
+            assert!(throttle.take(MB, &go_on));
         }
         // 30 MB at 100 MB/s is 0.3 s, less the burst allowance.
         assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[test]
+    fn a_copy_waiting_for_the_throttle_stops_waiting_when_it_is_cancelled() {
+        // 64 MB at 1 MB/s: a minute's wait, unless cancelled.
+        let throttle = Arc::new(Throttle::new(MB));
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let waiting = {
+            let (throttle, cancelled) = (throttle.clone(), cancelled.clone());
+            std::thread::spawn(move || throttle.take(64 * MB, &cancelled))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiting.is_finished(), "the chunk waits for its turn");
+        cancelled.store(true, Ordering::Relaxed);
+        let stopped = Instant::now();
+        while !waiting.is_finished() && stopped.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            waiting.is_finished(),
+            "still waiting after its cancellation"
+        );
+        assert!(
+            !waiting.join().unwrap(),
+            "the wait reports the cancellation"
+        );
     }
 }

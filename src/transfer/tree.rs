@@ -278,9 +278,15 @@ impl TreeCopy for LocalEngine {
             counters: counters.clone(),
             durable: Arc::new(local::Fsync),
         };
-        // Dropped with this future (the copy was stopped): the threads stop too.
-        let _stop = StopOnDrop(counters.clone());
-        let mut copying = tokio::task::spawn_blocking(move || local::run(&request));
+        let (done, mut copying) = tokio::sync::oneshot::channel();
+        // Dropped with this future (the copy was stopped), it stops the threads and
+        // waits for them: nothing may hold a file of the snapshot once it is released.
+        let _thread = CopyThread {
+            counters: counters.clone(),
+            thread: Some(std::thread::spawn(move || {
+                let _ = done.send(local::run(&request));
+            })),
+        };
         let moved = loop {
             tokio::select! {
                 done = &mut copying => break done.context("the copy thread failed")??,
@@ -376,12 +382,20 @@ impl TreeCopy for RsyncEngine<'_> {
     }
 }
 
-/// Stops the local engine's threads when the copy is abandoned.
-struct StopOnDrop(Arc<Counters>);
+/// The local engine's thread: when the copy is abandoned, stopped and joined.
+struct CopyThread {
+    counters: Arc<Counters>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
 
-impl Drop for StopOnDrop {
+impl Drop for CopyThread {
     fn drop(&mut self) {
-        self.0.cancelled.store(true, Ordering::Relaxed);
+        self.counters.cancelled.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            // Blocking on purpose: a drop cannot await, and nothing may read the
+            // snapshot once the copy is given up.
+            let _ = thread.join();
+        }
     }
 }
 

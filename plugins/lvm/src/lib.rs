@@ -19,6 +19,7 @@
 //! The probe remembers each volume's LV so that `snapshot`, which runs under the database
 //! lock, runs `lvcreate` and nothing else.
 
+mod busy;
 mod device;
 mod health;
 mod lvs;
@@ -49,10 +50,14 @@ const NAME: &str = "lvm";
 /// Every snapshot this backend creates carries this LVM tag.
 pub const TAG: &str = "dbsnap";
 const DEFAULT_WARN_PERCENT: Percent = Percent::new_const(80.0);
-/// `lvremove` of a device that is still briefly open (right after umount; an invalidated
-/// snapshot whose copy was just cancelled stayed open for more than 4 s in the guest) is
-/// retried, for about 20 s in all.
-const REMOVE_ATTEMPTS: u32 = 8;
+/// `lvremove` of a device that is still briefly open right after its umount (udev's
+/// watch rule probes a device when it is closed) is retried, for about 7 s in all. Not
+/// longer: a snapshot that stays busy is held by something, which the error names (see
+/// [`busy`]). An invalidated snapshot is a case of that: dmeventd unmounts it lazily
+/// (`umount -l`) at once, and its filesystem lives on, unseen in the mount table, while
+/// a reader still has files of it open; dbsnap's copy engines let go of them before the
+/// snapshot is released.
+const REMOVE_ATTEMPTS: u32 = 4;
 const REMOVE_RETRY_DELAY: Duration = Duration::from_millis(750);
 
 /// `[snapshot.lvm]` in the configuration.
@@ -285,57 +290,13 @@ impl Lvm {
     }
 }
 
-/// Who keeps a device open: mounts, device-mapper holders, processes with it open.
+/// Who keeps the LV's device open (see [`busy`]).
 fn diagnose_busy(lv: &Lv) -> String {
-    let Some((major, minor)) = lv.device else {
-        return "The LV is not active, so nothing holds it open; see the lvremove error above."
-            .into();
-    };
-    let mut found = Vec::new();
-    if let Ok(table) = read_mount_table() {
-        for m in table
-            .iter()
-            .filter(|m| m.device == format!("{major}:{minor}"))
-        {
-            found.push(format!("mounted at {}", m.mount_point.display()));
+    match lv.device {
+        Some((major, minor)) => busy::diagnose(major, minor),
+        None => {
+            "The LV is not active, so nothing holds it open; see the lvremove error above.".into()
         }
-    }
-    let holders = format!("/sys/dev/block/{major}:{minor}/holders");
-    if let Ok(entries) = std::fs::read_dir(&holders) {
-        for entry in entries.flatten() {
-            found.push(format!(
-                "used by device {}",
-                entry.file_name().to_string_lossy()
-            ));
-        }
-    }
-    let dm_node = PathBuf::from(format!("/dev/dm-{minor}"));
-    if let Ok(procs) = std::fs::read_dir("/proc") {
-        for process in procs.flatten() {
-            let pid = process.file_name().to_string_lossy().into_owned();
-            if !pid.bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
-                continue;
-            };
-            if fds
-                .flatten()
-                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == dm_node))
-            {
-                let comm = std::fs::read_to_string(process.path().join("comm")).unwrap_or_default();
-                found.push(format!("open in process {pid} ({})", comm.trim()));
-            }
-        }
-    }
-    if found.is_empty() {
-        "Nothing visible holds it (another mount namespace may); retry `dbsnap cleanup` later."
-            .into()
-    } else {
-        format!(
-            "It is {}; stop that, then run `dbsnap cleanup`.",
-            found.join(", ")
-        )
     }
 }
 

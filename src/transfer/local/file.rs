@@ -84,9 +84,8 @@ fn read_hashed(
         hashed = start;
         let mut at = start;
         while at < end {
-            shared.check_cancelled()?;
             let want = CHUNK.min(end - at) as usize;
-            shared.throttle.take(want as u64);
+            shared.take(want as u64)?;
             let n = from.read_at(&mut buffer[..want], at)?;
             if n == 0 {
                 break;
@@ -138,9 +137,8 @@ pub fn update_seeded(
     let mut written = 0;
     let mut pos = 0u64;
     while pos < len {
-        shared.check_cancelled()?;
         let n = CHUNK.min(len - pos) as usize;
-        shared.throttle.take(n as u64);
+        shared.take(n as u64)?;
         from.read_exact_at(&mut ours[..n], pos)?;
         hasher.update(&ours[..n]);
         let have = old_len.saturating_sub(pos).min(n as u64) as usize;

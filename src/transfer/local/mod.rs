@@ -149,12 +149,25 @@ impl Shared<'_> {
         self.counters.done.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    pub fn check_cancelled(&self) -> io::Result<()> {
-        match self.counters.cancelled.load(Ordering::Relaxed) {
-            true => Err(io::Error::new(io::ErrorKind::Interrupted, "copy cancelled")),
-            false => Ok(()),
+    /// Wait until `bytes` may be moved at the throttle's rate; an error as soon as the
+    /// copy is cancelled, even in the middle of a long wait.
+    pub fn take(&self, bytes: u64) -> io::Result<()> {
+        match self.throttle.take(bytes, &self.counters.cancelled) {
+            true => Ok(()),
+            false => Err(cancelled()),
         }
     }
+}
+
+fn check_cancelled(counters: &Counters) -> io::Result<()> {
+    match counters.cancelled.load(Ordering::Relaxed) {
+        true => Err(cancelled()),
+        false => Ok(()),
+    }
+}
+
+fn cancelled() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "copy cancelled")
 }
 
 /// A regular file to copy.
@@ -264,6 +277,8 @@ fn walk(
             !item.exclude.iter().any(|x| x == relative)
         });
     for entry in entries {
+        // A cancelled copy stops walking too.
+        check_cancelled(&request.counters)?;
         let entry = entry.map_err(|e| anyhow::anyhow!("reading {}: {e}", item.from.display()))?;
         let relative = entry.path().strip_prefix(&item.from)?.to_path_buf();
         let to = item.to.join(&relative);
