@@ -10,8 +10,8 @@ use dbsnap_backend_api::{LocalHost, SnapshotBackend, SnapshotSet};
 
 use crate::backends::Backends;
 use crate::config::{BackupConfig, Config};
-use crate::error::backend_error;
 use crate::destination::Destination;
+use crate::error::backend_error;
 use crate::journal::{Journal, RemoteDest, Resource};
 use crate::kept::KeptSnapshot;
 
@@ -261,7 +261,10 @@ async fn release_one(scope: &Scope<'_>, run: &str, resource: &Resource) -> anyho
             if !partial.exists() {
                 return Ok(Outcome::NothingToRelease(PUBLISHED));
             }
-            scope.backends.delete_received(backend, id, &LocalHost).await?;
+            scope
+                .backends
+                .delete_received(backend, id, &LocalHost)
+                .await?;
             Ok(Outcome::Released)
         }
         Resource::Received {

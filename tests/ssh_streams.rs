@@ -58,14 +58,14 @@ impl Config<'_> {
         dbsnap_with(self.path, args)
     }
 
-    /// `dbsnap backup` in the background, its output discarded.
-    fn spawn_backup(&self) -> Child {
+    /// `dbsnap backup` in the background, its log going to `log`.
+    fn spawn_backup(&self, log: &Path) -> Child {
         Command::new(DBSNAP)
             .arg("--config")
             .arg(self.path)
             .arg("backup")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .unwrap()
     }
@@ -118,7 +118,10 @@ fn a_full_stream_and_two_incrementals(
     for (m, _) in &chain[1..] {
         let sent = m["transfer"]["bytes"].as_u64().unwrap();
         println!("MEASURE {method} over ssh, incremental stream: {sent} bytes");
-        assert!(sent < full / 4, "an incremental sent {sent} of {full} bytes");
+        assert!(
+            sent < full / 4,
+            "an incremental sent {sent} of {full} bytes"
+        );
     }
     chain
 }
@@ -187,11 +190,14 @@ fn interrupted_streams_leave_nothing(
     receiving: &dyn Fn() -> bool,
     clean: &dyn Fn(&str),
 ) {
-    let mut child = config.spawn_backup();
+    let log = config.state.with_extension("backup.log");
+    let mut child = config.spawn_backup(&log);
     wait_until(receiving, &mut child);
     assert!(config.sshd.kill_sessions() >= 1);
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(14), "{}", config.sshd.log_text());
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(14), "{said}");
+    assert!(said.contains("connection to the backup host"), "{said}");
     clean("after the lost connection");
     // The cut-off receive may take a moment to end on the backup host.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -199,7 +205,7 @@ fn interrupted_streams_leave_nothing(
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let mut child = config.spawn_backup();
+    let mut child = config.spawn_backup(&log);
     wait_until(receiving, &mut child);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -260,7 +266,12 @@ impl BtrfsHost {
         let dir = disk.mountpoint.join("db backups; $(touch pwned) 'q'");
         std::fs::create_dir(&dir).unwrap();
         let sshd = Sshd::start();
-        BtrfsHost { sb, disk, sshd, dir }
+        BtrfsHost {
+            sb,
+            disk,
+            sshd,
+            dir,
+        }
     }
 
     fn config(&self) -> Config<'_> {
@@ -280,15 +291,18 @@ impl BtrfsHost {
     }
 
     fn nothing_executed(&self) {
-        for canary in [self.dir.join("pwned"), PathBuf::from("pwned"), "/root/pwned".into()] {
+        for canary in [
+            self.dir.join("pwned"),
+            PathBuf::from("pwned"),
+            "/root/pwned".into(),
+        ] {
             assert!(!canary.exists(), "{} was created", canary.display());
         }
     }
 }
 
 #[test]
-fn btrfs_send_over_ssh_a_chain_under_load_restores_from_the_backup_host_and_prune_keeps_the_base()
-{
+fn btrfs_send_over_ssh_a_chain_under_load_restores_from_the_backup_host_and_prune_keeps_the_base() {
     let host = BtrfsHost::new(64);
     let config = host.config();
     config.write("method = \"btrfs-send\"", "");
@@ -301,10 +315,7 @@ fn btrfs_send_over_ssh_a_chain_under_load_restores_from_the_backup_host_and_prun
     restore_from_the_backup_host_and_check(&config, host.sb.dir.path(), "", last, commits);
 
     // Prune deletes the older backups' received copies there; the base stays.
-    config.write(
-        "method = \"btrfs-send\"",
-        "[retention]\nkeep_last = 1\n",
-    );
+    config.write("method = \"btrfs-send\"", "[retention]\nkeep_last = 1\n");
     let out = config.dbsnap(&["prune", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
@@ -438,7 +449,11 @@ fn zfs_send_over_ssh_a_chain_under_load_restores_from_the_backup_host_and_prune_
     let received = zfs_received(&dest_dataset);
     let snapshots = received.iter().filter(|r| r.contains('@')).count();
     let chains = received.iter().filter(|r| r.ends_with(".stream")).count();
-    assert_eq!((snapshots, chains, received.len()), (6, 2, 14), "{received:?}");
+    assert_eq!(
+        (snapshots, chains, received.len()),
+        (6, 2, 14),
+        "{received:?}"
+    );
 
     let (last, commits) = chain.last().unwrap();
     restore_from_the_backup_host_and_check(&config, &sb.dir, "binlog", last, commits);

@@ -27,9 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dbsnap_backend_api::{
-    LocalHost, NativeStream, ReadPath, SnapshotBackend, SnapshotSet, Volume,
-};
+use dbsnap_backend_api::{LocalHost, NativeStream, ReadPath, SnapshotBackend, SnapshotSet, Volume};
 
 use crate::backends::Backends;
 use crate::config::Method;
@@ -307,7 +305,10 @@ async fn stream_for<'a>(
             Ok(Some(stream))
         }
         Err(why) if *method == Method::Auto => {
-            tracing::info!("method auto: copying files, not {}: {why:#}", stream.method());
+            tracing::info!(
+                "method auto: copying files, not {}: {why:#}",
+                stream.method()
+            );
             Ok(None)
         }
         Err(why) => Err(why),

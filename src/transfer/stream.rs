@@ -14,8 +14,8 @@ use dbsnap_backend_api::{
 
 use super::chain::{self, Parent};
 use super::{Copied, Finish, Source, Target, Transfer, TransferMethod, TransferStats};
-use crate::error::{fail, Class};
 use crate::destination::Destination;
+use crate::error::{fail, Class};
 use crate::journal::Resource;
 use crate::manifest::StoredVolume;
 

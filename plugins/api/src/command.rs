@@ -557,7 +557,10 @@ mod tests {
             .args(["list", "-H"])
             .stdin("x")
             .timeout(Duration::from_secs(7));
-        let over = cmd.replaced_by(vec!["ssh".into(), "host".into()], "on host: zfs list -H".into());
+        let over = cmd.replaced_by(
+            vec!["ssh".into(), "host".into()],
+            "on host: zfs list -H".into(),
+        );
         assert_eq!(over.argv(), ["ssh", "host"]);
         assert_eq!(over.stdin.as_deref(), Some(&b"x"[..]));
         assert_eq!(over.timeout, Duration::from_secs(7));

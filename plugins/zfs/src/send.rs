@@ -170,7 +170,7 @@ pub(crate) async fn snapshots_of(host: &dyn ReceivingHost, dataset: &str) -> Res
 
 /// Where `dataset` is mounted on `host`, mounting it if ZFS did not.
 async fn mounted_at(host: &dyn ReceivingHost, dataset: &str) -> Result<PathBuf> {
-    let find = || async move {
+    let find = move || async move {
         Ok::<_, BackendError>(
             mount_table_on(host)
                 .await?

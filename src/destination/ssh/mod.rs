@@ -6,7 +6,7 @@
 //! Paths in [`Partial::dir`] and [`Backup::path`] are paths *on the remote host*.
 //! Each remote command is a fixed POSIX `sh` script whose variable parts are passed as
 //! positional arguments (`sh -c SCRIPT sh ARG...`), the whole argv quoted by
-//! [`crate::ssh::command_line`]: nothing from a path or a name is ever part of a script.
+//! [`crate::ssh::session::command_line`]: nothing from a path or a name is ever part of a script.
 //!
 //! Remote commands used: `sh`, `cat`, `mkdir`, `mktemp`, `mv`, `rm`, `sync`, `df`
 //! (coreutils), plus `rsync` and `b3sum` for the copy and its checksums. The fixed
@@ -17,7 +17,7 @@
 //! [`ReceivingHost`], so the backend's own receive and delete commands (`btrfs
 //! receive`, `zfs receive`, `btrfs subvolume delete`, `zfs destroy`, `stat`,
 //! `realpath`, `cat /proc/self/mountinfo`) run there as argv vectors, each turned into
-//! one quoted remote line by [`crate::ssh::command_line`] under `env LC_ALL=C`.
+//! one quoted remote line by [`crate::ssh::session::command_line`] under `env LC_ALL=C`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

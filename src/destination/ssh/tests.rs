@@ -37,9 +37,7 @@ mod unit {
     #[test]
     fn a_receive_command_reaches_the_backup_host_as_the_same_words_and_runs_nothing_else() {
         let hostile = "/srv/b; $(touch pwned) `id` 'q'\nline/20261125T000000Z.partial";
-        let cmd = Cmd::new("printf")
-            .args(["%s\\0", hostile])
-            .env("TZ", "UTC");
+        let cmd = Cmd::new("printf").args(["%s\\0", hostile]).env("TZ", "UTC");
         let words = remote_words(&cmd);
         assert_eq!(
             words,
@@ -47,7 +45,7 @@ mod unit {
         );
         // The line ssh hands to the remote user's shell.
         let out = std::process::Command::new("sh")
-            .args(["-c", &crate::ssh::command_line(&words)])
+            .args(["-c", &crate::ssh::session::command_line(&words)])
             .output()
             .unwrap();
         assert!(out.status.success());
