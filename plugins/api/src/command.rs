@@ -253,34 +253,38 @@ pub async fn pipe(
     let mut sink = receiver.stdin.take().expect("stdin was piped");
     let sender_err = collect(sender.stderr.take().expect("stderr was piped"));
     let receiver_err = collect(receiver.stderr.take().expect("stderr was piped"));
-    let forward = async {
+    let forward = async move {
         // Small reads under a limit keep the rate smooth.
         let mut buffer = vec![0u8; if bwlimit.is_some() { 64 << 10 } else { 1 << 20 }];
         let mut total = 0u64;
         let started = Instant::now();
-        loop {
-            let n = source.read(&mut buffer).await?;
-            if n == 0 {
-                break;
-            }
-            sink.write_all(&buffer[..n]).await?;
-            total += n as u64;
-            progress(total);
-            if let Some(limit) = bwlimit.filter(|l| *l > 0) {
-                let due = Duration::from_secs_f64(total as f64 / limit as f64);
-                if let Some(ahead) = due.checked_sub(started.elapsed()) {
-                    tokio::time::sleep(ahead).await;
+        let copied: std::io::Result<()> = async {
+            loop {
+                let n = source.read(&mut buffer).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                sink.write_all(&buffer[..n]).await?;
+                total += n as u64;
+                progress(total);
+                if let Some(limit) = bwlimit.filter(|l| *l > 0) {
+                    let due = Duration::from_secs_f64(total as f64 / limit as f64);
+                    if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(ahead).await;
+                    }
                 }
             }
         }
+        .await;
+        // A sender still writing into a receiver that stopped reading must see a broken
+        // pipe (and exit, closing its stderr), not wait forever for room in the pipe.
+        drop(source);
+        copied?;
         sink.shutdown().await?;
         drop(sink);
         Ok::<u64, std::io::Error>(total)
     };
     let (forwarded, sender_err, receiver_err) = tokio::join!(forward, sender_err, receiver_err);
-    // A sender still writing into a receiver that stopped reading must see a broken pipe,
-    // not wait forever for room in it.
-    drop(source);
     let sent = sender.wait().await;
     let received = receiver.wait().await;
     let stderr = format!("{}{}", sender_err.trim_end(), receiver_err.trim_end());
