@@ -334,13 +334,13 @@ impl Destination for SshDir {
         let dir = self.dir().to_string_lossy();
         let out = self
             .session
-            .run(&["df", "-P", "-B1", "--", &dir], "df")
+            .run(&["df", "-B1", "--output=avail", "--", &dir], "df")
             .await?;
+        // One column only: a filesystem's name may hold spaces (a ZFS dataset's does).
         let free = out
             .lines()
             .nth(1)
-            .and_then(|l| l.split_whitespace().nth(3))
-            .and_then(|n| n.parse().ok())
+            .and_then(|l| l.trim().parse().ok())
             .ok_or_else(|| {
                 anyhow::anyhow!(
                     "cannot read the free space of {} from df: {out:?}",
