@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use async_trait::async_trait;
-use dbsnap_backend_api::SnapshotBackend;
+use dbsnap_backend_api::{ReceivingHost, SnapshotBackend};
 
 use crate::config::SnapshotConfig;
 use crate::destination::ReceivedCopies;
@@ -57,21 +57,27 @@ impl Backends for SnapshotConfig {
 /// is configured now.
 #[async_trait]
 impl ReceivedCopies for SnapshotConfig {
-    async fn delete_received(&self, backend: &str, id: &str) -> anyhow::Result<()> {
-        delete_received(self, backend, id).await
+    async fn delete_received(
+        &self,
+        backend: &str,
+        id: &str,
+        host: &dyn ReceivingHost,
+    ) -> anyhow::Result<()> {
+        delete_received(self, backend, id, host).await
     }
 }
 
-/// Delete a received copy through the backend called `backend`.
+/// Delete a received copy on `host` through the backend called `backend`.
 pub async fn delete_received(
     backends: &dyn Backends,
     backend: &str,
     id: &str,
+    host: &dyn ReceivingHost,
 ) -> anyhow::Result<()> {
     let backend = backends.open_named(backend)?;
     let stream = backend
         .native_stream()
         .with_context(|| format!("the {} backend cannot delete {id}", backend.name()))?;
-    stream.delete_received(id).await?;
+    stream.delete_received(host, id).await?;
     Ok(())
 }

@@ -34,11 +34,14 @@ pub enum Resource {
     /// A copy being received by a native stream for the backup being written in
     /// `partial` ([`dbsnap_backend_api::Received::id`]); it may live outside `partial`
     /// (ZFS). Released only while `partial` exists: once the backup is published, the
-    /// copy is the backup's.
+    /// copy is the backup's. On a backup host (`remote`), both are paths there and the
+    /// copy is deleted over ssh.
     Received {
         backend: String,
         id: String,
         partial: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        remote: Option<RemoteDest>,
     },
     /// A backup directory on another host (`dir` inside the ssh destination `dest`,
     /// reached with `ssh`). A `resumable` one is being filled: released, it stays
@@ -74,6 +77,14 @@ pub enum Resource {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         claim: Option<String>,
     },
+}
+
+/// An ssh destination as the journal names it: enough for `cleanup` to reach it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteDest {
+    /// `[backup] dest` (the `ssh://` URL).
+    pub dest: String,
+    pub ssh: crate::config::SshConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -390,6 +401,30 @@ mod tests {
 }
 
 #[cfg(test)]
+mod received_on_a_backup_host {
+    use super::*;
+
+    #[test]
+    fn an_entry_without_a_host_reads_as_one_on_this_host_and_a_remote_one_round_trips() {
+        let old = r#"{"kind":"received","backend":"btrfs","id":"/b/x.partial/dbsnap-a.0","partial":"/b/x.partial"}"#;
+        let entry: Resource = serde_json::from_str(old).unwrap();
+        assert!(matches!(entry, Resource::Received { remote: None, .. }));
+        assert_eq!(serde_json::to_string(&entry).unwrap(), old);
+        let remote = Resource::Received {
+            backend: "zfs".into(),
+            id: "bk/dbsnap-received/dbsnap-a.0.stream@dbsnap-a".into(),
+            partial: "/srv/b/x.partial".into(),
+            remote: Some(RemoteDest {
+                dest: "ssh://backup@host/srv/b".into(),
+                ssh: crate::config::SshConfig::default(),
+            }),
+        };
+        let text = serde_json::to_string(&remote).unwrap();
+        assert_eq!(serde_json::from_str::<Resource>(&text).unwrap(), remote);
+    }
+}
+
+#[cfg(test)]
 mod properties {
     use dbsnap_backend_api::{SnapshotName, Volume, VolumeSnapshot};
     use proptest::prelude::*;
@@ -407,6 +442,7 @@ mod properties {
                 backend: b,
                 id: i,
                 partial: p.into(),
+                remote: None,
             }),
             (
                 "dbsnap-[a-zA-Z0-9_.-]{1,30}",

@@ -6,12 +6,13 @@
 use std::path::Path;
 
 use anyhow::Context;
-use dbsnap_backend_api::{SnapshotBackend, SnapshotSet};
+use dbsnap_backend_api::{LocalHost, SnapshotBackend, SnapshotSet};
 
 use crate::backends::Backends;
 use crate::config::{BackupConfig, Config};
+use crate::destination::Destination;
 use crate::error::backend_error;
-use crate::journal::{Journal, Resource};
+use crate::journal::{Journal, RemoteDest, Resource};
 use crate::kept::KeptSnapshot;
 
 /// Where releasing may act: the state directory, the configured destination (a
@@ -49,6 +50,9 @@ impl<'a> Scope<'a> {
         }
     }
 }
+
+/// Why a received copy's entry is dropped once its partial is gone.
+const PUBLISHED: &str = "its backup was published or removed, so it is not a leftover";
 
 /// What [`release_all`] did: resources released, and entries dropped from the journal
 /// with nothing to release (each with why).
@@ -274,14 +278,36 @@ async fn release_one(scope: &Scope<'_>, run: &str, resource: &Resource) -> anyho
             backend,
             id,
             partial,
+            remote: None,
         } => {
             check_partial(scope, partial)?;
             if !partial.exists() {
-                return Ok(Outcome::NothingToRelease(
-                    "its backup was published or removed, so it is not a leftover",
+                return Ok(Outcome::NothingToRelease(PUBLISHED));
+            }
+            scope
+                .backends
+                .delete_received(backend, id, &LocalHost)
+                .await?;
+            Ok(Outcome::Released)
+        }
+        Resource::Received {
+            backend,
+            id,
+            partial,
+            remote: Some(remote),
+        } => {
+            let dest = crate::destination::ssh::SshDir::reopen(remote, scope.state_dir)?;
+            if !dest.is_partial_dir(partial) {
+                return Err(untrusted(
+                    "the partial backup of a received copy",
+                    partial,
+                    format!("a NAME.partial directory in {}", remote.dest),
                 ));
             }
-            scope.backends.delete_received(backend, id).await?;
+            if !dest.holds(partial).await? {
+                return Ok(Outcome::NothingToRelease(PUBLISHED));
+            }
+            scope.backends.delete_received(backend, id, &dest).await?;
             Ok(Outcome::Released)
         }
         Resource::Mount { set, workdir } => {
@@ -320,7 +346,18 @@ async fn release_one(scope: &Scope<'_>, run: &str, resource: &Resource) -> anyho
             dir,
             resumable,
         } => {
-            crate::destination::ssh::release(dest, ssh, dir, *resumable, scope.state_dir).await?;
+            let remote = RemoteDest {
+                dest: dest.clone(),
+                ssh: ssh.clone(),
+            };
+            crate::destination::ssh::release(
+                &remote,
+                dir,
+                *resumable,
+                scope.state_dir,
+                scope.backends,
+            )
+            .await?;
             Ok(Outcome::Released)
         }
         Resource::Pulled { dir } => {

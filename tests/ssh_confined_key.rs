@@ -156,7 +156,10 @@ fn through_the_confined_key_other_commands_paths_outside_and_rsync_options_writi
             quoted(&format!("{dest}/backup/secret"))
         ),
         format!("du -s -b -- {}", quoted("/etc")),
-        format!("df -P -B1 -- {}; touch {canary_s}", quoted(&dest)),
+        format!(
+            "df -B1 --output=avail -- {}; touch {canary_s}",
+            quoted(&dest)
+        ),
         format!("rsync --server -e.LsfxCIvu . {}", quoted(&out_s)),
     ] {
         let out = r.sshd.ssh(&line);

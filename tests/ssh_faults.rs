@@ -151,18 +151,22 @@ fn a_key_forced_to_rrsync_fails_in_preflight_saying_what_dbsnap_needs_there() {
     failed_before_the_lock(&r, &out);
 }
 
+/// The destination directory is on the test machine's own filesystem, not btrfs.
 #[test]
-fn a_native_stream_to_an_ssh_destination_is_refused_before_the_lock_and_auto_takes_rsync() {
+fn a_stream_to_a_backup_host_directory_not_on_btrfs_is_refused_before_the_lock_and_auto_takes_rsync(
+) {
     let r = Remote::new("dest");
     r.write_config("method = \"btrfs-send\"");
-    let out = r.sb.dbsnap(&["backup"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("not supported yet"),
-        "{}",
-        stderr(&out)
-    );
-    failed_before_the_lock(&r, &out);
+    for command in ["check", "backup"] {
+        let out = r.sb.dbsnap(&[command]);
+        assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("not on btrfs") && err.contains("127.0.0.1"),
+            "{err}"
+        );
+        failed_before_the_lock(&r, &out);
+    }
     r.write_config("method = \"auto\"");
     let out = r.sb.dbsnap(&["backup", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));

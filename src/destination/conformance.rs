@@ -30,7 +30,12 @@ pub struct Deleted(pub Mutex<Vec<(String, String)>>);
 
 #[async_trait]
 impl ReceivedCopies for Deleted {
-    async fn delete_received(&self, backend: &str, id: &str) -> anyhow::Result<()> {
+    async fn delete_received(
+        &self,
+        backend: &str,
+        id: &str,
+        _host: &dyn dbsnap_backend_api::ReceivingHost,
+    ) -> anyhow::Result<()> {
         self.0.lock().unwrap().push((backend.into(), id.into()));
         Ok(())
     }
@@ -178,6 +183,7 @@ async fn a_partial_is_journaled_and_never_a_backup_until_published(
             backend: "btrfs".into(),
             id: "r0".into(),
             partial: partial.dir.clone(),
+            remote: None,
         };
         journal.record(&name, received).unwrap();
     }

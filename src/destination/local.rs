@@ -7,7 +7,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use dbsnap_backend_api::mounts;
+use dbsnap_backend_api::{mounts, LocalHost};
 
 use super::{Backup, Destination, Entry, Partial, ReceivedCopies, ServerFiles};
 use crate::error::{fail, Class};
@@ -68,7 +68,7 @@ pub async fn remove_dir(
     if let Ok(manifest) = Manifest::read(dir) {
         for stored in &manifest.stored {
             received
-                .delete_received(&manifest.snapshot.backend, &stored.id)
+                .delete_received(&manifest.snapshot.backend, &stored.id, &LocalHost)
                 .await?;
         }
     }

@@ -113,7 +113,9 @@ impl Destination for MemoryDestination {
         let removed = self.held.lock().unwrap().insert(backup.name.clone(), None);
         if let Some(Some(m)) = removed {
             for s in &m.stored {
-                received.delete_received(&m.snapshot.backend, &s.id).await?;
+                received
+                    .delete_received(&m.snapshot.backend, &s.id, &dbsnap_backend_api::LocalHost)
+                    .await?;
             }
         }
         self.held.lock().unwrap().remove(&backup.name);

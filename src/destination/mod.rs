@@ -13,7 +13,8 @@
 //! - [`local::LocalDir`]: a directory on this host (`/srv/backups/db1`).
 //! - [`ssh::SshDir`] (`ssh://[user@]host[:port]/path`): the same layout on another host. The
 //!   partial is a remote directory (`mkdir` over ssh, journaled like a local one),
-//!   rsync and stream receives run against `host:partial`, publishing writes the
+//!   rsync runs against `host:partial`, a stream's receiving side runs there over ssh
+//!   (the destination is the stream's [`ReceivingHost`]), publishing writes the
 //!   manifest, syncs and renames remotely. Nothing in the contract below assumes the
 //!   partial is readable from this host except [`Partial::dir`], which such an
 //!   implementation documents as a path on its host.
@@ -61,6 +62,8 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+
+use dbsnap_backend_api::ReceivingHost;
 
 use crate::db::DbPath;
 use crate::journal::Journal;
@@ -262,8 +265,14 @@ impl BaseOf<'_> {
 /// only their backend can. The host implements it over its backends; tests fake it.
 #[async_trait]
 pub trait ReceivedCopies: Send + Sync {
-    /// Delete the received copy `id` made by the backend called `backend`. Idempotent.
-    async fn delete_received(&self, backend: &str, id: &str) -> anyhow::Result<()>;
+    /// Delete the received copy `id` made by the backend called `backend`, on `host`
+    /// (this one, or the backup host of an ssh destination). Idempotent.
+    async fn delete_received(
+        &self,
+        backend: &str,
+        id: &str,
+        host: &dyn ReceivingHost,
+    ) -> anyhow::Result<()>;
 }
 
 /// Where backups go. See the module documentation for the contract.
@@ -288,6 +297,12 @@ pub trait Destination: Send + Sync {
     /// restore` straight into the new directories.
     fn repository(&self) -> Option<&restic::ResticRepo> {
         None
+    }
+
+    /// Whether `path`, where a backup's received copy is read ([`Backup::path`] joined
+    /// with its stored path), exists. Only reads.
+    async fn holds(&self, path: &Path) -> anyhow::Result<bool> {
+        Ok(path.exists())
     }
 
     /// That backups can be written here: it exists, is writable, lies outside the

@@ -286,7 +286,12 @@ impl Backends for TestBackends {
 
 #[async_trait]
 impl ReceivedCopies for TestBackends {
-    async fn delete_received(&self, _backend: &str, _id: &str) -> anyhow::Result<()> {
+    async fn delete_received(
+        &self,
+        _backend: &str,
+        _id: &str,
+        _host: &dyn dbsnap_backend_api::ReceivingHost,
+    ) -> anyhow::Result<()> {
         Ok(())
     }
 }

@@ -279,6 +279,18 @@ impl Session {
         Ok(out)
     }
 
+    /// The local argv (`ssh OPTIONS HOST LINE`) that runs `argv` there over the master
+    /// connection, for a process dbsnap starts itself (the receiving end of a stream).
+    /// Connects first.
+    pub async fn remote_argv(&self, argv: &[&str]) -> anyhow::Result<Vec<String>> {
+        self.connect().await?;
+        let mut words = vec!["ssh".to_string()];
+        words.extend(self.client_options());
+        words.push(self.target.destination());
+        words.push(command_line(argv));
+        Ok(words)
+    }
+
     /// Run `argv` remotely; a non-zero status is an error saying `what` failed.
     pub async fn run(&self, argv: &[&str], what: &str) -> anyhow::Result<String> {
         let out = self.output(argv, None).await?;

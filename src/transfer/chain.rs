@@ -106,17 +106,14 @@ pub async fn find_parent(
             dest.location().join(&parent.backup).display()
         )));
     };
-    if let Some(missing) = base
-        .manifest
-        .stored
-        .iter()
-        .map(|s| base.path.join(&s.path))
-        .find(|p| !p.exists())
-    {
-        return Ok(Chain::Broken(format!(
-            "the base backup's copy {} is gone",
-            missing.display()
-        )));
+    // At the destination: on a backup host, checked there.
+    for copy in base.manifest.stored.iter().map(|s| base.path.join(&s.path)) {
+        if !dest.holds(&copy).await? {
+            return Ok(Chain::Broken(format!(
+                "the base backup's copy {} is gone",
+                copy.display()
+            )));
+        }
     }
     if let Some(newer) = dest
         .newest_base(datadir, BaseOf::Stream(stream.method()))

@@ -31,7 +31,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dbsnap_backend_api::{NativeStream, ReadPath, SnapshotBackend, SnapshotSet, Volume};
+use dbsnap_backend_api::{LocalHost, NativeStream, ReadPath, SnapshotBackend, SnapshotSet, Volume};
 
 use crate::backends::Backends;
 use crate::config::Method;
@@ -164,10 +164,7 @@ pub async fn choose<'a>(
     if let Some(ingest) = dest.ingest() {
         return repository_transfer(settings.method, ingest, dest, facts).await;
     }
-    let stream = match dest.remote() {
-        Some(remote) => refuse_stream_over_ssh(settings.method, remote)?,
-        None => stream_for(settings.method, backend, dest.location()).await?,
-    };
+    let stream = stream_for(settings.method, backend, dest).await?;
     let Some(stream) = stream else {
         let engine = tree::engine_for(settings.method, dest, settings.bwlimit, settings.compress);
         tracing::info!("copying a file tree with {}", engine.engine().describe());
@@ -212,6 +209,7 @@ pub async fn choose<'a>(
     };
     Ok(Box::new(stream::StreamTransfer {
         stream,
+        dest,
         parent,
         full_because,
         bwlimit: settings.bwlimit,
@@ -259,37 +257,12 @@ async fn repository_transfer<'a>(
     }))
 }
 
-/// Native streams are not received over ssh (yet): an ssh destination takes rsync.
-fn refuse_stream_over_ssh<'a>(
-    method: &Method,
-    remote: &crate::destination::ssh::SshDir,
-) -> anyhow::Result<Option<&'a dyn NativeStream>> {
-    match method {
-        Method::Files | Method::Rsync => Ok(None),
-        Method::Auto => {
-            tracing::info!(
-                "method auto: copying with rsync over ssh to {}",
-                remote.target().display_host()
-            );
-            Ok(None)
-        }
-        Method::Stream(name) => Err(fail(
-            Class::Config,
-            format!(
-                "[backup] method = \"{name}\" cannot stream to the ssh destination {}: native \
-                 streams over ssh are not supported yet. Use method = \"rsync\" (or \"auto\") \
-                 for an ssh destination",
-                remote.target().url()
-            ),
-        )),
-    }
-}
-
-/// The backend's stream, if `method` asks for it and the destination can receive it.
+/// The backend's stream, if `method` asks for it and the destination (here, or the
+/// backup host of an ssh destination) can receive it.
 async fn stream_for<'a>(
     method: &Method,
     backend: &'a dyn SnapshotBackend,
-    dest: &Path,
+    dest: &dyn Destination,
 ) -> anyhow::Result<Option<&'a dyn NativeStream>> {
     let wanted = match method {
         Method::Files | Method::Rsync => return Ok(None),
@@ -321,15 +294,43 @@ async fn stream_for<'a>(
             return Ok(None);
         }
     };
-    match stream.check_destination(dest).await {
+    let receivable = match dest.remote() {
+        Some(remote) => can_receive_on(stream, remote).await,
+        None => stream
+            .check_destination(&LocalHost, dest.location())
+            .await
+            .map_err(|why| fail(Class::Destination, why.to_string())),
+    };
+    match receivable {
         Ok(()) => {
             tracing::info!("transfer method {}", stream.method());
             Ok(Some(stream))
         }
         Err(why) if *method == Method::Auto => {
-            tracing::info!("method auto: copying files, not {}: {why}", stream.method());
+            tracing::info!(
+                "method auto: copying files, not {}: {why:#}",
+                stream.method()
+            );
             Ok(None)
         }
-        Err(why) => Err(fail(Class::Destination, why.to_string())),
+        Err(why) => Err(why),
     }
+}
+
+/// Whether the backup host of `remote` can receive `stream` into its directory: it has
+/// the stream's programs, and the directory is where they can store the copies.
+async fn can_receive_on(
+    stream: &dyn NativeStream,
+    remote: &crate::destination::ssh::SshDir,
+) -> anyhow::Result<()> {
+    remote.check_with(stream.receiving_programs()).await?;
+    stream
+        .check_destination(remote, &remote.target().path)
+        .await
+        .map_err(|why| {
+            fail(
+                Class::Destination,
+                format!("on {}: {why}", remote.target().display_host()),
+            )
+        })
 }

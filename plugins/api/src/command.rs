@@ -46,6 +46,8 @@ pub struct Cmd {
     stdin: Option<Vec<u8>>,
     timeout: Duration,
     env: Vec<(OsString, OsString)>,
+    /// How messages show it, when it runs another command (see [`Cmd::replaced_by`]).
+    shown: Option<String>,
 }
 
 impl Cmd {
@@ -55,6 +57,7 @@ impl Cmd {
             stdin: None,
             timeout: DEFAULT_TIMEOUT,
             env: Vec::new(),
+            shown: None,
         }
     }
 
@@ -89,9 +92,34 @@ impl Cmd {
         self
     }
 
+    /// The program and its arguments.
+    pub fn argv(&self) -> &[OsString] {
+        &self.argv
+    }
+
+    /// The environment variables set for it (besides `LC_ALL=C`, always set).
+    pub fn envs(&self) -> &[(OsString, OsString)] {
+        &self.env
+    }
+
+    /// The command `argv` that runs this one some other way (`ssh HOST LINE` runs it on
+    /// another host), with the same stdin and timeout; messages show it as `shown`.
+    pub fn replaced_by(&self, argv: Vec<OsString>, shown: String) -> Cmd {
+        Cmd {
+            argv,
+            stdin: self.stdin.clone(),
+            timeout: self.timeout,
+            env: Vec::new(),
+            shown: Some(shown),
+        }
+    }
+
     /// The command line for messages, each argument quoted where a reader would need it.
     /// Display only: nothing ever passes it to a shell.
     pub fn display(&self) -> String {
+        if let Some(shown) = &self.shown {
+            return shown.clone();
+        }
         self.argv
             .iter()
             .map(|a| quote_for_display(&a.to_string_lossy()))
@@ -225,26 +253,33 @@ pub async fn pipe(
     let mut sink = receiver.stdin.take().expect("stdin was piped");
     let sender_err = collect(sender.stderr.take().expect("stderr was piped"));
     let receiver_err = collect(receiver.stderr.take().expect("stderr was piped"));
-    let forward = async {
+    let forward = async move {
         // Small reads under a limit keep the rate smooth.
         let mut buffer = vec![0u8; if bwlimit.is_some() { 64 << 10 } else { 1 << 20 }];
         let mut total = 0u64;
         let started = Instant::now();
-        loop {
-            let n = source.read(&mut buffer).await?;
-            if n == 0 {
-                break;
-            }
-            sink.write_all(&buffer[..n]).await?;
-            total += n as u64;
-            progress(total);
-            if let Some(limit) = bwlimit.filter(|l| *l > 0) {
-                let due = Duration::from_secs_f64(total as f64 / limit as f64);
-                if let Some(ahead) = due.checked_sub(started.elapsed()) {
-                    tokio::time::sleep(ahead).await;
+        let copied: std::io::Result<()> = async {
+            loop {
+                let n = source.read(&mut buffer).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                sink.write_all(&buffer[..n]).await?;
+                total += n as u64;
+                progress(total);
+                if let Some(limit) = bwlimit.filter(|l| *l > 0) {
+                    let due = Duration::from_secs_f64(total as f64 / limit as f64);
+                    if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(ahead).await;
+                    }
                 }
             }
         }
+        .await;
+        // A sender still writing into a receiver that stopped reading must see a broken
+        // pipe (and exit, closing its stderr), not wait forever for room in the pipe.
+        drop(source);
+        copied?;
         sink.shutdown().await?;
         drop(sink);
         Ok::<u64, std::io::Error>(total)
@@ -257,6 +292,11 @@ pub async fn pipe(
     let received_ok = received.as_ref().is_ok_and(|s| s.success());
     match (sent_ok, received_ok, forwarded) {
         (true, true, Ok(total)) => Ok(total),
+        // The receiver stopped taking the stream (and the sender then broke off).
+        (_, false, Err(_)) => Err(fail(
+            format!("failed: the receiver exited with {}", describe(received)),
+            stderr,
+        )),
         (false, _, _) => Err(fail(
             format!("failed: the sender exited with {}", describe(sent)),
             stderr,
@@ -498,6 +538,37 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("the sender exited"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn pipe_names_the_receiver_when_it_stops_reading_and_the_sender_is_stopped_too() {
+        let err = pipe(
+            &Cmd::new("head").args(["-c", "200000000", "/dev/zero"]),
+            &Cmd::new("sh").args(["-c", "head -c 10 >/dev/null; echo gone >&2; exit 3"]),
+            None,
+            &|_| {},
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("the receiver exited"), "{err}");
+        assert!(err.contains("gone"), "{err}");
+    }
+
+    #[test]
+    fn a_replacing_command_keeps_stdin_and_timeout_and_shows_its_own_text() {
+        let cmd = Cmd::new("zfs")
+            .args(["list", "-H"])
+            .stdin("x")
+            .timeout(Duration::from_secs(7));
+        let over = cmd.replaced_by(
+            vec!["ssh".into(), "host".into()],
+            "on host: zfs list -H".into(),
+        );
+        assert_eq!(over.argv(), ["ssh", "host"]);
+        assert_eq!(over.stdin.as_deref(), Some(&b"x"[..]));
+        assert_eq!(over.timeout, Duration::from_secs(7));
+        assert_eq!(over.display(), "on host: zfs list -H");
     }
 
     #[tokio::test]

@@ -26,7 +26,10 @@ pub use name::{
     validate_name, validate_name_up_to, SnapshotName, MAX_NAME_LEN, MAX_SNAPSHOT_NAME_LEN,
     SNAPSHOT_PREFIX,
 };
-pub use stream::{NativeStream, Received, StreamParent};
+pub use stream::{
+    canonical_on, mount_table_on, LocalHost, NativeStream, ReceiveAt, Received, ReceivingHost,
+    StreamParent,
+};
 
 /// A filesystem volume that holds one or more database paths.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

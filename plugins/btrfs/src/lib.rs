@@ -21,7 +21,7 @@ use serde::Deserialize;
 mod send;
 
 /// Every btrfs subvolume's root directory has this inode number.
-const SUBVOLUME_ROOT_INODE: u64 = 256;
+pub(crate) const SUBVOLUME_ROOT_INODE: u64 = 256;
 const DEFAULT_SNAPSHOT_DIR: &str = ".dbsnap-snapshots";
 const NAME: &str = "btrfs";
 

@@ -31,8 +31,8 @@ use async_trait::async_trait;
 use dbsnap_backend_api::command::{Cmd, CommandError};
 use dbsnap_backend_api::mounts::{mount_of, read_mount_table, MountEntry};
 use dbsnap_backend_api::{
-    BackendError, Health, Probe, ReadPath, Result, RollbackOutcome, SnapshotBackend, SnapshotName,
-    SnapshotSet, Volume, VolumeSnapshot, SNAPSHOT_PREFIX,
+    BackendError, Health, LocalHost, Probe, ReadPath, ReceivingHost, Result, RollbackOutcome,
+    SnapshotBackend, SnapshotName, SnapshotSet, Volume, VolumeSnapshot, SNAPSHOT_PREFIX,
 };
 use serde::Deserialize;
 
@@ -183,13 +183,20 @@ impl Zfs {
 
 /// `zfs get` of some properties of one dataset or snapshot; `None` if it does not exist.
 async fn get_properties(name: &str, properties: &[&str]) -> Result<Option<Properties>> {
-    let result = Cmd::new("zfs")
+    get_properties_on(&LocalHost, name, properties).await
+}
+
+/// [`get_properties`] on `host` (where received copies live).
+async fn get_properties_on(
+    host: &dyn ReceivingHost,
+    name: &str,
+    properties: &[&str],
+) -> Result<Option<Properties>> {
+    let get = Cmd::new("zfs")
         .args(["get", "-H", "-p", "-o", "name,property,value"])
         .arg(properties.join(","))
-        .arg(name)
-        .run()
-        .await;
-    match result {
+        .arg(name);
+    match host.run(&get).await {
         Ok(out) => Ok(parse_get(&out.stdout)?
             .into_iter()
             .find(|(n, _)| n == name)
@@ -205,9 +212,14 @@ fn does_not_exist(e: &CommandError) -> bool {
 
 /// `zfs destroy` (no `-r`/`-R`: dbsnap never destroys anything it did not name).
 async fn destroy(name: &str) -> Result<()> {
+    destroy_on(&LocalHost, name).await
+}
+
+/// [`destroy`] on `host` (where received copies live).
+async fn destroy_on(host: &dyn ReceivingHost, name: &str) -> Result<()> {
     let mut attempt = 1;
     loop {
-        match Cmd::new("zfs").arg("destroy").arg(name).run().await {
+        match host.run(&Cmd::new("zfs").arg("destroy").arg(name)).await {
             Ok(_) => return Ok(()),
             Err(e) if does_not_exist(&e) => return Ok(()),
             Err(e) if e.stderr.contains("busy") && attempt < DESTROY_ATTEMPTS => {

@@ -23,7 +23,7 @@ pub(crate) async fn rollback(zfs: &Zfs, set: &SnapshotSet) -> Result<RollbackOut
     // All or nothing: check every dataset before rolling any back.
     for snap in &set.snapshots {
         let dataset = dataset_of_snapshot(&snap.id, &set.name)?;
-        let snapshots = crate::send::snapshots_of(dataset).await?;
+        let snapshots = crate::send::snapshots_of(&dbsnap_backend_api::LocalHost, dataset).await?;
         let position = snapshots.iter().position(|s| *s == snap.id);
         let newer = position.map(|p| &snapshots[p + 1..]).unwrap_or_default();
         if !newer.is_empty() {

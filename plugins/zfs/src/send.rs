@@ -16,19 +16,25 @@
 //! A received copy's id is `<chain>@<set>`; deleting it destroys the copy, then the
 //! snapshot, then the chain once its last snapshot is gone. A full stream always
 //! starts a new chain, so it never touches an earlier backup.
+//!
+//! Every command of the receiving side runs through the [`ReceivingHost`], so the same
+//! code receives on this host and on a backup host over ssh. Streams are not resumed:
+//! zfs-fuse (the host's test tier) has neither `zfs receive -s` nor `zfs send -t`, so
+//! the receive is plain, and an interrupted one leaves no resume state; what it
+//! received is deleted by cleanup and the next run sends the stream again.
 
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use dbsnap_backend_api::command::{self, Cmd};
-use dbsnap_backend_api::mounts::{mount_of, read_mount_table};
+use dbsnap_backend_api::mounts::mount_of;
 use dbsnap_backend_api::{
-    BackendError, NativeStream, Received, Result, SnapshotName, StreamParent, VolumeSnapshot,
-    SNAPSHOT_PREFIX,
+    canonical_on, mount_table_on, BackendError, NativeStream, ReceiveAt, Received, ReceivingHost,
+    Result, SnapshotName, StreamParent, VolumeSnapshot, SNAPSHOT_PREFIX,
 };
 
 use crate::names::{validate_dataset, MAX_NAME_LEN};
-use crate::{destroy, does_not_exist, get_properties, is_zfs_mount, Zfs, RUN_PROPERTY};
+use crate::{destroy_on, does_not_exist, get_properties_on, is_zfs_mount, Zfs, RUN_PROPERTY};
 
 /// The dataset below the destination's dataset that holds every received copy.
 const CONTAINER: &str = "dbsnap-received";
@@ -38,12 +44,11 @@ const CHAIN_SUFFIX: &str = ".stream";
 /// (backup names are a timestamp and maybe a counter: well below this).
 const SET_NAME_ROOM: usize = 48;
 
-/// The dataset that holds `dest` (from the mount table), if it is a ZFS filesystem.
-fn destination_dataset(dest: &Path) -> Result<String> {
-    let dest = dest
-        .canonicalize()
-        .map_err(|e| BackendError::io(format!("resolving {}", dest.display()), e))?;
-    let table = read_mount_table()?;
+/// The dataset that holds `dest` on `host` (from its mount table), if it is a ZFS
+/// filesystem.
+async fn destination_dataset(host: &dyn ReceivingHost, dest: &Path) -> Result<String> {
+    let dest = canonical_on(host, dest).await?;
+    let table = mount_table_on(host).await?;
     let not_zfs = |what: String| {
         BackendError::Invalid(format!(
             "the destination {} is {what}: `zfs receive` needs a ZFS dataset there. Use \
@@ -144,9 +149,9 @@ fn set_of(snapshot: &VolumeSnapshot) -> Result<SnapshotName> {
     SnapshotName::new(set)
 }
 
-/// A dataset's snapshots, oldest first.
-pub(crate) async fn snapshots_of(dataset: &str) -> Result<Vec<String>> {
-    let out = Cmd::new("zfs")
+/// A dataset's snapshots on `host`, oldest first.
+pub(crate) async fn snapshots_of(host: &dyn ReceivingHost, dataset: &str) -> Result<Vec<String>> {
+    let list = Cmd::new("zfs")
         .args([
             "list",
             "-H",
@@ -158,25 +163,27 @@ pub(crate) async fn snapshots_of(dataset: &str) -> Result<Vec<String>> {
             "createtxg",
         ])
         .args(["-d", "1"])
-        .arg(dataset)
-        .run()
-        .await?;
+        .arg(dataset);
+    let out = host.run(&list).await?;
     Ok(out.stdout.lines().map(str::to_string).collect())
 }
 
-/// Where `dataset` is mounted, mounting it if ZFS did not.
-async fn mounted_at(dataset: &str) -> Result<PathBuf> {
-    let find = || -> Result<Option<PathBuf>> {
-        Ok(read_mount_table()?
-            .into_iter()
-            .find(|m| m.source == dataset)
-            .map(|m| m.mount_point))
+/// Where `dataset` is mounted on `host`, mounting it if ZFS did not.
+async fn mounted_at(host: &dyn ReceivingHost, dataset: &str) -> Result<PathBuf> {
+    let find = move || async move {
+        Ok::<_, BackendError>(
+            mount_table_on(host)
+                .await?
+                .into_iter()
+                .find(|m| m.source == dataset)
+                .map(|m| m.mount_point),
+        )
     };
-    if let Some(path) = find()? {
+    if let Some(path) = find().await? {
         return Ok(path);
     }
-    Cmd::new("zfs").arg("mount").arg(dataset).run().await?;
-    find()?.ok_or_else(|| {
+    host.run(&Cmd::new("zfs").arg("mount").arg(dataset)).await?;
+    find().await?.ok_or_else(|| {
         BackendError::Invalid(format!(
             "{dataset} is not mounted after `zfs mount`: check its mountpoint property (a \
              destination dataset with mountpoint=legacy or none cannot hold received copies)"
@@ -190,9 +197,13 @@ impl NativeStream for Zfs {
         "zfs-send"
     }
 
-    async fn check_destination(&self, dest: &Path) -> Result<()> {
-        let dataset = destination_dataset(dest)?;
-        let kind = get_properties(&dataset, &["type"]).await?;
+    fn receiving_programs(&self) -> &'static [&'static str] {
+        &["zfs"]
+    }
+
+    async fn check_destination(&self, host: &dyn ReceivingHost, dest: &Path) -> Result<()> {
+        let dataset = destination_dataset(host, dest).await?;
+        let kind = get_properties_on(host, &dataset, &["type"]).await?;
         if kind
             .as_ref()
             .and_then(|p| p.get("type"))
@@ -211,12 +222,12 @@ impl NativeStream for Zfs {
         ReceivedId::new(&format!("{dataset}/{CONTAINER}"), &set, 9, set.clone()).check_length()
     }
 
-    fn plan_received(
+    async fn plan_received(
         &self,
         snapshot: &VolumeSnapshot,
         index: usize,
         parent: Option<StreamParent<'_>>,
-        into: &Path,
+        at: ReceiveAt<'_>,
     ) -> Result<String> {
         let set = set_of(snapshot)?;
         let planned = match parent {
@@ -226,7 +237,8 @@ impl NativeStream for Zfs {
                 ReceivedId { set, ..base }
             }
             None => {
-                let container = format!("{}/{CONTAINER}", destination_dataset(into)?);
+                let dataset = destination_dataset(at.host, at.dir).await?;
+                let container = format!("{dataset}/{CONTAINER}");
                 ReceivedId::new(&container, &set, index, set.clone())
             }
         };
@@ -238,18 +250,19 @@ impl NativeStream for Zfs {
         &self,
         snapshot: &VolumeSnapshot,
         parent: Option<StreamParent<'_>>,
-        _into: &Path,
+        at: ReceiveAt<'_>,
         received: &str,
         bwlimit: Option<u64>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Received> {
+        let host = at.host;
         let target = ReceivedId::parse(received)?;
         let mut sender = Cmd::new("zfs").arg("send");
         match parent {
             Some(parent) => {
                 // ZFS receives an incremental stream only on top of its base; anything
                 // newer in the chain belongs to another backup and is never rolled back.
-                let newest = snapshots_of(&target.chain).await?.pop();
+                let newest = snapshots_of(host, &target.chain).await?.pop();
                 if newest.as_deref() != Some(parent.received) {
                     return Err(BackendError::Invalid(format!(
                         "the received chain {} ends at {}, not at the base {}: an incremental \
@@ -263,16 +276,12 @@ impl NativeStream for Zfs {
                 sender = sender.arg("-i").arg(&parent.snapshot.id);
             }
             None => {
-                if get_properties(&target.container, &["type"])
+                if get_properties_on(host, &target.container, &["type"])
                     .await?
                     .is_none()
                 {
-                    match Cmd::new("zfs")
-                        .arg("create")
-                        .arg(&target.container)
-                        .run()
-                        .await
-                    {
+                    let create = Cmd::new("zfs").arg("create").arg(&target.container);
+                    match host.run(&create).await {
                         Ok(_) => {}
                         Err(e) if e.stderr.contains("already exists") => {}
                         Err(e) => return Err(e.into()),
@@ -282,61 +291,59 @@ impl NativeStream for Zfs {
         }
         let sender = sender.arg(&snapshot.id);
         // `-u`: the chain is never mounted (zfs-fuse accepts it without documenting it).
-        let receiver = Cmd::new("zfs").args(["receive", "-u"]).arg(&target.chain);
+        let receiver = host
+            .command(&Cmd::new("zfs").args(["receive", "-u"]).arg(&target.chain))
+            .await?;
         let stream_bytes = command::pipe(&sender, &receiver, bwlimit, progress).await?;
         if parent.is_none() {
             // One property per call: zfs-fuse's `zfs set` takes only one.
             for property in ["canmount=noauto", "readonly=on"] {
-                Cmd::new("zfs")
-                    .arg("set")
-                    .arg(property)
-                    .arg(&target.chain)
-                    .run()
-                    .await?;
+                let set = Cmd::new("zfs").arg("set").arg(property).arg(&target.chain);
+                host.run(&set).await?;
             }
         }
         let copy = target.copy();
-        Cmd::new("zfs")
+        let clone = Cmd::new("zfs")
             .arg("clone")
             .args(["-o", "readonly=on", "-o"])
             .arg(format!("{RUN_PROPERTY}={}", target.set))
             .arg(target.snapshot())
-            .arg(&copy)
-            .run()
-            .await?;
+            .arg(&copy);
+        host.run(&clone).await?;
         Ok(Received {
             id: target.snapshot(),
-            path: mounted_at(&copy).await?,
+            path: mounted_at(host, &copy).await?,
             stream_bytes,
         })
     }
 
-    async fn delete_received(&self, id: &str) -> Result<()> {
+    async fn delete_received(&self, host: &dyn ReceivingHost, id: &str) -> Result<()> {
         let target = ReceivedId::parse(id)?;
         let copy = target.copy();
-        if let Some(props) = get_properties(&copy, &["origin", "mountpoint"]).await? {
+        if let Some(props) = get_properties_on(host, &copy, &["origin", "mountpoint"]).await? {
             if props.get("origin") != Some(&target.snapshot()) {
                 return Err(BackendError::Invalid(format!(
                     "refusing to destroy ZFS dataset {copy}: it is not dbsnap's copy of {id} \
                      (its origin differs). Rename or destroy it yourself, then try again"
                 )));
             }
-            destroy(&copy).await?;
-            // zfs-fuse leaves the empty mount point directory behind.
+            destroy_on(host, &copy).await?;
+            // zfs-fuse leaves the empty mount point directory behind (`rmdir` removes
+            // only an empty one).
             if let Some(dir) = props.get("mountpoint").filter(|m| m.starts_with('/')) {
-                let _ = std::fs::remove_dir(dir);
+                let _ = host.run(&Cmd::new("rmdir").arg("--").arg(dir)).await;
             }
         }
-        destroy(&target.snapshot()).await?;
+        destroy_on(host, &target.snapshot()).await?;
         // A receive killed with dbsnap may still be winding down in the ZFS daemon, which
         // removes a half-created chain by itself: the chain can vanish between two calls.
-        let remaining = match snapshots_of(&target.chain).await {
+        let remaining = match snapshots_of(host, &target.chain).await {
             Ok(snapshots) => snapshots,
             Err(BackendError::Command(e)) if does_not_exist(&e) => return Ok(()),
             Err(e) => return Err(e),
         };
         if remaining.is_empty() {
-            destroy(&target.chain).await?;
+            destroy_on(host, &target.chain).await?;
         }
         Ok(())
     }

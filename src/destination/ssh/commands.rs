@@ -155,9 +155,23 @@ pub const REMOVE: RemoteCommand = remote(
     None,
     Input::Data,
 );
+pub const MAKE_PARTIAL_AGAIN: RemoteCommand = remote(
+    "making a backup a partial again before its received copies are deleted",
+    &["sh", "-c", MAKE_PARTIAL_AGAIN_SH, "sh"],
+    &[Below, Below],
+    None,
+    Input::Data,
+);
+pub const EXISTS: RemoteCommand = remote(
+    "looking whether a backup's received copy is there",
+    &["sh", "-c", EXISTS_SH, "sh"],
+    &[Below],
+    None,
+    Input::Data,
+);
 pub const FREE_SPACE: RemoteCommand = remote(
     "reading the free space",
-    &["df", "-P", "-B1", "--"],
+    &["df", "-B1", "--output=avail", "--"],
     &[Dir],
     None,
     Input::Data,
@@ -206,7 +220,7 @@ pub const REMOVE_TREE: RemoteCommand = remote(
 );
 
 /// Every command above: what `dbsnap ssh-confine` allows (with rsync's server).
-pub static ALL: [&RemoteCommand; 17] = [
+pub static ALL: [&RemoteCommand; 19] = [
     &LIST,
     &CHECK,
     &PUBLISH,
@@ -217,6 +231,8 @@ pub static ALL: [&RemoteCommand; 17] = [
     &REWRITE_MANIFEST,
     &MAKE_PARTIAL,
     &REMOVE,
+    &MAKE_PARTIAL_AGAIN,
+    &EXISTS,
     &FREE_SPACE,
     &STORED_BYTES,
     &RENAME,

@@ -6,7 +6,7 @@
 //! Paths in [`Partial::dir`] and [`Backup::path`] are paths *on the remote host*.
 //! Each remote command is a fixed POSIX `sh` script whose variable parts are passed as
 //! positional arguments (`sh -c SCRIPT sh ARG...`), the whole argv quoted by
-//! [`crate::ssh::command_line`]: nothing from a path or a name is ever part of a script.
+//! [`crate::ssh::session::command_line`]: nothing from a path or a name is ever part of a script.
 //!
 //! Remote commands used: `sh`, `cat`, `mkdir`, `mktemp`, `mv`, `rm`, `sync`, `df`,
 //! `du`, `cp` (coreutils), plus `rsync` and `b3sum` for the copy and its checksums.
@@ -14,17 +14,28 @@
 //! [`scripts`]), which is also what a key confined by [`confine`] (`dbsnap
 //! ssh-confine` as its forced command) allows; what is done to a stored copy's files
 //! (checksums, pulls) is in `stored.rs`.
+//!
+//! A native stream is received here too: the destination is the stream's
+//! [`ReceivingHost`], so the backend's own receive and delete commands (`btrfs
+//! receive`, `zfs receive`, `btrfs subvolume delete`, `zfs destroy`, `stat`,
+//! `realpath`, `cat /proc/self/mountinfo`) run there as argv vectors, each turned into
+//! one quoted remote line by [`crate::ssh::session::command_line`] under `env LC_ALL=C`.
+//! They are not [`commands::RemoteCommand`]s: a key confined by `dbsnap ssh-confine`
+//! refuses them, so streams need a key restricted by `restrict,from=` only.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use dbsnap_backend_api::command::{Cmd, CommandError};
+use dbsnap_backend_api::ReceivingHost;
 
 use super::{Backup, Destination, Entry, Partial, ReceivedCopies, ServerFiles, PARTIAL_SUFFIX};
 use crate::config::SshConfig;
 use crate::error::{fail, Class};
-use crate::journal::{Journal, Resource};
-use crate::manifest::Manifest;
+use crate::journal::{Journal, RemoteDest, Resource};
+use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::ssh::{Session, SshTarget};
 
 /// The commands a backup over ssh needs on the remote host (besides `sh` and coreutils).
@@ -57,8 +68,39 @@ impl SshDir {
         }
     }
 
+    /// The destination a journal entry names (`[backup] dest` and `[backup.ssh]` as
+    /// they were), opened again by `cleanup`.
+    pub fn reopen(remote: &RemoteDest, state_dir: &Path) -> anyhow::Result<SshDir> {
+        let target = SshTarget::parse(&remote.dest).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(SshDir::new(target, &remote.ssh, state_dir))
+    }
+
+    /// How the journal names this destination.
+    pub fn journaled(&self) -> RemoteDest {
+        RemoteDest {
+            dest: self.target.url(),
+            ssh: self.ssh.clone(),
+        }
+    }
+
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// Whether `dir` is a `NAME.partial` directory directly in this destination.
+    pub fn is_partial_dir(&self, dir: &Path) -> bool {
+        dir.parent() == Some(self.dir())
+            && dir
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(PARTIAL_SUFFIX))
+    }
+
+    /// A native stream is about to be received into `partial`: what it receives cannot
+    /// be resumed, so the partial is journaled as one to delete, not to keep for the next
+    /// run (recorded before the old entry is forgotten: it is never unjournaled).
+    pub fn receive_into(&self, partial: &Partial, journal: &mut Journal) -> anyhow::Result<()> {
+        journal.record(&partial.name, self.resource(partial.dir.clone(), false))?;
+        journal.forget(&self.resource(partial.dir.clone(), true))
     }
 
     pub fn target(&self) -> &SshTarget {
@@ -116,14 +158,16 @@ impl SshDir {
             ),
             Some(6) => format!(
                 "the backup host {} lacks{said}, which a backup there needs: install it there \
-                 (apt-get install rsync b3sum)",
+                 (apt-get install rsync b3sum; btrfs-progs for btrfs-send, zfsutils-linux for \
+                 zfs-send)",
                 self.target.display_host()
             ),
             _ => format!(
                 "checking the destination {at} failed ({}): {said}. If dbsnap's key there has a \
                  forced command in authorized_keys, it must be `dbsnap ssh-confine --root DIR` \
-                 with DIR holding the destination (rrsync cannot work: dbsnap runs sh, \
-                 coreutils, rsync and b3sum there; README: \"Backing up to another host\")",
+                 with DIR holding the destination, and only file-tree copies work through it \
+                 (rrsync cannot work: dbsnap runs sh, coreutils, rsync and b3sum there, and \
+                 btrfs or zfs for a stream; README: \"Backing up to another host\")",
                 out.status
             ),
         };
@@ -170,6 +214,43 @@ impl SshDir {
         Ok(Some(newest))
     }
 
+    /// Delete the partial `dir` with the received copies its manifest names (a removal
+    /// of a stream's backup; a receive interrupted before the manifest was written has
+    /// its own journal entry, released before the partial).
+    async fn delete_partial_dir(
+        &self,
+        dir: &Path,
+        received: &(impl ReceivedCopies + ?Sized),
+    ) -> anyhow::Result<()> {
+        let manifest = dir.join(MANIFEST_FILE);
+        let out = self
+            .call(&READ_IF_THERE, &[&manifest.to_string_lossy()], None)
+            .await?;
+        if out.status.success() {
+            if let Ok(manifest) = toml::from_str::<Manifest>(&String::from_utf8_lossy(&out.stdout))
+            {
+                for stored in &manifest.stored {
+                    received
+                        .delete_received(&manifest.snapshot.backend, &stored.id, self)
+                        .await?;
+                }
+            }
+        }
+        let dir_s = dir.to_string_lossy();
+        let out = self.call(&REMOVE, &[&dir_s, &dir_s], None).await?;
+        if !out.status.success() {
+            return Err(fail(
+                Class::Destination,
+                format!(
+                    "removing {} failed: {}",
+                    self.on_host(dir),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     async fn delete_partial(&self, name: &str, journal: &mut Journal) -> anyhow::Result<()> {
         let dir = self.partial_dir(name);
         let resource = self.resource(dir.clone(), false);
@@ -178,6 +259,19 @@ impl SshDir {
         self.call(&REMOVE, &[&dir_s, &dir_s], None).await?;
         journal.forget(&resource)
     }
+}
+
+/// The words of `cmd` as the backup host runs it: `env LC_ALL=C [NAME=VALUE...] PROGRAM
+/// ARG...` (the C locale, as for every command dbsnap runs, so its output parses).
+fn remote_words(cmd: &Cmd) -> Vec<String> {
+    let mut words = vec!["env".to_string(), "LC_ALL=C".to_string()];
+    words.extend(
+        cmd.envs()
+            .iter()
+            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy())),
+    );
+    words.extend(cmd.argv().iter().map(|a| a.to_string_lossy().into_owned()));
+    words
 }
 
 /// Parse [`LIST`]'s output into entries.
@@ -208,6 +302,19 @@ impl Destination for SshDir {
         Some(self)
     }
 
+    async fn holds(&self, path: &Path) -> anyhow::Result<bool> {
+        let out = self.call(&EXISTS, &[&path.to_string_lossy()], None).await?;
+        match out.status.code() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => Err(anyhow::anyhow!(
+                "cannot tell whether {} exists: {}",
+                self.on_host(path),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        }
+    }
+
     /// On another host the server's directories cannot contain the destination.
     async fn check(&self, _server: &ServerFiles<'_>) -> anyhow::Result<()> {
         self.check_with(&NEEDED_COMMANDS).await
@@ -216,11 +323,11 @@ impl Destination for SshDir {
     async fn free_bytes(&self) -> anyhow::Result<Option<u64>> {
         let dir = self.dir().to_string_lossy();
         let out = self.session.run(&FREE_SPACE.argv(&[&dir]), "df").await?;
+        // One column only: a filesystem's name may hold spaces (a ZFS dataset's does).
         let free = out
             .lines()
             .nth(1)
-            .and_then(|l| l.split_whitespace().nth(3))
-            .and_then(|n| n.parse().ok())
+            .and_then(|l| l.trim().parse().ok())
             .ok_or_else(|| {
                 anyhow::anyhow!(
                     "cannot read the free space of {} from df: {out:?}",
@@ -335,13 +442,12 @@ impl Destination for SshDir {
         let partial = self.partial_dir(&backup.name);
         let resource = self.resource(partial.clone(), false);
         journal.record(&backup.name, resource.clone())?;
-        for stored in &backup.manifest.stored {
-            received
-                .delete_received(&backup.manifest.snapshot.backend, &stored.id)
-                .await?;
-        }
         let (path, partial_s) = (backup.path.to_string_lossy(), partial.to_string_lossy());
-        let out = self.call(&REMOVE, &[&path, &partial_s], None).await?;
+        // From this rename on it is no longer a backup; its received copies' ids name
+        // them inside the partial (where they were received).
+        let out = self
+            .call(&MAKE_PARTIAL_AGAIN, &[&path, &partial_s], None)
+            .await?;
         if !out.status.success() {
             return Err(fail(
                 Class::Destination,
@@ -352,22 +458,45 @@ impl Destination for SshDir {
                 ),
             ));
         }
+        self.delete_partial_dir(&partial, received).await?;
         journal.forget(&resource)
     }
 }
 
+#[async_trait]
+impl ReceivingHost for SshDir {
+    /// `ssh ... HOST 'env LC_ALL=C PROGRAM ARG...'` over the run's connection.
+    async fn command(&self, cmd: &Cmd) -> Result<Cmd, CommandError> {
+        let argv = remote_words(cmd);
+        let shown = format!("{} (on {})", cmd.display(), self.target.display_host());
+        let words: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let ssh = self
+            .session
+            .remote_argv(&words)
+            .await
+            .map_err(|e| CommandError {
+                argv: shown.clone(),
+                reason: format!("could not be run: {e:#}"),
+                stderr: String::new(),
+            })?;
+        Ok(cmd.replaced_by(ssh.into_iter().map(OsString::from).collect(), shown))
+    }
+}
+
 /// Release a journaled remote partial (`dbsnap cleanup`, or a failed run): one being
-/// filled stays for the next run to resume; one being removed is deleted.
+/// filled by rsync stays for the next run to resume; one being removed, or one a
+/// stream was received into, is deleted with the received copies its manifest names.
 pub async fn release(
-    dest: &str,
-    ssh: &SshConfig,
+    remote: &RemoteDest,
     dir: &Path,
     resumable: bool,
     state_dir: &Path,
+    received: &(impl ReceivedCopies + ?Sized),
 ) -> anyhow::Result<()> {
     if resumable {
         tracing::info!(
-            "kept the partial backup {dir:?} on {dest}: the next backup resumes from it",
+            "kept the partial backup {dir:?} on {}: the next backup resumes from it",
+            remote.dest
         );
         return Ok(());
     }
@@ -375,16 +504,7 @@ pub async fn release(
     if !dir.to_string_lossy().ends_with(PARTIAL_SUFFIX) {
         return Ok(());
     }
-    let target = SshTarget::parse(dest).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let dest = SshDir::new(target, ssh, state_dir);
-    let dir_s = dir.to_string_lossy();
-    let out = dest.call(&REMOVE, &[&dir_s, &dir_s], None).await?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "removing {} failed: {}",
-            dest.on_host(dir),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    SshDir::reopen(remote, state_dir)?
+        .delete_partial_dir(dir, received)
+        .await
 }

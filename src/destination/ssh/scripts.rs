@@ -61,6 +61,12 @@ sync -- "$1""#;
 pub(super) const MAKE_PARTIAL_SH: &str = r#"if [ -e "$1" ]; then exit 3; fi
 mkdir -- "$1""#;
 
+/// Make a backup a partial again (one rename), if it is still there.
+pub(super) const MAKE_PARTIAL_AGAIN_SH: &str = r#"if [ -e "$1" ]; then mv -T -- "$1" "$2"; fi"#;
+
+/// Exit 0 if the path exists, 1 if not.
+pub(super) const EXISTS_SH: &str = r#"[ -e "$1" ]"#;
+
 /// Make a backup a partial again (one rename), then delete it.
 pub(super) const REMOVE_SH: &str = r#"if [ -e "$1" ]; then mv -T -- "$1" "$2"; fi
 rm -rf -- "$2""#;

@@ -33,6 +33,24 @@ mod unit {
         assert!(matches!(&entries[1], Entry::Partial { .. }));
         assert!(matches!(&entries[2], Entry::Invalid { .. }));
     }
+
+    #[test]
+    fn a_receive_command_reaches_the_backup_host_as_the_same_words_and_runs_nothing_else() {
+        let hostile = "/srv/b; $(touch pwned) `id` 'q'\nline/20261125T000000Z.partial";
+        let cmd = Cmd::new("printf").args(["%s\\0", hostile]).env("TZ", "UTC");
+        let words = remote_words(&cmd);
+        assert_eq!(
+            words,
+            vec!["env", "LC_ALL=C", "TZ=UTC", "printf", "%s\\0", hostile]
+        );
+        // The line ssh hands to the remote user's shell.
+        let out = std::process::Command::new("sh")
+            .args(["-c", &crate::ssh::session::command_line(&words)])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout, format!("{hostile}\0").into_bytes());
+    }
 }
 
 #[cfg(test)]
