@@ -31,7 +31,7 @@
 //! ```
 //!
 //! Knobs (environment, on the host): `DBSNAP_GUEST_KERNEL` (kernel version, default the
-//! newest `/boot/vmlinuz-*` with modules), `DBSNAP_GUEST_TIMEOUT` (seconds, default 900),
+//! newest `/boot/vmlinuz-*` with modules), `DBSNAP_GUEST_TIMEOUT` (seconds, default 1500),
 //! `DBSNAP_GUEST_DIR` (runs and disks, default `/var/tmp/dbsnap-guest`),
 //! `DBSNAP_GUEST_KEEP=1` (keep the run directory, disks included),
 //! `DBSNAP_GUEST_NATIVE=1` (no VM: run the job directly on this machine, with loop devices
@@ -55,7 +55,8 @@ pub const IN_GUEST_ENV: &str = "DBSNAP_IN_GUEST";
 /// In native mode, `name=/dev/loopN;...` for [`disk`].
 const NATIVE_DISKS_ENV: &str = "DBSNAP_GUEST_DISKS";
 
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
+/// The LVM suite alone takes ~10 min on a quiet 2-core machine (7 in-guest tests).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1500);
 const DEFAULT_MEMORY_MIB: u64 = 2048;
 /// virtio-blk serial numbers are at most 20 bytes; the disk name is the serial.
 const MAX_DISK_NAME: usize = 20;
