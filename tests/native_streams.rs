@@ -414,12 +414,13 @@ fn btrfs_send_sigkill_while_receiving_then_cleanup_leaves_only_the_base() {
         .unwrap()
         .success());
     use_method(&sb, &dest, "method = \"btrfs-send\"\nbwlimit = \"8MiB\"\n");
+    let log = sb.dir.path().join("killed-run.log");
     let mut child = std::process::Command::new(common::DBSNAP)
         .arg("--config")
         .arg(&sb.config)
         .args(["backup", "--force"])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let receiving = || {
@@ -428,11 +429,21 @@ fn btrfs_send_sigkill_while_receiving_then_cleanup_leaves_only_the_base() {
                 && std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_some())
         })
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Generous: under the whole suite's load on 2 cores the run may take a while to
+    // reach its stream.
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
     while !receiving() && std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("the backup ended ({status}) before it received anything:\n{said}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(receiving(), "the backup never started receiving");
+    assert!(
+        receiving(),
+        "the backup never started receiving:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     std::thread::sleep(Duration::from_millis(500));
     child.kill().unwrap();
     child.wait().unwrap();

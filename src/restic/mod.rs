@@ -14,6 +14,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+/// How a failure because another process holds the repository's lock is worded.
+const LOCKED_BY_ANOTHER: &str = "is locked by another process";
+
 use anyhow::Context;
 use dbsnap_backend_api::command::ProcessGroup;
 use tokio::io::AsyncWriteExt;
@@ -270,7 +273,7 @@ impl Restic {
             (
                 Class::Repository,
                 format!(
-                    "the restic repository {repo} is locked by another process: {said}. If that \
+                    "the restic repository {repo} {LOCKED_BY_ANOTHER}: {said}. If that \
                      process is gone, `dbsnap cleanup` removes a lock dbsnap left; another one is \
                      removed with `{}`",
                     self.by_hand("unlock")
@@ -482,6 +485,28 @@ impl Restic {
     }
 
     /// Forget snapshots by id (their data stays until [`Restic::prune`]).
+    /// `forget`, waiting up to `wait` while another process (another dbsnap run's
+    /// `restic backup`) holds a lock on the repository: `forget` needs it alone.
+    pub async fn forget_when_unlocked(
+        &self,
+        ids: &[&str],
+        wait: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        let until = std::time::Instant::now() + wait;
+        loop {
+            match self.forget(ids).await {
+                Err(e)
+                    if format!("{e:#}").contains(LOCKED_BY_ANOTHER)
+                        && std::time::Instant::now() < until =>
+                {
+                    tracing::debug!("repository locked; forgetting again in a second: {e:#}");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                done => return done,
+            }
+        }
+    }
+
     pub async fn forget(&self, ids: &[&str]) -> anyhow::Result<()> {
         if ids.is_empty() {
             return Ok(());

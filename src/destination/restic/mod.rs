@@ -50,6 +50,10 @@ const MANIFEST_TAG: &str = "dbsnap-manifest";
 const NAME_TAG: &str = "dbsnap-name=";
 const RUN_TAG: &str = "dbsnap-run=";
 const DATADIR_TAG: &str = "dbsnap-datadir=";
+/// How long a run that lost a name waits to forget its claim while another run holds
+/// the repository.
+const CLAIM_FORGET_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The file a claim snapshot holds.
 const CLAIM_FILE: &str = "claim";
 
@@ -286,7 +290,13 @@ impl ResticRepo {
             }));
         }
         tracing::info!("backup name {name} was claimed by another run first: trying the next");
-        match self.restic.forget(&[mine.as_str()]).await {
+        // The other run's `restic backup` may hold the repository for a while; this is
+        // before the lock, so waiting for it stalls no writer.
+        let forgotten = self
+            .restic
+            .forget_when_unlocked(&[mine.as_str()], CLAIM_FORGET_WAIT)
+            .await;
+        match forgotten {
             Ok(()) => journal.forget(&resource)?,
             // Left to `dbsnap cleanup` (through the journal): it forgets only this
             // run's snapshots, never the other run's under the same name.
