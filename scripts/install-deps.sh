@@ -33,15 +33,16 @@ test_packages=(
     borgbackup restic
     # the restic destination's REST server (`rclone serve restic`)
     rclone
-    # real sshd for the ssh destination and sftp repository tests
+    # real sshd for the ssh destinations and sftp repository tests; b3sum checks
+    # checksums on the backup host
     openssh-server openssh-client b3sum
     psmisc fonts-dejavu-core jq
     # the package tier: systemd-analyze verify, man -w, cargo-deb's strip
     systemd man-db binutils
     # the metrics tests scrape a real node_exporter
     prometheus-node-exporter
-    # ssh destinations: the tests start their own sshd; b3sum checks checksums there
-    openssh-server openssh-client b3sum
+    # the backup host as a separate host: its own network namespace and veth (`ip netns`)
+    iproute2
 )
 # The version of cargo-deb that builds the .deb (packaging/build-deb.sh).
 cargo_deb_version=3.8.0
