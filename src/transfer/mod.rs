@@ -96,6 +96,24 @@ impl Finish<'_> {
             self.manifest.path.display()
         ))
     }
+
+    /// Nothing is built on the snapshot: release it, and the parents a stream method
+    /// left (switching back from a stream releases the kept snapshot). What every
+    /// transfer but a stream does when it is done.
+    pub async fn release_snapshot_and_parents(self) -> anyhow::Result<()> {
+        crate::release::release(self.backend, self.journal, self.set, self.workdir)
+            .await
+            .map_err(|e| self.after_publish(e, "releasing the snapshot"))?;
+        chain::retire_parents(
+            self.state_dir,
+            self.backends,
+            self.dest,
+            &self.manifest.server.datadir,
+            None,
+        )
+        .await;
+        Ok(())
+    }
 }
 
 /// One way of moving a backup's data.

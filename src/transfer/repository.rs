@@ -8,7 +8,7 @@ use std::path::Path;
 use async_trait::async_trait;
 
 use super::tree::plan_copy;
-use super::{chain, Copied, CopyItem, Finish, Source, Target, Transfer};
+use super::{Copied, CopyItem, Finish, Source, Target, Transfer};
 use crate::db::Layout;
 use crate::destination::Ingest;
 
@@ -50,21 +50,8 @@ impl Transfer for RepositoryTransfer<'_> {
         })
     }
 
-    /// Nothing is built on the snapshot: it is released, with any parents a stream
-    /// method left.
     async fn finish(&self, done: Finish<'_>) -> anyhow::Result<()> {
-        crate::release::release(done.backend, done.journal, done.set, done.workdir)
-            .await
-            .map_err(|e| done.after_publish(e, "releasing the snapshot"))?;
-        chain::retire_parents(
-            done.state_dir,
-            done.backends,
-            done.dest,
-            &done.manifest.server.datadir,
-            None,
-        )
-        .await;
-        Ok(())
+        done.release_snapshot_and_parents().await
     }
 }
 

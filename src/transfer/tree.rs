@@ -24,7 +24,7 @@ use super::checksums::{self, Checksums};
 use super::incremental::{self, Basis};
 use super::local::{self, Counters, Seed};
 use super::pace::Throttle;
-use super::{chain, rsync, writeback, Copied, CopyItem, Finish, Source, Target, Transfer};
+use super::{rsync, writeback, Copied, CopyItem, Finish, Source, Target, Transfer};
 use crate::config::Method;
 use crate::db::Layout;
 use crate::destination::Destination;
@@ -207,21 +207,8 @@ impl Transfer for TreeTransfer<'_> {
         })
     }
 
-    /// The snapshot is released; so are the parents a stream method left (switching
-    /// back to rsync releases the kept snapshot).
     async fn finish(&self, done: Finish<'_>) -> anyhow::Result<()> {
-        crate::release::release(done.backend, done.journal, done.set, done.workdir)
-            .await
-            .map_err(|e| done.after_publish(e, "releasing the snapshot"))?;
-        chain::retire_parents(
-            done.state_dir,
-            done.backends,
-            done.dest,
-            &done.manifest.server.datadir,
-            None,
-        )
-        .await;
-        Ok(())
+        done.release_snapshot_and_parents().await
     }
 }
 
