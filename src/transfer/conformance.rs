@@ -105,12 +105,35 @@ pub fn sample_tree(root: &Path) {
     .unwrap();
     std::os::unix::fs::lchown(root.join("alias"), Some(12), Some(34)).unwrap();
     std::os::unix::fs::chown(root.join("ibdata1"), Some(999), Some(998)).unwrap();
+    std::fs::set_permissions(root.join("bank"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    date_everything(root);
     let old = SystemTime::UNIX_EPOCH + Duration::new(1_600_000_000, 123);
     File::open(root.join("empty"))
         .unwrap()
         .set_times(std::fs::FileTimes::new().set_modified(old))
         .unwrap();
-    std::fs::set_permissions(root.join("bank"), std::fs::Permissions::from_mode(0o750)).unwrap();
+}
+
+/// Give every entry under `root` (symlinks themselves, directories after their
+/// contents) the same time, with nanoseconds, seconds in the past. rsync leaves a
+/// directory's, symlink's or special file's time alone when it shows the source's
+/// second; an entry created in the same second as the copy would then keep a time a
+/// fraction of a second off, and whether the engines agree would depend on the clock.
+fn date_everything(root: &Path) {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    let at = TimeSpec::new(1_700_000_000, 987_654_321);
+    for entry in walkdir::WalkDir::new(root).contents_first(true) {
+        let entry = entry.unwrap();
+        utimensat(
+            nix::fcntl::AT_FDCWD,
+            entry.path(),
+            &at,
+            &at,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
 }
 
 /// The checksums a backup of `snapshot` must record: every regular file but the pid
@@ -204,6 +227,7 @@ async fn both_engines_make_the_same_tree_and_checksums_full_incremental_and_resu
     std::fs::write(moved.join("bank/accounts.ibd"), vec![3u8; 400_000]).unwrap();
     std::fs::write(moved.join("new.frm"), b"new").unwrap();
     std::fs::remove_file(moved.join("empty")).unwrap();
+    date_everything(&moved);
     // The base of each engine's incremental is named as if it started an hour after
     // the snapshot's files were written: they are trusted on the quick check.
     let base_name = started(SystemTime::now() + Duration::from_secs(3600));
