@@ -273,14 +273,11 @@ fn two_servers_backing_up_into_one_repository_at_once_keep_their_backups_apart()
         bank::create(&sb.server);
         use_repository(sb, &repo, "", "");
     }
-    // The second starts a second later, so the two runs overlap but pick different
-    // names: two runs that lose a name race in the same second make restic 0.14 (no
-    // `--retry-lock`) take an exclusive lock for the loser's `forget` that can fail the
-    // other run's `restic backup`; that race is the unit test's, not this one's.
+    // Both in the same second: both claim the same name, and the loser's `forget` of
+    // its claim (an exclusive lock) meets the winner's `restic backup` (a shared one);
+    // whichever comes second waits for the other (restic 0.14 has no `--retry-lock`:
+    // dbsnap retries) instead of failing.
     let started = [&one, &two].map(|sb| {
-        if std::ptr::eq(sb, &two) {
-            std::thread::sleep(std::time::Duration::from_millis(1500));
-        }
         std::process::Command::new(common::DBSNAP)
             .arg("--config")
             .arg(&sb.config)

@@ -294,8 +294,9 @@ fn journaled_restic(sb: &Sandbox) -> Option<(u32, String)> {
     })
 }
 
-/// Start `dbsnap backup` and wait until its restic is running (its pid journaled).
-fn start_backup_until_restic_runs(sb: &Sandbox) -> (Child, u32, String) {
+/// Start `dbsnap backup` and wait until its restic is running (its pid journaled) and
+/// holds its lock on `repo`.
+fn start_backup_until_restic_runs(sb: &Sandbox, repo: &Repo) -> (Child, u32, String) {
     let mut child = Command::new(DBSNAP)
         .arg("--config")
         .arg(&sb.config)
@@ -319,6 +320,10 @@ fn start_backup_until_restic_runs(sb: &Sandbox) -> (Child, u32, String) {
         let _ = child.wait();
         panic!("restic never started");
     };
+    while repo.locks().is_empty() {
+        assert!(Instant::now() < deadline, "restic took no lock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Let it read and upload for a moment.
     std::thread::sleep(Duration::from_millis(1500));
     (child, pid, run)
@@ -341,7 +346,7 @@ fn dbsnap_killed_during_restic_backup_leaves_no_half_snapshot_and_the_next_backu
 
     // dbsnap killed: restic is told to stop (SIGINT), writes no snapshot and
     // removes its own lock.
-    let (mut child, restic, run) = start_backup_until_restic_runs(&sb);
+    let (mut child, restic, run) = start_backup_until_restic_runs(&sb, &repo);
     kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
     child.wait().unwrap();
     wait_gone(restic);
@@ -352,7 +357,7 @@ fn dbsnap_killed_during_restic_backup_leaves_no_half_snapshot_and_the_next_backu
 
     // dbsnap and restic killed at once (power loss, OOM killer): restic's lock stays.
     // It is reported with the way out, and removed by cleanup as dbsnap's own.
-    let (mut child, restic, run) = start_backup_until_restic_runs(&sb);
+    let (mut child, restic, run) = start_backup_until_restic_runs(&sb, &repo);
     kill(Pid::from_raw(restic as i32), Signal::SIGSTOP).unwrap();
     kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
     kill(Pid::from_raw(restic as i32), Signal::SIGKILL).unwrap();

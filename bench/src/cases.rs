@@ -31,10 +31,17 @@ pub enum Case {
     /// the snapshot and a `sync -f` of the copy, the floor for a durable copy (a copy
     /// left in the page cache is not a backup yet; `cp -a` alone is in the detail).
     SnapshotOnly,
+    /// No backup at all: the writers alone for [`IDLE`], about as long as a paced
+    /// backup of 1 GB takes. What the application sees from its own load (the worst
+    /// commit, the slowest second) is the floor every backup case is judged against.
+    NoBackup,
 }
 
+/// How long the [`Case::NoBackup`] window lasts.
+pub const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Case {
-    pub const ALL: [Case; 8] = [
+    pub const ALL: [Case; 9] = [
         Case::Dbsnap("ftwrl"),
         Case::Dbsnap("backup-stage"),
         Case::Dbsnap("none"),
@@ -43,6 +50,7 @@ impl Case {
         Case::Mariabackup,
         Case::Classic,
         Case::SnapshotOnly,
+        Case::NoBackup,
     ];
 
     pub fn name(self) -> String {
@@ -52,6 +60,7 @@ impl Case {
             Case::Mariabackup => "mariabackup --backup".into(),
             Case::Classic => "classic FTWRL + snapshot".into(),
             Case::SnapshotOnly => "snapshot only + cp -a + sync".into(),
+            Case::NoBackup => format!("no backup ({} s of the writers alone)", IDLE.as_secs()),
         }
     }
 
@@ -63,6 +72,7 @@ impl Case {
             Case::Mariabackup => "mariabackup",
             Case::Classic => "classic",
             Case::SnapshotOnly => "snapshot",
+            Case::NoBackup => "idle",
         }
     }
 }
@@ -137,6 +147,7 @@ pub fn run(case: Case, repeat: usize, rig: &Rig, t0: SystemTime) -> anyhow::Resu
         Case::Mariabackup => mariabackup(rig),
         Case::Classic => classic(rig),
         Case::SnapshotOnly => snapshot_only(rig),
+        Case::NoBackup => Ok(idle()),
     }
     .with_context(|| format!("case {}", case.name()))?;
     let end = SystemTime::now();
@@ -158,6 +169,25 @@ pub fn run(case: Case, repeat: usize, rig: &Rig, t0: SystemTime) -> anyhow::Resu
         copy_ms: w.copy_ms,
         detail: w.detail,
     })
+}
+
+/// The writers alone for [`IDLE`]: no lock, no copy.
+fn idle() -> Window {
+    let start = SystemTime::now();
+    std::thread::sleep(IDLE);
+    Window {
+        lock_from: start,
+        lock_to: start,
+        lock_prelude_ms: None,
+        lock_attempts: 0,
+        lock_wait_ms: 0.0,
+        lock_hold_ms: 0.0,
+        snapshot_ms: None,
+        bytes: None,
+        copy_ms: None,
+        detail: json!({}),
+        published: None,
+    }
 }
 
 /// `dbsnap backup --json --lock MODE` with `config`; the figures come from its manifest.

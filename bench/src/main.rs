@@ -61,7 +61,7 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Workload::Bank)]
     workload: Workload,
     /// Only these cases (ftwrl, backup-stage, none, auto, unpaced, mariabackup, classic,
-    /// snapshot); all by default.
+    /// snapshot, idle); all by default.
     #[arg(long, value_delimiter = ',', value_parser = parse_case)]
     cases: Vec<Case>,
     /// Rows in each of the OLTP workload's four tables.

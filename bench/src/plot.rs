@@ -23,7 +23,7 @@ const BUCKET_MS: f64 = 100.0;
 pub fn draw(out: &Path, size: &SizeResult) -> anyhow::Result<()> {
     register_font()?;
     let path = out.join(format!("latency-{}GB.png", size.size_gb));
-    let root = BitMapBackend::new(&path, (1400, 1040)).into_drawing_area();
+    let root = BitMapBackend::new(&path, (1400, 1280)).into_drawing_area();
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(320);
     let y_max = size
@@ -33,11 +33,11 @@ pub fn draw(out: &Path, size: &SizeResult) -> anyhow::Result<()> {
         .fold(FLOOR_MS * 4.0, f64::max)
         * 1.5;
     timeline(&top, size, y_max)?;
-    let panels = bottom.split_evenly((3, 3));
+    let panels = bottom.split_evenly((4, 3));
     for (i, (panel, case)) in panels.iter().zip(Case::ALL).enumerate() {
         closeup(panel, size, case, Palette99::pick(i), y_max)?;
     }
-    // The ninth panel is free: the legend goes there instead of over the data.
+    // The tenth panel is free: the legend goes there instead of over the data.
     legend(&panels[Case::ALL.len()])?;
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;

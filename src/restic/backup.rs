@@ -11,13 +11,33 @@ use crate::error::Class;
 impl Restic {
     /// `restic backup` of `paths` as they look through `binds` (see [`namespace`]),
     /// reporting bytes read to `progress` and restic's pid to `started` as soon as it
-    /// runs.
+    /// runs (again if it has to start again: another process's `forget` or `prune`
+    /// held the repository, see [`super::LOCK_WAIT`]).
     pub async fn backup(
         &self,
         request: &BackupRequest<'_>,
         progress: &(dyn Fn(u64) + Sync),
         started: &mut (dyn FnMut(u32) -> anyhow::Result<()> + Send),
     ) -> anyhow::Result<Summary> {
+        let mut waiting = self.lock_waiting("restic backup");
+        loop {
+            let (stderr, status) = match self.backup_once(request, progress, started).await? {
+                Ok(summary) => return Ok(summary),
+                Err(failed) => failed,
+            };
+            if !waiting.may_retry(&stderr).await {
+                return Err(self.failure(&stderr, "restic backup", Class::Transfer, status));
+            }
+        }
+    }
+
+    /// One `restic backup`: its summary, or what it said and how it exited.
+    async fn backup_once(
+        &self,
+        request: &BackupRequest<'_>,
+        progress: &(dyn Fn(u64) + Sync),
+        started: &mut (dyn FnMut(u32) -> anyhow::Result<()> + Send),
+    ) -> anyhow::Result<Result<Summary, (String, std::process::ExitStatus)>> {
         // No --one-file-system: a volume nested in a server directory (a ZFS child
         // dataset for the binlogs) is a bind of its own below a saved path, on another
         // device. Nothing else is mounted there: the binds are not recursive, so the
@@ -78,11 +98,11 @@ impl Restic {
         read_lines(&mut reader, &mut pending, &mut on_line)?;
         on_line(&pending);
         let err = [outputs.stderr()?, errors.join("\n")].join("\n");
-        match summary {
+        Ok(match summary {
             // Exit 3: some files could not be read. A backup missing files is no backup.
             Some(summary) if status.success() => Ok(summary),
-            _ => Err(self.failure(&err, "restic backup", Class::Transfer, status)),
-        }
+            _ => Err((err, status)),
+        })
     }
 }
 

@@ -14,8 +14,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-/// How a failure because another process holds the repository's lock is worded.
-const LOCKED_BY_ANOTHER: &str = "is locked by another process";
+/// How long a restic command waits while another process holds the repository's lock
+/// before it fails (restic 0.14 has no `--retry-lock`, so dbsnap retries). Backups of
+/// several servers into one repository share it (`restic backup` takes a shared lock),
+/// but `forget` and `prune` need it alone: a run that meets another run's `forget` or a
+/// `prune` waits for it rather than failing. A stale lock (its process gone) is reported
+/// at once by the preflight, never waited for.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 use anyhow::Context;
 use dbsnap_backend_api::command::ProcessGroup;
@@ -59,6 +64,8 @@ pub struct Restic {
     /// `[backup.restic] options`, each given as `-o OPTION`.
     options: Vec<String>,
     cache_dir: PathBuf,
+    /// [`LOCK_WAIT`], shorter in tests.
+    lock_wait: std::time::Duration,
 }
 
 impl std::fmt::Debug for Restic {
@@ -115,6 +122,7 @@ impl Restic {
             env,
             options: config.options.clone(),
             cache_dir: state_dir.join("restic-cache"),
+            lock_wait: LOCK_WAIT,
         })
     }
 
@@ -188,10 +196,30 @@ impl Restic {
         what: &str,
         class: Class,
     ) -> anyhow::Result<String> {
-        let (status, outputs) = self.output(args, input).await?;
-        match status.success() {
-            true => outputs.stdout(),
-            false => Err(self.failure(&outputs.stderr()?, what, class, status)),
+        let mut waiting = self.lock_waiting(what);
+        loop {
+            let (status, outputs) = self.output(args, input).await?;
+            if status.success() {
+                return outputs.stdout();
+            }
+            let stderr = outputs.stderr()?;
+            if !waiting.may_retry(&stderr).await {
+                return Err(self.failure(&stderr, what, class, status));
+            }
+        }
+    }
+
+    /// How long a command waits for another process's lock ([`LOCK_WAIT`]).
+    pub fn lock_wait(&self) -> std::time::Duration {
+        self.lock_wait
+    }
+
+    /// A new wait for the repository's lock for `what` (see [`LOCK_WAIT`]).
+    pub fn lock_waiting<'a>(&self, what: &'a str) -> LockWaiting<'a> {
+        LockWaiting {
+            what,
+            until: std::time::Instant::now() + self.lock_wait,
+            pause: std::time::Duration::from_millis(500),
         }
     }
 
@@ -273,9 +301,10 @@ impl Restic {
             (
                 Class::Repository,
                 format!(
-                    "the restic repository {repo} {LOCKED_BY_ANOTHER}: {said}. If that \
-                     process is gone, `dbsnap cleanup` removes a lock dbsnap left; another one is \
-                     removed with `{}`",
+                    "the restic repository {repo} is locked by another process (dbsnap waited {} \
+                     s for it): {said}. If that process is gone, `dbsnap cleanup` removes a lock \
+                     dbsnap left; another one is removed with `{}`",
+                    self.lock_wait.as_secs(),
                     self.by_hand("unlock")
                 ),
             )
@@ -485,28 +514,6 @@ impl Restic {
     }
 
     /// Forget snapshots by id (their data stays until [`Restic::prune`]).
-    /// `forget`, waiting up to `wait` while another process (another dbsnap run's
-    /// `restic backup`) holds a lock on the repository: `forget` needs it alone.
-    pub async fn forget_when_unlocked(
-        &self,
-        ids: &[&str],
-        wait: std::time::Duration,
-    ) -> anyhow::Result<()> {
-        let until = std::time::Instant::now() + wait;
-        loop {
-            match self.forget(ids).await {
-                Err(e)
-                    if format!("{e:#}").contains(LOCKED_BY_ANOTHER)
-                        && std::time::Instant::now() < until =>
-                {
-                    tracing::debug!("repository locked; forgetting again in a second: {e:#}");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
-                done => return done,
-            }
-        }
-    }
-
     pub async fn forget(&self, ids: &[&str]) -> anyhow::Result<()> {
         if ids.is_empty() {
             return Ok(());
@@ -541,6 +548,42 @@ impl Restic {
         self.run(&["unlock"], "removing stale locks", Class::Repository)
             .await
             .map(drop)
+    }
+}
+
+/// Waiting, a while, for another process to let go of the repository's lock.
+pub struct LockWaiting<'a> {
+    what: &'a str,
+    until: std::time::Instant,
+    /// Doubles up to 10 s: a `forget` is over in a second, a `prune` takes minutes.
+    pause: std::time::Duration,
+}
+
+impl LockWaiting<'_> {
+    /// After a failure that said `stderr`: whether to run the command again, having
+    /// waited, because another process holds the lock and the wait is not over.
+    async fn may_retry(&mut self, stderr: &str) -> bool {
+        let locked = stderr
+            .to_lowercase()
+            .contains("repository is already locked");
+        locked && self.pause(last_lines(stderr, 1).trim()).await
+    }
+
+    /// Wait a little for the lock `held` describes to go; false (at once) once the
+    /// whole wait is over.
+    pub async fn pause(&mut self, held: &str) -> bool {
+        if std::time::Instant::now() >= self.until {
+            return false;
+        }
+        tracing::info!(
+            "{}: the restic repository is locked by another process ({held}); trying again in \
+             {:?}",
+            self.what,
+            self.pause
+        );
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(std::time::Duration::from_secs(10));
+        true
     }
 }
 
@@ -669,6 +712,94 @@ mod tests {
         );
     }
 
+    /// A restic that fails `locked_runs` times saying another process holds the lock
+    /// (or, with `other_failure`, something else), then succeeds; and how often it ran.
+    fn flaky_restic(
+        dir: &Path,
+        locked_runs: u32,
+        other_failure: bool,
+        lock_wait: std::time::Duration,
+    ) -> (Restic, PathBuf) {
+        let count = dir.join("count");
+        let complaint = match other_failure {
+            true => "Fatal: wrong password or no key found",
+            false => {
+                "unable to create lock in backend: repository is already locked exclusively \
+                 by PID 4242 on otherhost by root (UID 0, GID 0)"
+            }
+        };
+        let script = dir.join("restic");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nn=$(($(cat {c} 2>/dev/null || echo 0) + 1))\necho $n > {c}\n\
+                 if [ $n -le {locked_runs} ]; then echo '{complaint}' >&2; exit 1; fi\necho done\n",
+                c = count.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let restic = Restic {
+            binary: script,
+            repository: "/srv/repo".into(),
+            password_file: "/dev/null".into(),
+            env: vec![],
+            options: vec![],
+            cache_dir: dir.into(),
+            lock_wait,
+        };
+        (restic, count)
+    }
+
+    fn runs(count: &Path) -> u32 {
+        std::fs::read_to_string(count)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_command_meeting_another_process_lock_runs_again_once_it_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (restic, count) =
+            flaky_restic(dir.path(), 2, false, std::time::Duration::from_secs(60));
+        let out = restic
+            .run(&["forget", "abc"], "forgetting", Class::Repository)
+            .await
+            .unwrap();
+        assert_eq!(out.trim(), "done");
+        assert_eq!(runs(&count), 3);
+    }
+
+    #[tokio::test]
+    async fn a_lock_held_longer_than_the_wait_fails_naming_the_lock_and_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let (restic, count) =
+            flaky_restic(dir.path(), 1000, false, std::time::Duration::from_secs(1));
+        let e = restic
+            .run(&["forget", "abc"], "forgetting", Class::Repository)
+            .await
+            .unwrap_err();
+        let said = format!("{e:#}");
+        assert!(said.contains("locked by another process"), "{said}");
+        assert!(said.contains("PID 4242 on otherhost"), "{said}");
+        assert!(said.contains("restic -r '/srv/repo' unlock"), "{said}");
+        assert!(runs(&count) >= 2);
+    }
+
+    #[tokio::test]
+    async fn any_other_failure_is_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let (restic, count) = flaky_restic(dir.path(), 1, true, std::time::Duration::from_secs(60));
+        let e = restic
+            .run(&["snapshots"], "listing", Class::Repository)
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("refused the password"), "{e:#}");
+        assert_eq!(runs(&count), 1);
+    }
+
     #[test]
     fn commands_for_the_user_are_quoted_and_hold_no_secret() {
         let restic = Restic {
@@ -678,6 +809,7 @@ mod tests {
             env: vec![("AWS_SECRET_ACCESS_KEY".into(), "hunter2".into())],
             options: vec![],
             cache_dir: "/tmp".into(),
+            lock_wait: LOCK_WAIT,
         };
         let shown = restic.by_hand("init");
         assert_eq!(

@@ -50,9 +50,6 @@ const MANIFEST_TAG: &str = "dbsnap-manifest";
 const NAME_TAG: &str = "dbsnap-name=";
 const RUN_TAG: &str = "dbsnap-run=";
 const DATADIR_TAG: &str = "dbsnap-datadir=";
-/// How long a run that lost a name waits to forget its claim while another run holds
-/// the repository.
-const CLAIM_FORGET_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The file a claim snapshot holds.
 const CLAIM_FILE: &str = "claim";
@@ -292,10 +289,7 @@ impl ResticRepo {
         tracing::info!("backup name {name} was claimed by another run first: trying the next");
         // The other run's `restic backup` may hold the repository for a while; this is
         // before the lock, so waiting for it stalls no writer.
-        let forgotten = self
-            .restic
-            .forget_when_unlocked(&[mine.as_str()], CLAIM_FORGET_WAIT)
-            .await;
+        let forgotten = self.restic.forget(&[mine.as_str()]).await;
         match forgotten {
             Ok(()) => journal.forget(&resource)?,
             // Left to `dbsnap cleanup` (through the journal): it forgets only this
@@ -413,8 +407,9 @@ impl Destination for ResticRepo {
     }
 
     /// restic recent enough; the repository there, reachable, opening with the
-    /// password; no stale lock and no exclusive one (a non-exclusive lock is another
-    /// host's backup: restic backups run side by side).
+    /// password; no stale lock and no exclusive one, once a live one has been waited
+    /// for (a non-exclusive lock is another host's backup: restic backups run side by
+    /// side).
     async fn check(&self, server: &ServerFiles<'_>) -> anyhow::Result<()> {
         let version = self.restic.check_version().await?;
         if let Some(dir) = self.restic.local_dir() {
@@ -436,7 +431,19 @@ impl Destination for ResticRepo {
             }
         }
         self.restic.check_access().await?;
-        let locks = self.restic.locks().await?;
+        let mut waiting = self.restic.lock_waiting("opening the repository");
+        let locks = loop {
+            let locks = self.restic.locks().await?;
+            let exclusive: Vec<_> = locks.iter().filter(|l| l.exclusive).collect();
+            // Another run's `forget` takes a second, a `prune` longer: wait for it here,
+            // before the lock, rather than fail (a stale one is reported below at once).
+            if exclusive.is_empty()
+                || !locks::stale(&locks, &this_host()).is_empty()
+                || !waiting.pause(&locks::describe(&exclusive)).await
+            {
+                break locks;
+            }
+        };
         let stale = locks::stale(&locks, &this_host());
         if !stale.is_empty() {
             return Err(fail(
@@ -456,9 +463,10 @@ impl Destination for ResticRepo {
             return Err(fail(
                 Class::Repository,
                 format!(
-                    "the restic repository {} is locked exclusively (a prune or check is running): \
-                     {}. Try again when it has finished",
+                    "the restic repository {} is locked exclusively (a prune or check is running; \
+                     dbsnap waited {} s): {}. Try again when it has finished",
                     self.location.display(),
+                    self.restic.lock_wait().as_secs(),
                     locks::describe(&exclusive)
                 ),
             ));
