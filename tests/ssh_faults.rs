@@ -22,6 +22,49 @@ fn failed_before_the_lock(r: &Remote, out: &std::process::Output) {
     assert!(r.backups().is_empty() && r.partials().is_empty());
 }
 
+/// `dbsnap backup` started in the background, its log kept.
+fn start_backup(r: &Remote) -> std::process::Child {
+    Command::new(DBSNAP)
+        .arg("--config")
+        .arg(&r.sb.config)
+        .arg("backup")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A run cut off from `host` mid-copy: exit 14 naming the host, nothing left here, its
+/// partial kept there. The name of that partial's backup.
+fn cut_off(r: &Remote, out: &std::process::Output, host: &str) -> String {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(14), "{err}");
+    assert!(err.contains(host), "{err}");
+    assert!(r.sb.leftovers().is_empty(), "{:?}", r.sb.leftovers());
+    let partials = r.partials();
+    assert_eq!(partials.len(), 1, "the cut-off copy stays for the next run");
+    partials[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_end_matches(".partial")
+        .to_string()
+}
+
+/// The next run, unlimited: it resumes the partial and leaves none. Its manifest and log.
+fn next_run_resumes(r: &Remote) -> (serde_json::Value, String) {
+    r.write_config("");
+    let out = r.sb.dbsnap(&["backup", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest = stdout_json(&out);
+    assert!(
+        manifest["transfer"]["resumed_from"].is_string(),
+        "{manifest}"
+    );
+    assert!(r.partials().is_empty());
+    (manifest, stderr(&out))
+}
+
 #[test]
 fn a_closed_port_fails_in_preflight_naming_the_host_with_exit_14() {
     let r = Remote::new("dest");
@@ -222,14 +265,7 @@ fn a_remote_disk_that_fills_up_mid_copy_fails_with_exit_6_and_leaves_a_resumable
         &r.sshd.known_hosts,
         "bwlimit = \"8MiB\"",
     );
-    let child = Command::new(DBSNAP)
-        .arg("--config")
-        .arg(&r.sb.config)
-        .arg("backup")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = start_backup(&r);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let partial = loop {
         let found = std::fs::read_dir(&small)
@@ -276,41 +312,14 @@ fn a_connection_killed_mid_copy_fails_with_exit_14_and_the_next_run_resumes_its_
     let r = Remote::new("dest");
     dbsnap_test_support::bank::create(&r.sb.server);
     r.write_config("bwlimit = \"8MiB\"");
-    let child = Command::new(DBSNAP)
-        .arg("--config")
-        .arg(&r.sb.config)
-        .arg("backup")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = start_backup(&r);
     r.wait_until_copying();
     assert!(r.sshd.kill_sessions() >= 1);
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(14), "{err}");
-    assert!(err.contains("127.0.0.1"), "{err}");
-    assert!(r.sb.leftovers().is_empty(), "{:?}", r.sb.leftovers());
-    let partials = r.partials();
-    assert_eq!(partials.len(), 1, "the cut-off copy stays for the next run");
-    let cut_off = partials[0]
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .trim_end_matches(".partial")
-        .to_string();
+    let cut_off = cut_off(&r, &child.wait_with_output().unwrap(), "127.0.0.1");
 
-    r.write_config("");
-    let out = r.sb.dbsnap(&["backup", "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let manifest = stdout_json(&out);
+    let (manifest, log) = next_run_resumes(&r);
     assert_eq!(manifest["transfer"]["resumed_from"], cut_off.as_str());
-    assert!(
-        stderr(&out).contains("resuming the partial backup"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(r.partials().is_empty());
+    assert!(log.contains("resuming the partial backup"), "{log}");
     assert!(b3sum_check(&r.backups()[0]));
     let list = stdout_json(&r.sb.dbsnap(&["list", "--json"]));
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
@@ -322,38 +331,16 @@ fn the_link_to_a_separate_backup_host_taken_down_mid_copy_fails_with_exit_14_and
     let r = Remote::on_separate_host("dest");
     dbsnap_test_support::bank::create(&r.sb.server);
     r.write_config("bwlimit = \"8MiB\"");
-    let child = Command::new(DBSNAP)
-        .arg("--config")
-        .arg(&r.sb.config)
-        .arg("backup")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = start_backup(&r);
     r.wait_until_copying();
     // A pulled cable: no reset reaches either side, ssh's keepalives notice.
     r.sshd.set_link(false);
     let out = child.wait_with_output().unwrap();
     r.sshd.set_link(true);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(14), "{err}");
-    assert!(err.contains(&r.sshd.host), "{err}");
-    assert!(r.sb.leftovers().is_empty(), "{:?}", r.sb.leftovers());
-    let partials = r.partials();
-    assert_eq!(partials.len(), 1, "the cut-off copy stays for the next run");
-    let cut_off = partials[0]
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .trim_end_matches(".partial")
-        .to_string();
+    let cut_off = cut_off(&r, &out, &r.sshd.host);
 
-    r.write_config("");
-    let out = r.sb.dbsnap(&["backup", "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let manifest = stdout_json(&out);
+    let (manifest, _) = next_run_resumes(&r);
     assert_eq!(manifest["transfer"]["resumed_from"], cut_off.as_str());
-    assert!(r.partials().is_empty());
     assert!(r.b3sum_check_there(&r.backups()[0]));
 }
 
@@ -395,14 +382,6 @@ fn dbsnap_killed_mid_copy_leaves_nothing_cleanup_cannot_release_and_the_next_run
         "the partial stays there to be resumed"
     );
 
-    r.write_config("");
-    let out = r.sb.dbsnap(&["backup", "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let manifest = stdout_json(&out);
-    assert!(
-        manifest["transfer"]["resumed_from"].is_string(),
-        "{manifest}"
-    );
-    assert!(r.partials().is_empty());
+    next_run_resumes(&r);
     assert!(b3sum_check(&r.backups()[0]));
 }
