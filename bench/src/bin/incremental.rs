@@ -62,6 +62,10 @@ struct Args {
     /// Measure nothing: rewrite incremental.md from the incremental.json in --out.
     #[arg(long)]
     table_only: bool,
+    /// Keep each backup's log (dbsnap's stderr, timestamped) in this directory, as
+    /// `<size>GB-<method>-<index>.log`: the phases of a backup, timed.
+    #[arg(long)]
+    logs: Option<PathBuf>,
 }
 
 /// One way of transferring, as dbsnap configuration.
@@ -274,6 +278,11 @@ fn run_size(
                 .args(["backup", "--json"])
                 .output()?;
             let wall_s = started.elapsed().as_secs_f64();
+            if let Some(logs) = &args.logs {
+                std::fs::create_dir_all(logs)?;
+                let name = format!("{gb}GB-{}-{index}.log", method.name.replace(' ', "-"));
+                std::fs::write(logs.join(name), &out.stderr)?;
+            }
             ensure!(
                 out.status.success(),
                 "{}: {}",
