@@ -17,7 +17,7 @@
 //! | 8 | magic `DBSNBLKS` |
 //! | 4 | version: 1 |
 //! | 4 | block size in bytes ([`BLOCK_SIZE`]) |
-//! | 4 | digest length in bytes ([`DIGEST_LEN`]: BLAKE3 truncated to 128 bits) |
+//! | 4 | digest length in bytes ([`DIGEST_LEN`]: 128 bits) |
 //! | per file, by path | 4: length of the path; the path (relative to the backup directory, as `checksums` names it; raw bytes); 8: the file's length; 32: the file's BLAKE3 digest (its `checksums` entry); ⌈length ÷ block size⌉ digests, one per block (the last block may be short: its digest is of its own bytes) |
 //! | 32 | BLAKE3 of all the bytes before |
 //!
@@ -28,9 +28,9 @@
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use anyhow::{ensure, Context};
+use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode};
 
 use super::checksums::Checksums;
 
@@ -44,20 +44,8 @@ const VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 4 + 4;
 const TRAILER_LEN: usize = 32;
 
-/// A block's digest: BLAKE3 of its bytes, truncated.
+/// A block's digest: the first [`DIGEST_LEN`] bytes of its BLAKE3 chaining value.
 pub type Digest = [u8; DIGEST_LEN];
-
-pub fn digest(block: &[u8]) -> Digest {
-    let mut d = [0u8; DIGEST_LEN];
-    d.copy_from_slice(&blake3::hash(block).as_bytes()[..DIGEST_LEN]);
-    d
-}
-
-/// The digest of a whole block of zeros (a hole).
-fn zero_block_digest() -> Digest {
-    static ZERO: OnceLock<Digest> = OnceLock::new();
-    *ZERO.get_or_init(|| digest(&[0u8; BLOCK_SIZE]))
-}
 
 /// One file's block digests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -79,64 +67,131 @@ impl FileBlocks {
     }
 }
 
-/// The digests of consecutive blocks of a file's bytes, fed in order from offset 0.
-#[derive(Default)]
+/// A file's BLAKE3 digest and its block digests, from its bytes fed once, in order.
+///
+/// A block is a subtree of BLAKE3's hash tree (16 chunks of 1 KiB at an offset that is
+/// a multiple of 16 KiB; the short last block is on the tree's right edge), so its
+/// digest is its chaining value at its offset, and the file's digest (what `b3sum`
+/// prints) is merged from the blocks' chaining values as BLAKE3's own hasher merges
+/// them: each byte is hashed once for both (`blake3::hazmat`).
 pub struct BlockHasher {
-    /// The block being filled, when the bytes did not come in whole blocks.
-    partial: blake3::Hasher,
-    in_partial: usize,
+    len: u64,
+    /// The block being fed: its index, and how much of it came.
+    block: blake3::Hasher,
+    index: u64,
+    in_block: usize,
     digests: Vec<Digest>,
+    /// Chaining values of complete subtrees left of the current block, not yet merged.
+    stack: Vec<ChainingValue>,
+    root: Option<blake3::Hash>,
 }
 
 impl BlockHasher {
-    pub fn update(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let take = (BLOCK_SIZE - self.in_partial).min(data.len());
-            if self.in_partial == 0 && take == BLOCK_SIZE {
-                self.digests.push(digest(&data[..take]));
-            } else {
-                self.partial.update(&data[..take]);
-                self.in_partial += take;
-                if self.in_partial == BLOCK_SIZE {
-                    self.end_partial();
-                }
-            }
-            data = &data[take..];
+    /// For a file of `len` bytes.
+    pub fn new(len: u64) -> BlockHasher {
+        BlockHasher {
+            len,
+            block: blake3::Hasher::new(),
+            index: 0,
+            in_block: 0,
+            digests: Vec::with_capacity(len.div_ceil(BLOCK_SIZE as u64) as usize),
+            stack: Vec::new(),
+            root: (len == 0).then(|| blake3::hash(b"")),
         }
     }
 
-    /// `n` bytes of zeros (a hole): whole blocks of them are not hashed again.
+    fn block_len(&self) -> usize {
+        let start = self.index * BLOCK_SIZE as u64;
+        self.len.saturating_sub(start).min(BLOCK_SIZE as u64) as usize
+    }
+
+    /// The next bytes of the file, in any pieces; never more than its length.
+    pub fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let want = self.block_len() - self.in_block;
+            assert!(want > 0, "fed more than the file's {} bytes", self.len);
+            let take = want.min(data.len());
+            self.block.update(&data[..take]);
+            self.in_block += take;
+            data = &data[take..];
+            if self.in_block == self.block_len() {
+                self.end_block();
+            }
+        }
+    }
+
+    /// The next block, whole (or the short last one): its digest.
+    pub fn block(&mut self, data: &[u8]) -> Digest {
+        debug_assert_eq!((self.in_block, data.len()), (0, self.block_len()));
+        self.update(data);
+        *self.digests.last().expect("a block was fed")
+    }
+
+    /// `n` bytes of zeros (a hole).
     pub fn zeros(&mut self, mut n: u64) {
         static ZEROS: [u8; BLOCK_SIZE] = [0; BLOCK_SIZE];
         while n > 0 {
-            if self.in_partial == 0 && n >= BLOCK_SIZE as u64 {
-                self.digests.push(zero_block_digest());
-                n -= BLOCK_SIZE as u64;
-                continue;
-            }
-            let take = n.min((BLOCK_SIZE - self.in_partial) as u64) as usize;
+            let take = n.min(BLOCK_SIZE as u64) as usize;
             self.update(&ZEROS[..take]);
             n -= take as u64;
         }
     }
 
-    fn end_partial(&mut self) {
-        let mut d = [0u8; DIGEST_LEN];
-        d.copy_from_slice(&self.partial.finalize().as_bytes()[..DIGEST_LEN]);
-        self.digests.push(d);
-        self.partial.reset();
-        self.in_partial = 0;
+    fn end_block(&mut self) {
+        let cv = self.block.finalize_non_root();
+        self.digests
+            .push(cv[..DIGEST_LEN].try_into().expect("DIGEST_LEN bytes"));
+        let blocks = self.index + 1;
+        if blocks * (BLOCK_SIZE as u64) < self.len {
+            // More follows: merge the subtrees this block completes (BLAKE3's lazy
+            // merge, counted in blocks rather than chunks).
+            let (mut cv, mut total) = (cv, blocks);
+            while total & 1 == 0 {
+                let left = self.stack.pop().expect("a left subtree");
+                cv = merge_subtrees_non_root(&left, &cv, Mode::Hash);
+                total >>= 1;
+            }
+            self.stack.push(cv);
+        } else {
+            self.root = Some(match self.stack.pop() {
+                // The only block is the whole tree.
+                None => self.block.finalize(),
+                Some(mut left) => {
+                    let mut right = cv;
+                    while let Some(next) = self.stack.pop() {
+                        right = merge_subtrees_non_root(&left, &right, Mode::Hash);
+                        left = next;
+                    }
+                    merge_subtrees_root(&left, &right, Mode::Hash)
+                }
+            });
+        }
+        self.index = blocks;
+        self.in_block = 0;
+        self.block = blake3::Hasher::new();
+        self.block.set_input_offset(blocks * BLOCK_SIZE as u64);
     }
 
-    /// The digests of a file of `len` bytes (what was fed).
-    pub fn finish(mut self, len: u64) -> FileBlocks {
-        if self.in_partial > 0 {
-            self.end_partial();
-        }
-        FileBlocks {
-            len,
-            digests: self.digests,
-        }
+    /// The file's BLAKE3 digest (hex, as `b3sum` prints it) and its block digests; an
+    /// error if fewer bytes came than the file's length.
+    pub fn finish(self) -> std::io::Result<(String, FileBlocks)> {
+        let Some(root) = self.root else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "hashed {} of {} bytes",
+                    self.index * BLOCK_SIZE as u64 + self.in_block as u64,
+                    self.len
+                ),
+            ));
+        };
+        Ok((
+            root.to_hex().to_string(),
+            FileBlocks {
+                len: self.len,
+                digests: self.digests,
+            },
+        ))
     }
 }
 
@@ -288,27 +343,64 @@ mod tests {
         blake3::hash(data).to_hex().to_string()
     }
 
-    #[test]
-    fn digests_fed_in_any_pieces_are_the_digests_of_whole_blocks() {
-        let data: Vec<u8> = (0..(3 * BLOCK_SIZE + 100)).map(|i| (i % 253) as u8).collect();
-        let mut whole = BlockHasher::default();
-        whole.update(&data);
-        let mut pieces = BlockHasher::default();
-        for piece in data.chunks(5000) {
-            pieces.update(piece);
-        }
-        let expected: Vec<Digest> = data.chunks(BLOCK_SIZE).map(digest).collect();
-        let len = data.len() as u64;
-        assert_eq!(whole.finish(len).digests, expected);
-        assert_eq!(pieces.finish(len).digests, expected);
+    /// Block digests computed one block at a time, as the format defines them.
+    fn reference(data: &[u8]) -> Vec<Digest> {
+        data.chunks(BLOCK_SIZE)
+            .enumerate()
+            .map(|(i, block)| {
+                let cv = blake3::Hasher::new()
+                    .set_input_offset((i * BLOCK_SIZE) as u64)
+                    .update(block)
+                    .finalize_non_root();
+                cv[..DIGEST_LEN].try_into().unwrap()
+            })
+            .collect()
+    }
 
-        let mut holes = BlockHasher::default();
+    #[test]
+    fn the_file_digest_merged_from_its_blocks_is_b3sums_and_pieces_do_not_matter() {
+        let bs = BLOCK_SIZE;
+        for len in [
+            0,
+            1,
+            1023,
+            1024,
+            bs - 1,
+            bs,
+            bs + 1,
+            2 * bs,
+            3 * bs + 100,
+            4 * bs,
+            5 * bs,
+            7 * bs + 1024,
+            64 * bs + 7,
+            100 * bs,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let mut whole = BlockHasher::new(len as u64);
+            whole.update(&data);
+            let mut pieces = BlockHasher::new(len as u64);
+            for piece in data.chunks(5000) {
+                pieces.update(piece);
+            }
+            let expected = (hex(&data), reference(&data));
+            let (hash, blocks) = whole.finish().unwrap();
+            assert_eq!((hash, blocks.digests), expected, "{len} bytes whole");
+            let (hash, blocks) = pieces.finish().unwrap();
+            assert_eq!((hash, blocks.digests), expected, "{len} bytes in pieces");
+            assert_eq!(blocks.len, len as u64);
+        }
+
+        let mut holes = BlockHasher::new(10 + 2 * bs as u64);
         holes.update(&[1u8; 10]);
-        holes.zeros(2 * BLOCK_SIZE as u64);
+        holes.zeros(2 * bs as u64);
         let mut zeros = vec![1u8; 10];
-        zeros.resize(10 + 2 * BLOCK_SIZE, 0);
-        let got = holes.finish(zeros.len() as u64).digests;
-        assert_eq!(got, zeros.chunks(BLOCK_SIZE).map(digest).collect::<Vec<_>>());
+        zeros.resize(10 + 2 * bs, 0);
+        assert_eq!(holes.finish().unwrap(), (hex(&zeros), FileBlocks { len: zeros.len() as u64, digests: reference(&zeros) }));
+
+        let mut short = BlockHasher::new(100);
+        short.update(&[0u8; 99]);
+        assert!(short.finish().is_err(), "a byte missing");
     }
 
     #[test]
@@ -331,10 +423,11 @@ mod tests {
         let mut blocks = Blocks::default();
         let mut sums = Checksums::default();
         for (path, data) in [(PathBuf::from("files/a"), &a[..]), (odd.clone(), b"x"), ("files/empty".into(), b"")] {
-            let mut h = BlockHasher::default();
+            let mut h = BlockHasher::new(data.len() as u64);
             h.update(data);
-            blocks.0.insert(path.clone(), h.finish(data.len() as u64));
-            sums.0.insert(path, hex(data));
+            let (hash, file) = h.finish().unwrap();
+            blocks.0.insert(path.clone(), file);
+            sums.0.insert(path, hash);
         }
         let dir = tempfile::tempdir().unwrap();
         blocks.write(dir.path(), &sums).unwrap();

@@ -4,8 +4,8 @@
 //! written. Which blocks differ is found from the base's block digests where it has
 //! them (only the source is read: the seed is a reflink copy of the base), else by
 //! reading both and comparing. Every byte the copy reads is hashed (BLAKE3, one
-//! thread) as it passes, whole and per block (see [`blocks`]), so each stored file has
-//! its checksum and block digests without a second read; a clone, which reads nothing,
+//! thread) once as it passes, giving the file's checksum and its block digests (see
+//! [`BlockHasher`]) without a second read; a clone, which reads nothing,
 //! is hashed by reading the source at the copy's pace.
 //! Writeback starts as each chunk is written and is waited for a few chunks behind, so
 //! the file's dirty data stays bounded and the final `fsync` (and the publish step's
@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use super::Shared;
-use crate::transfer::blocks::{self, BlockHasher, FileBlocks, BLOCK_SIZE};
+use crate::transfer::blocks::{BlockHasher, FileBlocks, BLOCK_SIZE};
 
 /// Bytes per read and per writeback window (a multiple of the block size).
 pub const CHUNK: u64 = 8 << 20;
@@ -39,33 +39,6 @@ pub struct FileCopied {
     pub seed_read: u64,
     /// Whether the base's block digests said which blocks changed.
     pub by_digest: bool,
-}
-
-/// A file's digests: whole, and per block.
-struct Hashes {
-    whole: blake3::Hasher,
-    blocks: BlockHasher,
-}
-
-impl Hashes {
-    fn new() -> Self {
-        Hashes {
-            whole: blake3::Hasher::new(),
-            blocks: BlockHasher::default(),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        self.whole.update(data);
-        self.blocks.update(data);
-    }
-
-    fn finish(self, len: u64) -> (String, FileBlocks) {
-        (
-            self.whole.finalize().to_hex().to_string(),
-            self.blocks.finish(len),
-        )
-    }
 }
 
 /// Copy the contents of `from` (of `len` bytes) into the new, empty file `to`.
@@ -118,7 +91,7 @@ fn read_hashed(
     shared: &Shared,
     mut each: impl FnMut(u64, &[u8]) -> io::Result<()>,
 ) -> io::Result<(String, FileBlocks)> {
-    let mut hasher = Hashes::new();
+    let mut hasher = BlockHasher::new(len);
     let mut buffer = vec![0u8; CHUNK as usize];
     let mut hashed = 0u64;
     let mut pos = 0u64;
@@ -145,19 +118,12 @@ fn read_hashed(
         }
     }
     hash_zeros(&mut hasher, len.saturating_sub(hashed), shared);
-    Ok(hasher.finish(len))
+    hasher.finish()
 }
 
 /// Hash `n` zero bytes (a hole), counted as progress.
-fn hash_zeros(hasher: &mut Hashes, n: u64, shared: &Shared) {
-    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-    let mut left = n;
-    while left > 0 {
-        let step = left.min(ZEROS.len() as u64);
-        hasher.whole.update(&ZEROS[..step as usize]);
-        left -= step;
-    }
-    hasher.blocks.zeros(n);
+fn hash_zeros(hasher: &mut BlockHasher, n: u64, shared: &Shared) {
+    hasher.zeros(n);
     shared.progress_add(n);
 }
 
@@ -181,8 +147,7 @@ pub fn update_seeded(
         seeded.set_len(len)?;
     }
     let mut writeback = Writeback::new(seeded);
-    let mut hasher = blake3::Hasher::new();
-    let mut digests = Vec::with_capacity(len.div_ceil(BLOCK_SIZE as u64) as usize);
+    let mut hasher = BlockHasher::new(len);
     let mut ours = vec![0u8; CHUNK as usize];
     let mut theirs = vec![0u8; if base.is_some() { 0 } else { CHUNK as usize }];
     let (mut written, mut seed_read) = (0, 0);
@@ -191,7 +156,6 @@ pub fn update_seeded(
         let n = CHUNK.min(len - pos) as usize;
         shared.take(n as u64)?;
         from.read_exact_at(&mut ours[..n], pos)?;
-        hasher.update(&ours[..n]);
         let have = old_len.saturating_sub(pos).min(n as u64) as usize;
         if base.is_none() {
             seeded.read_exact_at(&mut theirs[..have], pos)?;
@@ -201,12 +165,12 @@ pub fn update_seeded(
         let mut differing: Option<usize> = None;
         for start in (0..n).step_by(BLOCK_SIZE) {
             let end = (start + BLOCK_SIZE).min(n);
-            let digest = blocks::digest(&ours[start..end]);
+            let index = (pos as usize + start) / BLOCK_SIZE;
+            let digest = hasher.block(&ours[start..end]);
             let unchanged = match base {
-                Some(b) => b.block(digests.len(), end - start) == Some(&digest),
+                Some(b) => b.block(index, end - start) == Some(&digest),
                 None => end <= have && ours[start..end] == theirs[start..end],
             };
-            digests.push(digest);
             match (unchanged, differing) {
                 (false, None) => differing = Some(start),
                 (true, Some(from_here)) => {
@@ -224,11 +188,12 @@ pub fn update_seeded(
         pos += n as u64;
     }
     writeback.finish()?;
+    let (hash, blocks) = hasher.finish()?;
     Ok(FileCopied {
         written,
         cloned: false,
-        hash: hasher.finalize().to_hex().to_string(),
-        blocks: FileBlocks { len, digests },
+        hash,
+        blocks,
         seed_read,
         by_digest: base.is_some(),
     })
