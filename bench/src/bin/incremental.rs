@@ -62,7 +62,8 @@ struct Args {
     /// Measure nothing: rewrite incremental.md from the incremental.json in --out.
     #[arg(long)]
     table_only: bool,
-    /// Keep each backup's log (dbsnap's stderr, timestamped) in this directory, as
+    /// Keep each backup's log (dbsnap's stderr, timestamped, with every external
+    /// command and its milliseconds) in this directory, as
     /// `<size>GB-<method>-<index>.log`: the phases of a backup, timed.
     #[arg(long)]
     logs: Option<PathBuf>,
@@ -272,11 +273,19 @@ fn run_size(
             churn(&rig, args.churn_secs)?;
             let used_before = used_bytes(&dest)?;
             let started = Instant::now();
-            let out = Command::new(&rig.dbsnap)
+            let mut backup = Command::new(&rig.dbsnap);
+            backup
                 .arg("--config")
                 .arg(&rig.config)
-                .args(["backup", "--json"])
-                .output()?;
+                .args(["backup", "--json"]);
+            if args.logs.is_some() {
+                // Every external command, with its milliseconds.
+                backup.env(
+                    "DBSNAP_LOG",
+                    "info,dbsnap=debug,dbsnap_backend_api=debug,dbsnap_btrfs=debug",
+                );
+            }
+            let out = backup.output()?;
             let wall_s = started.elapsed().as_secs_f64();
             if let Some(logs) = &args.logs {
                 std::fs::create_dir_all(logs)?;
