@@ -321,19 +321,12 @@ fn run_size(
             );
             let path = PathBuf::from(manifest["path"].as_str().context("the backup's path")?);
             if let (Some(base), "copy+reflink") = (&previous, backup.transfer_method.as_str()) {
-                churn.extend(
-                    churn_between(&base.join("files"), &path.join("files"))?
-                        .into_iter()
-                        .map(|(path, len, base_len, changed)| FileChurn {
-                            size_gb: gb,
-                            index,
-                            kind: kind_of(&path).into(),
-                            path,
-                            len,
-                            base_len,
-                            changed,
-                        }),
-                );
+                let changes = churn_between(&base.join("files"), &path.join("files"))?;
+                churn.extend(changes.into_iter().map(|c| FileChurn {
+                    size_gb: gb,
+                    index,
+                    ..c
+                }));
             }
             previous = Some(path);
             results.push(backup);
@@ -356,11 +349,9 @@ fn run_size(
     Ok((results, churn))
 }
 
-/// Every regular file below `new` that differs from its namesake below `old`: its path,
-/// length, the old one's length, and the bytes of `new` in blocks that differ at each of
-/// [`CHURN_BLOCKS`] (a block past the old file's end differs).
-#[allow(clippy::type_complexity)]
-fn churn_between(old: &Path, new: &Path) -> anyhow::Result<Vec<(String, u64, Option<u64>, Vec<u64>)>> {
+/// Every regular file below `new` that differs from its namesake below `old` (size and
+/// index left 0 for the caller).
+fn churn_between(old: &Path, new: &Path) -> anyhow::Result<Vec<FileChurn>> {
     use std::io::Read;
     let unit = CHURN_BLOCKS[0] as usize;
     let mut changes = Vec::new();
@@ -396,7 +387,7 @@ fn churn_between(old: &Path, new: &Path) -> anyhow::Result<Vec<(String, u64, Opt
         if base_len == Some(len) && !differs.contains(&true) {
             continue;
         }
-        let changed = CHURN_BLOCKS
+        let changed: Vec<u64> = CHURN_BLOCKS
             .iter()
             .map(|&block| {
                 let per = (block as usize) / unit;
@@ -405,10 +396,19 @@ fn churn_between(old: &Path, new: &Path) -> anyhow::Result<Vec<(String, u64, Opt
                     .enumerate()
                     .filter(|(_, units)| units.contains(&true))
                     .map(|(i, _)| (len - i as u64 * block).min(block))
-                    .sum()
+                    .sum::<u64>()
             })
             .collect();
-        changes.push((relative.display().to_string(), len, base_len, changed));
+        let path = relative.display().to_string();
+        changes.push(FileChurn {
+            size_gb: 0.0,
+            index: 0,
+            kind: kind_of(&path).into(),
+            path,
+            len,
+            base_len,
+            changed,
+        });
     }
     Ok(changes)
 }
