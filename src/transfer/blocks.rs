@@ -30,7 +30,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context};
-use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode};
+use blake3::hazmat::{
+    merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
+};
 
 use super::checksums::Checksums;
 
@@ -252,7 +254,10 @@ impl Blocks {
         let mut r = Cursor(body);
         ensure!(r.take(8)? == MAGIC, "it does not start with {MAGIC:?}");
         let version = r.u32()?;
-        ensure!(version == VERSION, "it is version {version}; this dbsnap reads version {VERSION}");
+        ensure!(
+            version == VERSION,
+            "it is version {version}; this dbsnap reads version {VERSION}"
+        );
         let block_size = r.u32()?;
         ensure!(
             block_size as usize == BLOCK_SIZE,
@@ -293,14 +298,20 @@ impl Blocks {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
-                tracing::warn!("cannot read {} ({e}); comparing by reading both copies", path.display());
+                tracing::warn!(
+                    "cannot read {} ({e}); comparing by reading both copies",
+                    path.display()
+                );
                 return None;
             }
         };
         match Blocks::parse(&bytes, checksums) {
             Ok(blocks) => Some(blocks),
             Err(e) => {
-                tracing::warn!("ignoring {}: {e:#}; comparing by reading both copies", path.display());
+                tracing::warn!(
+                    "ignoring {}: {e:#}; comparing by reading both copies",
+                    path.display()
+                );
                 None
             }
         }
@@ -331,7 +342,9 @@ impl<'a> Cursor<'a> {
     }
 
     fn u32(&mut self) -> anyhow::Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 }
 
@@ -396,7 +409,16 @@ mod tests {
         holes.zeros(2 * bs as u64);
         let mut zeros = vec![1u8; 10];
         zeros.resize(10 + 2 * bs, 0);
-        assert_eq!(holes.finish().unwrap(), (hex(&zeros), FileBlocks { len: zeros.len() as u64, digests: reference(&zeros) }));
+        assert_eq!(
+            holes.finish().unwrap(),
+            (
+                hex(&zeros),
+                FileBlocks {
+                    len: zeros.len() as u64,
+                    digests: reference(&zeros)
+                }
+            )
+        );
 
         let mut short = BlockHasher::new(100);
         short.update(&[0u8; 99]);
@@ -422,7 +444,11 @@ mod tests {
         let odd = PathBuf::from("files/odd name\nwith newline");
         let mut blocks = Blocks::default();
         let mut sums = Checksums::default();
-        for (path, data) in [(PathBuf::from("files/a"), &a[..]), (odd.clone(), b"x"), ("files/empty".into(), b"")] {
+        for (path, data) in [
+            (PathBuf::from("files/a"), &a[..]),
+            (odd.clone(), b"x"),
+            ("files/empty".into(), b""),
+        ] {
             let mut h = BlockHasher::new(data.len() as u64);
             h.update(data);
             let (hash, file) = h.finish().unwrap();
@@ -464,10 +490,16 @@ mod tests {
             body.extend_from_slice(trailer.as_bytes());
             body
         };
-        assert_eq!(Blocks::parse(&with(1, BLOCK_SIZE as u32), &sums).unwrap(), Blocks::default());
+        assert_eq!(
+            Blocks::parse(&with(1, BLOCK_SIZE as u32), &sums).unwrap(),
+            Blocks::default()
+        );
         let e = Blocks::parse(&with(2, BLOCK_SIZE as u32), &sums).unwrap_err();
         assert!(e.to_string().contains("version 2"), "{e:#}");
         let e = Blocks::parse(&with(1, 65536), &sums).unwrap_err();
-        assert!(e.to_string().contains("65536-byte") || e.to_string().contains("65536 bytes"), "{e:#}");
+        assert!(
+            e.to_string().contains("65536-byte") || e.to_string().contains("65536 bytes"),
+            "{e:#}"
+        );
     }
 }

@@ -223,11 +223,7 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_size(
-    gb: f64,
-    args: &Args,
-    dbsnap: &Path,
-) -> anyhow::Result<(Vec<Backup>, Vec<FileChurn>)> {
+fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<(Vec<Backup>, Vec<FileChurn>)> {
     eprintln!("== {gb} GB: loading data");
     let rig = Rig::new(&args.work_dir, gb, dbsnap)?;
     let data_mib = rig::dir_bytes(&rig.datadir) >> 20;
@@ -239,7 +235,7 @@ fn run_size(
     std::fs::create_dir(&plain)?;
 
     let mut results = vec![reference_copy(gb, data_mib, &rig, &disk)?];
-    let mut churn = Vec::new();
+    let mut changes = Vec::new();
     let chosen = METHODS.iter().filter(|m| {
         args.methods.is_empty()
             || args
@@ -321,8 +317,8 @@ fn run_size(
             );
             let path = PathBuf::from(manifest["path"].as_str().context("the backup's path")?);
             if let (Some(base), "copy+reflink") = (&previous, backup.transfer_method.as_str()) {
-                let changes = churn_between(&base.join("files"), &path.join("files"))?;
-                churn.extend(changes.into_iter().map(|c| FileChurn {
+                let changed = churn_between(&base.join("files"), &path.join("files"))?;
+                changes.extend(changed.into_iter().map(|c| FileChurn {
                     size_gb: gb,
                     index,
                     ..c
@@ -346,7 +342,7 @@ fn run_size(
             false => remove_backups(&dest, None)?,
         }
     }
-    Ok((results, churn))
+    Ok((results, changes))
 }
 
 /// Every regular file below `new` that differs from its namesake below `old` (size and
@@ -419,7 +415,9 @@ fn kind_of(path: &str) -> &'static str {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let extension = Path::new(&name).extension().map(|e| e.to_string_lossy().into_owned());
+    let extension = Path::new(&name)
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned());
     match () {
         _ if name.starts_with("ib_logfile") => "redo log",
         _ if name.starts_with("ibdata") => "ibdata1 (undo, doublewrite, change buffer)",

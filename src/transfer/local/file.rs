@@ -175,14 +175,20 @@ pub fn update_seeded(
                 (false, None) => differing = Some(start),
                 (true, Some(from_here)) => {
                     let at = pos + from_here as u64;
-                    written += write_block_run(seeded, &ours[from_here..start], at, &mut writeback)?;
+                    written +=
+                        write_block_run(seeded, &ours[from_here..start], at, &mut writeback)?;
                     differing = None;
                 }
                 _ => {}
             }
         }
         if let Some(from_here) = differing {
-            written += write_block_run(seeded, &ours[from_here..n], pos + from_here as u64, &mut writeback)?;
+            written += write_block_run(
+                seeded,
+                &ours[from_here..n],
+                pos + from_here as u64,
+                &mut writeback,
+            )?;
         }
         shared.progress_add(n as u64);
         pos += n as u64;

@@ -237,9 +237,8 @@ fn update_in_place(with_digests: bool) -> (Moved, tempfile::TempDir) {
     let (from, to) = (dir.path().join("src"), dir.path().join("partial/files"));
     std::fs::create_dir_all(&from).unwrap();
     std::fs::create_dir_all(&to).unwrap();
-    let pattern = |n: usize, seed: u8| -> Vec<u8> {
-        (0..n).map(|i| (i % 241) as u8 ^ seed).collect()
-    };
+    let pattern =
+        |n: usize, seed: u8| -> Vec<u8> { (0..n).map(|i| (i % 241) as u8 ^ seed).collect() };
     let bs = BLOCK_SIZE;
     for (name, len) in [
         ("grows", 3 * bs + 100),
@@ -252,9 +251,16 @@ fn update_in_place(with_digests: bool) -> (Moved, tempfile::TempDir) {
     }
     let first = run(&request(&from, &to, Seed::None, Arc::new(Fsync))).unwrap();
 
-    let open = |name: &str| OpenOptions::new().write(true).open(from.join(name)).unwrap();
+    let open = |name: &str| {
+        OpenOptions::new()
+            .write(true)
+            .open(from.join(name))
+            .unwrap()
+    };
     let grows = open("grows");
-    grows.write_all_at(&pattern(2 * bs + 3, 9), (3 * bs + 100) as u64).unwrap();
+    grows
+        .write_all_at(&pattern(2 * bs + 3, 9), (3 * bs + 100) as u64)
+        .unwrap();
     open("shrinks").set_len((2 * bs + 5) as u64).unwrap();
     let punched = open("punched");
     // SAFETY: a plain syscall on an open descriptor.
@@ -267,8 +273,12 @@ fn update_in_place(with_digests: bool) -> (Moved, tempfile::TempDir) {
         )
     };
     assert_eq!(rc, 0, "punching a hole: {}", io::Error::last_os_error());
-    open("tail").write_all_at(b"!", (2 * bs + 499) as u64).unwrap();
-    open("middle").write_all_at(b"!", (10 * bs + 1) as u64).unwrap();
+    open("tail")
+        .write_all_at(b"!", (2 * bs + 499) as u64)
+        .unwrap();
+    open("middle")
+        .write_all_at(b"!", (10 * bs + 1) as u64)
+        .unwrap();
     // Each changed file's time moves on, as the server's writes move it.
     let later = std::time::SystemTime::now() + std::time::Duration::from_secs(10);
     for name in ["grows", "shrinks", "punched", "tail", "middle"] {
