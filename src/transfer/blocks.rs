@@ -276,7 +276,7 @@ impl Blocks {
             let hash = blake3::Hash::from_bytes(r.take(32)?.try_into().expect("32 bytes"));
             let count = len.div_ceil(BLOCK_SIZE as u64) as usize;
             let raw = r.take(count.checked_mul(DIGEST_LEN).context("a file too large")?)?;
-            let recorded = checksums.0.get(&path).map(|h| blake3::Hash::from_hex(h));
+            let recorded = checksums.0.get(&path).map(blake3::Hash::from_hex);
             if !matches!(recorded, Some(Ok(h)) if h == hash) {
                 continue;
             }
