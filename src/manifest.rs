@@ -93,6 +93,10 @@ pub struct TransferStats {
     pub bytes: u64,
     /// Bytes actually written (changed blocks only, for in-place updates).
     pub bytes_written: u64,
+    /// For dbsnap's engine updating a seeded copy in place: bytes it read from the seed
+    /// to compare with (0 where the base's block digests said which blocks changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_bytes_read: Option<u64>,
     pub files: u64,
     pub duration_ms: u64,
     /// The partial an interrupted run left, which this backup continued from.

@@ -3,7 +3,9 @@
 //! snapshot's bytes (checksums of every file, taken from the snapshot itself by a
 //! `post_snapshot` hook), its `checksums` file records exactly the snapshot's BLAKE3
 //! sums (`b3sum` of the snapshot, by the same hook), and every backup restores on its
-//! own.
+//! own. Into a reflink seed, changed files are compared with the base's block digests
+//! (the `blocks` file) without reading the seed, or by reading both where the base has
+//! none.
 
 mod common;
 
@@ -200,8 +202,32 @@ fn restore_and_check(sb: &Sandbox, manifest: &serde_json::Value) {
     let _ = time(&manifest["lock"]["acquired_at"]);
 }
 
+/// The size of the files a backup stored.
+fn stored_bytes(manifest: &serde_json::Value) -> u64 {
+    let backup = Path::new(manifest["path"].as_str().unwrap());
+    walkdir::WalkDir::new(backup.join("files"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+/// The backup's `blocks` file: there, version 1, and at least one 16-byte digest per
+/// 16 KiB block of `covering` bytes of files.
+fn assert_has_block_digests(manifest: &serde_json::Value, covering: u64) {
+    let backup = Path::new(manifest["path"].as_str().unwrap());
+    let blocks = std::fs::read(backup.join("blocks")).unwrap();
+    assert_eq!(&blocks[..12], b"DBSNBLKS\x01\0\0\0", "{}", manifest["name"]);
+    assert!(
+        blocks.len() as u64 >= covering / (16 << 10) * 16,
+        "{} bytes of digests for {covering} bytes of files",
+        blocks.len()
+    );
+}
+
 #[test]
-fn reflink_chain_writes_only_changed_blocks() {
+fn reflink_chain_writes_only_changed_blocks_reading_only_the_snapshot() {
     let sb = Sandbox::with_fs_size(1024);
     bank::create(&sb.server);
     bank::add_filler(&sb.server, 64);
@@ -225,8 +251,31 @@ fn reflink_chain_writes_only_changed_blocks() {
             written < full / 2,
             "an incremental wrote {written} of {full} bytes"
         );
+        assert_eq!(
+            m["transfer"]["seed_bytes_read"], 0,
+            "the seed was read: the base's block digests were not used"
+        );
     }
-    restore_and_check(&sb, manifests.last().unwrap());
+    for m in &manifests {
+        assert_has_block_digests(m, stored_bytes(m));
+    }
+    // A base without block digests (as an older or rsync-made backup is): the changed
+    // files are compared by reading both, and the result is the same.
+    let newest = manifests.last().unwrap();
+    std::fs::remove_file(Path::new(newest["path"].as_str().unwrap()).join("blocks")).unwrap();
+    let mut next = chain(&sb, 1);
+    let fallback = next.pop().unwrap();
+    assert_eq!(fallback["transfer"]["method"], "copy+reflink");
+    assert_eq!(fallback["transfer"]["base"], newest["name"]);
+    assert!(
+        fallback["transfer"]["seed_bytes_read"].as_u64().unwrap() > 0,
+        "{}",
+        fallback["transfer"]
+    );
+    // Digests of what it compared; the files it left unread have none until they change.
+    let written = fallback["transfer"]["bytes_written"].as_u64().unwrap();
+    assert_has_block_digests(&fallback, written);
+    restore_and_check(&sb, &fallback);
     assert_a_flipped_byte_is_found(&sb, &manifests);
 }
 

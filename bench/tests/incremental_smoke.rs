@@ -52,4 +52,29 @@ fn a_tiny_run_measures_every_method() {
         .any(|(m, i, _)| m.starts_with("rsync + link-dest") && *i == 1));
     let table = std::fs::read_to_string(out.path().join("incremental.md")).unwrap();
     assert!(table.contains("| btrfs-send |"), "{table}");
+    // The copy engine's incremental into a reflink seed compared with the base's block
+    // digests: it read nothing of the seed.
+    let reflinked = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| {
+            b["method"] == "copy engine + reflink, block digests (btrfs destination)"
+                && b["index"] == 1
+        })
+        .expect("the copy engine's reflink incremental");
+    assert_eq!(reflinked["transfer_method"], "copy+reflink");
+    assert_eq!(reflinked["seed_read_mib"], 0.0, "{reflinked}");
+    // And what its churn consisted of was measured, file by file.
+    let churn: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("churn.json")).unwrap()).unwrap();
+    assert!(
+        churn
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "redo log" && f["index"] == 1),
+        "{churn}"
+    );
+    assert!(out.path().join("churn.md").exists());
 }

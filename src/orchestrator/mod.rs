@@ -60,7 +60,7 @@ pub async fn backup(
         dest: copy.dest.as_ref(),
         transfer: transfer.as_ref(),
         verify: copy.verify,
-        pacing: Pacing::prepare(plan, copy).await,
+        pacing: Pacing::prepare(plan, copy, transfer.paced()).await,
     };
     backup_prepared(plan, published, prepared, started_at, backend, journal).await
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::blocks::Blocks;
 use super::checksums::Checksums;
 use super::incremental::{self, Basis};
 use super::pace::Throttle;
@@ -173,6 +174,10 @@ async fn copy(
     };
     std::fs::create_dir_all(&item.to).unwrap();
     let base_checksums = basis.base_path().and_then(|b| Checksums::read(b).unwrap());
+    let base_blocks = match (basis.base_path(), &base_checksums) {
+        (Some(base), Some(sums)) => Blocks::read(base, sums),
+        _ => None,
+    };
     let throttle = Arc::new(Throttle::new(0));
     let job = TreeJob {
         items: vec![item],
@@ -181,11 +186,15 @@ async fn copy(
         basis,
         resumed_from: resumed_from.map(String::from),
         base_checksums,
+        base_blocks,
         progress: &|_| {},
         throttle: &throttle,
     };
     let copied = engine.copy(job).await.unwrap();
     copied.checksums.write(partial).unwrap();
+    if let Some(blocks) = &copied.blocks {
+        blocks.write(partial, &copied.checksums).unwrap();
+    }
     copied
 }
 
@@ -200,9 +209,9 @@ fn started(at: SystemTime) -> String {
 /// What one backup of the test made: its tree, its checksums, the bytes it wrote.
 type Step = (BTreeMap<PathBuf, String>, Checksums, u64);
 
-/// Each engine's result for the same three backups, checked against the snapshot.
+/// Each engine's result for the same four backups, checked against the snapshot.
 #[tokio::test]
-async fn both_engines_make_the_same_tree_and_checksums_full_incremental_and_resumed() {
+async fn both_engines_make_the_same_tree_and_checksums_full_incremental_resumed_and_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let snapshot = dir.path().join("snapshot");
     sample_tree(&snapshot);
@@ -228,6 +237,24 @@ async fn both_engines_make_the_same_tree_and_checksums_full_incremental_and_resu
     std::fs::write(moved.join("new.frm"), b"new").unwrap();
     std::fs::remove_file(moved.join("empty")).unwrap();
     date_everything(&moved);
+    // Another next snapshot, for an in-place update of a copy of the base (as a reflink
+    // seed is): one block of the big file changed, its time with it.
+    let in_place = dir.path().join("snapshot-3");
+    assert!(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&snapshot)
+        .arg(&in_place)
+        .status()
+        .unwrap()
+        .success());
+    let ibdata = File::options()
+        .write(true)
+        .open(in_place.join("ibdata1"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&ibdata, b"changed page", 5 << 20).unwrap();
+    ibdata
+        .set_modified(SystemTime::UNIX_EPOCH + Duration::new(1_700_000_100, 5))
+        .unwrap();
     // The base of each engine's incremental is named as if it started an hour after
     // the snapshot's files were written: they are trusted on the quick check.
     let base_name = started(SystemTime::now() + Duration::from_secs(3600));
@@ -302,6 +329,35 @@ async fn both_engines_make_the_same_tree_and_checksums_full_incremental_and_resu
             resumed.checksums,
             resumed.stats.bytes_written,
         ));
+
+        // Into a copy of the base, updated in place.
+        let seeded = root.join("in-place");
+        std::fs::create_dir_all(seeded.join(FILES_DIR)).unwrap();
+        assert!(std::process::Command::new("cp")
+            .arg("-a")
+            .arg(full.join("files/data"))
+            .arg(seeded.join("files/data"))
+            .status()
+            .unwrap()
+            .success());
+        let reflinked = Basis::Reflinked {
+            base: base_name.clone(),
+            path: full.clone(),
+        };
+        let updated = copy(engine.as_ref(), &in_place, &seeded, reflinked, None).await;
+        assert_eq!(updated.checksums, snapshot_checksums(&in_place), "{name}");
+        if engine.engine() == Engine::Local {
+            assert_eq!(
+                updated.stats.seed_bytes_read,
+                Some(0),
+                "the engine compared with the base's block digests, never read the seed"
+            );
+        }
+        steps.push((
+            describe(&seeded.join("files/data")),
+            updated.checksums,
+            updated.stats.bytes_written,
+        ));
         results.push(steps);
     }
     let source = without_pid(describe(&snapshot));
@@ -311,7 +367,12 @@ async fn both_engines_make_the_same_tree_and_checksums_full_incremental_and_resu
         local[2].0, source,
         "the engine's resumed copy is the snapshot"
     );
-    for (step, (ours, theirs)) in ["full", "incremental", "resumed"]
+    assert_eq!(
+        local[3].0,
+        without_pid(describe(&in_place)),
+        "the engine's in-place copy is the snapshot"
+    );
+    for (step, (ours, theirs)) in ["full", "incremental", "resumed", "in place"]
         .iter()
         .zip(local.iter().zip(rsync))
     {
@@ -324,5 +385,12 @@ async fn both_engines_make_the_same_tree_and_checksums_full_incremental_and_resu
     assert!(
         resumed_written < 15 << 20,
         "the resumed copy wrote {resumed_written} bytes"
+    );
+    // In place: the changed block and the hard-linked file (copied again: writing into
+    // it would change its other name), nothing else.
+    let in_place_written = local[3].2;
+    assert!(
+        in_place_written <= 300_000 + crate::transfer::blocks::BLOCK_SIZE as u64,
+        "the in-place copy wrote {in_place_written} bytes"
     );
 }

@@ -4,7 +4,8 @@
 //! - [`tree::TreeTransfer`]: a plain file tree copied from the mounted snapshot, by
 //!   dbsnap's own engine ([`local`]) to a destination on this host or by rsync
 //!   ([`rsync`]), both behind [`tree::TreeCopy`], incremental from the previous backup
-//!   ([`incremental`]), with a checksum of every file ([`checksums`]), continuing an
+//!   ([`incremental`]), with a checksum of every file ([`checksums`]) and, from the
+//!   local engine, block digests for the next incremental ([`blocks`]), continuing an
 //!   interrupted run's partial.
 //! - [`stream::StreamTransfer`]: the backend's own stream (`btrfs send`, `zfs send`, or
 //!   whatever an exec plugin names), incremental along the parent chain ([`chain`]).
@@ -14,6 +15,7 @@
 //!
 //! [`choose`] is the one place that picks one, before the lock.
 
+pub mod blocks;
 pub mod chain;
 pub mod checksums;
 #[cfg(test)]

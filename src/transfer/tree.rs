@@ -7,7 +7,9 @@
 //! and how, that a partial an interrupted run left is continued, which files are
 //! compared by content (the stale-page rule, [`incremental::recheck_since`]), that
 //! every stored file has its checksum in the `checksums` file (checked on the
-//! destination's host when that is another host), and what the manifest records.
+//! destination's host when that is another host), that the local engine's block
+//! digests go into the `blocks` file and the base's are handed to it, and what the
+//! manifest records.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -20,6 +22,7 @@ use dbsnap_backend_api::ReadPath;
 
 use bytesize::ByteSize;
 
+use super::blocks::Blocks;
 use super::checksums::{self, Checksums};
 use super::incremental::{self, Basis};
 use super::local::{self, Counters, Seed};
@@ -77,6 +80,9 @@ pub struct TreeJob<'a> {
     pub recheck_since: Option<SystemTime>,
     /// The base's checksums, for files left as the base holds them.
     pub base_checksums: Option<Checksums>,
+    /// The base's block digests (the local engine's, on this host), matching
+    /// `base_checksums`.
+    pub base_blocks: Option<Blocks>,
     pub progress: &'a (dyn Fn(u64) + Sync),
     pub throttle: &'a Arc<Throttle>,
 }
@@ -85,6 +91,8 @@ pub struct TreeJob<'a> {
 pub struct TreeCopied {
     pub stats: TransferStats,
     pub checksums: Checksums,
+    /// Block digests of the stored files, from an engine that makes them.
+    pub blocks: Option<Blocks>,
 }
 
 /// A way of copying file trees: the same result (contents, owners, modes, times,
@@ -180,6 +188,11 @@ impl Transfer for TreeTransfer<'_> {
             Some(base) => self.base_checksums(base).await,
             None => None,
         };
+        // Only dbsnap's engine uses digests, and only on this host.
+        let base_blocks = match (engine, remote, basis.base_path(), &base_checksums) {
+            (Engine::Local, None, Some(base), Some(sums)) => Blocks::read(base, sums),
+            _ => None,
+        };
         let job = TreeJob {
             items,
             partial,
@@ -187,16 +200,21 @@ impl Transfer for TreeTransfer<'_> {
             basis: basis.clone(),
             resumed_from: into.resumed_from.clone(),
             base_checksums,
+            base_blocks,
             progress: into.progress,
             throttle: into.throttle,
         };
         let TreeCopied {
             mut stats,
             checksums,
+            blocks,
         } = self.engine.copy(job).await?;
         match remote {
             Some(r) => r.check_checksums(partial, &checksums).await?,
             None => checksums.write(partial)?,
+        }
+        if let (None, Some(blocks)) = (remote, blocks) {
+            blocks.write(partial, &checksums)?;
         }
         stats.method = basis.method_with(engine);
         stats.base = basis.base();
@@ -253,12 +271,14 @@ impl TreeCopy for LocalEngine {
                 Seed::Linked(links.expect("a linked basis has link destinations"))
             }
         };
+        let in_place = seed.in_place();
         let counters = Arc::new(Counters::default());
         let request = local::Request {
             items: job.items,
             partial: job.partial.to_path_buf(),
             recheck_since: job.recheck_since,
             base_checksums: job.base_checksums,
+            base_blocks: job.base_blocks,
             seed,
             threads: COPY_THREADS,
             throttle: job.throttle.clone(),
@@ -291,15 +311,25 @@ impl TreeCopy for LocalEngine {
             ByteSize::b(moved.hashed_only).display().iec(),
             moved.checksums_kept
         );
+        if in_place {
+            tracing::info!(
+                "changed files: {} compared with the base's block digests (the seed unread), \
+                 {} read from the seed to compare the others",
+                moved.compared_by_digest,
+                ByteSize::b(moved.seed_bytes_read).display().iec()
+            );
+        }
         Ok(TreeCopied {
             stats: TransferStats {
                 bytes: moved.bytes,
                 bytes_written: moved.bytes_written,
                 files: moved.files,
                 duration_ms: started.elapsed().as_millis() as u64,
+                seed_bytes_read: in_place.then_some(moved.seed_bytes_read),
                 ..Default::default()
             },
             checksums: Checksums(moved.checksums),
+            blocks: Some(Blocks(moved.blocks)),
         })
     }
 }
@@ -365,7 +395,11 @@ impl TreeCopy for RsyncEngine<'_> {
             ByteSize::b(hashing.after_copy).display().iec(),
             hashing.reused
         );
-        Ok(TreeCopied { stats, checksums })
+        Ok(TreeCopied {
+            stats,
+            checksums,
+            blocks: None,
+        })
     }
 }
 

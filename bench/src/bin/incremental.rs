@@ -13,6 +13,11 @@
 //! what it added to the repository). Writes `incremental.json` and `incremental.md`
 //! into `--out`.
 //!
+//! What the churn consists of: after each incremental backup of the copy engine into a
+//! reflink seed, the new backup is compared with its base file by file, and the bytes
+//! in blocks that differ are counted at several block sizes (`churn.json`, `churn.md`):
+//! what an in-place update at that block size must write at least.
+//!
 //! Run as root: `cargo run --release -p dbsnap-bench --bin dbsnap-bench-incremental -- --sizes 1,4`.
 
 #[path = "../rig.rs"]
@@ -57,6 +62,11 @@ struct Args {
     /// Measure nothing: rewrite incremental.md from the incremental.json in --out.
     #[arg(long)]
     table_only: bool,
+    /// Keep each backup's log (dbsnap's stderr, timestamped, with every external
+    /// command and its milliseconds) in this directory, as
+    /// `<size>GB-<method>-<index>.log`: the phases of a backup, timed.
+    #[arg(long)]
+    logs: Option<PathBuf>,
 }
 
 /// One way of transferring, as dbsnap configuration.
@@ -78,7 +88,7 @@ const METHODS: &[Method] = &[
         restic: false,
     },
     Method {
-        name: "copy engine + reflink, block compare (btrfs destination)",
+        name: "copy engine + reflink, block digests (btrfs destination)",
         keys: "method = \"files\"\npace = \"off\"\nincremental = true\n",
         on_backup_disk: true,
         restic: false,
@@ -138,6 +148,29 @@ struct Backup {
     written_mib: f64,
     /// Space the destination filesystem gained.
     stored_mib: f64,
+    /// What dbsnap's copy engine read from the seed to compare (0 where the base's block
+    /// digests said which blocks changed).
+    #[serde(default)]
+    seed_read_mib: Option<f64>,
+}
+
+/// The block sizes the churn is measured at (multiples of the first).
+const CHURN_BLOCKS: [u64; 5] = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20];
+
+/// How one file changed between a backup and its base.
+#[derive(Serialize, Deserialize)]
+struct FileChurn {
+    size_gb: f64,
+    /// The backup of the chain (1 = the first incremental).
+    index: usize,
+    /// Below the backup's `files/`.
+    path: String,
+    kind: String,
+    len: u64,
+    /// Its length in the base; `None`: a new file.
+    base_len: Option<u64>,
+    /// Bytes in blocks that differ from the base's, at each of [`CHURN_BLOCKS`].
+    changed: Vec<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -168,21 +201,29 @@ fn main() -> anyhow::Result<()> {
     );
     std::fs::create_dir_all(&args.out)?;
     let mut all = Vec::new();
+    let mut churn = Vec::new();
     for &gb in &args.sizes {
-        all.extend(run_size(gb, &args, &dbsnap)?);
+        let (backups, changes) = run_size(gb, &args, &dbsnap)?;
+        all.extend(backups);
+        churn.extend(changes);
         // After each size, so that a failure later keeps what was measured.
         std::fs::write(
             args.out.join("incremental.json"),
             serde_json::to_string_pretty(&all)?,
         )?;
         std::fs::write(args.out.join("incremental.md"), table(&all))?;
+        std::fs::write(
+            args.out.join("churn.json"),
+            serde_json::to_string_pretty(&churn)?,
+        )?;
+        std::fs::write(args.out.join("churn.md"), churn_table(&churn))?;
     }
     print!("{}", table(&all));
     eprintln!("results in {}", args.out.display());
     Ok(())
 }
 
-fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<Vec<Backup>> {
+fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<(Vec<Backup>, Vec<FileChurn>)> {
     eprintln!("== {gb} GB: loading data");
     let rig = Rig::new(&args.work_dir, gb, dbsnap)?;
     let data_mib = rig::dir_bytes(&rig.datadir) >> 20;
@@ -194,6 +235,7 @@ fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<Vec<Backup>> 
     std::fs::create_dir(&plain)?;
 
     let mut results = vec![reference_copy(gb, data_mib, &rig, &disk)?];
+    let mut changes = Vec::new();
     let chosen = METHODS.iter().filter(|m| {
         args.methods.is_empty()
             || args
@@ -222,16 +264,30 @@ fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<Vec<Backup>> 
                 keys = method.keys,
             ),
         )?;
+        let mut previous: Option<PathBuf> = None;
         for index in 0..=args.increments {
             churn(&rig, args.churn_secs)?;
             let used_before = used_bytes(&dest)?;
             let started = Instant::now();
-            let out = Command::new(&rig.dbsnap)
+            let mut backup = Command::new(&rig.dbsnap);
+            backup
                 .arg("--config")
                 .arg(&rig.config)
-                .args(["backup", "--json"])
-                .output()?;
+                .args(["backup", "--json"]);
+            if args.logs.is_some() {
+                // Every external command, with its milliseconds.
+                backup.env(
+                    "DBSNAP_LOG",
+                    "info,dbsnap=debug,dbsnap_backend_api=debug,dbsnap_btrfs=debug",
+                );
+            }
+            let out = backup.output()?;
             let wall_s = started.elapsed().as_secs_f64();
+            if let Some(logs) = &args.logs {
+                std::fs::create_dir_all(logs)?;
+                let name = format!("{gb}GB-{}-{index}.log", method.name.replace(' ', "-"));
+                std::fs::write(logs.join(name), &out.stderr)?;
+            }
             ensure!(
                 out.status.success(),
                 "{}: {}",
@@ -253,11 +309,22 @@ fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<Vec<Backup>> 
                 transferred_mib: mib(&t["bytes"]),
                 written_mib: mib(&t["bytes_written"]),
                 stored_mib: (used_bytes(&dest)?.saturating_sub(used_before)) as f64 / 1048576.0,
+                seed_read_mib: t["seed_bytes_read"].as_u64().map(|b| b as f64 / 1048576.0),
             };
             eprintln!(
                 "-- {gb} GB {} #{index}: {:.1} s, {:.0} MiB transferred, {:.0} MiB stored",
                 method.name, backup.wall_s, backup.transferred_mib, backup.stored_mib
             );
+            let path = PathBuf::from(manifest["path"].as_str().context("the backup's path")?);
+            if let (Some(base), "copy+reflink") = (&previous, backup.transfer_method.as_str()) {
+                let changed = churn_between(&base.join("files"), &path.join("files"))?;
+                changes.extend(changed.into_iter().map(|c| FileChurn {
+                    size_gb: gb,
+                    index,
+                    ..c
+                }));
+            }
+            previous = Some(path);
             results.push(backup);
             if method.restic {
                 // A repository keeps what later snapshots share; the disk has room.
@@ -275,7 +342,148 @@ fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<Vec<Backup>> 
             false => remove_backups(&dest, None)?,
         }
     }
-    Ok(results)
+    Ok((results, changes))
+}
+
+/// Every regular file below `new` that differs from its namesake below `old` (size and
+/// index left 0 for the caller).
+fn churn_between(old: &Path, new: &Path) -> anyhow::Result<Vec<FileChurn>> {
+    use std::io::Read;
+    let unit = CHURN_BLOCKS[0] as usize;
+    let mut changes = Vec::new();
+    for entry in walkdir::WalkDir::new(new).sort_by_file_name() {
+        let entry = entry?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let relative = entry.path().strip_prefix(new)?;
+        let len = entry.metadata()?.len();
+        let mut ours = std::fs::File::open(entry.path())?;
+        let mut theirs = std::fs::File::open(old.join(relative)).ok();
+        let base_len = match &theirs {
+            Some(f) => Some(f.metadata()?.len()),
+            None => None,
+        };
+        // Which units of `new` differ.
+        let mut differs = Vec::with_capacity(len.div_ceil(unit as u64) as usize);
+        let (mut a, mut b) = (vec![0u8; unit], vec![0u8; unit]);
+        let mut at = 0u64;
+        while at < len {
+            let n = (len - at).min(unit as u64) as usize;
+            ours.read_exact(&mut a[..n])?;
+            let have = base_len.map_or(0, |l| l.saturating_sub(at).min(n as u64)) as usize;
+            if let Some(f) = theirs.as_mut() {
+                if have > 0 {
+                    f.read_exact(&mut b[..have])?;
+                }
+            }
+            differs.push(have < n || a[..n] != b[..n]);
+            at += n as u64;
+        }
+        if base_len == Some(len) && !differs.contains(&true) {
+            continue;
+        }
+        let changed: Vec<u64> = CHURN_BLOCKS
+            .iter()
+            .map(|&block| {
+                let per = (block as usize) / unit;
+                differs
+                    .chunks(per)
+                    .enumerate()
+                    .filter(|(_, units)| units.contains(&true))
+                    .map(|(i, _)| (len - i as u64 * block).min(block))
+                    .sum::<u64>()
+            })
+            .collect();
+        let path = relative.display().to_string();
+        changes.push(FileChurn {
+            size_gb: 0.0,
+            index: 0,
+            kind: kind_of(&path).into(),
+            path,
+            len,
+            base_len,
+            changed,
+        });
+    }
+    Ok(changes)
+}
+
+/// What a datadir file is, for the churn table.
+fn kind_of(path: &str) -> &'static str {
+    let name = Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let extension = Path::new(&name)
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned());
+    match () {
+        _ if name.starts_with("ib_logfile") => "redo log",
+        _ if name.starts_with("ibdata") => "ibdata1 (undo, doublewrite, change buffer)",
+        _ if name.starts_with("undo") => "undo tablespaces",
+        _ if path.ends_with("bank/filler.ibd") => "filler table",
+        _ if extension.as_deref() == Some("ibd") => "other tables (.ibd)",
+        _ if name.starts_with("binlog.") => "binary log",
+        _ => "other",
+    }
+}
+
+/// Per size and kind of file, the median over the incrementals of the bytes in
+/// changed blocks at each block size, and the sum.
+fn churn_table(churn: &[FileChurn]) -> String {
+    let mut md = String::from(
+        "What each incremental must write at least, by kind of file: bytes in blocks that \
+         differ from the base (MiB, median over the incrementals of a chain), at each block \
+         size. A block past the base file's end differs.\n\n| data | kind | files changed |",
+    );
+    for b in CHURN_BLOCKS {
+        md.push_str(&format!(" {} KiB |", b >> 10));
+    }
+    md.push_str("\n|---|---|---|");
+    md.push_str(&"---|".repeat(CHURN_BLOCKS.len()));
+    md.push('\n');
+    let mut sizes: Vec<f64> = churn.iter().map(|c| c.size_gb).collect();
+    sizes.dedup();
+    for gb in sizes {
+        let of_size: Vec<&FileChurn> = churn.iter().filter(|c| c.size_gb == gb).collect();
+        let mut kinds: Vec<&str> = of_size.iter().map(|c| c.kind.as_str()).collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds.push("all");
+        let mut indexes: Vec<usize> = of_size.iter().map(|c| c.index).collect();
+        indexes.sort();
+        indexes.dedup();
+        for kind in kinds {
+            let median = |f: &dyn Fn(&[&FileChurn]) -> f64| {
+                let mut v: Vec<f64> = indexes
+                    .iter()
+                    .map(|i| {
+                        let files: Vec<&FileChurn> = of_size
+                            .iter()
+                            .filter(|c| c.index == *i && (kind == "all" || c.kind == kind))
+                            .copied()
+                            .collect();
+                        f(&files)
+                    })
+                    .collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            md.push_str(&format!(
+                "| {gb} GB | {kind} | {:.0} |",
+                median(&|files| files.len() as f64)
+            ));
+            for i in 0..CHURN_BLOCKS.len() {
+                let mib = median(&|files| {
+                    files.iter().map(|c| c.changed[i]).sum::<u64>() as f64 / 1048576.0
+                });
+                md.push_str(&format!(" {mib:.1} |"));
+            }
+            md.push('\n');
+        }
+    }
+    md
 }
 
 /// A restic repository in `dir` (password in the rig's directory): the `dest` value
@@ -391,6 +599,7 @@ fn reference_copy(gb: f64, data_mib: u64, rig: &Rig, disk: &LoopBtrfs) -> anyhow
         transferred_mib: copied,
         written_mib: copied,
         stored_mib: stored as f64 / 1048576.0,
+        seed_read_mib: None,
     })
 }
 
@@ -430,9 +639,10 @@ fn table(all: &[Backup]) -> String {
          (it reads only files whose size, mtime or inode changed). Written: bytes dbsnap's \
          copy engine wrote (a block compare writes only the blocks that differ; – where the \
          tool does not say). Stored: space the destination gained (restic: added to the \
-         repository, compressed).\n\n\
-         | data | method | full: s | full: MiB transferred | full: MiB written | full: MiB stored | incremental: s | incremental: MiB transferred | incremental: MiB written | incremental: MiB stored |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         repository, compressed). Seed read: what the copy engine read from the seed to \
+         compare with (0: the base's block digests said which blocks changed).\n\n\
+         | data | method | full: s | full: MiB transferred | full: MiB written | full: MiB stored | incremental: s | incremental: MiB transferred | incremental: MiB written | incremental: MiB stored | incremental: MiB seed read |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut keys: Vec<(f64, &str)> = Vec::new();
     for b in all {
@@ -464,8 +674,16 @@ fn table(all: &[Backup]) -> String {
                 _ => "–".to_string(),
             }
         };
+        let seed_read = {
+            let mut v: Vec<f64> = rest.iter().filter_map(|b| b.seed_read_mib).collect();
+            v.sort_by(f64::total_cmp);
+            match v.len() {
+                0 => "–".to_string(),
+                n => format!("{:.1}", v[n / 2]),
+            }
+        };
         md.push_str(&format!(
-            "| {gb} GB ({} MiB) | {method} | {:.1} ({:.1}) | {:.0} | {} | {:.0} | {} ({}) | {} | {} | {} |\n",
+            "| {gb} GB ({} MiB) | {method} | {:.1} ({:.1}) | {:.0} | {} | {:.0} | {} ({}) | {} | {} | {} | {seed_read} |\n",
             full.data_mib,
             full.wall_s,
             full.transfer_s,

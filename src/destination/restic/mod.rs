@@ -725,6 +725,7 @@ impl Ingest for ResticRepo {
             repository_snapshot: Some(summary.snapshot_id),
             resumed_from: None,
             wire_bytes: None,
+            seed_bytes_read: None,
         })
     }
 }

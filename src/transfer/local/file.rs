@@ -1,9 +1,12 @@
 //! One regular file: cloned (FICLONE) where source and destination share a
 //! filesystem, else read in large chunks and written, holes kept; or, into a seeded
-//! copy (of the previous backup, or of an interrupted run), compared block by block and
-//! only the differing blocks written. Every byte the copy reads is hashed (BLAKE3, one
-//! thread) as it passes, so each stored file has its checksum without a second read; a
-//! clone, which reads nothing, is hashed by reading the source at the copy's pace.
+//! copy (of the previous backup, or of an interrupted run), only the blocks that differ
+//! written. Which blocks differ is found from the base's block digests where it has
+//! them (only the source is read: the seed is a reflink copy of the base), else by
+//! reading both and comparing. Every byte the copy reads is hashed (BLAKE3, one
+//! thread) once as it passes, giving the file's checksum and its block digests (see
+//! [`BlockHasher`]) without a second read; a clone, which reads nothing,
+//! is hashed by reading the source at the copy's pace.
 //! Writeback starts as each chunk is written and is waited for a few chunks behind, so
 //! the file's dirty data stays bounded and the final `fsync` (and the publish step's
 //! flush) finds little to do.
@@ -14,13 +17,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use super::Shared;
+use crate::transfer::blocks::{BlockHasher, FileBlocks, BLOCK_SIZE};
 
-/// Bytes per read and per writeback window.
+/// Bytes per read and per writeback window (a multiple of the block size).
 pub const CHUNK: u64 = 8 << 20;
 /// How many chunks may be in writeback before the oldest is waited for.
 const WRITEBACK_DEPTH: usize = 4;
-/// The unit of comparison against a seeded copy (a multiple of InnoDB's 16 KiB page).
-const BLOCK: usize = 64 << 10;
 
 /// What copying one file did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,20 +33,30 @@ pub struct FileCopied {
     pub cloned: bool,
     /// The BLAKE3 digest of the source's contents, in hex.
     pub hash: String,
+    /// Its block digests.
+    pub blocks: FileBlocks,
+    /// Bytes read from the seed to compare with (none where the base's digests said).
+    pub seed_read: u64,
+    /// Whether the base's block digests said which blocks changed.
+    pub by_digest: bool,
 }
 
 /// Copy the contents of `from` (of `len` bytes) into the new, empty file `to`.
 pub fn copy_new(from: &File, to: &File, len: u64, shared: &Shared) -> io::Result<FileCopied> {
     if clone(from, to).is_ok() {
+        let (hash, blocks) = hash_source(from, len, shared)?;
         return Ok(FileCopied {
             written: 0,
             cloned: true,
-            hash: hash_source(from, len, shared)?,
+            hash,
+            blocks,
+            seed_read: 0,
+            by_digest: false,
         });
     }
     let mut writeback = Writeback::new(to);
     let mut written = 0;
-    let hash = read_hashed(from, len, shared, |at, data| {
+    let (hash, blocks) = read_hashed(from, len, shared, |at, data| {
         to.write_all_at(data, at)?;
         writeback.written(at, data.len() as u64)?;
         written += data.len() as u64;
@@ -57,25 +69,29 @@ pub fn copy_new(from: &File, to: &File, len: u64, shared: &Shared) -> io::Result
         written,
         cloned: false,
         hash,
+        blocks,
+        seed_read: 0,
+        by_digest: false,
     })
 }
 
-/// The BLAKE3 digest of `from` (`len` bytes), read at the copy's pace: for a file the
-/// copy did not read (a clone, or a hard link to a previous backup without a checksum).
-pub fn hash_source(from: &File, len: u64, shared: &Shared) -> io::Result<String> {
+/// The BLAKE3 digest and block digests of `from` (`len` bytes), read at the copy's
+/// pace: for a file the copy did not read (a clone, or a hard link to a previous backup
+/// without a checksum).
+pub fn hash_source(from: &File, len: u64, shared: &Shared) -> io::Result<(String, FileBlocks)> {
     read_hashed(from, len, shared, |_, _| Ok(()))
 }
 
 /// Read `from`'s data (`len` bytes) in chunks at the copy's pace, skipping holes, hand
-/// each chunk to `each` with its offset, and return the digest of the whole contents
-/// (holes hashed as the zeros they read as). Progress counts holes as read.
+/// each chunk to `each` with its offset, and return the digests of the contents, whole
+/// and per block (holes hashed as the zeros they read as). Progress counts holes as read.
 fn read_hashed(
     from: &File,
     len: u64,
     shared: &Shared,
     mut each: impl FnMut(u64, &[u8]) -> io::Result<()>,
-) -> io::Result<String> {
-    let mut hasher = blake3::Hasher::new();
+) -> io::Result<(String, FileBlocks)> {
+    let mut hasher = BlockHasher::new(len);
     let mut buffer = vec![0u8; CHUNK as usize];
     let mut hashed = 0u64;
     let mut pos = 0u64;
@@ -102,65 +118,103 @@ fn read_hashed(
         }
     }
     hash_zeros(&mut hasher, len.saturating_sub(hashed), shared);
-    Ok(hasher.finalize().to_hex().to_string())
+    hasher.finish()
 }
 
 /// Hash `n` zero bytes (a hole), counted as progress.
-fn hash_zeros(hasher: &mut blake3::Hasher, n: u64, shared: &Shared) {
-    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-    let mut left = n;
-    while left > 0 {
-        let step = left.min(ZEROS.len() as u64);
-        hasher.update(&ZEROS[..step as usize]);
-        left -= step;
-    }
+fn hash_zeros(hasher: &mut BlockHasher, n: u64, shared: &Shared) {
+    hasher.zeros(n);
     shared.progress_add(n);
 }
 
 /// Bring `seeded` (a reflink copy of the previous backup's file, so writing it never
 /// touches that backup, or what an interrupted run wrote) to the contents of `from`
-/// (`len` bytes): read both, write only the blocks that differ, hash what was read.
+/// (`len` bytes), writing only the blocks that differ, adjacent ones in one write.
+/// With `base` (the previous backup's block digests of this file, which the seed is a
+/// reflink copy of) only `from` is read: a block is unchanged if its digest is the
+/// base's. Without, both are read and compared.
 pub fn update_seeded(
     from: &File,
     seeded: &File,
     len: u64,
+    base: Option<&FileBlocks>,
     shared: &Shared,
 ) -> io::Result<FileCopied> {
     let old_len = seeded.metadata()?.len();
+    // Digests describe the seed only while it is as long as the file they were taken of.
+    let base = base.filter(|b| b.len == old_len);
     if old_len > len {
         seeded.set_len(len)?;
     }
     let mut writeback = Writeback::new(seeded);
-    let mut hasher = blake3::Hasher::new();
+    let mut hasher = BlockHasher::new(len);
     let mut ours = vec![0u8; CHUNK as usize];
-    let mut theirs = vec![0u8; CHUNK as usize];
-    let mut written = 0;
+    let mut theirs = vec![0u8; if base.is_some() { 0 } else { CHUNK as usize }];
+    let (mut written, mut seed_read) = (0, 0);
     let mut pos = 0u64;
     while pos < len {
         let n = CHUNK.min(len - pos) as usize;
         shared.take(n as u64)?;
         from.read_exact_at(&mut ours[..n], pos)?;
-        hasher.update(&ours[..n]);
         let have = old_len.saturating_sub(pos).min(n as u64) as usize;
-        seeded.read_exact_at(&mut theirs[..have], pos)?;
-        for start in (0..n).step_by(BLOCK) {
-            let end = (start + BLOCK).min(n);
-            if end <= have && ours[start..end] == theirs[start..end] {
-                continue;
+        if base.is_none() {
+            seeded.read_exact_at(&mut theirs[..have], pos)?;
+            seed_read += have as u64;
+        }
+        // The start of the run of differing blocks being collected.
+        let mut differing: Option<usize> = None;
+        for start in (0..n).step_by(BLOCK_SIZE) {
+            let end = (start + BLOCK_SIZE).min(n);
+            let index = (pos as usize + start) / BLOCK_SIZE;
+            let digest = hasher.block(&ours[start..end]);
+            let unchanged = match base {
+                Some(b) => b.block(index, end - start) == Some(&digest),
+                None => end <= have && ours[start..end] == theirs[start..end],
+            };
+            match (unchanged, differing) {
+                (false, None) => differing = Some(start),
+                (true, Some(from_here)) => {
+                    let at = pos + from_here as u64;
+                    written +=
+                        write_block_run(seeded, &ours[from_here..start], at, &mut writeback)?;
+                    differing = None;
+                }
+                _ => {}
             }
-            seeded.write_all_at(&ours[start..end], pos + start as u64)?;
-            writeback.written(pos + start as u64, (end - start) as u64)?;
-            written += (end - start) as u64;
+        }
+        if let Some(from_here) = differing {
+            written += write_block_run(
+                seeded,
+                &ours[from_here..n],
+                pos + from_here as u64,
+                &mut writeback,
+            )?;
         }
         shared.progress_add(n as u64);
         pos += n as u64;
     }
     writeback.finish()?;
+    let (hash, blocks) = hasher.finish()?;
     Ok(FileCopied {
         written,
         cloned: false,
-        hash: hasher.finalize().to_hex().to_string(),
+        hash,
+        blocks,
+        seed_read,
+        by_digest: base.is_some(),
     })
+}
+
+/// Write `data` at `at` into the seeded file; the bytes written.
+fn write_block_run(
+    seeded: &File,
+    data: &[u8],
+    at: u64,
+    writeback: &mut Writeback,
+) -> io::Result<u64> {
+    seeded.write_all_at(data, at)?;
+    writeback.written(at, data.len() as u64)?;
+    Ok(data.len() as u64)
 }
 
 /// Share `from`'s extents with `to` (btrfs, XFS, same filesystem).

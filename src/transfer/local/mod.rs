@@ -12,9 +12,12 @@
 //! files are compared block by block (never trusted on their size and time), so only
 //! what it lacks or holds wrong is written.
 //!
-//! Every stored file gets its BLAKE3 checksum ([`Moved::checksums`]), from the data the
-//! copy reads (see [`file`]); a file left as the previous backup holds it keeps that
-//! backup's checksum, or is hashed from the snapshot if that backup has none.
+//! Every stored file gets its BLAKE3 checksum ([`Moved::checksums`]) and its block
+//! digests ([`Moved::blocks`], see [`super::blocks`]), from the data the copy reads (see
+//! [`file`]); a file left as the previous backup holds it keeps that backup's checksum
+//! and digests, or is hashed from the snapshot if that backup has no checksum. Into a
+//! reflink copy of the previous backup, a changed file whose digests that backup
+//! recorded is compared with them: only the snapshot is read.
 
 mod file;
 mod meta;
@@ -27,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::blocks::{Blocks, FileBlocks};
 use super::checksums::Checksums;
 use super::pace::Throttle;
 use super::rsync::CopyItem;
@@ -48,7 +52,7 @@ pub enum Seed {
 
 impl Seed {
     /// Whether the destination may already hold files, updated in place.
-    fn in_place(&self) -> bool {
+    pub fn in_place(&self) -> bool {
         matches!(self, Seed::Reflinked | Seed::Resumed(_))
     }
 
@@ -102,6 +106,10 @@ pub struct Request {
     /// The checksums of the previous backup the seed comes from (by stored path), for
     /// the files left as it holds them.
     pub base_checksums: Option<Checksums>,
+    /// The block digests of the previous backup the seed comes from (by stored path,
+    /// only entries that match `base_checksums`): a reflink seed's changed files are
+    /// compared with them instead of read.
+    pub base_blocks: Option<Blocks>,
     /// Files in flight.
     pub threads: usize,
     pub throttle: Arc<Throttle>,
@@ -123,8 +131,16 @@ pub struct Moved {
     pub hashed_only: u64,
     /// Files whose checksum is the previous backup's.
     pub checksums_kept: u64,
+    /// Files of a seeded copy compared with the previous backup's block digests, the
+    /// seed unread.
+    pub compared_by_digest: u64,
+    /// Bytes read from a seeded copy to compare with (files without base digests).
+    pub seed_bytes_read: u64,
     /// Every stored regular file (path relative to the partial) → BLAKE3 hex digest.
     pub checksums: BTreeMap<PathBuf, String>,
+    /// Every stored regular file the copy has block digests for (all but those left
+    /// as a previous backup without digests holds them).
+    pub blocks: BTreeMap<PathBuf, FileBlocks>,
 }
 
 impl Moved {
@@ -134,7 +150,10 @@ impl Moved {
         self.files += other.files;
         self.hashed_only += other.hashed_only;
         self.checksums_kept += other.checksums_kept;
+        self.compared_by_digest += other.compared_by_digest;
+        self.seed_bytes_read += other.seed_bytes_read;
         self.checksums.extend(other.checksums);
+        self.blocks.extend(other.blocks);
     }
 }
 
@@ -181,6 +200,11 @@ struct Job {
     basis: JobBasis,
     /// The previous backup's checksum of this file, if it recorded one.
     base_hash: Option<String>,
+    /// The previous backup's block digests of this file, if it recorded them.
+    base_blocks: Option<FileBlocks>,
+    /// Whether the seed is a reflink copy of the previous backup, so that its block
+    /// digests describe it.
+    compare_by_digest: bool,
 }
 
 enum JobBasis {
@@ -201,6 +225,8 @@ struct Walked {
     unchanged: u64,
     /// Those files (stored path) with the previous backup's checksum.
     kept: Vec<(PathBuf, String)>,
+    /// And with its block digests, where it recorded them.
+    kept_blocks: Vec<(PathBuf, FileBlocks)>,
 }
 
 /// Copy every item. Blocking: run it on a thread of its own.
@@ -218,11 +244,15 @@ pub fn run(request: &Request) -> anyhow::Result<Moved> {
     moved.bytes += walked.unchanged;
     moved.checksums_kept += walked.kept.len() as u64;
     moved.checksums.extend(walked.kept);
+    moved.blocks.extend(walked.kept_blocks);
     for (first, name) in &walked.links {
         std::fs::hard_link(first, name).map_err(|e| at(e, "hard-linking", name))?;
         let hash = moved.checksums.get(&stored(request, first)).cloned();
         let hash = hash.expect("the first name of a hard-linked file was copied");
         moved.checksums.insert(stored(request, name), hash);
+        if let Some(blocks) = moved.blocks.get(&stored(request, first)).cloned() {
+            moved.blocks.insert(stored(request, name), blocks);
+        }
     }
     // Children before parents: a directory's time is set after its entries changed it.
     for (dir, meta) in walked.dirs.iter().rev() {
@@ -321,12 +351,19 @@ fn walk(
                 .as_ref()
                 .and_then(|b| b.0.get(&stored))
                 .cloned();
+            // Digests only with the checksum they were recorded with.
+            let base_blocks = base_hash
+                .as_ref()
+                .and_then(|_| request.base_blocks.as_ref()?.0.get(&stored).cloned());
             let quick_check = seed.as_ref().is_some_and(|s| meta::unchanged(&meta, s));
             if let (true, true, Some(hash)) = (seed_trusted && trusted, quick_check, &base_hash) {
                 // rsync's quick check: same size, time, mode and owner as the previous
                 // backup's copy, so the same contents (and checksum); not read again.
                 walked.unchanged += meta.len();
-                walked.kept.push((stored, hash.clone()));
+                walked.kept.push((stored.clone(), hash.clone()));
+                if let Some(blocks) = base_blocks {
+                    walked.kept_blocks.push((stored, blocks));
+                }
                 continue;
             }
             let basis = match (seed.is_some(), linked) {
@@ -341,6 +378,8 @@ fn walk(
                 meta,
                 basis,
                 base_hash,
+                base_blocks,
+                compare_by_digest: seed_trusted,
             });
         } else {
             meta::make_special(&to, &meta).map_err(|e| at(e, "creating", &to))?;
@@ -458,23 +497,25 @@ fn copy_one(job: &Job, shared: &Shared, durable: &dyn Durable) -> anyhow::Result
             if meta::unchanged(&job.meta, &before) {
                 std::fs::hard_link(previous, &job.to)
                     .map_err(|e| at(e, "hard-linking", &job.to))?;
-                let (hash, hashed_only, checksums_kept) = match &job.base_hash {
+                let (hash, blocks, hashed_only, checksums_kept) = match &job.base_hash {
                     Some(hash) => {
                         shared.progress_add(len);
-                        (hash.clone(), 0, 1)
+                        (hash.clone(), job.base_blocks.clone(), 0, 1)
                     }
-                    None => (
-                        file::hash_source(&from, len, shared)
-                            .map_err(|e| at(e, "reading", &job.from))?,
-                        len,
-                        0,
-                    ),
+                    None => {
+                        let (hash, blocks) = file::hash_source(&from, len, shared)
+                            .map_err(|e| at(e, "reading", &job.from))?;
+                        (hash, Some(blocks), len, 0)
+                    }
                 };
                 return Ok(Moved {
                     bytes: len,
                     hashed_only,
                     checksums_kept,
                     checksums: BTreeMap::from([(job.stored.clone(), hash)]),
+                    blocks: blocks
+                        .map(|b| BTreeMap::from([(job.stored.clone(), b)]))
+                        .unwrap_or_default(),
                     ..Default::default()
                 });
             }
@@ -489,8 +530,9 @@ fn copy_one(job: &Job, shared: &Shared, durable: &dyn Durable) -> anyhow::Result
             .open(&job.to),
     }
     .map_err(|e| at(e, "creating", &job.to))?;
+    let base_blocks = job.base_blocks.as_ref().filter(|_| job.compare_by_digest);
     let copied = match job.basis {
-        JobBasis::Seeded => file::update_seeded(&from, &to, len, shared),
+        JobBasis::Seeded => file::update_seeded(&from, &to, len, base_blocks, shared),
         _ => file::copy_new(&from, &to, len, shared),
     }
     .map_err(|e| at(e, "copying to", &job.to))?;
@@ -503,7 +545,10 @@ fn copy_one(job: &Job, shared: &Shared, durable: &dyn Durable) -> anyhow::Result
         bytes_written: copied.written,
         files: 1,
         hashed_only: if copied.cloned { len } else { 0 },
+        compared_by_digest: u64::from(copied.by_digest),
+        seed_bytes_read: copied.seed_read,
         checksums: BTreeMap::from([(job.stored.clone(), copied.hash)]),
+        blocks: BTreeMap::from([(job.stored.clone(), copied.blocks)]),
         ..Default::default()
     })
 }

@@ -1,5 +1,6 @@
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Mutex;
 
 use super::*;
@@ -31,6 +32,7 @@ fn request(from: &Path, to: &Path, seed: Seed, durable: Arc<dyn Durable>) -> Req
         seed,
         recheck_since: None,
         base_checksums: None,
+        base_blocks: None,
         threads: 3,
         throttle: Arc::new(Throttle::new(0)),
         counters: Arc::default(),
@@ -222,4 +224,118 @@ fn a_file_changed_within_the_bases_second_is_compared_and_gets_the_snapshots_che
         moved.checksums_kept, 1,
         "only old.ibd kept the base's checksum"
     );
+}
+
+/// A first copy of files of every shape the block compare must get right, then the
+/// source moves on: one file grows, one shrinks, one has a hole punched, one changes
+/// in its short last block, one in one block in the middle. Returns what the second
+/// copy, into the first one (as a reflink seed holds it), moved, with the base's block
+/// digests or without them.
+fn update_in_place(with_digests: bool) -> (Moved, tempfile::TempDir) {
+    use crate::transfer::blocks::{Blocks, BLOCK_SIZE};
+    let dir = tempfile::tempdir().unwrap();
+    let (from, to) = (dir.path().join("src"), dir.path().join("partial/files"));
+    std::fs::create_dir_all(&from).unwrap();
+    std::fs::create_dir_all(&to).unwrap();
+    let pattern =
+        |n: usize, seed: u8| -> Vec<u8> { (0..n).map(|i| (i % 241) as u8 ^ seed).collect() };
+    let bs = BLOCK_SIZE;
+    for (name, len) in [
+        ("grows", 3 * bs + 100),
+        ("shrinks", 5 * bs + 7),
+        ("punched", 8 * bs),
+        ("tail", 2 * bs + 500),
+        ("middle", 64 * bs),
+    ] {
+        std::fs::write(from.join(name), pattern(len, name.len() as u8)).unwrap();
+    }
+    let first = run(&request(&from, &to, Seed::None, Arc::new(Fsync))).unwrap();
+
+    let open = |name: &str| {
+        OpenOptions::new()
+            .write(true)
+            .open(from.join(name))
+            .unwrap()
+    };
+    let grows = open("grows");
+    grows
+        .write_all_at(&pattern(2 * bs + 3, 9), (3 * bs + 100) as u64)
+        .unwrap();
+    open("shrinks").set_len((2 * bs + 5) as u64).unwrap();
+    let punched = open("punched");
+    // SAFETY: a plain syscall on an open descriptor.
+    let rc = unsafe {
+        libc::fallocate(
+            punched.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            bs as i64,
+            2 * bs as i64,
+        )
+    };
+    assert_eq!(rc, 0, "punching a hole: {}", io::Error::last_os_error());
+    open("tail")
+        .write_all_at(b"!", (2 * bs + 499) as u64)
+        .unwrap();
+    open("middle")
+        .write_all_at(b"!", (10 * bs + 1) as u64)
+        .unwrap();
+    // Each changed file's time moves on, as the server's writes move it.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(10);
+    for name in ["grows", "shrinks", "punched", "tail", "middle"] {
+        open(name).set_modified(later).unwrap();
+    }
+
+    let mut r = request(&from, &to, Seed::Reflinked, Arc::new(Fsync));
+    r.base_checksums = Some(Checksums(first.checksums.clone()));
+    if with_digests {
+        r.base_blocks = Some(Blocks(first.blocks.clone()));
+    }
+    let moved = run(&r).unwrap();
+    assert_eq!(describe(&to), describe(&from), "the copy is the source");
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let path = entry.unwrap().path();
+        let stored = Path::new("files").join(path.file_name().unwrap());
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(
+            moved.checksums[&stored],
+            blake3::hash(&data).to_hex().to_string(),
+            "{}'s checksum",
+            stored.display()
+        );
+        let mut hasher = crate::transfer::blocks::BlockHasher::new(data.len() as u64);
+        hasher.update(&data);
+        assert_eq!(
+            moved.blocks[&stored],
+            hasher.finish().unwrap().1,
+            "{}'s block digests are those of the source",
+            stored.display()
+        );
+    }
+    (moved, dir)
+}
+
+/// What [`update_in_place`] must write with the base's digests: of grows its short last
+/// block and the new blocks; of shrinks its new short last block (a digest of a whole
+/// block cannot say that its first bytes are unchanged); of punched the two blocks now
+/// a hole; of tail its short last block; of middle one block.
+const IN_PLACE_WRITES: usize = {
+    let bs = crate::transfer::blocks::BLOCK_SIZE;
+    (2 * bs + 103) + 5 + 2 * bs + 500 + bs
+};
+
+#[test]
+fn into_a_reflink_seed_with_the_bases_block_digests_only_the_source_is_read() {
+    let (moved, _dir) = update_in_place(true);
+    assert_eq!(moved.seed_bytes_read, 0, "the seed was read");
+    assert_eq!(moved.compared_by_digest, 5);
+    assert_eq!(moved.bytes_written, IN_PLACE_WRITES as u64);
+}
+
+#[test]
+fn a_base_without_block_digests_is_compared_by_reading_both_to_the_same_result() {
+    let (moved, _dir) = update_in_place(false);
+    assert_eq!(moved.compared_by_digest, 0);
+    assert!(moved.seed_bytes_read > 0);
+    // Reading both finds shrinks' 5 bytes unchanged.
+    assert_eq!(moved.bytes_written, IN_PLACE_WRITES as u64 - 5);
 }
