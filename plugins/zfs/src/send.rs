@@ -499,8 +499,15 @@ impl NativeStream for Zfs {
             Err(BackendError::Command(e)) if does_not_exist(&e) => return Ok(Remains::Nothing),
             Err(e) => return Err(e),
         };
-        if snapshots.contains(&target.snapshot()) {
-            return Ok(Remains::Complete);
+        match snapshots.iter().position(|s| *s == target.snapshot()) {
+            Some(at) if at + 1 == snapshots.len() => return Ok(Remains::Complete),
+            Some(_) => {
+                return Ok(Remains::Unusable(format!(
+                    "{} is no longer the newest copy in its chain (a later backup continued it)",
+                    target.snapshot()
+                )))
+            }
+            None => {}
         }
         let Some(token) = resume_token_of(host, &target.chain).await? else {
             return Ok(Remains::Nothing);
@@ -624,10 +631,10 @@ size\t84739200
                 toguid: 0x5b6a_2f1c_0d9e_8a37,
             })
         );
-        let decimal = TOKEN_CONTENTS.replace("0x5b6a2f1c0d9e8a37", "6586126693023828535");
+        let decimal = TOKEN_CONTENTS.replace("0x5b6a2f1c0d9e8a37", "6587129202516855351");
         assert_eq!(
             parse_token_contents(&decimal).map(|c| c.toguid),
-            Some(6_586_126_693_023_828_535)
+            Some(6_587_129_202_516_855_351)
         );
         assert_eq!(parse_token_contents("cannot resume send: bad token\n"), None);
         assert_eq!(parse_token_contents("\ttoname = a@b\n\ttoguid = zz\n"), None);
