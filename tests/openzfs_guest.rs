@@ -216,15 +216,18 @@ fn in_guest_zfs_send_chain_restores_from_the_last_increment() {
 
 /// The pid of a running resumable receive (`zfs receive -u -s`), if any.
 fn resumable_receiver() -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid = entry.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let resumable = argv.first()?.ends_with(b"zfs")
-            && argv.get(1) == Some(&&b"receive"[..])
-            && argv.contains(&&b"-s"[..]);
-        resumable.then_some(pid)
-    })
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let resumable = argv.first()?.ends_with(b"zfs")
+                && argv.get(1) == Some(&&b"receive"[..])
+                && argv.contains(&&b"-s"[..]);
+            resumable.then_some(pid)
+        })
 }
 
 /// `dbsnap backup` started in the background (its log in `log`), once its resumable
@@ -246,7 +249,10 @@ fn backup_until_streaming(sb: &ZfsSandbox, log: &Path) -> (Child, u32) {
             break pid;
         }
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("the backup ended ({status}) before its stream started:\n{}", said());
+            panic!(
+                "the backup ended ({status}) before its stream started:\n{}",
+                said()
+            );
         }
         assert!(Instant::now() < deadline, "no stream started:\n{}", said());
         std::thread::sleep(Duration::from_millis(50));
@@ -264,7 +270,10 @@ fn backup_until_streaming(sb: &ZfsSandbox, log: &Path) -> (Child, u32) {
 /// to be cut off at the test's `bwlimit`.
 fn add_filler(datadir: &Path) {
     let of = format!("of={}", datadir.join("filler.bin").display());
-    sh("dd", &["if=/dev/urandom", &of, "bs=1M", "count=48", "status=none"]);
+    sh(
+        "dd",
+        &["if=/dev/urandom", &of, "bs=1M", "count=48", "status=none"],
+    );
 }
 
 /// Datasets below `dataset` (itself included) holding a resume token.
@@ -358,7 +367,10 @@ fn in_guest_zfs_send_cut_off_by_a_killed_receiver_is_resumed_from_its_token() {
     let status = run.wait().unwrap();
     let said = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(10), "{said}");
-    assert!(said.contains("the next backup resumes the stream"), "{said}");
+    assert!(
+        said.contains("the next backup resumes the stream"),
+        "{said}"
+    );
     let tokens = wait_for_resume_tokens(&dest_dataset);
     assert_eq!(tokens.len(), 1, "{tokens:?}");
     let records = resumable_records(&sb.state);

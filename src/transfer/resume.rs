@@ -367,10 +367,12 @@ pub async fn retire(
         )
     })?;
     for id in &record.received {
-        stream
-            .delete_received(host, id)
-            .await
-            .with_context(|| format!("deleting {id}, a copy of interrupted backup {}", record.backup))?;
+        stream.delete_received(host, id).await.with_context(|| {
+            format!(
+                "deleting {id}, a copy of interrupted backup {}",
+                record.backup
+            )
+        })?;
     }
     if !chain::is_parent(state_dir, &record.set.name) {
         backend
@@ -469,8 +471,13 @@ mod tests {
         forget(state.path(), &older.set.name).unwrap();
         forget(state.path(), &older.set.name).unwrap();
         assert!(!is_resumable(state.path(), &older.set.name));
-        assert_eq!(pending(state.path(), Path::new("/backups")).unwrap().len(), 1);
-        assert!(pending(state.path(), Path::new("/elsewhere")).unwrap().is_empty());
+        assert_eq!(
+            pending(state.path(), Path::new("/backups")).unwrap().len(),
+            1
+        );
+        assert!(pending(state.path(), Path::new("/elsewhere"))
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use dbsnap_backend_api::{
-    BackendError, LocalHost, NativeStream, ReceiveAt, ReceivingHost, SnapshotBackend,
-    SnapshotSet, StreamParent,
+    BackendError, LocalHost, NativeStream, ReceiveAt, ReceivingHost, SnapshotBackend, SnapshotSet,
+    StreamParent,
 };
 
 use super::chain::{self, Parent};
@@ -112,7 +112,11 @@ impl Transfer for StreamTransfer<'_> {
                     .await
                     .map_err(|e| stream_failed(self.dest, e, true))?;
                 let parent = interrupted.as_parent();
-                (completed, Some(parent), Some(interrupted.record.backup.clone()))
+                (
+                    completed,
+                    Some(parent),
+                    Some(interrupted.record.backup.clone()),
+                )
             }
             None => (0, self.parent.clone(), None),
         };

@@ -257,9 +257,7 @@ async fn stream_into_chain(
         }
     }
     let sender = sender.arg(&snapshot.id);
-    let receiver = host
-        .command(&receiver(&target.chain, at.resumable))
-        .await?;
+    let receiver = host.command(&receiver(&target.chain, at.resumable)).await?;
     let stream_bytes = command::pipe(&sender, &receiver, bwlimit, progress).await?;
     if parent.is_none() {
         seal_chain(host, &target.chain).await?;
@@ -636,8 +634,14 @@ size\t84739200
             parse_token_contents(&decimal).map(|c| c.toguid),
             Some(6_587_129_202_516_855_351)
         );
-        assert_eq!(parse_token_contents("cannot resume send: bad token\n"), None);
-        assert_eq!(parse_token_contents("\ttoname = a@b\n\ttoguid = zz\n"), None);
+        assert_eq!(
+            parse_token_contents("cannot resume send: bad token\n"),
+            None
+        );
+        assert_eq!(
+            parse_token_contents("\ttoname = a@b\n\ttoguid = zz\n"),
+            None
+        );
     }
 
     #[test]
