@@ -211,12 +211,14 @@ impl Transfer for StreamTransfer<'_> {
             let record = &interrupted.record;
             match resume::retire(done.state_dir, record, done.backend, self.host()).await {
                 Ok(()) => tracing::info!(
-                    "released snapshot {} and the copies of interrupted backup {} (this backup                      continued them)",
+                    "released snapshot {} and the copies of interrupted backup {} (this backup \
+                     continued them)",
                     record.set.name,
                     record.backup
                 ),
                 Err(e) => tracing::warn!(
-                    "could not release what interrupted backup {} left: {e:#}; `dbsnap cleanup`                      releases it",
+                    "could not release what interrupted backup {} left: {e:#}; `dbsnap cleanup` \
+                     releases it",
                     record.backup
                 ),
             }

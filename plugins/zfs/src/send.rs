@@ -606,18 +606,16 @@ mod tests {
         }
     }
 
-    /// `zfs send -nvP -t TOKEN` of OpenZFS 2.1 for a full stream cut off part-way.
+    /// `zfs send -nvP -t TOKEN` of OpenZFS 2.1 (recorded in the guest) for a full stream
+    /// cut off after 19.6 MB.
     const TOKEN_CONTENTS: &str = "resume token contents:
-nvlist version: 0
-\tobject = 0x81
-\toffset = 0x1a40000
-\tbytes = 0x1a5c9f0
-\ttoguid = 0x5b6a2f1c0d9e8a37
-\ttoname = ozb4/my sql@dbsnap-20261201T161500Z-a1b2c3
-\tcompressok = 1
-\trawok = 1
-full\tozb4/my sql@dbsnap-20261201T161500Z-a1b2c3\t84739200
-size\t84739200
+\tobject = 0x7
+\toffset = 0x5f0000
+\tbytes = 0x12b7d50
+\ttoguid = 0xdd9fe0202551d39f
+\ttoname = ozb4/my sql@dbsnap-20261201T161516Z-185e79
+full\tozb4/my sql@dbsnap-20261201T161516Z-185e79\t66274080
+size\t66274080
 ";
 
     #[test]
@@ -625,14 +623,14 @@ size\t84739200
         assert_eq!(
             parse_token_contents(TOKEN_CONTENTS),
             Some(TokenContents {
-                toname: "ozb4/my sql@dbsnap-20261201T161500Z-a1b2c3".into(),
-                toguid: 0x5b6a_2f1c_0d9e_8a37,
+                toname: "ozb4/my sql@dbsnap-20261201T161516Z-185e79".into(),
+                toguid: 0xdd9f_e020_2551_d39f,
             })
         );
-        let decimal = TOKEN_CONTENTS.replace("0x5b6a2f1c0d9e8a37", "6587129202516855351");
+        let decimal = TOKEN_CONTENTS.replace("0xdd9fe0202551d39f", "15969729232348763039");
         assert_eq!(
             parse_token_contents(&decimal).map(|c| c.toguid),
-            Some(6_587_129_202_516_855_351)
+            Some(0xdd9f_e020_2551_d39f)
         );
         assert_eq!(
             parse_token_contents("cannot resume send: bad token\n"),
