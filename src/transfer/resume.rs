@@ -282,13 +282,33 @@ async fn check(
             "nothing of the interrupted backup {interrupted}'s stream reached the destination"
         )));
     }
-    if remains.contains(&Remains::Nothing) {
-        if let Some(parent) = &record.parent {
-            if !on_source(backend, volumes, &parent.set).await {
+    if let Some(parent) = record
+        .parent
+        .as_ref()
+        .filter(|_| remains.contains(&Remains::Nothing))
+    {
+        if !on_source(backend, volumes, &parent.set).await {
+            return Ok(Err(format!(
+                "the base snapshot {} of the interrupted backup {interrupted} is gone from \
+                 the source",
+                parent.set.name
+            )));
+        }
+        // A stream not started then goes from the base: its copy must still end its chain.
+        let not_started = remains
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| **r == Remains::Nothing);
+        for (index, _) in not_started {
+            let base = &parent.received[index];
+            if stream
+                .remains(&parent.set.snapshots[index], host, base)
+                .await?
+                != Remains::Complete
+            {
                 return Ok(Err(format!(
-                    "the base snapshot {} of the interrupted backup {interrupted} is gone from \
-                     the source",
-                    parent.set.name
+                    "the base copy {base} of the interrupted backup {interrupted} no longer ends \
+                     its chain at the destination"
                 )));
             }
         }

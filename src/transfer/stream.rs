@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use async_trait::async_trait;
 use dbsnap_backend_api::{
     BackendError, LocalHost, NativeStream, ReceiveAt, ReceivingHost, SnapshotBackend, SnapshotSet,
@@ -91,7 +92,14 @@ impl Transfer for StreamTransfer<'_> {
                 dropped.record.backup,
                 dropped.why
             );
-            resume::retire(&self.state_dir, &dropped.record, self.backend, host).await?;
+            resume::retire(&self.state_dir, &dropped.record, self.backend, host)
+                .await
+                .with_context(|| {
+                    format!(
+                        "releasing what interrupted backup {} left",
+                        dropped.record.backup
+                    )
+                })?;
         }
         let at = ReceiveAt {
             host,
@@ -110,7 +118,15 @@ impl Transfer for StreamTransfer<'_> {
                 let completed = interrupted
                     .complete(self.stream, at, bwlimit, progress)
                     .await
-                    .map_err(|e| stream_failed(self.dest, e, true))?;
+                    .map_err(|e| stream_failed(self.dest, e, true))
+                    .with_context(|| {
+                        format!(
+                            "completing the stream of interrupted backup {} (if this keeps \
+                             failing, `dbsnap cleanup` releases what it left and the next \
+                             backup starts without it)",
+                            interrupted.record.backup
+                        )
+                    })?;
                 let parent = interrupted.as_parent();
                 (
                     completed,
