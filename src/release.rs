@@ -14,6 +14,7 @@ use crate::destination::Destination;
 use crate::error::backend_error;
 use crate::journal::{Journal, RemoteDest, Resource};
 use crate::kept::KeptSnapshot;
+use crate::transfer::resume;
 
 /// Where releasing may act: the state directory, the configured destination (a
 /// journaled partial must lie in it; a journaled restic run must be on it), and how to
@@ -26,7 +27,9 @@ pub struct Scope<'a> {
     pub backup: Option<&'a BackupConfig>,
     /// Leave journaled local partial backups as they are (and in the journal): at the
     /// start of a backup, which continues the newest (see
-    /// [`crate::destination::Destination::resume_partial`]).
+    /// [`crate::destination::Destination::resume_partial`]); and hand the snapshot and
+    /// copies of a stream cut off by a killed run to its resumable record, for this
+    /// backup to resume (see [`crate::transfer::resume`]).
     pub keep_partials: bool,
 }
 
@@ -274,6 +277,11 @@ async fn release_one(scope: &Scope<'_>, run: &str, resource: &Resource) -> anyho
             crate::destination::local::remove_dir(dir, scope.backends).await?;
             Ok(Outcome::Released)
         }
+        Resource::Received { id, .. }
+            if scope.keep_partials && resume::names_received(scope.state_dir, id)? =>
+        {
+            Ok(Outcome::NothingToRelease(resume::HANDED_OVER))
+        }
         Resource::Received {
             backend,
             id,
@@ -331,8 +339,13 @@ async fn release_one(scope: &Scope<'_>, run: &str, resource: &Resource) -> anyho
                     "it is a kept snapshot (see `dbsnap snapshot list`)",
                 ));
             }
+            // A run killed mid-stream: the next backup resumes the stream from it.
+            if scope.keep_partials && resume::is_resumable(scope.state_dir, &set.name) {
+                return Ok(Outcome::NothingToRelease(resume::HANDED_OVER));
+            }
             let backend = scope.backends.open_named(&set.backend)?;
             backend.release(set).await?;
+            resume::forget(scope.state_dir, &set.name)?;
             Ok(Outcome::Released)
         }
         Resource::Scratch { dir, run_dir } => {

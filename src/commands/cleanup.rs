@@ -14,6 +14,9 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
         nothing_to_release,
     } = release::release_all(&Scope::of(config), &mut journal).await?;
     released.extend(release::release_expired(&config.state_dir, &config.snapshot).await?);
+    released.extend(
+        crate::transfer::resume::release_records(&config.state_dir, &config.snapshot, None).await?,
+    );
     if json {
         super::print_json(
             &serde_json::json!({ "released": released, "nothing_to_release": nothing_to_release }),

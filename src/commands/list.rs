@@ -96,6 +96,9 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
             parent.backup, parent.method, parent.set.name
         );
     }
+    for cut_off in crate::transfer::resume::pending(&config.state_dir, dest)? {
+        println!("{cut_off}");
+    }
     Ok(())
 }
 

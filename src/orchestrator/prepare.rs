@@ -244,7 +244,8 @@ pub async fn warn_about_unknown_snapshots(
     };
     for set in sets {
         let kept = crate::kept::is_kept(state_dir, &set.name)
-            || crate::transfer::chain::is_parent(state_dir, &set.name);
+            || crate::transfer::chain::is_parent(state_dir, &set.name)
+            || crate::transfer::resume::is_resumable(state_dir, &set.name);
         let known = kept
             || journal.entries().iter().any(|e| match &e.resource {
                 Resource::Snapshot { set: s } | Resource::Mount { set: s, .. } => {

@@ -8,7 +8,8 @@
 //!   local engine, block digests for the next incremental ([`blocks`]), continuing an
 //!   interrupted run's partial.
 //! - [`stream::StreamTransfer`]: the backend's own stream (`btrfs send`, `zfs send`, or
-//!   whatever an exec plugin names), incremental along the parent chain ([`chain`]).
+//!   whatever an exec plugin names), incremental along the parent chain ([`chain`]),
+//!   a cut-off one resumed where the backend can ([`resume`]).
 //!
 //! - [`repository::RepositoryTransfer`]: a destination that reads the frozen files
 //!   itself (`restic backup` into a restic repository).
@@ -24,6 +25,7 @@ pub mod incremental;
 pub mod local;
 pub mod pace;
 pub mod repository;
+pub mod resume;
 pub mod rsync;
 pub mod stream;
 pub mod tree;
@@ -114,6 +116,12 @@ impl Finish<'_> {
             None,
         )
         .await;
+        let only = Some((self.dest, self.manifest.server.datadir.as_path()));
+        if let Err(e) = resume::release_records(self.state_dir, self.backends, only).await {
+            tracing::warn!(
+                "could not release what an interrupted stream left: {e:#}; the next backup tries again"
+            );
+        }
         Ok(())
     }
 }
@@ -195,45 +203,91 @@ pub async fn choose<'a>(
             needed_bytes: facts.data_bytes,
         }));
     };
-    let chain = chain::find_parent(
-        state_dir,
-        dest,
-        facts.datadir,
-        stream,
-        backend,
-        facts.volumes,
-    )
-    .await?;
-    let (parent, full_because) = match chain {
-        chain::Chain::Continue(parent) => {
-            tracing::info!(
-                "incremental {} from backup {} (snapshot {})",
-                stream.method(),
-                parent.backup,
-                parent.set.name
-            );
-            (Some(parent), None)
+    let host: &dyn dbsnap_backend_api::ReceivingHost = match dest.remote() {
+        Some(remote) => remote,
+        None => &LocalHost,
+    };
+    let receiving_dir = match dest.remote() {
+        Some(remote) => remote.target().path.as_path(),
+        None => dest.location(),
+    };
+    let resumable = stream
+        .resumable(facts.volumes, host, receiving_dir)
+        .await
+        .map_err(|e| fail(Class::Destination, e.to_string()))?;
+    let found = match resumable {
+        true => {
+            resume::find(
+                state_dir,
+                dest,
+                facts.datadir,
+                stream,
+                backend,
+                facts.volumes,
+            )
+            .await?
         }
-        chain::Chain::Start => (None, None),
-        chain::Chain::Broken(why) => {
-            tracing::warn!("{why}: this backup is a full stream, the chain starts again");
-            (None, Some(why))
+        false => resume::Found::default(),
+    };
+    let dropped_because = found.dropped.last().map(|d| d.why.clone());
+    let (parent, full_because) = match &found.interrupted {
+        // Its own record names the parent it continues from.
+        Some(interrupted) => {
+            tracing::info!(
+                "{}: the stream of interrupted backup {} is completed first, then this \
+                 backup's is sent incrementally from it",
+                stream.method(),
+                interrupted.record.backup
+            );
+            (None, None)
+        }
+        None => {
+            let chain = chain::find_parent(
+                state_dir,
+                dest,
+                facts.datadir,
+                stream,
+                backend,
+                facts.volumes,
+            )
+            .await?;
+            match chain {
+                chain::Chain::Continue(parent) => {
+                    tracing::info!(
+                        "incremental {} from backup {} (snapshot {})",
+                        stream.method(),
+                        parent.backup,
+                        parent.set.name
+                    );
+                    (Some(parent), None)
+                }
+                chain::Chain::Start => (None, dropped_because),
+                chain::Chain::Broken(why) => {
+                    tracing::warn!("{why}: this backup is a full stream, the chain starts again");
+                    (None, Some(why))
+                }
+            }
         }
     };
-    let needed_bytes = match parent {
-        Some(_) => {
+    let needed_bytes = match (&parent, &found.interrupted) {
+        (Some(_), None) => {
             chain::room_for_increment(dest, facts.datadir, stream.method(), facts.data_bytes)
                 .await?
         }
-        None => facts.data_bytes,
+        _ => facts.data_bytes,
     };
     Ok(Box::new(stream::StreamTransfer {
         stream,
+        backend,
         dest,
         parent,
         full_because,
         bwlimit: settings.bwlimit,
         needed_bytes,
+        resumable,
+        found,
+        state_dir: state_dir.to_path_buf(),
+        datadir: facts.datadir.to_path_buf(),
     }))
 }
 

@@ -27,8 +27,8 @@ pub use name::{
     SNAPSHOT_PREFIX,
 };
 pub use stream::{
-    canonical_on, mount_table_on, LocalHost, NativeStream, ReceiveAt, Received, ReceivingHost,
-    StreamParent,
+    canonical_on, mount_table_on, CutOff, LocalHost, NativeStream, ReceiveAt, Received,
+    ReceivingHost, Remains, StreamParent,
 };
 
 /// A filesystem volume that holds one or more database paths.

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use crate::command::{Cmd, CommandError, Output};
 use crate::mounts::{parse_mountinfo, MountEntry};
-use crate::{Result, VolumeSnapshot};
+use crate::{BackendError, Result, Volume, VolumeSnapshot};
 
 /// Where a stream is received and its copies live.
 #[async_trait]
@@ -87,6 +87,31 @@ pub struct StreamParent<'a> {
 pub struct ReceiveAt<'a> {
     pub host: &'a dyn ReceivingHost,
     pub dir: &'a Path,
+    /// Keep what a cut-off receive got, for a later run to continue (only where
+    /// [`NativeStream::resumable`] said so).
+    pub resumable: bool,
+}
+
+/// What the receiving side holds of a copy whose stream was cut off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remains {
+    /// Nothing: the stream never started, or what it left is gone.
+    Nothing,
+    /// All of it: the stream had finished.
+    Complete,
+    /// Part of it; a stream from `token` on completes it (checked against the snapshot
+    /// it continues).
+    Partial { token: String },
+    /// Something that cannot be continued, and why: it must be aborted.
+    Unusable(String),
+}
+
+/// A received copy ([`Received::id`]) whose stream was cut off, and what the receiving
+/// side holds of it ([`NativeStream::remains`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CutOff<'a> {
+    pub received: &'a str,
+    pub remains: &'a Remains,
 }
 
 #[async_trait]
@@ -130,6 +155,49 @@ pub trait NativeStream: Send + Sync {
     ) -> Result<Received>;
 
     /// Delete a received copy ([`Received::id`]) on `host`; plain file removal cannot
-    /// (they are read-only). Refuses an id dbsnap would not have made. Idempotent.
+    /// (they are read-only). What a cut-off receive of it kept is aborted too. Refuses
+    /// an id dbsnap would not have made. Idempotent.
     async fn delete_received(&self, host: &dyn ReceivingHost, id: &str) -> Result<()>;
+
+    /// Whether a stream to `dest` on `host` that is cut off part-way can be continued by
+    /// a later run (both this host's sender and the receiver there must be able to).
+    /// Called before the database lock; says why not in the log where it matters.
+    async fn resumable(
+        &self,
+        _sending: &[Volume],
+        _host: &dyn ReceivingHost,
+        _dest: &Path,
+    ) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// What `host` holds of the received copy `received` of `snapshot`, whose stream
+    /// was cut off. Only reads.
+    async fn remains(
+        &self,
+        _snapshot: &VolumeSnapshot,
+        _host: &dyn ReceivingHost,
+        _received: &str,
+    ) -> Result<Remains> {
+        Ok(Remains::Nothing)
+    }
+
+    /// Complete the received copy of `snapshot` whose stream was `cut` off: continue it
+    /// from a [`Remains::Partial`], or send it whole again from `parent`
+    /// ([`Remains::Nothing`]). It is not made readable: it is the base of the next
+    /// stream, not a backup's copy. Returns the stream bytes.
+    async fn complete(
+        &self,
+        _snapshot: &VolumeSnapshot,
+        _parent: Option<StreamParent<'_>>,
+        _at: ReceiveAt<'_>,
+        _cut: CutOff<'_>,
+        _bwlimit: Option<u64>,
+        _progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64> {
+        Err(BackendError::Invalid(format!(
+            "{} streams cannot be resumed",
+            self.method()
+        )))
+    }
 }

@@ -18,10 +18,17 @@
 //! starts a new chain, so it never touches an earlier backup.
 //!
 //! Every command of the receiving side runs through the [`ReceivingHost`], so the same
-//! code receives on this host and on a backup host over ssh. Streams are not resumed:
-//! zfs-fuse (the host's test tier) has neither `zfs receive -s` nor `zfs send -t`, so
-//! the receive is plain, and an interrupted one leaves no resume state; what it
-//! received is deleted by cleanup and the next run sends the stream again.
+//! code receives on this host and on a backup host over ssh.
+//!
+//! **Resumable receive** where both ends have it (OpenZFS: `resumable` finds the
+//! `receive_resume_token` property on both): streams are received with `zfs receive
+//! -s`, so a cut-off one leaves its state in the chain and the chain's
+//! `receive_resume_token`. `remains` reads that token and checks it (decoded by `zfs
+//! send -nvP -t` on this host) against the snapshot it must continue, by name and
+//! GUID; `complete` finishes the stream with `zfs send -t TOKEN`. Deleting a copy whose
+//! snapshot never arrived aborts that state (`zfs receive -A`). zfs-fuse (the host's
+//! test tier) has neither `zfs receive -s` nor `zfs send -t`: there the receive is
+//! plain, a cut-off one leaves nothing to continue, and the next run sends it again.
 
 use std::path::{Path, PathBuf};
 
@@ -29,12 +36,15 @@ use async_trait::async_trait;
 use dbsnap_backend_api::command::{self, Cmd};
 use dbsnap_backend_api::mounts::mount_of;
 use dbsnap_backend_api::{
-    canonical_on, mount_table_on, BackendError, NativeStream, ReceiveAt, Received, ReceivingHost,
-    Result, SnapshotName, StreamParent, VolumeSnapshot, SNAPSHOT_PREFIX,
+    canonical_on, mount_table_on, BackendError, CutOff, NativeStream, ReceiveAt, Received,
+    ReceivingHost, Remains, Result, SnapshotName, StreamParent, Volume, VolumeSnapshot,
+    SNAPSHOT_PREFIX,
 };
 
 use crate::names::{validate_dataset, MAX_NAME_LEN};
-use crate::{destroy_on, does_not_exist, get_properties_on, is_zfs_mount, Zfs, RUN_PROPERTY};
+use crate::{
+    destroy_on, does_not_exist, get_properties, get_properties_on, is_zfs_mount, Zfs, RUN_PROPERTY,
+};
 
 /// The dataset below the destination's dataset that holds every received copy.
 const CONTAINER: &str = "dbsnap-received";
@@ -191,6 +201,150 @@ async fn mounted_at(host: &dyn ReceivingHost, dataset: &str) -> Result<PathBuf> 
     })
 }
 
+/// The receiving end of a stream into `chain`. `-u`: the chain is never mounted
+/// (zfs-fuse accepts it without documenting it); `-s` (`resumable`): a cut-off receive
+/// keeps what it got, and the chain's `receive_resume_token` says where to go on.
+fn receiver(chain: &str, resumable: bool) -> Cmd {
+    let receive = Cmd::new("zfs").args(["receive", "-u"]);
+    match resumable {
+        true => receive.arg("-s"),
+        false => receive,
+    }
+    .arg(chain)
+}
+
+/// Send `snapshot` into the chain of `target`, from `parent` or in full (which starts
+/// the chain): the stream only, nothing made readable. Returns the stream bytes.
+async fn stream_into_chain(
+    snapshot: &VolumeSnapshot,
+    parent: Option<StreamParent<'_>>,
+    at: ReceiveAt<'_>,
+    target: &ReceivedId,
+    bwlimit: Option<u64>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<u64> {
+    let host = at.host;
+    let mut sender = Cmd::new("zfs").arg("send");
+    match parent {
+        Some(parent) => {
+            // ZFS receives an incremental stream only on top of its base; anything
+            // newer in the chain belongs to another backup and is never rolled back.
+            let newest = snapshots_of(host, &target.chain).await?.pop();
+            if newest.as_deref() != Some(parent.received) {
+                return Err(BackendError::Invalid(format!(
+                    "the received chain {} ends at {}, not at the base {}: an incremental \
+                     stream cannot continue it. Delete the newer backup whose copy that is \
+                     (or the base backup) to start a new chain with a full stream",
+                    target.chain,
+                    newest.as_deref().unwrap_or("no snapshot"),
+                    parent.received
+                )));
+            }
+            sender = sender.arg("-i").arg(&parent.snapshot.id);
+        }
+        None => {
+            if get_properties_on(host, &target.container, &["type"])
+                .await?
+                .is_none()
+            {
+                let create = Cmd::new("zfs").arg("create").arg(&target.container);
+                match host.run(&create).await {
+                    Ok(_) => {}
+                    Err(e) if e.stderr.contains("already exists") => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    let sender = sender.arg(&snapshot.id);
+    let receiver = host.command(&receiver(&target.chain, at.resumable)).await?;
+    let stream_bytes = command::pipe(&sender, &receiver, bwlimit, progress).await?;
+    if parent.is_none() {
+        seal_chain(host, &target.chain).await?;
+    }
+    Ok(stream_bytes)
+}
+
+/// Make a chain created by a full stream read-only and never mounted: a changed chain
+/// head would make the next incremental receive fail.
+async fn seal_chain(host: &dyn ReceivingHost, chain: &str) -> Result<()> {
+    // One property per call: zfs-fuse's `zfs set` takes only one.
+    for property in ["canmount=noauto", "readonly=on"] {
+        let set = Cmd::new("zfs").arg("set").arg(property).arg(chain);
+        host.run(&set).await?;
+    }
+    Ok(())
+}
+
+/// `zfs get receive_resume_token` of `dataset`: the property exists only where `zfs
+/// receive -s` and `zfs send -t` do (OpenZFS; not zfs-fuse).
+fn get_resume_token(dataset: &str) -> Cmd {
+    Cmd::new("zfs")
+        .args(["get", "-H", "-p", "-o", "value", "receive_resume_token"])
+        .arg(dataset)
+}
+
+/// The resume token a cut-off receive into `chain` on `host` left, if any (also `None`
+/// where the zfs there has no resumable receive, or the chain is gone).
+async fn resume_token_of(host: &dyn ReceivingHost, chain: &str) -> Result<Option<String>> {
+    match host.run(&get_resume_token(chain)).await {
+        Ok(out) => {
+            let token = out.stdout.trim();
+            Ok((!token.is_empty() && token != "-").then(|| token.to_string()))
+        }
+        Err(e) if does_not_exist(&e) || e.stderr.contains("property") => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What a resume token says it continues (`zfs send -nvP -t TOKEN` prints its
+/// contents as an nvlist: `toname = pool/ds@snap`, `toguid = 0x…`).
+#[derive(Debug, PartialEq, Eq)]
+struct TokenContents {
+    toname: String,
+    toguid: u64,
+}
+
+fn parse_token_contents(text: &str) -> Option<TokenContents> {
+    let field = |key: &str| {
+        text.lines().find_map(|line| {
+            let (k, v) = line.trim().split_once(" = ")?;
+            (k == key).then(|| v.trim().to_string())
+        })
+    };
+    let toguid = field("toguid")?;
+    let toguid = match toguid.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok()?,
+        None => toguid.parse().ok()?,
+    };
+    Some(TokenContents {
+        toname: field("toname")?,
+        toguid,
+    })
+}
+
+/// Abort what a cut-off receive of `target` kept in its chain (`zfs receive -A`: an
+/// incremental one's hidden clone, or the whole half-received chain of a full one);
+/// otherwise the chain could take no other stream. Chains receive one stream at a
+/// time, in order, so while the copy's snapshot has not arrived, a partial receive in
+/// its chain is its own.
+async fn abort_cut_off_receive(host: &dyn ReceivingHost, target: &ReceivedId) -> Result<()> {
+    let arrived = match snapshots_of(host, &target.chain).await {
+        Ok(snapshots) => snapshots.contains(&target.snapshot()),
+        Err(BackendError::Command(e)) if does_not_exist(&e) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if arrived || resume_token_of(host, &target.chain).await?.is_none() {
+        return Ok(());
+    }
+    let abort = Cmd::new("zfs").args(["receive", "-A"]).arg(&target.chain);
+    match host.run(&abort).await {
+        Ok(_) => Ok(()),
+        Err(e) if does_not_exist(&e) || e.stderr.contains("does not have any resumable") => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[async_trait]
 impl NativeStream for Zfs {
     fn method(&self) -> &'static str {
@@ -257,51 +411,8 @@ impl NativeStream for Zfs {
     ) -> Result<Received> {
         let host = at.host;
         let target = ReceivedId::parse(received)?;
-        let mut sender = Cmd::new("zfs").arg("send");
-        match parent {
-            Some(parent) => {
-                // ZFS receives an incremental stream only on top of its base; anything
-                // newer in the chain belongs to another backup and is never rolled back.
-                let newest = snapshots_of(host, &target.chain).await?.pop();
-                if newest.as_deref() != Some(parent.received) {
-                    return Err(BackendError::Invalid(format!(
-                        "the received chain {} ends at {}, not at the base {}: an incremental \
-                         stream cannot continue it. Delete the newer backup whose copy that is \
-                         (or the base backup) to start a new chain with a full stream",
-                        target.chain,
-                        newest.as_deref().unwrap_or("no snapshot"),
-                        parent.received
-                    )));
-                }
-                sender = sender.arg("-i").arg(&parent.snapshot.id);
-            }
-            None => {
-                if get_properties_on(host, &target.container, &["type"])
-                    .await?
-                    .is_none()
-                {
-                    let create = Cmd::new("zfs").arg("create").arg(&target.container);
-                    match host.run(&create).await {
-                        Ok(_) => {}
-                        Err(e) if e.stderr.contains("already exists") => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
-        }
-        let sender = sender.arg(&snapshot.id);
-        // `-u`: the chain is never mounted (zfs-fuse accepts it without documenting it).
-        let receiver = host
-            .command(&Cmd::new("zfs").args(["receive", "-u"]).arg(&target.chain))
-            .await?;
-        let stream_bytes = command::pipe(&sender, &receiver, bwlimit, progress).await?;
-        if parent.is_none() {
-            // One property per call: zfs-fuse's `zfs set` takes only one.
-            for property in ["canmount=noauto", "readonly=on"] {
-                let set = Cmd::new("zfs").arg("set").arg(property).arg(&target.chain);
-                host.run(&set).await?;
-            }
-        }
+        let stream_bytes =
+            stream_into_chain(snapshot, parent, at, &target, bwlimit, progress).await?;
         let copy = target.copy();
         let clone = Cmd::new("zfs")
             .arg("clone")
@@ -319,6 +430,7 @@ impl NativeStream for Zfs {
 
     async fn delete_received(&self, host: &dyn ReceivingHost, id: &str) -> Result<()> {
         let target = ReceivedId::parse(id)?;
+        abort_cut_off_receive(host, &target).await?;
         let copy = target.copy();
         if let Some(props) = get_properties_on(host, &copy, &["origin", "mountpoint"]).await? {
             if props.get("origin") != Some(&target.snapshot()) {
@@ -346,6 +458,120 @@ impl NativeStream for Zfs {
             destroy_on(host, &target.chain).await?;
         }
         Ok(())
+    }
+
+    async fn resumable(
+        &self,
+        sending: &[Volume],
+        host: &dyn ReceivingHost,
+        dest: &Path,
+    ) -> Result<bool> {
+        let Some(source) = sending.first() else {
+            return Ok(false);
+        };
+        let dataset = destination_dataset(host, dest).await?;
+        let lacking = match (
+            host.run(&get_resume_token(&dataset)).await,
+            get_resume_token(&source.id).run().await,
+        ) {
+            (Ok(_), Ok(_)) => return Ok(true),
+            (Err(e), _) => format!("the receiving zfs (for {dataset}): {}", e.stderr.trim()),
+            (_, Err(e)) => format!("this host's zfs: {}", e.stderr.trim()),
+        };
+        tracing::info!(
+            "zfs-send: a stream that is cut off is sent again from its start by the next run: \
+             {lacking} — no resumable receive (zfs receive -s, zfs send -t; zfs-fuse has neither)"
+        );
+        Ok(false)
+    }
+
+    async fn remains(
+        &self,
+        snapshot: &VolumeSnapshot,
+        host: &dyn ReceivingHost,
+        received: &str,
+    ) -> Result<Remains> {
+        let target = ReceivedId::parse(received)?;
+        let snapshots = match snapshots_of(host, &target.chain).await {
+            Ok(snapshots) => snapshots,
+            Err(BackendError::Command(e)) if does_not_exist(&e) => return Ok(Remains::Nothing),
+            Err(e) => return Err(e),
+        };
+        match snapshots.iter().position(|s| *s == target.snapshot()) {
+            Some(at) if at + 1 == snapshots.len() => return Ok(Remains::Complete),
+            Some(_) => {
+                return Ok(Remains::Unusable(format!(
+                    "{} is no longer the newest copy in its chain (a later backup continued it)",
+                    target.snapshot()
+                )))
+            }
+            None => {}
+        }
+        let Some(token) = resume_token_of(host, &target.chain).await? else {
+            return Ok(Remains::Nothing);
+        };
+        // Read on this host, where the snapshot the token continues must be: `zfs send`
+        // fails when it is gone (or is another snapshot by now).
+        let decode = Cmd::new("zfs").args(["send", "-nvP", "-t"]).arg(&token);
+        let text = match decode.run().await {
+            Ok(out) => format!("{}\n{}", out.stdout, out.stderr),
+            Err(e) => {
+                return Ok(Remains::Unusable(format!(
+                    "the partial receive into {} cannot be continued: {}",
+                    target.chain,
+                    e.stderr.trim()
+                )))
+            }
+        };
+        let Some(contents) = parse_token_contents(&text) else {
+            return Ok(Remains::Unusable(format!(
+                "the resume token of {} cannot be read (`zfs send -nvP -t` said {text:?})",
+                target.chain
+            )));
+        };
+        let guid = get_properties(&snapshot.id, &["guid"])
+            .await?
+            .and_then(|p| p.get("guid").and_then(|g| g.parse::<u64>().ok()));
+        if contents.toname != snapshot.id || Some(contents.toguid) != guid {
+            return Ok(Remains::Unusable(format!(
+                "the partial receive into {} continues {} (guid {:#x}), not the snapshot {} \
+                 (guid {})",
+                target.chain,
+                contents.toname,
+                contents.toguid,
+                snapshot.id,
+                guid.map_or("unknown".to_string(), |g| format!("{g:#x}"))
+            )));
+        }
+        Ok(Remains::Partial { token })
+    }
+
+    async fn complete(
+        &self,
+        snapshot: &VolumeSnapshot,
+        parent: Option<StreamParent<'_>>,
+        at: ReceiveAt<'_>,
+        cut: CutOff<'_>,
+        bwlimit: Option<u64>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64> {
+        let target = ReceivedId::parse(cut.received)?;
+        match cut.remains {
+            Remains::Complete => Ok(0),
+            Remains::Nothing => {
+                stream_into_chain(snapshot, parent, at, &target, bwlimit, progress).await
+            }
+            Remains::Partial { token } => {
+                let sender = Cmd::new("zfs").args(["send", "-t"]).arg(token);
+                let receiver = at.host.command(&receiver(&target.chain, true)).await?;
+                let bytes = command::pipe(&sender, &receiver, bwlimit, progress).await?;
+                // A full stream's chain is sealed once it is complete (again, for an
+                // incremental one: harmless).
+                seal_chain(at.host, &target.chain).await?;
+                Ok(bytes)
+            }
+            Remains::Unusable(why) => Err(BackendError::Invalid(why.clone())),
+        }
     }
 }
 
@@ -378,6 +604,42 @@ mod tests {
         ] {
             assert!(ReceivedId::parse(foreign).is_err(), "{foreign}");
         }
+    }
+
+    /// `zfs send -nvP -t TOKEN` of OpenZFS 2.1 (recorded in the guest) for a full stream
+    /// cut off after 19.6 MB.
+    const TOKEN_CONTENTS: &str = "resume token contents:
+\tobject = 0x7
+\toffset = 0x5f0000
+\tbytes = 0x12b7d50
+\ttoguid = 0xdd9fe0202551d39f
+\ttoname = ozb4/my sql@dbsnap-20261201T161516Z-185e79
+full\tozb4/my sql@dbsnap-20261201T161516Z-185e79\t66274080
+size\t66274080
+";
+
+    #[test]
+    fn a_resume_token_names_the_snapshot_it_continues() {
+        assert_eq!(
+            parse_token_contents(TOKEN_CONTENTS),
+            Some(TokenContents {
+                toname: "ozb4/my sql@dbsnap-20261201T161516Z-185e79".into(),
+                toguid: 0xdd9f_e020_2551_d39f,
+            })
+        );
+        let decimal = TOKEN_CONTENTS.replace("0xdd9fe0202551d39f", "15969729232348763039");
+        assert_eq!(
+            parse_token_contents(&decimal).map(|c| c.toguid),
+            Some(0xdd9f_e020_2551_d39f)
+        );
+        assert_eq!(
+            parse_token_contents("cannot resume send: bad token\n"),
+            None
+        );
+        assert_eq!(
+            parse_token_contents("\ttoname = a@b\n\ttoguid = zz\n"),
+            None
+        );
     }
 
     #[test]
