@@ -25,9 +25,10 @@ mod rig;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{ensure, Context};
+use anyhow::{bail, ensure, Context};
 use clap::Parser;
 use dbsnap_test_support::bank::Writers;
 use dbsnap_test_support::btrfs::LoopBtrfs;
@@ -104,6 +105,9 @@ struct Run {
     wall_s: f64,
     /// Bytes in the copied files.
     bytes: u64,
+    /// CPU seconds (user + system) the case's processes used: on a machine shared
+    /// with other work, a steadier measure of what a copy costs than its duration.
+    cpu_s: f64,
     /// The 1-minute load average when the case started.
     load1: f64,
 }
@@ -125,12 +129,32 @@ struct Results {
     runs: Vec<Run>,
 }
 
+/// Set by SIGINT/SIGTERM; checked between cases so that the server, the mounts and the
+/// loop devices are released by the normal drops instead of being left behind.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!(
         nix::unistd::Uid::effective().is_root(),
         "run as root: the benchmark mounts loop devices, starts MariaDB and drops caches"
     );
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(on_signal),
+        nix::sys::signal::SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
+    for signal in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { nix::sys::signal::sigaction(signal, &action) }?;
+    }
     let engines = engines(&args)?;
     std::fs::create_dir_all(&args.out)?;
     eprintln!("== loading {} GB and {} small tables", args.size_gb, args.small_tables);
@@ -187,8 +211,12 @@ fn main() -> anyhow::Result<()> {
             let mut order = cases.clone();
             order.rotate_left(round % cases.len());
             for case in &order {
+                if INTERRUPTED.load(Ordering::SeqCst) {
+                    bail!("interrupted; cleaning up");
+                }
                 drop_caches()?;
                 let load1 = load_average()?;
+                let cpu_before = children_cpu_s();
                 let timed = match case {
                     Case::CpSync | Case::Cp => copy_with_cp(case, &snapshot, &dest, data_bytes)?,
                     Case::Engine { dbsnap, .. } => backup_with_dbsnap(dbsnap, &config)?,
@@ -200,16 +228,18 @@ fn main() -> anyhow::Result<()> {
                     copy_s: timed.copy_s,
                     wall_s: timed.wall_s,
                     bytes: timed.bytes,
+                    cpu_s: children_cpu_s() - cpu_before,
                     load1,
                 };
                 eprintln!(
-                    "-- {dest_kind:?} round {}/{}: {}: {:.2} s ({:.0} MB/s), wall {:.2} s, load {:.1}",
+                    "-- {dest_kind:?} round {}/{}: {}: {:.2} s ({:.0} MB/s), wall {:.2} s, cpu {:.2} s, load {:.1}",
                     round + 1,
                     args.rounds,
                     run.case,
                     run.copy_s,
                     run.bytes as f64 / 1e6 / run.copy_s,
                     run.wall_s,
+                    run.cpu_s,
                     run.load1
                 );
                 results.runs.push(run);
@@ -277,20 +307,37 @@ fn add_small_tables(rig: &Rig, n: u32) {
     if n == 0 {
         return;
     }
-    let mut sql = String::from("SET SESSION sql_log_bin = 0; CREATE DATABASE many;");
-    for i in 0..n {
-        sql.push_str(&format!(
-            "CREATE TABLE many.t{i} (id INT PRIMARY KEY, pad BLOB) ENGINE=InnoDB;
-             INSERT INTO many.t{i} SELECT seq, RANDOM_BYTES(200) FROM bank.seq_1_to_100;"
-        ));
+    rig.server.sql("CREATE DATABASE many");
+    // In statements of 100 tables: the client takes the SQL as one argument.
+    for first in (0..n).step_by(100) {
+        let mut sql = String::from("SET SESSION sql_log_bin = 0;");
+        for i in first..n.min(first + 100) {
+            sql.push_str(&format!(
+                "CREATE TABLE many.t{i} (id INT PRIMARY KEY, pad BLOB) ENGINE=InnoDB;\
+                 INSERT INTO many.t{i} SELECT seq, RANDOM_BYTES(200) FROM bank.seq_1_to_100;"
+            ));
+        }
+        rig.server.sql(&sql);
     }
-    rig.server.sql(&sql);
 }
 
 /// Write the page cache out and drop it, so that the next copy reads from the disk.
 fn drop_caches() -> anyhow::Result<()> {
     rig::run::<&str>("sync", &[])?;
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").context("dropping the page cache")
+}
+
+/// CPU seconds used so far by the children this process has waited for.
+fn children_cpu_s() -> f64 {
+    use nix::libc;
+    // SAFETY: getrusage fills the struct it is given; zeroed is a valid rusage.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 fn load_average() -> anyhow::Result<f64> {
@@ -384,10 +431,11 @@ fn table(results: &Results) -> String {
         "{} MiB in {} files ({} GB filler, {} small tables), {}; every case read cold \
          (page cache dropped before it), {} rounds alternated. Copy s: the copy made \
          durable (cp: with `sync -f`; dbsnap: the manifest's transfer duration), median \
-         (min–max). MB/s: 10⁶ bytes per copy second. Ratio: median MB/s over the median \
+         (min–max). MB/s: 10⁶ bytes per copy second. CPU s: user + system time of the case's \
+         processes (dbsnap: the whole backup), median. Ratio: median MB/s over the median \
          of `cp -a + sync` on the same destination.\n\n\
-         | destination | case | copy s | MB/s | × cp -a + sync | × cp -a | dbsnap wall s | load 1 min |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         | destination | case | copy s | MB/s | × cp -a + sync | × cp -a | CPU s | dbsnap wall s | load 1 min |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
         results.data_mib,
         results.files,
         results.size_gb,
@@ -433,10 +481,11 @@ fn table(results: &Results) -> String {
             .iter()
             .fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(r.load1), h.max(r.load1)));
         md.push_str(&format!(
-            "| {dest:?} | {case} | {:.2} ({low:.2}–{high:.2}) | {mb_s:.0} | {:.2} | {:.2} | {wall} | {load_low:.1}–{load_high:.1} |\n",
+            "| {dest:?} | {case} | {:.2} ({low:.2}–{high:.2}) | {mb_s:.0} | {:.2} | {:.2} | {:.2} | {wall} | {load_low:.1}–{load_high:.1} |\n",
             median(copy),
             mb_s / speed(dest, &Case::CpSync.name()),
             mb_s / speed(dest, &Case::Cp.name()),
+            median(runs.iter().map(|r| r.cpu_s).collect()),
         ));
     }
     md
