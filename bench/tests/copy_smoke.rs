@@ -37,7 +37,8 @@ fn a_tiny_run_times_cp_and_dbsnap_on_both_destinations() {
             "dbsnap backup, pace off: dbsnap",
         ] {
             assert!(
-                runs.iter().any(|&(d, c, bytes)| d == dest && c == case && bytes > 50 << 20),
+                runs.iter()
+                    .any(|&(d, c, bytes)| d == dest && c == case && bytes > 50 << 20),
                 "{dest} / {case} missing or short in {runs:?}"
             );
         }

@@ -21,6 +21,7 @@
 //! Run as root: `cargo run --release -p dbsnap-bench --bin dbsnap-bench-copy -- --rounds 5`.
 
 #[path = "../rig.rs"]
+#[allow(dead_code)] // the rig's paced configuration and its binary serve the other benchmarks
 mod rig;
 
 use std::path::{Path, PathBuf};
@@ -157,7 +158,10 @@ fn main() -> anyhow::Result<()> {
     }
     let engines = engines(&args)?;
     std::fs::create_dir_all(&args.out)?;
-    eprintln!("== loading {} GB and {} small tables", args.size_gb, args.small_tables);
+    eprintln!(
+        "== loading {} GB and {} small tables",
+        args.size_gb, args.small_tables
+    );
     let rig = Rig::new(&args.work_dir, args.size_gb, &engines[0].1)?;
     add_small_tables(&rig, args.small_tables);
     rig::run("sync", &["-f".as_ref(), rig.datadir.as_os_str()])?;
@@ -181,7 +185,11 @@ fn main() -> anyhow::Result<()> {
     let writers = (args.load > 0).then(|| Writers::start(&rig.server.socket, args.load));
 
     let mut cases = vec![Case::CpSync, Case::Cp];
-    cases.extend(engines.into_iter().map(|(label, dbsnap)| Case::Engine { label, dbsnap }));
+    cases.extend(
+        engines
+            .into_iter()
+            .map(|(label, dbsnap)| Case::Engine { label, dbsnap }),
+    );
     let mut results = Results {
         size_gb: args.size_gb,
         small_tables: args.small_tables,
@@ -196,6 +204,7 @@ fn main() -> anyhow::Result<()> {
             DestKind::Btrfs => disk.mountpoint.join("dest"),
         };
         std::fs::create_dir_all(&dest)?;
+        // What the whole-backup benchmark's unpaced case runs, into this destination.
         let config = rig.dir.path().join(format!("copy-{dest_kind:?}.toml"));
         std::fs::write(
             &config,
@@ -477,9 +486,9 @@ fn table(results: &Results) -> String {
             true => format!("{:.2}", median(runs.iter().map(|r| r.wall_s).collect())),
             false => "–".into(),
         };
-        let (load_low, load_high) = runs
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(r.load1), h.max(r.load1)));
+        let (load_low, load_high) = runs.iter().fold((f64::MAX, f64::MIN), |(l, h), r| {
+            (l.min(r.load1), h.max(r.load1))
+        });
         md.push_str(&format!(
             "| {dest:?} | {case} | {:.2} ({low:.2}–{high:.2}) | {mb_s:.0} | {:.2} | {:.2} | {:.2} | {wall} | {load_low:.1}–{load_high:.1} |\n",
             median(copy),

@@ -68,7 +68,11 @@ fn a_copy_is_identical_in_content_and_metadata_and_made_durable_after_its_last_w
     let flushes = recorded.0.lock().unwrap().clone();
     assert_eq!(flushes.len(), 1, "one flush of the destination");
     assert_eq!(flushes[0].0, dir.path().join("partial"));
-    assert_eq!(flushes[0].1, describe(&to), "flushed before the copy was complete");
+    assert_eq!(
+        flushes[0].1,
+        describe(&to),
+        "flushed before the copy was complete"
+    );
 }
 
 #[test]
