@@ -283,7 +283,7 @@ impl TreeCopy for LocalEngine {
             threads: COPY_THREADS,
             throttle: job.throttle.clone(),
             counters: counters.clone(),
-            durable: Arc::new(local::Fsync),
+            durable: Arc::new(local::SyncFs),
         };
         let (done, mut copying) = tokio::sync::oneshot::channel();
         // Dropped with this future (the copy was stopped), it stops the threads and

@@ -8,8 +8,8 @@
 //! [`BlockHasher`]) without a second read; a clone, which reads nothing,
 //! is hashed by reading the source at the copy's pace.
 //! Writeback starts as each chunk is written and is waited for a few chunks behind, so
-//! the file's dirty data stays bounded and the final `fsync` (and the publish step's
-//! flush) finds little to do.
+//! the file's dirty data stays bounded and the flush at the end of the copy finds
+//! little to do.
 
 use std::fs::File;
 use std::io;
@@ -21,6 +21,13 @@ use crate::transfer::blocks::{BlockHasher, FileBlocks, BLOCK_SIZE};
 
 /// Bytes per read and per writeback window (a multiple of the block size).
 pub const CHUNK: u64 = 8 << 20;
+
+/// A read buffer for a file of `len` bytes: no bigger than the file. (A chunk-sized
+/// buffer for every file cost ~0.7 CPU s more per backup of a datadir with 2,214
+/// files, measured: the allocator zeroes reused memory for each `vec!`.)
+fn buffer_for(len: u64) -> Vec<u8> {
+    vec![0u8; CHUNK.min(len) as usize]
+}
 /// How many chunks may be in writeback before the oldest is waited for.
 const WRITEBACK_DEPTH: usize = 4;
 
@@ -92,7 +99,7 @@ fn read_hashed(
     mut each: impl FnMut(u64, &[u8]) -> io::Result<()>,
 ) -> io::Result<(String, FileBlocks)> {
     let mut hasher = BlockHasher::new(len);
-    let mut buffer = vec![0u8; CHUNK as usize];
+    let mut buffer = buffer_for(len);
     let mut hashed = 0u64;
     let mut pos = 0u64;
     while let Some((start, end)) = next_data(from, pos, len)? {
@@ -148,8 +155,11 @@ pub fn update_seeded(
     }
     let mut writeback = Writeback::new(seeded);
     let mut hasher = BlockHasher::new(len);
-    let mut ours = vec![0u8; CHUNK as usize];
-    let mut theirs = vec![0u8; if base.is_some() { 0 } else { CHUNK as usize }];
+    let mut ours = buffer_for(len);
+    let mut theirs = match base {
+        Some(_) => Vec::new(),
+        None => buffer_for(len),
+    };
     let (mut written, mut seed_read) = (0, 0);
     let mut pos = 0u64;
     while pos < len {

@@ -6,17 +6,15 @@ use std::sync::Mutex;
 use super::*;
 use crate::transfer::conformance::{describe, sample_tree};
 
+/// Each flush, with what the partial's `files` held at that moment.
 #[derive(Default)]
-struct Recorded(Mutex<Vec<PathBuf>>);
+struct Recorded(Mutex<Vec<(PathBuf, BTreeMap<PathBuf, String>)>>);
 
 impl Durable for Recorded {
-    fn file(&self, file: &File, path: &Path) -> io::Result<()> {
-        file.sync_all()?;
-        self.0.lock().unwrap().push(path.to_path_buf());
-        Ok(())
-    }
-    fn dir(&self, path: &Path) -> io::Result<()> {
-        self.0.lock().unwrap().push(path.to_path_buf());
+    fn tree(&self, partial: &Path) -> io::Result<()> {
+        SyncFs.tree(partial)?;
+        let held = describe(&partial.join("files"));
+        self.0.lock().unwrap().push((partial.to_path_buf(), held));
         Ok(())
     }
 }
@@ -46,7 +44,7 @@ fn without_pid(mut tree: BTreeMap<PathBuf, String>) -> BTreeMap<PathBuf, String>
 }
 
 #[test]
-fn a_copy_is_identical_in_content_and_metadata_and_every_entry_is_made_durable() {
+fn a_copy_is_identical_in_content_and_metadata_and_made_durable_after_its_last_write() {
     let dir = tempfile::tempdir().unwrap();
     let (from, to) = (dir.path().join("src"), dir.path().join("partial/files"));
     sample_tree(&from);
@@ -67,21 +65,16 @@ fn a_copy_is_identical_in_content_and_metadata_and_every_entry_is_made_durable()
     assert_eq!(moved.files, 4, "the hard link's second name is a link");
     assert_eq!(r.counters.done.load(Ordering::Relaxed), data);
 
-    // Durability before publish: every file and directory of the copy, and the
-    // partial's directories down to it, were synced by the engine.
-    // (By inode: a hard-linked file is synced under whichever name was copied.)
-    let synced: Vec<PathBuf> = recorded.0.lock().unwrap().clone();
-    let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
-    let synced_inodes: HashSet<u64> = synced.iter().map(|p| inode(p)).collect();
-    let missing: Vec<PathBuf> = walkdir::WalkDir::new(&to)
-        .into_iter()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().is_dir() || e.file_type().is_file())
-        .map(|e| e.path().to_path_buf())
-        .filter(|p| !synced_inodes.contains(&inode(p)))
-        .collect();
-    assert!(missing.is_empty(), "not synced: {missing:?}");
-    assert!(synced.contains(&dir.path().join("partial")));
+    // Durability before publish: the partial was flushed once, after the last write
+    // (the tree it held then, contents and metadata, is the finished copy).
+    let flushes = recorded.0.lock().unwrap().clone();
+    assert_eq!(flushes.len(), 1, "one flush of the destination");
+    assert_eq!(flushes[0].0, dir.path().join("partial"));
+    assert_eq!(
+        flushes[0].1,
+        describe(&to),
+        "flushed before the copy was complete"
+    );
 }
 
 #[test]
@@ -90,7 +83,7 @@ fn into_a_seeded_copy_only_changed_blocks_are_written_and_removed_files_go() {
     let (from, to) = (dir.path().join("src"), dir.path().join("partial/files"));
     sample_tree(&from);
     std::fs::create_dir_all(&to).unwrap();
-    run(&request(&from, &to, Seed::None, Arc::new(Fsync))).unwrap();
+    run(&request(&from, &to, Seed::None, Arc::new(SyncFs))).unwrap();
     // The source moves on: one block changes, a file grows, one shrinks, one goes, one
     // comes, a file becomes a directory.
     let ibdata = OpenOptions::new()
@@ -105,7 +98,7 @@ fn into_a_seeded_copy_only_changed_blocks_are_written_and_removed_files_go() {
     std::fs::create_dir(from.join("empty")).unwrap();
     std::fs::write(to.join("stale"), b"gone from the source").unwrap();
 
-    let moved = run(&request(&from, &to, Seed::Reflinked, Arc::new(Fsync))).unwrap();
+    let moved = run(&request(&from, &to, Seed::Reflinked, Arc::new(SyncFs))).unwrap();
     assert_eq!(describe(&to), without_pid(describe(&from)));
     assert!(
         moved.bytes_written < 1 << 20,
@@ -124,12 +117,12 @@ fn beside_a_previous_backup_unchanged_files_are_hard_links_into_it() {
     for d in [&first, &second] {
         std::fs::create_dir_all(d).unwrap();
     }
-    run(&request(&from, &first, Seed::None, Arc::new(Fsync))).unwrap();
+    run(&request(&from, &first, Seed::None, Arc::new(SyncFs))).unwrap();
     let before = describe(&first);
     std::fs::write(from.join("bank/accounts.ibd"), vec![3u8; 400_000]).unwrap();
 
     let linked = Seed::Linked(vec![first.clone()]);
-    let moved = run(&request(&from, &second, linked, Arc::new(Fsync))).unwrap();
+    let moved = run(&request(&from, &second, linked, Arc::new(SyncFs))).unwrap();
     let unlinked = |t: BTreeMap<PathBuf, String>| -> Vec<String> {
         t.into_values()
             .map(|l| {
@@ -168,7 +161,7 @@ fn a_cancelled_copy_stops_with_an_error() {
     let (from, to) = (dir.path().join("src"), dir.path().join("partial/files"));
     sample_tree(&from);
     std::fs::create_dir_all(&to).unwrap();
-    let r = request(&from, &to, Seed::None, Arc::new(Fsync));
+    let r = request(&from, &to, Seed::None, Arc::new(SyncFs));
     r.counters.cancelled.store(true, Ordering::Relaxed);
     let e = run(&r).unwrap_err();
     assert!(e.to_string().contains("cancelled"), "{e:#}");
@@ -203,7 +196,7 @@ fn a_file_changed_within_the_bases_second_is_compared_and_gets_the_snapshots_che
     write(to.join("old.ibd"), b"unchanged", long_ago);
     write(from.join("old.ibd"), b"unchanged", long_ago);
     let hash = |b: &[u8]| blake3::hash(b).to_hex().to_string();
-    let mut r = request(&from, &to, Seed::Reflinked, Arc::new(Fsync));
+    let mut r = request(&from, &to, Seed::Reflinked, Arc::new(SyncFs));
     r.recheck_since = Some(base_started - std::time::Duration::from_secs(2));
     r.base_checksums = Some(Checksums(BTreeMap::from([
         (PathBuf::from("files/changed.ibd"), hash(stale)),
@@ -249,7 +242,7 @@ fn update_in_place(with_digests: bool) -> (Moved, tempfile::TempDir) {
     ] {
         std::fs::write(from.join(name), pattern(len, name.len() as u8)).unwrap();
     }
-    let first = run(&request(&from, &to, Seed::None, Arc::new(Fsync))).unwrap();
+    let first = run(&request(&from, &to, Seed::None, Arc::new(SyncFs))).unwrap();
 
     let open = |name: &str| {
         OpenOptions::new()
@@ -285,7 +278,7 @@ fn update_in_place(with_digests: bool) -> (Moved, tempfile::TempDir) {
         open(name).set_modified(later).unwrap();
     }
 
-    let mut r = request(&from, &to, Seed::Reflinked, Arc::new(Fsync));
+    let mut r = request(&from, &to, Seed::Reflinked, Arc::new(SyncFs));
     r.base_checksums = Some(Checksums(first.checksums.clone()));
     if with_digests {
         r.base_blocks = Some(Blocks(first.blocks.clone()));
