@@ -28,6 +28,7 @@ fn a_tiny_run_writes_json_table_and_plot() {
         "mariabackup --backup",
         "classic FTWRL + snapshot",
         "snapshot only + cp -a + sync",
+        "no backup (30 s of the writers alone)",
     ] {
         assert!(cases.contains(&case), "{case} missing from {cases:?}");
     }
@@ -57,7 +58,9 @@ fn the_oltp_workload_runs_every_case_too() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
     assert_eq!(json["args"]["workload"], "oltp");
-    assert_eq!(json["sizes"][0]["runs"].as_array().unwrap().len(), 8);
+    // One run per case: four lock modes, pace off, mariabackup, the classic script, the
+    // bare snapshot, and the writers alone.
+    assert_eq!(json["sizes"][0]["runs"].as_array().unwrap().len(), 9);
     assert!(json["sizes"][0]["commits"].as_u64().unwrap() > 0);
     let table = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(
