@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::SystemTime;
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use mysql_async::prelude::Queryable;
 use serde::Serialize;
 use serde_json::json;
@@ -418,19 +418,8 @@ fn snapshot_only(rig: &Rig) -> anyhow::Result<Window> {
 /// `btrfs subvolume snapshot -r DATADIR AT`, timed; returns ms.
 fn snapshot_command(rig: &Rig, at: &std::path::Path) -> anyhow::Result<f64> {
     let started = SystemTime::now();
-    let out = Command::new("btrfs")
-        .args(["subvolume", "snapshot", "-r"])
-        .arg(&rig.datadir)
-        .arg(at)
-        .output()?;
-    let ms = ms_since(started, SystemTime::now());
-    if !out.status.success() {
-        bail!(
-            "btrfs subvolume snapshot failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(ms)
+    rig.snapshot_datadir(at)?;
+    Ok(ms_since(started, SystemTime::now()))
 }
 
 #[cfg(test)]

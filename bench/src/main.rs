@@ -11,6 +11,7 @@
 //! Run as root: `cargo run --release -p dbsnap-bench -- --sizes 1,4 --repeats 5`.
 
 mod cases;
+mod interrupt;
 mod metrics;
 mod oltp;
 mod plot;
@@ -20,10 +21,9 @@ mod rig;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use clap::Parser;
 use dbsnap_test_support::bank::Writers;
 
@@ -105,32 +105,13 @@ pub struct SizeResult {
     pub runs: Vec<metrics::Run>,
 }
 
-/// Set by SIGINT/SIGTERM; checked between cases so that the server, the mount and the
-/// loop device are released by the normal drops instead of being left behind.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!(
         nix::unistd::Uid::effective().is_root(),
         "run as root: the benchmark mounts a loop device and starts MariaDB"
     );
-    let action = nix::sys::signal::SigAction::new(
-        nix::sys::signal::SigHandler::Handler(on_signal),
-        nix::sys::signal::SaFlags::empty(),
-        nix::sys::signal::SigSet::empty(),
-    );
-    for signal in [
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGTERM,
-    ] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { nix::sys::signal::sigaction(signal, &action) }?;
-    }
+    interrupt::catch_signals()?;
     let dbsnap = match args.dbsnap.clone() {
         Some(path) => path,
         None => build_dbsnap()?,
@@ -211,9 +192,7 @@ fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<SizeResult> {
         order.rotate_left(repeat % turns);
         for case in order {
             std::thread::sleep(baseline);
-            if INTERRUPTED.load(Ordering::SeqCst) {
-                bail!("interrupted; cleaning up");
-            }
+            interrupt::check()?;
             eprintln!(
                 "-- {gb} GB, repeat {}/{}: {}",
                 repeat + 1,

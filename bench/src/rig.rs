@@ -99,6 +99,22 @@ impl Rig {
     }
 }
 
+impl Rig {
+    /// A read-only btrfs snapshot of the datadir's subvolume at `at` (no lock).
+    pub fn snapshot_datadir(&self, at: &Path) -> anyhow::Result<()> {
+        run(
+            "btrfs",
+            &[
+                "subvolume".as_ref(),
+                "snapshot".as_ref(),
+                "-r".as_ref(),
+                self.datadir.as_os_str(),
+                at.as_os_str(),
+            ],
+        )
+    }
+}
+
 /// Run a command to completion; fail with its stderr.
 pub fn run<S: AsRef<std::ffi::OsStr>>(program: &str, args: &[S]) -> anyhow::Result<()> {
     let out = Command::new(program)

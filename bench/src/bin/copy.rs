@@ -20,16 +20,17 @@
 //!
 //! Run as root: `cargo run --release -p dbsnap-bench --bin dbsnap-bench-copy -- --rounds 5`.
 
+#[path = "../interrupt.rs"]
+mod interrupt;
 #[path = "../rig.rs"]
 #[allow(dead_code)] // the rig's paced configuration and its binary serve the other benchmarks
 mod rig;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use clap::Parser;
 use dbsnap_test_support::bank::Writers;
 use dbsnap_test_support::btrfs::LoopBtrfs;
@@ -130,32 +131,13 @@ struct Results {
     runs: Vec<Run>,
 }
 
-/// Set by SIGINT/SIGTERM; checked between cases so that the server, the mounts and the
-/// loop devices are released by the normal drops instead of being left behind.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!(
         nix::unistd::Uid::effective().is_root(),
         "run as root: the benchmark mounts loop devices, starts MariaDB and drops caches"
     );
-    let action = nix::sys::signal::SigAction::new(
-        nix::sys::signal::SigHandler::Handler(on_signal),
-        nix::sys::signal::SaFlags::empty(),
-        nix::sys::signal::SigSet::empty(),
-    );
-    for signal in [
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGTERM,
-    ] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { nix::sys::signal::sigaction(signal, &action) }?;
-    }
+    interrupt::catch_signals()?;
     let engines = engines(&args)?;
     std::fs::create_dir_all(&args.out)?;
     eprintln!(
@@ -166,16 +148,7 @@ fn main() -> anyhow::Result<()> {
     add_small_tables(&rig, args.small_tables);
     rig::run("sync", &["-f".as_ref(), rig.datadir.as_os_str()])?;
     let snapshot = rig.fs.mountpoint.join("reference-snapshot");
-    rig::run(
-        "btrfs",
-        &[
-            "subvolume".as_ref(),
-            "snapshot".as_ref(),
-            "-r".as_ref(),
-            rig.datadir.as_os_str(),
-            snapshot.as_os_str(),
-        ],
-    )?;
+    rig.snapshot_datadir(&snapshot)?;
     let (data_bytes, files) = tree_size(&snapshot);
     eprintln!("== {} MiB in {files} files", data_bytes >> 20);
     let disk_dir = rig.dir.path().join("disk");
@@ -220,9 +193,7 @@ fn main() -> anyhow::Result<()> {
             let mut order = cases.clone();
             order.rotate_left(round % cases.len());
             for case in &order {
-                if INTERRUPTED.load(Ordering::SeqCst) {
-                    bail!("interrupted; cleaning up");
-                }
+                interrupt::check()?;
                 drop_caches()?;
                 let load1 = load_average()?;
                 let cpu_before = children_cpu_s();

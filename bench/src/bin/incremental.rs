@@ -20,6 +20,8 @@
 //!
 //! Run as root: `cargo run --release -p dbsnap-bench --bin dbsnap-bench-incremental -- --sizes 1,4`.
 
+#[path = "../interrupt.rs"]
+mod interrupt;
 #[path = "../rig.rs"]
 mod rig;
 
@@ -200,6 +202,7 @@ fn main() -> anyhow::Result<()> {
         dbsnap.display()
     );
     std::fs::create_dir_all(&args.out)?;
+    interrupt::catch_signals()?;
     let mut all = Vec::new();
     let mut churn = Vec::new();
     for &gb in &args.sizes {
@@ -244,6 +247,7 @@ fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<(Vec<Backup>,
                 .any(|part| m.name.contains(part.as_str()))
     });
     for method in chosen {
+        interrupt::check()?;
         let dest = if method.on_backup_disk {
             disk.mountpoint.join(method.name.replace(' ', "-"))
         } else {
@@ -557,16 +561,7 @@ fn churn(rig: &Rig, secs: f64) -> anyhow::Result<()> {
 /// subvolume onto the backup disk (no lock; only the copy is timed).
 fn reference_copy(gb: f64, data_mib: u64, rig: &Rig, disk: &LoopBtrfs) -> anyhow::Result<Backup> {
     let snapshot = rig.fs.mountpoint.join("reference-snapshot");
-    rig::run(
-        "btrfs",
-        &[
-            "subvolume".as_ref(),
-            "snapshot".as_ref(),
-            "-r".as_ref(),
-            rig.datadir.as_os_str(),
-            snapshot.as_os_str(),
-        ],
-    )?;
+    rig.snapshot_datadir(&snapshot)?;
     let dest = disk.mountpoint.join("cp-a");
     let before = used_bytes(&disk.mountpoint)?;
     let started = Instant::now();

@@ -189,16 +189,7 @@ fn churn(rig: &Rig, secs: f64) {
 /// `rsync -a -e ssh` of a read-only snapshot of the datadir: seconds and MiB sent.
 fn reference(rig: &Rig, sshd: &Sshd, to: &Path) -> anyhow::Result<(f64, f64)> {
     let snapshot = rig.fs.mountpoint.join("reference-snapshot");
-    rig::run(
-        "btrfs",
-        &[
-            "subvolume".as_ref(),
-            "snapshot".as_ref(),
-            "-r".as_ref(),
-            rig.datadir.as_os_str(),
-            snapshot.as_os_str(),
-        ],
-    )?;
+    rig.snapshot_datadir(&snapshot)?;
     let shell = format!(
         "ssh -p {} -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes",
         sshd.port,
