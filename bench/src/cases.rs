@@ -4,6 +4,7 @@
 //! the blocking statement was sent (lock wait included) to the moment it was released.
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::SystemTime;
 
@@ -87,6 +88,11 @@ pub struct Measured {
     /// The whole run, in ms since the writers started.
     pub start_ms: f64,
     pub end_ms: f64,
+    /// When the datadir's filesystem had finished freeing the snapshots the run deleted
+    /// (`btrfs subvolume sync`): the btrfs cleaner works on after `subvolume delete`
+    /// returns, and what it costs the writers is the backup's cost too. `end_ms` when
+    /// the run deleted nothing.
+    pub settled_ms: f64,
     /// The window in which commits could be blocked, in ms since the writers started.
     pub lock_from_ms: f64,
     pub lock_to_ms: f64,
@@ -136,6 +142,9 @@ struct Window {
     copy_ms: Option<f64>,
     detail: serde_json::Value,
     published: Option<SystemTime>,
+    /// The run's copy, removed once the run is measured (its deletion is not the case's
+    /// cost: a kept backup is not deleted).
+    copy: Option<PathBuf>,
 }
 
 pub fn run(case: Case, repeat: usize, rig: &Rig, t0: SystemTime) -> anyhow::Result<Measured> {
@@ -151,12 +160,25 @@ pub fn run(case: Case, repeat: usize, rig: &Rig, t0: SystemTime) -> anyhow::Resu
     }
     .with_context(|| format!("case {}", case.name()))?;
     let end = SystemTime::now();
+    rig::run(
+        "btrfs",
+        &[
+            "subvolume".as_ref(),
+            "sync".as_ref(),
+            rig.fs.mountpoint.as_os_str(),
+        ],
+    )?;
+    let settled = SystemTime::now();
+    if let Some(copy) = &w.copy {
+        std::fs::remove_dir_all(copy).with_context(|| format!("removing {}", copy.display()))?;
+    }
     Ok(Measured {
         case: case.name(),
         repeat,
         load1,
         start_ms: ms_since(t0, start),
         end_ms: ms_since(t0, end),
+        settled_ms: ms_since(t0, settled),
         lock_from_ms: ms_since(t0, w.lock_from),
         lock_to_ms: ms_since(t0, w.lock_to),
         lock_prelude_ms: w.lock_prelude_ms,
@@ -187,6 +209,7 @@ fn idle() -> Window {
         copy_ms: None,
         detail: json!({}),
         published: None,
+        copy: None,
     }
 }
 
@@ -226,7 +249,6 @@ fn dbsnap(rig: &Rig, mode: &str, config: &std::path::Path) -> anyhow::Result<Win
     let path = manifest["path"]
         .as_str()
         .context("path missing in the manifest")?;
-    std::fs::remove_dir_all(path).with_context(|| format!("removing {path}"))?;
     Ok(Window {
         lock_from: acquired - std::time::Duration::from_secs_f64(wait_ms / 1e3),
         lock_to: time("released_at")?,
@@ -242,6 +264,7 @@ fn dbsnap(rig: &Rig, mode: &str, config: &std::path::Path) -> anyhow::Result<Win
             "transfer": transfer,
         }),
         published: published_at.map(SystemTime::from),
+        copy: Some(path.into()),
     })
 }
 
@@ -307,7 +330,6 @@ fn mariabackup(rig: &Rig) -> anyhow::Result<Window> {
     let acquired = at("Acquired locks for BACKUP STAGE BLOCK_COMMIT")?;
     let released = at("All tables unlocked")?;
     let bytes = rig::dir_bytes(&target);
-    std::fs::remove_dir_all(&target)?;
     Ok(Window {
         lock_from: requested,
         lock_to: released,
@@ -326,6 +348,7 @@ fn mariabackup(rig: &Rig) -> anyhow::Result<Window> {
                 .collect::<Vec<_>>(),
         }),
         published: None,
+        copy: Some(target),
     })
 }
 
@@ -370,6 +393,7 @@ fn classic(rig: &Rig) -> anyhow::Result<Window> {
         copy_ms: None,
         detail: json!({}),
         published: None,
+        copy: None,
     })
 }
 
@@ -391,7 +415,6 @@ fn snapshot_only(rig: &Rig) -> anyhow::Result<Window> {
     rig::run("sync", &["-f".as_ref(), copy.as_os_str()])?;
     let copy_ms = ms_since(copy_started, SystemTime::now());
     let bytes = rig::dir_bytes(&copy);
-    std::fs::remove_dir_all(&copy)?;
     rig::run(
         "btrfs",
         &[
@@ -412,6 +435,7 @@ fn snapshot_only(rig: &Rig) -> anyhow::Result<Window> {
         copy_ms: Some(copy_ms),
         detail: json!({ "sync_ms": ms_since(synced, from), "cp_ms": cp_ms }),
         published: None,
+        copy: Some(copy),
     })
 }
 

@@ -33,45 +33,83 @@ pub struct Run {
     pub lowest_second_vs_baseline: Option<f64>,
     /// Every delayed commit during the run: (began in ms since the writers started, latency ms).
     pub delayed: Vec<(f64, f64)>,
-    /// For dbsnap: the slowest commit in flight during each phase after the lock.
+    /// For dbsnap: what the writers saw during each phase after the lock.
     pub phases: Option<Phases>,
+    /// From the end of the run until the filesystem had freed the deleted snapshots.
+    pub after_run: Stretch,
 }
 
-/// The slowest commit in flight during each of dbsnap's phases after the unlock (ms).
+/// What the writers saw during one stretch of a run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Stretch {
+    /// The slowest commit in flight at any time during it (ms).
+    pub worst_ms: Option<f64>,
+    /// The fewest commits acknowledged in any of the run's whole seconds that overlap
+    /// it, as a share of the baseline's commits per second.
+    pub lowest_second_vs_baseline: Option<f64>,
+}
+
+/// dbsnap's phases after the unlock.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Phases {
     /// From the unlock to the end of the copy (the manifest's transfer duration).
-    pub copy_ms: Option<f64>,
+    pub copy: Stretch,
     /// From the end of the copy to "backup complete" (fsync of what the copy wrote,
     /// the manifest, the rename).
-    pub publish_ms: Option<f64>,
-    /// From "backup complete" to the end of the run (unmount, the snapshot's deletion).
-    pub release_ms: Option<f64>,
+    pub publish: Stretch,
+    /// From "backup complete" to the end of the run (unmount, the snapshot's release).
+    pub release: Stretch,
+}
+
+/// The commits around one run, for the figures of any stretch of it.
+struct Window<'a> {
+    commits: &'a [(f64, f64)],
+    start_ms: f64,
+    /// Commits acknowledged in each whole second from `start_ms` on.
+    per_second: Vec<usize>,
+    baseline_per_second: f64,
+}
+
+impl Window<'_> {
+    fn stretch(&self, from: f64, to: f64) -> Stretch {
+        let worst_ms = self
+            .commits
+            .iter()
+            .filter(|(b, l)| *b < to && b + l > from)
+            .map(|(_, l)| *l)
+            .reduce(f64::max);
+        let second = |ms: f64| ((ms - self.start_ms) / 1e3).max(0.0);
+        let first = second(from).floor() as usize;
+        let last = (second(to).ceil() as usize).min(self.per_second.len());
+        let fewest = self
+            .per_second
+            .get(first..last)
+            .and_then(|s| s.iter().min());
+        Stretch {
+            worst_ms,
+            lowest_second_vs_baseline: fewest
+                .map(|n| *n as f64 / self.baseline_per_second.max(1e-9)),
+        }
+    }
 }
 
 impl Phases {
-    fn of(measured: &Measured, commits: &[(f64, f64)]) -> Option<Phases> {
+    fn of(measured: &Measured, window: &Window) -> Option<Phases> {
         let copy_end = measured.lock_to_ms + measured.detail["transfer"]["duration_ms"].as_f64()?;
         let published = measured.published_ms?;
-        let worst = |from: f64, to: f64| {
-            commits
-                .iter()
-                .filter(|(b, l)| *b < to && b + l > from)
-                .map(|(_, l)| *l)
-                .reduce(f64::max)
-        };
         Some(Phases {
-            copy_ms: worst(measured.lock_to_ms, copy_end),
-            publish_ms: worst(copy_end, published),
-            release_ms: worst(published, measured.end_ms),
+            copy: window.stretch(measured.lock_to_ms, copy_end),
+            publish: window.stretch(copy_end, published),
+            release: window.stretch(published, measured.end_ms),
         })
     }
 }
 
 impl Run {
-    /// `commits` are (began, latency) in ms since the writers started.
+    /// `commits` are (began, latency) in ms since the writers started. The run's
+    /// figures cover it from its start until its deleted snapshots were freed.
     pub fn new(measured: Measured, commits: &[(f64, f64)], baseline_ms: f64) -> Run {
-        let (start, end) = (measured.start_ms, measured.end_ms);
+        let (start, end) = (measured.start_ms, measured.settled_ms);
         let baseline: Vec<f64> = commits
             .iter()
             .filter(|(b, l)| *b >= start - baseline_ms && b + l < start)
@@ -82,12 +120,14 @@ impl Run {
             .filter(|(b, l)| *b < end && b + l > start)
             .copied()
             .collect();
-        let (lock_from, lock_to) = (measured.lock_from_ms, measured.lock_to_ms);
-        let worst_in_lock_ms = commits
-            .iter()
-            .filter(|(b, l)| *b < lock_to && b + l > lock_from)
-            .map(|(_, l)| *l)
-            .reduce(f64::max);
+        let window = Window {
+            commits,
+            start_ms: start,
+            per_second: per_second(commits, start, end),
+            baseline_per_second: baseline.len() as f64 / (baseline_ms / 1e3),
+        };
+        let in_lock = window.stretch(measured.lock_from_ms, measured.lock_to_ms);
+        let whole = window.stretch(start, end);
         let during: Vec<f64> = in_flight.iter().map(|(_, l)| *l).collect();
         Run {
             baseline_commits: baseline.len(),
@@ -95,27 +135,25 @@ impl Run {
             baseline_worst_ms: baseline.iter().copied().reduce(f64::max),
             commits_during: during.len(),
             p99_during_ms: p99(&during),
-            worst_during_ms: during.iter().copied().reduce(f64::max),
-            worst_in_lock_ms,
+            worst_during_ms: whole.worst_ms,
+            worst_in_lock_ms: in_lock.worst_ms,
             delayed_during: during.iter().filter(|l| **l > DELAYED_MS).count(),
-            lowest_second_vs_baseline: lowest_second(commits, start, end)
-                .map(|fewest| fewest / (baseline.len() as f64 / (baseline_ms / 1e3)).max(1e-9)),
+            lowest_second_vs_baseline: whole.lowest_second_vs_baseline,
             delayed: in_flight
                 .into_iter()
                 .filter(|(_, l)| *l > DELAYED_MS)
                 .collect(),
-            phases: Phases::of(&measured, commits),
+            phases: Phases::of(&measured, &window),
+            after_run: window.stretch(measured.end_ms, measured.settled_ms),
             measured,
         }
     }
 }
 
-/// The fewest commits acknowledged in any whole second between `start` and `end` (ms).
-fn lowest_second(commits: &[(f64, f64)], start: f64, end: f64) -> Option<f64> {
+/// Commits acknowledged in each whole second between `start` and `end` (ms); a last
+/// partial second is left out.
+fn per_second(commits: &[(f64, f64)], start: f64, end: f64) -> Vec<usize> {
     let seconds = ((end - start) / 1e3).floor() as usize;
-    if seconds == 0 {
-        return None;
-    }
     let mut per_second = vec![0usize; seconds];
     for (began, latency) in commits {
         let at = began + latency;
@@ -125,7 +163,7 @@ fn lowest_second(commits: &[(f64, f64)], start: f64, end: f64) -> Option<f64> {
             }
         }
     }
-    per_second.into_iter().min().map(|n| n as f64)
+    per_second
 }
 
 fn p99(values: &[f64]) -> Option<f64> {

@@ -76,7 +76,7 @@ where
     let x_max = size
         .runs
         .iter()
-        .map(|r| r.measured.end_ms)
+        .map(|r| r.measured.settled_ms)
         .fold(1.0, f64::max)
         / 1e3
         + 5.0;
@@ -109,7 +109,7 @@ where
             Rectangle::new(
                 [
                     (r.measured.start_ms / 1e3, FLOOR_MS),
-                    (r.measured.end_ms / 1e3, y_max),
+                    (r.measured.settled_ms / 1e3, y_max),
                 ],
                 color.mix(0.15).filled(),
             )

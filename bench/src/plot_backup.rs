@@ -2,7 +2,8 @@
 //! (the first repeat): commits acknowledged per second (line) and the slowest commit
 //! begun in each 250 ms (dots, log axis on the right), with the phases marked — the
 //! lock window (solid), for dbsnap its copy (light) and what follows it (publish and
-//! release, hatched darker), for the others the rest of the run.
+//! release, darker), for the others the rest of the run; then, grey, the time after the
+//! run until the filesystem had freed the deleted snapshots (the btrfs cleaner).
 
 use std::path::Path;
 
@@ -57,7 +58,7 @@ where
     DB::ErrorType: 'static,
 {
     let m = &run.measured;
-    let (x_min, x_max) = (m.start_ms / 1e3 - MARGIN_S, m.end_ms / 1e3 + MARGIN_S);
+    let (x_min, x_max) = (m.start_ms / 1e3 - MARGIN_S, m.settled_ms / 1e3 + MARGIN_S);
     let in_view: Vec<(f64, f64)> = size
         .commits
         .iter()
@@ -107,6 +108,7 @@ where
     chart.draw_series([
         band(lock_to, copy_end, BLUE, 0.12),
         band(copy_end, m.end_ms / 1e3, RED, 0.15),
+        band(m.end_ms / 1e3, m.settled_ms / 1e3, BLACK, 0.1),
         band(lock_from, lock_to.max(lock_from + 0.05), BLACK, 0.8),
     ])?;
     chart.draw_series(LineSeries::new(

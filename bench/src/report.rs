@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cases::Case;
-use crate::metrics::{spread, Run, Spread, DELAYED_MS};
+use crate::metrics::{spread, Run, Spread, Stretch, DELAYED_MS};
 use crate::SizeResult;
 
 /// The machine and the versions the figures came from.
@@ -86,6 +86,7 @@ struct Summary {
     delayed_during: Option<Spread>,
     lowest_second_pct: Option<Spread>,
     wall_s: Option<Spread>,
+    settle_s: Option<Spread>,
     copied_mib: Option<Spread>,
     copy_mb_per_s: Option<Spread>,
     load1: Option<Spread>,
@@ -106,6 +107,7 @@ fn summarize(case: String, runs: &[&Run]) -> Summary {
         delayed_during: of(&|r| Some(r.delayed_during as f64)),
         lowest_second_pct: of(&|r| r.lowest_second_vs_baseline.map(|x| x * 100.0)),
         wall_s: of(&|r| Some((r.measured.end_ms - r.measured.start_ms) / 1e3)),
+        settle_s: of(&|r| Some((r.measured.settled_ms - r.measured.end_ms) / 1e3)),
         copied_mib: of(&|r| r.measured.bytes.map(|b| b as f64 / (1 << 20) as f64)),
         // MB = 10^6 bytes.
         copy_mb_per_s: of(&|r| Some(r.measured.bytes? as f64 / 1e3 / r.measured.copy_ms?)),
@@ -163,7 +165,9 @@ fn markdown(machine: &Machine, args: &serde_json::Value, sizes: &[SizeResult]) -
         md,
         "Each cell: median (min–max) over {} repeats, {} clients committing {} transactions. \
          \"in lock window\" = commits in flight at any time between lock request and release; \
-         \"during\" = commits in flight at any time while the backup ran; baseline = the {} s before it; \
+         \"during\" = commits in flight at any time from the backup's start until the filesystem had \
+         freed the snapshots it deleted (`btrfs subvolume sync`: the cleaner works on after the run; \"cleaner after the run\" is that \
+         time); baseline = the {} s before it; \
          delayed = commits slower than {DELAYED_MS} ms. \
          Lock wait and hold are the successful attempt's; a cancelled dbsnap attempt (after \
          lock_wait_timeout) shows in the commit latencies. Data: GB of filler rows (datadir size). Copy MB/s: dbsnap's copy phase, \
@@ -173,14 +177,14 @@ fn markdown(machine: &Machine, args: &serde_json::Value, sizes: &[SizeResult]) -
     );
     let _ = writeln!(
         md,
-        "| data | case | lock attempts | lock wait ms | lock hold ms | snapshot cmd ms | worst commit in lock window ms | worst commit during backup ms | worst commit baseline ms | p99 during ms | p99 baseline ms | commits > 100 ms | lowest tx/s in a second, % of baseline | wall s | copied MiB | copy MB/s |"
+        "| data | case | lock attempts | lock wait ms | lock hold ms | snapshot cmd ms | worst commit in lock window ms | worst commit during backup ms | worst commit baseline ms | p99 during ms | p99 baseline ms | commits > 100 ms | lowest tx/s in a second, % of baseline | wall s | cleaner after the run s | copied MiB | copy MB/s |"
     );
-    let _ = writeln!(md, "|{}", "---|".repeat(16));
+    let _ = writeln!(md, "|{}", "---|".repeat(17));
     for size in sizes {
         for s in summaries(size) {
             let _ = writeln!(
                 md,
-                "| {} GB ({} MiB) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} GB ({} MiB) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 size.size_gb,
                 size.data_bytes >> 20,
                 s.case,
@@ -196,6 +200,7 @@ fn markdown(machine: &Machine, args: &serde_json::Value, sizes: &[SizeResult]) -
                 cell(s.delayed_during),
                 cell(s.lowest_second_pct),
                 cell(s.wall_s),
+                cell(s.settle_s),
                 cell(s.copied_mib),
                 cell(s.copy_mb_per_s),
             );
@@ -203,32 +208,42 @@ fn markdown(machine: &Machine, args: &serde_json::Value, sizes: &[SizeResult]) -
     }
     let _ = writeln!(
         md,
-        "\nWhere dbsnap's writers waited after the unlock: the slowest commit in flight during \
-         each phase, ms (copy: to the end of the transfer; publish: fsync of the copy, \
-         manifest, rename, to \"backup complete\"; release: unmount and the snapshot's \
-         deletion, to the end of the run).\n\n| data | case | copy | publish | release |\n|---|---|---|---|---|"
+        "\nWhere the writers waited: for each stretch of the run, the slowest commit in flight \
+         (ms) and the fewest commits in any second overlapping it (% of baseline). dbsnap's phases \
+         after the unlock: copy (to the end of the transfer), publish (fsync of the copy, manifest, \
+         rename, to \"backup complete\"), release (unmount and the snapshot's release, to the end \
+         of the run); for every case: after the run, until the filesystem had freed the deleted \
+         snapshots.\n\n| data | case | copy worst ms | copy lowest % | publish worst ms | publish lowest % | \
+         release worst ms | release lowest % | after the run worst ms | after the run lowest % |\n|{}",
+        "---|".repeat(10)
     );
     for size in sizes {
         for case in Case::ALL {
             let runs: Vec<&Run> = size
                 .runs
                 .iter()
-                .filter(|r| r.measured.case == case.name() && r.phases.is_some())
+                .filter(|r| r.measured.case == case.name())
                 .collect();
-            if runs.is_empty() {
+            if runs.is_empty() || case == Case::NoBackup {
                 continue;
             }
-            let phase = |f: &dyn Fn(&crate::metrics::Phases) -> Option<f64>| {
-                cell(spread(runs.iter().map(|r| r.phases.as_ref().and_then(f))))
+            let figures = |f: &dyn Fn(&Run) -> Option<Stretch>| {
+                let worst = spread(runs.iter().map(|r| f(r).and_then(|s| s.worst_ms)));
+                let lowest = spread(runs.iter().map(|r| {
+                    f(r).and_then(|s| s.lowest_second_vs_baseline)
+                        .map(|x| x * 100.0)
+                }));
+                format!("{} | {}", cell(worst), cell(lowest))
             };
             let _ = writeln!(
                 md,
-                "| {} GB | {} | {} | {} | {} |",
+                "| {} GB | {} | {} | {} | {} | {} |",
                 size.size_gb,
                 case.name(),
-                phase(&|p| p.copy_ms),
-                phase(&|p| p.publish_ms),
-                phase(&|p| p.release_ms),
+                figures(&|r| r.phases.map(|p| p.copy)),
+                figures(&|r| r.phases.map(|p| p.publish)),
+                figures(&|r| r.phases.map(|p| p.release)),
+                figures(&|r| Some(r.after_run)),
             );
         }
     }

@@ -32,12 +32,19 @@ fn a_tiny_run_writes_json_table_and_plot() {
     ] {
         assert!(cases.contains(&case), "{case} missing from {cases:?}");
     }
+    // Each run is measured until the filesystem had freed the snapshots it deleted.
+    for run in runs {
+        let (end, settled) = (run["end_ms"].as_f64(), run["settled_ms"].as_f64());
+        assert!(settled >= end && end.is_some(), "{run}");
+        assert!(run["after_run"].is_object(), "{run}");
+    }
     assert!(
         json["sizes"][0]["commits"].as_u64().unwrap() > 0,
         "the writers committed nothing"
     );
     let table = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(table.contains("| dbsnap --lock auto |"), "{table}");
+    assert!(table.contains("after the run worst ms"), "{table}");
     for plot in ["latency-0.05GB.png", "backup-0.05GB.png"] {
         let png = std::fs::read(out.path().join(plot)).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{plot} is not a PNG");
