@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::plan::{CopyPlan, Plan};
 use crate::db::probe::{CommitProbe, LatencyProbe};
 use crate::db::Server;
+use crate::release::SpreadPace;
 use crate::transfer::pace::{self, PaceSettings, Pacer, Throttle};
 
 /// The copy's rate and, when paced, what steers it.
@@ -75,6 +76,17 @@ impl Pacing {
                 Pacing::unpaced(cap)
             }
         }
+    }
+
+    /// After the copy: the probe and its baseline for a spread release (see
+    /// `release::spread`), if the copy was paced by one.
+    pub fn for_release(&mut self) -> Option<SpreadPace> {
+        let (probe, pacer) = self.steering.take()?;
+        Some(SpreadPace {
+            probe,
+            baseline: pacer.baseline(),
+            target: pacer.settings().target,
+        })
     }
 
     /// Beside the copy: steer its rate. Never returns (the copy ends it).

@@ -8,6 +8,7 @@ use dbsnap_backend_api::SnapshotBackend;
 
 use super::copy::Filled;
 use super::mount::Mounted;
+use super::pace::Pacing;
 use super::plan::Plan;
 use crate::destination::Destination;
 use crate::journal::Journal;
@@ -59,18 +60,21 @@ pub async fn publish(
     Ok(backup.manifest)
 }
 
-/// The published backup's snapshot: released, or kept as the next stream's base.
+/// The published backup's snapshot: released (spread by the copy's probe where the
+/// backend offers it), or kept as the next stream's base.
 pub async fn release(
     plan: &Plan,
     mounted: &Mounted,
     manifest: &Manifest,
     transfer: &dyn Transfer,
     dest: &dyn Destination,
+    pacing: &mut Pacing,
     backend: &dyn SnapshotBackend,
     journal: &mut Journal,
 ) -> anyhow::Result<()> {
     transfer
         .finish(Finish {
+            spread: pacing.for_release(),
             backend,
             journal,
             set: &mounted.frozen.set,
