@@ -2,7 +2,8 @@
 //! [`dbsnap_backend_api::ReleaseSteps`]) at the pace the server's commits allow, with
 //! the same probe and AIMD that pace the copy (`transfer::pace`): each step frees what
 //! the current rate allows in [`STEP_EVERY`]; a slow commit halves the rate, commits
-//! within target let it grow. Never below [`FLOOR`], so a release always finishes.
+//! within target let it grow. Never below [`FLOOR`], so a release always finishes, and
+//! never above [`CEILING`].
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,10 @@ pub const STEP_EVERY: Duration = Duration::from_millis(100);
 /// The slowest a release frees its data: 1 GiB in 32 s at worst. (The copy's floor is
 /// lower: a copy reads and writes every byte, a step only returns extents.)
 pub const FLOOR: u64 = 32 << 20;
+/// The fastest: 64 MiB a step, what the benchmark's prototype freed (worst commit 184
+/// ms against 591 ms for a plain delete; bench/results/release-2026-12-01.md). Larger
+/// steps were not measured, and unbounded growth made steps of 600 MiB: a burst again.
+pub const CEILING: u64 = 640 << 20;
 
 /// What paces a spread release: the copy's commit probe and the baseline it measured
 /// before the lock, and `[backup] pace_target`.
@@ -117,7 +122,7 @@ pub async fn spread(
     let settings = PaceSettings {
         target: pace.target,
         floor: FLOOR,
-        cap: 0,
+        cap: CEILING,
     };
     let mut pacer = Pacer::new(settings, pace.baseline);
     let limit = pace.baseline.mul_f64(pace.target);
@@ -217,7 +222,7 @@ mod tests {
     #[tokio::test]
     async fn slow_commits_shrink_the_steps_down_to_the_floor_and_they_grow_again_after() {
         let mut steps = Recorded {
-            left: 2 << 30,
+            left: 512 * MB,
             budgets: Vec::new(),
         };
         let script = [2; 5].into_iter().chain([40; 30]);
@@ -225,7 +230,7 @@ mod tests {
             .await
             .unwrap();
         let budgets = &steps.budgets;
-        assert_eq!(report.freed, 2 << 30, "everything freed");
+        assert_eq!(report.freed, 512 * MB, "everything freed");
         assert_eq!(report.steps, budgets.len() as u64);
         assert!(report.slowed > 0, "{report:?}");
         let peak = budgets.windows(2).position(|w| w[1] < w[0]);
@@ -256,14 +261,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn commits_at_the_baseline_let_the_steps_grow() {
+    async fn commits_at_the_baseline_let_the_steps_grow_up_to_the_ceiling() {
         let mut steps = Recorded {
-            left: 4 << 30,
+            left: 512 * MB,
             budgets: Vec::new(),
         };
         let report = spread(&mut steps, pace([], Some(2)), EVERY).await.unwrap();
         assert_eq!(report.slowed, 0);
         assert!(steps.budgets.windows(2).all(|w| w[1] >= w[0]));
-        assert!(report.largest_step > 10 * report.smallest_step, "{report:?}");
+        let ceiling_step = (CEILING as f64 * EVERY.as_secs_f64()) as u64;
+        assert_eq!(report.largest_step, ceiling_step, "{report:?}");
     }
 }
