@@ -207,7 +207,10 @@ fn a_run_killed_mid_spread_leaves_a_snapshot_that_cleanup_deletes_and_nothing_el
     let sb = large_sandbox();
     let mut stuck = StuckProbe::start(&sb);
     assert!(
-        wait_for(|| stuck.log().contains("in steps: "), Duration::from_secs(120)),
+        wait_for(
+            || stuck.log().contains("in steps: "),
+            Duration::from_secs(120)
+        ),
         "the release never spread: {}",
         stuck.log()
     );

@@ -119,7 +119,10 @@ pub async fn backup_prepared(
     let filled = copy::copy(plan, &mounted, moving, dest, partial, backend, journal).await?;
     let manifest = publish::publish(&mounted, filled, started_at, dest, journal).await?;
     let pacing = &mut pacing;
-    publish::release(plan, &mounted, &manifest, transfer, dest, pacing, backend, journal).await?;
+    publish::release(
+        plan, &mounted, &manifest, transfer, dest, pacing, backend, journal,
+    )
+    .await?;
 
     // Verified before post_backup, so that a hook shipping the backup elsewhere only
     // ever sees one that restores.

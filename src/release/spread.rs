@@ -251,9 +251,7 @@ mod tests {
             left: 64 * MB,
             budgets: Vec::new(),
         };
-        let report = spread(&mut steps, pace([2, 2], None), EVERY)
-            .await
-            .unwrap();
+        let report = spread(&mut steps, pace([2, 2], None), EVERY).await.unwrap();
         assert_eq!(report.freed, 64 * MB);
         assert_eq!(report.smallest_step, floor_step(), "{report:?}");
         let at_floor = steps.budgets.iter().filter(|b| **b == floor_step()).count();

@@ -23,12 +23,8 @@ pub(super) async fn spread_release(ctx: &Ctx<'_>) -> Outcome {
     seed(dir)?;
     let large = dir.join(FILES_DIR).join("large");
     let file = std::fs::File::create(&large).map_err(|e| format!("creating {large:?}: {e}"))?;
-    let preallocated = nix::fcntl::fallocate(
-        &file,
-        nix::fcntl::FallocateFlags::empty(),
-        0,
-        LARGE as i64,
-    );
+    let preallocated =
+        nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, LARGE as i64);
     if preallocated.is_err() {
         // The storage cannot preallocate (or has no room): a small snapshot, which a
         // backend may or may not spread.
@@ -73,7 +69,9 @@ pub(super) async fn spread_release(ctx: &Ctx<'_>) -> Outcome {
         .await
         .map_err(|e| format!("release after the steps failed: {e}"))?;
     ensure!(
-        !ctx.listed_names(&volumes).await?.contains(set.name.as_str()),
+        !ctx.listed_names(&volumes)
+            .await?
+            .contains(set.name.as_str()),
         "list still shows {} after its steps and release",
         set.name
     );
