@@ -140,8 +140,8 @@ fn main() -> anyhow::Result<()> {
     for repeat in 0..args.repeats {
         for i in 0..args.variants.len() {
             let variant = &args.variants[(i + repeat) % args.variants.len()];
-            // `NAME.0`: how the backend names (and only ever changes) a set's snapshot.
-            let snapshot = fs.join(format!("snap-{repeat}-{variant}.0"));
+            // `dbsnap-NAME.0`: how the backend names (and only ever changes) a set's snapshot.
+            let snapshot = fs.join(format!("dbsnap-bench-{repeat}-{variant}.0"));
             btrfs(&["subvolume", "snapshot", "-r"], &[&rig.datadir, &snapshot])?;
             rewrite_filler(&rig, args.size_gb)?;
             std::thread::sleep(Duration::from_secs(5));
