@@ -306,7 +306,11 @@ impl SnapshotBackend for Btrfs {
                 snapshots.push(path.to_path_buf());
             }
         }
-        let truncation = spread::Truncation::of(&snapshots)
+        // A datadir of many tables is many files to stat: off the async threads.
+        let listed = snapshots.clone();
+        let truncation = tokio::task::spawn_blocking(move || spread::Truncation::of(&listed))
+            .await
+            .map_err(|e| BackendError::Invalid(format!("listing a snapshot's files: {e}")))?
             .map_err(|e| BackendError::io(format!("listing the files of {}", set.name), e))?;
         if !truncation.worth_spreading() {
             return Ok(None);
