@@ -468,8 +468,40 @@ pub async fn release_expired(
 pub struct OwnRun<'a> {
     pub state_dir: &'a Path,
     /// What paces freeing it in steps; `None`: destroyed at once (`pace = "off"`, or
-    /// the copy had no probe).
-    pub spread: Option<SpreadPace>,
+    /// the copy could not have a probe).
+    pub spread: Option<ReleasePace>,
+}
+
+/// What paces a release in steps (`pace = "auto"`).
+pub enum ReleasePace {
+    /// The copy's probe, with the baseline it measured before the lock.
+    Probed(SpreadPace),
+    /// A transfer the probe does not pace (rsync, restic): a probe is opened, and its
+    /// baseline measured, only for a release that is spread.
+    Unprobed {
+        credentials: crate::db::credentials::Credentials,
+        target: f64,
+    },
+}
+
+impl ReleasePace {
+    async fn probed(self) -> anyhow::Result<SpreadPace> {
+        match self {
+            ReleasePace::Probed(pace) => Ok(pace),
+            ReleasePace::Unprobed {
+                credentials,
+                target,
+            } => {
+                let (probe, baseline) =
+                    crate::db::probe::CommitProbe::connect(&credentials).await?;
+                Ok(SpreadPace {
+                    probe: Box::new(probe),
+                    baseline,
+                    target,
+                })
+            }
+        }
+    }
 }
 
 /// Whether the release of `set` may free its data in steps first, which leaves it fit
@@ -510,11 +542,16 @@ pub async fn release_own(
 async fn spread_release(
     backend: &dyn SnapshotBackend,
     set: &SnapshotSet,
-    pace: SpreadPace,
+    pace: ReleasePace,
 ) -> anyhow::Result<()> {
     let Some(mut steps) = backend.spread_release(set).await.map_err(backend_error)? else {
         return Ok(());
     };
+    // The steps change nothing until the first: without a probe, a plain delete.
+    let pace = pace.probed().await.context(
+        "cannot probe commit latency (grant CREATE, INSERT, UPDATE on dbsnap.* and BINLOG \
+         ADMIN or SUPER, or set [backup] pace = \"off\")",
+    )?;
     let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
     tracing::info!(
         "releasing snapshot {} in steps: {:.0} MiB in its large files, freed at the pace of \

@@ -1,7 +1,8 @@
 //! A spread release (`[backup] pace = "auto"`, btrfs): after publish, a snapshot whose
 //! large files hold more than 256 MiB is made writable and its files truncated in
 //! steps paced by the copy's commit probe, then deleted; slow commits hold the steps at
-//! the floor; a run killed half-way leaves a snapshot that `cleanup` deletes. (The
+//! the floor; a transfer the probe does not pace (rsync) opens one for the release; a
+//! run killed half-way leaves a snapshot that `cleanup` deletes. (The
 //! stepping and pacing without a server: `release::spread::tests`,
 //! `spread::tests` in plugins/btrfs; which snapshots are spread: `release::tests`.)
 
@@ -83,6 +84,25 @@ fn pace_off_deletes_a_large_snapshot_at_once() {
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
     assert!(!log.contains("in steps"), "{log}");
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+}
+
+#[test]
+fn an_rsync_backup_opens_a_probe_for_its_release_in_steps_only() {
+    let sb = large_sandbox();
+    let config = std::fs::read_to_string(&sb.config).unwrap() + "method = \"rsync\"\n";
+    sb.write_raw_config(&config);
+    let out = sb.dbsnap(&["backup"]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    let opened = log.find("in steps: ").expect(&log);
+    let copied = log.find("backup complete").expect(&log);
+    assert!(copied < opened, "{log}");
+    assert!(
+        !log.contains("pace auto: baseline"),
+        "no probe for the copy: {log}"
+    );
+    steps_in(&log);
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
 }
 

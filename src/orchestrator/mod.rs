@@ -121,7 +121,7 @@ pub async fn backup_prepared(
     let how = publish::Releasing {
         transfer,
         dest,
-        spread: pacing.for_release(),
+        spread: pacing.for_release(&plan.credentials),
     };
     publish::release(plan, &mounted, &manifest, how, backend, journal).await?;
 

@@ -12,7 +12,7 @@ use super::plan::Plan;
 use crate::destination::Destination;
 use crate::journal::Journal;
 use crate::manifest::{Manifest, SnapshotRecord, VolumeRecord, FORMAT};
-use crate::release::SpreadPace;
+use crate::release::ReleasePace;
 use crate::transfer::{Finish, Transfer};
 
 /// Write the manifest into the partial and publish it: from here on it is a backup.
@@ -66,8 +66,8 @@ pub async fn publish(
 pub struct Releasing<'a> {
     pub transfer: &'a dyn Transfer,
     pub dest: &'a dyn Destination,
-    /// The copy's probe, if the copy was paced (see `Pacing::for_release`).
-    pub spread: Option<SpreadPace>,
+    /// See `Pacing::for_release`.
+    pub spread: Option<ReleasePace>,
 }
 
 /// The published backup's snapshot: released, or kept as the next stream's base.

@@ -90,9 +90,9 @@ pub struct Finish<'a> {
     pub state_dir: &'a Path,
     /// For releasing snapshots made by another backend than the configured one.
     pub backends: &'a dyn Backends,
-    /// What paces the snapshot's release in steps, if it is released, the backend
-    /// offers steps, and the copy was paced (`None`: deleted at once).
-    pub spread: Option<crate::release::SpreadPace>,
+    /// What paces the snapshot's release in steps, if it is released and the backend
+    /// offers steps (`None`: deleted at once).
+    pub spread: Option<crate::release::ReleasePace>,
 }
 
 impl Finish<'_> {

@@ -155,7 +155,8 @@ pub trait SnapshotBackend: Send + Sync {
     /// built on): steps that free its data bit by bit before `release`, where destroying
     /// it at once would free it in one burst on the origin's filesystem. `None` when
     /// there is too little to be worth it, or the backend has no such burst (this
-    /// default). Called after `unmount`, without the lock.
+    /// default). Changes nothing until the first step. Called after `unmount`, without
+    /// the lock.
     async fn spread_release(&self, _set: &SnapshotSet) -> Result<Option<Box<dyn ReleaseSteps>>> {
         Ok(None)
     }

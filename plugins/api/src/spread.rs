@@ -12,8 +12,10 @@ use async_trait::async_trait;
 
 use crate::Result;
 
-/// Frees a snapshot set's data one bounded step at a time. Once the first step ran, the
-/// snapshots are garbage: nothing may read them any more, only `release` them.
+/// Frees a snapshot set's data one bounded step at a time. Making the steps changes
+/// nothing (dropping them unused leaves the snapshots as they were); once the first
+/// step ran, the snapshots are garbage: nothing may read them any more, only `release`
+/// them.
 #[async_trait]
 pub trait ReleaseSteps: Send {
     /// The bytes the steps will free, at most (known when the steps are made).

@@ -315,8 +315,7 @@ impl SnapshotBackend for Btrfs {
         if !truncation.worth_spreading() {
             return Ok(None);
         }
-        let steps = spread::Steps::start(&snapshots, truncation).await?;
-        Ok(Some(Box::new(steps)))
+        Ok(Some(Box::new(spread::Steps::new(snapshots, truncation))))
     }
 
     async fn list(&self, volumes: &[Volume]) -> Result<Vec<SnapshotSet>> {

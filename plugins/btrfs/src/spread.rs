@@ -105,28 +105,36 @@ fn collect(dir: &Path, dev: u64, files: &mut Vec<(PathBuf, u64)>) -> io::Result<
     Ok(())
 }
 
-/// The steps of one snapshot set: its snapshots made writable, then truncated.
+/// The steps of one snapshot set: its snapshots made writable by the first, then
+/// truncated.
 pub struct Steps {
+    /// Still read-only, to be made writable by the first step.
+    read_only: Vec<PathBuf>,
     truncation: Option<Truncation>,
     total: u64,
 }
 
 impl Steps {
+    pub fn new(snapshots: Vec<PathBuf>, truncation: Truncation) -> Steps {
+        Steps {
+            read_only: snapshots,
+            total: truncation.total_bytes(),
+            truncation: Some(truncation),
+        }
+    }
+
     /// Make each snapshot writable (`-f`: also one received with `btrfs receive`, which
-    /// has a received UUID and is refused without it) and list its large files.
-    pub async fn start(snapshots: &[PathBuf], truncation: Truncation) -> Result<Steps> {
-        for path in snapshots {
+    /// has a received UUID and is refused without it).
+    async fn make_writable(&mut self) -> Result<()> {
+        while let Some(path) = self.read_only.pop() {
             Cmd::new("btrfs")
                 .args(["property", "set", "-f", "-ts"])
-                .arg(path)
+                .arg(&path)
                 .args(["ro", "false"])
                 .run()
                 .await?;
         }
-        Ok(Steps {
-            total: truncation.total_bytes(),
-            truncation: Some(truncation),
-        })
+        Ok(())
     }
 }
 
@@ -137,6 +145,7 @@ impl ReleaseSteps for Steps {
     }
 
     async fn step(&mut self, budget: u64) -> Result<Option<u64>> {
+        self.make_writable().await?;
         let Some(mut truncation) = self.truncation.take() else {
             return Ok(None);
         };

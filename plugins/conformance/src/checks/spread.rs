@@ -1,9 +1,10 @@
-//! `spread_release`, where a backend offers it: steps that free a large snapshot's data
-//! end, change nothing on the origin, and leave a set that `release` destroys.
+//! `spread_release`, where a backend offers it: steps that are made but never taken
+//! change nothing; taken, they end, change nothing on the origin, and leave a set that
+//! `release` destroys.
 
 use std::os::unix::fs::MetadataExt;
 
-use super::{seed, Ctx, Outcome, FILES_DIR};
+use super::{check_frozen, frozen, seed, Ctx, Outcome, FILES_DIR};
 
 /// Larger than any backend's bar for spreading (btrfs: 256 MiB), preallocated so that
 /// it costs no writing.
@@ -31,6 +32,22 @@ pub(super) async fn spread_release(ctx: &Ctx<'_>) -> Outcome {
         file.set_len(0).map_err(|e| e.to_string())?;
     }
     let (_, set) = ctx.snapshot("spread").await?;
+    let unused = ctx
+        .backend
+        .spread_release(&set)
+        .await
+        .map_err(|e| format!("spread_release of {} failed: {e}", set.name))?;
+    if unused.is_some() {
+        drop(unused);
+        let workdir = ctx.workdir("spread")?;
+        let paths = ctx.mount(&set, &workdir).await?;
+        check_frozen(&frozen(dir, &paths)?)
+            .map_err(|e| format!("steps made but never taken changed the snapshot: {e}"))?;
+        ctx.backend
+            .unmount(&set, &workdir)
+            .await
+            .map_err(|e| format!("unmount failed: {e}"))?;
+    }
     let steps = ctx
         .backend
         .spread_release(&set)
