@@ -127,7 +127,9 @@ pub struct BackupConfig {
     /// How the frozen files reach the destination (see [`Method`]).
     #[serde(default)]
     pub method: Method,
-    /// Pace the copy by the server's commit latency (`auto`) or not (`off`).
+    /// Pace the copy by the server's commit latency (`auto`) or not (`off`); `auto`
+    /// also frees a large btrfs snapshot in steps at that pace before deleting it
+    /// (`release::spread`).
     #[serde(default)]
     pub pace: PaceMode,
     /// Commits slower than this many times the baseline (measured before the lock)

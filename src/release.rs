@@ -3,6 +3,8 @@
 //! failed half-way can simply be run again. Commands and the backup flow call these;
 //! nothing here knows the order of a backup's phases.
 
+mod spread;
+
 use std::path::Path;
 
 use anyhow::Context;
@@ -14,7 +16,8 @@ use crate::destination::Destination;
 use crate::error::backend_error;
 use crate::journal::{Journal, RemoteDest, Resource};
 use crate::kept::KeptSnapshot;
-use crate::transfer::resume;
+use crate::transfer::{chain, resume};
+pub use spread::SpreadPace;
 
 /// Where releasing may act: the state directory, the configured destination (a
 /// journaled partial must lie in it; a journaled restic run must be on it), and how to
@@ -461,16 +464,115 @@ pub async fn release_expired(
     Ok(released)
 }
 
-/// Unmount and destroy a snapshot set, forgetting each resource once it is gone.
-pub async fn release(
+/// What a run's own snapshot set is released with, after its backup was published.
+pub struct OwnRun<'a> {
+    pub state_dir: &'a Path,
+    /// What paces freeing it in steps; `None`: destroyed at once (`pace = "off"`, or
+    /// the copy could not have a probe).
+    pub spread: Option<ReleasePace>,
+}
+
+/// What paces a release in steps (`pace = "auto"`).
+pub enum ReleasePace {
+    /// The copy's probe, with the baseline it measured before the lock.
+    Probed(SpreadPace),
+    /// A transfer the probe does not pace (rsync, restic): a probe is opened, and its
+    /// baseline measured, only for a release that is spread.
+    Unprobed {
+        credentials: crate::db::credentials::Credentials,
+        target: f64,
+    },
+}
+
+impl ReleasePace {
+    async fn probed(self) -> anyhow::Result<SpreadPace> {
+        match self {
+            ReleasePace::Probed(pace) => Ok(pace),
+            ReleasePace::Unprobed {
+                credentials,
+                target,
+            } => {
+                let (probe, baseline) =
+                    crate::db::probe::CommitProbe::connect(&credentials).await?;
+                Ok(SpreadPace {
+                    probe: Box::new(probe),
+                    baseline,
+                    target,
+                })
+            }
+        }
+    }
+}
+
+/// Whether the release of `set` may free its data in steps first, which leaves it fit
+/// for nothing but deletion: only when nothing is kept as it or built on it (a kept
+/// snapshot, a stream's parent, a resumable record's snapshot). The one place this is
+/// decided.
+pub fn may_spread(state_dir: &Path, set: &SnapshotSet) -> bool {
+    !crate::kept::is_kept(state_dir, &set.name)
+        && !chain::is_parent(state_dir, &set.name)
+        && !resume::is_resumable(state_dir, &set.name)
+}
+
+/// Unmount and destroy a run's own snapshot set after its backup was published,
+/// forgetting each resource once it is gone; its data freed in steps first where
+/// [`may_spread`] and the backend offers steps. It stays in the journal until it is
+/// destroyed, so a run killed half-way leaves it to `cleanup`, which deletes it at once.
+pub async fn release_own(
     backend: &dyn SnapshotBackend,
     journal: &mut Journal,
     set: &SnapshotSet,
     workdir: &Path,
+    own: OwnRun<'_>,
 ) -> anyhow::Result<()> {
     unmount(backend, journal, set, workdir).await?;
+    if let Some(pace) = own.spread.filter(|_| may_spread(own.state_dir, set)) {
+        if let Err(e) = spread_release(backend, set, pace).await {
+            tracing::warn!(
+                "releasing snapshot {} in steps: {e:#}; deleting it at once",
+                set.name
+            );
+        }
+    }
     backend.release(set).await.map_err(backend_error)?;
     journal.forget(&Resource::Snapshot { set: set.clone() })?;
+    Ok(())
+}
+
+async fn spread_release(
+    backend: &dyn SnapshotBackend,
+    set: &SnapshotSet,
+    pace: ReleasePace,
+) -> anyhow::Result<()> {
+    let Some(mut steps) = backend.spread_release(set).await.map_err(backend_error)? else {
+        return Ok(());
+    };
+    // The steps change nothing until the first: without a probe, a plain delete.
+    let pace = pace.probed().await.context(
+        "cannot probe commit latency (grant CREATE, INSERT, UPDATE on dbsnap.* and BINLOG \
+         ADMIN or SUPER, or set [backup] pace = \"off\")",
+    )?;
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    tracing::info!(
+        "releasing snapshot {} in steps: {:.0} MiB in its large files, freed at the pace of \
+         the server's commits",
+        set.name,
+        mib(steps.total_bytes())
+    );
+    let done = spread::spread(steps.as_mut(), pace, spread::STEP_EVERY)
+        .await
+        .map_err(backend_error)?;
+    tracing::info!(
+        "releasing snapshot {}: spread over {:.1} s, {:.0} MiB freed in {} steps of \
+         {:.1}–{:.1} MiB, slowed {} times by slow commits",
+        set.name,
+        done.elapsed.as_secs_f64(),
+        mib(done.freed),
+        done.steps,
+        mib(done.smallest_step),
+        mib(done.largest_step),
+        done.slowed
+    );
     Ok(())
 }
 
@@ -500,4 +602,38 @@ async fn unmount_from(
         std::fs::remove_dir(workdir).with_context(|| format!("removing {}", workdir.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use dbsnap_backend_api::SnapshotName;
+
+    use super::*;
+
+    fn set(name: &str) -> SnapshotSet {
+        SnapshotSet {
+            backend: "btrfs".into(),
+            name: SnapshotName::new(name.to_string()).unwrap(),
+            snapshots: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_a_snapshot_nothing_keeps_or_builds_on_is_released_in_steps() {
+        let state = tempfile::tempdir().unwrap();
+        for (records, name) in [
+            ("snapshots", "dbsnap-kept"),
+            ("parents", "dbsnap-parent"),
+            ("resumable", "dbsnap-resumable"),
+        ] {
+            let dir = state.path().join(records);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("{name}.toml")), "").unwrap();
+        }
+        assert!(crate::kept::is_kept(state.path(), &set("dbsnap-kept").name));
+        for kept in ["dbsnap-kept", "dbsnap-parent", "dbsnap-resumable"] {
+            assert!(!may_spread(state.path(), &set(kept)), "{kept}");
+        }
+        assert!(may_spread(state.path(), &set("dbsnap-run-1")));
+    }
 }

@@ -16,6 +16,12 @@ use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
+use super::credentials::Credentials;
+use super::Server;
+
+/// Samples for a baseline (their median).
+pub const BASELINE_SAMPLES: usize = 9;
+
 /// One commit-latency sample at a time. A seam: tests script the latencies.
 #[async_trait]
 pub trait LatencyProbe: Send {
@@ -44,6 +50,15 @@ impl CommitProbe {
                 .with_context(|| format!("`{statement}`"))?;
         }
         Ok(CommitProbe { conn })
+    }
+
+    /// Connect, prepare the probe and measure its baseline (the median of
+    /// [`BASELINE_SAMPLES`]).
+    pub async fn connect(credentials: &Credentials) -> anyhow::Result<(CommitProbe, Duration)> {
+        let (_, conn) = Server::connect(credentials).await?;
+        let mut probe = CommitProbe::open(conn).await?;
+        let baseline = probe.baseline(BASELINE_SAMPLES).await?;
+        Ok((probe, baseline))
     }
 
     /// The median of `n` samples: the baseline, before the lock.

@@ -118,7 +118,12 @@ pub async fn backup_prepared(
     };
     let filled = copy::copy(plan, &mounted, moving, dest, partial, backend, journal).await?;
     let manifest = publish::publish(&mounted, filled, started_at, dest, journal).await?;
-    publish::release(plan, &mounted, &manifest, transfer, dest, backend, journal).await?;
+    let how = publish::Releasing {
+        transfer,
+        dest,
+        spread: pacing.for_release(&plan.credentials),
+    };
+    publish::release(plan, &mounted, &manifest, how, backend, journal).await?;
 
     // Verified before post_backup, so that a hook shipping the backup elsewhere only
     // ever sees one that restores.

@@ -5,18 +5,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::plan::{CopyPlan, Plan};
+use crate::db::credentials::Credentials;
 use crate::db::probe::{CommitProbe, LatencyProbe};
-use crate::db::Server;
+use crate::release::{ReleasePace, SpreadPace};
 use crate::transfer::pace::{self, PaceSettings, Pacer, Throttle};
 
 /// The copy's rate and, when paced, what steers it.
 pub struct Pacing {
     pub throttle: Arc<Throttle>,
     steering: Option<(Box<dyn LatencyProbe>, Pacer)>,
+    /// `pace = "auto"` for a transfer the probe does not pace: `pace_target`, for a
+    /// probe opened at release, only if the release is spread.
+    probe_at_release: Option<f64>,
 }
-
-/// Samples for the baseline (their median).
-const BASELINE_SAMPLES: usize = 9;
 
 impl Pacing {
     /// At `cap` bytes per second (0: unlimited), whatever the server does.
@@ -24,6 +25,7 @@ impl Pacing {
         Pacing {
             throttle: Arc::new(Throttle::new(cap)),
             steering: None,
+            probe_at_release: None,
         }
     }
 
@@ -37,25 +39,27 @@ impl Pacing {
         Pacing {
             throttle: Arc::new(Throttle::new(pacer.rate())),
             steering: Some((probe, pacer)),
+            probe_at_release: None,
         }
     }
 
     /// Before the lock: open the probe and measure the baseline, for a transfer that
     /// follows the pace (`paced`; a stream or rsync does not: probing for them cost
-    /// every backup ~0.2 s for nothing). Without a probe (see `db::probe` for why there
-    /// may be none), the copy runs unpaced and the log says why.
+    /// every backup ~0.2 s for nothing; their release opens a probe if it is spread).
+    /// Without a probe (see `db::probe` for why there may be none), the copy runs
+    /// unpaced and the log says why.
     pub async fn prepare(plan: &Plan, copy: &CopyPlan, paced: bool) -> Pacing {
         let cap = copy.bwlimit.map_or(0, |b| b.as_u64());
-        let Some(settings) = copy.pace.filter(|_| paced) else {
+        let Some(settings) = copy.pace else {
             return Pacing::unpaced(cap);
         };
-        let probed = async {
-            let (_, conn) = Server::connect(&plan.credentials).await?;
-            let mut probe = CommitProbe::open(conn).await?;
-            let baseline = probe.baseline(BASELINE_SAMPLES).await?;
-            anyhow::Ok((probe, baseline))
-        };
-        match probed.await {
+        if !paced {
+            return Pacing {
+                probe_at_release: Some(settings.target),
+                ..Pacing::unpaced(cap)
+            };
+        }
+        match CommitProbe::connect(&plan.credentials).await {
             Ok((probe, baseline)) => {
                 tracing::info!(
                     "pace auto: baseline commit {:.1} ms; the copy slows down above {:.1} ms, \
@@ -75,6 +79,23 @@ impl Pacing {
                 Pacing::unpaced(cap)
             }
         }
+    }
+
+    /// After the copy: what paces a spread release (see `release::spread`): the copy's
+    /// probe and its baseline, or a probe to open; `None` when `pace = "off"` or the
+    /// copy could not have a probe.
+    pub fn for_release(&mut self, credentials: &Credentials) -> Option<ReleasePace> {
+        if let Some((probe, pacer)) = self.steering.take() {
+            return Some(ReleasePace::Probed(SpreadPace {
+                probe,
+                baseline: pacer.baseline(),
+                target: pacer.settings().target,
+            }));
+        }
+        self.probe_at_release.map(|target| ReleasePace::Unprobed {
+            credentials: credentials.clone(),
+            target,
+        })
     }
 
     /// Beside the copy: steer its rate. Never returns (the copy ends it).

@@ -12,6 +12,7 @@ use super::plan::Plan;
 use crate::destination::Destination;
 use crate::journal::Journal;
 use crate::manifest::{Manifest, SnapshotRecord, VolumeRecord, FORMAT};
+use crate::release::ReleasePace;
 use crate::transfer::{Finish, Transfer};
 
 /// Write the manifest into the partial and publish it: from here on it is a backup.
@@ -59,24 +60,34 @@ pub async fn publish(
     Ok(backup.manifest)
 }
 
+/// How a published backup's snapshot is let go of: by its transfer, which releases it
+/// (in steps paced by `spread`, where the backend offers them) or keeps it as the next
+/// stream's base.
+pub struct Releasing<'a> {
+    pub transfer: &'a dyn Transfer,
+    pub dest: &'a dyn Destination,
+    /// See `Pacing::for_release`.
+    pub spread: Option<ReleasePace>,
+}
+
 /// The published backup's snapshot: released, or kept as the next stream's base.
 pub async fn release(
     plan: &Plan,
     mounted: &Mounted,
     manifest: &Manifest,
-    transfer: &dyn Transfer,
-    dest: &dyn Destination,
+    how: Releasing<'_>,
     backend: &dyn SnapshotBackend,
     journal: &mut Journal,
 ) -> anyhow::Result<()> {
-    transfer
+    how.transfer
         .finish(Finish {
+            spread: how.spread,
             backend,
             journal,
             set: &mounted.frozen.set,
             workdir: &mounted.workdir,
             manifest,
-            dest: dest.location(),
+            dest: how.dest.location(),
             state_dir: &plan.state_dir,
             backends: &plan.backends,
         })

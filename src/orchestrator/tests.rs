@@ -271,7 +271,11 @@ impl Transfer for FakeTransfer {
 
     async fn finish(&self, done: Finish<'_>) -> anyhow::Result<()> {
         note(&self.timeline, "finish");
-        crate::release::release(done.backend, done.journal, done.set, done.workdir).await
+        let own = crate::release::OwnRun {
+            state_dir: done.state_dir,
+            spread: done.spread,
+        };
+        crate::release::release_own(done.backend, done.journal, done.set, done.workdir, own).await
     }
 }
 

@@ -90,6 +90,9 @@ pub struct Finish<'a> {
     pub state_dir: &'a Path,
     /// For releasing snapshots made by another backend than the configured one.
     pub backends: &'a dyn Backends,
+    /// What paces the snapshot's release in steps, if it is released and the backend
+    /// offers steps (`None`: deleted at once).
+    pub spread: Option<crate::release::ReleasePace>,
 }
 
 impl Finish<'_> {
@@ -104,8 +107,13 @@ impl Finish<'_> {
     /// Nothing is built on the snapshot: release it, and the parents a stream method
     /// left (switching back from a stream releases the kept snapshot). What every
     /// transfer but a stream does when it is done.
-    pub async fn release_snapshot_and_parents(self) -> anyhow::Result<()> {
-        crate::release::release(self.backend, self.journal, self.set, self.workdir)
+    pub async fn release_snapshot_and_parents(mut self) -> anyhow::Result<()> {
+        let spread = self.spread.take();
+        let own = crate::release::OwnRun {
+            state_dir: self.state_dir,
+            spread,
+        };
+        crate::release::release_own(self.backend, self.journal, self.set, self.workdir, own)
             .await
             .map_err(|e| self.after_publish(e, "releasing the snapshot"))?;
         chain::retire_parents(

@@ -165,6 +165,15 @@ impl Pacer {
     pub fn rate(&self) -> u64 {
         self.rate
     }
+
+    /// The commit latency measured before the lock.
+    pub fn baseline(&self) -> Duration {
+        self.baseline
+    }
+
+    pub fn settings(&self) -> PaceSettings {
+        self.settings
+    }
 }
 
 /// How often the pacer samples the server's commit latency.

@@ -13,7 +13,13 @@
 //! - `deferred`: first wait until a probe commit's median of three is within 1.5 × the
 //!   baseline (sampled every 100 ms, at most 30 s), then delete;
 //! - `spread`: wait likewise, then make the snapshot writable and truncate its large
-//!   files 64 MiB at a time, 100 ms apart, before deleting the rest.
+//!   files 64 MiB at a time, 100 ms apart, before deleting the rest (the prototype);
+//! - `backend-steps`: no wait; the btrfs backend's own `spread_release` steps (what
+//!   `dbsnap backup` runs after publish: writable with `-f`, largest file first, files
+//!   over 1 MiB, only above 256 MiB), one every 100 ms at the product's ceiling of
+//!   64 MiB, then the delete. The product paces the steps by its commit probe (never
+//!   faster than this); that loop runs inside `dbsnap backup` and shows in
+//!   `dbsnap-bench`'s release phase.
 //!
 //! After each delete, `btrfs subvolume sync` waits for the cleaner to free the
 //! snapshot's extents: the window measured runs from the burst to a second after that.
@@ -57,7 +63,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "immediate,commit-after,deferred,spread"
+        default_value = "immediate,commit-after,deferred,spread,backend-steps"
     )]
     variants: Vec<String>,
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
@@ -134,7 +140,8 @@ fn main() -> anyhow::Result<()> {
     for repeat in 0..args.repeats {
         for i in 0..args.variants.len() {
             let variant = &args.variants[(i + repeat) % args.variants.len()];
-            let snapshot = fs.join(format!("snap-{repeat}-{variant}"));
+            // `dbsnap-NAME.0`: how the backend names (and only ever changes) a set's snapshot.
+            let snapshot = fs.join(format!("dbsnap-bench-{repeat}-{variant}.0"));
             btrfs(&["subvolume", "snapshot", "-r"], &[&rig.datadir, &snapshot])?;
             rewrite_filler(&rig, args.size_gb)?;
             std::thread::sleep(Duration::from_secs(5));
@@ -149,6 +156,9 @@ fn main() -> anyhow::Result<()> {
             }
             if variant == "spread" {
                 spread(&snapshot)?;
+            }
+            if variant == "backend-steps" {
+                rt.block_on(backend_steps(&rig.datadir, &snapshot))?;
             }
             let delete_from_ms = ms();
             match variant.as_str() {
@@ -338,6 +348,35 @@ fn spread(snapshot: &Path) -> anyhow::Result<()> {
             file.set_len(len)?;
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+    Ok(())
+}
+
+/// The btrfs backend's `spread_release` steps for `snapshot` of `datadir`, at the
+/// product's ceiling (64 MiB a step, a step every 100 ms).
+async fn backend_steps(datadir: &Path, snapshot: &Path) -> anyhow::Result<()> {
+    use dbsnap_backend_api::{SnapshotBackend, SnapshotName, SnapshotSet, Volume, VolumeSnapshot};
+    let file = snapshot.file_name().unwrap().to_string_lossy();
+    let name = file.trim_end_matches(".0").to_string();
+    let set = SnapshotSet {
+        backend: "btrfs".into(),
+        name: SnapshotName::new(name)?,
+        snapshots: vec![VolumeSnapshot {
+            volume: Volume {
+                id: datadir.display().to_string(),
+                root: datadir.to_path_buf(),
+                fstype: "btrfs".into(),
+            },
+            id: snapshot.display().to_string(),
+        }],
+    };
+    let backend = dbsnap_btrfs::Btrfs::new(dbsnap_btrfs::BtrfsConfig::default());
+    let Some(mut steps) = backend.spread_release(&set).await? else {
+        eprintln!("the backend does not spread this snapshot: below its bar");
+        return Ok(());
+    };
+    while steps.step(TRUNCATE_STEP).await?.is_some() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ mod error;
 pub mod memory;
 pub mod mounts;
 mod name;
+mod spread;
 mod stream;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ pub use name::{
     validate_name, validate_name_up_to, SnapshotName, MAX_NAME_LEN, MAX_SNAPSHOT_NAME_LEN,
     SNAPSHOT_PREFIX,
 };
+pub use spread::ReleaseSteps;
 pub use stream::{
     canonical_on, mount_table_on, CutOff, LocalHost, NativeStream, ReceiveAt, Received,
     ReceivingHost, Remains, StreamParent,
@@ -146,7 +148,18 @@ pub trait SnapshotBackend: Send + Sync {
     async fn unmount(&self, set: &SnapshotSet, workdir: &Path) -> Result<()>;
 
     /// Destroy the snapshots. Idempotent: snapshots that do not exist are not an error.
+    /// Also after [`SnapshotBackend::spread_release`]'s steps, finished or not.
     async fn release(&self, set: &SnapshotSet) -> Result<()>;
+
+    /// For a snapshot set that is about to be destroyed (never one anything is kept or
+    /// built on): steps that free its data bit by bit before `release`, where destroying
+    /// it at once would free it in one burst on the origin's filesystem. `None` when
+    /// there is too little to be worth it, or the backend has no such burst (this
+    /// default). Changes nothing until the first step. Called after `unmount`, without
+    /// the lock.
+    async fn spread_release(&self, _set: &SnapshotSet) -> Result<Option<Box<dyn ReleaseSteps>>> {
+        Ok(None)
+    }
 
     /// dbsnap's snapshots (names starting with [`SNAPSHOT_PREFIX`]) that exist on these
     /// volumes, for finding leftovers the journal does not know about.

@@ -4,6 +4,8 @@
 //! Snapshots of several subvolumes are not atomic; dbsnap's lock covers all of them.
 //! Snapshots live in a directory on the same filesystem (default
 //! `<mount point>/.dbsnap-snapshots`), named `<snapshot name>.<volume index>`.
+//! A large snapshot about to be deleted is first freed in steps (`spread_release`, see
+//! `spread.rs`): btrfs frees a deleted snapshot's extents in one burst otherwise.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -19,6 +21,7 @@ use dbsnap_backend_api::{
 use serde::Deserialize;
 
 mod send;
+mod spread;
 
 /// Every btrfs subvolume's root directory has this inode number.
 pub(crate) const SUBVOLUME_ROOT_INODE: u64 = 256;
@@ -163,6 +166,24 @@ fn snapshot_path(dir: &Path, name: &SnapshotName, index: usize) -> PathBuf {
     dir.join(format!("{name}.{index}"))
 }
 
+/// A snapshot of `set` as a path, if it is one dbsnap named (a subvolume called
+/// `<set name>.<n>`): only those are ever changed or deleted.
+fn ours<'a>(set: &SnapshotSet, snap: &'a VolumeSnapshot) -> Result<&'a Path> {
+    let path = Path::new(&snap.id);
+    let named = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .is_some_and(|f| f.starts_with(&format!("{}.", set.name)));
+    if !named {
+        return Err(BackendError::Invalid(format!(
+            "refusing to delete {}: it is not a dbsnap snapshot of {}",
+            path.display(),
+            set.name
+        )));
+    }
+    Ok(path)
+}
+
 /// Whether `path` is a btrfs subvolume (or snapshot) root.
 fn is_subvolume(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.ino() == SUBVOLUME_ROOT_INODE)
@@ -261,19 +282,7 @@ impl SnapshotBackend for Btrfs {
 
     async fn release(&self, set: &SnapshotSet) -> Result<()> {
         for snap in &set.snapshots {
-            let path = Path::new(&snap.id);
-            // Only ever delete what dbsnap named: a subvolume called `<set name>.<n>`.
-            let ours = path
-                .file_name()
-                .and_then(|f| f.to_str())
-                .is_some_and(|f| f.starts_with(&format!("{}.", set.name)));
-            if !ours {
-                return Err(BackendError::Invalid(format!(
-                    "refusing to delete {}: it is not a dbsnap snapshot of {}",
-                    path.display(),
-                    set.name
-                )));
-            }
+            let path = ours(set, snap)?;
             if !is_subvolume(path) {
                 continue;
             }
@@ -284,6 +293,29 @@ impl SnapshotBackend for Btrfs {
                 .await?;
         }
         Ok(())
+    }
+
+    async fn spread_release(
+        &self,
+        set: &SnapshotSet,
+    ) -> Result<Option<Box<dyn dbsnap_backend_api::ReleaseSteps>>> {
+        let mut snapshots = Vec::new();
+        for snap in &set.snapshots {
+            let path = ours(set, snap)?;
+            if is_subvolume(path) {
+                snapshots.push(path.to_path_buf());
+            }
+        }
+        // A datadir of many tables is many files to stat: off the async threads.
+        let listed = snapshots.clone();
+        let truncation = tokio::task::spawn_blocking(move || spread::Truncation::of(&listed))
+            .await
+            .map_err(|e| BackendError::Invalid(format!("listing a snapshot's files: {e}")))?
+            .map_err(|e| BackendError::io(format!("listing the files of {}", set.name), e))?;
+        if !truncation.worth_spreading() {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(spread::Steps::new(snapshots, truncation))))
     }
 
     async fn list(&self, volumes: &[Volume]) -> Result<Vec<SnapshotSet>> {

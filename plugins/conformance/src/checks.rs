@@ -34,7 +34,9 @@ macro_rules! checks {
 }
 
 mod crash;
+mod spread;
 use crash::{killed_mid_snapshot, killed_while_mounted, nothing_left, tampered_journal};
+use spread::spread_release;
 
 checks!(
     probe,
@@ -42,6 +44,7 @@ checks!(
     tampered_journal,
     list_only_ours,
     idempotent_release,
+    spread_release,
     killed_mid_snapshot,
     killed_while_mounted,
     nothing_left,

@@ -48,7 +48,8 @@ fn btrfs_fixture() -> BtrfsFixture {
         .prefix("dbsnap conformance ")
         .tempdir()
         .unwrap();
-    let fs = LoopBtrfs::new(tmp.path(), HOSTILE_MOUNT, 256);
+    // Room for the spread check's 320 MiB file.
+    let fs = LoopBtrfs::new(tmp.path(), HOSTILE_MOUNT, 768);
     let data = fs.subvolume("data dir");
     let binlog = fs.subvolume("binlog;dir");
     // Foreign snapshots list must ignore: not named dbsnap-*.N, or not a subvolume.

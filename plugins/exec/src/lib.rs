@@ -386,6 +386,8 @@ impl SnapshotBackend for Exec {
         Ok(())
     }
 
+    // No `spread_release`: the protocol has no such request; a plugin's `release` frees
+    // its snapshots however its storage does.
     async fn release(&self, set: &SnapshotSet) -> Result<()> {
         let _: protocol::Empty = self
             .call(Verb::Release, protocol::SetRequest { set: set.into() })

@@ -461,6 +461,9 @@ impl SnapshotBackend for Lvm {
         Ok(())
     }
 
+    // No `spread_release`: a classic snapshot's CoW area is its own LV, so `lvremove`
+    // frees nothing on the origin's filesystem; a thin snapshot's blocks return to the
+    // pool's metadata without touching the origin's filesystem either.
     async fn release(&self, set: &SnapshotSet) -> Result<()> {
         // Check every id before removing anything: only `<vg>/<set name>.<n>`.
         for snap in &set.snapshots {

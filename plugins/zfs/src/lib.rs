@@ -462,6 +462,8 @@ impl SnapshotBackend for Zfs {
         Ok(())
     }
 
+    // No `spread_release`: `zfs destroy` frees a snapshot's blocks asynchronously in the
+    // background (the pool's `freeing` property), bounded per transaction group already.
     async fn release(&self, set: &SnapshotSet) -> Result<()> {
         // A snapshot with a clone cannot be destroyed; unmount may not have run.
         self.destroy_clones(set).await?;
