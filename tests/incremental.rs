@@ -410,6 +410,11 @@ fn link_dest_chain_without_reflinks_and_a_deleted_base() {
     let dest = sb.dest.clone();
     use_dest(&sb, &dest, "");
     let manifests = chain(&sb, 3);
+    assert_eq!(
+        kept_parents(&sb),
+        vec![],
+        "a snapshot is kept as a parent only for a destination that reflinks"
+    );
     for pair in manifests.windows(2) {
         assert_eq!(
             pair[1]["transfer"]["method"], "copy+link-dest",

@@ -175,6 +175,7 @@ pub fn update_seeded(
     while pos < len {
         let n = CHUNK.min(len - pos) as usize;
         let first = pos as usize / BLOCK_SIZE;
+        let written_before_chunk = written;
         // Read the blocks not known unchanged, adjacent ones in one read.
         let mut start = 0;
         while start < n {
@@ -222,20 +223,20 @@ pub fn update_seeded(
                 (false, None) => differing = Some(start),
                 (true, Some(from_here)) => {
                     let at = pos + from_here as u64;
-                    written +=
-                        write_block_run(seeded, &ours[from_here..start], at, &mut writeback)?;
+                    written += write_block_run(seeded, &ours[from_here..start], at)?;
                     differing = None;
                 }
                 _ => {}
             }
         }
         if let Some(from_here) = differing {
-            written += write_block_run(
-                seeded,
-                &ours[from_here..n],
-                pos + from_here as u64,
-                &mut writeback,
-            )?;
+            written += write_block_run(seeded, &ours[from_here..n], pos + from_here as u64)?;
+        }
+        if written > written_before_chunk {
+            // One writeback window per chunk, not per run of blocks: the changed pages
+            // of a tablespace are scattered, and a window per page made each write wait
+            // for the disk.
+            writeback.written(pos, n as u64)?;
         }
         shared.progress_add(n as u64);
         pos += n as u64;
@@ -254,14 +255,8 @@ pub fn update_seeded(
 }
 
 /// Write `data` at `at` into the seeded file; the bytes written.
-fn write_block_run(
-    seeded: &File,
-    data: &[u8],
-    at: u64,
-    writeback: &mut Writeback,
-) -> io::Result<u64> {
+fn write_block_run(seeded: &File, data: &[u8], at: u64) -> io::Result<u64> {
     seeded.write_all_at(data, at)?;
-    writeback.written(at, data.len() as u64)?;
     Ok(data.len() as u64)
 }
 
