@@ -71,7 +71,7 @@ fn a_tiny_run_measures_every_method() {
         reflinked["source_read_mib"].as_f64().unwrap(),
         reflinked["transferred_mib"].as_f64().unwrap(),
     );
-    assert!(read < data / 2, "read {read} of {data} MiB: {reflinked}");
+    assert!(read < data / 2.0, "read {read} of {data} MiB: {reflinked}");
     // And what its churn consisted of was measured, file by file.
     let churn: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("churn.json")).unwrap()).unwrap();
