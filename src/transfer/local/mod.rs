@@ -18,7 +18,10 @@
 //! [`file`]); a file left as the previous backup holds it keeps that backup's checksum
 //! and digests, or is hashed from the snapshot if that backup has no checksum. Into a
 //! reflink copy of the previous backup, a changed file whose digests that backup
-//! recorded is compared with them: only the snapshot is read.
+//! recorded is compared with them: only the snapshot is read. Given the parent snapshot
+//! (the one that backup was copied from, [`Request::parent`]), not even all of the
+//! snapshot: blocks whose extents are the parent's ([`extents`]) are left unread, their
+//! digests the previous backup's.
 
 pub mod extents;
 mod file;
