@@ -83,7 +83,8 @@ pub struct TransferStats {
     /// The previous backup this one was built from, if any.
     pub base: Option<String>,
     /// For a native stream: the source snapshot the stream was computed against (the
-    /// base backup's snapshot).
+    /// base backup's snapshot). For dbsnap's copy engine: the base backup's snapshot
+    /// whose extents said which blocks of changed files were unchanged (left unread).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_snapshot: Option<String>,
     /// Why this backup is a full copy although an incremental one was possible.
@@ -97,6 +98,10 @@ pub struct TransferStats {
     /// to compare with (0 where the base's block digests said which blocks changed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed_bytes_read: Option<u64>,
+    /// For dbsnap's engine: bytes it read from the snapshot (not files left as the base
+    /// holds them, nor blocks whose extents are the parent snapshot's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_bytes_read: Option<u64>,
     pub files: u64,
     pub duration_ms: u64,
     /// The partial an interrupted run left, which this backup continued from.

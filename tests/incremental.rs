@@ -213,14 +213,14 @@ fn stored_bytes(manifest: &serde_json::Value) -> u64 {
         .sum()
 }
 
-/// The backup's `blocks` file: there, version 1, and at least one 16-byte digest per
+/// The backup's `blocks` file: there, version 2, and at least one 32-byte digest per
 /// 16 KiB block of `covering` bytes of files.
 fn assert_has_block_digests(manifest: &serde_json::Value, covering: u64) {
     let backup = Path::new(manifest["path"].as_str().unwrap());
     let blocks = std::fs::read(backup.join("blocks")).unwrap();
-    assert_eq!(&blocks[..12], b"DBSNBLKS\x01\0\0\0", "{}", manifest["name"]);
+    assert_eq!(&blocks[..12], b"DBSNBLKS\x02\0\0\0", "{}", manifest["name"]);
     assert!(
-        blocks.len() as u64 >= covering / (16 << 10) * 16,
+        blocks.len() as u64 >= covering / (16 << 10) * 32,
         "{} bytes of digests for {covering} bytes of files",
         blocks.len()
     );
@@ -279,6 +279,129 @@ fn reflink_chain_writes_only_changed_blocks_reading_only_the_snapshot() {
     assert_a_flipped_byte_is_found(&sb, &manifests);
 }
 
+/// The kept parent snapshots (`state_dir/parents`): the backup each is kept for, and
+/// its snapshot's subvolume.
+fn kept_parents(sb: &Sandbox) -> Vec<(String, PathBuf)> {
+    let Ok(dir) = std::fs::read_dir(sb.state.join("parents")) else {
+        return Vec::new();
+    };
+    dir.map(|e| {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        let record: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(record["method"].as_str(), Some("copy"), "{text}");
+        let id = record["set"]["snapshots"][0]["id"].as_str().unwrap();
+        (record["backup"].as_str().unwrap().to_string(), id.into())
+    })
+    .collect()
+}
+
+/// Rewrite 2 % of the filler rows at random (about a quarter of its pages) and write
+/// the table's pages to its file, as a day of random updates leaves it.
+fn churn_filler(sb: &Sandbox) {
+    sb.server.sql(
+        "UPDATE bank.filler SET pad = RANDOM_BYTES(1024) WHERE RAND() < 0.02; \
+         FLUSH TABLES bank.filler FOR EXPORT; UNLOCK TABLES",
+    );
+}
+
+#[test]
+fn reflink_chain_on_btrfs_reads_only_extents_changed_since_the_kept_parent_snapshot() {
+    // Five backups and a kept parent on the server's filesystem.
+    let sb = Sandbox::with_fs_size(1536);
+    bank::create(&sb.server);
+    bank::add_filler(&sb.server, 64);
+    use_dest(&sb, &sb.fs.mountpoint.join("backups"), "");
+    let mut manifests = chain(&sb, 1);
+    let first = &manifests[0];
+    assert_eq!(
+        kept_parents(&sb)
+            .into_iter()
+            .map(|p| p.0)
+            .collect::<Vec<_>>(),
+        vec![first["name"].as_str().unwrap().to_string()],
+        "the full backup's snapshot is kept as the next one's parent"
+    );
+    for _ in 0..2 {
+        churn_filler(&sb);
+        manifests.extend(chain(&sb, 1));
+    }
+    for pair in manifests.windows(2) {
+        let (previous, m) = (&pair[0], &pair[1]);
+        let t = &m["transfer"];
+        assert_eq!(t["method"], "copy+reflink", "{t}");
+        assert_eq!(t["parent_snapshot"], previous["snapshot"]["name"], "{t}");
+        assert_eq!(t["seed_bytes_read"], 0, "{t}");
+        let (read, bytes) = (
+            t["source_bytes_read"].as_u64().unwrap(),
+            t["bytes"].as_u64().unwrap(),
+        );
+        eprintln!("incremental {} read {read} of {bytes} bytes", m["name"]);
+        assert!(read < bytes / 2, "read {read} of {bytes} bytes: {t}");
+        assert!(
+            t["bytes_written"].as_u64().unwrap() > 0,
+            "the churn was written: {t}"
+        );
+    }
+    // Only the newest backup's snapshot is kept; those it replaced are released.
+    let parents = kept_parents(&sb);
+    let newest = manifests.last().unwrap();
+    assert_eq!(parents.len(), 1, "{parents:?}");
+    assert_eq!(parents[0].0, newest["name"].as_str().unwrap());
+    let snapshots = parents[0].1.parent().unwrap().to_path_buf();
+    for m in &manifests[..2] {
+        let name = m["snapshot"]["name"].as_str().unwrap();
+        let left = std::fs::read_dir(&snapshots)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(name));
+        assert!(!left, "snapshot {name} was not released");
+    }
+    for m in &manifests {
+        let out = sb.dbsnap(&["verify", "--checksums", m["name"].as_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    restore_and_check(&sb, newest);
+
+    // The parent deleted by hand: the changed files are read whole, the backup is
+    // still exact, and its own snapshot is kept for the next.
+    let deleted = std::process::Command::new("btrfs")
+        .args(["subvolume", "delete"])
+        .arg(&parents[0].1)
+        .output()
+        .unwrap();
+    assert!(deleted.status.success(), "{deleted:?}");
+    churn_filler(&sb);
+    let writers = Writers::start(&sb.server.socket, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = sb.dbsnap(&["backup", "--json", "--force"]);
+    writers.stop();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is gone: changed files are read whole"),
+        "{}",
+        stderr(&out)
+    );
+    let fallback = stdout_json(&out);
+    assert_identical_to_its_snapshot(&sb, &fallback);
+    let t = &fallback["transfer"];
+    assert_eq!(t["base"], newest["name"], "{t}");
+    assert!(t.get("parent_snapshot").is_none(), "{t}");
+    let filler = 64 << 20;
+    assert!(
+        t["source_bytes_read"].as_u64().unwrap() >= filler,
+        "the changed filler table was not read whole: {t}"
+    );
+    let out = sb.dbsnap(&["verify", "--checksums", fallback["name"].as_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        kept_parents(&sb)
+            .into_iter()
+            .map(|p| p.0)
+            .collect::<Vec<_>>(),
+        vec![fallback["name"].as_str().unwrap().to_string()]
+    );
+}
+
 #[test]
 fn link_dest_chain_without_reflinks_and_a_deleted_base() {
     let sb = Sandbox::new();
@@ -287,6 +410,11 @@ fn link_dest_chain_without_reflinks_and_a_deleted_base() {
     let dest = sb.dest.clone();
     use_dest(&sb, &dest, "");
     let manifests = chain(&sb, 3);
+    assert_eq!(
+        kept_parents(&sb),
+        vec![],
+        "a snapshot is kept as a parent only for a destination that reflinks"
+    );
     for pair in manifests.windows(2) {
         assert_eq!(
             pair[1]["transfer"]["method"], "copy+link-dest",

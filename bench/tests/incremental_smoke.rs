@@ -65,6 +65,13 @@ fn a_tiny_run_measures_every_method() {
         .expect("the copy engine's reflink incremental");
     assert_eq!(reflinked["transfer_method"], "copy+reflink");
     assert_eq!(reflinked["seed_read_mib"], 0.0, "{reflinked}");
+    // From a btrfs source it kept the full backup's snapshot as its parent and read
+    // only the blocks whose extents moved since.
+    let (read, data) = (
+        reflinked["source_read_mib"].as_f64().unwrap(),
+        reflinked["transferred_mib"].as_f64().unwrap(),
+    );
+    assert!(read < data / 2.0, "read {read} of {data} MiB: {reflinked}");
     // And what its churn consisted of was measured, file by file.
     let churn: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("churn.json")).unwrap()).unwrap();

@@ -103,7 +103,8 @@ fn decide_backups(
         let bases = crate::transfer::chain::protected_backups(&config.state_dir, &b.dest)?;
         for d in decisions.iter_mut().filter(|d| bases.contains(&d.name)) {
             d.keep = true;
-            d.reasons.push("base of the next incremental stream".into());
+            d.reasons
+                .push("base of the next incremental (its snapshot is kept as the parent)".into());
         }
     }
     Ok(decisions)

@@ -10,20 +10,26 @@
 //!
 //! The digests come from the data the copy reads anyway, never from a second read.
 //!
-//! Format, version 1 (integers little-endian):
+//! Format, version 2 (integers little-endian):
 //!
 //! | bytes | what |
 //! |---|---|
 //! | 8 | magic `DBSNBLKS` |
 //! | 4 | version: 1 |
 //! | 4 | block size in bytes ([`BLOCK_SIZE`]) |
-//! | 4 | digest length in bytes ([`DIGEST_LEN`]: 128 bits) |
+//! | 4 | digest length in bytes ([`DIGEST_LEN`]: the whole 256-bit chaining value) |
 //! | per file, by path | 4: length of the path; the path (relative to the backup directory, as `checksums` names it; raw bytes); 8: the file's length; 32: the file's BLAKE3 digest (its `checksums` entry); ⌈length ÷ block size⌉ digests, one per block (the last block may be short: its digest is of its own bytes) |
 //! | 32 | BLAKE3 of all the bytes before |
 //!
 //! A reader takes an entry only if its file digest equals the `checksums` entry of the
 //! same path: the two files are written by the same copy, and digests that disagree
 //! with the checksum are not trusted.
+//!
+//! The digests are whole chaining values (version 1 kept 128 bits of each), so that a
+//! file's BLAKE3 digest can be merged from the digests of blocks the copy did not read
+//! ([`BlockHasher::known_block`]: blocks whose extents are the parent snapshot's, see
+//! `transfer::local::extents`). A version-1 file is refused like any other version: that
+//! one incremental compares by reading both copies.
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
@@ -40,14 +46,14 @@ pub const BLOCKS_FILE: &str = "blocks";
 /// The unit of comparison: InnoDB's page, the unit the server writes its tablespaces
 /// in (see README, "Incremental backups", for what larger blocks cost in bytes written).
 pub const BLOCK_SIZE: usize = 16 << 10;
-pub const DIGEST_LEN: usize = 16;
+pub const DIGEST_LEN: usize = 32;
 const MAGIC: &[u8; 8] = b"DBSNBLKS";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 4 + 4;
 const TRAILER_LEN: usize = 32;
 
-/// A block's digest: the first [`DIGEST_LEN`] bytes of its BLAKE3 chaining value.
-pub type Digest = [u8; DIGEST_LEN];
+/// A block's digest: its BLAKE3 chaining value.
+pub type Digest = ChainingValue;
 
 /// One file's block digests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -139,10 +145,27 @@ impl BlockHasher {
         }
     }
 
+    /// The next block (a whole one, or the short last one) by its digest, unread: a
+    /// block the caller knows holds the bytes that digest was taken of. Only in a file
+    /// of more than one block (a single block's digest is not the file's).
+    pub fn known_block(&mut self, digest: &Digest) {
+        assert!(
+            self.in_block == 0 && self.len > BLOCK_SIZE as u64 && self.block_len() > 0,
+            "a known block at a block boundary of a file of several blocks"
+        );
+        self.push(*digest, None);
+    }
+
     fn end_block(&mut self) {
         let cv = self.block.finalize_non_root();
-        self.digests
-            .push(cv[..DIGEST_LEN].try_into().expect("DIGEST_LEN bytes"));
+        let only = (self.len <= BLOCK_SIZE as u64).then(|| self.block.finalize());
+        self.push(cv, only);
+    }
+
+    /// The chaining value of the block just done; `only` is the file's digest if it
+    /// is that block alone.
+    fn push(&mut self, cv: ChainingValue, only: Option<blake3::Hash>) {
+        self.digests.push(cv);
         let blocks = self.index + 1;
         if blocks * (BLOCK_SIZE as u64) < self.len {
             // More follows: merge the subtrees this block completes (BLAKE3's lazy
@@ -156,8 +179,7 @@ impl BlockHasher {
             self.stack.push(cv);
         } else {
             self.root = Some(match self.stack.pop() {
-                // The only block is the whole tree.
-                None => self.block.finalize(),
+                None => only.expect("the only block is the whole tree"),
                 Some(mut left) => {
                     let mut right = cv;
                     while let Some(next) = self.stack.pop() {
@@ -361,11 +383,10 @@ mod tests {
         data.chunks(BLOCK_SIZE)
             .enumerate()
             .map(|(i, block)| {
-                let cv = blake3::Hasher::new()
+                blake3::Hasher::new()
                     .set_input_offset((i * BLOCK_SIZE) as u64)
                     .update(block)
-                    .finalize_non_root();
-                cv[..DIGEST_LEN].try_into().unwrap()
+                    .finalize_non_root()
             })
             .collect()
     }
@@ -459,7 +480,7 @@ mod tests {
         blocks.write(dir.path(), &sums).unwrap();
         let bytes = std::fs::read(dir.path().join(BLOCKS_FILE)).unwrap();
         assert_eq!(&bytes[..8], b"DBSNBLKS");
-        assert_eq!(bytes[8..12], 1u32.to_le_bytes(), "version 1");
+        assert_eq!(bytes[8..12], 2u32.to_le_bytes(), "version 2");
         assert_eq!(bytes[12..16], (BLOCK_SIZE as u32).to_le_bytes());
         assert_eq!(Blocks::read(dir.path(), &sums), Some(blocks.clone()));
 
@@ -491,15 +512,41 @@ mod tests {
             body
         };
         assert_eq!(
-            Blocks::parse(&with(1, BLOCK_SIZE as u32), &sums).unwrap(),
+            Blocks::parse(&with(2, BLOCK_SIZE as u32), &sums).unwrap(),
             Blocks::default()
         );
-        let e = Blocks::parse(&with(2, BLOCK_SIZE as u32), &sums).unwrap_err();
-        assert!(e.to_string().contains("version 2"), "{e:#}");
-        let e = Blocks::parse(&with(1, 65536), &sums).unwrap_err();
+        let e = Blocks::parse(&with(1, BLOCK_SIZE as u32), &sums).unwrap_err();
+        assert!(e.to_string().contains("version 1"), "{e:#}");
+        let e = Blocks::parse(&with(2, 65536), &sums).unwrap_err();
         assert!(
             e.to_string().contains("65536-byte") || e.to_string().contains("65536 bytes"),
             "{e:#}"
         );
+    }
+
+    #[test]
+    fn a_file_digest_merged_from_known_block_digests_is_the_same_as_from_its_bytes() {
+        let bs = BLOCK_SIZE;
+        for len in [bs + 1, 2 * bs, 3 * bs + 100, 5 * bs, 8 * bs] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let digests = reference(&data);
+            // Every other block known, the rest fed as bytes; then all known.
+            let mut mixed = BlockHasher::new(len as u64);
+            for (i, block) in data.chunks(bs).enumerate() {
+                match i % 2 {
+                    0 => mixed.known_block(&digests[i]),
+                    _ => mixed.update(block),
+                }
+            }
+            let mut known = BlockHasher::new(len as u64);
+            for d in &digests {
+                known.known_block(d);
+            }
+            let expected = (hex(&data), digests.clone());
+            let (hash, blocks) = mixed.finish().unwrap();
+            assert_eq!((hash, blocks.digests), expected, "{len} bytes, mixed");
+            let (hash, blocks) = known.finish().unwrap();
+            assert_eq!((hash, blocks.digests), expected, "{len} bytes, all known");
+        }
     }
 }

@@ -10,8 +10,14 @@
 //!   changed) gives a full stream, and the manifest says why (`full_because`).
 //!
 //! Every received copy is complete on its own: deleting or pruning an older backup
-//! never breaks a newer one. This module is the only one that reads or writes parent
-//! records.
+//! never breaks a newer one.
+//!
+//! dbsnap's copy engine keeps a parent too, by the same rules ([`COPY_PARENT`]): the
+//! snapshot a file-tree backup was copied from, whose extents tell the next incremental
+//! which blocks it need not read (see `tree::keeps_parent`, `local::extents`). Its
+//! record has no received copies: the backup's files are its copy.
+//!
+//! This module is the only one that reads or writes parent records.
 
 use std::path::{Path, PathBuf};
 
@@ -24,7 +30,8 @@ use crate::destination::{BaseOf, Destination};
 use crate::journal::{Journal, Resource};
 use crate::records::Records;
 
-/// A snapshot kept on the source as the base of the next incremental stream.
+/// A snapshot kept on the source as the base of the next incremental stream, or of the
+/// next file-tree copy ([`COPY_PARENT`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Parent {
     pub set: SnapshotSet,
@@ -34,12 +41,15 @@ pub struct Parent {
     pub received: Vec<String>,
     pub dest: PathBuf,
     pub datadir: PathBuf,
-    /// The stream (`btrfs-send`).
+    /// The stream (`btrfs-send`), or [`COPY_PARENT`].
     pub method: String,
     pub created_at: DateTime<Utc>,
 }
 
 const RECORDS: Records = Records("parents");
+
+/// The `method` of a parent kept for dbsnap's copy engine.
+pub const COPY_PARENT: &str = "copy";
 
 /// Whether `name` is kept as a parent.
 pub fn is_parent(state_dir: &Path, name: &SnapshotName) -> bool {
@@ -156,6 +166,44 @@ pub async fn find_parent(
     Ok(Chain::Continue(parent))
 }
 
+/// The parent snapshot of a file-tree incremental built on backup `base`: the newest
+/// parent record of the copy engine for this destination and datadir, if it is `base`'s
+/// snapshot and of the same volumes as `set` (this backup's snapshot). `Err` says why
+/// there is none, for the log: the copy then reads every changed file.
+pub fn copy_parent(
+    state_dir: &Path,
+    dest: &Path,
+    datadir: &Path,
+    base: &str,
+    set: &SnapshotSet,
+) -> Result<Parent, String> {
+    let parents = Parent::list(state_dir).map_err(|e| format!("{e:#}"))?;
+    let Some(parent) = parents
+        .into_iter()
+        .rfind(|p| p.serves(dest, datadir) && p.method == COPY_PARENT)
+    else {
+        return Err(format!("no snapshot of base backup {base} is kept"));
+    };
+    if parent.backup != base {
+        return Err(format!(
+            "the kept snapshot {} is backup {}'s, not the base backup {base}'s",
+            parent.set.name, parent.backup
+        ));
+    }
+    let roots = |s: &SnapshotSet| {
+        s.snapshots
+            .iter()
+            .map(|v| v.volume.root.clone())
+            .collect::<Vec<_>>()
+    };
+    if parent.set.backend != set.backend || roots(&parent.set) != roots(set) {
+        return Err(format!(
+            "the server's volumes changed since the base backup {base}"
+        ));
+    }
+    Ok(parent)
+}
+
 /// The free space an incremental stream needs at `dest`: twice the largest increment
 /// of this datadir and method so far, at least a quarter of the data, at most all of
 /// it. Not a guarantee (a day of heavy writes can exceed it); a stream that fills the
@@ -203,8 +251,9 @@ pub async fn keep_as_parent(
         set: parent.set.clone(),
     })?;
     tracing::info!(
-        "kept snapshot {} as the base of the next incremental stream",
-        parent.set.name
+        "kept snapshot {} as the base of the next incremental ({})",
+        parent.set.name,
+        parent.method
     );
     Ok(())
 }
@@ -301,6 +350,39 @@ mod tests {
         assert!(is_parent(state.path(), &older.set.name));
         older.remove(state.path()).unwrap();
         assert!(!is_parent(state.path(), &older.set.name));
+    }
+
+    #[test]
+    fn a_copy_parent_serves_only_the_backup_it_was_kept_for_on_the_same_volumes() {
+        let state = tempfile::tempdir().unwrap();
+        let mut kept = parent("dbsnap-a", "a", "/backups", 1);
+        kept.method = COPY_PARENT.into();
+        kept.received.clear();
+        let this = parent("dbsnap-b", "b", "/backups", 2).set;
+        let find = |base: &str, set: &SnapshotSet| {
+            copy_parent(
+                state.path(),
+                Path::new("/backups"),
+                Path::new("/srv/db/data"),
+                base,
+                set,
+            )
+        };
+        let e = find("a", &this).unwrap_err();
+        assert!(e.contains("no snapshot of base backup a"), "{e}");
+        // A stream's parent is not the copy engine's.
+        parent("dbsnap-s", "a", "/backups", 0)
+            .write(state.path())
+            .unwrap();
+        assert!(find("a", &this).is_err());
+        kept.write(state.path()).unwrap();
+        assert_eq!(find("a", &this), Ok(kept.clone()));
+        let e = find("z", &this).unwrap_err();
+        assert!(e.contains("not the base backup z"), "{e}");
+        let mut moved = this.clone();
+        moved.snapshots[0].volume.root = "/srv/other".into();
+        let e = find("a", &moved).unwrap_err();
+        assert!(e.contains("volumes changed"), "{e}");
     }
 
     #[test]

@@ -187,6 +187,7 @@ async fn copy(
         resumed_from: resumed_from.map(String::from),
         base_checksums,
         base_blocks,
+        parent: None,
         progress: &|_| {},
         throttle: &throttle,
     };

@@ -242,6 +242,23 @@ pub async fn prepare_remote(
     })
 }
 
+/// Whether files in `dir` can be reflinked into it (btrfs, XFS): the next incremental
+/// is then seeded from a backup here by reflink. Writes two probe files, removed.
+pub async fn reflinks_within(dir: &Path) -> bool {
+    let (probe, copy) = (dir.join(".reflink-probe"), dir.join(".reflink-probe-copy"));
+    let ok = std::fs::write(&probe, b"probe").is_ok()
+        && Cmd::new("cp")
+            .arg("--reflink=always")
+            .arg(&probe)
+            .arg(&copy)
+            .run()
+            .await
+            .is_ok();
+    let _ = std::fs::remove_file(&probe);
+    let _ = std::fs::remove_file(&copy);
+    ok
+}
+
 /// Whether a file of `previous` can be reflinked into `partial` (same filesystem, and
 /// one that supports it). Reads the previous backup, writes only into `partial`.
 async fn reflinks_work(previous: &Path, partial: &Path) -> bool {

@@ -124,13 +124,51 @@ impl Finish<'_> {
             None,
         )
         .await;
+        self.release_interrupted_streams().await;
+        Ok(())
+    }
+
+    /// Keep the snapshot as the parent of the next file-tree incremental (`method`
+    /// [`chain::COPY_PARENT`]), release the parents it replaces and what interrupted
+    /// streams left.
+    pub async fn keep_snapshot_as_copy_parent(self) -> anyhow::Result<()> {
+        let parent = chain::Parent {
+            set: self.set.clone(),
+            backup: self.manifest.name.clone(),
+            received: Vec::new(),
+            dest: self.dest.to_path_buf(),
+            datadir: self.manifest.server.datadir.clone(),
+            method: chain::COPY_PARENT.into(),
+            created_at: self.manifest.started_at,
+        };
+        chain::keep_as_parent(
+            self.state_dir,
+            self.backend,
+            self.journal,
+            self.workdir,
+            &parent,
+        )
+        .await
+        .map_err(|e| self.after_publish(e, "keeping its snapshot as the next parent"))?;
+        chain::retire_parents(
+            self.state_dir,
+            self.backends,
+            self.dest,
+            &parent.datadir,
+            Some(&parent.set.name),
+        )
+        .await;
+        self.release_interrupted_streams().await;
+        Ok(())
+    }
+
+    async fn release_interrupted_streams(&self) {
         let only = Some((self.dest, self.manifest.server.datadir.as_path()));
         if let Err(e) = resume::release_records(self.state_dir, self.backends, only).await {
             tracing::warn!(
                 "could not release what an interrupted stream left: {e:#}; the next backup tries again"
             );
         }
-        Ok(())
     }
 }
 
@@ -209,6 +247,8 @@ pub async fn choose<'a>(
             engine,
             incremental: settings.incremental,
             needed_bytes: facts.data_bytes,
+            state_dir: state_dir.to_path_buf(),
+            keep_parent: Default::default(),
         }));
     };
     let host: &dyn dbsnap_backend_api::ReceivingHost = match dest.remote() {

@@ -12,7 +12,7 @@
 //! manifest records.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,6 +23,7 @@ use dbsnap_backend_api::ReadPath;
 use bytesize::ByteSize;
 
 use super::blocks::Blocks;
+use super::chain;
 use super::checksums::{self, Checksums};
 use super::incremental::{self, Basis};
 use super::local::{self, Counters, Seed};
@@ -83,6 +84,9 @@ pub struct TreeJob<'a> {
     /// The base's block digests (the local engine's, on this host), matching
     /// `base_checksums`.
     pub base_blocks: Option<Blocks>,
+    /// The parent snapshot's copy of each item (same order), for the local engine: the
+    /// base was copied from it, so blocks whose extents are its need not be read.
+    pub parent: Option<Vec<PathBuf>>,
     pub progress: &'a (dyn Fn(u64) + Sync),
     pub throttle: &'a Arc<Throttle>,
 }
@@ -137,6 +141,32 @@ pub struct TreeTransfer<'a> {
     pub engine: Box<dyn TreeCopy + 'a>,
     pub incremental: bool,
     pub needed_bytes: u64,
+    /// Where parent records are kept.
+    pub state_dir: PathBuf,
+    /// Decided by `copy` ([`keeps_parent`]), done by `finish`.
+    pub keep_parent: AtomicBool,
+}
+
+/// Whether this backup's snapshot is kept as the parent of the next incremental (a
+/// [`chain::COPY_PARENT`] record): the one place that decides. Only where it pays: a
+/// btrfs source (its extents say what is unchanged since a snapshot), dbsnap's engine
+/// (the one that reads them), incremental copies on, and a destination here that
+/// reflinks (the next backup is seeded from this one and compares changed files by
+/// block digests; without reflinks, changed files are written whole and read anyway).
+/// The cost, as btrfs-send's parent's: until the next backup, the kept snapshot holds
+/// every block the server overwrites on its filesystem.
+pub async fn keeps_parent(
+    backend: &str,
+    engine: Engine,
+    remote: bool,
+    incremental: bool,
+    partial: &Path,
+) -> bool {
+    backend == "btrfs"
+        && engine == Engine::Local
+        && !remote
+        && incremental
+        && incremental::reflinks_within(partial).await
 }
 
 #[async_trait]
@@ -193,7 +223,24 @@ impl Transfer for TreeTransfer<'_> {
             (Engine::Local, None, Some(base), Some(sums)) => Blocks::read(base, sums),
             _ => None,
         };
+        let keep = keeps_parent(
+            &from.set.backend,
+            engine,
+            remote.is_some(),
+            self.incremental,
+            partial,
+        )
+        .await;
+        self.keep_parent.store(keep, Ordering::Relaxed);
+        let parent = match (&basis, keep, &base_blocks) {
+            (Basis::Reflinked { base, .. }, true, Some(_)) => {
+                self.parent_items(&from, base, partial)
+            }
+            _ => None,
+        };
+        let (parent_snapshot, parent) = parent.unzip();
         let job = TreeJob {
+            parent,
             items,
             partial,
             recheck_since: incremental::recheck_since(&basis, into.resumed_from.as_deref()),
@@ -218,6 +265,7 @@ impl Transfer for TreeTransfer<'_> {
         }
         stats.method = basis.method_with(engine);
         stats.base = basis.base();
+        stats.parent_snapshot = parent_snapshot;
         stats.resumed_from = into.resumed_from;
         Ok(Copied {
             stats,
@@ -226,11 +274,82 @@ impl Transfer for TreeTransfer<'_> {
     }
 
     async fn finish(&self, done: Finish<'_>) -> anyhow::Result<()> {
-        done.release_snapshot_and_parents().await
+        match self.keep_parent.load(Ordering::Relaxed) {
+            true => done.keep_snapshot_as_copy_parent().await,
+            false => done.release_snapshot_and_parents().await,
+        }
     }
 }
 
 impl TreeTransfer<'_> {
+    /// The kept snapshot of backup `base` (the seed's) and its copy of each item, if
+    /// its record holds and it is still there; else `None`, and the log says why (every
+    /// changed file is then read).
+    fn parent_items(
+        &self,
+        from: &Source<'_>,
+        base: &str,
+        partial: &Path,
+    ) -> Option<(String, Vec<PathBuf>)> {
+        let found = chain::copy_parent(
+            &self.state_dir,
+            self.dest.location(),
+            &from.layout.datadir,
+            base,
+            from.set,
+        )
+        .and_then(|parent| {
+            let reads = from
+                .read_paths
+                .iter()
+                .map(|read| {
+                    // The parent is read where its snapshot is, as this one is.
+                    let index = from
+                        .set
+                        .snapshots
+                        .iter()
+                        .position(|s| Path::new(&s.id) == read.frozen_root)
+                        .ok_or_else(|| {
+                            format!(
+                                "the snapshot of {} is not read at its own path",
+                                read.origin_root.display()
+                            )
+                        })?;
+                    let frozen_root = PathBuf::from(&parent.set.snapshots[index].id);
+                    if !frozen_root.is_dir() {
+                        return Err(format!(
+                            "the kept snapshot {} is gone",
+                            frozen_root.display()
+                        ));
+                    }
+                    Ok(ReadPath {
+                        origin_root: read.origin_root.clone(),
+                        frozen_root,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let items = plan_copy(from.layout, &reads, partial).map_err(|e| format!("{e:#}"))?;
+            Ok((
+                parent.set.name.to_string(),
+                items.into_iter().map(|i| i.from).collect(),
+            ))
+        });
+        match found {
+            Ok(parent) => {
+                tracing::info!(
+                    "blocks of changed files whose extents are those of snapshot {} (base \
+                     backup {base}'s) are not read",
+                    parent.0
+                );
+                Some(parent)
+            }
+            Err(why) => {
+                tracing::info!("{why}: changed files are read whole");
+                None
+            }
+        }
+    }
+
     /// The base backup's checksums, if it has them (older backups do not).
     async fn base_checksums(&self, base: &Path) -> Option<Checksums> {
         let found = match self.dest.remote() {
@@ -279,6 +398,7 @@ impl TreeCopy for LocalEngine {
             recheck_since: job.recheck_since,
             base_checksums: job.base_checksums,
             base_blocks: job.base_blocks,
+            parent: job.parent,
             seed,
             threads: COPY_THREADS,
             throttle: job.throttle.clone(),
@@ -314,11 +434,21 @@ impl TreeCopy for LocalEngine {
         if in_place {
             tracing::info!(
                 "changed files: {} compared with the base's block digests (the seed unread), \
-                 {} read from the seed to compare the others",
+                 {} read from the seed to compare the others, {} left unread (their extents \
+                 are the parent snapshot's)",
                 moved.compared_by_digest,
-                ByteSize::b(moved.seed_bytes_read).display().iec()
+                ByteSize::b(moved.seed_bytes_read).display().iec(),
+                ByteSize::b(moved.unread_by_extents).display().iec()
             );
         }
+        let unknown = counters.extents_unknown.load(Ordering::Relaxed);
+        if let Some(why) = counters.extents_unknown_because.get() {
+            tracing::warn!(
+                "{unknown} files read whole: their extents could not be compared with the \
+                 parent snapshot's (first: {why})"
+            );
+        }
+        let source_read = counters.source_read.load(Ordering::Relaxed);
         Ok(TreeCopied {
             stats: TransferStats {
                 bytes: moved.bytes,
@@ -326,6 +456,7 @@ impl TreeCopy for LocalEngine {
                 files: moved.files,
                 duration_ms: started.elapsed().as_millis() as u64,
                 seed_bytes_read: in_place.then_some(moved.seed_bytes_read),
+                source_bytes_read: Some(source_read),
                 ..Default::default()
             },
             checksums: Checksums(moved.checksums),

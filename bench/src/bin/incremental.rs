@@ -154,6 +154,10 @@ struct Backup {
     /// digests said which blocks changed).
     #[serde(default)]
     seed_read_mib: Option<f64>,
+    /// What dbsnap's copy engine read from the snapshot (not files left as the base holds
+    /// them, nor blocks whose extents are the kept parent snapshot's).
+    #[serde(default)]
+    source_read_mib: Option<f64>,
 }
 
 /// The block sizes the churn is measured at (multiples of the first).
@@ -314,6 +318,9 @@ fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<(Vec<Backup>,
                 written_mib: mib(&t["bytes_written"]),
                 stored_mib: (used_bytes(&dest)?.saturating_sub(used_before)) as f64 / 1048576.0,
                 seed_read_mib: t["seed_bytes_read"].as_u64().map(|b| b as f64 / 1048576.0),
+                source_read_mib: t["source_bytes_read"]
+                    .as_u64()
+                    .map(|b| b as f64 / 1048576.0),
             };
             eprintln!(
                 "-- {gb} GB {} #{index}: {:.1} s, {:.0} MiB transferred, {:.0} MiB stored",
@@ -595,6 +602,7 @@ fn reference_copy(gb: f64, data_mib: u64, rig: &Rig, disk: &LoopBtrfs) -> anyhow
         written_mib: copied,
         stored_mib: stored as f64 / 1048576.0,
         seed_read_mib: None,
+        source_read_mib: Some(copied),
     })
 }
 
@@ -635,9 +643,11 @@ fn table(all: &[Backup]) -> String {
          copy engine wrote (a block compare writes only the blocks that differ; – where the \
          tool does not say). Stored: space the destination gained (restic: added to the \
          repository, compressed). Seed read: what the copy engine read from the seed to \
-         compare with (0: the base's block digests said which blocks changed).\n\n\
-         | data | method | full: s | full: MiB transferred | full: MiB written | full: MiB stored | incremental: s | incremental: MiB transferred | incremental: MiB written | incremental: MiB stored | incremental: MiB seed read |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         compare with (0: the base's block digests said which blocks changed). Source read: \
+         what the copy engine read from the snapshot (blocks whose extents are the kept parent \
+         snapshot's are not read).\n\n\
+         | data | method | full: s | full: MiB transferred | full: MiB written | full: MiB stored | full: MiB source read | incremental: s | incremental: MiB transferred | incremental: MiB written | incremental: MiB stored | incremental: MiB seed read | incremental: MiB source read |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut keys: Vec<(f64, &str)> = Vec::new();
     for b in all {
@@ -669,22 +679,25 @@ fn table(all: &[Backup]) -> String {
                 _ => "–".to_string(),
             }
         };
-        let seed_read = {
-            let mut v: Vec<f64> = rest.iter().filter_map(|b| b.seed_read_mib).collect();
+        let median_of = |backups: &[&Backup], f: fn(&Backup) -> Option<f64>| {
+            let mut v: Vec<f64> = backups.iter().filter_map(|b| f(b)).collect();
             v.sort_by(f64::total_cmp);
             match v.len() {
                 0 => "–".to_string(),
                 n => format!("{:.1}", v[n / 2]),
             }
         };
+        let seed_read = median_of(rest, |b| b.seed_read_mib);
+        let source_read = median_of(rest, |b| b.source_read_mib);
         md.push_str(&format!(
-            "| {gb} GB ({} MiB) | {method} | {:.1} ({:.1}) | {:.0} | {} | {:.0} | {} ({}) | {} | {} | {} | {seed_read} |\n",
+            "| {gb} GB ({} MiB) | {method} | {:.1} ({:.1}) | {:.0} | {} | {:.0} | {} | {} ({}) | {} | {} | {} | {seed_read} | {source_read} |\n",
             full.data_mib,
             full.wall_s,
             full.transfer_s,
             full.transferred_mib,
             written(&[full]),
             full.stored_mib,
+            median_of(&[full], |b| b.source_read_mib),
             median(|b| b.wall_s),
             median(|b| b.transfer_s),
             median(|b| b.transferred_mib),

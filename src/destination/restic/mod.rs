@@ -726,6 +726,7 @@ impl Ingest for ResticRepo {
             resumed_from: None,
             wire_bytes: None,
             seed_bytes_read: None,
+            source_bytes_read: None,
         })
     }
 }

@@ -46,6 +46,8 @@ pub struct FileCopied {
     pub seed_read: u64,
     /// Whether the base's block digests said which blocks changed.
     pub by_digest: bool,
+    /// Bytes left unread: blocks whose extents are the parent snapshot's.
+    pub unread: u64,
 }
 
 /// Copy the contents of `from` (of `len` bytes) into the new, empty file `to`.
@@ -59,6 +61,7 @@ pub fn copy_new(from: &File, to: &File, len: u64, shared: &Shared) -> io::Result
             blocks,
             seed_read: 0,
             by_digest: false,
+            unread: 0,
         });
     }
     let mut writeback = Writeback::new(to);
@@ -79,6 +82,7 @@ pub fn copy_new(from: &File, to: &File, len: u64, shared: &Shared) -> io::Result
         blocks,
         seed_read: 0,
         by_digest: false,
+        unread: 0,
     })
 }
 
@@ -113,6 +117,7 @@ fn read_hashed(
             if n == 0 {
                 break;
             }
+            shared.source_read(n as u64);
             hasher.update(&buffer[..n]);
             each(at, &buffer[..n])?;
             at += n as u64;
@@ -139,17 +144,22 @@ fn hash_zeros(hasher: &mut BlockHasher, n: u64, shared: &Shared) {
 /// (`len` bytes), writing only the blocks that differ, adjacent ones in one write.
 /// With `base` (the previous backup's block digests of this file, which the seed is a
 /// reflink copy of) only `from` is read: a block is unchanged if its digest is the
-/// base's. Without, both are read and compared.
+/// base's. Without, both are read and compared. With `base`, the blocks `unread` marks
+/// (their extents are the parent snapshot's, see [`super::extents`]) are not read at
+/// all: they hold the base's bytes, and the base's digest is theirs.
 pub fn update_seeded(
     from: &File,
     seeded: &File,
     len: u64,
     base: Option<&FileBlocks>,
+    unread: Option<&[bool]>,
     shared: &Shared,
 ) -> io::Result<FileCopied> {
     let old_len = seeded.metadata()?.len();
     // Digests describe the seed only while it is as long as the file they were taken of.
     let base = base.filter(|b| b.len == old_len);
+    let unread = unread.filter(|_| base.is_some());
+    let known = |index: usize| unread.is_some_and(|u| u[index]);
     if old_len > len {
         seeded.set_len(len)?;
     }
@@ -160,12 +170,28 @@ pub fn update_seeded(
         Some(_) => Vec::new(),
         None => buffer_for(len),
     };
-    let (mut written, mut seed_read) = (0, 0);
+    let (mut written, mut seed_read, mut skipped) = (0, 0, 0);
     let mut pos = 0u64;
     while pos < len {
         let n = CHUNK.min(len - pos) as usize;
-        shared.take(n as u64)?;
-        from.read_exact_at(&mut ours[..n], pos)?;
+        let first = pos as usize / BLOCK_SIZE;
+        let written_before_chunk = written;
+        // Read the blocks not known unchanged, adjacent ones in one read.
+        let mut start = 0;
+        while start < n {
+            if known(first + start / BLOCK_SIZE) {
+                start += BLOCK_SIZE;
+                continue;
+            }
+            let mut end = start;
+            while end < n && !known(first + end / BLOCK_SIZE) {
+                end = (end + BLOCK_SIZE).min(n);
+            }
+            shared.take((end - start) as u64)?;
+            from.read_exact_at(&mut ours[start..end], pos + start as u64)?;
+            shared.source_read((end - start) as u64);
+            start = end;
+        }
         let have = old_len.saturating_sub(pos).min(n as u64) as usize;
         if base.is_none() {
             seeded.read_exact_at(&mut theirs[..have], pos)?;
@@ -175,30 +201,42 @@ pub fn update_seeded(
         let mut differing: Option<usize> = None;
         for start in (0..n).step_by(BLOCK_SIZE) {
             let end = (start + BLOCK_SIZE).min(n);
-            let index = (pos as usize + start) / BLOCK_SIZE;
-            let digest = hasher.block(&ours[start..end]);
-            let unchanged = match base {
-                Some(b) => b.block(index, end - start) == Some(&digest),
-                None => end <= have && ours[start..end] == theirs[start..end],
+            let index = first + start / BLOCK_SIZE;
+            let unchanged = match (base, known(index)) {
+                (Some(b), true) => {
+                    let digest = b
+                        .block(index, end - start)
+                        .expect("unread only where known");
+                    hasher.known_block(digest);
+                    skipped += (end - start) as u64;
+                    true
+                }
+                (Some(b), false) => {
+                    b.block(index, end - start) == Some(&hasher.block(&ours[start..end]))
+                }
+                (None, _) => {
+                    hasher.block(&ours[start..end]);
+                    end <= have && ours[start..end] == theirs[start..end]
+                }
             };
             match (unchanged, differing) {
                 (false, None) => differing = Some(start),
                 (true, Some(from_here)) => {
                     let at = pos + from_here as u64;
-                    written +=
-                        write_block_run(seeded, &ours[from_here..start], at, &mut writeback)?;
+                    written += write_block_run(seeded, &ours[from_here..start], at)?;
                     differing = None;
                 }
                 _ => {}
             }
         }
         if let Some(from_here) = differing {
-            written += write_block_run(
-                seeded,
-                &ours[from_here..n],
-                pos + from_here as u64,
-                &mut writeback,
-            )?;
+            written += write_block_run(seeded, &ours[from_here..n], pos + from_here as u64)?;
+        }
+        if written > written_before_chunk {
+            // One writeback window per chunk, not per run of blocks: the changed pages
+            // of a tablespace are scattered, and a window per page made each write wait
+            // for the disk.
+            writeback.written(pos, n as u64)?;
         }
         shared.progress_add(n as u64);
         pos += n as u64;
@@ -212,18 +250,13 @@ pub fn update_seeded(
         blocks,
         seed_read,
         by_digest: base.is_some(),
+        unread: skipped,
     })
 }
 
 /// Write `data` at `at` into the seeded file; the bytes written.
-fn write_block_run(
-    seeded: &File,
-    data: &[u8],
-    at: u64,
-    writeback: &mut Writeback,
-) -> io::Result<u64> {
+fn write_block_run(seeded: &File, data: &[u8], at: u64) -> io::Result<u64> {
     seeded.write_all_at(data, at)?;
-    writeback.written(at, data.len() as u64)?;
     Ok(data.len() as u64)
 }
 

@@ -18,8 +18,12 @@
 //! [`file`]); a file left as the previous backup holds it keeps that backup's checksum
 //! and digests, or is hashed from the snapshot if that backup has no checksum. Into a
 //! reflink copy of the previous backup, a changed file whose digests that backup
-//! recorded is compared with them: only the snapshot is read.
+//! recorded is compared with them: only the snapshot is read. Given the parent snapshot
+//! (the one that backup was copied from, [`Request::parent`]), not even all of the
+//! snapshot: blocks whose extents are the parent's ([`extents`]) are left unread, their
+//! digests the previous backup's.
 
+pub mod extents;
 mod file;
 mod meta;
 
@@ -94,6 +98,12 @@ pub struct Counters {
     pub done: AtomicU64,
     /// Set to stop the copy at the next chunk.
     pub cancelled: AtomicBool,
+    /// Bytes read from the source (the snapshot).
+    pub source_read: AtomicU64,
+    /// Files whose extents could not be compared with the parent snapshot's although
+    /// it was given, and the first reason: they were read as without a parent.
+    pub extents_unknown: AtomicU64,
+    pub extents_unknown_because: std::sync::OnceLock<String>,
 }
 
 /// One copy.
@@ -114,6 +124,10 @@ pub struct Request {
     /// only entries that match `base_checksums`): a reflink seed's changed files are
     /// compared with them instead of read.
     pub base_blocks: Option<Blocks>,
+    /// The parent snapshot's copy of each item (same order as the items): the snapshot
+    /// the previous backup was copied from, kept for this (see `tree::keeps_parent`).
+    /// With `base_blocks`, blocks whose extents are the parent's are not read.
+    pub parent: Option<Vec<PathBuf>>,
     /// Files in flight.
     pub threads: usize,
     pub throttle: Arc<Throttle>,
@@ -140,6 +154,8 @@ pub struct Moved {
     pub compared_by_digest: u64,
     /// Bytes read from a seeded copy to compare with (files without base digests).
     pub seed_bytes_read: u64,
+    /// Bytes of changed files left unread: their extents are the parent snapshot's.
+    pub unread_by_extents: u64,
     /// Every stored regular file (path relative to the partial) → BLAKE3 hex digest.
     pub checksums: BTreeMap<PathBuf, String>,
     /// Every stored regular file the copy has block digests for (all but those left
@@ -156,6 +172,7 @@ impl Moved {
         self.checksums_kept += other.checksums_kept;
         self.compared_by_digest += other.compared_by_digest;
         self.seed_bytes_read += other.seed_bytes_read;
+        self.unread_by_extents += other.unread_by_extents;
         self.checksums.extend(other.checksums);
         self.blocks.extend(other.blocks);
     }
@@ -170,6 +187,24 @@ pub struct Shared<'a> {
 impl Shared<'_> {
     pub fn progress_add(&self, bytes: u64) {
         self.counters.done.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// `bytes` were read from the source.
+    pub fn source_read(&self, bytes: u64) {
+        self.counters
+            .source_read
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The extents of `path` could not be compared with the parent's: `why`.
+    fn extents_unknown(&self, path: &Path, why: &io::Error) {
+        self.counters
+            .extents_unknown
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .counters
+            .extents_unknown_because
+            .set(format!("{}: {why}", path.display()));
     }
 
     /// Wait until `bytes` may be moved at the throttle's rate; an error as soon as the
@@ -209,6 +244,8 @@ struct Job {
     /// Whether the seed is a reflink copy of the previous backup, so that its block
     /// digests describe it.
     compare_by_digest: bool,
+    /// The parent snapshot's copy of this file (it may not exist).
+    parent: Option<PathBuf>,
 }
 
 enum JobBasis {
@@ -237,7 +274,8 @@ struct Walked {
 pub fn run(request: &Request) -> anyhow::Result<Moved> {
     let mut walked = Walked::default();
     for (i, item) in request.items.iter().enumerate() {
-        walk(request, item, request.seed.link_to(i), &mut walked)?;
+        let parent = request.parent.as_ref().map(|p| p[i].as_path());
+        walk(request, item, request.seed.link_to(i), parent, &mut walked)?;
     }
     let shared = Shared {
         throttle: &request.throttle,
@@ -284,6 +322,7 @@ fn walk(
     request: &Request,
     item: &CopyItem,
     linked: Option<&Path>,
+    parent: Option<&Path>,
     walked: &mut Walked,
 ) -> anyhow::Result<()> {
     let seeded = request.seed.in_place();
@@ -373,6 +412,7 @@ fn walk(
                 base_hash,
                 base_blocks,
                 compare_by_digest: seed_trusted,
+                parent: parent.map(|p| p.join(&relative)),
             });
         } else {
             meta::make_special(&to, &meta).map_err(|e| at(e, "creating", &to))?;
@@ -519,8 +559,16 @@ fn copy_one(job: &Job, shared: &Shared) -> anyhow::Result<Moved> {
     }
     .map_err(|e| at(e, "creating", &job.to))?;
     let base_blocks = job.base_blocks.as_ref().filter(|_| job.compare_by_digest);
+    let unread = match (&job.basis, base_blocks, &job.parent) {
+        (JobBasis::Seeded, Some(base), Some(parent)) => {
+            unchanged_since_parent(&from, parent, len, base, shared)
+        }
+        _ => None,
+    };
     let copied = match job.basis {
-        JobBasis::Seeded => file::update_seeded(&from, &to, len, base_blocks, shared),
+        JobBasis::Seeded => {
+            file::update_seeded(&from, &to, len, base_blocks, unread.as_deref(), shared)
+        }
         _ => file::copy_new(&from, &to, len, shared),
     }
     .map_err(|e| at(e, "copying to", &job.to))?;
@@ -532,10 +580,39 @@ fn copy_one(job: &Job, shared: &Shared) -> anyhow::Result<Moved> {
         hashed_only: if copied.cloned { len } else { 0 },
         compared_by_digest: u64::from(copied.by_digest),
         seed_bytes_read: copied.seed_read,
+        unread_by_extents: copied.unread,
         checksums: BTreeMap::from([(job.stored.clone(), copied.hash)]),
         blocks: BTreeMap::from([(job.stored.clone(), copied.blocks)]),
         ..Default::default()
     })
+}
+
+/// The blocks of `from` (the snapshot's file) whose extents are those of `parent` (the
+/// parent snapshot's copy), so that they hold the bytes `base` describes. `None` where
+/// the parent has no such file (new since), or its extents cannot be compared (said
+/// once in the log, after the copy): the file is read whole, as without a parent.
+fn unchanged_since_parent(
+    from: &File,
+    parent: &Path,
+    len: u64,
+    base: &FileBlocks,
+    shared: &Shared,
+) -> Option<Vec<bool>> {
+    let parent_file = match File::open(parent) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            shared.extents_unknown(parent, &e);
+            return None;
+        }
+    };
+    match extents::unchanged_since_parent(from, &parent_file, len, base) {
+        Ok(unread) => Some(unread),
+        Err(e) => {
+            shared.extents_unknown(parent, &e);
+            None
+        }
+    }
 }
 
 /// An I/O error with what was done to what; a full destination is the destination's

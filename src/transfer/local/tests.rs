@@ -31,6 +31,7 @@ fn request(from: &Path, to: &Path, seed: Seed, durable: Arc<dyn Durable>) -> Req
         recheck_since: None,
         base_checksums: None,
         base_blocks: None,
+        parent: None,
         threads: 3,
         throttle: Arc::new(Throttle::new(0)),
         counters: Arc::default(),
