@@ -124,7 +124,13 @@ impl Finish<'_> {
             None,
         )
         .await;
-        self.release_interrupted_streams().await;
+        release_interrupted_streams(
+            self.state_dir,
+            self.backends,
+            self.dest,
+            &self.manifest.server.datadir,
+        )
+        .await;
         Ok(())
     }
 
@@ -158,17 +164,30 @@ impl Finish<'_> {
             Some(&parent.set.name),
         )
         .await;
-        self.release_interrupted_streams().await;
+        release_interrupted_streams(
+            self.state_dir,
+            self.backends,
+            self.dest,
+            &self.manifest.server.datadir,
+        )
+        .await;
         Ok(())
     }
+}
 
-    async fn release_interrupted_streams(&self) {
-        let only = Some((self.dest, self.manifest.server.datadir.as_path()));
-        if let Err(e) = resume::release_records(self.state_dir, self.backends, only).await {
-            tracing::warn!(
-                "could not release what an interrupted stream left: {e:#}; the next backup tries again"
-            );
-        }
+/// Release what interrupted streams into `dest` of `datadir` left. A free function, not
+/// a method of [`Finish`]: a future holding `&Finish` would need its release pace's
+/// probe to be `Sync`.
+async fn release_interrupted_streams(
+    state_dir: &Path,
+    backends: &dyn Backends,
+    dest: &Path,
+    datadir: &Path,
+) {
+    if let Err(e) = resume::release_records(state_dir, backends, Some((dest, datadir))).await {
+        tracing::warn!(
+            "could not release what an interrupted stream left: {e:#}; the next backup tries again"
+        );
     }
 }
 
