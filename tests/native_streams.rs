@@ -461,7 +461,10 @@ fn partials_in(dest: &Path) -> Vec<PathBuf> {
 /// copy is deleted; a stream never continues one) instead of keeping it for `cleanup`.
 #[test]
 fn btrfs_send_sigkill_while_receiving_then_cleanup_leaves_only_the_base() {
-    let sb = Sandbox::new();
+    // Room for the data and three full streams of it: btrfs frees a deleted copy only
+    // at its next commit (up to 30 s later), so the free-space check before the second
+    // killed stream may not see the room the first one's left.
+    let sb = Sandbox::with_fs_size(1536);
     bank::create(&sb.server);
     bank::add_filler(&sb.server, 48);
     let dest = sb.fs.mountpoint.join("backups");
