@@ -28,11 +28,11 @@ pub struct Scope<'a> {
     pub backends: &'a dyn Backends,
     /// `[backup]`, to open the restic repository a journaled restic run worked on.
     pub backup: Option<&'a BackupConfig>,
-    /// Leave journaled local partial backups as they are (and in the journal): at the
-    /// start of a backup, which continues the newest (see
-    /// [`crate::destination::Destination::resume_partial`]); and hand the snapshot and
-    /// copies of a stream cut off by a killed run to its resumable record, for this
-    /// backup to resume (see [`crate::transfer::resume`]).
+    /// Leave journaled local partial backups that hold something as they are (and in
+    /// the journal; an empty one is removed): at the start of a backup, which continues
+    /// the newest (see [`crate::destination::Destination::resume_partial`]); and hand
+    /// the snapshot and copies of a stream cut off by a killed run to its resumable
+    /// record, for this backup to resume (see [`crate::transfer::resume`]).
     pub keep_partials: bool,
 }
 
@@ -48,7 +48,7 @@ impl<'a> Scope<'a> {
     }
 
     /// [`Scope::of`] for the start of a backup: a partial backup a killed run left
-    /// stays for this backup to continue.
+    /// stays for this backup to continue, unless it is empty.
     pub fn keeping_partials(config: &'a Config) -> Scope<'a> {
         Scope {
             keep_partials: true,
@@ -274,7 +274,10 @@ async fn release_one(scope: &Scope<'_>, run: &str, resource: &Resource) -> anyho
             if !dir.exists() {
                 return Ok(Outcome::NothingToRelease("it was never created"));
             }
-            if scope.keep_partials {
+            // One that holds nothing gives this backup nothing to continue: a killed
+            // stream's (its received copies are released just before it, newest first;
+            // streams never continue a partial) or a run's killed before its first file.
+            if scope.keep_partials && !is_empty_dir(dir)? {
                 return Ok(Outcome::Kept);
             }
             crate::destination::local::remove_dir(dir, scope.backends).await?;
@@ -392,6 +395,13 @@ async fn release_one(scope: &Scope<'_>, run: &str, resource: &Resource) -> anyho
             Ok(Outcome::Released)
         }
     }
+}
+
+/// Whether `dir` has no entries.
+fn is_empty_dir(dir: &Path) -> anyhow::Result<bool> {
+    let mut entries =
+        std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    Ok(entries.next().is_none())
 }
 
 pub fn describe(resource: &Resource) -> String {
@@ -609,6 +619,8 @@ mod tests {
     use dbsnap_backend_api::SnapshotName;
 
     use super::*;
+    use crate::config::SnapshotConfig;
+    use crate::journal::RunLock;
 
     fn set(name: &str) -> SnapshotSet {
         SnapshotSet {
@@ -635,5 +647,43 @@ mod tests {
             assert!(!may_spread(state.path(), &set(kept)), "{kept}");
         }
         assert!(may_spread(state.path(), &set("dbsnap-run-1")));
+    }
+
+    #[tokio::test]
+    async fn at_a_backups_start_an_empty_partial_is_removed_and_one_holding_files_is_kept() {
+        let state = tempfile::tempdir().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        // A killed stream's (its copies released first) and a killed file copy's.
+        let empty = dest.path().join("20261201T000000Z.partial");
+        let filled = dest.path().join("20261201T000001Z.partial");
+        std::fs::create_dir(&empty).unwrap();
+        std::fs::create_dir_all(filled.join("files")).unwrap();
+        let lock = RunLock::acquire(state.path()).unwrap();
+        let mut journal = Journal::open(state.path(), &lock).unwrap();
+        let kept = Resource::Partial {
+            dir: filled.clone(),
+        };
+        journal
+            .record("run-a", Resource::Partial { dir: empty.clone() })
+            .unwrap();
+        journal.record("run-b", kept.clone()).unwrap();
+        let backends: SnapshotConfig = toml::from_str("backend = \"btrfs\"").unwrap();
+        let scope = Scope {
+            state_dir: state.path(),
+            dest: Some(dest.path()),
+            backends: &backends,
+            backup: None,
+            keep_partials: true,
+        };
+
+        let cleaned = release_all(&scope, &mut journal).await.unwrap();
+        assert!(!empty.exists(), "the empty partial is removed");
+        assert!(
+            filled.join("files").is_dir(),
+            "the other is left to continue"
+        );
+        assert_eq!(cleaned.released.len(), 1, "{cleaned:?}");
+        let left: Vec<&Resource> = journal.entries().iter().map(|e| &e.resource).collect();
+        assert_eq!(left, vec![&kept]);
     }
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use common::zfs::{sh, Binlogs, ZfsSandbox};
 use dbsnap_test_support::bank;
 use dbsnap_test_support::openzfs::{self, OpenZfs, Pool};
+use dbsnap_test_support::sshd::Sshd;
 
 /// Each pool holds a server under the bank workload plus its backups' read paths.
 const OPENZFS: OpenZfs = OpenZfs {
@@ -535,6 +536,112 @@ fn in_guest_zfs_send_killed_mid_stream_is_cleaned_up_or_sent_in_full_when_its_sn
     assert!(chains.is_empty(), "{chains:?}");
     println!(
         "MEASURE OpenZFS zfs-send killed, cleaned up, killed, snapshot gone: test {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// The same over ssh, to a backup host on 127.0.0.1 in the guest (an OpenSSH server
+/// started by the test, serving a dataset of the second pool): the connection killed
+/// mid-stream (the sshd processes serving it, as a network drop would: exit 14) leaves
+/// the receive's state there, and the next backup, under the bank workload, resumes it
+/// there from its token (read and continued over the run's one connection): fewer
+/// bytes than one full stream, `transfer.resumed_from` in the manifest, and the backup
+/// restored from the backup host passes the bank check.
+#[test]
+#[ignore = "runs inside the TCG guest, started by openzfs_backup_suite"]
+fn in_guest_zfs_send_over_ssh_cut_off_by_a_lost_connection_is_resumed_on_the_backup_host() {
+    let t = Instant::now();
+    let pool = OPENZFS.pool("ozb6");
+    let mut sb = sandbox(&pool, Binlogs::ChildOfDatadir, "");
+    let backups = OPENZFS.pool("ozb6d");
+    let dest_dataset = format!("{}/backups", backups.name);
+    sh("zfs", &["create", &dest_dataset]);
+    sb.dest = backups.root.join("backups");
+    let sshd = Sshd::start();
+    bank::create(&sb.server);
+    add_filler(&sb.datadir);
+    let write_config = |backup: &str| {
+        std::fs::write(
+            &sb.config,
+            format!(
+                "state_dir = {state:?}\n\n[mysql]\nsocket = {socket:?}\nuser = \"root\"\n\n\
+                 [snapshot]\nbackend = \"zfs\"\n\n[backup]\ndest = {dest:?}\n\
+                 method = \"zfs-send\"\n{backup}\n\n[backup.ssh]\nidentity_file = {key:?}\n\
+                 known_hosts = {known:?}\n",
+                state = sb.state,
+                socket = sb.server.socket,
+                dest = sshd.url(&sb.dest),
+                key = sshd.identity,
+                known = sshd.known_hosts,
+            ),
+        )
+        .unwrap()
+    };
+    write_config("bwlimit = \"4MiB\"");
+
+    let log = sb.dir.join("lost-connection.log");
+    let (mut run, _) = backup_until_streaming(&sb, &log);
+    let streaming = t.elapsed();
+    assert!(sshd.kill_sessions() > 0);
+    let status = run.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(14), "{said}");
+    assert!(said.contains("the next run resumes the stream"), "{said}");
+    let tokens = wait_for_resume_tokens(&dest_dataset);
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    let records = resumable_records(&sb.state);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let interrupted = records[0]["backup"].as_str().unwrap().to_string();
+    let full: u64 = records[0]["set"]["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| full_stream_size(s["id"].as_str().unwrap()))
+        .sum();
+
+    write_config("");
+    let writers = bank::Writers::start_with_audit(&sb.server.socket, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = sb.dbsnap(&["backup", "--json"]);
+    let commits = writers.stop();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let resumed = common::stdout_json(&out);
+    let transfer = &resumed["transfer"];
+    assert_eq!(transfer["resumed_from"], interrupted.as_str(), "{transfer}");
+    assert!(transfer["full_because"].is_null(), "{transfer}");
+    let bytes = transfer["bytes"].as_u64().unwrap();
+    assert!(
+        bytes < full,
+        "{transfer}: the resumed run sent more than the full stream ({full} bytes)"
+    );
+    assert!(resume_tokens(&dest_dataset).is_empty());
+    assert!(resumable_records(&sb.state).is_empty());
+
+    // Restored by name from the backup host (pulled over ssh).
+    let name = resumed["name"].as_str().unwrap();
+    let restored = sb.dir.join("restored");
+    common::restore_with(&sb.config, Path::new(name), &restored, &[]);
+    let mut options =
+        dbsnap_test_support::mariadb::ServerOptions::new(&restored, &sb.dir.join("run restored"));
+    options.server_id = 2;
+    options.log_bin = Some(restored.join("binlog").join("binlog"));
+    let copy = dbsnap_test_support::mariadb::MariaDb::start_existing(options);
+    bank::assert_consistent(
+        &copy,
+        &commits,
+        common::time(&resumed["lock"]["acquired_at"]),
+        common::time(&resumed["lock"]["released_at"]),
+    );
+    assert_eq!(
+        copy.sql("SELECT @@gtid_binlog_pos"),
+        resumed["coordinates"]["gtid_binlog_pos"].as_str().unwrap()
+    );
+    copy.stop();
+    println!(
+        "MEASURE OpenZFS zfs-send over ssh resume: full stream {full} bytes, resumed run {bytes} \
+         bytes ({:.2} of the full); stream under way after {:.1} s; test {:.1} s",
+        bytes as f64 / full as f64,
+        streaming.as_secs_f64(),
         t.elapsed().as_secs_f64()
     );
 }
