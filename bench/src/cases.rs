@@ -65,6 +65,14 @@ impl Case {
         }
     }
 
+    /// Whether a run deletes a snapshot of the datadir when it is done.
+    pub fn deletes_snapshot(self) -> bool {
+        match self {
+            Case::Dbsnap(_) | Case::DbsnapUnpaced | Case::Classic | Case::SnapshotOnly => true,
+            Case::Mariabackup | Case::NoBackup => false,
+        }
+    }
+
     /// What `--cases` calls it.
     pub fn key(self) -> &'static str {
         match self {
@@ -93,6 +101,8 @@ pub struct Measured {
     /// returns, and what it costs the writers is the backup's cost too. `end_ms` when
     /// the run deleted nothing.
     pub settled_ms: f64,
+    /// Whether the case deletes a snapshot of the datadir (and so leaves the cleaner work).
+    pub deletes_snapshot: bool,
     /// The window in which commits could be blocked, in ms since the writers started.
     pub lock_from_ms: f64,
     pub lock_to_ms: f64,
@@ -179,6 +189,7 @@ pub fn run(case: Case, repeat: usize, rig: &Rig, t0: SystemTime) -> anyhow::Resu
         start_ms: ms_since(t0, start),
         end_ms: ms_since(t0, end),
         settled_ms: ms_since(t0, settled),
+        deletes_snapshot: case.deletes_snapshot(),
         lock_from_ms: ms_since(t0, w.lock_from),
         lock_to_ms: ms_since(t0, w.lock_to),
         lock_prelude_ms: w.lock_prelude_ms,

@@ -35,8 +35,9 @@ pub struct Run {
     pub delayed: Vec<(f64, f64)>,
     /// For dbsnap: what the writers saw during each phase after the lock.
     pub phases: Option<Phases>,
-    /// From the end of the run until the filesystem had freed the deleted snapshots.
-    pub after_run: Stretch,
+    /// From the end of the run until the filesystem had freed the snapshots it deleted;
+    /// `None` for a case that deletes none (mariabackup, the writers alone).
+    pub after_run: Option<Stretch>,
 }
 
 /// What the writers saw during one stretch of a run.
@@ -144,7 +145,9 @@ impl Run {
                 .filter(|(_, l)| *l > DELAYED_MS)
                 .collect(),
             phases: Phases::of(&measured, &window),
-            after_run: window.stretch(measured.end_ms, measured.settled_ms),
+            after_run: measured
+                .deletes_snapshot
+                .then(|| window.stretch(measured.end_ms, measured.settled_ms)),
             measured,
         }
     }

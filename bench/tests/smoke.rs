@@ -36,7 +36,8 @@ fn a_tiny_run_writes_json_table_and_plot() {
     for run in runs {
         let (end, settled) = (run["end_ms"].as_f64(), run["settled_ms"].as_f64());
         assert!(settled >= end && end.is_some(), "{run}");
-        assert!(run["after_run"].is_object(), "{run}");
+        let deletes = run["deletes_snapshot"].as_bool().unwrap();
+        assert_eq!(run["after_run"].is_object(), deletes, "{run}");
     }
     assert!(
         json["sizes"][0]["commits"].as_u64().unwrap() > 0,
