@@ -281,7 +281,14 @@ fn a_snapshot_that_hangs_is_unlocked_within_max_lock_hold_and_cleaned_up() {
         "[snapshot]\nbackend = \"btrfs\"",
         &format!("[snapshot]\nbackend = \"exec:hangs\"\n[snapshot.exec]\nplugin_dir = {plugins:?}"),
     );
-    sb.write_raw_config(&config.replace("[mysql]\n", "[mysql]\nmax_lock_hold = \"1s\"\n"));
+    // A short lock_wait_timeout: a transfer holding a row lock and queued behind
+    // FLUSH TABLES WITH READ LOCK, with another transfer waiting for that row, keeps the
+    // FTWRL (and the writers behind it) waiting until the timeout cancels the attempt —
+    // 5 s by default, over the stall bound. This test is about max_lock_hold.
+    sb.write_raw_config(&config.replace(
+        "[mysql]\n",
+        "[mysql]\nmax_lock_hold = \"1s\"\nlock_wait_timeout = \"1s\"\n",
+    ));
     let writers = Writers::start(&sb.server.socket, 4);
     let started = Instant::now();
     let out = sb.dbsnap(&["backup", "--lock", "ftwrl"]);
