@@ -134,17 +134,21 @@ impl Finish<'_> {
         Ok(())
     }
 
-    /// Keep the snapshot as the parent of the next file-tree incremental (`method`
-    /// [`chain::COPY_PARENT`]), release the parents it replaces and what interrupted
-    /// streams left.
-    pub async fn keep_snapshot_as_copy_parent(self) -> anyhow::Result<()> {
+    /// Keep the snapshot as the parent of the next incremental made with `method` (a
+    /// stream's, whose copies on the destination are `received`, or the copy engine's
+    /// [`chain::COPY_PARENT`]), and release the parents it replaces.
+    pub async fn keep_snapshot_as_parent(
+        &mut self,
+        method: &str,
+        received: Vec<String>,
+    ) -> anyhow::Result<chain::Parent> {
         let parent = chain::Parent {
             set: self.set.clone(),
             backup: self.manifest.name.clone(),
-            received: Vec::new(),
+            received,
             dest: self.dest.to_path_buf(),
             datadir: self.manifest.server.datadir.clone(),
-            method: chain::COPY_PARENT.into(),
+            method: method.into(),
             created_at: self.manifest.started_at,
         };
         chain::keep_as_parent(
@@ -164,6 +168,14 @@ impl Finish<'_> {
             Some(&parent.set.name),
         )
         .await;
+        Ok(parent)
+    }
+
+    /// Keep the snapshot as the parent of the next file-tree incremental, and release
+    /// the parents it replaces and what interrupted streams left.
+    pub async fn keep_snapshot_as_copy_parent(mut self) -> anyhow::Result<()> {
+        self.keep_snapshot_as_parent(chain::COPY_PARENT, Vec::new())
+            .await?;
         release_interrupted_streams(
             self.state_dir,
             self.backends,

@@ -15,7 +15,7 @@ use dbsnap_backend_api::{
     StreamParent,
 };
 
-use super::chain::{self, Parent};
+use super::chain::Parent;
 use super::resume::{self, Found, Resumable};
 use super::{Copied, Finish, Source, Target, Transfer, TransferMethod, TransferStats};
 use crate::destination::{Destination, Partial};
@@ -195,33 +195,10 @@ impl Transfer for StreamTransfer<'_> {
         Ok(Copied { stats, stored })
     }
 
-    async fn finish(&self, done: Finish<'_>) -> anyhow::Result<()> {
-        let parent = Parent {
-            set: done.set.clone(),
-            backup: done.manifest.name.clone(),
-            received: done.manifest.stored.iter().map(|s| s.id.clone()).collect(),
-            dest: done.dest.to_path_buf(),
-            datadir: done.manifest.server.datadir.clone(),
-            method: self.stream.method().into(),
-            created_at: done.manifest.started_at,
-        };
-        chain::keep_as_parent(
-            done.state_dir,
-            done.backend,
-            done.journal,
-            done.workdir,
-            &parent,
-        )
-        .await
-        .map_err(|e| done.after_publish(e, "keeping its snapshot as the next base"))?;
-        chain::retire_parents(
-            done.state_dir,
-            done.backends,
-            done.dest,
-            &parent.datadir,
-            Some(&parent.set.name),
-        )
-        .await;
+    async fn finish(&self, mut done: Finish<'_>) -> anyhow::Result<()> {
+        let received = done.manifest.stored.iter().map(|s| s.id.clone()).collect();
+        done.keep_snapshot_as_parent(self.stream.method(), received)
+            .await?;
         if let Some(interrupted) = &self.found.interrupted {
             // Its copies were only the steps towards this backup's.
             let record = &interrupted.record;
