@@ -5,13 +5,12 @@
 //! within target let it grow. Never below [`FLOOR`], so a release always finishes, and
 //! never above [`CEILING`].
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dbsnap_backend_api::{ReleaseSteps, Result};
 
-use crate::transfer::pace::{LatencyProbe, PaceSettings, Pacer, Step};
+use crate::transfer::pace::{LatencyProbe, PaceSettings, Pacer, RecentLatencies, Step};
 
 /// How often a step frees the next share.
 pub const STEP_EVERY: Duration = Duration::from_millis(100);
@@ -49,7 +48,7 @@ pub struct SpreadReport {
 /// (a commit stuck behind a lock is the slowest sample of all).
 #[derive(Default)]
 struct Samples {
-    recent: VecDeque<Duration>,
+    recent: RecentLatencies,
     /// A sample arrived since the steps last looked.
     fresh: bool,
     running_since: Option<Instant>,
@@ -73,10 +72,7 @@ impl Sampler {
                     let mut s = shared.lock().expect("not poisoned");
                     s.running_since = None;
                     sampled.map(|latency| {
-                        if s.recent.len() == 3 {
-                            s.recent.pop_front();
-                        }
-                        s.recent.push_back(latency);
+                        s.recent.push(latency);
                         s.fresh = true;
                     })
                 };
@@ -99,9 +95,7 @@ impl Sampler {
         let mut s = self.samples.lock().expect("not poisoned");
         let running = s.running_since.map(|since| since.elapsed());
         if std::mem::take(&mut s.fresh) {
-            let mut sorted: Vec<Duration> = s.recent.iter().copied().collect();
-            sorted.sort();
-            return Some(sorted[sorted.len() / 2]);
+            return s.recent.median();
         }
         running.filter(|took| *took > limit)
     }
@@ -157,6 +151,8 @@ pub async fn spread(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
     use async_trait::async_trait;
 
     use super::*;

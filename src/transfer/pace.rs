@@ -179,6 +179,26 @@ impl Pacer {
 /// How often the pacer samples the server's commit latency.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
+/// The probe's last three samples. The pacer acts on their median, so that one slow
+/// commit does not halve the rate.
+#[derive(Debug, Default)]
+pub struct RecentLatencies(VecDeque<Duration>);
+
+impl RecentLatencies {
+    pub fn push(&mut self, latency: Duration) {
+        if self.0.len() == 3 {
+            self.0.pop_front();
+        }
+        self.0.push_back(latency);
+    }
+
+    pub fn median(&self) -> Option<Duration> {
+        let mut sorted: Vec<Duration> = self.0.iter().copied().collect();
+        sorted.sort();
+        sorted.get(sorted.len() / 2).copied()
+    }
+}
+
 /// Steer `throttle` by the probe's samples (the median of the last three, so that one
 /// slow commit does not halve the copy), every `every`; `moved` reads the bytes copied
 /// so far, `shown` is told each new rate. Returns only when the probe fails; the copy
@@ -191,7 +211,7 @@ pub async fn steer(
     moved: &(dyn Fn() -> u64 + Sync),
     shown: &(dyn Fn(u64) + Sync),
 ) {
-    let mut recent: VecDeque<Duration> = VecDeque::with_capacity(3);
+    let mut recent = RecentLatencies::default();
     let mut last = (Instant::now(), moved());
     loop {
         tokio::time::sleep(every).await;
@@ -202,18 +222,13 @@ pub async fn steer(
                 return;
             }
         };
-        if recent.len() == 3 {
-            recent.pop_front();
-        }
-        recent.push_back(latency);
-        let mut sorted: Vec<Duration> = recent.iter().copied().collect();
-        sorted.sort();
+        recent.push(latency);
         let now = (Instant::now(), moved());
         let secs = now.0.duration_since(last.0).as_secs_f64().max(0.001);
         let measured = (now.1.saturating_sub(last.1) as f64 / secs) as u64;
         last = now;
         let before = throttle.rate();
-        let (rate, step) = pacer.observe(sorted[sorted.len() / 2], measured);
+        let (rate, step) = pacer.observe(recent.median().unwrap_or(latency), measured);
         if rate != before {
             throttle.set_rate(rate);
             shown(rate);
@@ -254,6 +269,18 @@ mod tests {
 
     const MB: u64 = 1 << 20;
     const BASELINE: Duration = Duration::from_millis(2);
+
+    #[test]
+    fn the_pacer_acts_on_the_median_of_the_last_three_samples() {
+        let ms = Duration::from_millis;
+        let mut recent = RecentLatencies::default();
+        assert_eq!(recent.median(), None);
+        for latency in [ms(1), ms(90), ms(2), ms(3)] {
+            recent.push(latency);
+        }
+        // 1 ms has dropped out; one slow commit among 2 and 3 ms does not count.
+        assert_eq!(recent.median(), Some(ms(3)));
+    }
 
     fn settings() -> PaceSettings {
         PaceSettings {
