@@ -335,6 +335,34 @@ fn everything_in(pool: &str) -> Vec<String> {
 }
 
 /// The size of a full stream of `snapshot` (`zfs send -nP`).
+/// The next backup, under 4 bank writers: it resumes the `interrupted` backup's stream
+/// from its token (sending less than the `full` stream) and leaves no token at
+/// `dest_dataset` and no resumable record. Its manifest, and the writers' commits.
+fn next_backup_resumes(
+    sb: &ZfsSandbox,
+    interrupted: &str,
+    full: u64,
+    dest_dataset: &str,
+) -> (serde_json::Value, Vec<bank::Commit>) {
+    let writers = bank::Writers::start_with_audit(&sb.server.socket, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = sb.dbsnap(&["backup", "--json"]);
+    let commits = writers.stop();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let resumed = common::stdout_json(&out);
+    let transfer = &resumed["transfer"];
+    assert_eq!(transfer["resumed_from"], interrupted, "{transfer}");
+    assert!(transfer["full_because"].is_null(), "{transfer}");
+    let bytes = transfer["bytes"].as_u64().unwrap();
+    assert!(
+        bytes < full,
+        "{transfer}: the resumed run sent more than the full stream ({full} bytes)"
+    );
+    assert!(resume_tokens(dest_dataset).is_empty());
+    assert!(resumable_records(&sb.state).is_empty());
+    (resumed, commits)
+}
+
 fn full_stream_size(snapshot: &str) -> u64 {
     let out = sh("zfs", &["send", "-nP", snapshot]);
     out.lines()
@@ -393,22 +421,8 @@ fn in_guest_zfs_send_cut_off_by_a_killed_receiver_is_resumed_from_its_token() {
     let full: u64 = snapshots.iter().map(|s| full_stream_size(s)).sum();
 
     sb.write_config("", "method = \"zfs-send\"");
-    let writers = bank::Writers::start_with_audit(&sb.server.socket, 4);
-    std::thread::sleep(Duration::from_millis(300));
-    let out = sb.dbsnap(&["backup", "--json"]);
-    let commits = writers.stop();
-    assert!(out.status.success(), "{}", common::stderr(&out));
-    let resumed = common::stdout_json(&out);
-    let transfer = &resumed["transfer"];
-    assert_eq!(transfer["resumed_from"], interrupted.as_str(), "{transfer}");
-    assert!(transfer["full_because"].is_null(), "{transfer}");
-    let bytes = transfer["bytes"].as_u64().unwrap();
-    assert!(
-        bytes < full,
-        "{transfer}: the resumed run sent more than the full stream ({full} bytes)"
-    );
-    assert!(resume_tokens(&dest_dataset).is_empty());
-    assert!(resumable_records(&sb.state).is_empty());
+    let (resumed, commits) = next_backup_resumes(&sb, &interrupted, full, &dest_dataset);
+    let bytes = resumed["transfer"]["bytes"].as_u64().unwrap();
     // Nothing of the interrupted run is left: its snapshots on the source, its received
     // snapshots and copies at the destination (the chains it started go on).
     let copies: Vec<String> = (0..snapshots.len())
@@ -600,22 +614,8 @@ fn in_guest_zfs_send_over_ssh_cut_off_by_a_lost_connection_is_resumed_on_the_bac
         .sum();
 
     write_config("");
-    let writers = bank::Writers::start_with_audit(&sb.server.socket, 4);
-    std::thread::sleep(Duration::from_millis(300));
-    let out = sb.dbsnap(&["backup", "--json"]);
-    let commits = writers.stop();
-    assert!(out.status.success(), "{}", common::stderr(&out));
-    let resumed = common::stdout_json(&out);
-    let transfer = &resumed["transfer"];
-    assert_eq!(transfer["resumed_from"], interrupted.as_str(), "{transfer}");
-    assert!(transfer["full_because"].is_null(), "{transfer}");
-    let bytes = transfer["bytes"].as_u64().unwrap();
-    assert!(
-        bytes < full,
-        "{transfer}: the resumed run sent more than the full stream ({full} bytes)"
-    );
-    assert!(resume_tokens(&dest_dataset).is_empty());
-    assert!(resumable_records(&sb.state).is_empty());
+    let (resumed, commits) = next_backup_resumes(&sb, &interrupted, full, &dest_dataset);
+    let bytes = resumed["transfer"]["bytes"].as_u64().unwrap();
 
     // Restored by name from the backup host (pulled over ssh).
     let name = resumed["name"].as_str().unwrap();
