@@ -345,6 +345,14 @@ async fn release_one(scope: &Scope<'_>, run: &str, resource: &Resource) -> anyho
                     "it is a kept snapshot (see `dbsnap snapshot list`)",
                 ));
             }
+            // The base of the next incremental whose run stopped between writing its
+            // parent record and leaving the journal (or between re-entering the journal
+            // and removing the record, when it was being retired): the record owns it.
+            if chain::is_parent(scope.state_dir, &set.name) {
+                return Ok(Outcome::NothingToRelease(
+                    "it is the base of the next incremental backup",
+                ));
+            }
             // A run killed mid-stream: the next backup resumes the stream from it.
             if scope.keep_partials && resume::is_resumable(scope.state_dir, &set.name) {
                 return Ok(Outcome::NothingToRelease(resume::HANDED_OVER));
@@ -536,7 +544,21 @@ pub async fn release_own(
     own: OwnRun<'_>,
 ) -> anyhow::Result<()> {
     unmount(backend, journal, set, workdir).await?;
-    if let Some(pace) = own.spread.filter(|_| may_spread(own.state_dir, set)) {
+    destroy(backend, own.state_dir, set, own.spread).await?;
+    journal.forget(&Resource::Snapshot { set: set.clone() })?;
+    Ok(())
+}
+
+/// Destroy the unmounted snapshot set `set`, its data freed in steps at `spread`'s pace
+/// first where [`may_spread`] and the backend offers steps (a failed step is a warning:
+/// it is then deleted at once).
+pub async fn destroy(
+    backend: &dyn SnapshotBackend,
+    state_dir: &Path,
+    set: &SnapshotSet,
+    spread: Option<ReleasePace>,
+) -> anyhow::Result<()> {
+    if let Some(pace) = spread.filter(|_| may_spread(state_dir, set)) {
         if let Err(e) = spread_release(backend, set, pace).await {
             tracing::warn!(
                 "releasing snapshot {} in steps: {e:#}; deleting it at once",
@@ -544,9 +566,7 @@ pub async fn release_own(
             );
         }
     }
-    backend.release(set).await.map_err(backend_error)?;
-    journal.forget(&Resource::Snapshot { set: set.clone() })?;
-    Ok(())
+    backend.release(set).await.map_err(backend_error)
 }
 
 async fn spread_release(
@@ -647,6 +667,36 @@ mod tests {
             assert!(!may_spread(state.path(), &set(kept)), "{kept}");
         }
         assert!(may_spread(state.path(), &set("dbsnap-run-1")));
+    }
+
+    #[tokio::test]
+    async fn a_journaled_snapshot_that_a_parent_record_owns_is_forgotten_not_released() {
+        // A run stopped between writing a parent record and leaving the journal (or,
+        // retiring it, between re-entering the journal and removing the record).
+        let state = tempfile::tempdir().unwrap();
+        let parents = state.path().join("parents");
+        std::fs::create_dir_all(&parents).unwrap();
+        std::fs::write(parents.join("dbsnap-parent.toml"), "").unwrap();
+        let lock = RunLock::acquire(state.path()).unwrap();
+        let mut journal = Journal::open(state.path(), &lock).unwrap();
+        let snapshot = Resource::Snapshot {
+            set: set("dbsnap-parent"),
+        };
+        journal.record("run-a", snapshot).unwrap();
+        let backends: SnapshotConfig = toml::from_str("backend = \"btrfs\"").unwrap();
+        let scope = Scope {
+            state_dir: state.path(),
+            dest: None,
+            backends: &backends,
+            backup: None,
+            keep_partials: true,
+        };
+
+        let cleaned = release_all(&scope, &mut journal).await.unwrap();
+        assert!(cleaned.released.is_empty(), "{cleaned:?}");
+        assert_eq!(cleaned.nothing_to_release.len(), 1, "{cleaned:?}");
+        assert!(journal.entries().is_empty());
+        assert!(parents.join("dbsnap-parent.toml").exists());
     }
 
     #[tokio::test]

@@ -2,7 +2,8 @@
 //! large files hold more than 256 MiB is made writable and its files truncated in
 //! steps paced by the copy's commit probe, then deleted; slow commits hold the steps at
 //! the floor; a transfer the probe does not pace (rsync) opens one for the release; a
-//! run killed half-way leaves a snapshot that `cleanup` deletes. (The
+//! run killed half-way leaves a snapshot that `cleanup` deletes; a copy parent a newer
+//! backup replaces is released in steps too. (The
 //! stepping and pacing without a server: `release::spread::tests`,
 //! `spread::tests` in plugins/btrfs; which snapshots are spread: `release::tests`.)
 
@@ -20,7 +21,12 @@ use dbsnap_test_support::mariadb::{MariaDb, ServerOptions};
 /// A sandbox with room for a large file, and one in its datadir: preallocated, so the
 /// snapshot holds more than the bar for spreading without writing it.
 fn large_sandbox() -> Sandbox {
-    let sb = Sandbox::with_fs_size(1024);
+    large_sandbox_of(1024)
+}
+
+/// [`large_sandbox`] on a filesystem of `mib`.
+fn large_sandbox_of(mib: u64) -> Sandbox {
+    let sb = Sandbox::with_fs_size(mib);
     bank::create(&sb.server);
     let large = sb.server.options.datadir.join("large.bin");
     let out = Command::new("fallocate")
@@ -104,6 +110,55 @@ fn an_rsync_backup_opens_a_probe_for_its_release_in_steps_only() {
     );
     steps_in(&log);
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+}
+
+#[test]
+fn a_retired_copy_parent_is_released_in_steps_when_the_next_backup_replaces_it() {
+    // The destination on the datadir's btrfs: reflinks, so each backup's snapshot is
+    // kept as the next one's parent, and the one it replaces is released. (--force:
+    // the destination is on the snapshotted filesystem.)
+    let sb = large_sandbox_of(1536);
+    let dest = sb.fs.mountpoint.join("backups");
+    std::fs::create_dir(&dest).unwrap();
+    let config = std::fs::read_to_string(&sb.config).unwrap().replace(
+        &format!("dest = {:?}", sb.dest),
+        &format!("dest = {dest:?}"),
+    );
+    sb.write_raw_config(&config);
+    let snapshot_of = |out: &std::process::Output| {
+        stdout_json(out)["snapshot"]["name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    let first = sb.dbsnap(&["backup", "--json", "--force"]);
+    let log = stderr(&first);
+    assert!(first.status.success(), "{log}");
+    assert!(log.contains("as the base of the next incremental"), "{log}");
+    assert!(
+        !log.contains("in steps"),
+        "the kept parent was freed: {log}"
+    );
+    let parent = snapshot_of(&first);
+
+    let second = sb.dbsnap(&["backup", "--json", "--force"]);
+    let log = stderr(&second);
+    assert!(second.status.success(), "{log}");
+    assert!(
+        log.contains(&format!("releasing snapshot {parent} in steps")),
+        "{log}"
+    );
+    steps_in(&log);
+    assert!(
+        log.contains(&format!("released snapshot {parent}")),
+        "{log}"
+    );
+    let left = sb.fs.subvolumes_matching("dbsnap-");
+    assert_eq!(left.len(), 1, "only the new parent is left: {left:?}");
+    assert!(left[0].contains(&snapshot_of(&second)), "{left:?}");
+    let journal = std::fs::read_to_string(sb.state.join("journal.json")).unwrap();
+    assert_eq!(journal.trim(), "[]", "nothing left journaled");
 }
 
 /// A backup whose `post_snapshot` hook waits until the test holds the probe's row

@@ -32,6 +32,13 @@ pub enum Case {
     /// the snapshot and a `sync -f` of the copy, the floor for a durable copy (a copy
     /// left in the page cache is not a backup yet; `cp -a` alone is in the detail).
     SnapshotOnly,
+    /// The snapshot (no lock, after a `sync -f`) kept for [`IDLE`] with nothing reading
+    /// it, then deleted: what the snapshot's existence alone costs the writers (on btrfs
+    /// every first write to a tree block or extent the snapshot shares copies it).
+    SnapshotHeld,
+    /// The snapshot, every file of it read once at full speed and thrown away (`tar` to
+    /// a pipe), then deleted: the copy's reads without its writes.
+    SnapshotRead,
     /// No backup at all: the writers alone for [`IDLE`], about as long as a paced
     /// backup of 1 GB takes. What the application sees from its own load (the worst
     /// commit, the slowest second) is the floor every backup case is judged against.
@@ -42,7 +49,7 @@ pub enum Case {
 pub const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Case {
-    pub const ALL: [Case; 9] = [
+    pub const ALL: [Case; 11] = [
         Case::Dbsnap("ftwrl"),
         Case::Dbsnap("backup-stage"),
         Case::Dbsnap("none"),
@@ -51,6 +58,8 @@ impl Case {
         Case::Mariabackup,
         Case::Classic,
         Case::SnapshotOnly,
+        Case::SnapshotHeld,
+        Case::SnapshotRead,
         Case::NoBackup,
     ];
 
@@ -61,6 +70,8 @@ impl Case {
             Case::Mariabackup => "mariabackup --backup".into(),
             Case::Classic => "classic FTWRL + snapshot".into(),
             Case::SnapshotOnly => "snapshot only + cp -a + sync".into(),
+            Case::SnapshotHeld => format!("snapshot held {} s, nothing copied", IDLE.as_secs()),
+            Case::SnapshotRead => "snapshot + every file read, nothing written".into(),
             Case::NoBackup => format!("no backup ({} s of the writers alone)", IDLE.as_secs()),
         }
     }
@@ -68,7 +79,12 @@ impl Case {
     /// Whether a run deletes a snapshot of the datadir when it is done.
     pub fn deletes_snapshot(self) -> bool {
         match self {
-            Case::Dbsnap(_) | Case::DbsnapUnpaced | Case::Classic | Case::SnapshotOnly => true,
+            Case::Dbsnap(_)
+            | Case::DbsnapUnpaced
+            | Case::Classic
+            | Case::SnapshotOnly
+            | Case::SnapshotHeld
+            | Case::SnapshotRead => true,
             Case::Mariabackup | Case::NoBackup => false,
         }
     }
@@ -81,6 +97,8 @@ impl Case {
             Case::Mariabackup => "mariabackup",
             Case::Classic => "classic",
             Case::SnapshotOnly => "snapshot",
+            Case::SnapshotHeld => "held",
+            Case::SnapshotRead => "read",
             Case::NoBackup => "idle",
         }
     }
@@ -166,6 +184,11 @@ pub fn run(case: Case, repeat: usize, rig: &Rig, t0: SystemTime) -> anyhow::Resu
         Case::Mariabackup => mariabackup(rig),
         Case::Classic => classic(rig),
         Case::SnapshotOnly => snapshot_only(rig),
+        Case::SnapshotHeld => snapshot_then(rig, "held-snapshot", |_| {
+            std::thread::sleep(IDLE);
+            Ok(0)
+        }),
+        Case::SnapshotRead => snapshot_then(rig, "read-snapshot", read_every_file),
         Case::NoBackup => Ok(idle()),
     }
     .with_context(|| format!("case {}", case.name()))?;
@@ -448,6 +471,65 @@ fn snapshot_only(rig: &Rig) -> anyhow::Result<Window> {
         published: None,
         copy: Some(copy),
     })
+}
+
+/// The snapshot (no lock, after a `sync -f`), then `work` on it (the bytes it moved),
+/// then its deletion: the snapshot's own cost to the writers, without a copy's.
+fn snapshot_then(
+    rig: &Rig,
+    name: &str,
+    work: impl FnOnce(&std::path::Path) -> anyhow::Result<u64>,
+) -> anyhow::Result<Window> {
+    let snapshot = rig.fs.mountpoint.join(name);
+    rig::run("sync", &["-f".as_ref(), rig.datadir.as_os_str()])?;
+    let from = SystemTime::now();
+    let snapshot_ms = snapshot_command(rig, &snapshot)?;
+    let to = SystemTime::now();
+    let bytes = work(&snapshot)?;
+    let work_ms = ms_since(to, SystemTime::now());
+    rig::run(
+        "btrfs",
+        &[
+            "subvolume".as_ref(),
+            "delete".as_ref(),
+            snapshot.as_os_str(),
+        ],
+    )?;
+    Ok(Window {
+        lock_from: from,
+        lock_to: to,
+        lock_prelude_ms: None,
+        lock_attempts: 1,
+        lock_wait_ms: 0.0,
+        lock_hold_ms: ms_since(from, to),
+        snapshot_ms: Some(snapshot_ms),
+        bytes: (bytes > 0).then_some(bytes),
+        copy_ms: (bytes > 0).then_some(work_ms),
+        detail: json!({ "work_ms": work_ms }),
+        published: None,
+        copy: None,
+    })
+}
+
+/// Read every regular file under `dir` once, 8 MiB at a time; the bytes read.
+fn read_every_file(dir: &std::path::Path) -> anyhow::Result<u64> {
+    use std::io::Read;
+    let mut buffer = vec![0u8; 8 << 20];
+    let mut total = 0;
+    for entry in walkdir::WalkDir::new(dir) {
+        let entry = entry?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let mut file = std::fs::File::open(entry.path())?;
+        loop {
+            match file.read(&mut buffer)? {
+                0 => break,
+                n => total += n as u64,
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// `btrfs subvolume snapshot -r DATADIR AT`, timed; returns ms.

@@ -64,6 +64,10 @@ struct Args {
     /// snapshot, idle); all by default.
     #[arg(long, value_delimiter = ',', value_parser = parse_case)]
     cases: Vec<Case>,
+    /// `[backup] pace_target` for the paced dbsnap cases (dbsnap's default if unset):
+    /// what a tighter or looser target trades between stalls and wall time.
+    #[arg(long)]
+    pace_target: Option<f64>,
     /// Rows in each of the OLTP workload's four tables.
     #[arg(long, default_value_t = 400_000)]
     oltp_rows: u64,
@@ -152,6 +156,7 @@ fn args_summary(args: &Args) -> serde_json::Value {
         "oltp_rows": args.oltp_rows,
         "cases": args.cases.iter().map(|c| c.key()).collect::<Vec<_>>(),
         "work_dir": args.work_dir,
+        "pace_target": args.pace_target,
     })
 }
 
@@ -159,6 +164,11 @@ fn run_size(gb: f64, args: &Args, dbsnap: &Path) -> anyhow::Result<SizeResult> {
     eprintln!("== {gb} GB: creating the filesystem and loading data");
     let loading = std::time::Instant::now();
     let rig = Rig::new(&args.work_dir, gb, dbsnap)?;
+    if let Some(target) = args.pace_target {
+        let mut config = std::fs::read_to_string(&rig.config)?;
+        config.push_str(&format!("pace_target = {target}\n"));
+        std::fs::write(&rig.config, config)?;
+    }
     if args.workload == Workload::Oltp {
         oltp::create(&rig.server, args.oltp_rows);
     }

@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn pacing_is_on_by_default_and_its_floor_never_exceeds_bwlimit() {
         let on = pace_settings(&backup("")).unwrap().unwrap();
-        assert_eq!((on.target, on.floor, on.cap), (1.5, 16 << 20, 0));
+        assert_eq!((on.target, on.floor, on.cap), (1.25, 16 << 20, 0));
         let capped = pace_settings(&backup("bwlimit = \"4MiB\""))
             .unwrap()
             .unwrap();

@@ -91,7 +91,8 @@ pub struct Finish<'a> {
     /// For releasing snapshots made by another backend than the configured one.
     pub backends: &'a dyn Backends,
     /// What paces the snapshot's release in steps, if it is released and the backend
-    /// offers steps (`None`: deleted at once).
+    /// offers steps — or, if it is kept as the next parent, the release of the parent it
+    /// replaces (`None`: deleted at once).
     pub spread: Option<crate::release::ReleasePace>,
 }
 
@@ -116,14 +117,14 @@ impl Finish<'_> {
         crate::release::release_own(self.backend, self.journal, self.set, self.workdir, own)
             .await
             .map_err(|e| self.after_publish(e, "releasing the snapshot"))?;
-        chain::retire_parents(
-            self.state_dir,
-            self.backends,
-            self.dest,
-            &self.manifest.server.datadir,
-            None,
-        )
-        .await;
+        let retiring = chain::Retiring {
+            dest: self.dest,
+            datadir: &self.manifest.server.datadir,
+            journal: self.journal,
+            run: &self.manifest.name,
+            spread: None,
+        };
+        chain::retire_parents(self.state_dir, self.backends, retiring, None).await;
         release_interrupted_streams(
             self.state_dir,
             self.backends,
@@ -160,14 +161,15 @@ impl Finish<'_> {
         )
         .await
         .map_err(|e| self.after_publish(e, "keeping its snapshot as the next parent"))?;
-        chain::retire_parents(
-            self.state_dir,
-            self.backends,
-            self.dest,
-            &parent.datadir,
-            Some(&parent.set.name),
-        )
-        .await;
+        let retiring = chain::Retiring {
+            dest: self.dest,
+            datadir: &parent.datadir,
+            journal: self.journal,
+            run: &self.manifest.name,
+            spread: self.spread.take(),
+        };
+        let keep = Some(&parent.set.name);
+        chain::retire_parents(self.state_dir, self.backends, retiring, keep).await;
         Ok(parent)
     }
 
