@@ -67,8 +67,8 @@ fn the_oltp_workload_runs_every_case_too() {
         serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
     assert_eq!(json["args"]["workload"], "oltp");
     // One run per case: four lock modes, pace off, mariabackup, the classic script, the
-    // bare snapshot, and the writers alone.
-    assert_eq!(json["sizes"][0]["runs"].as_array().unwrap().len(), 9);
+    // bare snapshot with a copy, held and read, and the writers alone.
+    assert_eq!(json["sizes"][0]["runs"].as_array().unwrap().len(), 11);
     assert!(json["sizes"][0]["commits"].as_u64().unwrap() > 0);
     let table = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(
