@@ -186,9 +186,12 @@ pub fn run(case: Case, repeat: usize, rig: &Rig, t0: SystemTime) -> anyhow::Resu
         Case::SnapshotOnly => snapshot_only(rig),
         Case::SnapshotHeld => snapshot_then(rig, "held-snapshot", |_| {
             std::thread::sleep(IDLE);
-            Ok(0)
+            Ok(Worked {
+                detail: json!({}),
+                ..Worked::default()
+            })
         }),
-        Case::SnapshotRead => snapshot_then(rig, "read-snapshot", read_every_file),
+        Case::SnapshotRead => snapshot_then(rig, "read-snapshot", read_snapshot),
         Case::NoBackup => Ok(idle()),
     }
     .with_context(|| format!("case {}", case.name()))?;
@@ -407,14 +410,7 @@ fn classic(rig: &Rig) -> anyhow::Result<Window> {
         conn.disconnect().await?;
         anyhow::Ok((requested, acquired, snapped?, released))
     })?;
-    rig::run(
-        "btrfs",
-        &[
-            "subvolume".as_ref(),
-            "delete".as_ref(),
-            snapshot.as_os_str(),
-        ],
-    )?;
+    rig::delete_subvolume(&snapshot)?;
     Ok(Window {
         lock_from: requested,
         lock_to: released,
@@ -433,30 +429,52 @@ fn classic(rig: &Rig) -> anyhow::Result<Window> {
 
 /// `sync -f`, then the snapshot with no lock, then `cp -a` of it.
 fn snapshot_only(rig: &Rig) -> anyhow::Result<Window> {
-    let snapshot = rig.fs.mountpoint.join("bare-snapshot");
+    snapshot_then(rig, "bare-snapshot", |snapshot| {
+        let copy = rig.dir.path().join("cp-a");
+        let started = SystemTime::now();
+        rig::run(
+            "cp",
+            &["-a".as_ref(), snapshot.as_os_str(), copy.as_os_str()],
+        )?;
+        let cp_ms = ms_since(started, SystemTime::now());
+        rig::run("sync", &["-f".as_ref(), copy.as_os_str()])?;
+        Ok(Worked {
+            bytes: Some(rig::dir_bytes(&copy)),
+            copy_ms: Some(ms_since(started, SystemTime::now())),
+            detail: json!({ "cp_ms": cp_ms }),
+            copy: Some(copy),
+        })
+    })
+}
+
+/// What a case did with its bare snapshot.
+#[derive(Default)]
+struct Worked {
+    bytes: Option<u64>,
+    copy_ms: Option<f64>,
+    detail: serde_json::Value,
+    /// A copy to remove once the run is measured.
+    copy: Option<PathBuf>,
+}
+
+/// The snapshot (no lock, after a `sync -f`, as dbsnap flushes before locking), then
+/// `work` on it, then its deletion.
+fn snapshot_then(
+    rig: &Rig,
+    name: &str,
+    work: impl FnOnce(&std::path::Path) -> anyhow::Result<Worked>,
+) -> anyhow::Result<Window> {
+    let snapshot = rig.fs.mountpoint.join(name);
     let synced = SystemTime::now();
     rig::run("sync", &["-f".as_ref(), rig.datadir.as_os_str()])?;
     let from = SystemTime::now();
     let snapshot_ms = snapshot_command(rig, &snapshot)?;
     let to = SystemTime::now();
-    let copy = rig.dir.path().join("cp-a");
-    let copy_started = SystemTime::now();
-    rig::run(
-        "cp",
-        &["-a".as_ref(), snapshot.as_os_str(), copy.as_os_str()],
-    )?;
-    let cp_ms = ms_since(copy_started, SystemTime::now());
-    rig::run("sync", &["-f".as_ref(), copy.as_os_str()])?;
-    let copy_ms = ms_since(copy_started, SystemTime::now());
-    let bytes = rig::dir_bytes(&copy);
-    rig::run(
-        "btrfs",
-        &[
-            "subvolume".as_ref(),
-            "delete".as_ref(),
-            snapshot.as_os_str(),
-        ],
-    )?;
+    let mut worked = work(&snapshot)?;
+    rig::delete_subvolume(&snapshot)?;
+    if let Some(detail) = worked.detail.as_object_mut() {
+        detail.insert("sync_ms".into(), json!(ms_since(synced, from)));
+    }
     Ok(Window {
         lock_from: from,
         lock_to: to,
@@ -465,48 +483,22 @@ fn snapshot_only(rig: &Rig) -> anyhow::Result<Window> {
         lock_wait_ms: 0.0,
         lock_hold_ms: ms_since(from, to),
         snapshot_ms: Some(snapshot_ms),
-        bytes: Some(bytes),
-        copy_ms: Some(copy_ms),
-        detail: json!({ "sync_ms": ms_since(synced, from), "cp_ms": cp_ms }),
+        bytes: worked.bytes,
+        copy_ms: worked.copy_ms,
+        detail: worked.detail,
         published: None,
-        copy: Some(copy),
+        copy: worked.copy,
     })
 }
 
-/// The snapshot (no lock, after a `sync -f`), then `work` on it (the bytes it moved),
-/// then its deletion: the snapshot's own cost to the writers, without a copy's.
-fn snapshot_then(
-    rig: &Rig,
-    name: &str,
-    work: impl FnOnce(&std::path::Path) -> anyhow::Result<u64>,
-) -> anyhow::Result<Window> {
-    let snapshot = rig.fs.mountpoint.join(name);
-    rig::run("sync", &["-f".as_ref(), rig.datadir.as_os_str()])?;
-    let from = SystemTime::now();
-    let snapshot_ms = snapshot_command(rig, &snapshot)?;
-    let to = SystemTime::now();
-    let bytes = work(&snapshot)?;
-    let work_ms = ms_since(to, SystemTime::now());
-    rig::run(
-        "btrfs",
-        &[
-            "subvolume".as_ref(),
-            "delete".as_ref(),
-            snapshot.as_os_str(),
-        ],
-    )?;
-    Ok(Window {
-        lock_from: from,
-        lock_to: to,
-        lock_prelude_ms: None,
-        lock_attempts: 1,
-        lock_wait_ms: 0.0,
-        lock_hold_ms: ms_since(from, to),
-        snapshot_ms: Some(snapshot_ms),
-        bytes: (bytes > 0).then_some(bytes),
-        copy_ms: (bytes > 0).then_some(work_ms),
-        detail: json!({ "work_ms": work_ms }),
-        published: None,
+/// Every file of the snapshot read once, nothing written.
+fn read_snapshot(snapshot: &std::path::Path) -> anyhow::Result<Worked> {
+    let started = SystemTime::now();
+    let bytes = read_every_file(snapshot)?;
+    Ok(Worked {
+        bytes: Some(bytes),
+        copy_ms: Some(ms_since(started, SystemTime::now())),
+        detail: json!({}),
         copy: None,
     })
 }

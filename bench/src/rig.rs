@@ -115,6 +115,14 @@ impl Rig {
     }
 }
 
+/// `btrfs subvolume delete AT`.
+pub fn delete_subvolume(at: &Path) -> anyhow::Result<()> {
+    run(
+        "btrfs",
+        &["subvolume".as_ref(), "delete".as_ref(), at.as_os_str()],
+    )
+}
+
 /// Run a command to completion; fail with its stderr.
 pub fn run<S: AsRef<std::ffi::OsStr>>(program: &str, args: &[S]) -> anyhow::Result<()> {
     let out = Command::new(program)

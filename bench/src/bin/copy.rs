@@ -235,14 +235,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(w) = writers {
         w.stop();
     }
-    rig::run(
-        "btrfs",
-        &[
-            "subvolume".as_ref(),
-            "delete".as_ref(),
-            snapshot.as_os_str(),
-        ],
-    )?;
+    rig::delete_subvolume(&snapshot)?;
     let md = table(&results);
     std::fs::write(args.out.join("copy-speed.md"), &md)?;
     print!("{md}");

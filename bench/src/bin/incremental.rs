@@ -532,14 +532,7 @@ fn remove_backups(dest: &Path, keep: Option<&str>) -> anyhow::Result<()> {
         for entry in std::fs::read_dir(backup.path())?.flatten() {
             let meta = entry.metadata()?;
             if meta.is_dir() && std::os::unix::fs::MetadataExt::ino(&meta) == 256 {
-                rig::run(
-                    "btrfs",
-                    &[
-                        "subvolume".as_ref(),
-                        "delete".as_ref(),
-                        entry.path().as_os_str(),
-                    ],
-                )?;
+                rig::delete_subvolume(&entry.path())?;
             }
         }
         std::fs::remove_dir_all(backup.path())?;
@@ -580,14 +573,7 @@ fn reference_copy(gb: f64, data_mib: u64, rig: &Rig, disk: &LoopBtrfs) -> anyhow
     let wall_s = started.elapsed().as_secs_f64();
     let stored = used_bytes(&disk.mountpoint)?.saturating_sub(before);
     rig::run("rm", &["-rf".as_ref(), dest.as_os_str()])?;
-    rig::run(
-        "btrfs",
-        &[
-            "subvolume".as_ref(),
-            "delete".as_ref(),
-            snapshot.as_os_str(),
-        ],
-    )?;
+    rig::delete_subvolume(&snapshot)?;
     let copied = data_mib as f64;
     Ok(Backup {
         size_gb: gb,

@@ -163,7 +163,7 @@ fn main() -> anyhow::Result<()> {
             let delete_from_ms = ms();
             match variant.as_str() {
                 "commit-after" => btrfs(&["subvolume", "delete", "--commit-after"], &[&snapshot])?,
-                _ => btrfs(&["subvolume", "delete"], &[&snapshot])?,
+                _ => rig::delete_subvolume(&snapshot)?,
             }
             let delete_to_ms = ms();
             btrfs(&["subvolume", "sync"], &[&fs])?;

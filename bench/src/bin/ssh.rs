@@ -214,14 +214,7 @@ fn reference(rig: &Rig, sshd: &Sshd, to: &Path) -> anyhow::Result<(f64, f64)> {
         .find_map(|l| l.strip_prefix("Total bytes sent: "))
         .and_then(|n| n.replace(',', "").parse::<f64>().ok())
         .unwrap_or(0.0);
-    rig::run(
-        "btrfs",
-        &[
-            "subvolume".as_ref(),
-            "delete".as_ref(),
-            snapshot.as_os_str(),
-        ],
-    )?;
+    rig::delete_subvolume(&snapshot)?;
     rig::run("rm", &["-rf".as_ref(), to.as_os_str()])?;
     Ok((s, sent / MIB))
 }
