@@ -25,7 +25,6 @@ use chrono::{DateTime, Utc};
 use dbsnap_backend_api::{NativeStream, SnapshotBackend, SnapshotName, SnapshotSet, Volume};
 use serde::{Deserialize, Serialize};
 
-use crate::backends::Backends;
 use crate::destination::{BaseOf, Destination};
 use crate::journal::{Journal, Resource};
 use crate::records::Records;
@@ -258,26 +257,14 @@ pub async fn keep_as_parent(
     Ok(())
 }
 
-/// Release the parents of this destination and datadir other than `keep`: a newer
+/// Release the parents of `done`'s destination and datadir other than `keep`: a newer
 /// backup took their place, or backups are no longer made with a stream. The first is
-/// freed in steps at `spread`'s pace where the backend offers steps (its data is as
-/// large as a run's own snapshot's); it is journaled under `run` before its record goes,
-/// so that a run killed while it is freed leaves it to `cleanup`. A failure is a
-/// warning: the backup is complete, and the next run tries again.
-pub async fn retire_parents(
-    state_dir: &Path,
-    backends: &dyn Backends,
-    retiring: Retiring<'_>,
-    keep: Option<&SnapshotName>,
-) {
-    let Retiring {
-        dest,
-        datadir,
-        journal,
-        run,
-        mut spread,
-    } = retiring;
-    let parents = match Parent::list(state_dir) {
+/// freed in steps at `done.spread`'s pace where the backend offers steps (its data is as
+/// large as a run's own snapshot's); it is journaled under the run before its record
+/// goes, so that a run killed while it is freed leaves it to `cleanup`. A failure is a
+/// warning: the backup is complete, and the next run (or `cleanup`) tries again.
+pub async fn retire_parents(done: &mut super::Finish<'_>, keep: Option<&SnapshotName>) {
+    let parents = match Parent::list(done.state_dir) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!("{e:#}");
@@ -285,19 +272,21 @@ pub async fn retire_parents(
         }
     };
     for parent in parents {
-        if !parent.serves(dest, datadir) || Some(&parent.set.name) == keep {
+        if !parent.serves(done.dest, &done.manifest.server.datadir)
+            || Some(&parent.set.name) == keep
+        {
             continue;
         }
         let resource = Resource::Snapshot {
             set: parent.set.clone(),
         };
         let released = async {
-            let backend = backends.open_named(&parent.set.backend)?;
-            journal.record(run, resource.clone())?;
-            parent.remove(state_dir)?;
-            crate::release::destroy(backend.as_ref(), state_dir, &parent.set, spread.take())
-                .await?;
-            journal.forget(&resource)
+            let backend = done.backends.open_named(&parent.set.backend)?;
+            done.journal.record(&done.manifest.name, resource.clone())?;
+            parent.remove(done.state_dir)?;
+            let spread = done.spread.take();
+            crate::release::destroy(backend.as_ref(), done.state_dir, &parent.set, spread).await?;
+            done.journal.forget(&resource)
         };
         match released.await {
             Ok(()) => tracing::info!(
@@ -311,17 +300,6 @@ pub async fn retire_parents(
             ),
         }
     }
-}
-
-/// Whose parents [`retire_parents`] releases, and with what.
-pub struct Retiring<'a> {
-    pub dest: &'a Path,
-    pub datadir: &'a Path,
-    /// The run's journal, and the run to journal a parent under while it is released.
-    pub journal: &'a mut Journal,
-    pub run: &'a str,
-    /// What paces freeing the first parent in steps (`None`: deleted at once).
-    pub spread: Option<crate::release::ReleasePace>,
 }
 
 /// The backups that prune must keep: their received copies are the bases of the next

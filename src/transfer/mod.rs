@@ -117,14 +117,7 @@ impl Finish<'_> {
         crate::release::release_own(self.backend, self.journal, self.set, self.workdir, own)
             .await
             .map_err(|e| self.after_publish(e, "releasing the snapshot"))?;
-        let retiring = chain::Retiring {
-            dest: self.dest,
-            datadir: &self.manifest.server.datadir,
-            journal: self.journal,
-            run: &self.manifest.name,
-            spread: None,
-        };
-        chain::retire_parents(self.state_dir, self.backends, retiring, None).await;
+        chain::retire_parents(&mut self, None).await;
         release_interrupted_streams(
             self.state_dir,
             self.backends,
@@ -161,15 +154,7 @@ impl Finish<'_> {
         )
         .await
         .map_err(|e| self.after_publish(e, "keeping its snapshot as the next parent"))?;
-        let retiring = chain::Retiring {
-            dest: self.dest,
-            datadir: &parent.datadir,
-            journal: self.journal,
-            run: &self.manifest.name,
-            spread: self.spread.take(),
-        };
-        let keep = Some(&parent.set.name);
-        chain::retire_parents(self.state_dir, self.backends, retiring, keep).await;
+        chain::retire_parents(self, Some(&parent.set.name)).await;
         Ok(parent)
     }
 
